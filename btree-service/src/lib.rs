@@ -1,0 +1,1 @@
+//! A replicated in-memory B+-tree service on the engine (scale-up issue).

@@ -1,0 +1,1 @@
+//! Chirper, a Twitter-like service on DS-SMR (scale-out issue).

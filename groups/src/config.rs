@@ -1,0 +1,691 @@
+//! Cluster configuration: nodes, groups, the logs that order them, and tuning.
+//!
+//! The layout of logs is configuration, not code: each [`LogConfig`] names the groups it
+//! *covers* and its acceptors (2f+1 nodes). A message addressed to a set of groups `D` is ordered
+//! by the log with the smallest coverage that contains `D` (ties: lowest log id), so a layout of
+//! one log per group plus one log covering every group can order any destination set.
+//!
+//! Every value that counts time is in *ticks*: the runtimes call `tick()` every
+//! [`Tuning::tick_us`] microseconds of real or virtual time.
+
+use crate::groupset::{GroupSet, MAX_GROUP_ID};
+use crate::ids::{GroupId, LogId, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("the cluster has no nodes")]
+    NoNodes,
+    #[error("node {0} is listed twice")]
+    DuplicateNode(NodeId),
+    #[error("the cluster has no groups")]
+    NoGroups,
+    #[error("{0} groups exceed the maximum of {MAX_GROUP_ID}")]
+    TooManyGroups(u32),
+    #[error("log {0} is listed twice")]
+    DuplicateLog(LogId),
+    #[error("log {0} covers no group")]
+    EmptyCoverage(LogId),
+    #[error("{what} refers to group {group}, but the cluster has groups 0..{groups}")]
+    UnknownGroup {
+        what: String,
+        group: GroupId,
+        groups: u32,
+    },
+    #[error("log {log} has {count} acceptors; a log needs 2f+1 (an odd number, at least 1)")]
+    AcceptorCount { log: LogId, count: usize },
+    #[error("log {log} names acceptor {node} twice")]
+    DuplicateAcceptor { log: LogId, node: NodeId },
+    #[error("{what} names node {node}, which is not in the cluster")]
+    UnknownNode { what: String, node: NodeId },
+    #[error("group {0} is covered by no log, so nothing can be multicast to it")]
+    UncoveredGroup(GroupId),
+    #[error("node {0} has an empty subscription")]
+    EmptySubscription(NodeId),
+    #[error("tuning value {name} must be {rule}")]
+    Tuning {
+        name: &'static str,
+        rule: &'static str,
+    },
+}
+
+/// One process of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Listening address for the TCP runtime (`host:port`); unused in-process and in the simulator.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Each entry is one merged delivery stream of this node (a worker of a P-SMR replica has
+    /// its own). A node with no subscription only sends, or only accepts.
+    #[serde(default)]
+    pub subscriptions: Vec<GroupSet>,
+}
+
+/// One consensus log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LogConfig {
+    pub id: LogId,
+    /// The groups whose messages this log may order.
+    pub covers: GroupSet,
+    /// The 2f+1 nodes that run this log's consensus.
+    pub acceptors: Vec<NodeId>,
+}
+
+/// Tuning knobs. Defaults suit an in-process cluster with a 1 ms tick.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// Real time per tick in the threaded and TCP runtimes, and virtual time per tick in the
+    /// simulator.
+    pub tick_us: u64,
+    /// A leader closes a batch once it holds this many payload bytes.
+    pub batch_bytes_max: usize,
+    /// A leader closes a partly filled batch after this many ticks. 0: at every drain of
+    /// outgoing messages, i.e. a batch holds whatever arrived since the last drain.
+    pub batch_delay_ticks: u32,
+    /// Undecided entries a leader lets into its log before it holds further batches back
+    /// (flow control: keeps heartbeats from queuing behind bulk data).
+    pub inflight_entries_max: u64,
+    /// Multi-Ring merge: entries (virtual slots) taken from each log per round.
+    pub merge_m: u64,
+    /// Multi-Ring merge: a leader checks every `skip_delta_ticks` whether its log grew by at
+    /// least `skip_lambda_per_delta` slots in the last interval, and proposes one skip entry
+    /// for the shortfall. This is lambda (rate) times Delta (interval).
+    pub skip_lambda_per_delta: u64,
+    /// Multi-Ring merge: Delta, the interval of the skip check.
+    pub skip_delta_ticks: u32,
+    /// Subscribers blocked on an idle log ask its leader to skip up to the other logs'
+    /// frontier, instead of waiting for the next Delta. An improvement over the seed systems'
+    /// fixed-rate padding: a log whose real rate exceeds lambda no longer throttles its
+    /// subscribers to lambda.
+    pub skip_hints: bool,
+    /// Consensus: ticks without a leader heartbeat before an election.
+    pub election_ticks: u64,
+    /// Consensus and senders: ticks before an unacknowledged message is resent.
+    pub resend_ticks: u64,
+    /// Multicasts a sender keeps in flight (submitted, not yet acknowledged as ordered).
+    pub sender_window: usize,
+    /// Multicasts a sender queues beyond its window before `multicast` reports backpressure.
+    pub sender_queue_max: usize,
+    /// A subscriber with no new entries for this many ticks asks an acceptor for them.
+    pub fetch_poll_ticks: u64,
+    /// Entries an acceptor returns for one fetch.
+    pub fetch_entries_max: usize,
+    /// How often subscribers report their position (for trimming), in ticks.
+    pub progress_ticks: u64,
+    /// Whether leaders trim entries every subscriber has received.
+    pub trim: bool,
+    /// A leader trims once at least this many entries can go.
+    pub trim_every_entries: u64,
+    /// Reliable multicast: first resend delay (doubles up to `rm_resend_ticks_max`).
+    pub rm_resend_ticks: u64,
+    pub rm_resend_ticks_max: u64,
+    /// Reliable multicast: receivers forward a message to the other destinations once, so a
+    /// message delivered anywhere reaches every correct destination even if its sender crashes.
+    pub rm_relay: bool,
+    /// Largest payload accepted by `multicast` and `rmcast`.
+    pub payload_bytes_max: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tick_us: 1000,
+            batch_bytes_max: 256 * 1024,
+            batch_delay_ticks: 0,
+            inflight_entries_max: 256,
+            merge_m: 64,
+            skip_lambda_per_delta: 5000,
+            skip_delta_ticks: 5,
+            skip_hints: true,
+            election_ticks: 50,
+            resend_ticks: 20,
+            sender_window: 4096,
+            sender_queue_max: 1 << 20,
+            fetch_poll_ticks: 20,
+            fetch_entries_max: 1024,
+            progress_ticks: 10,
+            trim: true,
+            trim_every_entries: 1024,
+            rm_resend_ticks: 10,
+            rm_resend_ticks_max: 1000,
+            rm_relay: true,
+            payload_bytes_max: 4 << 20,
+        }
+    }
+}
+
+impl Tuning {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 12] = [
+            ("tick_us", self.tick_us),
+            ("batch_bytes_max", self.batch_bytes_max as u64),
+            ("inflight_entries_max", self.inflight_entries_max),
+            ("merge_m", self.merge_m),
+            ("skip_delta_ticks", self.skip_delta_ticks as u64),
+            ("election_ticks", self.election_ticks),
+            ("resend_ticks", self.resend_ticks),
+            ("sender_window", self.sender_window as u64),
+            ("fetch_poll_ticks", self.fetch_poll_ticks),
+            ("fetch_entries_max", self.fetch_entries_max as u64),
+            ("progress_ticks", self.progress_ticks),
+            ("rm_resend_ticks", self.rm_resend_ticks),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Tuning {
+                    name,
+                    rule: "greater than 0",
+                });
+            }
+        }
+        if self.skip_lambda_per_delta == 0 && !self.skip_hints {
+            return Err(ConfigError::Tuning {
+                name: "skip_lambda_per_delta",
+                rule: "greater than 0 unless skip_hints is on (with neither, an idle log blocks every merge that reads it)",
+            });
+        }
+        if self.rm_resend_ticks_max < self.rm_resend_ticks {
+            return Err(ConfigError::Tuning {
+                name: "rm_resend_ticks_max",
+                rule: "at least rm_resend_ticks",
+            });
+        }
+        if self.payload_bytes_max == 0 || self.payload_bytes_max > crate::frame::FRAME_BYTES_MAX / 2
+        {
+            return Err(ConfigError::Tuning {
+                name: "payload_bytes_max",
+                rule: "between 1 and half the frame size cap",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A validated cluster configuration. Build with [`ClusterConfig::new`] or [`ClusterConfig::from_toml`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    pub cluster_id: u64,
+    /// Groups are `0..groups`.
+    pub groups: u32,
+    pub nodes: Vec<NodeConfig>,
+    pub logs: Vec<LogConfig>,
+    pub tuning: Tuning,
+    derived: Arc<Derived>,
+}
+
+/// Lookups computed once at validation.
+#[derive(Debug, PartialEq, Default)]
+struct Derived {
+    /// For each group, the log that orders messages addressed to that group alone.
+    single_route: Vec<LogId>,
+    /// Members of each group: nodes with a subscription that contains it.
+    members: Vec<Vec<NodeId>>,
+    /// Subscriber nodes of each log: nodes with a subscription that intersects its coverage.
+    log_subscribers: BTreeMap<LogId, Vec<NodeId>>,
+    log_index: BTreeMap<LogId, usize>,
+}
+
+impl ClusterConfig {
+    /// Validates and builds a configuration.
+    pub fn new(
+        cluster_id: u64,
+        groups: u32,
+        mut nodes: Vec<NodeConfig>,
+        mut logs: Vec<LogConfig>,
+        tuning: Tuning,
+    ) -> Result<Self, ConfigError> {
+        if nodes.is_empty() {
+            return Err(ConfigError::NoNodes);
+        }
+        if groups == 0 {
+            return Err(ConfigError::NoGroups);
+        }
+        if groups > MAX_GROUP_ID {
+            return Err(ConfigError::TooManyGroups(groups));
+        }
+        tuning.validate()?;
+        nodes.sort_by_key(|n| n.id);
+        logs.sort_by_key(|l| l.id);
+        let mut node_ids = BTreeSet::new();
+        for n in &nodes {
+            if !node_ids.insert(n.id) {
+                return Err(ConfigError::DuplicateNode(n.id));
+            }
+            for s in &n.subscriptions {
+                if s.is_empty() {
+                    return Err(ConfigError::EmptySubscription(n.id));
+                }
+                check_groups(s, groups, || format!("a subscription of node {}", n.id))?;
+            }
+        }
+        let mut log_ids = BTreeSet::new();
+        for l in &logs {
+            if !log_ids.insert(l.id) {
+                return Err(ConfigError::DuplicateLog(l.id));
+            }
+            if l.covers.is_empty() {
+                return Err(ConfigError::EmptyCoverage(l.id));
+            }
+            check_groups(&l.covers, groups, || format!("log {}", l.id))?;
+            if l.acceptors.len() % 2 == 0 {
+                return Err(ConfigError::AcceptorCount {
+                    log: l.id,
+                    count: l.acceptors.len(),
+                });
+            }
+            let mut seen = BTreeSet::new();
+            for &a in &l.acceptors {
+                if !seen.insert(a) {
+                    return Err(ConfigError::DuplicateAcceptor { log: l.id, node: a });
+                }
+                if !node_ids.contains(&a) {
+                    return Err(ConfigError::UnknownNode {
+                        what: format!("log {}", l.id),
+                        node: a,
+                    });
+                }
+            }
+        }
+        let mut cfg = ClusterConfig {
+            cluster_id,
+            groups,
+            nodes,
+            logs,
+            tuning,
+            derived: Arc::default(),
+        };
+        let mut d = Derived::default();
+        for g in 0..groups {
+            let g = GroupId(g);
+            match cfg.route_uncached(&GroupSet::singleton(g)) {
+                Some(l) => d.single_route.push(l),
+                None => return Err(ConfigError::UncoveredGroup(g)),
+            }
+            d.members.push(
+                cfg.nodes
+                    .iter()
+                    .filter(|n| n.subscriptions.iter().any(|s| s.contains(g)))
+                    .map(|n| n.id)
+                    .collect(),
+            );
+        }
+        for (i, l) in cfg.logs.iter().enumerate() {
+            d.log_index.insert(l.id, i);
+            let subs = cfg
+                .nodes
+                .iter()
+                .filter(|n| n.subscriptions.iter().any(|s| s.intersects(&l.covers)))
+                .map(|n| n.id)
+                .collect();
+            d.log_subscribers.insert(l.id, subs);
+        }
+        cfg.derived = Arc::new(d);
+        Ok(cfg)
+    }
+
+    /// A common layout: one log per group plus one log covering all groups, every log run by
+    /// the same acceptors. Log `g` orders group `g`; log `groups` orders multi-group messages.
+    pub fn per_group_plus_global(
+        cluster_id: u64,
+        groups: u32,
+        nodes: Vec<NodeConfig>,
+        acceptors: Vec<NodeId>,
+        tuning: Tuning,
+    ) -> Result<Self, ConfigError> {
+        let mut logs: Vec<LogConfig> = (0..groups)
+            .map(|g| LogConfig {
+                id: LogId(g),
+                covers: GroupSet::singleton(GroupId(g)),
+                acceptors: acceptors.clone(),
+            })
+            .collect();
+        if groups > 1 {
+            logs.push(LogConfig {
+                id: LogId(groups),
+                covers: GroupSet::all(groups),
+                acceptors,
+            });
+        }
+        ClusterConfig::new(cluster_id, groups, nodes, logs, tuning)
+    }
+
+    /// Reads and validates a TOML cluster file (format: see `examples/cluster.toml`).
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::File { reason, .. } => ConfigError::File {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: toml_form::File = toml::from_str(text).map_err(|e| ConfigError::File {
+            path: "<text>".into(),
+            reason: e.to_string(),
+        })?;
+        file.into_config()
+    }
+
+    /// The TOML text of this configuration (round-trips through [`ClusterConfig::from_toml`]).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&toml_form::File::from_config(self)).expect("config serializes")
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes
+            .binary_search_by_key(&id, |n| n.id)
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    pub fn log(&self, id: LogId) -> Option<&LogConfig> {
+        self.derived.log_index.get(&id).map(|&i| &self.logs[i])
+    }
+
+    /// The log that orders messages addressed to `dests`: the one with the smallest coverage
+    /// that contains `dests`, ties to the lowest id. `None` if no log covers `dests`.
+    pub fn route(&self, dests: &GroupSet) -> Option<LogId> {
+        if dests.len() == 1 {
+            let g = dests.first()?;
+            return self.derived.single_route.get(g.0 as usize).copied();
+        }
+        self.route_uncached(dests)
+    }
+
+    fn route_uncached(&self, dests: &GroupSet) -> Option<LogId> {
+        self.logs
+            .iter()
+            .filter(|l| dests.is_subset(&l.covers))
+            .min_by_key(|l| (l.covers.len(), l.id))
+            .map(|l| l.id)
+    }
+
+    /// Nodes with a subscription containing `g`.
+    pub fn members(&self, g: GroupId) -> &[NodeId] {
+        self.derived
+            .members
+            .get(g.0 as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Nodes with a subscription that intersects the coverage of `log`.
+    pub fn log_subscribers(&self, log: LogId) -> &[NodeId] {
+        self.derived
+            .log_subscribers
+            .get(&log)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The logs a subscription to `groups` must merge, in log-id order.
+    pub fn logs_for(&self, groups: &GroupSet) -> Vec<LogId> {
+        self.logs
+            .iter()
+            .filter(|l| l.covers.intersects(groups))
+            .map(|l| l.id)
+            .collect()
+    }
+
+    /// Every group as a set.
+    pub fn all_groups(&self) -> GroupSet {
+        GroupSet::all(self.groups)
+    }
+}
+
+fn check_groups(set: &GroupSet, groups: u32, what: impl Fn() -> String) -> Result<(), ConfigError> {
+    match set.last() {
+        Some(g) if g.0 >= groups => Err(ConfigError::UnknownGroup {
+            what: what(),
+            group: g,
+            groups,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The human-written TOML form: plain integers, `"all"` for every group.
+mod toml_form {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct File {
+        cluster_id: u64,
+        groups: u32,
+        #[serde(rename = "node")]
+        nodes: Vec<Node>,
+        #[serde(rename = "log")]
+        logs: Vec<Log>,
+        #[serde(default)]
+        tuning: Tuning,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Node {
+        id: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
+        #[serde(default)]
+        subscribe: Vec<Groups>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Log {
+        id: u32,
+        covers: Groups,
+        acceptors: Vec<u32>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Groups {
+        List(Vec<u32>),
+        Word(String),
+    }
+
+    impl Groups {
+        fn resolve(self, groups: u32) -> Result<GroupSet, ConfigError> {
+            match self {
+                Groups::List(v) => Ok(v.into_iter().map(GroupId).collect()),
+                Groups::Word(w) if w == "all" => Ok(GroupSet::all(groups)),
+                Groups::Word(w) => Err(ConfigError::File {
+                    path: "<text>".into(),
+                    reason: format!("a group set is a list of ids or \"all\", not {w:?}"),
+                }),
+            }
+        }
+        fn of(set: &GroupSet, groups: u32) -> Groups {
+            if set.len() == groups as usize && groups > 1 {
+                Groups::Word("all".into())
+            } else {
+                Groups::List(set.iter().map(|g| g.0).collect())
+            }
+        }
+    }
+
+    impl File {
+        pub(super) fn into_config(self) -> Result<ClusterConfig, ConfigError> {
+            let groups = self.groups;
+            let nodes = self
+                .nodes
+                .into_iter()
+                .map(|n| {
+                    Ok(NodeConfig {
+                        id: NodeId(n.id),
+                        addr: n.addr,
+                        subscriptions: n
+                            .subscribe
+                            .into_iter()
+                            .map(|g| g.resolve(groups))
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            let logs = self
+                .logs
+                .into_iter()
+                .map(|l| {
+                    Ok(LogConfig {
+                        id: LogId(l.id),
+                        covers: l.covers.resolve(groups)?,
+                        acceptors: l.acceptors.into_iter().map(NodeId).collect(),
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)
+        }
+
+        pub(super) fn from_config(c: &ClusterConfig) -> File {
+            File {
+                cluster_id: c.cluster_id,
+                groups: c.groups,
+                nodes: c
+                    .nodes
+                    .iter()
+                    .map(|n| Node {
+                        id: n.id.0,
+                        addr: n.addr.clone(),
+                        subscribe: n
+                            .subscriptions
+                            .iter()
+                            .map(|s| Groups::of(s, c.groups))
+                            .collect(),
+                    })
+                    .collect(),
+                logs: c
+                    .logs
+                    .iter()
+                    .map(|l| Log {
+                        id: l.id.0,
+                        covers: Groups::of(&l.covers, c.groups),
+                        acceptors: l.acceptors.iter().map(|a| a.0).collect(),
+                    })
+                    .collect(),
+                tuning: c.tuning.clone(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32, subs: &[&[u32]]) -> NodeConfig {
+        NodeConfig {
+            id: NodeId(id),
+            addr: None,
+            subscriptions: subs
+                .iter()
+                .map(|s| s.iter().map(|&g| GroupId(g)).collect())
+                .collect(),
+        }
+    }
+
+    fn three_groups() -> ClusterConfig {
+        ClusterConfig::per_group_plus_global(
+            9,
+            3,
+            vec![node(1, &[&[0]]), node(2, &[&[1, 2]]), node(3, &[])],
+            vec![NodeId(1), NodeId(2), NodeId(3)],
+            Tuning::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn routes_to_the_smallest_covering_log() {
+        let c = three_groups();
+        let set = |v: &[u32]| v.iter().map(|&g| GroupId(g)).collect::<GroupSet>();
+        assert_eq!(c.route(&set(&[1])), Some(LogId(1)));
+        assert_eq!(c.route(&set(&[0, 2])), Some(LogId(3)));
+        assert_eq!(
+            c.logs_for(&set(&[1, 2])),
+            vec![LogId(1), LogId(2), LogId(3)]
+        );
+        assert_eq!(c.members(GroupId(2)), &[NodeId(2)]);
+        assert_eq!(c.log_subscribers(LogId(0)), &[NodeId(1)]);
+        assert_eq!(c.log_subscribers(LogId(3)), &[NodeId(1), NodeId(2)]);
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let c = three_groups();
+        let text = c.to_toml();
+        assert!(text.contains("covers = \"all\""), "{text}");
+        assert_eq!(ClusterConfig::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn rejects_bad_layouts_with_reasons() {
+        let t = Tuning::default;
+        let log = |id: u32, covers: &[u32], acc: &[u32]| LogConfig {
+            id: LogId(id),
+            covers: covers.iter().map(|&g| GroupId(g)).collect(),
+            acceptors: acc.iter().map(|&a| NodeId(a)).collect(),
+        };
+        let nodes = || vec![node(1, &[&[0]]), node(2, &[]), node(3, &[])];
+        assert_eq!(
+            ClusterConfig::new(1, 2, nodes(), vec![log(0, &[0], &[1, 2, 3])], t()),
+            Err(ConfigError::UncoveredGroup(GroupId(1)))
+        );
+        assert_eq!(
+            ClusterConfig::new(1, 1, nodes(), vec![log(0, &[0], &[1, 2])], t()),
+            Err(ConfigError::AcceptorCount {
+                log: LogId(0),
+                count: 2
+            })
+        );
+        assert!(matches!(
+            ClusterConfig::new(1, 1, nodes(), vec![log(0, &[0], &[1, 2, 9])], t()),
+            Err(ConfigError::UnknownNode { .. })
+        ));
+        assert!(matches!(
+            ClusterConfig::new(1, 1, nodes(), vec![log(0, &[0, 5], &[1])], t()),
+            Err(ConfigError::UnknownGroup { .. })
+        ));
+        let no_padding = Tuning {
+            skip_lambda_per_delta: 0,
+            skip_hints: false,
+            ..Tuning::default()
+        };
+        assert!(matches!(
+            ClusterConfig::new(1, 1, nodes(), vec![log(0, &[0], &[1])], no_padding),
+            Err(ConfigError::Tuning {
+                name: "skip_lambda_per_delta",
+                ..
+            })
+        ));
+        let bad = Tuning {
+            merge_m: 0,
+            ..Tuning::default()
+        };
+        assert!(matches!(
+            ClusterConfig::new(1, 1, nodes(), vec![log(0, &[0], &[1])], bad),
+            Err(ConfigError::Tuning {
+                name: "merge_m",
+                ..
+            })
+        ));
+        let err = ClusterConfig::from_toml("cluster_id = 1\ngroups = 1\n[[node]]\nid = 1\nsubscribe = [\"some\"]\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n").unwrap_err();
+        assert!(err.to_string().contains("\"some\""), "{err}");
+    }
+}

@@ -1,0 +1,325 @@
+//! Length-prefixed frames for the TCP runtime.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     length of everything after this field (little endian), at most FRAME_BYTES_MAX
+//! 4       1     protocol version (PROTOCOL_VERSION)
+//! 5       1     kind (FrameKind)
+//! 6       8     cluster id (little endian)
+//! 14      ...   body, encoded by the codec
+//! ```
+//!
+//! The length is checked against the cap as soon as its four bytes arrive, before anything is
+//! buffered or allocated for the frame. Every malformed input yields a [`FrameError`]; the
+//! caller logs it and closes the connection.
+
+use crate::codec::{Codec, CodecError};
+use crate::ids::NodeId;
+use crate::message::NetMsg;
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame accepted or produced (length field value).
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+const HEADER_BYTES: usize = 10;
+
+/// Frame kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// First frame on a connection: who is connecting.
+    Hello = 1,
+    /// A [`NetMsg`].
+    Msg = 2,
+}
+
+/// First frame of every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: NodeId,
+}
+
+/// A decoded frame.
+#[derive(Debug)]
+pub enum Frame {
+    Hello(Hello),
+    Msg(NetMsg),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the cap of {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("frame of {len} bytes is shorter than its {HEADER_BYTES}-byte header")]
+    TooShort { len: usize },
+    #[error("connection closed inside a frame ({have} of {need} bytes)")]
+    Truncated { have: usize, need: usize },
+    #[error("protocol version {got}, this node speaks {PROTOCOL_VERSION}")]
+    BadVersion { got: u8 },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame for cluster {got}, this node is in cluster {want}")]
+    WrongCluster { got: u64, want: u64 },
+    #[error("malformed frame body: {0}")]
+    Malformed(#[from] CodecError),
+}
+
+/// Encodes one frame, appending it to `out`.
+pub fn encode<C: Codec>(
+    codec: &C,
+    cluster: u64,
+    frame: &Frame,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let (kind, body) = match frame {
+        Frame::Hello(h) => (FrameKind::Hello, codec.encode(h)?),
+        Frame::Msg(m) => (FrameKind::Msg, codec.encode(m)?),
+    };
+    let len = HEADER_BYTES + body.len();
+    if len > FRAME_BYTES_MAX {
+        return Err(FrameError::Oversized {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(PROTOCOL_VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&cluster.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Incremental decoder for one connection's byte stream.
+pub struct FrameDecoder<C> {
+    codec: C,
+    cluster: u64,
+    max: usize,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already consumed by returned frames.
+    pos: usize,
+}
+
+impl<C: Codec> FrameDecoder<C> {
+    pub fn new(codec: C, cluster: u64) -> Self {
+        Self::with_max(codec, cluster, FRAME_BYTES_MAX)
+    }
+
+    pub fn with_max(codec: C, cluster: u64, max: usize) -> Self {
+        FrameDecoder {
+            codec,
+            cluster,
+            max,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let avail = &self.buf[self.pos..];
+        if avail.len() < 4 {
+            self.compact();
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize;
+        if len > self.max {
+            return Err(FrameError::Oversized { len, max: self.max });
+        }
+        if len < HEADER_BYTES {
+            return Err(FrameError::TooShort { len });
+        }
+        let version = avail.get(4).copied();
+        if let Some(v) = version.filter(|&v| v != PROTOCOL_VERSION) {
+            return Err(FrameError::BadVersion { got: v });
+        }
+        if avail.len() < 4 + len {
+            self.compact();
+            return Ok(None);
+        }
+        let frame = &avail[4..4 + len];
+        let kind = frame[1];
+        let cluster = u64::from_le_bytes(frame[2..10].try_into().expect("8 bytes"));
+        if cluster != self.cluster {
+            return Err(FrameError::WrongCluster {
+                got: cluster,
+                want: self.cluster,
+            });
+        }
+        let body = &frame[HEADER_BYTES..];
+        let decoded = match kind {
+            k if k == FrameKind::Hello as u8 => Frame::Hello(self.codec.decode(body)?),
+            k if k == FrameKind::Msg as u8 => Frame::Msg(self.codec.decode(body)?),
+            k => return Err(FrameError::UnknownKind(k)),
+        };
+        self.pos += 4 + len;
+        Ok(Some(decoded))
+    }
+
+    /// Call at end of stream: an incomplete frame left in the buffer is an error.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        let have = self.buffered();
+        if have == 0 {
+            return Ok(());
+        }
+        let need = if have >= 4 {
+            4 + u32::from_le_bytes(self.buf[self.pos..self.pos + 4].try_into().expect("4")) as usize
+        } else {
+            4
+        };
+        Err(FrameError::Truncated { have, need })
+    }
+
+    fn compact(&mut self) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Bitcode;
+    use crate::groupset::GroupSet;
+    use crate::ids::{GroupId, LogId, MsgId};
+    use crate::message::{LogEntry, Message};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn sample() -> NetMsg {
+        NetMsg::Entries {
+            log: LogId(3),
+            start: 17,
+            entries: vec![
+                LogEntry::Skip(5),
+                LogEntry::Batch(Arc::from(vec![Message {
+                    id: MsgId {
+                        sender: NodeId(2),
+                        epoch: 1,
+                        seq: 9,
+                    },
+                    dests: [GroupId(0), GroupId(4)].into_iter().collect::<GroupSet>(),
+                    payload: bytes::Bytes::from_static(b"payload"),
+                }])),
+            ],
+        }
+    }
+
+    fn encoded(cluster: u64, f: &Frame) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(&Bitcode, cluster, f, &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn round_trip_byte_by_byte() {
+        let mut bytes = encoded(5, &Frame::Hello(Hello { node: NodeId(3) }));
+        bytes.extend(encoded(5, &Frame::Msg(sample())));
+        let mut d = FrameDecoder::new(Bitcode, 5);
+        let mut got = Vec::new();
+        for b in bytes {
+            d.extend(&[b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert!(matches!(&got[0], Frame::Hello(Hello { node: NodeId(3) })));
+        assert!(
+            matches!(&got[1], Frame::Msg(NetMsg::Entries { start: 17, entries, .. }) if entries.len() == 2)
+        );
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn typed_errors_for_bad_frames() {
+        let good = encoded(5, &Frame::Msg(sample()));
+        let decode = |bytes: &[u8], cluster: u64| {
+            let mut d = FrameDecoder::with_max(Bitcode, cluster, 1 << 20);
+            d.extend(bytes);
+            d.next_frame().map(|_| ())
+        };
+        assert_eq!(
+            decode(&good, 6),
+            Err(FrameError::WrongCluster { got: 5, want: 6 })
+        );
+        let mut v = good.clone();
+        v[4] = 9;
+        assert_eq!(decode(&v, 5), Err(FrameError::BadVersion { got: 9 }));
+        let mut v = good.clone();
+        v[5] = 77;
+        assert_eq!(decode(&v, 5), Err(FrameError::UnknownKind(77)));
+        let mut v = good.clone();
+        v[..4].copy_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(matches!(decode(&v, 5), Err(FrameError::Oversized { .. })));
+        let mut v = good.clone();
+        v[..4].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(decode(&v, 5), Err(FrameError::TooShort { len: 3 }));
+        let mut v = good.clone();
+        let n = v.len();
+        v[n - 3] ^= 0xff;
+        v[14] ^= 0x55;
+        assert!(matches!(
+            decode(&v, 5),
+            Err(FrameError::Malformed(_)) | Ok(())
+        ));
+        let mut d = FrameDecoder::new(Bitcode, 5);
+        d.extend(&good[..good.len() - 1]);
+        assert_eq!(d.next_frame().unwrap().map(|_| ()), None);
+        assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let mut d = FrameDecoder::with_max(Bitcode, 1, 1024);
+        d.extend(&(1u32 << 30).to_le_bytes());
+        assert_eq!(
+            d.next_frame().map(|_| ()),
+            Err(FrameError::Oversized {
+                len: 1 << 30,
+                max: 1024
+            })
+        );
+        assert_eq!(d.buffered(), 4, "nothing was allocated for the body");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        /// Random bytes, random mutations of valid frames, and truncations never panic.
+        #[test]
+        fn random_input_never_panics(noise in proptest::collection::vec(any::<u8>(), 0..600),
+                                     flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+                                     cut in any::<prop::sample::Index>()) {
+            let mut d = FrameDecoder::with_max(Bitcode, 5, 4096);
+            d.extend(&noise);
+            while let Ok(Some(_)) = d.next_frame() {}
+            let _ = d.finish();
+
+            let mut v = encoded(5, &Frame::Msg(sample()));
+            for (i, b) in flips {
+                let at = i.index(v.len());
+                v[at] ^= b;
+            }
+            let v = &v[..cut.index(v.len() + 1)];
+            let mut d = FrameDecoder::with_max(Bitcode, 5, 4096);
+            d.extend(v);
+            while let Ok(Some(_)) = d.next_frame() {}
+            let _ = d.finish();
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Storage for the omnipaxos log: an in-memory store, and a shared handle that survives a
+//! simulated crash (the simulator keeps one handle and gives it to the restarted node).
+
+use crate::message::LogEntry;
+use omnipaxos::ballot_leader_election::Ballot;
+use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp, StorageResult};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// The acceptor state of one log, kept in memory.
+///
+/// Invariant: `entries[i]` is log index `trimmed + i`; `decided <= trimmed + entries.len()`
+/// once the log has caught up (omnipaxos may record a decided index ahead of what it holds
+/// while syncing).
+#[derive(Default, Debug)]
+pub struct MemStorage {
+    entries: VecDeque<LogEntry>,
+    trimmed: usize,
+    compacted: usize,
+    promise: Option<Ballot>,
+    accepted_round: Option<Ballot>,
+    decided: usize,
+    stopsign: Option<StopSign>,
+}
+
+impl MemStorage {
+    /// One past the last entry held (trimmed entries count).
+    pub fn end(&self) -> u64 {
+        (self.trimmed + self.entries.len()) as u64
+    }
+
+    fn slice(&self, from: usize, to: usize) -> Vec<LogEntry> {
+        if from < self.trimmed || to < from || to - self.trimmed > self.entries.len() {
+            return Vec::new();
+        }
+        self.entries
+            .range(from - self.trimmed..to - self.trimmed)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Storage<LogEntry> for MemStorage {
+    fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> StorageResult<()> {
+        for op in ops {
+            match op {
+                StorageOp::AppendEntry(e) => self.append_entry(e)?,
+                StorageOp::AppendEntries(es) => self.append_entries(es)?,
+                StorageOp::AppendOnPrefix(i, es) => self.append_on_prefix(i, es)?,
+                StorageOp::SetPromise(b) => self.set_promise(b)?,
+                StorageOp::SetDecidedIndex(i) => self.set_decided_idx(i)?,
+                StorageOp::SetAcceptedRound(b) => self.set_accepted_round(b)?,
+                StorageOp::SetCompactedIdx(i) => self.set_compacted_idx(i)?,
+                StorageOp::Trim(i) => self.trim(i)?,
+                StorageOp::SetStopsign(s) => self.set_stopsign(s)?,
+                StorageOp::SetSnapshot(s) => self.set_snapshot(s)?,
+            }
+        }
+        Ok(())
+    }
+    fn append_entry(&mut self, entry: LogEntry) -> StorageResult<()> {
+        self.entries.push_back(entry);
+        Ok(())
+    }
+    fn append_entries(&mut self, entries: Vec<LogEntry>) -> StorageResult<()> {
+        self.entries.extend(entries);
+        Ok(())
+    }
+    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> StorageResult<()> {
+        self.entries.truncate(from_idx.saturating_sub(self.trimmed));
+        self.append_entries(entries)
+    }
+    fn set_promise(&mut self, n_prom: Ballot) -> StorageResult<()> {
+        self.promise = Some(n_prom);
+        Ok(())
+    }
+    fn set_decided_idx(&mut self, ld: usize) -> StorageResult<()> {
+        self.decided = ld;
+        Ok(())
+    }
+    fn get_decided_idx(&self) -> StorageResult<usize> {
+        Ok(self.decided)
+    }
+    fn set_accepted_round(&mut self, na: Ballot) -> StorageResult<()> {
+        self.accepted_round = Some(na);
+        Ok(())
+    }
+    fn get_accepted_round(&self) -> StorageResult<Option<Ballot>> {
+        Ok(self.accepted_round)
+    }
+    fn get_entries(&self, from: usize, to: usize) -> StorageResult<Vec<LogEntry>> {
+        Ok(self.slice(from, to))
+    }
+    fn get_log_len(&self) -> StorageResult<usize> {
+        Ok(self.entries.len())
+    }
+    fn get_suffix(&self, from: usize) -> StorageResult<Vec<LogEntry>> {
+        Ok(self.slice(from.max(self.trimmed), self.trimmed + self.entries.len()))
+    }
+    fn get_promise(&self) -> StorageResult<Option<Ballot>> {
+        Ok(self.promise)
+    }
+    fn set_stopsign(&mut self, s: Option<StopSign>) -> StorageResult<()> {
+        self.stopsign = s;
+        Ok(())
+    }
+    fn get_stopsign(&self) -> StorageResult<Option<StopSign>> {
+        Ok(self.stopsign.clone())
+    }
+    fn trim(&mut self, idx: usize) -> StorageResult<()> {
+        let n = idx.saturating_sub(self.trimmed).min(self.entries.len());
+        self.entries.drain(..n);
+        self.trimmed = self.trimmed.max(idx);
+        Ok(())
+    }
+    fn set_compacted_idx(&mut self, idx: usize) -> StorageResult<()> {
+        self.compacted = idx;
+        Ok(())
+    }
+    fn get_compacted_idx(&self) -> StorageResult<usize> {
+        Ok(self.compacted)
+    }
+    fn set_snapshot(&mut self, _: Option<NoSnapshot>) -> StorageResult<()> {
+        Ok(())
+    }
+    fn get_snapshot(&self) -> StorageResult<Option<NoSnapshot>> {
+        Ok(None)
+    }
+}
+
+/// A cloneable handle to a storage backend. Every clone sees the same state, so a runtime can
+/// keep one to rebuild a crashed acceptor from what it had stored.
+pub struct Shared<S>(Arc<Mutex<S>>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<S: Default> Default for Shared<S> {
+    fn default() -> Self {
+        Shared(Arc::new(Mutex::new(S::default())))
+    }
+}
+
+impl<S> Shared<S> {
+    pub fn new(s: S) -> Self {
+        Shared(Arc::new(Mutex::new(s)))
+    }
+    /// Runs `f` on the backend (tests and fault injection).
+    pub fn with<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut self.0.lock())
+    }
+}
+
+macro_rules! delegate {
+    ($($name:ident(&mut self $(, $arg:ident : $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&mut self $(, $arg: $ty)*) -> $ret { self.0.lock().$name($($arg),*) })*
+    };
+}
+macro_rules! delegate_ref {
+    ($($name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret { self.0.lock().$name($($arg),*) })*
+    };
+}
+
+impl<S: Storage<LogEntry>> Storage<LogEntry> for Shared<S> {
+    delegate! {
+        write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> StorageResult<()>;
+        append_entry(&mut self, entry: LogEntry) -> StorageResult<()>;
+        append_entries(&mut self, entries: Vec<LogEntry>) -> StorageResult<()>;
+        append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> StorageResult<()>;
+        set_promise(&mut self, n_prom: Ballot) -> StorageResult<()>;
+        set_decided_idx(&mut self, ld: usize) -> StorageResult<()>;
+        set_accepted_round(&mut self, na: Ballot) -> StorageResult<()>;
+        set_stopsign(&mut self, s: Option<StopSign>) -> StorageResult<()>;
+        trim(&mut self, idx: usize) -> StorageResult<()>;
+        set_compacted_idx(&mut self, idx: usize) -> StorageResult<()>;
+        set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> StorageResult<()>;
+    }
+    delegate_ref! {
+        get_decided_idx(&self) -> StorageResult<usize>;
+        get_accepted_round(&self) -> StorageResult<Option<Ballot>>;
+        get_entries(&self, from: usize, to: usize) -> StorageResult<Vec<LogEntry>>;
+        get_log_len(&self) -> StorageResult<usize>;
+        get_suffix(&self, from: usize) -> StorageResult<Vec<LogEntry>>;
+        get_promise(&self) -> StorageResult<Option<Ballot>>;
+        get_stopsign(&self) -> StorageResult<Option<StopSign>>;
+        get_compacted_idx(&self) -> StorageResult<usize>;
+        get_snapshot(&self) -> StorageResult<Option<NoSnapshot>>;
+    }
+}

@@ -1,0 +1,376 @@
+//! The deterministic Multi-Ring merge (reference notes, section c.3 and c.5).
+//!
+//! A subscriber to a set of groups merges every log that covers one of them. Number the
+//! *virtual slots* of log `r` as `v_r[0], v_r[1], ...` (each message of a batch is one slot, a
+//! `Skip(n)` is `n` empty slots) and give `v_r[j]` the key `(j / M, rank(r), j mod M)`, where
+//! `rank` is the position of `r` in increasing log-id order among *all* logs. A subscriber
+//! consumes its logs' slots in increasing key order, delivering the messages addressed to its
+//! groups and dropping the rest. Because every subscriber uses the same `M`, the same log
+//! order and the same slot counting, all delivery streams are projections of one total order
+//! of all messages, which gives acyclic order and prefix order (section 1.3); agreement and
+//! validity come from the logs themselves.
+//!
+//! A log that has no slot for the current round blocks the merge. Leaders pad idle logs with
+//! skips at rate lambda; [`Merger::blocked_on`] tells the caller which log blocks and how far
+//! it would have to be padded, so a skip hint can be sent to its leader.
+//!
+//! Duplicates (a sender retransmitting across a leader change) always land in the same log,
+//! because the log is a function of the destination set; the first copy in log order is
+//! delivered, later ones are dropped. Every subscriber sees the same first copy.
+
+use crate::dedup::Dedup;
+use crate::groupset::GroupSet;
+use crate::ids::LogId;
+use crate::message::{LogEntry, Message};
+use std::collections::VecDeque;
+
+/// One delivered message, with the log position it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub msg: Message,
+    pub log: LogId,
+    /// Index of the log entry that carried it.
+    pub index: u64,
+}
+
+/// Entries pushed to a [`Merger`] must continue exactly where the previous push ended.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("log {log}: entries pushed from index {got}, the merger expects {expected}")]
+pub struct Gap {
+    pub log: LogId,
+    pub expected: u64,
+    pub got: u64,
+}
+
+/// What a blocked merge needs from one log (see [`Merger::blocked_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkipNeed {
+    pub log: LogId,
+    /// The next entry index the merger expects from `log`.
+    pub index: u64,
+    /// Slots needed from `index` on.
+    pub slots: u64,
+}
+
+struct Lane {
+    log: LogId,
+    queue: VecDeque<LogEntry>,
+    /// Log index of `queue[0]`.
+    head_index: u64,
+    /// Slots of `queue[0]` already consumed.
+    head_offset: u64,
+    /// Slots received so far (the lane's frontier).
+    slots_received: u64,
+    slots_consumed: u64,
+}
+
+impl Lane {
+    fn next_index(&self) -> u64 {
+        self.head_index + self.queue.len() as u64
+    }
+}
+
+/// Merges the decided entries of several logs into one delivery stream.
+pub struct Merger {
+    groups: GroupSet,
+    m: u64,
+    lanes: Vec<Lane>,
+    cur: usize,
+    /// Slots taken from `lanes[cur]` in the current round.
+    taken: u64,
+    dedup: Dedup,
+}
+
+impl Merger {
+    /// A merger for a subscription to `groups` over `logs` (the logs covering any of
+    /// `groups`, see [`crate::config::ClusterConfig::logs_for`]), taking `m` slots per log per round.
+    pub fn new(logs: &[LogId], groups: GroupSet, m: u64) -> Self {
+        assert!(m > 0, "merge_m must be positive");
+        assert!(!logs.is_empty(), "a subscription merges at least one log");
+        let mut ids = logs.to_vec();
+        ids.sort();
+        ids.dedup();
+        Merger {
+            groups,
+            m,
+            lanes: ids
+                .into_iter()
+                .map(|log| Lane {
+                    log,
+                    queue: VecDeque::new(),
+                    head_index: 0,
+                    head_offset: 0,
+                    slots_received: 0,
+                    slots_consumed: 0,
+                })
+                .collect(),
+            cur: 0,
+            taken: 0,
+            dedup: Dedup::default(),
+        }
+    }
+
+    pub fn groups(&self) -> &GroupSet {
+        &self.groups
+    }
+
+    /// The logs this merger reads, in merge order.
+    pub fn logs(&self) -> impl Iterator<Item = LogId> + '_ {
+        self.lanes.iter().map(|l| l.log)
+    }
+
+    /// Index of the next entry `log` expects (`None` if the merger does not read `log`).
+    pub fn next_index(&self, log: LogId) -> Option<u64> {
+        self.lane(log).map(|l| self.lanes[l].next_index())
+    }
+
+    fn lane(&self, log: LogId) -> Option<usize> {
+        self.lanes.binary_search_by_key(&log, |l| l.log).ok()
+    }
+
+    /// Appends decided entries of `log` that start at log index `start`. Entries the merger
+    /// already has are ignored; a push that would leave a hole is refused.
+    pub fn push(&mut self, log: LogId, start: u64, entries: &[LogEntry]) -> Result<(), Gap> {
+        let Some(l) = self.lane(log) else {
+            return Ok(());
+        };
+        let lane = &mut self.lanes[l];
+        let expected = lane.next_index();
+        if start > expected {
+            return Err(Gap {
+                log,
+                expected,
+                got: start,
+            });
+        }
+        let skip = (expected - start) as usize;
+        for e in entries.iter().skip(skip) {
+            debug_assert!(e.is_valid());
+            lane.slots_received += e.slots();
+            lane.queue.push_back(e.clone());
+        }
+        Ok(())
+    }
+
+    /// Delivers every message the merge order allows now. Returns how many it appended.
+    pub fn poll(&mut self, out: &mut Vec<Delivery>) -> usize {
+        let before = out.len();
+        let Merger {
+            groups,
+            m,
+            lanes,
+            cur,
+            taken,
+            dedup,
+        } = self;
+        loop {
+            let lane = &mut lanes[*cur];
+            let Some(head) = lane.queue.front() else {
+                break;
+            };
+            let want = *m - *taken;
+            let remaining = head.slots() - lane.head_offset;
+            let k = want.min(remaining);
+            if let LogEntry::Batch(msgs) = head {
+                let from = lane.head_offset as usize;
+                for msg in &msgs[from..from + k as usize] {
+                    if msg.dests.intersects(groups) && dedup.insert(msg.id) {
+                        out.push(Delivery {
+                            msg: msg.clone(),
+                            log: lane.log,
+                            index: lane.head_index,
+                        });
+                    }
+                }
+            }
+            lane.head_offset += k;
+            lane.slots_consumed += k;
+            if k == remaining {
+                lane.queue.pop_front();
+                lane.head_index += 1;
+                lane.head_offset = 0;
+            }
+            *taken += k;
+            if *taken == *m {
+                *taken = 0;
+                *cur = (*cur + 1) % lanes.len();
+            }
+        }
+        out.len() - before
+    }
+
+    /// If the merge waits on a log while others have slots to go: that log, the index of the
+    /// next entry it needs, and how many more slots it needs so that everything received so
+    /// far can be delivered.
+    pub fn blocked_on(&self) -> Option<SkipNeed> {
+        let lane = &self.lanes[self.cur];
+        if !lane.queue.is_empty() {
+            return None;
+        }
+        let frontier = self.lanes.iter().map(|l| l.slots_received).max()?;
+        let target = frontier.div_ceil(self.m) * self.m;
+        (target > lane.slots_received).then_some(SkipNeed {
+            log: lane.log,
+            index: lane.next_index(),
+            slots: target - lane.slots_received,
+        })
+    }
+
+    /// Whether every received entry has been consumed.
+    pub fn is_drained(&self) -> bool {
+        self.lanes.iter().all(|l| l.queue.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{GroupId, MsgId, NodeId};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn msg(seq: u64, dests: &[u32]) -> Message {
+        Message {
+            id: MsgId {
+                sender: NodeId(1),
+                epoch: 0,
+                seq,
+            },
+            dests: dests.iter().map(|&g| GroupId(g)).collect(),
+            payload: Bytes::new(),
+        }
+    }
+
+    fn batch(msgs: Vec<Message>) -> LogEntry {
+        LogEntry::Batch(Arc::from(msgs))
+    }
+
+    fn seqs(out: &[Delivery]) -> Vec<u64> {
+        out.iter().map(|d| d.msg.id.seq).collect()
+    }
+
+    #[test]
+    fn takes_m_slots_per_log_in_log_order() {
+        let g: GroupSet = [GroupId(0), GroupId(1)].into_iter().collect();
+        let mut mg = Merger::new(&[LogId(0), LogId(1)], g, 2);
+        mg.push(
+            LogId(1),
+            0,
+            &[batch(vec![msg(10, &[1]), msg(11, &[1]), msg(12, &[1])])],
+        )
+        .unwrap();
+        let mut out = vec![];
+        assert_eq!(mg.poll(&mut out), 0, "log 0 has nothing yet");
+        assert_eq!(
+            mg.blocked_on(),
+            Some(SkipNeed {
+                log: LogId(0),
+                index: 0,
+                slots: 4
+            })
+        );
+        mg.push(LogId(0), 0, &[batch(vec![msg(0, &[0])]), LogEntry::Skip(5)])
+            .unwrap();
+        mg.poll(&mut out);
+        // round 0: log 0 slots 0-1 (msg 0, skip), log 1 slots 0-1 (10, 11);
+        // round 1: log 0 slots 2-3 (skip), log 1 slot 2 (12), then log 1 runs dry.
+        assert_eq!(seqs(&out), vec![0, 10, 11, 12]);
+    }
+
+    #[test]
+    fn drops_other_groups_and_duplicates() {
+        let mut mg = Merger::new(&[LogId(0)], GroupSet::singleton(GroupId(0)), 4);
+        mg.push(
+            LogId(0),
+            0,
+            &[batch(vec![
+                msg(0, &[0]),
+                msg(1, &[1]),
+                msg(0, &[0]),
+                msg(2, &[0, 1]),
+            ])],
+        )
+        .unwrap();
+        let mut out = vec![];
+        mg.poll(&mut out);
+        assert_eq!(seqs(&out), vec![0, 2]);
+    }
+
+    #[test]
+    fn refuses_holes_and_ignores_overlaps() {
+        let mut mg = Merger::new(&[LogId(0)], GroupSet::singleton(GroupId(0)), 1);
+        assert_eq!(
+            mg.push(LogId(0), 1, &[LogEntry::Skip(1)]),
+            Err(Gap {
+                log: LogId(0),
+                expected: 0,
+                got: 1
+            })
+        );
+        mg.push(LogId(0), 0, &[batch(vec![msg(0, &[0])])]).unwrap();
+        mg.push(
+            LogId(0),
+            0,
+            &[batch(vec![msg(0, &[0])]), batch(vec![msg(1, &[0])])],
+        )
+        .unwrap();
+        let mut out = vec![];
+        mg.poll(&mut out);
+        assert_eq!(seqs(&out), vec![0, 1]);
+        assert_eq!(mg.next_index(LogId(0)), Some(2));
+    }
+
+    /// Log `i` carries messages to group `i` (logs 0, 1) or to all groups (log 2), mixed with
+    /// skips. A subscriber's stream must not depend on how entries are chunked, and the
+    /// streams of two subscribers must agree on common messages up to where one of them is
+    /// blocked (section c.5: all streams are projections of one order).
+    #[test]
+    fn streams_are_projections_of_one_order() {
+        proptest!(|(shape in proptest::collection::vec((0usize..3, 0u64..4), 1..60),
+                    m in 1u64..5, chunk in 1usize..7)| {
+            let mut logs: [Vec<LogEntry>; 3] = Default::default();
+            let mut seq = 0;
+            for &(log, n) in &shape {
+                let dests: &[u32] = [&[0u32][..], &[1], &[0, 1, 2]][log];
+                logs[log].push(if n == 0 {
+                    LogEntry::Skip(2)
+                } else {
+                    batch((0..n).map(|_| { seq += 1; msg(seq, dests) }).collect())
+                });
+            }
+            let run = |groups: &[u32], chunk: usize| {
+                let set: GroupSet = groups.iter().map(|&g| GroupId(g)).collect();
+                let mine: Vec<LogId> = (0..3u32)
+                    .filter(|&l| l == 2 || set.contains(GroupId(l)))
+                    .map(LogId)
+                    .collect();
+                let mut mg = Merger::new(&mine, set, m);
+                let mut out = vec![];
+                let mut at = 0;
+                while at < 60 {
+                    for l in &mine {
+                        let es = &logs[l.0 as usize];
+                        let end = (at + chunk).min(es.len());
+                        if at < end {
+                            mg.push(*l, at as u64, &es[at..end]).unwrap();
+                        }
+                    }
+                    mg.poll(&mut out);
+                    at += chunk;
+                }
+                out
+            };
+            let a = run(&[0, 1], chunk);
+            prop_assert_eq!(seqs(&a), seqs(&run(&[0, 1], 1)));
+            let b = seqs(&run(&[1], chunk));
+            let a_on_1: Vec<u64> = a
+                .iter()
+                .filter(|d| d.msg.dests.contains(GroupId(1)))
+                .map(|d| d.msg.id.seq)
+                .collect();
+            let n = a_on_1.len().min(b.len());
+            prop_assert_eq!(&a_on_1[..n], &b[..n]);
+        });
+    }
+}

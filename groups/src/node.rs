@@ -1,0 +1,495 @@
+//! [`GroupsNode`]: everything one process runs, as one sans-IO state machine.
+//!
+//! A node may at once be an acceptor of some logs, a subscriber (one merged delivery stream per
+//! subscription), an atomic-multicast sender and a reliable-multicast endpoint. The runtime's
+//! duties, in order:
+//! 1. pass every message from a peer to [`GroupsNode::handle`];
+//! 2. call [`GroupsNode::tick`] every `tuning.tick_us`;
+//! 3. after a burst of input, drain [`GroupsNode::take_outgoing`] and send each message to its
+//!    node (the node has already handled the ones it addressed to itself);
+//! 4. drain [`GroupsNode::take_delivered`], [`GroupsNode::take_rdelivered`] and
+//!    [`GroupsNode::take_events`] and give them to the application.
+//!
+//! There are no threads, sockets, clocks or random numbers in here; time is the tick count.
+
+use crate::config::{ClusterConfig, LogConfig};
+use crate::feed::{Feed, FeedEvent};
+use crate::groupset::GroupSet;
+use crate::ids::{LogId, MsgId, NodeId};
+use crate::log::omni::{OmniPaxosLog, OmniTiming};
+use crate::log::solo::SoloLog;
+use crate::log::storage::{MemStorage, Shared};
+use crate::log::OrderedLog;
+use crate::merge::{Delivery, Merger, SkipNeed};
+use crate::message::{LogEntry, NetMsg};
+use crate::rmcast::{RDelivery, Rmcast};
+use crate::sender::{MulticastError, Sender};
+use crate::server::LogServer;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Incarnation of this node; a restarted node must use a larger epoch than before.
+    pub epoch: u32,
+    /// Merge each subscription inside the node (the default). When false, the node hands out
+    /// the contiguous decided entries of every log it subscribes to through
+    /// [`GroupsNode::take_entries`], and the caller runs its own [`Merger`]s (a P-SMR replica
+    /// gives each worker thread its own, so no single thread merges for everyone).
+    pub merge_locally: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            epoch: 0,
+            merge_locally: true,
+        }
+    }
+}
+
+/// Decided entries of one log, contiguous with the previous ones handed out.
+#[derive(Clone, Debug)]
+pub struct LogEntries {
+    pub log: LogId,
+    pub start: u64,
+    pub entries: Vec<LogEntry>,
+}
+
+/// The default consensus log for acceptor `me` of `lc`: omnipaxos over `storage`, or a
+/// [`SoloLog`] when the log has a single acceptor.
+pub fn default_log(
+    cfg: &ClusterConfig,
+    lc: &LogConfig,
+    me: NodeId,
+    storage: Shared<MemStorage>,
+) -> Box<dyn OrderedLog> {
+    if lc.acceptors.len() == 1 {
+        return Box::new(SoloLog::new(me));
+    }
+    let preferred = lc.acceptors[lc.id.0 as usize % lc.acceptors.len()];
+    let timing = OmniTiming {
+        election_ticks: cfg.tuning.election_ticks,
+        resend_ticks: cfg.tuning.resend_ticks,
+    };
+    Box::new(OmniPaxosLog::new(
+        lc.acceptors.clone(),
+        me,
+        preferred,
+        timing,
+        storage,
+    ))
+}
+
+pub struct GroupsNode {
+    cfg: Arc<ClusterConfig>,
+    me: NodeId,
+    now: u64,
+    servers: BTreeMap<LogId, LogServer>,
+    feeds: BTreeMap<LogId, Feed>,
+    mergers: Vec<Merger>,
+    merge_locally: bool,
+    sender: Sender,
+    rm: Rmcast,
+    out: Vec<(NodeId, NetMsg)>,
+    delivered: Vec<(usize, Delivery)>,
+    exported: Vec<LogEntries>,
+    events: Vec<FeedEvent>,
+    hinted: BTreeMap<LogId, (SkipNeed, u64)>,
+    /// Peer messages refused as malformed or misrouted.
+    rejected: u64,
+}
+
+impl GroupsNode {
+    /// Builds node `me`; `make_log` supplies the consensus log of every log `me` accepts for.
+    pub fn new(
+        cfg: Arc<ClusterConfig>,
+        me: NodeId,
+        opts: NodeOptions,
+        mut make_log: impl FnMut(&LogConfig) -> Box<dyn OrderedLog>,
+    ) -> Self {
+        let nc = cfg.node(me).expect("node is in the configuration").clone();
+        let servers = cfg
+            .logs
+            .iter()
+            .filter(|l| l.acceptors.contains(&me))
+            .map(|l| (l.id, LogServer::new(cfg.clone(), l.id, make_log(l))))
+            .collect();
+        let mut feeds = BTreeMap::new();
+        let mut mergers = Vec::new();
+        for sub in &nc.subscriptions {
+            let logs = cfg.logs_for(sub);
+            for &l in &logs {
+                feeds
+                    .entry(l)
+                    .or_insert_with(|| Feed::new(cfg.clone(), l, me));
+            }
+            if opts.merge_locally {
+                mergers.push(Merger::new(&logs, sub.clone(), cfg.tuning.merge_m));
+            }
+        }
+        GroupsNode {
+            sender: Sender::new(cfg.clone(), me, opts.epoch),
+            rm: Rmcast::new(cfg.clone(), me, opts.epoch),
+            cfg,
+            me,
+            now: 0,
+            servers,
+            feeds,
+            mergers,
+            merge_locally: opts.merge_locally,
+            out: Vec::new(),
+            delivered: Vec::new(),
+            exported: Vec::new(),
+            events: Vec::new(),
+            hinted: BTreeMap::new(),
+            rejected: 0,
+        }
+    }
+
+    /// A node whose logs keep their state in memory (lost on a real crash).
+    pub fn in_memory(cfg: Arc<ClusterConfig>, me: NodeId, opts: NodeOptions) -> Self {
+        let c = cfg.clone();
+        Self::new(cfg, me, opts, |lc| {
+            default_log(&c, lc, me, Shared::default())
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn config(&self) -> &Arc<ClusterConfig> {
+        &self.cfg
+    }
+
+    /// Ticks elapsed since the node started.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Atomically multicasts `payload` to every subscriber of any group in `dests`.
+    pub fn multicast(&mut self, dests: GroupSet, payload: Bytes) -> Result<MsgId, MulticastError> {
+        self.sender.multicast(dests, payload, self.now)
+    }
+
+    /// Reliably multicasts `payload` to every member of the groups in `dests` (no ordering).
+    pub fn rmcast(&mut self, dests: GroupSet, payload: Bytes) -> Result<MsgId, MulticastError> {
+        self.rm.send(dests, payload, self.now, &mut self.out)
+    }
+
+    /// Multicasts submitted by this node and not yet acknowledged as ordered.
+    pub fn multicasts_in_flight(&self) -> usize {
+        self.sender.in_flight()
+    }
+
+    /// Reliable multicasts this node is still resending (its own and relayed ones).
+    pub fn rmcasts_in_flight(&self) -> usize {
+        self.rm.holding()
+    }
+
+    /// The leader of `log` as seen by this node, if it is one of the log's acceptors.
+    pub fn leader_of(&self, log: LogId) -> Option<NodeId> {
+        self.servers.get(&log).and_then(|s| s.log().leader())
+    }
+
+    /// Whether this node leads `log`.
+    pub fn leads(&self, log: LogId) -> bool {
+        self.servers.get(&log).is_some_and(|s| s.log().is_leader())
+    }
+
+    /// Decided index of `log` at this acceptor.
+    pub fn decided_idx(&self, log: LogId) -> Option<u64> {
+        self.servers.get(&log).map(|s| s.log().decided_idx())
+    }
+
+    /// `(first held, decided, accepted)` indexes of this acceptor's copy of `log`.
+    pub fn log_status(&self, log: LogId) -> Option<(u64, u64, u64)> {
+        self.servers.get(&log).map(|s| {
+            let l = s.log();
+            (l.first_idx(), l.decided_idx(), l.accepted_idx())
+        })
+    }
+
+    /// Up to `max` entries of this acceptor's copy of `log` from `from`, decided or not
+    /// (debugging and tests).
+    pub fn log_entries(&self, log: LogId, from: u64, max: usize) -> Vec<LogEntry> {
+        self.servers
+            .get(&log)
+            .map(|s| s.log().read_accepted(from, max))
+            .unwrap_or_default()
+    }
+
+    /// First index still held by this acceptor's copy of `log`.
+    pub fn first_idx(&self, log: LogId) -> Option<u64> {
+        self.servers.get(&log).map(|s| s.log().first_idx())
+    }
+
+    /// The next entry index this node's subscriptions need from `log`.
+    pub fn feed_next(&self, log: LogId) -> Option<u64> {
+        self.feeds.get(&log).map(Feed::next)
+    }
+
+    /// A one-line-per-item description of the node's state, for debugging failed runs.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut s = format!(
+            "{} t={} in-flight={} rm-holding={}\n",
+            self.me,
+            self.now,
+            self.sender.in_flight(),
+            self.rm.holding()
+        );
+        for (log, srv) in &self.servers {
+            let l = srv.log();
+            let _ = writeln!(
+                s,
+                "  acceptor {log}: leader={:?} leads={} first={} decided={} accepted={} {}\n    {}",
+                l.leader(),
+                l.is_leader(),
+                l.first_idx(),
+                l.decided_idx(),
+                l.accepted_idx(),
+                srv.describe(),
+                l.status()
+            );
+        }
+        for (log, f) in &self.feeds {
+            let _ = writeln!(s, "  feed {log}: next={}", f.next());
+        }
+        for (i, m) in self.mergers.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  merger {i} {:?}: blocked={:?}",
+                m.groups(),
+                m.blocked_on()
+            );
+        }
+        s
+    }
+
+    /// Peer messages refused as malformed or misrouted so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected + self.servers.values().map(|s| s.rejected).sum::<u64>()
+    }
+
+    pub fn handle(&mut self, from: NodeId, msg: NetMsg) {
+        match msg {
+            NetMsg::Log { log, msg } => match self.servers.get_mut(&log) {
+                Some(s) => {
+                    s.on_log_msg(from, *msg);
+                    self.after_log_activity(log);
+                }
+                None => self.refuse(
+                    from,
+                    "consensus message for a log this node does not accept for",
+                ),
+            },
+            NetMsg::Submit { log, msgs } => match self.servers.get_mut(&log) {
+                Some(s) => s.on_submit(from, msgs, self.now, &mut self.out),
+                None => self.refuse(from, "submit for a log this node does not accept for"),
+            },
+            NetMsg::NotLeader { log, leader } => {
+                self.sender.on_not_leader(from, log, leader, self.now)
+            }
+            NetMsg::Ack { log, ids } => self.sender.on_ack(log, &ids, self.now),
+            NetMsg::Entries {
+                log,
+                start,
+                entries,
+            } => {
+                if entries.iter().all(LogEntry::is_valid) {
+                    self.offer(log, start, &entries);
+                } else {
+                    self.refuse(from, "entries with an empty batch or skip");
+                }
+            }
+            NetMsg::Fetch { log, from: idx } => match self.servers.get_mut(&log) {
+                Some(s) => s.on_fetch(from, idx, &mut self.out),
+                None => self.refuse(from, "fetch for a log this node does not accept for"),
+            },
+            NetMsg::Trimmed { log, first } => {
+                if let Some(e) = self.feeds.get_mut(&log).and_then(|f| f.on_trimmed(first)) {
+                    tracing::warn!(
+                        ?e,
+                        "log trimmed past this subscriber; state transfer needed"
+                    );
+                    self.events.push(e);
+                }
+            }
+            NetMsg::Progress { log, next } => {
+                if let Some(s) = self.servers.get_mut(&log) {
+                    s.on_progress(from, next);
+                }
+            }
+            NetMsg::SkipHint { log, index, slots } => {
+                if let Some(s) = self.servers.get_mut(&log) {
+                    s.on_skip_hint(index, slots);
+                }
+            }
+            NetMsg::RData { id, dests, payload } => {
+                self.rm
+                    .on_data(from, id, dests, payload, self.now, &mut self.out)
+            }
+            NetMsg::RAck { id } => self.rm.on_ack(from, id),
+        }
+    }
+
+    fn refuse(&mut self, from: NodeId, what: &str) {
+        self.rejected += 1;
+        tracing::warn!(node = %self.me, %from, "refused {what}");
+    }
+
+    /// After consensus activity on `log`: push and acknowledge what was decided, and feed the
+    /// node's own subscriptions.
+    fn after_log_activity(&mut self, log: LogId) {
+        let Some(s) = self.servers.get_mut(&log) else {
+            return;
+        };
+        s.poll_decided(&mut self.out);
+        if let Some((start, entries)) = s.take_decided() {
+            if self.feeds.contains_key(&log) {
+                self.offer(log, start, &entries);
+            }
+        }
+    }
+
+    fn offer(&mut self, log: LogId, start: u64, entries: &[LogEntry]) {
+        let Some(feed) = self.feeds.get_mut(&log) else {
+            return;
+        };
+        let Some((at, fresh)) = feed.offer(start, entries, self.now, &mut self.out) else {
+            return;
+        };
+        if !self.merge_locally {
+            self.exported.push(LogEntries {
+                log,
+                start: at,
+                entries: fresh.to_vec(),
+            });
+            return;
+        }
+        for (i, m) in self.mergers.iter_mut().enumerate() {
+            if m.next_index(log).is_none() {
+                continue;
+            }
+            m.push(log, at, fresh)
+                .expect("feeds hand out contiguous entries");
+            let mut batch = Vec::new();
+            m.poll(&mut batch);
+            self.delivered.extend(batch.into_iter().map(|d| (i, d)));
+        }
+    }
+
+    pub fn tick(&mut self) {
+        self.now += 1;
+        let now = self.now;
+        let logs: Vec<LogId> = self.servers.keys().copied().collect();
+        for log in logs {
+            self.servers.get_mut(&log).expect("listed").tick(now);
+            self.after_log_activity(log);
+        }
+        for f in self.feeds.values_mut() {
+            f.tick(now, &mut self.out);
+        }
+        self.sender.tick(now);
+        self.rm.tick(now, &mut self.out);
+        if self.cfg.tuning.skip_hints {
+            let needs: Vec<SkipNeed> = self.mergers.iter().filter_map(Merger::blocked_on).collect();
+            for need in needs {
+                self.request_skip(need);
+            }
+        }
+    }
+
+    /// Asks the acceptors of `need.log` to pad it (used by callers that run their own mergers).
+    /// Repeats of the same request are sent at most every `resend_ticks`.
+    pub fn request_skip(&mut self, need: SkipNeed) {
+        let now = self.now;
+        if let Some((last, at)) = self.hinted.get(&need.log) {
+            if *last == need && now < at + self.cfg.tuning.resend_ticks {
+                return;
+            }
+        }
+        self.hinted.insert(need.log, (need, now));
+        if let Some(lc) = self.cfg.log(need.log) {
+            for &a in &lc.acceptors {
+                self.out.push((
+                    a,
+                    NetMsg::SkipHint {
+                        log: need.log,
+                        index: need.index,
+                        slots: need.slots,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Tells the node that its connection to `peer` was re-established.
+    pub fn reconnected(&mut self, peer: NodeId) {
+        for s in self.servers.values_mut() {
+            s.reconnected(peer);
+        }
+    }
+
+    /// Moves outgoing messages into `out`. Messages the node addressed to itself are handled
+    /// here, before returning.
+    pub fn take_outgoing(&mut self, out: &mut Vec<(NodeId, NetMsg)>) {
+        const SELF_ROUNDS_MAX: usize = 64;
+        for _ in 0..SELF_ROUNDS_MAX {
+            self.flush();
+            let mut mine = Vec::new();
+            for (to, m) in self.out.drain(..) {
+                if to == self.me {
+                    mine.push(m);
+                } else {
+                    out.push((to, m));
+                }
+            }
+            if mine.is_empty() {
+                return;
+            }
+            for m in mine {
+                self.handle(self.me, m);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let now = self.now;
+        let logs: Vec<LogId> = self.servers.keys().copied().collect();
+        for log in logs {
+            let s = self.servers.get_mut(&log).expect("listed");
+            s.flush(now);
+            self.after_log_activity(log);
+        }
+        self.sender.take_outgoing(&mut self.out);
+        for s in self.servers.values_mut() {
+            s.take_outgoing(&mut self.out);
+        }
+    }
+
+    /// Messages delivered by the node's subscriptions since the last call, each with the index
+    /// of its subscription (the order of `subscriptions` in the node's configuration).
+    pub fn take_delivered(&mut self, out: &mut Vec<(usize, Delivery)>) {
+        out.append(&mut self.delivered);
+    }
+
+    /// Reliably multicast messages delivered since the last call.
+    pub fn take_rdelivered(&mut self, out: &mut Vec<RDelivery>) {
+        self.rm.take_delivered(out);
+    }
+
+    /// Decided entries since the last call (only when `merge_locally` is off).
+    pub fn take_entries(&mut self, out: &mut Vec<LogEntries>) {
+        out.append(&mut self.exported);
+    }
+
+    /// Conditions the application must act on.
+    pub fn take_events(&mut self, out: &mut Vec<FeedEvent>) {
+        out.append(&mut self.events);
+    }
+}

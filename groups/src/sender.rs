@@ -1,0 +1,227 @@
+//! The sending side of atomic multicast: submits messages to the leader of the log that
+//! orders their destinations, and resends them until that leader acknowledges them as decided.
+//!
+//! A resent message may be ordered twice (its first copy was decided but the acknowledgement
+//! lost in a leader change); the merge delivers only the first copy (see [`crate::merge`]).
+
+use crate::config::{ClusterConfig, Tuning};
+use crate::groupset::GroupSet;
+use crate::ids::{GroupId, LogId, MsgId, NodeId};
+use crate::message::{Message, NetMsg};
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// Why `multicast` refused a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MulticastError {
+    #[error("a message needs at least one destination group")]
+    NoDestinations,
+    #[error("group {group} does not exist (the cluster has groups 0..{groups})")]
+    UnknownGroup { group: GroupId, groups: u32 },
+    #[error("no log covers the destination set {0:?}; add a log whose coverage includes it")]
+    NoCoveringLog(GroupSet),
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge { len: usize, max: usize },
+    #[error("{queued} messages already wait for the send window; retry later")]
+    Backpressure { queued: usize },
+}
+
+struct Pending {
+    msg: Message,
+    log: LogId,
+    sent_to: NodeId,
+    sent_at: u64,
+    attempts: u32,
+}
+
+/// Most payload bytes in one `Submit`.
+const SUBMIT_BYTES_MAX: usize = 1 << 20;
+
+pub(crate) struct Sender {
+    cfg: Arc<ClusterConfig>,
+    me: NodeId,
+    epoch: u32,
+    next_seq: u64,
+    pending: BTreeMap<u64, Pending>,
+    queued: VecDeque<(Message, LogId)>,
+    /// Index into the log's acceptors of the node believed to lead it.
+    target: FxHashMap<LogId, usize>,
+    outbox: BTreeMap<(NodeId, LogId), Vec<Message>>,
+}
+
+impl Sender {
+    pub fn new(cfg: Arc<ClusterConfig>, me: NodeId, epoch: u32) -> Self {
+        Sender {
+            cfg,
+            me,
+            epoch,
+            next_seq: 0,
+            pending: BTreeMap::new(),
+            queued: VecDeque::new(),
+            target: FxHashMap::default(),
+            outbox: BTreeMap::new(),
+        }
+    }
+
+    fn tuning(&self) -> &Tuning {
+        &self.cfg.tuning
+    }
+
+    /// Validates `dests` and returns the log that orders them.
+    pub fn route(&self, dests: &GroupSet) -> Result<LogId, MulticastError> {
+        if dests.is_empty() {
+            return Err(MulticastError::NoDestinations);
+        }
+        if let Some(g) = dests.last().filter(|g| g.0 >= self.cfg.groups) {
+            return Err(MulticastError::UnknownGroup {
+                group: g,
+                groups: self.cfg.groups,
+            });
+        }
+        self.cfg
+            .route(dests)
+            .ok_or_else(|| MulticastError::NoCoveringLog(dests.clone()))
+    }
+
+    pub fn multicast(
+        &mut self,
+        dests: GroupSet,
+        payload: Bytes,
+        now: u64,
+    ) -> Result<MsgId, MulticastError> {
+        let max = self.tuning().payload_bytes_max;
+        if payload.len() > max {
+            return Err(MulticastError::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let log = self.route(&dests)?;
+        if self.pending.len() >= self.tuning().sender_window
+            && self.queued.len() >= self.tuning().sender_queue_max
+        {
+            return Err(MulticastError::Backpressure {
+                queued: self.queued.len(),
+            });
+        }
+        let id = MsgId {
+            sender: self.me,
+            epoch: self.epoch,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        let msg = Message { id, dests, payload };
+        if self.pending.len() < self.tuning().sender_window {
+            self.dispatch(msg, log, now, 0);
+        } else {
+            self.queued.push_back((msg, log));
+        }
+        Ok(id)
+    }
+
+    /// Messages submitted and not yet acknowledged, plus those waiting for the window.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len() + self.queued.len()
+    }
+
+    fn leader_guess(&self, log: LogId) -> NodeId {
+        let acceptors = &self.cfg.log(log).expect("routed log exists").acceptors;
+        let i = self.target.get(&log).copied().unwrap_or(log.0 as usize);
+        acceptors[i % acceptors.len()]
+    }
+
+    fn dispatch(&mut self, msg: Message, log: LogId, now: u64, attempts: u32) {
+        let to = self.leader_guess(log);
+        self.outbox.entry((to, log)).or_default().push(msg.clone());
+        self.pending.insert(
+            msg.id.seq,
+            Pending {
+                msg,
+                log,
+                sent_to: to,
+                sent_at: now,
+                attempts,
+            },
+        );
+    }
+
+    pub fn on_ack(&mut self, log: LogId, ids: &[(u32, u64)], now: u64) {
+        for &(epoch, seq) in ids {
+            if epoch == self.epoch && self.pending.get(&seq).is_some_and(|p| p.log == log) {
+                self.pending.remove(&seq);
+            }
+        }
+        while self.pending.len() < self.tuning().sender_window {
+            let Some((msg, log)) = self.queued.pop_front() else {
+                break;
+            };
+            self.dispatch(msg, log, now, 0);
+        }
+    }
+
+    pub fn on_not_leader(&mut self, from: NodeId, log: LogId, leader: Option<NodeId>, now: u64) {
+        let Some(acceptors) = self.cfg.log(log).map(|l| l.acceptors.clone()) else {
+            return;
+        };
+        let Some(pos) = leader
+            .filter(|&l| l != from)
+            .and_then(|l| acceptors.iter().position(|&a| a == l))
+        else {
+            // No better guess: the resend timer will try the next acceptor.
+            return;
+        };
+        self.target.insert(log, pos);
+        let redirect: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.log == log && p.sent_to == from)
+            .map(|(&s, _)| s)
+            .collect();
+        for seq in redirect {
+            let p = self.pending.remove(&seq).expect("listed");
+            self.dispatch(p.msg, log, now, p.attempts);
+        }
+    }
+
+    /// Resends overdue messages, each log's to the next acceptor in turn, with the resend
+    /// interval doubling per attempt (up to 16x) so an overloaded leader is not flooded.
+    pub fn tick(&mut self, now: u64) {
+        let base = self.tuning().resend_ticks;
+        let overdue: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.sent_at) >= base << p.attempts.min(4))
+            .map(|(&s, _)| s)
+            .collect();
+        let mut rotated = Vec::new();
+        for seq in overdue {
+            let p = self.pending.remove(&seq).expect("listed");
+            if !rotated.contains(&p.log) {
+                rotated.push(p.log);
+                *self.target.entry(p.log).or_insert(p.log.0 as usize) += 1;
+            }
+            self.dispatch(p.msg, p.log, now, p.attempts + 1);
+        }
+    }
+
+    pub fn take_outgoing(&mut self, out: &mut Vec<(NodeId, NetMsg)>) {
+        for ((to, log), msgs) in std::mem::take(&mut self.outbox) {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for m in msgs {
+                bytes += m.payload.len() + 32;
+                chunk.push(m);
+                if bytes >= SUBMIT_BYTES_MAX {
+                    out.push((to, NetMsg::Submit { log, msgs: chunk }));
+                    chunk = Vec::new();
+                    bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
+                out.push((to, NetMsg::Submit { log, msgs: chunk }));
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! [`GroupsSim`]: a simulated multicast cluster that records every delivery stream and checks
+//! them with [`crate::checker`].
+//!
+//! Acceptor state survives crashes (each acceptor's log storage is kept by the harness and
+//! handed to the restarted node, like a disk); everything else a node held is lost, and a
+//! restarted node delivers its streams again from the start as a new incarnation.
+
+use super::{NetFaults, Network, Sim};
+use crate::checker::{self, Sent, Stream, StreamId, Violation};
+use crate::config::ClusterConfig;
+use crate::groupset::GroupSet;
+use crate::ids::{LogId, MsgId, NodeId};
+use crate::log::storage::{MemStorage, Shared};
+use crate::node::{default_log, GroupsNode, NodeOptions};
+use crate::rmcast::RDelivery;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How a simulation starts.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub net: NetFaults,
+}
+
+impl SimOptions {
+    /// A fault-free network.
+    pub fn calm(seed: u64) -> Self {
+        SimOptions {
+            seed,
+            net: NetFaults::calm(),
+        }
+    }
+}
+
+struct SentRecord {
+    id: MsgId,
+    dests: GroupSet,
+    incarnation: u32,
+    at_us: u64,
+}
+
+/// A simulated multicast cluster with recording.
+pub struct GroupsSim {
+    pub sim: Sim<GroupsNode>,
+    cfg: Arc<ClusterConfig>,
+    storages: BTreeMap<(NodeId, LogId), Shared<MemStorage>>,
+    sent: Vec<SentRecord>,
+    rsent: Vec<SentRecord>,
+    streams: BTreeMap<StreamId, Vec<MsgId>>,
+    /// Where each delivery came from: (log, entry index), parallel to `streams`.
+    origins: BTreeMap<StreamId, Vec<(LogId, u64)>>,
+    rstreams: BTreeMap<(NodeId, u32), Vec<MsgId>>,
+    deliveries: Vec<(usize, crate::merge::Delivery)>,
+    rdeliveries: Vec<RDelivery>,
+    /// When each node incarnation started.
+    started: BTreeMap<(NodeId, u32), u64>,
+}
+
+impl GroupsSim {
+    pub fn new(cfg: ClusterConfig, opts: SimOptions) -> Self {
+        let cfg = Arc::new(cfg);
+        let mut storages = BTreeMap::new();
+        for l in &cfg.logs {
+            for &a in &l.acceptors {
+                storages.insert((a, l.id), Shared::default());
+            }
+        }
+        let mut sim = Sim::new(opts.seed, cfg.tuning.tick_us, Network::new(opts.net));
+        for n in &cfg.nodes {
+            sim.add(n.id, make_node(&cfg, &storages, n.id, 0));
+        }
+        GroupsSim {
+            sim,
+            cfg,
+            storages,
+            sent: Vec::new(),
+            rsent: Vec::new(),
+            streams: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            rstreams: BTreeMap::new(),
+            deliveries: Vec::new(),
+            rdeliveries: Vec::new(),
+            started: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Arc<ClusterConfig> {
+        &self.cfg
+    }
+
+    /// Multicasts from `from` now; `None` if the node is down or the multicast was refused.
+    pub fn multicast(&mut self, from: NodeId, dests: GroupSet, payload: Bytes) -> Option<MsgId> {
+        let inc = self.sim.incarnation(from);
+        let d = dests.clone();
+        let id = self.sim.with(from, |n| n.multicast(d, payload))?.ok()?;
+        self.sent.push(SentRecord {
+            id,
+            dests,
+            incarnation: inc,
+            at_us: self.sim.now_us(),
+        });
+        self.collect(from);
+        Some(id)
+    }
+
+    /// Reliably multicasts from `from` now.
+    pub fn rmcast(&mut self, from: NodeId, dests: GroupSet, payload: Bytes) -> Option<MsgId> {
+        let inc = self.sim.incarnation(from);
+        let d = dests.clone();
+        let id = self.sim.with(from, |n| n.rmcast(d, payload))?.ok()?;
+        self.rsent.push(SentRecord {
+            id,
+            dests,
+            incarnation: inc,
+            at_us: self.sim.now_us(),
+        });
+        self.collect(from);
+        Some(id)
+    }
+
+    pub fn crash(&mut self, node: NodeId) {
+        self.sim.crash(node);
+    }
+
+    pub fn restart(&mut self, node: NodeId) {
+        if self.sim.is_up(node) {
+            return;
+        }
+        let inc = self.sim.incarnation(node) + 1;
+        let fresh = make_node(&self.cfg, &self.storages, node, inc);
+        self.started.insert((node, inc), self.sim.now_us());
+        self.sim.restart(node, |_| fresh);
+    }
+
+    fn collect(&mut self, node: NodeId) {
+        let inc = self.sim.incarnation(node);
+        let (mut d, mut r) = (
+            std::mem::take(&mut self.deliveries),
+            std::mem::take(&mut self.rdeliveries),
+        );
+        self.sim.with(node, |n| {
+            n.take_delivered(&mut d);
+            n.take_rdelivered(&mut r);
+        });
+        for (sub, del) in d.drain(..) {
+            let sid = StreamId {
+                node,
+                incarnation: inc,
+                subscription: sub,
+            };
+            self.streams.entry(sid).or_default().push(del.msg.id);
+            self.origins
+                .entry(sid)
+                .or_default()
+                .push((del.log, del.index));
+        }
+        for del in r.drain(..) {
+            self.rstreams.entry((node, inc)).or_default().push(del.id);
+        }
+        self.deliveries = d;
+        self.rdeliveries = r;
+    }
+
+    /// Runs until virtual time `until_us`.
+    pub fn run_until(&mut self, until_us: u64) {
+        let mut touched = Vec::new();
+        while self.sim.next_at().is_some_and(|t| t <= until_us) {
+            if let Some(n) = self.sim.step() {
+                touched.push(n);
+                if touched.len() >= 64 {
+                    self.collect_touched(&mut touched);
+                }
+            }
+        }
+        self.collect_touched(&mut touched);
+        self.sim.run_until(until_us, |_, _| {});
+    }
+
+    /// Processes one event and records what it delivered; returns the node it touched.
+    pub fn step(&mut self) -> Option<NodeId> {
+        let n = self.sim.step()?;
+        self.collect(n);
+        Some(n)
+    }
+
+    fn collect_touched(&mut self, touched: &mut Vec<NodeId>) {
+        touched.sort();
+        touched.dedup();
+        for n in touched.drain(..) {
+            self.collect(n);
+        }
+    }
+
+    /// Runs until every multicast and reliable multicast has reached every live subscriber
+    /// and no sender has anything in flight, or until `max_us` more virtual time has passed.
+    /// Returns whether it got quiet.
+    pub fn run_until_quiet(&mut self, max_us: u64) -> bool {
+        let deadline = self.sim.now_us() + max_us;
+        loop {
+            if self.is_quiet() {
+                return true;
+            }
+            if self.sim.now_us() >= deadline {
+                return false;
+            }
+            let next = (self.sim.now_us() + 10_000).min(deadline);
+            self.run_until(next);
+        }
+    }
+
+    fn is_quiet(&self) -> bool {
+        let up = self.sim.up_nodes();
+        let busy = up.iter().any(|&n| {
+            self.sim
+                .actor(n)
+                .is_some_and(|a| a.multicasts_in_flight() > 0 || a.rmcasts_in_flight() > 0)
+        });
+        if busy {
+            return false;
+        }
+        let (sent, streams) = self.history();
+        let (rsent, rstreams) = self.reliable_history();
+        // Everything validity or agreement obliges a correct stream to deliver has arrived.
+        let complete = |sent: &[Sent], streams: &[Stream], agreement: checker::Agreement| {
+            let delivered: std::collections::HashSet<&MsgId> = streams
+                .iter()
+                .filter(|s| match agreement {
+                    checker::Agreement::Uniform => true,
+                    checker::Agreement::Correct => s.correct,
+                    checker::Agreement::None => false,
+                })
+                .flat_map(|s| s.delivered.iter())
+                .collect();
+            streams.iter().filter(|s| s.correct).all(|s| {
+                let got: std::collections::HashSet<&MsgId> = s.delivered.iter().collect();
+                sent.iter()
+                    .filter(|m| {
+                        (m.sender_correct || delivered.contains(&m.id))
+                            && m.sent_at >= s.started_at
+                            && m.dests.intersects(&s.groups)
+                    })
+                    .all(|m| got.contains(&m.id))
+            })
+        };
+        complete(&sent, &streams, checker::Agreement::Uniform)
+            && complete(&rsent, &rstreams, self.reliable_agreement())
+    }
+
+    fn correct(&self, node: NodeId, incarnation: u32) -> bool {
+        self.sim.is_up(node) && self.sim.incarnation(node) == incarnation
+    }
+
+    /// What was multicast and every delivery stream, ready for [`checker::check_atomic`].
+    pub fn history(&self) -> (Vec<Sent>, Vec<Stream>) {
+        let sent = self
+            .sent
+            .iter()
+            .map(|r| Sent {
+                id: r.id,
+                dests: r.dests.clone(),
+                sender_correct: self.correct(r.id.sender, r.incarnation),
+                sent_at: r.at_us,
+            })
+            .collect();
+        let mut streams = Vec::new();
+        for n in &self.cfg.nodes {
+            let last = self.sim.incarnation(n.id);
+            for inc in 0..=last {
+                for (sub, groups) in n.subscriptions.iter().enumerate() {
+                    let id = StreamId {
+                        node: n.id,
+                        incarnation: inc,
+                        subscription: sub,
+                    };
+                    streams.push(Stream {
+                        id,
+                        groups: groups.clone(),
+                        correct: self.correct(n.id, inc),
+                        started_at: 0,
+                        delivered: self.streams.get(&id).cloned().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        (sent, streams)
+    }
+
+    /// Reliable multicasts and each node incarnation's reliable deliveries.
+    pub fn reliable_history(&self) -> (Vec<Sent>, Vec<Stream>) {
+        let sent = self
+            .rsent
+            .iter()
+            .map(|r| Sent {
+                id: r.id,
+                dests: r.dests.clone(),
+                sender_correct: self.correct(r.id.sender, r.incarnation),
+                sent_at: r.at_us,
+            })
+            .collect();
+        let mut streams = Vec::new();
+        for n in &self.cfg.nodes {
+            let groups = n
+                .subscriptions
+                .iter()
+                .fold(GroupSet::new(), |acc, s| acc.union(s));
+            if groups.is_empty() {
+                continue;
+            }
+            for inc in 0..=self.sim.incarnation(n.id) {
+                streams.push(Stream {
+                    id: StreamId {
+                        node: n.id,
+                        incarnation: inc,
+                        subscription: 0,
+                    },
+                    groups: groups.clone(),
+                    correct: self.correct(n.id, inc),
+                    started_at: self.started.get(&(n.id, inc)).copied().unwrap_or(0),
+                    delivered: self.rstreams.get(&(n.id, inc)).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        (sent, streams)
+    }
+
+    /// Checks atomic multicast on everything recorded so far.
+    pub fn check(&self) -> Result<(), Vec<Violation>> {
+        let (sent, streams) = self.history();
+        checker::check_atomic(&sent, &streams)
+    }
+
+    /// Checks reliable multicast on everything recorded so far: agreement among correct
+    /// members when receivers relay (`rm_relay`), validity only otherwise.
+    pub fn check_reliable(&self) -> Result<(), Vec<Violation>> {
+        let (sent, streams) = self.reliable_history();
+        checker::check_reliable(&sent, &streams, self.reliable_agreement())
+    }
+
+    fn reliable_agreement(&self) -> checker::Agreement {
+        if self.cfg.tuning.rm_relay {
+            checker::Agreement::Correct
+        } else {
+            checker::Agreement::None
+        }
+    }
+
+    /// Message ids delivered by the current incarnation of `node` (first subscription).
+    pub fn delivered(&self, node: NodeId) -> Vec<MsgId> {
+        let id = StreamId {
+            node,
+            incarnation: self.sim.incarnation(node),
+            subscription: 0,
+        };
+        self.streams.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// The deliveries of a stream with their (log, entry index), for debugging.
+    pub fn stream_detail(&self, id: StreamId) -> Vec<(MsgId, LogId, u64)> {
+        let ids = self.streams.get(&id).cloned().unwrap_or_default();
+        let origins = self.origins.get(&id).cloned().unwrap_or_default();
+        ids.into_iter()
+            .zip(origins)
+            .map(|(m, (l, i))| (m, l, i))
+            .collect()
+    }
+
+    /// Acceptors whose stored log length differs from what their consensus instance believes
+    /// (debugging aid): `(node, log, stored end, accepted index)`.
+    pub fn storage_mismatches(&self) -> Vec<(NodeId, LogId, u64, u64)> {
+        let mut v = Vec::new();
+        for (&(n, l), st) in &self.storages {
+            let Some((_, _, accepted)) = self.sim.actor(n).and_then(|a| a.log_status(l)) else {
+                continue;
+            };
+            let end = st.with(|m| m.end());
+            if end != accepted {
+                v.push((n, l, end, accepted));
+            }
+        }
+        v
+    }
+
+    /// The state of every live node, for debugging.
+    pub fn describe(&self) -> String {
+        self.sim
+            .up_nodes()
+            .into_iter()
+            .filter_map(|n| self.sim.actor(n).map(GroupsNode::describe))
+            .collect()
+    }
+
+    /// Number of multicasts recorded.
+    pub fn sent_count(&self) -> usize {
+        self.sent.len()
+    }
+}
+
+/// Builds incarnation `incarnation` of `id`, its acceptors over the storage that outlives it.
+fn make_node(
+    cfg: &Arc<ClusterConfig>,
+    storages: &BTreeMap<(NodeId, LogId), Shared<MemStorage>>,
+    id: NodeId,
+    incarnation: u32,
+) -> GroupsNode {
+    let opts = NodeOptions {
+        epoch: incarnation,
+        merge_locally: true,
+    };
+    GroupsNode::new(cfg.clone(), id, opts, |lc| {
+        default_log(cfg, lc, id, storages[&(id, lc.id)].clone())
+    })
+}

@@ -1,0 +1,517 @@
+//! Goal: atomic and reliable multicast keep their properties (reference notes, sections 1.2 and
+//! 1.3) under every fault the simulator can inject, and make progress once faults stop.
+//!
+//! Method: each seed draws a cluster (2 to 8 groups, f = 1 or 2, a log per group plus a
+//! global log and sometimes a log for a pair of groups, acceptors drawn from a pool,
+//! subscribers with one or two subscriptions), tuning values, a workload of single- and
+//! multi-group multicasts and reliable multicasts, and a fault plan: crashes of up to f
+//! acceptors per log at a time (most restart, recovering their acceptor state from the
+//! simulated disk), symmetric partitions, one-way cuts, and message loss, duplication and
+//! delay spikes (reordering) throughout. After the fault phase the network heals, every node
+//! restarts, and the run must get quiet: every message from a correct sender, and every
+//! message anyone delivered, reaches every correct subscriber it is addressed to. Then the
+//! checker runs on every delivery stream of every incarnation.
+//!
+//! `CHORUS_SEED=n` replays one seed with a trace of its plan; `CHORUS_SEEDS=k` runs k seeds
+//! (default 300) from `CHORUS_SEED_BASE` (default 0).
+
+use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
+use groups::groupset::GroupSet;
+use groups::ids::{GroupId, LogId, NodeId};
+use groups::sim::{GroupsSim, NetFaults, SimOptions};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+struct Scenario {
+    cfg: ClusterConfig,
+    net: NetFaults,
+    plan: Vec<(u64, Action)>,
+    fault_phase_us: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Multicast { from: NodeId, dests: GroupSet },
+    Rmcast { from: NodeId, dests: GroupSet },
+    Crash(NodeId),
+    Restart(NodeId),
+    Partition(Vec<NodeId>, Vec<NodeId>),
+    CutOneWay(NodeId, NodeId),
+    Heal,
+}
+
+fn random_set(rng: &mut ChaCha8Rng, groups: u32, size: u32) -> GroupSet {
+    let mut s = GroupSet::new();
+    while s.len() < size.min(groups) as usize {
+        s.insert(GroupId(rng.random_range(0..groups)));
+    }
+    s
+}
+
+fn draw(seed: u64) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_cafe);
+    let groups = rng.random_range(2..=8u32);
+    let f = if rng.random_bool(0.2) { 2 } else { 1 };
+    let per_log = 2 * f + 1;
+    let pool = per_log + rng.random_range(0..=2u32);
+    let extra = rng.random_range(1..=3u32);
+    let total = pool + extra;
+    let pick_acceptors = |rng: &mut ChaCha8Rng| -> Vec<NodeId> {
+        let mut all: Vec<u32> = (1..=pool).collect();
+        for i in (1..all.len()).rev() {
+            all.swap(i, rng.random_range(0..=i));
+        }
+        all.truncate(per_log as usize);
+        all.sort();
+        all.into_iter().map(NodeId).collect()
+    };
+    let mut logs: Vec<LogConfig> = (0..groups)
+        .map(|g| LogConfig {
+            id: LogId(g),
+            covers: GroupSet::singleton(GroupId(g)),
+            acceptors: pick_acceptors(&mut rng),
+        })
+        .collect();
+    if rng.random_bool(0.3) {
+        logs.push(LogConfig {
+            id: LogId(groups + 1),
+            covers: [GroupId(0), GroupId(1)].into_iter().collect(),
+            acceptors: pick_acceptors(&mut rng),
+        });
+    }
+    logs.push(LogConfig {
+        id: LogId(groups),
+        covers: GroupSet::all(groups),
+        acceptors: pick_acceptors(&mut rng),
+    });
+    let mut nodes: Vec<NodeConfig> = (1..=total)
+        .map(|id| NodeConfig {
+            id: NodeId(id),
+            addr: None,
+            subscriptions: Vec::new(),
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        let subscribes = n.id.0 > pool || rng.random_bool(0.5);
+        if subscribes {
+            let count = if rng.random_bool(0.25) { 2 } else { 1 };
+            for _ in 0..count {
+                let size = rng.random_range(1..=3);
+                n.subscriptions.push(random_set(&mut rng, groups, size));
+            }
+        }
+    }
+    // every group has a subscriber
+    for g in 0..groups {
+        if !nodes
+            .iter()
+            .any(|n| n.subscriptions.iter().any(|s| s.contains(GroupId(g))))
+        {
+            let i = rng.random_range(0..nodes.len());
+            nodes[i].subscriptions.push(GroupSet::singleton(GroupId(g)));
+        }
+    }
+    let skip_hints = rng.random_bool(0.7);
+    let tuning = Tuning {
+        tick_us: 1000,
+        batch_delay_ticks: rng.random_range(0..=2),
+        batch_bytes_max: rng.random_range(64..=4096),
+        inflight_entries_max: rng.random_range(2..=64),
+        merge_m: rng.random_range(1..=8),
+        skip_lambda_per_delta: rng.random_range(u64::from(!skip_hints)..=200),
+        skip_delta_ticks: rng.random_range(2..=10),
+        skip_hints,
+        election_ticks: rng.random_range(15..=50),
+        resend_ticks: rng.random_range(10..=30),
+        sender_window: rng.random_range(4..=128),
+        fetch_poll_ticks: rng.random_range(10..=40),
+        progress_ticks: 10,
+        trim: false,
+        rm_resend_ticks: rng.random_range(5..=20),
+        rm_relay: rng.random_bool(0.8),
+        ..Tuning::default()
+    };
+    let cfg = ClusterConfig::new(seed, groups, nodes, logs, tuning).expect("valid layout");
+
+    let net = NetFaults {
+        latency_us: (50, rng.random_range(100..=600)),
+        spike_prob: rng.random_range(0.0..0.15),
+        spike_us: rng.random_range(1000..=8000),
+        loss: rng.random_range(0.0..0.05),
+        dup: rng.random_range(0.0..0.05),
+    };
+
+    let fault_phase_us: u64 = 1_500_000;
+    let ids: Vec<NodeId> = cfg.nodes.iter().map(|n| n.id).collect();
+    let subscribers: Vec<NodeId> = cfg
+        .nodes
+        .iter()
+        .filter(|n| !n.subscriptions.is_empty())
+        .map(|n| n.id)
+        .collect();
+    let mut plan = Vec::new();
+    let messages = rng.random_range(80..=200);
+    for _ in 0..messages {
+        let at = rng.random_range(0..fault_phase_us);
+        let from = ids[rng.random_range(0..ids.len())];
+        let size = if rng.random_bool(0.6) {
+            1
+        } else {
+            rng.random_range(2..=4)
+        };
+        plan.push((
+            at,
+            Action::Multicast {
+                from,
+                dests: random_set(&mut rng, groups, size),
+            },
+        ));
+    }
+    for _ in 0..rng.random_range(0..=20) {
+        let at = rng.random_range(0..fault_phase_us);
+        let from = subscribers[rng.random_range(0..subscribers.len())];
+        let size = rng.random_range(1..=3);
+        plan.push((
+            at,
+            Action::Rmcast {
+                from,
+                dests: random_set(&mut rng, groups, size),
+            },
+        ));
+    }
+    // Crashes, respecting at most f crashed acceptors per log at any time.
+    let mut down: BTreeMap<NodeId, (u64, Option<u64>)> = BTreeMap::new();
+    for _ in 0..rng.random_range(0..=4) {
+        let at = rng.random_range(0..fault_phase_us);
+        let victim = ids[rng.random_range(0..ids.len())];
+        let restart = rng
+            .random_bool(0.8)
+            .then(|| at + rng.random_range(50_000..=600_000))
+            .filter(|&t| t < fault_phase_us);
+        let overlaps = |(s, e): (u64, Option<u64>)| {
+            at < e.unwrap_or(u64::MAX) && s < restart.unwrap_or(u64::MAX)
+        };
+        if down.contains_key(&victim) {
+            continue;
+        }
+        let ok = cfg.logs.iter().all(|l| {
+            !l.acceptors.contains(&victim)
+                || l.acceptors
+                    .iter()
+                    .filter(|a| down.get(a).is_some_and(|&w| overlaps(w)))
+                    .count()
+                    < f as usize
+        });
+        if ok {
+            down.insert(victim, (at, restart));
+            plan.push((at, Action::Crash(victim)));
+            if let Some(r) = restart {
+                plan.push((r, Action::Restart(victim)));
+            }
+        }
+    }
+    for _ in 0..rng.random_range(0..=3) {
+        let at = rng.random_range(0..fault_phase_us);
+        let until = (at + rng.random_range(50_000..=400_000)).min(fault_phase_us);
+        if rng.random_bool(0.5) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for &n in &ids {
+                if rng.random_bool(0.5) {
+                    a.push(n)
+                } else {
+                    b.push(n)
+                }
+            }
+            plan.push((at, Action::Partition(a, b)));
+        } else {
+            let x = ids[rng.random_range(0..ids.len())];
+            let y = ids[rng.random_range(0..ids.len())];
+            plan.push((at, Action::CutOneWay(x, y)));
+        }
+        plan.push((until, Action::Heal));
+    }
+    plan.sort_by_key(|(t, _)| *t);
+    Scenario {
+        cfg,
+        net,
+        plan,
+        fault_phase_us,
+    }
+}
+
+struct Outcome {
+    sent: usize,
+    crashes: u64,
+}
+
+fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
+    let sc = draw(seed);
+    if verbose {
+        eprintln!(
+            "seed {seed}: {} groups, {} nodes, logs:",
+            sc.cfg.groups,
+            sc.cfg.nodes.len()
+        );
+        for l in &sc.cfg.logs {
+            eprintln!(
+                "  {:?} covers {:?} acceptors {:?}",
+                l.id, l.covers, l.acceptors
+            );
+        }
+        for n in &sc.cfg.nodes {
+            eprintln!("  {} subscribes {:?}", n.id, n.subscriptions);
+        }
+        eprintln!("  net {:?}\n  tuning {:?}", sc.net, sc.cfg.tuning);
+    }
+    let mut s = GroupsSim::new(
+        sc.cfg.clone(),
+        SimOptions {
+            seed,
+            net: sc.net.clone(),
+        },
+    );
+    if verbose {
+        // Every copy of a log entry that travels must be identical (consensus safety).
+        let mut seen: BTreeMap<(u32, u64), (groups::LogEntry, u64, NodeId)> = BTreeMap::new();
+        // CHORUS_TRACE_WINDOW=log:from_us:to_us prints that log's consensus messages.
+        let window: Option<(u32, u64, u64)> = std::env::var("CHORUS_TRACE_WINDOW").ok().map(|w| {
+            let v: Vec<u64> = w
+                .split(':')
+                .map(|x| x.parse().expect("log:from:to"))
+                .collect();
+            (v[0] as u32, v[1], v[2])
+        });
+        s.sim.trace = Some(Box::new(move |(sent, t), from, to, m| {
+            if let (Some((wl, a, b)), groups::NetMsg::Log { log, msg }) = (window, m) {
+                if log.0 == wl && (a..=b).contains(&t) {
+                    let text = format!("{msg:?}");
+                    if !text.contains("BLE") {
+                        eprintln!(
+                            "  trace t={t} {from}->{to} {}",
+                            &text[..text.len().min(400)]
+                        );
+                    }
+                }
+            }
+            if let groups::NetMsg::Entries {
+                log,
+                start,
+                entries,
+            } = m
+            {
+                for (i, e) in entries.iter().enumerate() {
+                    let key = (log.0, start + i as u64);
+                    match seen.get(&key) {
+                        Some((prev, pt, pf)) if prev != e => eprintln!(
+                            "  DIVERGENCE t={t} (sent {sent}) {from}->{to} {log:?}[{}]: {:?} vs {:?} sent by {pf} at t={pt}",
+                            key.1, e, prev
+                        ),
+                        Some(_) => {}
+                        None => {
+                            seen.insert(key, (e.clone(), t, from));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut payload = 0u32;
+    // CHORUS_WATCH=node:log:from_us:to_us prints that acceptor's log indexes after every step.
+    let watch: Option<(u32, u32, u64, u64)> = std::env::var("CHORUS_WATCH").ok().map(|w| {
+        let v: Vec<u64> = w
+            .split(':')
+            .map(|x| x.parse().expect("node:log:from:to"))
+            .collect();
+        (v[0] as u32, v[1] as u32, v[2], v[3])
+    });
+    for (at, action) in &sc.plan {
+        if let Some((wn, wl, a, b)) = watch {
+            let mut last = None;
+            while s.sim.next_at().is_some_and(|t| t <= *at) {
+                let t = s.sim.next_at().unwrap();
+                s.step();
+                let mm = s.storage_mismatches();
+                if !mm.is_empty() {
+                    panic!("t={t}: stored log length differs from the accepted index: {mm:?}");
+                }
+                if (a..=b).contains(&t) {
+                    let st = s
+                        .sim
+                        .actor(NodeId(wn))
+                        .and_then(|n| n.log_status(LogId(wl)));
+                    if st != last {
+                        let tail: Vec<String> = s
+                            .sim
+                            .actor(NodeId(wn))
+                            .map(|n| {
+                                n.log_entries(LogId(wl), st.map_or(0, |x| x.2.saturating_sub(6)), 6)
+                            })
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|e| match e {
+                                groups::LogEntry::Skip(n) => format!("S{n}"),
+                                groups::LogEntry::Batch(m) => format!("B{}", m[0].id),
+                            })
+                            .collect();
+                        eprintln!("  watch t={t} n{wn} L{wl} (first, decided, accepted) = {st:?} tail {tail:?}");
+                        last = st;
+                    }
+                }
+            }
+        }
+        s.run_until(*at);
+        let mm = s.storage_mismatches();
+        if !mm.is_empty() {
+            return Err(format!(
+                "seed {seed}: t={at}us: stored log length differs from the accepted index: {mm:?}"
+            ));
+        }
+        if verbose && !matches!(action, Action::Multicast { .. }) {
+            eprintln!("  t={at}us {action:?}");
+        }
+        match action {
+            Action::Multicast { from, dests } => {
+                payload += 1;
+                s.multicast(*from, dests.clone(), payload.to_le_bytes().to_vec().into());
+            }
+            Action::Rmcast { from, dests } => {
+                s.rmcast(*from, dests.clone(), bytes::Bytes::from_static(b"r"));
+            }
+            Action::Crash(n) => s.crash(*n),
+            Action::Restart(n) => s.restart(*n),
+            Action::Partition(a, b) => s.sim.net.partition(a, b),
+            Action::CutOneWay(a, b) => s.sim.net.cut_one_way(*a, *b),
+            Action::Heal => {
+                s.sim.net.heal_all();
+                s.sim.reconnect_all();
+            }
+        }
+    }
+    s.run_until(sc.fault_phase_us);
+    // Liveness phase: a healed, reliable network and every node up.
+    s.sim.net.heal_all();
+    s.sim.net.faults = NetFaults::calm();
+    for n in sc.cfg.nodes.iter().map(|n| n.id) {
+        s.restart(n);
+    }
+    s.sim.reconnect_all();
+    let quiet = s.run_until_quiet(30_000_000);
+    if verbose {
+        eprintln!("end state (t={}us):\n{}", s.sim.now_us(), s.describe());
+        if let Ok(log) = std::env::var("CHORUS_TRACE_LOG") {
+            let log: u32 = log.parse().expect("log id");
+            s.sim.trace = Some(Box::new(move |(_, t), from, to, m| {
+                if let groups::NetMsg::Log { log: l, msg } = m {
+                    if l.0 == log {
+                        eprintln!("  trace t={t} {from}->{to} {msg:?}");
+                    }
+                }
+            }));
+            let until = s.sim.now_us() + 200_000;
+            s.run_until(until);
+        }
+    }
+    let atomic = s.check();
+    if verbose {
+        if let Err(v) = &atomic {
+            for x in v.iter().take(2) {
+                if let groups::checker::Violation::Prefix { a, b, position, .. } = x {
+                    for sid in [a, b] {
+                        let d = s.stream_detail(*sid);
+                        let other = if sid == a { b } else { a };
+                        let groups_other =
+                            &sc.cfg.node(other.node).unwrap().subscriptions[other.subscription];
+                        let (sent, _) = s.history();
+                        let dests: BTreeMap<_, _> =
+                            sent.iter().map(|m| (m.id, m.dests.clone())).collect();
+                        let common: Vec<_> = d
+                            .iter()
+                            .filter(|(m, _, _)| dests[m].intersects(groups_other))
+                            .collect();
+                        let lo = position.saturating_sub(3);
+                        eprintln!(
+                            "  {sid} around {position}: {:?}",
+                            &common[lo..(position + 3).min(common.len())]
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let reliable = s.check_reliable();
+    let mut problems = Vec::new();
+    if !quiet {
+        problems
+            .push("liveness: not quiet 30 virtual seconds after the faults stopped".to_string());
+    }
+    if let Err(v) = atomic {
+        problems.extend(v.iter().map(|x| format!("atomic multicast {x}")));
+    }
+    if let Err(v) = reliable {
+        problems.extend(v.iter().map(|x| format!("reliable multicast {x}")));
+    }
+    if problems.is_empty() {
+        Ok(Outcome {
+            sent: s.sent_count(),
+            crashes: s.sim.stats.crashes,
+        })
+    } else {
+        Err(format!(
+            "seed {seed} failed (replay: CHORUS_SEED={seed} cargo test --release -p groups --test multicast_faults -- --nocapture):\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn multicast_properties_hold_under_faults() {
+    if let Some(seed) = env("CHORUS_SEED") {
+        match run(seed, true) {
+            Ok(o) => eprintln!(
+                "seed {seed} ok: {} multicasts, {} crashes",
+                o.sent, o.crashes
+            ),
+            Err(e) => panic!("{e}"),
+        }
+        return;
+    }
+    let base = env("CHORUS_SEED_BASE").unwrap_or(0);
+    let count = env("CHORUS_SEEDS").unwrap_or(300);
+    eprintln!("multicast_faults: seeds {base}..{}", base + count);
+    let results: Vec<Result<Outcome, String>> = (base..base + count)
+        .into_par_iter()
+        .map(|s| run(s, false))
+        .collect();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let sent: usize = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|o| o.sent)
+        .sum();
+    let crashes: u64 = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|o| o.crashes)
+        .sum();
+    eprintln!(
+        "multicast_faults: {} seeds, {sent} multicasts, {crashes} crashes, {} failures",
+        count,
+        failures.len()
+    );
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("{}", f.lines().next().unwrap_or_default());
+        }
+        panic!(
+            "{} of {count} seeds failed; first:\n{}",
+            failures.len(),
+            failures[0]
+        );
+    }
+}
