@@ -1,1 +1,68 @@
-fn main() {}
+//! `cargo run --release -p bench [EXPERIMENT]`: Chorus's experiments.
+//!
+//! With no experiment, runs the default suite in-process (short versions of every
+//! experiment), prints each table, and writes result files (`*.json`, `*.svg`) into
+//! `bench-results/`.
+
+mod machine;
+mod multicast;
+mod report;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Chorus experiments: scale-up and scale-out state-machine replication")]
+struct Cli {
+    /// Directory for result files.
+    #[arg(long, global = true, default_value = "bench-results")]
+    out: PathBuf,
+    #[command(subcommand)]
+    experiment: Option<Experiment>,
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// Atomic multicast throughput and latency: 1/2/4/8 groups, 0/10/100% multi-group
+    /// messages, 64 B and 1 KiB payloads, two batch settings.
+    Multicast {
+        /// Runs per configuration (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Only these group counts (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<u32>>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let machine = machine::Machine::detect();
+    println!("machine: {}", machine.describe());
+    match cli.experiment {
+        None => {
+            println!(
+                "default suite (in-process, short runs); see --help for the full experiments\n"
+            );
+            println!("== multicast ==");
+            multicast::run(&multicast::Plan::quick(), &cli.out, &machine);
+        }
+        Some(Experiment::Multicast {
+            runs,
+            seconds,
+            groups,
+        }) => {
+            let mut plan = multicast::Plan::full();
+            plan.runs = runs.max(1);
+            plan.measure = Duration::from_secs_f64(seconds);
+            if let Some(g) = groups {
+                plan.groups = g;
+            }
+            multicast::run(&plan, &cli.out, &machine);
+        }
+    }
+}

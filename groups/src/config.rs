@@ -118,8 +118,15 @@ pub struct Tuning {
     pub fetch_poll_ticks: u64,
     /// Entries an acceptor returns for one fetch.
     pub fetch_entries_max: usize,
-    /// How often subscribers report their position (for trimming), in ticks.
+    /// How often subscribers report their position (for trimming and flow control), in ticks.
     pub progress_ticks: u64,
+    /// Flow control on subscribers: a leader holds new batches while a live subscriber (one
+    /// that reported within `20 * progress_ticks`) lags more than this many ticks behind the
+    /// decided end of the log, so a slow replica slows the log instead of queueing without
+    /// bound. 0 disables it. A subscriber more than `catch_up_ticks` behind is catching up by
+    /// fetching (a restarted node) and does not hold the log.
+    pub subscriber_lag_ticks_max: u64,
+    pub catch_up_ticks: u64,
     /// Whether leaders trim entries every subscriber has received.
     pub trim: bool,
     /// A leader trims once at least this many entries can go.
@@ -151,7 +158,9 @@ impl Default for Tuning {
             sender_queue_max: 1 << 20,
             fetch_poll_ticks: 20,
             fetch_entries_max: 1024,
-            progress_ticks: 10,
+            progress_ticks: 5,
+            subscriber_lag_ticks_max: 50,
+            catch_up_ticks: 2000,
             trim: true,
             trim_every_entries: 1024,
             rm_resend_ticks: 10,
@@ -190,6 +199,13 @@ impl Tuning {
             return Err(ConfigError::Tuning {
                 name: "skip_lambda_per_delta",
                 rule: "greater than 0 unless skip_hints is on (with neither, an idle log blocks every merge that reads it)",
+            });
+        }
+        if self.subscriber_lag_ticks_max > 0 && self.catch_up_ticks <= self.subscriber_lag_ticks_max
+        {
+            return Err(ConfigError::Tuning {
+                name: "catch_up_ticks",
+                rule: "greater than subscriber_lag_ticks_max",
             });
         }
         if self.rm_resend_ticks_max < self.rm_resend_ticks {
@@ -357,7 +373,8 @@ impl ClusterConfig {
         ClusterConfig::new(cluster_id, groups, nodes, logs, tuning)
     }
 
-    /// Reads and validates a TOML cluster file (format: see `examples/cluster.toml`).
+    /// Reads and validates a TOML cluster file (format: see `examples/multicast-cluster.toml`
+    /// at the repository root).
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             path: path.display().to_string(),
@@ -624,6 +641,21 @@ mod tests {
         assert_eq!(c.members(GroupId(2)), &[NodeId(2)]);
         assert_eq!(c.log_subscribers(LogId(0)), &[NodeId(1)]);
         assert_eq!(c.log_subscribers(LogId(3)), &[NodeId(1), NodeId(2)]);
+    }
+
+    #[test]
+    fn the_example_cluster_file_is_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/multicast-cluster.toml"
+        );
+        let c = ClusterConfig::from_toml_file(Path::new(path)).unwrap();
+        assert_eq!(c.logs.len(), 4);
+        assert_eq!(c.log(LogId(3)).unwrap().covers, GroupSet::all(3));
+        assert_eq!(
+            c.node(NodeId(2)).unwrap().addr.as_deref(),
+            Some("127.0.0.1:7102")
+        );
     }
 
     #[test]

@@ -35,24 +35,36 @@ impl SeqWindow {
 }
 
 /// A [`SeqWindow`] per sender incarnation.
+///
+/// A window only stays small if it sees every sequence number of its sender: reliable
+/// multicast numbers messages per sender and every destination member sees all of them; the
+/// merge numbers them per sender *and log* ([`crate::message::Message::log_seq`]) and runs
+/// every message of the log through the filter, delivered or not.
 #[derive(Default, Debug, Clone)]
 pub struct Dedup {
     seen: FxHashMap<(NodeId, u32), SeqWindow>,
 }
 
 impl Dedup {
-    /// Records `id`; returns whether it was new.
-    pub fn insert(&mut self, id: MsgId) -> bool {
-        self.seen
-            .entry((id.sender, id.epoch))
-            .or_default()
-            .insert(id.seq)
+    /// Records `seq` of `sender`'s incarnation `epoch`; returns whether it was new.
+    pub fn insert(&mut self, sender: NodeId, epoch: u32, seq: u64) -> bool {
+        self.seen.entry((sender, epoch)).or_default().insert(seq)
     }
 
-    pub fn contains(&self, id: MsgId) -> bool {
+    /// Records a reliable-multicast id; returns whether it was new.
+    pub fn insert_id(&mut self, id: MsgId) -> bool {
+        self.insert(id.sender, id.epoch, id.seq)
+    }
+
+    pub fn contains(&self, sender: NodeId, epoch: u32, seq: u64) -> bool {
         self.seen
-            .get(&(id.sender, id.epoch))
-            .is_some_and(|w| w.contains(id.seq))
+            .get(&(sender, epoch))
+            .is_some_and(|w| w.contains(seq))
+    }
+
+    /// Sequence numbers held above the contiguous floors (a leak detector for tests).
+    pub fn held_above(&self) -> usize {
+        self.seen.values().map(|w| w.above.len()).sum()
     }
 }
 

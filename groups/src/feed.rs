@@ -31,8 +31,15 @@ pub(crate) struct Feed {
     fetched_at: Option<u64>,
     rotation: usize,
     reported_at: u64,
+    reported_next: u64,
     trimmed: bool,
+    pub fetches: u64,
 }
+
+/// A feed also reports its position whenever it advanced this many entries since the last
+/// report, so a node starved of CPU (which ticks rarely) still tells the leader how far behind
+/// it is.
+const REPORT_EVERY_ENTRIES: u64 = 64;
 
 impl Feed {
     pub fn new(cfg: Arc<ClusterConfig>, log: LogId, me: NodeId) -> Self {
@@ -53,7 +60,9 @@ impl Feed {
             advanced_at: 0,
             fetched_at: None,
             reported_at: 0,
+            reported_next: 0,
             trimmed: false,
+            fetches: 0,
         }
     }
 
@@ -83,6 +92,9 @@ impl Feed {
         self.next = end;
         self.advanced_at = now;
         self.fetched_at = None;
+        if self.next >= self.reported_next + REPORT_EVERY_ENTRIES {
+            self.report(now, out);
+        }
         Some((at, fresh))
     }
 
@@ -113,6 +125,7 @@ impl Feed {
             return;
         }
         self.fetched_at = Some(now);
+        self.fetches += 1;
         self.rotation += 1;
         let to = self.sources[self.rotation % self.sources.len()];
         out.push((
@@ -131,17 +144,21 @@ impl Feed {
             self.fetch(now, out, false);
         }
         if now >= self.reported_at + t.progress_ticks {
-            self.reported_at = now;
-            let acceptors = &cfg.log(self.log).expect("log exists").acceptors;
-            for &a in acceptors {
-                out.push((
-                    a,
-                    NetMsg::Progress {
-                        log: self.log,
-                        next: self.next,
-                    },
-                ));
-            }
+            self.report(now, out);
+        }
+    }
+
+    fn report(&mut self, now: u64, out: &mut Vec<(NodeId, NetMsg)>) {
+        self.reported_at = now;
+        self.reported_next = self.next;
+        for &a in &self.cfg.log(self.log).expect("log exists").acceptors {
+            out.push((
+                a,
+                NetMsg::Progress {
+                    log: self.log,
+                    next: self.next,
+                },
+            ));
         }
     }
 }

@@ -209,6 +209,7 @@ mod tests {
             entries: vec![
                 LogEntry::Skip(5),
                 LogEntry::Batch(Arc::from(vec![Message {
+                    log_seq: 4,
                     id: MsgId {
                         sender: NodeId(2),
                         epoch: 1,
@@ -270,14 +271,14 @@ mod tests {
         let mut v = good.clone();
         v[..4].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(decode(&v, 5), Err(FrameError::TooShort { len: 3 }));
-        let mut v = good.clone();
-        let n = v.len();
-        v[n - 3] ^= 0xff;
-        v[14] ^= 0x55;
-        assert!(matches!(
-            decode(&v, 5),
-            Err(FrameError::Malformed(_)) | Ok(())
-        ));
+        // A well-formed header around a body that is not a NetMsg.
+        let mut v = Vec::new();
+        v.extend_from_slice(&13u32.to_le_bytes());
+        v.push(PROTOCOL_VERSION);
+        v.push(FrameKind::Msg as u8);
+        v.extend_from_slice(&5u64.to_le_bytes());
+        v.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(decode(&v, 5), Err(FrameError::Malformed(_))));
         let mut d = FrameDecoder::new(Bitcode, 5);
         d.extend(&good[..good.len() - 1]);
         assert_eq!(d.next_frame().unwrap().map(|_| ()), None);

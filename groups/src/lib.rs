@@ -61,5 +61,5 @@ pub mod sim;
 pub use groupset::GroupSet;
 pub use ids::{GroupId, LogId, MsgId, NodeId};
 pub use message::{LogEntry, Message, NetMsg};
-pub use node::{GroupsNode, NodeOptions};
+pub use node::{GroupsNode, NodeOptions, NodeStats};
 pub use sender::MulticastError;

@@ -16,7 +16,9 @@
 //!
 //! Duplicates (a sender retransmitting across a leader change) always land in the same log,
 //! because the log is a function of the destination set; the first copy in log order is
-//! delivered, later ones are dropped. Every subscriber sees the same first copy.
+//! delivered, later ones are dropped. Every subscriber sees the same first copy. The filter of
+//! each log sees every message of that log (delivered here or not), keyed by the sender's
+//! per-log sequence number, so it stays a contiguous floor plus a handful of exceptions.
 
 use crate::dedup::Dedup;
 use crate::groupset::GroupSet;
@@ -54,6 +56,7 @@ pub struct SkipNeed {
 
 struct Lane {
     log: LogId,
+    dedup: Dedup,
     queue: VecDeque<LogEntry>,
     /// Log index of `queue[0]`.
     head_index: u64,
@@ -78,7 +81,6 @@ pub struct Merger {
     cur: usize,
     /// Slots taken from `lanes[cur]` in the current round.
     taken: u64,
-    dedup: Dedup,
 }
 
 impl Merger {
@@ -97,6 +99,7 @@ impl Merger {
                 .into_iter()
                 .map(|log| Lane {
                     log,
+                    dedup: Dedup::default(),
                     queue: VecDeque::new(),
                     head_index: 0,
                     head_offset: 0,
@@ -106,7 +109,6 @@ impl Merger {
                 .collect(),
             cur: 0,
             taken: 0,
-            dedup: Dedup::default(),
         }
     }
 
@@ -161,7 +163,6 @@ impl Merger {
             lanes,
             cur,
             taken,
-            dedup,
         } = self;
         loop {
             let lane = &mut lanes[*cur];
@@ -174,7 +175,8 @@ impl Merger {
             if let LogEntry::Batch(msgs) = head {
                 let from = lane.head_offset as usize;
                 for msg in &msgs[from..from + k as usize] {
-                    if msg.dests.intersects(groups) && dedup.insert(msg.id) {
+                    let first = lane.dedup.insert(msg.id.sender, msg.id.epoch, msg.log_seq);
+                    if first && msg.dests.intersects(groups) {
                         out.push(Delivery {
                             msg: msg.clone(),
                             log: lane.log,
@@ -216,6 +218,12 @@ impl Merger {
         })
     }
 
+    /// Sequence numbers the duplicate filters hold beyond their contiguous floors (stays small
+    /// unless senders crash with messages in flight).
+    pub fn dedup_exceptions(&self) -> usize {
+        self.lanes.iter().map(|l| l.dedup.held_above()).sum()
+    }
+
     /// Whether every received entry has been consumed.
     pub fn is_drained(&self) -> bool {
         self.lanes.iter().all(|l| l.queue.is_empty())
@@ -232,6 +240,7 @@ mod tests {
 
     fn msg(seq: u64, dests: &[u32]) -> Message {
         Message {
+            log_seq: seq,
             id: MsgId {
                 sender: NodeId(1),
                 epoch: 0,
@@ -295,6 +304,21 @@ mod tests {
         let mut out = vec![];
         mg.poll(&mut out);
         assert_eq!(seqs(&out), vec![0, 2]);
+    }
+
+    /// A subscriber that delivers only some of a sender's messages must not accumulate them
+    /// in its duplicate filter (the filter runs over every message of the log).
+    #[test]
+    fn duplicate_filter_stays_contiguous() {
+        let mut mg = Merger::new(&[LogId(0)], GroupSet::singleton(GroupId(0)), 8);
+        let msgs: Vec<Message> = (0..1000)
+            .map(|i| msg(i, if i % 4 == 0 { &[0, 1] } else { &[1, 2] }))
+            .collect();
+        mg.push(LogId(0), 0, &[batch(msgs)]).unwrap();
+        let mut out = vec![];
+        mg.poll(&mut out);
+        assert_eq!(out.len(), 250);
+        assert_eq!(mg.dedup_exceptions(), 0);
     }
 
     #[test]

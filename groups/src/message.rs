@@ -10,6 +10,11 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: MsgId,
+    /// The sender's count of its messages to the same log (0, 1, 2, ... per sender
+    /// incarnation and log). Subscribers filter duplicates by it: every message of a log passes
+    /// through every merger of that log, so these numbers arrive nearly contiguous even when
+    /// a subscriber delivers only some of the sender's messages.
+    pub log_seq: u64,
     /// The explicit destination set. Subscribers whose groups do not intersect it drop it.
     pub dests: GroupSet,
     pub payload: Bytes,
@@ -92,6 +97,13 @@ pub enum NetMsg {
 }
 
 impl NetMsg {
+    /// Whether this is leader-election traffic, which runtimes deliver ahead of bulk data so
+    /// a busy leader's heartbeats do not queue behind the entries it is replicating (a busy
+    /// leader must not look dead).
+    pub fn is_control(&self) -> bool {
+        matches!(self, NetMsg::Log { msg, .. } if matches!(**msg, LogMsg::OmniPaxos(omnipaxos::messages::Message::BLE(_))))
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -83,6 +83,29 @@ pub fn default_log(
     ))
 }
 
+/// Counters of one node since it started (for metrics, benchmarks and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Multicasts accepted from the application.
+    pub multicasts: u64,
+    /// Multicasts resent after a timeout (each may be ordered twice; the merge drops copies).
+    pub resends: u64,
+    /// Multicasts redirected to a new leader on a `NotLeader` answer.
+    pub redirects: u64,
+    /// Times this node became leader of one of its logs.
+    pub became_leader: u64,
+    pub batches_proposed: u64,
+    pub skips_proposed: u64,
+    /// Flushes that left batches waiting for the in-flight bound.
+    pub held_back: u64,
+    /// Fetches sent by this node's feeds (catch-up after loss, or polls of idle logs).
+    pub fetches: u64,
+    /// Messages delivered, over all subscriptions.
+    pub delivered: u64,
+    /// Peer messages refused as malformed or misrouted.
+    pub rejected: u64,
+}
+
 pub struct GroupsNode {
     cfg: Arc<ClusterConfig>,
     me: NodeId,
@@ -100,6 +123,7 @@ pub struct GroupsNode {
     hinted: BTreeMap<LogId, (SkipNeed, u64)>,
     /// Peer messages refused as malformed or misrouted.
     rejected: u64,
+    delivered_total: u64,
 }
 
 impl GroupsNode {
@@ -146,6 +170,7 @@ impl GroupsNode {
             events: Vec::new(),
             hinted: BTreeMap::new(),
             rejected: 0,
+            delivered_total: 0,
         }
     }
 
@@ -275,6 +300,23 @@ impl GroupsNode {
         self.rejected + self.servers.values().map(|s| s.rejected).sum::<u64>()
     }
 
+    /// Counters since the node started.
+    pub fn stats(&self) -> NodeStats {
+        let sum = |f: fn(&LogServer) -> u64| self.servers.values().map(f).sum::<u64>();
+        NodeStats {
+            multicasts: self.sender.multicasts,
+            resends: self.sender.resends,
+            redirects: self.sender.redirects,
+            became_leader: sum(|s| s.became_leader),
+            batches_proposed: sum(|s| s.batches_proposed),
+            skips_proposed: sum(|s| s.skips_proposed),
+            held_back: sum(|s| s.held_back),
+            fetches: self.feeds.values().map(|f| f.fetches).sum(),
+            delivered: self.delivered_total,
+            rejected: self.rejected(),
+        }
+    }
+
     pub fn handle(&mut self, from: NodeId, msg: NetMsg) {
         match msg {
             NetMsg::Log { log, msg } => match self.servers.get_mut(&log) {
@@ -321,7 +363,7 @@ impl GroupsNode {
             }
             NetMsg::Progress { log, next } => {
                 if let Some(s) = self.servers.get_mut(&log) {
-                    s.on_progress(from, next);
+                    s.on_progress(from, next, self.now);
                 }
             }
             NetMsg::SkipHint { log, index, slots } => {
@@ -379,6 +421,7 @@ impl GroupsNode {
                 .expect("feeds hand out contiguous entries");
             let mut batch = Vec::new();
             m.poll(&mut batch);
+            self.delivered_total += batch.len() as u64;
             self.delivered.extend(batch.into_iter().map(|d| (i, d)));
         }
     }

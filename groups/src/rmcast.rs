@@ -95,7 +95,7 @@ impl Rmcast {
         self.next_seq += 1;
         let mut members = self.members(&dests);
         if members.remove(&self.me) {
-            self.seen.insert(id);
+            self.seen.insert_id(id);
             self.delivered.push(RDelivery {
                 id,
                 dests: dests.clone(),
@@ -156,7 +156,7 @@ impl Rmcast {
             tracing::warn!(%from, %id, "reliable multicast for groups this node is not in; ignored");
             return;
         }
-        if !self.seen.insert(id) {
+        if !self.seen.insert_id(id) {
             return;
         }
         self.delivered.push(RDelivery {

@@ -49,6 +49,15 @@ pub(crate) struct Sender {
     /// Index into the log's acceptors of the node believed to lead it.
     target: FxHashMap<LogId, usize>,
     outbox: BTreeMap<(NodeId, LogId), Vec<Message>>,
+    /// Next `log_seq` per log.
+    log_seqs: FxHashMap<LogId, u64>,
+    /// Smoothed time from submission to acknowledgement, in 1/8 ticks (as TCP keeps its
+    /// smoothed round-trip time): resends wait for several of these, so an overloaded but
+    /// working leader is not flooded with copies.
+    srtt_eighths: u64,
+    pub multicasts: u64,
+    pub resends: u64,
+    pub redirects: u64,
 }
 
 impl Sender {
@@ -62,6 +71,11 @@ impl Sender {
             queued: VecDeque::new(),
             target: FxHashMap::default(),
             outbox: BTreeMap::new(),
+            log_seqs: FxHashMap::default(),
+            srtt_eighths: 0,
+            multicasts: 0,
+            resends: 0,
+            redirects: 0,
         }
     }
 
@@ -112,7 +126,15 @@ impl Sender {
             seq: self.next_seq,
         };
         self.next_seq += 1;
-        let msg = Message { id, dests, payload };
+        self.multicasts += 1;
+        let ls = self.log_seqs.entry(log).or_insert(0);
+        let msg = Message {
+            id,
+            log_seq: *ls,
+            dests,
+            payload,
+        };
+        *ls += 1;
         if self.pending.len() < self.tuning().sender_window {
             self.dispatch(msg, log, now, 0);
         } else {
@@ -150,7 +172,12 @@ impl Sender {
     pub fn on_ack(&mut self, log: LogId, ids: &[(u32, u64)], now: u64) {
         for &(epoch, seq) in ids {
             if epoch == self.epoch && self.pending.get(&seq).is_some_and(|p| p.log == log) {
-                self.pending.remove(&seq);
+                let p = self.pending.remove(&seq).expect("checked");
+                if p.attempts == 0 {
+                    // srtt += (sample - srtt) / 8, kept in eighths of a tick
+                    let sample = now.saturating_sub(p.sent_at) * 8;
+                    self.srtt_eighths = self.srtt_eighths - self.srtt_eighths / 8 + sample / 8;
+                }
             }
         }
         while self.pending.len() < self.tuning().sender_window {
@@ -180,15 +207,17 @@ impl Sender {
             .map(|(&s, _)| s)
             .collect();
         for seq in redirect {
+            self.redirects += 1;
             let p = self.pending.remove(&seq).expect("listed");
             self.dispatch(p.msg, log, now, p.attempts);
         }
     }
 
-    /// Resends overdue messages, each log's to the next acceptor in turn, with the resend
-    /// interval doubling per attempt (up to 16x) so an overloaded leader is not flooded.
+    /// Resends overdue messages, each log's to the next acceptor in turn. A message is overdue
+    /// after the larger of `resend_ticks` and four smoothed acknowledgement times, doubled per
+    /// attempt (up to 16x), so an overloaded leader is not flooded with copies.
     pub fn tick(&mut self, now: u64) {
-        let base = self.tuning().resend_ticks;
+        let base = self.tuning().resend_ticks.max(self.srtt_eighths / 2);
         let overdue: Vec<u64> = self
             .pending
             .iter()
@@ -197,6 +226,7 @@ impl Sender {
             .collect();
         let mut rotated = Vec::new();
         for seq in overdue {
+            self.resends += 1;
             let p = self.pending.remove(&seq).expect("listed");
             if !rotated.contains(&p.log) {
                 rotated.push(p.log);

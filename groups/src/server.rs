@@ -33,14 +33,21 @@ pub(crate) struct LogServer {
     interval_slots: u64,
     interval_start: u64,
     was_leader: bool,
-    /// Highest `next` index each subscriber node reported.
-    progress: BTreeMap<NodeId, u64>,
+    /// Highest `next` index each subscriber node reported, and when it last reported.
+    progress: BTreeMap<NodeId, (u64, u64)>,
+    /// `(tick, decided index)` whenever the decided index grew, over the last
+    /// `catch_up_ticks`: when each entry was decided, for measuring subscriber lag in ticks.
+    decided_at: VecDeque<(u64, u64)>,
     last_trim_check: u64,
     scratch: Vec<LogEntry>,
     /// Entries decided and not yet taken by the node.
     decided: Option<(u64, Vec<LogEntry>)>,
-    /// Messages refused as malformed since the node last looked (for logging and tests).
+    /// Counters (see [`crate::node::NodeStats`]).
     pub rejected: u64,
+    pub became_leader: u64,
+    pub skips_proposed: u64,
+    pub batches_proposed: u64,
+    pub held_back: u64,
 }
 
 impl LogServer {
@@ -64,10 +71,15 @@ impl LogServer {
             interval_start: 0,
             was_leader: false,
             progress: BTreeMap::new(),
+            decided_at: VecDeque::new(),
             last_trim_check: 0,
             scratch: Vec::new(),
             decided: None,
             rejected: 0,
+            became_leader: 0,
+            skips_proposed: 0,
+            batches_proposed: 0,
+            held_back: 0,
             cfg,
         }
     }
@@ -154,16 +166,32 @@ impl LogServer {
         if !self.batch.is_empty() && now.saturating_sub(self.batch_opened_at) >= delay {
             self.close_batch();
         }
-        while !self.held.is_empty() && self.inflight() < self.tuning().inflight_entries_max {
+        let lagging = self.subscriber_lag(now) > self.tuning().subscriber_lag_ticks_max
+            && self.tuning().subscriber_lag_ticks_max > 0;
+        while !lagging
+            && !self.held.is_empty()
+            && self.inflight() < self.tuning().inflight_entries_max
+        {
             let entry = self.held.pop_front().expect("non-empty");
             self.propose(entry);
+        }
+        if !self.held.is_empty() {
+            self.held_back += 1;
         }
     }
 
     fn propose(&mut self, entry: LogEntry) {
         let slots = entry.slots();
+        let is_skip = matches!(entry, LogEntry::Skip(_));
         match self.log.propose(entry) {
-            Ok(()) => self.interval_slots += slots,
+            Ok(()) => {
+                self.interval_slots += slots;
+                if is_skip {
+                    self.skips_proposed += 1;
+                } else {
+                    self.batches_proposed += 1;
+                }
+            }
             Err(lost) => {
                 // Leadership lost: the senders resend to the new leader.
                 if let LogEntry::Batch(m) = lost {
@@ -220,16 +248,61 @@ impl LogServer {
         }
     }
 
-    pub fn on_progress(&mut self, from: NodeId, next: u64) {
-        let p = self.progress.entry(from).or_insert(0);
-        *p = (*p).max(next);
+    pub fn on_progress(&mut self, from: NodeId, next: u64, now: u64) {
+        let p = self.progress.entry(from).or_insert((0, now));
+        *p = (p.0.max(next), now);
+    }
+
+    /// How many ticks the slowest live subscriber is behind: the time since the first entry it
+    /// lacks was decided. Subscribers silent for `20 * progress_ticks` (crashed or cut off)
+    /// and those more than `catch_up_ticks` behind (catching up by fetching) do not count.
+    pub fn subscriber_lag(&self, now: u64) -> u64 {
+        let t = self.tuning();
+        let silent_after = 20 * t.progress_ticks;
+        let decided = self.log.decided_idx();
+        let mut worst = 0;
+        for &(next, at) in self.progress.values() {
+            if next >= decided || now > at + silent_after {
+                continue;
+            }
+            // The first sample past `next` tells when entry `next` was decided. If that is
+            // the oldest sample, the entry was decided before the window began: the
+            // subscriber is catching up (or the leader just started) and does not count.
+            let i = self.decided_at.partition_point(|&(_, d)| d <= next);
+            if i == 0 {
+                continue;
+            }
+            if let Some(&(tick, _)) = self.decided_at.get(i) {
+                worst = worst.max(now.saturating_sub(tick));
+            }
+        }
+        worst
+    }
+
+    fn record_decided(&mut self, now: u64) {
+        let d = self.log.decided_idx();
+        if self.decided_at.back().is_none_or(|&(_, last)| last < d) {
+            self.decided_at.push_back((now, d));
+        }
+        let keep = self.tuning().catch_up_ticks;
+        while self
+            .decided_at
+            .front()
+            .is_some_and(|&(t, _)| t + keep < now)
+        {
+            self.decided_at.pop_front();
+        }
     }
 
     pub fn tick(&mut self, now: u64) {
         self.log.tick();
+        self.record_decided(now);
         let leader = self.log.is_leader();
         if leader != self.was_leader {
             self.was_leader = leader;
+            if leader {
+                self.became_leader += 1;
+            }
             self.interval_slots = 0;
             self.interval_start = now;
             if !leader {
@@ -263,7 +336,7 @@ impl LogServer {
         let subscribers = self.cfg.log_subscribers(self.id);
         let Some(below) = subscribers
             .iter()
-            .map(|n| self.progress.get(n).copied().unwrap_or(0))
+            .map(|n| self.progress.get(n).map_or(0, |p| p.0))
             .min()
         else {
             return;

@@ -61,3 +61,33 @@ fn calm_cluster_delivers_everything_in_one_order() {
     assert_eq!(s.delivered(NodeId(4)).len(), 30);
     assert_eq!(s.delivered(NodeId(1)).len(), 20);
 }
+
+/// Section 1.3 validity under a leader crash: a group whose leader dies keeps delivering, in
+/// the simulator.
+#[test]
+fn group_keeps_delivering_after_its_leader_crashes() {
+    let mut s = GroupsSim::new(two_groups(), SimOptions::calm(2));
+    s.run_until(300_000);
+    let leader = s
+        .sim
+        .actor(NodeId(1))
+        .and_then(|n| n.leader_of(LogId(0)))
+        .expect("log 0 has a leader");
+    for i in 0..20u8 {
+        s.multicast(NodeId(4), set(&[0]), vec![i].into()).unwrap();
+    }
+    s.run_until(400_000);
+    s.crash(leader);
+    for i in 20..40u8 {
+        s.multicast(NodeId(4), set(&[0]), vec![i].into()).unwrap();
+    }
+    assert!(s.run_until_quiet(5_000_000), "the group stopped delivering");
+    let survivor = (1..=3).map(NodeId).find(|&n| n != leader).unwrap();
+    let new_leader = s.sim.actor(survivor).unwrap().leader_of(LogId(0));
+    assert!(
+        new_leader.is_some_and(|l| l != leader),
+        "no new leader: {new_leader:?}"
+    );
+    assert_eq!(s.delivered(NodeId(4)).len(), 40);
+    s.check().unwrap();
+}

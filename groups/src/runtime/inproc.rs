@@ -9,7 +9,7 @@ use crate::config::ClusterConfig;
 use crate::ids::NodeId;
 use crate::message::NetMsg;
 use crate::node::{GroupsNode, NodeOptions};
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,9 +30,17 @@ impl App for Idle {
 type Job = Box<dyn FnOnce(&mut GroupsNode) + Send>;
 
 enum Input {
-    Net(NodeId, NetMsg),
+    /// Everything one node sent this node in one round.
+    Net(NodeId, Vec<NetMsg>),
     Run(Job),
     Stop,
+}
+
+/// The two inboxes of a node: leader-election traffic is read before everything else.
+#[derive(Clone)]
+struct Inbox {
+    control: Sender<Input>,
+    data: Sender<Input>,
 }
 
 /// A running node.
@@ -70,23 +78,35 @@ impl<A: App> InProcCluster<A> {
     /// Starts every node of `cfg` with the app `make_app(id)` and in-memory logs.
     pub fn start(cfg: ClusterConfig, mut make_app: impl FnMut(NodeId) -> A) -> Self {
         let cfg = Arc::new(cfg);
-        let channels: BTreeMap<NodeId, (Sender<Input>, Receiver<Input>)> =
-            cfg.nodes.iter().map(|n| (n.id, unbounded())).collect();
-        let peers: Arc<BTreeMap<NodeId, Sender<Input>>> = Arc::new(
+        type Pair = (Sender<Input>, Receiver<Input>);
+        let channels: BTreeMap<NodeId, (Pair, Pair)> = cfg
+            .nodes
+            .iter()
+            .map(|n| (n.id, (unbounded(), unbounded())))
+            .collect();
+        let peers: Arc<BTreeMap<NodeId, Inbox>> = Arc::new(
             channels
                 .iter()
-                .map(|(&id, (tx, _))| (id, tx.clone()))
+                .map(|(&id, ((ctl, _), (data, _)))| {
+                    (
+                        id,
+                        Inbox {
+                            control: ctl.clone(),
+                            data: data.clone(),
+                        },
+                    )
+                })
                 .collect(),
         );
         let mut nodes = BTreeMap::new();
-        for (id, (tx, rx)) in channels {
+        for (id, ((_, control_rx), (tx, rx))) in channels {
             let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::default());
             let app = make_app(id);
             let peers = peers.clone();
             let tick = Duration::from_micros(cfg.tuning.tick_us);
             let thread = std::thread::Builder::new()
                 .name(format!("node-{}", id.0))
-                .spawn(move || node_loop(node, app, rx, &peers, tick))
+                .spawn(move || node_loop(node, app, control_rx, rx, &peers, tick))
                 .expect("spawn node thread");
             nodes.insert(
                 id,
@@ -136,37 +156,52 @@ impl<A> Drop for InProcCluster<A> {
     }
 }
 
-/// Most inputs handled before the node ticks, runs its app and sends.
-const INPUTS_PER_ROUND_MAX: usize = 4096;
+/// Most messages handled before the node ticks, runs its app and sends.
+const MESSAGES_PER_ROUND_MAX: usize = 4096;
 
 fn node_loop<A: App>(
     mut node: GroupsNode,
     mut app: A,
-    rx: Receiver<Input>,
-    peers: &BTreeMap<NodeId, Sender<Input>>,
+    control: Receiver<Input>,
+    data: Receiver<Input>,
+    peers: &BTreeMap<NodeId, Inbox>,
     tick: Duration,
 ) -> A {
     let me = node.id();
     let mut next_tick = Instant::now() + tick;
     let mut out = Vec::new();
     loop {
+        // Wait for either inbox or the next tick.
         let wait = next_tick.saturating_duration_since(Instant::now());
-        let first = match rx.recv_timeout(wait) {
-            Ok(i) => Some(i),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return app,
-        };
-        let mut input = first;
+        if control.is_empty() && data.is_empty() && !wait.is_zero() {
+            let mut sel = Select::new();
+            sel.recv(&control);
+            sel.recv(&data);
+            let _ = sel.ready_timeout(wait);
+        }
         let mut handled = 0;
-        while let Some(i) = input.take() {
-            match i {
-                Input::Net(from, msg) => node.handle(from, msg),
-                Input::Run(job) => job(&mut node),
+        while handled < MESSAGES_PER_ROUND_MAX {
+            // Control traffic first, every time round.
+            let input = match control.try_recv() {
+                Ok(i) => i,
+                Err(_) => match data.try_recv() {
+                    Ok(i) => i,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return app,
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                },
+            };
+            match input {
+                Input::Net(from, msgs) => {
+                    handled += msgs.len();
+                    for msg in msgs {
+                        node.handle(from, msg);
+                    }
+                }
+                Input::Run(job) => {
+                    handled += 1;
+                    job(&mut node)
+                }
                 Input::Stop => return app,
-            }
-            handled += 1;
-            if handled < INPUTS_PER_ROUND_MAX {
-                input = rx.try_recv().ok();
             }
         }
         let now = Instant::now();
@@ -180,9 +215,23 @@ fn node_loop<A: App>(
         }
         app.step(&mut node);
         node.take_outgoing(&mut out);
-        for (to, msg) in out.drain(..) {
-            if let Some(tx) = peers.get(&to) {
-                let _ = tx.send(Input::Net(me, msg));
+        // One channel send (one wake-up) per destination and kind per round; the sort is
+        // stable, so each destination still sees this node's messages in order.
+        out.sort_by_key(|(to, m)| (*to, !m.is_control()));
+        let mut batch: Vec<NetMsg> = Vec::new();
+        let mut it = out.drain(..).peekable();
+        while let Some((to, msg)) = it.next() {
+            let control = msg.is_control();
+            batch.push(msg);
+            if it
+                .peek()
+                .is_none_or(|(next, m)| *next != to || m.is_control() != control)
+            {
+                if let Some(inbox) = peers.get(&to) {
+                    let ch = if control { &inbox.control } else { &inbox.data };
+                    let _ = ch.send(Input::Net(me, std::mem::take(&mut batch)));
+                }
+                batch.clear();
             }
         }
     }
