@@ -7,6 +7,7 @@
 mod machine;
 mod multicast;
 mod report;
+mod scaleup;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +38,28 @@ enum Experiment {
         #[arg(long, value_delimiter = ',')]
         groups: Option<Vec<u32>>,
     },
+    /// The replicated B+-tree as workers are added: smr, psmr, opt-psmr and unreplicated, on
+    /// four workloads, 1 to every core.
+    Scaleup {
+        /// Runs per point (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Only these worker counts (default: 1, 2, 4, ... and every core).
+        #[arg(long, value_delimiter = ',')]
+        workers: Option<Vec<usize>>,
+        /// Only these workloads (read-only, read-update, insert-heavy, mixed-scans).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Option<Vec<btree_service::load::Workload>>,
+        /// Keys pre-filled into the tree.
+        #[arg(long, default_value_t = 1_000_000)]
+        prefill: u64,
+        /// Do not pin worker threads to cores.
+        #[arg(long)]
+        no_pin: bool,
+    },
 }
 
 fn main() {
@@ -50,6 +73,29 @@ fn main() {
             );
             println!("== multicast ==");
             multicast::run(&multicast::Plan::quick(), &cli.out, &machine);
+            println!("\n== scaleup ==");
+            scaleup::run_plan(&scaleup::Plan::quick(&machine), &cli.out, &machine);
+        }
+        Some(Experiment::Scaleup {
+            runs,
+            seconds,
+            workers,
+            workloads,
+            prefill,
+            no_pin,
+        }) => {
+            let mut plan = scaleup::Plan::full(&machine);
+            plan.runs = runs.max(1);
+            plan.measure = Duration::from_secs_f64(seconds);
+            plan.tree.prefill = prefill;
+            plan.pin_cores = !no_pin;
+            if let Some(w) = workers {
+                plan.workers = w;
+            }
+            if let Some(w) = workloads {
+                plan.workloads = w;
+            }
+            scaleup::run_plan(&plan, &cli.out, &machine);
         }
         Some(Experiment::Multicast {
             runs,

@@ -304,6 +304,11 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
         .collect();
     if std::env::var_os("CHORUS_BENCH_STATS").is_some() {
         eprintln!("{p:?}: {stats:#?}");
+        for id in cluster.ids() {
+            if let Some(d) = cluster.node(id).call(|n| n.describe()) {
+                eprintln!("{d}");
+            }
+        }
     }
     let apps = cluster.stop();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("bounds");

@@ -1,1 +1,10 @@
-//! A replicated in-memory B+-tree service on the engine (scale-up issue).
+//! # btree-service: a replicated in-memory B+-tree
+//!
+//! [`tree::BPlusTree`] is the data structure (configurable fan-out, splits, merges and
+//! redistribution on delete); [`service::TreeService`] makes it an engine service whose key
+//! space is range-partitioned across P-SMR workers, with the optimistic (opt-PSMR) check of
+//! whether an insert or delete stays inside its worker's subtree.
+
+pub mod load;
+pub mod service;
+pub mod tree;

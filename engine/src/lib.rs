@@ -1,1 +1,20 @@
-//! Replicas and client proxies: SMR, P-SMR, opt-PSMR, S-SMR and DS-SMR (scale-up and scale-out issues).
+//! # engine: replicas and client proxies
+//!
+//! Scale-up (P-SMR, opt-PSMR): a replica runs one worker thread per group; commands that touch
+//! one worker's state run there without locks, commands that touch several run on the lowest
+//! involved worker while the others are parked. See [`service`] for the contract a service
+//! implements, [`psmr`] for the replica, [`client`] for the client proxy.
+
+pub mod client;
+pub mod inproc;
+pub mod layout;
+pub mod lincheck;
+pub mod psmr;
+pub mod service;
+pub mod sim;
+pub mod sync;
+pub mod table;
+pub mod testing;
+pub mod topology;
+pub mod unreplicated;
+pub mod wire;

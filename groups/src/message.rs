@@ -94,6 +94,9 @@ pub enum NetMsg {
     },
     /// Reliable multicast acknowledgement.
     RAck { id: MsgId },
+    /// A point-to-point message of the application (for example a replica's reply to a
+    /// client). Unordered and best effort: the application resends what matters.
+    App { payload: Bytes },
 }
 
 impl NetMsg {
@@ -118,6 +121,7 @@ impl NetMsg {
             NetMsg::SkipHint { .. } => "skip-hint",
             NetMsg::RData { .. } => "rdata",
             NetMsg::RAck { .. } => "rack",
+            NetMsg::App { .. } => "app",
         }
     }
 }

@@ -119,6 +119,7 @@ pub struct GroupsNode {
     out: Vec<(NodeId, NetMsg)>,
     delivered: Vec<(usize, Delivery)>,
     exported: Vec<LogEntries>,
+    app_in: Vec<(NodeId, Bytes)>,
     events: Vec<FeedEvent>,
     hinted: BTreeMap<LogId, (SkipNeed, u64)>,
     /// Peer messages refused as malformed or misrouted.
@@ -167,6 +168,7 @@ impl GroupsNode {
             out: Vec::new(),
             delivered: Vec::new(),
             exported: Vec::new(),
+            app_in: Vec::new(),
             events: Vec::new(),
             hinted: BTreeMap::new(),
             rejected: 0,
@@ -203,6 +205,16 @@ impl GroupsNode {
     /// Reliably multicasts `payload` to every member of the groups in `dests` (no ordering).
     pub fn rmcast(&mut self, dests: GroupSet, payload: Bytes) -> Result<MsgId, MulticastError> {
         self.rm.send(dests, payload, self.now, &mut self.out)
+    }
+
+    /// Sends an application message to `to` (point to point, unordered, best effort).
+    pub fn send_app(&mut self, to: NodeId, payload: Bytes) {
+        self.out.push((to, NetMsg::App { payload }));
+    }
+
+    /// Application messages received since the last call, with their senders.
+    pub fn take_app(&mut self, out: &mut Vec<(NodeId, Bytes)>) {
+        out.append(&mut self.app_in);
     }
 
     /// Multicasts submitted by this node and not yet acknowledged as ordered.
@@ -376,6 +388,7 @@ impl GroupsNode {
                     .on_data(from, id, dests, payload, self.now, &mut self.out)
             }
             NetMsg::RAck { id } => self.rm.on_ack(from, id),
+            NetMsg::App { payload } => self.app_in.push((from, payload)),
         }
     }
 
@@ -448,11 +461,15 @@ impl GroupsNode {
     }
 
     /// Asks the acceptors of `need.log` to pad it (used by callers that run their own mergers).
-    /// Repeats of the same request are sent at most every `resend_ticks`.
+    /// A request is sent only if it asks for more than the last one for the same log (a later
+    /// index, or more slots), or `resend_ticks` after it: several mergers (the workers of a
+    /// replica) blocked on one log, with different needs, must not alternate into a flood.
     pub fn request_skip(&mut self, need: SkipNeed) {
         let now = self.now;
         if let Some((last, at)) = self.hinted.get(&need.log) {
-            if *last == need && now < at + self.cfg.tuning.resend_ticks {
+            let covered =
+                need.index < last.index || (need.index == last.index && need.slots <= last.slots);
+            if covered && now < at + self.cfg.tuning.resend_ticks {
                 return;
             }
         }

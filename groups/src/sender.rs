@@ -34,6 +34,8 @@ struct Pending {
     sent_to: NodeId,
     sent_at: u64,
     attempts: u32,
+    /// The tick of this message's last redirect on a `NotLeader` hint.
+    redirected_at: Option<u64>,
 }
 
 /// Most payload bytes in one `Submit`.
@@ -48,6 +50,9 @@ pub(crate) struct Sender {
     queued: VecDeque<(Message, LogId)>,
     /// Index into the log's acceptors of the node believed to lead it.
     target: FxHashMap<LogId, usize>,
+    /// When a `NotLeader` hint last chose a log's target (a timeout does not rotate away
+    /// from a target chosen after the message was sent).
+    hinted_at: FxHashMap<LogId, u64>,
     outbox: BTreeMap<(NodeId, LogId), Vec<Message>>,
     /// Next `log_seq` per log.
     log_seqs: FxHashMap<LogId, u64>,
@@ -70,6 +75,7 @@ impl Sender {
             pending: BTreeMap::new(),
             queued: VecDeque::new(),
             target: FxHashMap::default(),
+            hinted_at: FxHashMap::default(),
             outbox: BTreeMap::new(),
             log_seqs: FxHashMap::default(),
             srtt_eighths: 0,
@@ -155,6 +161,17 @@ impl Sender {
     }
 
     fn dispatch(&mut self, msg: Message, log: LogId, now: u64, attempts: u32) {
+        self.dispatch_redirected(msg, log, now, attempts, None);
+    }
+
+    fn dispatch_redirected(
+        &mut self,
+        msg: Message,
+        log: LogId,
+        now: u64,
+        attempts: u32,
+        redirected_at: Option<u64>,
+    ) {
         let to = self.leader_guess(log);
         self.outbox.entry((to, log)).or_default().push(msg.clone());
         self.pending.insert(
@@ -165,6 +182,7 @@ impl Sender {
                 sent_to: to,
                 sent_at: now,
                 attempts,
+                redirected_at,
             },
         );
     }
@@ -200,16 +218,21 @@ impl Sender {
             return;
         };
         self.target.insert(log, pos);
+        self.hinted_at.insert(log, now);
+        // Redirect each message at most once per tick: two acceptors that each name the other
+        // as leader (a restarted one's stale view) would otherwise bounce it back and forth at
+        // network speed, and duplicated replies would multiply the bouncing. A later hint in
+        // the same tick only moves the target; the resend timer takes it from there.
         let redirect: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.log == log && p.sent_to == from)
+            .filter(|(_, p)| p.log == log && p.sent_to == from && p.redirected_at != Some(now))
             .map(|(&s, _)| s)
             .collect();
         for seq in redirect {
             self.redirects += 1;
             let p = self.pending.remove(&seq).expect("listed");
-            self.dispatch(p.msg, log, now, p.attempts);
+            self.dispatch_redirected(p.msg, log, now, p.attempts, Some(now));
         }
     }
 
@@ -228,7 +251,9 @@ impl Sender {
         for seq in overdue {
             self.resends += 1;
             let p = self.pending.remove(&seq).expect("listed");
-            if !rotated.contains(&p.log) {
+            // Try the next acceptor, unless a hint chose the target after this was sent.
+            let hinted_since = self.hinted_at.get(&p.log).is_some_and(|&h| h >= p.sent_at);
+            if !hinted_since && !rotated.contains(&p.log) {
                 rotated.push(p.log);
                 *self.target.entry(p.log).or_insert(p.log.0 as usize) += 1;
             }
@@ -253,5 +278,62 @@ impl Sender {
                 out.push((to, NetMsg::Submit { log, msgs: chunk }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NodeConfig, Tuning};
+    use crate::ids::GroupId;
+
+    fn sender() -> Sender {
+        let nodes = (1..=4)
+            .map(|i| NodeConfig {
+                id: NodeId(i),
+                addr: None,
+                subscriptions: vec![],
+            })
+            .collect();
+        let cfg = ClusterConfig::per_group_plus_global(
+            1,
+            1,
+            nodes,
+            vec![NodeId(1), NodeId(2), NodeId(3)],
+            Tuning::default(),
+        )
+        .unwrap();
+        Sender::new(Arc::new(cfg), NodeId(4), 0)
+    }
+
+    fn sent_to(s: &mut Sender) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        s.take_outgoing(&mut out);
+        out.into_iter().map(|(to, _)| to).collect()
+    }
+
+    #[test]
+    fn follows_leader_hints_and_keeps_them_across_timeouts() {
+        let mut s = sender();
+        s.multicast(GroupSet::singleton(GroupId(0)), Bytes::new(), 0)
+            .unwrap();
+        assert_eq!(
+            sent_to(&mut s),
+            vec![NodeId(1)],
+            "first guess: the log's preferred leader"
+        );
+        s.on_not_leader(NodeId(1), LogId(0), Some(NodeId(2)), 0);
+        assert_eq!(sent_to(&mut s), vec![NodeId(2)], "redirected at once");
+        // n2 (stale) names n1 in the same tick: no second redirect, no ping-pong.
+        s.on_not_leader(NodeId(2), LogId(0), Some(NodeId(1)), 0);
+        assert!(sent_to(&mut s).is_empty());
+        // The timeout resends to the hinted node rather than rotating past it.
+        s.tick(Tuning::default().resend_ticks);
+        assert_eq!(sent_to(&mut s), vec![NodeId(1)]);
+        // With no hint since, the next timeout tries the next acceptor.
+        s.tick(10 * Tuning::default().resend_ticks);
+        assert_eq!(sent_to(&mut s), vec![NodeId(2)]);
+        s.on_ack(LogId(0), &[(0, 0)], 1000);
+        assert_eq!(s.in_flight(), 0);
     }
 }

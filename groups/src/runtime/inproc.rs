@@ -9,6 +9,7 @@ use crate::config::ClusterConfig;
 use crate::ids::NodeId;
 use crate::message::NetMsg;
 use crate::node::{GroupsNode, NodeOptions};
+use crate::runtime::Waker;
 use crossbeam_channel::{unbounded, Receiver, Select, Sender};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +18,13 @@ use std::time::{Duration, Instant};
 
 /// Application code that runs on a node's thread.
 pub trait App: Send + 'static {
+    /// Called once, on the node's thread, before the first step: `waker` makes the node's loop
+    /// run a round (and so call [`App::step`]) as soon as possible, from any thread.
+    fn attach(&mut self, _node: &mut GroupsNode, _waker: Waker) {}
     /// Called after each round of input: drain deliveries, submit multicasts.
     fn step(&mut self, node: &mut GroupsNode);
+    /// Called once when the node stops.
+    fn detach(&mut self, _node: &mut GroupsNode) {}
 }
 
 /// An [`App`] that does nothing (pure acceptors).
@@ -33,6 +39,7 @@ enum Input {
     /// Everything one node sent this node in one round.
     Net(NodeId, Vec<NetMsg>),
     Run(Job),
+    Wake,
     Stop,
 }
 
@@ -76,7 +83,16 @@ pub struct InProcCluster<A> {
 
 impl<A: App> InProcCluster<A> {
     /// Starts every node of `cfg` with the app `make_app(id)` and in-memory logs.
-    pub fn start(cfg: ClusterConfig, mut make_app: impl FnMut(NodeId) -> A) -> Self {
+    pub fn start(cfg: ClusterConfig, make_app: impl FnMut(NodeId) -> A) -> Self {
+        Self::start_with(cfg, |_| NodeOptions::default(), make_app)
+    }
+
+    /// Like [`InProcCluster::start`], with per-node options.
+    pub fn start_with(
+        cfg: ClusterConfig,
+        options: impl Fn(NodeId) -> NodeOptions,
+        mut make_app: impl FnMut(NodeId) -> A,
+    ) -> Self {
         let cfg = Arc::new(cfg);
         type Pair = (Sender<Input>, Receiver<Input>);
         let channels: BTreeMap<NodeId, (Pair, Pair)> = cfg
@@ -100,13 +116,19 @@ impl<A: App> InProcCluster<A> {
         );
         let mut nodes = BTreeMap::new();
         for (id, ((_, control_rx), (tx, rx))) in channels {
-            let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::default());
+            let node = GroupsNode::in_memory(cfg.clone(), id, options(id));
             let app = make_app(id);
             let peers = peers.clone();
             let tick = Duration::from_micros(cfg.tuning.tick_us);
             let thread = std::thread::Builder::new()
                 .name(format!("node-{}", id.0))
-                .spawn(move || node_loop(node, app, control_rx, rx, &peers, tick))
+                .spawn(move || {
+                    let me = peers[&id].control.clone();
+                    let waker = Waker::new(move || {
+                        let _ = me.send(Input::Wake);
+                    });
+                    node_loop(node, app, waker, control_rx, rx, &peers, tick)
+                })
                 .expect("spawn node thread");
             nodes.insert(
                 id,
@@ -162,6 +184,7 @@ const MESSAGES_PER_ROUND_MAX: usize = 4096;
 fn node_loop<A: App>(
     mut node: GroupsNode,
     mut app: A,
+    waker: Waker,
     control: Receiver<Input>,
     data: Receiver<Input>,
     peers: &BTreeMap<NodeId, Inbox>,
@@ -170,6 +193,7 @@ fn node_loop<A: App>(
     let me = node.id();
     let mut next_tick = Instant::now() + tick;
     let mut out = Vec::new();
+    app.attach(&mut node, waker);
     loop {
         // Wait for either inbox or the next tick.
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -186,7 +210,10 @@ fn node_loop<A: App>(
                 Ok(i) => i,
                 Err(_) => match data.try_recv() {
                     Ok(i) => i,
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => return app,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        app.detach(&mut node);
+                        return app;
+                    }
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
                 },
             };
@@ -201,7 +228,11 @@ fn node_loop<A: App>(
                     handled += 1;
                     job(&mut node)
                 }
-                Input::Stop => return app,
+                Input::Wake => {}
+                Input::Stop => {
+                    app.detach(&mut node);
+                    return app;
+                }
             }
         }
         let now = Instant::now();

@@ -15,6 +15,7 @@ use crate::frame::{self, Frame, FrameDecoder, Hello};
 use crate::ids::NodeId;
 use crate::node::GroupsNode;
 use crate::runtime::inproc::App;
+use crate::runtime::Waker;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
 /// Bytes queued for a peer (connected or not) beyond which new messages to it are dropped.
 const BACKLOG_BYTES_MAX: usize = 64 << 20;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
@@ -134,7 +136,7 @@ impl<A: App> TcpNode<A> {
             listener,
             conns: BTreeMap::new(),
             peers,
-            next_token: 1,
+            next_token: 2,
             stop: Arc::new(AtomicBool::new(false)),
             out: Vec::new(),
             frame_errors: 0,
@@ -151,6 +153,13 @@ impl<A: App> TcpNode<A> {
         let tick = Duration::from_micros(self.cfg.tuning.tick_us);
         let mut next_tick = Instant::now() + tick;
         let mut events = Events::with_capacity(1024);
+        let mio_waker = Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?);
+        self.app.attach(
+            &mut self.node,
+            Waker::new(move || {
+                let _ = mio_waker.wake();
+            }),
+        );
         while !self.stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
             let wait = next_tick
                 .saturating_duration_since(Instant::now())
@@ -163,6 +172,7 @@ impl<A: App> TcpNode<A> {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
+                    WAKER => {}
                     t => {
                         if ev.is_writable() {
                             self.on_writable(t);
@@ -188,6 +198,8 @@ impl<A: App> TcpNode<A> {
             self.send_outgoing();
             self.redial(now);
         }
+        self.app.detach(&mut self.node);
+        self.send_outgoing();
         Ok(self.app)
     }
 

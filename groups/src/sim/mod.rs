@@ -30,6 +30,9 @@ pub trait Actor {
     fn take_outgoing(&mut self, out: &mut Vec<(NodeId, Self::Msg)>);
     /// The link to `peer` came back after a partition or a restart.
     fn reconnected(&mut self, _peer: NodeId) {}
+    /// The virtual time, in microseconds, given before every `handle` and `tick` (for actors
+    /// that record when things happen, such as clients recording histories).
+    fn set_time(&mut self, _now_us: u64) {}
 }
 
 impl Actor for crate::GroupsNode {
@@ -180,7 +183,10 @@ impl<A: Actor> Sim<A> {
 
     /// Runs `f` on a live node and sends what it produced.
     pub fn with<R>(&mut self, id: NodeId, f: impl FnOnce(&mut A) -> R) -> Option<R> {
-        let r = f(self.slots.get_mut(&id)?.actor.as_mut()?);
+        let now = self.now_us;
+        let actor = self.slots.get_mut(&id)?.actor.as_mut()?;
+        actor.set_time(now);
+        let r = f(actor);
         self.flush(id);
         Some(r)
     }
@@ -294,6 +300,7 @@ impl<A: Actor> Sim<A> {
                 }
                 let actor = self.slots.get_mut(&to)?.actor.as_mut()?;
                 self.stats.delivered += 1;
+                actor.set_time(self.now_us);
                 if let Some(t) = self.trace.as_mut() {
                     t((sent_us, self.now_us), from, to, &msg);
                 }
@@ -307,6 +314,7 @@ impl<A: Actor> Sim<A> {
                     return None;
                 }
                 let actor = slot.actor.as_mut()?;
+                actor.set_time(self.now_us);
                 actor.tick();
                 self.flush(node);
                 let next = self.now_us + self.tick_us;

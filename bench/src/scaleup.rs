@@ -1,0 +1,290 @@
+//! Experiment `scaleup`: the replicated B+-tree as workers are added, in-process.
+//!
+//! Modes `smr` (one worker: classical SMR), `psmr`, `opt-psmr` and `unreplicated` (the same
+//! service on the same number of threads with locks and no replication). Workers from 1 to
+//! every core of the machine. Workloads: read-only, 50/50 read/update, insert-heavy (50%
+//! inserts of fresh keys, 50% reads) and mixed with 5% range scans, on a tree pre-filled with
+//! 1 M keys. Replicated modes run 2 replicas (f + 1 with f = 1) and 3 acceptors; closed-loop
+//! clients keep enough commands outstanding to saturate. Each point is the median of several
+//! runs; speed-up is over 1 worker of the same mode and workload, and the ratio is against
+//! `unreplicated` with the same number of workers.
+
+use crate::machine::Machine;
+use crate::report::{self, median, Series, Table};
+use btree_service::load::{run, RunResult, RunSpec, Workload};
+use btree_service::service::TreeConfig;
+use engine::client::Mode;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// A mode of the experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunMode {
+    Replicated(Mode),
+    Unreplicated,
+}
+
+impl RunMode {
+    pub const ALL: [RunMode; 4] = [
+        RunMode::Replicated(Mode::Smr),
+        RunMode::Replicated(Mode::Psmr),
+        RunMode::Replicated(Mode::OptPsmr),
+        RunMode::Unreplicated,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            RunMode::Replicated(m) => m.name(),
+            RunMode::Unreplicated => "unreplicated",
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub workers: Vec<usize>,
+    pub workloads: Vec<Workload>,
+    pub modes: Vec<RunMode>,
+    pub tree: TreeConfig,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub runs: usize,
+    pub pin_cores: bool,
+}
+
+/// 1, 2, 4, ... up to the core count, and the core count itself.
+pub fn worker_counts(cores: usize) -> Vec<usize> {
+    let mut v = vec![1];
+    let mut w = 2;
+    while w < cores {
+        v.push(w);
+        w *= 2;
+    }
+    if cores > 1 {
+        v.push(cores);
+    }
+    v
+}
+
+impl Plan {
+    pub fn full(machine: &Machine) -> Self {
+        Plan {
+            workers: worker_counts(machine.cores),
+            workloads: Workload::ALL.to_vec(),
+            modes: RunMode::ALL.to_vec(),
+            tree: TreeConfig::default(),
+            warmup: Duration::from_millis(700),
+            measure: Duration::from_secs(2),
+            runs: 3,
+            pin_cores: true,
+        }
+    }
+
+    /// The default suite's short version: 1 worker and every core, two workloads, one run.
+    pub fn quick(machine: &Machine) -> Self {
+        let mut workers = vec![1];
+        if machine.cores > 1 {
+            workers.push(machine.cores);
+        }
+        Plan {
+            workers,
+            workloads: vec![Workload::InsertHeavy, Workload::ReadOnly],
+            warmup: Duration::from_millis(400),
+            measure: Duration::from_millis(800),
+            runs: 1,
+            ..Plan::full(machine)
+        }
+    }
+
+    /// Points to measure: `smr` only at 1 worker (it has one by definition).
+    fn points(&self) -> Vec<(RunMode, Workload, usize)> {
+        let mut v = Vec::new();
+        for &w in &self.workloads {
+            for &m in &self.modes {
+                for &k in &self.workers {
+                    if m == RunMode::Replicated(Mode::Smr) && k != 1 {
+                        continue;
+                    }
+                    v.push((m, w, k));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// A row of `scaleup.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub mode: &'static str,
+    pub workload: Workload,
+    pub workers: usize,
+    pub throughput_ops_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub abort_rate: f64,
+    /// Throughput over this mode's and workload's 1-worker throughput.
+    pub speedup: f64,
+    /// Throughput over `unreplicated` with the same workers and workload.
+    pub ratio_to_unreplicated: f64,
+    pub runs: Vec<RunResult>,
+}
+
+fn spec(plan: &Plan, mode: RunMode, workload: Workload, workers: usize, seed: u64) -> RunSpec {
+    // Enough outstanding commands to keep every worker busy, without flooding two cores.
+    let clients = (4 * workers).clamp(8, 64);
+    RunSpec {
+        mode: match mode {
+            RunMode::Replicated(m) => Some(m),
+            RunMode::Unreplicated => None,
+        },
+        workers,
+        workload,
+        tree: plan.tree.clone(),
+        warmup: plan.warmup,
+        measure: plan.measure,
+        replicas: 2,
+        client_nodes: 2,
+        clients_per_node: clients / 2,
+        window: 16,
+        pin_cores: plan.pin_cores,
+        seed,
+    }
+}
+
+pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
+    let points = plan.points();
+    let bar = indicatif::ProgressBar::new((points.len() * plan.runs) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "scaleup {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("template"),
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    for (i, &(mode, workload, workers)) in points.iter().enumerate() {
+        let mut runs = Vec::new();
+        for r in 0..plan.runs {
+            bar.set_message(format!(
+                "{} {} {} workers",
+                mode.name(),
+                workload.name(),
+                workers
+            ));
+            runs.push(run(&spec(
+                plan,
+                mode,
+                workload,
+                workers,
+                (i * 10 + r) as u64 + 1,
+            )));
+            bar.inc(1);
+        }
+        let m = |f: fn(&RunResult) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        rows.push(Row {
+            mode: mode.name(),
+            workload,
+            workers,
+            throughput_ops_s: m(|r| r.throughput_ops_s),
+            p50_us: m(|r| r.p50_us),
+            p99_us: m(|r| r.p99_us),
+            abort_rate: m(|r| r.abort_rate),
+            speedup: f64::NAN,
+            ratio_to_unreplicated: f64::NAN,
+            runs,
+        });
+    }
+    bar.finish_and_clear();
+    // Derived columns, from points measured in this same run.
+    let lookup = |rows: &[Row], mode: &str, workload: Workload, workers: usize| {
+        rows.iter()
+            .find(|r| r.mode == mode && r.workload == workload && r.workers == workers)
+            .map(|r| r.throughput_ops_s)
+    };
+    let snapshot = rows.clone();
+    for r in rows.iter_mut() {
+        if let Some(base) = lookup(&snapshot, r.mode, r.workload, 1) {
+            r.speedup = r.throughput_ops_s / base;
+        }
+        if let Some(u) = lookup(&snapshot, "unreplicated", r.workload, r.workers) {
+            r.ratio_to_unreplicated = r.throughput_ops_s / u;
+        }
+    }
+    println!("{}", table(&rows).render());
+    let results = report::Results {
+        experiment: "scaleup",
+        machine,
+        notes: vec![
+            "in-process replicated B+-tree: 2 replicas, 3 acceptors, 2 client nodes with closed-loop clients (window 16)".into(),
+            format!(
+                "tree: fan-out {}, {} keys pre-filled over a key space of {}, {}-byte values",
+                plan.tree.fanout, plan.tree.prefill, plan.tree.key_space, plan.tree.value_bytes
+            ),
+            format!("medians of {} run(s) of {:?} after {:?} warm-up; workers pinned: {}", plan.runs, plan.measure, plan.warmup, plan.pin_cores),
+            "abort_rate: opt-PSMR attempts refused per completed command".into(),
+        ],
+        rows: &rows,
+    };
+    match report::write_json(out, "scaleup.json", &results) {
+        Ok(p) => println!("wrote {}", p.display()),
+        Err(e) => eprintln!("could not write results: {e}"),
+    }
+    for &w in &plan.workloads {
+        let path = out.join(format!("scaleup-{}.svg", w.name()));
+        let series: Vec<Series> = plan
+            .modes
+            .iter()
+            .map(|m| Series {
+                label: m.name().to_string(),
+                points: rows
+                    .iter()
+                    .filter(|r| r.mode == m.name() && r.workload == w)
+                    .map(|r| (r.workers as f64, r.throughput_ops_s))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        let title = format!("Replicated B+-tree, {} workload", w.name());
+        match report::line_chart(&path, &title, "workers", "commands / s", &series) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => eprintln!("could not draw {}: {e}", path.display()),
+        }
+    }
+    rows
+}
+
+pub fn table(rows: &[Row]) -> Table {
+    let mut t = Table::new(&[
+        "workload",
+        "mode",
+        "workers",
+        "cmds/s",
+        "p50 us",
+        "p99 us",
+        "aborts",
+        "speed-up",
+        "vs unrepl.",
+    ]);
+    let f = |x: f64, d: usize| {
+        if x.is_finite() {
+            format!("{x:.d$}")
+        } else {
+            "-".into()
+        }
+    };
+    for r in rows {
+        t.row(vec![
+            r.workload.name().to_string(),
+            r.mode.to_string(),
+            r.workers.to_string(),
+            report::human(r.throughput_ops_s),
+            f(r.p50_us, 0),
+            f(r.p99_us, 0),
+            format!("{:.2}%", r.abort_rate * 100.0),
+            f(r.speedup, 2),
+            f(r.ratio_to_unreplicated, 2),
+        ]);
+    }
+    t
+}

@@ -1,0 +1,237 @@
+//! Goal: the replicated B+-tree stays linearizable, and its replicas identical, under faults,
+//! in both P-SMR and opt-PSMR.
+//!
+//! Method: 100 seeds per mode (`CHORUS_SEEDS` changes it). Each seed simulates 2 replicas of 2
+//! to 4 workers, 3 acceptors and 2 client nodes with 2 clients each, on a small tree (fan-out
+//! 4, 64-key space, 24 keys pre-filled) so that splits, merges, subtree splits in the top and
+//! (in opt-PSMR) refusals happen often, under a random fault campaign: message loss,
+//! duplication and reordering, a crash of one replica or acceptor at a time with restart (a
+//! restarted replica replays the logs), partitions. The workload mixes gets, inserts, updates,
+//! deletes, short scans (several workers) and sizes (all workers). After healing: the history
+//! must be linearizable against a sequential model of the tree, every replica must hold the
+//! same state, and clients must never have seen two replicas report different state hashes.
+//!
+//! `CHORUS_SEED=n` replays one seed (even: P-SMR, odd: opt-PSMR) with its fault events.
+
+use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use bytes::Bytes;
+use engine::client::Mode;
+use engine::layout::Deployment;
+use engine::lincheck::{self, Budget, Keys, Model};
+use engine::psmr::core::ExecOptions;
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use groups::config::Tuning;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn config() -> TreeConfig {
+    TreeConfig {
+        fanout: 4,
+        key_space: 64,
+        prefill: 24,
+        value_bytes: 2,
+    }
+}
+
+/// The tree as a sequential specification: an ordered map.
+struct TreeModel {
+    initial: BTreeMap<u64, Bytes>,
+}
+
+impl Model for TreeModel {
+    type State = BTreeMap<u64, Bytes>;
+    type Input = TreeCommand;
+    type Output = TreeReply;
+
+    fn init(&self) -> Self::State {
+        self.initial.clone()
+    }
+
+    fn step(
+        &self,
+        s: &Self::State,
+        input: &TreeCommand,
+        output: Option<&TreeReply>,
+    ) -> Option<Self::State> {
+        let mut next = s.clone();
+        let reply = match input {
+            TreeCommand::Get(k) => TreeReply::Value(s.get(k).cloned()),
+            TreeCommand::Insert(k, v) => TreeReply::Inserted(next.insert(*k, v.clone())),
+            TreeCommand::Update(k, v) => TreeReply::Updated(match next.get_mut(k) {
+                Some(slot) => {
+                    *slot = v.clone();
+                    true
+                }
+                None => false,
+            }),
+            TreeCommand::Delete(k) => TreeReply::Deleted(next.remove(k)),
+            TreeCommand::Scan { lo, hi, limit } => TreeReply::Entries(if lo < hi {
+                s.range(*lo..*hi)
+                    .take(*limit as usize)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            } else {
+                vec![]
+            }),
+            TreeCommand::Size => TreeReply::Size(s.len() as u64),
+        };
+        match output {
+            Some(o) if *o != reply => None,
+            _ => Some(next),
+        }
+    }
+
+    fn keys(&self, input: &TreeCommand) -> Keys {
+        match input {
+            TreeCommand::Get(k)
+            | TreeCommand::Insert(k, _)
+            | TreeCommand::Update(k, _)
+            | TreeCommand::Delete(k) => Keys::Some(vec![*k]),
+            TreeCommand::Scan { lo, hi, .. } if hi.saturating_sub(*lo) <= 4096 => {
+                Keys::Some((*lo..*hi).collect())
+            }
+            _ => Keys::All,
+        }
+    }
+}
+
+static ABORTS: AtomicU64 = AtomicU64::new(0);
+
+fn run(seed: u64, verbose: bool) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let workers = rng.random_range(2..=4usize);
+    let mode = if seed.is_multiple_of(2) {
+        Mode::Psmr
+    } else {
+        Mode::OptPsmr
+    };
+    let tuning = Tuning {
+        trim: false,
+        ..Tuning::default()
+    };
+    let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
+    let service = Arc::new(TreeService::new(config()));
+    let key_space = config().key_space;
+    let setup = SimSetup {
+        seed,
+        net: faulty_network(&mut rng),
+        mode,
+        exec: ExecOptions {
+            check_conflicts: false,
+            state_hashes: true,
+        },
+        clients_per_node: 2,
+        window: 2,
+        ops_per_client: 30,
+        workload: Arc::new(move |rng: &mut ChaCha8Rng, _| {
+            let k = rng.random_range(0..key_space);
+            let v = Bytes::from(vec![rng.random_range(0..=255u8)]);
+            match rng.random_range(0..100) {
+                0..30 => TreeCommand::Get(k),
+                30..55 => TreeCommand::Insert(k, v),
+                55..70 => TreeCommand::Update(k, v),
+                70..85 => TreeCommand::Delete(k),
+                85..95 => TreeCommand::Scan {
+                    lo: k,
+                    hi: k + rng.random_range(0..12),
+                    limit: rng.random_range(1..8),
+                },
+                _ => TreeCommand::Size,
+            }
+        }),
+        resend_ticks: 100,
+        think_us: 20_000,
+    };
+    let mut sim = EngineSim::new(service.clone(), d, setup);
+    let report = sim.campaign(seed, &Campaign::default());
+    if verbose {
+        eprintln!(
+            "seed {seed}: {mode:?}, {workers} workers, {:?}",
+            report.events
+        );
+    }
+    let mut problems = Vec::new();
+    if !report.quiet {
+        problems.push("liveness: replicas did not converge after the faults stopped".to_string());
+    }
+    let hashes = sim.replica_hashes();
+    if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
+        problems.push(format!("replicas diverged: {hashes:?}"));
+    }
+    for r in &sim.deployment.replicas {
+        if let Some(x) = sim.sim.actor(*r).and_then(|a| a.as_replica()) {
+            for (w, shard) in x.shards().iter().enumerate() {
+                if let Err(e) = shard.check(w) {
+                    problems.push(format!("replica {r} worker {w}: {e}"));
+                }
+            }
+        }
+    }
+    let stats = sim.client_stats();
+    if stats.divergences > 0 {
+        problems.push(format!(
+            "{} state-hash disagreements seen by clients",
+            stats.divergences
+        ));
+    }
+    let model = TreeModel {
+        initial: (0..config().prefill)
+            .map(|i| {
+                let v: Vec<u8> = (0..config().value_bytes)
+                    .map(|j| (i.wrapping_mul(31).wrapping_add(j as u64)) as u8)
+                    .collect();
+                (config().prefill_key(i), Bytes::from(v))
+            })
+            .collect(),
+    };
+    let history = lincheck_history(&sim.history());
+    match lincheck::check(&model, &history, Budget::default()) {
+        lincheck::Verdict::Linearizable => {}
+        v => problems.push(format!("not linearizable: {v}")),
+    }
+    ABORTS.fetch_add(stats.aborts, Ordering::Relaxed);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "seed {seed} ({mode:?}, {workers} workers) failed (replay: CHORUS_SEED={seed} cargo test --release -p btree-service --test sim_faults -- --nocapture):\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn replicated_btree_is_linearizable_under_faults_in_psmr_and_opt_psmr() {
+    if let Some(seed) = env("CHORUS_SEED") {
+        if let Err(e) = run(seed, true) {
+            panic!("{e}");
+        }
+        return;
+    }
+    let base = env("CHORUS_SEED_BASE").unwrap_or(0);
+    // 100 seeds per mode: even seeds run P-SMR, odd seeds opt-PSMR.
+    let count = 2 * env("CHORUS_SEEDS").unwrap_or(100);
+    let failures: Vec<String> = (base..base + count)
+        .into_par_iter()
+        .filter_map(|s| run(s, false).err())
+        .collect();
+    if !failures.is_empty() {
+        panic!(
+            "{} of {count} seeds failed; first:\n{}",
+            failures.len(),
+            failures[0]
+        );
+    }
+    assert!(
+        ABORTS.load(Ordering::Relaxed) > 0,
+        "opt-PSMR refused and retried some commands"
+    );
+}

@@ -1,0 +1,548 @@
+//! The client proxy: turns commands into multicasts and replies into results.
+//!
+//! [`ClientProxy`] is sans-IO. It numbers commands `(client, seq)`, maps each to its workers
+//! (conservatively for P-SMR, optimistically for opt-PSMR), keeps many commands outstanding,
+//! takes the first reply of any replica, resends on timeout (replicas answer a resent command
+//! from their client table, so it takes effect at most once), and on an opt-PSMR
+//! `RetryConservative` multicasts the command again with the conservative map, once.
+//!
+//! [`ClientApp`] hosts many proxies on one node of a runtime, fed by a [`Driver`] (a workload
+//! generator, or [`ChannelDriver`] for blocking calls from other threads).
+
+use crate::service::{Service, Target};
+use crate::wire::{self, Attempt, ClientId, Outcome, Reply, Request};
+use bytes::Bytes;
+use groups::groupset::GroupSet;
+use groups::ids::{GroupId, NodeId};
+use groups::node::GroupsNode;
+use groups::runtime::inproc::App;
+use groups::runtime::Waker;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The replication mode a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One worker, one group: classical state-machine replication.
+    Smr,
+    /// Conservative command map.
+    Psmr,
+    /// Optimistic command map, conservative retry on refusal.
+    OptPsmr,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Smr => "smr",
+            Mode::Psmr => "psmr",
+            Mode::OptPsmr => "opt-psmr",
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("the replicas rejected the command: {0}")]
+    Rejected(String),
+}
+
+/// Counters of one client proxy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub submitted: u64,
+    pub completed: u64,
+    /// Commands multicast again after a timeout.
+    pub resends: u64,
+    /// opt-PSMR attempts a worker refused (each retried conservatively once).
+    pub aborts: u64,
+    /// Replies from two replicas that disagree on the state hash after the same command.
+    pub divergences: u64,
+}
+
+struct Pending<C> {
+    command: C,
+    attempt: Attempt,
+    dests: GroupSet,
+    payload: Bytes,
+    sent_at: u64,
+    tries: u32,
+}
+
+/// One logical client.
+pub struct ClientProxy<S: Service> {
+    id: ClientId,
+    service: Arc<S>,
+    mode: Mode,
+    workers: usize,
+    next_seq: u64,
+    pending: BTreeMap<u64, Pending<S::Command>>,
+    out: Vec<(GroupSet, Bytes)>,
+    now: u64,
+    resend_ticks: u64,
+    /// First state hash reported for a recent all-worker command, and by whom.
+    hashes: BTreeMap<u64, (u64, NodeId)>,
+    pub stats: ClientStats,
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Completion<S: Service> {
+    pub seq: u64,
+    pub command: S::Command,
+    pub result: Result<S::Reply, ClientError>,
+}
+
+/// Most recent all-worker commands whose replica hashes are kept for comparison.
+const HASHES_KEPT: usize = 4096;
+
+impl<S: Service> ClientProxy<S> {
+    /// A client for a deployment with `workers` workers per replica. `resend_ticks` is the
+    /// first resend timeout (doubling per attempt).
+    pub fn new(
+        id: ClientId,
+        service: Arc<S>,
+        mode: Mode,
+        workers: usize,
+        resend_ticks: u64,
+    ) -> Self {
+        assert!(workers > 0);
+        assert!(mode != Mode::Smr || workers == 1, "smr runs one worker");
+        ClientProxy {
+            id,
+            service,
+            mode,
+            workers,
+            next_seq: 0,
+            pending: BTreeMap::new(),
+            out: Vec::new(),
+            now: 0,
+            resend_ticks,
+            hashes: BTreeMap::new(),
+            stats: ClientStats::default(),
+        }
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn dests(&self, t: &Target) -> GroupSet {
+        match t {
+            Target::All => GroupSet::all(self.workers as u32),
+            t => t
+                .workers(self.workers)
+                .into_iter()
+                .map(|w| GroupId(w as u32))
+                .collect(),
+        }
+    }
+
+    fn encode(&self, seq: u64, attempt: Attempt, command: &S::Command) -> Bytes {
+        let floor = self
+            .pending
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_seq)
+            .min(seq);
+        Bytes::from(wire::encode(&Request {
+            client: self.id,
+            seq,
+            attempt,
+            floor,
+            command: Bytes::from(wire::encode(command)),
+        }))
+    }
+
+    /// Submits a command; returns its sequence number.
+    pub fn submit(&mut self, command: S::Command) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let (target, attempt) = match self.mode {
+            Mode::Smr => (Target::One(0), Attempt::Conservative),
+            Mode::Psmr => (
+                self.service.conservative(&command, self.workers),
+                Attempt::Conservative,
+            ),
+            Mode::OptPsmr => match self.service.optimistic(&command, self.workers) {
+                t @ Target::One(_) => (t, Attempt::Optimistic),
+                t => (t, Attempt::Conservative),
+            },
+        };
+        let dests = self.dests(&target);
+        let payload = self.encode(seq, attempt, &command);
+        self.out.push((dests.clone(), payload.clone()));
+        self.pending.insert(
+            seq,
+            Pending {
+                command,
+                attempt,
+                dests,
+                payload,
+                sent_at: self.now,
+                tries: 0,
+            },
+        );
+        self.stats.submitted += 1;
+        seq
+    }
+
+    /// Handles a replica's reply; returns the completion if this is the first answer.
+    pub fn on_reply(&mut self, reply: Reply<S::Reply>) -> Option<Completion<S>> {
+        if let Some(h) = reply.state_hash {
+            self.audit(reply.seq, h, reply.replica);
+        }
+        let p = self.pending.get(&reply.seq)?;
+        if p.attempt != reply.attempt {
+            return None; // an answer to an earlier attempt
+        }
+        let result = match reply.outcome {
+            Outcome::Done(r) => Ok(r),
+            Outcome::Rejected(e) => Err(ClientError::Rejected(e)),
+            Outcome::RetryConservative => {
+                if p.attempt == Attempt::Optimistic {
+                    self.stats.aborts += 1;
+                    self.retry_conservative(reply.seq);
+                }
+                return None;
+            }
+        };
+        let p = self.pending.remove(&reply.seq).expect("checked");
+        self.stats.completed += 1;
+        Some(Completion {
+            seq: reply.seq,
+            command: p.command,
+            result,
+        })
+    }
+
+    fn retry_conservative(&mut self, seq: u64) {
+        let p = self.pending.get(&seq).expect("pending");
+        let target = self.service.conservative(&p.command, self.workers);
+        let dests = self.dests(&target);
+        let payload = self.encode(seq, Attempt::Conservative, &p.command);
+        self.out.push((dests.clone(), payload.clone()));
+        let now = self.now;
+        let p = self.pending.get_mut(&seq).expect("pending");
+        p.attempt = Attempt::Conservative;
+        p.dests = dests;
+        p.payload = payload;
+        p.sent_at = now;
+        p.tries = 0;
+    }
+
+    fn audit(&mut self, seq: u64, hash: u64, replica: NodeId) {
+        match self.hashes.get(&seq) {
+            Some(&(h, r)) if h != hash && r != replica => {
+                self.stats.divergences += 1;
+                tracing::error!(client = ?self.id, seq, first = ?r, then = ?replica, "replica states diverged after the same command");
+            }
+            Some(_) => {}
+            None => {
+                self.hashes.insert(seq, (hash, replica));
+                if self.hashes.len() > HASHES_KEPT {
+                    self.hashes.pop_first();
+                }
+            }
+        }
+    }
+
+    /// Advances time to `now` (ticks) and resends overdue commands.
+    pub fn tick(&mut self, now: u64) {
+        self.now = now;
+        let mut resend = Vec::new();
+        for (&seq, p) in self.pending.iter_mut() {
+            if now >= p.sent_at + (self.resend_ticks << p.tries.min(5)) {
+                p.sent_at = now;
+                p.tries += 1;
+                resend.push((p.dests.clone(), p.payload.clone()));
+                let _ = seq;
+            }
+        }
+        self.stats.resends += resend.len() as u64;
+        self.out.extend(resend);
+    }
+
+    /// Multicasts to perform: `(destination groups, payload)`.
+    pub fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
+        out.append(&mut self.out);
+    }
+}
+
+/// Produces commands for the clients of a [`ClientApp`] and learns their outcomes.
+pub trait Driver<S: Service>: Send + 'static {
+    /// Client `client` has room for another command; return one, or `None` for now.
+    fn next(&mut self, client: usize) -> Option<S::Command>;
+    /// A command of `client` finished after `latency`.
+    fn complete(
+        &mut self,
+        client: usize,
+        command: S::Command,
+        result: Result<S::Reply, ClientError>,
+        latency: Duration,
+    );
+}
+
+/// Many client proxies on one node.
+pub struct ClientApp<S: Service, D: Driver<S>> {
+    proxies: Vec<ClientProxy<S>>,
+    started: Vec<BTreeMap<u64, Instant>>,
+    window: usize,
+    pub driver: D,
+    inbox: Vec<(NodeId, Bytes)>,
+    multicasts: VecDeque<(GroupSet, Bytes)>,
+    scratch: Vec<(GroupSet, Bytes)>,
+    waker: Option<Waker>,
+}
+
+/// How the clients of a [`ClientApp`] run.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Logical clients on the node.
+    pub clients: usize,
+    /// Commands each keeps outstanding.
+    pub window: usize,
+    pub mode: Mode,
+    /// Workers per replica (the command maps need it).
+    pub workers: usize,
+    /// First resend timeout, in ticks (doubling per attempt).
+    pub resend_ticks: u64,
+}
+
+impl<S: Service, D: Driver<S>> ClientApp<S, D> {
+    /// The clients of `node`.
+    pub fn new(node: NodeId, service: Arc<S>, o: ClientOptions, driver: D) -> Self {
+        ClientApp {
+            proxies: (0..o.clients)
+                .map(|i| {
+                    ClientProxy::new(
+                        ClientId::new(node, i as u32),
+                        service.clone(),
+                        o.mode,
+                        o.workers,
+                        o.resend_ticks,
+                    )
+                })
+                .collect(),
+            started: vec![BTreeMap::new(); o.clients],
+            window: o.window.max(1),
+            driver,
+            inbox: Vec::new(),
+            multicasts: VecDeque::new(),
+            scratch: Vec::new(),
+            waker: None,
+        }
+    }
+
+    /// Counters summed over this node's clients.
+    pub fn stats(&self) -> ClientStats {
+        let mut s = ClientStats::default();
+        for p in &self.proxies {
+            s.submitted += p.stats.submitted;
+            s.completed += p.stats.completed;
+            s.resends += p.stats.resends;
+            s.aborts += p.stats.aborts;
+            s.divergences += p.stats.divergences;
+        }
+        s
+    }
+
+    /// Commands outstanding over all clients.
+    pub fn outstanding(&self) -> usize {
+        self.proxies.iter().map(ClientProxy::outstanding).sum()
+    }
+}
+
+impl<S: Service, D: Driver<S>> App for ClientApp<S, D> {
+    fn attach(&mut self, _node: &mut GroupsNode, waker: Waker) {
+        self.waker = Some(waker);
+    }
+
+    fn step(&mut self, node: &mut GroupsNode) {
+        let now = Instant::now();
+        node.take_app(&mut self.inbox);
+        for (_, bytes) in self.inbox.drain(..) {
+            let Ok(reply) = wire::decode::<Reply<S::Reply>>(&bytes) else {
+                tracing::warn!("undecodable reply dropped");
+                continue;
+            };
+            let i = reply.client.index() as usize;
+            let Some(p) = self.proxies.get_mut(i) else {
+                continue;
+            };
+            if let Some(c) = p.on_reply(reply) {
+                let t0 = self.started[i].remove(&c.seq).unwrap_or(now);
+                self.driver
+                    .complete(i, c.command, c.result, now.saturating_duration_since(t0));
+            }
+        }
+        let tick = node.now();
+        for (i, p) in self.proxies.iter_mut().enumerate() {
+            p.tick(tick);
+            while p.outstanding() < self.window {
+                let Some(cmd) = self.driver.next(i) else {
+                    break;
+                };
+                let seq = p.submit(cmd);
+                self.started[i].insert(seq, now);
+            }
+            p.take_multicasts(&mut self.scratch);
+            self.multicasts.extend(self.scratch.drain(..));
+        }
+        while let Some((dests, payload)) = self.multicasts.pop_front() {
+            if let Err(e) = node.multicast(dests.clone(), payload.clone()) {
+                if matches!(e, groups::MulticastError::Backpressure { .. }) {
+                    self.multicasts.push_front((dests, payload));
+                    break;
+                }
+                tracing::error!(error = %e, "multicast refused");
+            }
+        }
+    }
+}
+
+/// Where a blocking call's result goes.
+type ResultTx<S> = crossbeam_channel::Sender<Result<<S as Service>::Reply, ClientError>>;
+/// A blocking call: client, command, result channel.
+type Call<S> = (usize, <S as Service>::Command, ResultTx<S>);
+
+/// A [`Driver`] fed by other threads through [`ClientHandle`]s.
+pub struct ChannelDriver<S: Service> {
+    rx: crossbeam_channel::Receiver<Call<S>>,
+    queued: Vec<VecDeque<(S::Command, ResultTx<S>)>>,
+    waiting: Vec<VecDeque<ResultTx<S>>>,
+}
+
+/// Submits commands to a node's [`ClientApp`] and waits for their results.
+pub struct ClientHandle<S: Service> {
+    tx: crossbeam_channel::Sender<Call<S>>,
+    waker: Arc<parking_lot::Mutex<Option<Waker>>>,
+}
+
+impl<S: Service> Clone for ClientHandle<S> {
+    fn clone(&self) -> Self {
+        ClientHandle {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+impl<S: Service> ChannelDriver<S> {
+    /// A driver for `clients` clients and the handle that feeds it.
+    pub fn new(clients: usize) -> (Self, ClientHandle<S>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (
+            ChannelDriver {
+                rx,
+                queued: (0..clients).map(|_| VecDeque::new()).collect(),
+                waiting: (0..clients).map(|_| VecDeque::new()).collect(),
+            },
+            ClientHandle {
+                tx,
+                waker: Arc::new(parking_lot::Mutex::new(None)),
+            },
+        )
+    }
+}
+
+impl<S: Service> Driver<S> for ChannelDriver<S> {
+    fn next(&mut self, client: usize) -> Option<S::Command> {
+        while let Ok((c, cmd, reply)) = self.rx.try_recv() {
+            if let Some(q) = self.queued.get_mut(c) {
+                q.push_back((cmd, reply));
+            }
+        }
+        let (cmd, reply) = self.queued.get_mut(client)?.pop_front()?;
+        self.waiting[client].push_back(reply);
+        Some(cmd)
+    }
+
+    fn complete(
+        &mut self,
+        client: usize,
+        _command: S::Command,
+        result: Result<S::Reply, ClientError>,
+        _latency: Duration,
+    ) {
+        // One command outstanding per client when used through handles: results arrive in
+        // submission order.
+        if let Some(tx) = self.waiting[client].pop_front() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl<S: Service> ClientHandle<S> {
+    /// Lets the handle wake the node's loop (set by [`ClientApp`] users once the node runs).
+    pub fn set_waker(&self, waker: Waker) {
+        *self.waker.lock() = Some(waker);
+    }
+
+    /// Runs `command` as client `client` and waits up to `timeout` for its result.
+    pub fn call(
+        &self,
+        client: usize,
+        command: S::Command,
+        timeout: Duration,
+    ) -> Option<Result<S::Reply, ClientError>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx.send((client, command, tx)).ok()?;
+        if let Some(w) = self.waker.lock().as_ref() {
+            w.wake();
+        }
+        rx.recv_timeout(timeout).ok()
+    }
+}
+
+/// A [`ClientApp`] with a [`ChannelDriver`] also passes its waker on to the handles.
+pub struct HandleApp<S: Service> {
+    pub app: ClientApp<S, ChannelDriver<S>>,
+    handle_waker: Arc<parking_lot::Mutex<Option<Waker>>>,
+}
+
+impl<S: Service> HandleApp<S> {
+    /// An app for blocking calls: `clients` clients with one command outstanding each.
+    pub fn new(
+        node: NodeId,
+        clients: usize,
+        service: Arc<S>,
+        mode: Mode,
+        workers: usize,
+        resend_ticks: u64,
+    ) -> (Self, ClientHandle<S>) {
+        let (driver, handle) = ChannelDriver::new(clients);
+        let options = ClientOptions {
+            clients,
+            window: 1,
+            mode,
+            workers,
+            resend_ticks,
+        };
+        let app = ClientApp::new(node, service, options, driver);
+        (
+            HandleApp {
+                app,
+                handle_waker: handle.waker.clone(),
+            },
+            handle,
+        )
+    }
+}
+
+impl<S: Service> App for HandleApp<S> {
+    fn attach(&mut self, node: &mut GroupsNode, waker: Waker) {
+        *self.handle_waker.lock() = Some(waker.clone());
+        self.app.attach(node, waker);
+    }
+    fn step(&mut self, node: &mut GroupsNode) {
+        self.app.step(node);
+    }
+}

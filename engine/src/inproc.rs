@@ -1,0 +1,85 @@
+//! Running a deployment in one process (threads and channels).
+
+use crate::layout::Deployment;
+use crate::psmr::replica::{ReplicaApp, ReplicaOptions};
+use crate::service::Service;
+use groups::ids::NodeId;
+use groups::node::{GroupsNode, NodeOptions};
+use groups::runtime::inproc::{App, InProcCluster};
+use groups::runtime::Waker;
+use std::sync::Arc;
+
+/// What runs on a node of a deployment.
+pub enum EngineApp<S: Service, C: App> {
+    Replica(Box<ReplicaApp<S>>),
+    Client(C),
+    /// An acceptor that is not a replica.
+    Acceptor,
+}
+
+impl<S: Service, C: App> App for EngineApp<S, C> {
+    fn attach(&mut self, node: &mut GroupsNode, waker: Waker) {
+        match self {
+            EngineApp::Replica(r) => r.attach(node, waker),
+            EngineApp::Client(c) => c.attach(node, waker),
+            EngineApp::Acceptor => {}
+        }
+    }
+    fn step(&mut self, node: &mut GroupsNode) {
+        match self {
+            EngineApp::Replica(r) => r.step(node),
+            EngineApp::Client(c) => c.step(node),
+            EngineApp::Acceptor => {}
+        }
+    }
+    fn detach(&mut self, node: &mut GroupsNode) {
+        match self {
+            EngineApp::Replica(r) => r.detach(node),
+            EngineApp::Client(c) => c.detach(node),
+            EngineApp::Acceptor => {}
+        }
+    }
+}
+
+impl<S: Service, C: App> EngineApp<S, C> {
+    pub fn as_replica(&self) -> Option<&ReplicaApp<S>> {
+        match self {
+            EngineApp::Replica(r) => Some(r),
+            _ => None,
+        }
+    }
+    pub fn as_client(&self) -> Option<&C> {
+        match self {
+            EngineApp::Client(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Starts every node of `d` on threads: replicas run `service` with `options`, client nodes
+/// run `make_client(id)`.
+pub fn start<S: Service, C: App>(
+    d: &Deployment,
+    service: Arc<S>,
+    options: ReplicaOptions,
+    mut make_client: impl FnMut(NodeId) -> C,
+) -> InProcCluster<EngineApp<S, C>> {
+    let replicas = d.replicas.clone();
+    let clients = d.clients.clone();
+    InProcCluster::start_with(
+        d.config.clone(),
+        |id| NodeOptions {
+            epoch: 0,
+            merge_locally: !replicas.contains(&id),
+        },
+        |id| {
+            if replicas.contains(&id) {
+                EngineApp::Replica(Box::new(ReplicaApp::new(service.clone(), options.clone())))
+            } else if clients.contains(&id) {
+                EngineApp::Client(make_client(id))
+            } else {
+                EngineApp::Acceptor
+            }
+        },
+    )
+}

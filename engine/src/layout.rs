@@ -1,0 +1,129 @@
+//! Building the `groups` cluster of a P-SMR deployment.
+//!
+//! Groups are workers: group `i` is worker `i` of every replica. There is one log per group
+//! plus one log covering all groups (for commands of several workers), run by 2f+1 acceptors.
+//! Replicas subscribe to every group, one subscription per worker; clients subscribe to
+//! nothing (they only multicast and receive replies).
+//!
+//! Node ids: replicas are 1..=r; acceptors are the first replicas, topped up with
+//! acceptor-only nodes numbered after the replicas; client nodes start at 1000.
+
+use groups::config::{ClusterConfig, ConfigError, NodeConfig, Tuning};
+use groups::groupset::GroupSet;
+use groups::ids::{GroupId, NodeId};
+
+/// First client node id.
+pub const FIRST_CLIENT: u32 = 1000;
+
+/// The nodes of a deployment and its cluster configuration.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub replicas: Vec<NodeId>,
+    pub acceptors: Vec<NodeId>,
+    pub clients: Vec<NodeId>,
+    pub workers: usize,
+    pub config: ClusterConfig,
+}
+
+impl Deployment {
+    /// `replicas` replicas of `workers` workers each, `2f+1` acceptors, `clients` client nodes.
+    pub fn new(
+        replicas: usize,
+        f: usize,
+        workers: usize,
+        clients: usize,
+        tuning: Tuning,
+    ) -> Result<Self, ConfigError> {
+        assert!(replicas > 0 && workers > 0);
+        let acceptor_count = 2 * f + 1;
+        let replica_ids: Vec<NodeId> = (1..=replicas as u32).map(NodeId).collect();
+        let mut acceptors: Vec<NodeId> = replica_ids.iter().copied().take(acceptor_count).collect();
+        let mut next = replicas as u32 + 1;
+        while acceptors.len() < acceptor_count {
+            acceptors.push(NodeId(next));
+            next += 1;
+        }
+        let clients: Vec<NodeId> = (0..clients as u32)
+            .map(|i| NodeId(FIRST_CLIENT + i))
+            .collect();
+        let per_worker: Vec<GroupSet> = (0..workers as u32)
+            .map(|g| GroupSet::singleton(GroupId(g)))
+            .collect();
+        let mut nodes: Vec<NodeConfig> = replica_ids
+            .iter()
+            .map(|&id| NodeConfig {
+                id,
+                addr: None,
+                subscriptions: per_worker.clone(),
+            })
+            .collect();
+        for &a in acceptors.iter().filter(|a| !replica_ids.contains(a)) {
+            nodes.push(NodeConfig {
+                id: a,
+                addr: None,
+                subscriptions: vec![],
+            });
+        }
+        for &c in &clients {
+            nodes.push(NodeConfig {
+                id: c,
+                addr: None,
+                subscriptions: vec![],
+            });
+        }
+        let config = ClusterConfig::per_group_plus_global(
+            0xC40_0000 + workers as u64,
+            workers as u32,
+            nodes,
+            acceptors.clone(),
+            tuning,
+        )?;
+        Ok(Deployment {
+            replicas: replica_ids,
+            acceptors,
+            clients,
+            workers,
+            config,
+        })
+    }
+
+    /// Gives every node a loopback address from `base_port` on (for the TCP runtime).
+    pub fn with_loopback_addresses(mut self, base_port: u16) -> Result<Self, ConfigError> {
+        let mut nodes = self.config.nodes.clone();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.addr = Some(format!("127.0.0.1:{}", base_port as usize + i));
+        }
+        self.config = ClusterConfig::new(
+            self.config.cluster_id,
+            self.config.groups,
+            nodes,
+            self.config.logs.clone(),
+            self.config.tuning.clone(),
+        )?;
+        Ok(self)
+    }
+
+    pub fn is_replica(&self, id: NodeId) -> bool {
+        self.replicas.contains(&id)
+    }
+
+    pub fn is_client(&self, id: NodeId) -> bool {
+        self.clients.contains(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_replicas_three_acceptors() {
+        let d = Deployment::new(2, 1, 4, 2, Tuning::default()).unwrap();
+        assert_eq!(d.replicas, vec![NodeId(1), NodeId(2)]);
+        assert_eq!(d.acceptors, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(d.clients, vec![NodeId(1000), NodeId(1001)]);
+        assert_eq!(d.config.logs.len(), 5);
+        assert_eq!(d.config.node(NodeId(2)).unwrap().subscriptions.len(), 4);
+        assert!(d.config.node(NodeId(3)).unwrap().subscriptions.is_empty());
+    }
+}

@@ -1,0 +1,342 @@
+//! What a worker does with a delivered request, independent of how workers are run (threads
+//! in [`crate::psmr::replica`], one deterministic scheduler in [`crate::sim`]).
+
+use crate::service::{Access, Service, Shards};
+use crate::table::{ClientTable, Seen};
+use crate::wire::{self, Attempt, Outcome, Reply, Request};
+use bytes::Bytes;
+use groups::ids::{GroupId, MsgId, NodeId};
+use groups::merge::Delivery;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// How a replica executes.
+#[derive(Clone, Debug, Default)]
+pub struct ExecOptions {
+    /// Record what each command reads and writes and panic when two commands running at the
+    /// same time conflict (the service's command map broke P-SMR's obligation).
+    pub check_conflicts: bool,
+    /// Hash the whole state after every command for all workers and put the hash in the
+    /// replies (clients compare replicas). Costs a full pass over the state.
+    pub state_hashes: bool,
+}
+
+/// Counters of one worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Commands executed on this worker's shard alone.
+    pub single: u64,
+    /// Commands this worker executed for several workers.
+    pub multi: u64,
+    /// Multi-worker commands this worker parked for.
+    pub parked: u64,
+    /// Optimistic attempts refused (opt-PSMR aborts).
+    pub aborts: u64,
+    /// Retried requests answered from the client table.
+    pub duplicates: u64,
+    /// Requests that could not be decoded.
+    pub rejected: u64,
+}
+
+/// One worker's replicated bookkeeping.
+pub struct WorkerState<S: Service> {
+    pub id: usize,
+    pub table: ClientTable<S::Reply>,
+    pub stats: WorkerStats,
+}
+
+impl<S: Service> WorkerState<S> {
+    pub fn new(id: usize) -> Self {
+        WorkerState {
+            id,
+            table: ClientTable::default(),
+            stats: WorkerStats::default(),
+        }
+    }
+}
+
+/// What the workers of one replica share: the service, the options, the conflict detector.
+pub struct Executor<S: Service> {
+    pub service: Arc<S>,
+    pub workers: usize,
+    pub replica: NodeId,
+    pub options: ExecOptions,
+    detector: Option<ConflictDetector<S::Command>>,
+}
+
+/// A delivered request, decoded.
+pub struct Job<C> {
+    pub id: MsgId,
+    pub request: Request,
+    /// The command, or why it did not decode.
+    pub command: Result<C, String>,
+    /// The workers involved, sorted.
+    pub involved: Vec<usize>,
+}
+
+impl<C> Job<C> {
+    /// The worker that runs the command (the lowest involved one).
+    pub fn executor(&self) -> usize {
+        self.involved[0]
+    }
+}
+
+/// An answer to send: (client node, encoded reply).
+pub type Outgoing = (NodeId, Bytes);
+
+impl<S: Service> Executor<S> {
+    pub fn new(service: Arc<S>, workers: usize, replica: NodeId, options: ExecOptions) -> Self {
+        let detector = options.check_conflicts.then(ConflictDetector::default);
+        Executor {
+            service,
+            workers,
+            replica,
+            options,
+            detector,
+        }
+    }
+
+    /// Decodes a delivery. `None` for a payload that is not a request at all (logged).
+    pub fn decode(&self, d: &Delivery) -> Option<Job<S::Command>> {
+        let request: Request = match wire::decode(&d.msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(replica = %self.replica, id = %d.msg.id, error = %e, "delivered payload is not a request; dropped");
+                return None;
+            }
+        };
+        let involved: Vec<usize> = d
+            .msg
+            .dests
+            .iter()
+            .map(|GroupId(g)| g as usize)
+            .filter(|&g| g < self.workers)
+            .collect();
+        if involved.is_empty() {
+            return None;
+        }
+        let command = wire::decode(&request.command).map_err(|e| e.to_string());
+        Some(Job {
+            id: d.msg.id,
+            request,
+            command,
+            involved,
+        })
+    }
+
+    /// Runs a job that involves only `w`'s shard.
+    pub fn run_single(
+        &self,
+        w: &mut WorkerState<S>,
+        shard: &mut S::Shard,
+        job: &Job<S::Command>,
+    ) -> Option<Outgoing> {
+        let worker = w.id;
+        let mut one = [(worker, shard)];
+        self.run(w, &mut one, job)
+    }
+
+    /// Runs a job on its executor with every involved shard (sorted by worker).
+    pub fn run_multi(
+        &self,
+        w: &mut WorkerState<S>,
+        shards: &mut [(usize, &mut S::Shard)],
+        job: &Job<S::Command>,
+    ) -> Option<Outgoing> {
+        self.run(w, shards, job)
+    }
+
+    fn run(
+        &self,
+        w: &mut WorkerState<S>,
+        shards: &mut [(usize, &mut S::Shard)],
+        job: &Job<S::Command>,
+    ) -> Option<Outgoing> {
+        let req = &job.request;
+        let reply = |outcome, hash| {
+            let r = Reply {
+                client: req.client,
+                seq: req.seq,
+                attempt: req.attempt,
+                replica: self.replica,
+                outcome,
+                state_hash: hash,
+            };
+            Some((req.client.node(), Bytes::from(wire::encode(&r))))
+        };
+        let cmd = match &job.command {
+            Ok(c) => c,
+            Err(e) => {
+                w.stats.rejected += 1;
+                return reply(
+                    Outcome::Rejected(format!("not a {} command: {e}", self.service.name())),
+                    None,
+                );
+            }
+        };
+        match w.table.check(req.client, req.seq, req.floor) {
+            Seen::New => {}
+            Seen::Done(o, h) => {
+                w.stats.duplicates += 1;
+                return reply(o, h);
+            }
+            // A refused optimistic attempt binds later copies of that attempt only; the
+            // conservative retry of the same command is its one real execution.
+            Seen::Aborted if req.attempt == Attempt::Optimistic => {
+                w.stats.duplicates += 1;
+                return reply(Outcome::RetryConservative, None);
+            }
+            Seen::Aborted => {}
+            Seen::Forgotten => {
+                w.stats.duplicates += 1;
+                return None;
+            }
+        }
+        let mut access = Access::recording(self.detector.is_some());
+        let token = self.detector.as_ref().map(|d| d.begin());
+        let single = job.involved.len() == 1;
+        let mut view = Shards::new(shards, self.workers);
+        let outcome = if single && req.attempt == Attempt::Optimistic {
+            match self.service.execute_optimistic(&mut view, cmd, &mut access) {
+                Ok(r) => Outcome::Done(r),
+                Err(_) => {
+                    w.stats.aborts += 1;
+                    w.table.record_aborted(req.client, req.seq);
+                    if let (Some(d), Some(t)) = (&self.detector, token) {
+                        d.end(t, &job.involved, cmd, access);
+                    }
+                    return reply(Outcome::RetryConservative, None);
+                }
+            }
+        } else {
+            Outcome::Done(self.service.execute(&mut view, cmd, &mut access))
+        };
+        if let (Some(d), Some(t)) = (&self.detector, token) {
+            d.end(t, &job.involved, cmd, access);
+        }
+        if single {
+            w.stats.single += 1;
+        } else {
+            w.stats.multi += 1;
+        }
+        let for_all_workers = job.involved.len() == self.workers;
+        let hash = (self.options.state_hashes && for_all_workers).then(|| {
+            let all: Vec<&S::Shard> = shards.iter().map(|(_, s)| &**s).collect();
+            self.service.state_hash(&all)
+        });
+        w.table
+            .record_done(req.client, req.seq, outcome.clone(), hash);
+        reply(outcome, hash)
+    }
+}
+
+/// Debug mode: checks that commands running at the same time do not conflict.
+///
+/// Every command takes a start stamp from a global counter when it begins and an end stamp
+/// when it ends; at its end, its recorded accesses are compared with those of every command
+/// whose interval overlaps its own. Any object written by one and touched by the other means
+/// the service's command map let two dependent commands run in parallel.
+struct ConflictDetector<C> {
+    inner: Mutex<DetectorState<C>>,
+}
+
+struct DetectorState<C> {
+    clock: u64,
+    /// Starts of commands still running.
+    running: Vec<u64>,
+    /// Finished commands that may still overlap a running one.
+    done: Vec<Finished<C>>,
+}
+
+struct Finished<C> {
+    start: u64,
+    end: u64,
+    workers: Vec<usize>,
+    command: C,
+    access: Access,
+}
+
+impl<C> Default for ConflictDetector<C> {
+    fn default() -> Self {
+        ConflictDetector {
+            inner: Mutex::new(DetectorState {
+                clock: 0,
+                running: Vec::new(),
+                done: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl<C: Clone + std::fmt::Debug> ConflictDetector<C> {
+    fn begin(&self) -> u64 {
+        let mut st = self.inner.lock();
+        st.clock += 1;
+        let t = st.clock;
+        st.running.push(t);
+        t
+    }
+
+    fn end(&self, start: u64, workers: &[usize], command: &C, access: Access) {
+        let mut st = self.inner.lock();
+        st.clock += 1;
+        let end = st.clock;
+        st.running.retain(|&t| t != start);
+        for f in &st.done {
+            let overlaps = f.end > start && f.start < end;
+            if overlaps && !f.workers.iter().any(|w| workers.contains(w)) {
+                if let Some(obj) = access.conflict_with(&f.access) {
+                    panic!(
+                        "P-SMR dependency violation: {command:?} (workers {workers:?}) and {:?} (workers {:?}) ran at the same time and both touched object {obj:#x}, one writing it; the service's command map must send them to a common worker",
+                        f.command, f.workers
+                    );
+                }
+            }
+        }
+        st.done.push(Finished {
+            start,
+            end,
+            workers: workers.to_vec(),
+            command: command.clone(),
+            access,
+        });
+        let oldest_running = st.running.iter().copied().min().unwrap_or(end);
+        st.done.retain(|f| f.end > oldest_running);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "P-SMR dependency violation")]
+    fn detector_catches_overlapping_conflicting_commands() {
+        let d: ConflictDetector<&str> = ConflictDetector::default();
+        let a = d.begin();
+        let b = d.begin();
+        let mut wa = Access::recording(true);
+        wa.write(42);
+        let mut rb = Access::recording(true);
+        rb.read(42);
+        d.end(a, &[0], &"put 42", wa);
+        d.end(b, &[1], &"get 42", rb);
+    }
+
+    #[test]
+    fn detector_accepts_sequential_or_disjoint_commands() {
+        let d: ConflictDetector<&str> = ConflictDetector::default();
+        let mut w = Access::recording(true);
+        w.write(1);
+        let a = d.begin();
+        d.end(a, &[0], &"put 1", w.clone());
+        let b = d.begin();
+        d.end(b, &[1], &"put 1 again, later", w.clone());
+        let c = d.begin();
+        let e = d.begin();
+        let mut other = Access::recording(true);
+        other.write(2);
+        d.end(c, &[0], &"put 1", w);
+        d.end(e, &[1], &"put 2", other);
+    }
+}

@@ -1,0 +1,206 @@
+//! The contract between a replicated service and the engine (scale-up: P-SMR and opt-PSMR).
+//!
+//! A service splits its state into one *shard* per worker thread. Worker `i` delivers the
+//! commands multicast to group `i` and owns shard `i` outright: a command that maps to one
+//! worker runs on that worker's shard with no lock. A command that maps to several workers
+//! runs on the lowest-numbered of them while the others are parked at the same command, and
+//! gets all their shards ([`Shards`]); a command for all workers sees the whole state.
+//!
+//! The one safety obligation (reference notes, P-SMR M1): **two dependent commands map to at
+//! least one common worker**. The debug mode ([`Access`]) records what each command actually
+//! reads and writes and fails loudly when two commands running at once conflict.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt::Debug;
+
+/// The workers (groups) a command is multicast to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    One(usize),
+    /// Several workers, sorted and distinct.
+    Many(Vec<usize>),
+    All,
+}
+
+impl Target {
+    /// A target for the given workers (sorted, deduplicated; one worker gives `One`).
+    pub fn of(mut workers: Vec<usize>) -> Target {
+        workers.sort_unstable();
+        workers.dedup();
+        match workers.len() {
+            0 => Target::All,
+            1 => Target::One(workers[0]),
+            _ => Target::Many(workers),
+        }
+    }
+
+    /// The workers, out of `n`.
+    pub fn workers(&self, n: usize) -> Vec<usize> {
+        match self {
+            Target::One(w) => vec![*w],
+            Target::Many(v) => v.clone(),
+            Target::All => (0..n).collect(),
+        }
+    }
+}
+
+/// An optimistic command that would reach beyond its worker's shard. Returned only before
+/// anything was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsafe;
+
+/// A replicated service.
+pub trait Service: Send + Sync + 'static {
+    type Command: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static;
+    type Reply: Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static;
+    /// The state one worker owns.
+    type Shard: Send + 'static;
+
+    /// A short name for logs and results.
+    fn name(&self) -> &'static str;
+
+    /// The initial state, as one shard per worker. Must be the same at every replica.
+    fn shards(&self, workers: usize) -> Vec<Self::Shard>;
+
+    /// P-SMR's conservative map: any command this one may conflict with maps to a common worker.
+    fn conservative(&self, cmd: &Self::Command, workers: usize) -> Target;
+
+    /// opt-PSMR's optimistic map. A command it maps to a single worker is executed with
+    /// [`Service::execute_optimistic`], which may refuse it. Defaults to the conservative map.
+    fn optimistic(&self, cmd: &Self::Command, workers: usize) -> Target {
+        self.conservative(cmd, workers)
+    }
+
+    /// Executes `cmd` on the shards it maps to.
+    fn execute(
+        &self,
+        shards: &mut Shards<'_, '_, Self::Shard>,
+        cmd: &Self::Command,
+        access: &mut Access,
+    ) -> Self::Reply;
+
+    /// Executes an optimistically single-worker command on that worker's shard (`shards`
+    /// holds just that one), or refuses it with [`Unsafe`], changing nothing, if it would reach
+    /// beyond the shard. The verdict may depend only on state written by this worker or by
+    /// commands for all workers, so every replica reaches the same one. The default runs it
+    /// like any command.
+    fn execute_optimistic(
+        &self,
+        shards: &mut Shards<'_, '_, Self::Shard>,
+        cmd: &Self::Command,
+        access: &mut Access,
+    ) -> Result<Self::Reply, Unsafe> {
+        Ok(self.execute(shards, cmd, access))
+    }
+
+    /// A hash of the whole state, equal at every replica that executed the same commands.
+    fn state_hash(&self, shards: &[&Self::Shard]) -> u64;
+}
+
+/// The shards a command runs on, by worker.
+pub struct Shards<'s, 'a, S> {
+    items: &'s mut [(usize, &'a mut S)],
+    total: usize,
+}
+
+impl<'s, 'a, S> Shards<'s, 'a, S> {
+    /// `items` sorted by worker, out of `total` workers in the replica.
+    pub fn new(items: &'s mut [(usize, &'a mut S)], total: usize) -> Self {
+        debug_assert!(items.windows(2).all(|w| w[0].0 < w[1].0));
+        debug_assert!(items.last().is_none_or(|(w, _)| *w < total));
+        Shards { items, total }
+    }
+
+    /// How many workers the replica runs (not just those here): the `workers` the command
+    /// map was computed with.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The shard of `worker`. Asking for a worker the command does not map to is a bug in the
+    /// service's command map, and panics with that message.
+    pub fn get(&mut self, worker: usize) -> &mut S {
+        match self.items.binary_search_by_key(&worker, |(w, _)| *w) {
+            Ok(i) => self.items[i].1,
+            Err(_) => panic!(
+                "command map bug: the command touches worker {worker}'s shard but was mapped to {:?}",
+                self.workers().collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Whether the command has `worker`'s shard.
+    pub fn has(&self, worker: usize) -> bool {
+        self.items
+            .binary_search_by_key(&worker, |(w, _)| *w)
+            .is_ok()
+    }
+
+    /// The workers whose shards are here, in order.
+    pub fn workers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.items.iter().map(|(w, _)| *w)
+    }
+
+    /// Every shard here, in worker order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut S)> + use<'_, 's, 'a, S> {
+        self.items.iter_mut().map(|(w, s)| (*w, &mut **s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// What a command read and wrote, recorded when the debug mode is on (otherwise recording is
+/// a branch on a flag). Objects are service-defined `u64` ids (keys, node ids, structure ids).
+#[derive(Debug, Default, Clone)]
+pub struct Access {
+    on: bool,
+    pub reads: Vec<u64>,
+    pub writes: Vec<u64>,
+}
+
+impl Access {
+    pub fn recording(on: bool) -> Self {
+        Access {
+            on,
+            ..Access::default()
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    #[inline]
+    pub fn read(&mut self, object: u64) {
+        if self.on {
+            self.reads.push(object);
+        }
+    }
+
+    #[inline]
+    pub fn write(&mut self, object: u64) {
+        if self.on {
+            self.writes.push(object);
+        }
+    }
+
+    /// An object both touched with at least one write, if any.
+    pub fn conflict_with(&self, other: &Access) -> Option<u64> {
+        let hit = |ws: &[u64], any: &[u64]| ws.iter().find(|o| any.contains(o)).copied();
+        hit(&self.writes, &other.writes)
+            .or_else(|| hit(&self.writes, &other.reads))
+            .or_else(|| hit(&other.writes, &self.reads))
+    }
+
+    pub fn clear(&mut self) {
+        self.reads.clear();
+        self.writes.clear();
+    }
+}

@@ -1,0 +1,145 @@
+//! The client table: at-most-once execution of retried commands.
+//!
+//! Each worker keeps its own table, for the requests it executes (as the single worker of a
+//! command, or as the executor of a multi-worker one). A retried request goes to the same
+//! workers as its first copy (the command map is deterministic), so the same table sees it
+//! and answers with the cached reply instead of executing it again. The table is part of the
+//! replicated state: every replica's worker `i` sees the same requests in the same order and
+//! reaches the same decisions.
+//!
+//! An optimistic attempt that a worker refused is recorded as aborted, so a late copy of the
+//! same attempt is refused again, even if the worker's state would now allow it (the client
+//! has already moved on to the conservative attempt, which must be the only execution).
+
+use crate::wire::{ClientId, Outcome};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+
+/// What the table knows about a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seen<R> {
+    /// Not seen: execute it.
+    New,
+    /// Executed before: resend this outcome.
+    Done(Outcome<R>, Option<u64>),
+    /// An optimistic attempt refused before: refuse later copies of that attempt (the
+    /// conservative retry is executed).
+    Aborted,
+    /// Below the client's acknowledged floor: the client already has its reply.
+    Forgotten,
+}
+
+#[derive(Clone, Debug)]
+enum Record<R> {
+    Done(Outcome<R>, Option<u64>),
+    Aborted,
+}
+
+#[derive(Clone, Debug)]
+struct Entry<R> {
+    floor: u64,
+    records: BTreeMap<u64, Record<R>>,
+}
+
+/// One worker's table.
+#[derive(Clone, Debug)]
+pub struct ClientTable<R> {
+    clients: FxHashMap<ClientId, Entry<R>>,
+}
+
+impl<R> Default for ClientTable<R> {
+    fn default() -> Self {
+        ClientTable {
+            clients: FxHashMap::default(),
+        }
+    }
+}
+
+impl<R: Clone> ClientTable<R> {
+    /// Looks up request `seq` of `client`, first forgetting everything below the client's
+    /// acknowledged `floor`.
+    pub fn check(&mut self, client: ClientId, seq: u64, floor: u64) -> Seen<R> {
+        let e = self.clients.entry(client).or_insert_with(|| Entry {
+            floor: 0,
+            records: BTreeMap::new(),
+        });
+        if floor > e.floor {
+            e.floor = floor;
+            e.records = e.records.split_off(&floor);
+        }
+        if seq < e.floor {
+            return Seen::Forgotten;
+        }
+        match e.records.get(&seq) {
+            None => Seen::New,
+            Some(Record::Done(o, h)) => Seen::Done(o.clone(), *h),
+            Some(Record::Aborted) => Seen::Aborted,
+        }
+    }
+
+    pub fn record_done(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        outcome: Outcome<R>,
+        hash: Option<u64>,
+    ) {
+        if let Some(e) = self.clients.get_mut(&client) {
+            e.records.insert(seq, Record::Done(outcome, hash));
+        }
+    }
+
+    pub fn record_aborted(&mut self, client: ClientId, seq: u64) {
+        if let Some(e) = self.clients.get_mut(&client) {
+            e.records.insert(seq, Record::Aborted);
+        }
+    }
+
+    /// Requests remembered (all clients).
+    pub fn len(&self) -> usize {
+        self.clients.values().map(|e| e.records.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A deterministic digest of the table (it is replicated state).
+    pub fn digest(&self) -> u64 {
+        let mut keys: Vec<(&ClientId, u64, usize)> = self
+            .clients
+            .iter()
+            .map(|(c, e)| (c, e.floor, e.records.len()))
+            .collect();
+        keys.sort();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (c, f, n) in keys {
+            for x in [c.0, f, n as u64] {
+                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use groups::ids::NodeId;
+
+    #[test]
+    fn remembers_replies_and_aborts_until_the_floor_passes() {
+        let c = ClientId::new(NodeId(9), 1);
+        let mut t: ClientTable<u32> = ClientTable::default();
+        assert_eq!(t.check(c, 0, 0), Seen::New);
+        t.record_done(c, 0, Outcome::Done(7), None);
+        assert_eq!(t.check(c, 0, 0), Seen::Done(Outcome::Done(7), None));
+        assert_eq!(t.check(c, 1, 0), Seen::New);
+        t.record_aborted(c, 1);
+        assert_eq!(t.check(c, 1, 0), Seen::Aborted);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.check(c, 2, 1), Seen::New);
+        assert_eq!(t.check(c, 0, 1), Seen::Forgotten);
+        assert_eq!(t.len(), 1, "seq 0 was forgotten");
+    }
+}
