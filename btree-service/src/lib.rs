@@ -5,6 +5,7 @@
 //! space is range-partitioned across P-SMR workers, with the optimistic (opt-PSMR) check of
 //! whether an insert or delete stays inside its worker's subtree.
 
+pub mod cli;
 pub mod load;
 pub mod service;
 pub mod tree;

@@ -274,6 +274,7 @@ fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
             mode,
             workers,
             resend_ticks: 2000,
+            first_index: 0,
         };
         ClientApp::new(id, service.clone(), options, driver)
     });

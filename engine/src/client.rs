@@ -293,6 +293,7 @@ pub trait Driver<S: Service>: Send + 'static {
 /// Many client proxies on one node.
 pub struct ClientApp<S: Service, D: Driver<S>> {
     proxies: Vec<ClientProxy<S>>,
+    first_index: u32,
     started: Vec<BTreeMap<u64, Instant>>,
     window: usize,
     pub driver: D,
@@ -314,6 +315,21 @@ pub struct ClientOptions {
     pub workers: usize,
     /// First resend timeout, in ticks (doubling per attempt).
     pub resend_ticks: u64,
+    /// Client `i` of this node is `ClientId::new(node, first_index + i)`. A process that
+    /// restarts must not reuse indexes (replicas remember requests per client): pick this
+    /// from the process's incarnation (see [`incarnation_index`]).
+    pub first_index: u32,
+}
+
+/// A client index base unlikely to repeat across restarts of a process: the low bits of the
+/// boot time and of the process id.
+pub fn incarnation_index() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let pid = std::process::id();
+    // The low byte stays free for up to 256 clients per process.
+    (((secs as u32) << 12) ^ (pid << 20) ^ (pid << 8)) & !0xff
 }
 
 impl<S: Service, D: Driver<S>> ClientApp<S, D> {
@@ -323,7 +339,7 @@ impl<S: Service, D: Driver<S>> ClientApp<S, D> {
             proxies: (0..o.clients)
                 .map(|i| {
                     ClientProxy::new(
-                        ClientId::new(node, i as u32),
+                        ClientId::new(node, o.first_index.wrapping_add(i as u32)),
                         service.clone(),
                         o.mode,
                         o.workers,
@@ -333,6 +349,7 @@ impl<S: Service, D: Driver<S>> ClientApp<S, D> {
                 .collect(),
             started: vec![BTreeMap::new(); o.clients],
             window: o.window.max(1),
+            first_index: o.first_index,
             driver,
             inbox: Vec::new(),
             multicasts: VecDeque::new(),
@@ -373,7 +390,7 @@ impl<S: Service, D: Driver<S>> App for ClientApp<S, D> {
                 tracing::warn!("undecodable reply dropped");
                 continue;
             };
-            let i = reply.client.index() as usize;
+            let i = reply.client.index().wrapping_sub(self.first_index) as usize;
             let Some(p) = self.proxies.get_mut(i) else {
                 continue;
             };
@@ -525,6 +542,7 @@ impl<S: Service> HandleApp<S> {
             mode,
             workers,
             resend_ticks,
+            first_index: incarnation_index(),
         };
         let app = ClientApp::new(node, service, options, driver);
         (

@@ -258,6 +258,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// With the `hwloc` feature, the topology comes from hwloc and agrees with sysfs on what
+    /// this process can use.
+    #[cfg(feature = "hwloc")]
+    #[test]
+    fn hwloc_agrees_with_sysfs() {
+        let hw = Topology::detect();
+        assert_eq!(hw.source, "hwloc");
+        let fs = Topology::from_sysfs(Path::new("/sys/devices/system"))
+            .unwrap()
+            .restricted_to_affinity();
+        let ids = |t: &Topology| t.cpus.iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(&hw), ids(&fs));
+        assert_eq!(hw.physical_cores(), fs.physical_cores());
+    }
+
     #[test]
     fn this_machine_has_a_topology() {
         let t = Topology::detect();

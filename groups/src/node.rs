@@ -29,6 +29,17 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// An epoch for a process that starts now: distinct from the epochs of this node's earlier
+/// incarnations (it mixes the wall-clock time in milliseconds with the process id), as
+/// [`NodeOptions::epoch`] requires. Runtimes of real processes use it; the simulator numbers
+/// incarnations instead.
+pub fn fresh_epoch() -> u32 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (ms as u32) ^ std::process::id().rotate_left(16)
+}
+
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {

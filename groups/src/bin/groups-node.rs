@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run one node of a Chorus multicast cluster over TCP")]
@@ -157,11 +157,7 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    // The epoch must grow across restarts of this node: seconds since the Unix epoch do.
-    let epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0);
+    let epoch = groups::node::fresh_epoch();
     let groups = cfg.groups;
     let node = GroupsNode::in_memory(
         std::sync::Arc::new(cfg),

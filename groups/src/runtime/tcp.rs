@@ -308,6 +308,15 @@ impl<A: App> TcpNode<A> {
                 }
                 *peer = Some(node);
                 tracing::debug!(%me, peer = %node, "inbound link up");
+                // A peer that just dialled us is up: dial it back now rather than after our
+                // backoff (a client that starts late would otherwise wait up to a second for
+                // its first replies).
+                if let Some(p) = self.peers.get_mut(&node) {
+                    if p.conn.is_none() {
+                        p.retry_at = Instant::now();
+                        p.backoff = RECONNECT_MIN;
+                    }
+                }
                 Ok(())
             }
             (Role::Inbound { peer: None }, Frame::Msg(_)) => Err("message before hello".into()),

@@ -1,0 +1,246 @@
+//! The replicated B+-tree server.
+//!
+//! ```text
+//! btree-server                                  in-process cluster of 3 replicas, commands on stdin
+//! btree-server --config FILE --node N           one node of a TCP deployment (replica or acceptor)
+//! btree-server --write-config FILE [--replicas 3 --workers 4 --clients 2 --base-port 7300]
+//! ```
+//!
+//! Commands on stdin: `get K`, `put K V`, `update K V`, `del K`, `scan LO HI [LIMIT]`, `size`,
+//! `quit`.
+
+use btree_service::cli::{parse_command, parse_mode, render_reply, DeploymentFile};
+use btree_service::service::{TreeConfig, TreeService};
+use clap::Parser;
+use engine::client::{HandleApp, Mode};
+use engine::layout::Deployment;
+use engine::psmr::replica::{ReplicaApp, ReplicaOptions};
+use groups::ids::NodeId;
+use groups::node::{GroupsNode, NodeOptions};
+use groups::runtime::inproc::{App, Idle};
+use groups::runtime::tcp::TcpNode;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(about = "Serve the replicated B+-tree")]
+struct Args {
+    /// Deployment file (run one node of it over TCP).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id in the deployment file.
+    #[arg(long)]
+    node: Option<u32>,
+    /// Write a loopback deployment file and exit.
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+    /// smr, psmr or opt-psmr (in-process or --write-config).
+    #[arg(long, default_value = "opt-psmr")]
+    mode: String,
+    /// Workers per replica (in-process or --write-config; default: min(4, cores)).
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    #[arg(long, default_value_t = 7300)]
+    base_port: u16,
+    /// Keys pre-filled into the tree.
+    #[arg(long, default_value_t = 100_000)]
+    prefill: u64,
+    /// Pin worker threads to cores.
+    #[arg(long)]
+    pin: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = match (&args.write_config, &args.config) {
+        (Some(path), _) => write_config(&args, path),
+        (None, Some(path)) => serve_tcp(&args, path),
+        (None, None) => serve_in_process(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("btree-server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn mode_and_workers(args: &Args) -> Result<(Mode, usize), String> {
+    let mode = parse_mode(&args.mode)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match mode {
+        Mode::Smr => 1,
+        _ => args.workers.unwrap_or(cores.min(4)).max(1),
+    };
+    Ok((mode, workers))
+}
+
+fn tree(args: &Args) -> TreeConfig {
+    TreeConfig {
+        prefill: args.prefill,
+        ..TreeConfig::default()
+    }
+}
+
+fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let (mode, workers) = mode_and_workers(args)?;
+    let d = Deployment::new(
+        args.replicas,
+        1,
+        workers,
+        args.clients,
+        groups::config::Tuning::default(),
+    )
+    .and_then(|d| d.with_loopback_addresses(args.base_port))
+    .map_err(|e| e.to_string())?;
+    let file = DeploymentFile {
+        mode,
+        workers,
+        replicas: d.replicas.clone(),
+        tree: tree(args),
+        cluster: d.config,
+    };
+    std::fs::write(path, file.render()).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "wrote {}: replicas {:?}, acceptors {:?}, client nodes {:?}",
+        path.display(),
+        d.replicas,
+        d.acceptors,
+        d.clients
+    );
+    Ok(())
+}
+
+/// A node of a TCP deployment: a replica, or an acceptor-only node.
+enum NodeApp {
+    Replica(Box<ReplicaApp<TreeService>>),
+    Acceptor(Idle),
+}
+
+impl App for NodeApp {
+    fn attach(&mut self, node: &mut GroupsNode, waker: groups::runtime::Waker) {
+        if let NodeApp::Replica(r) = self {
+            r.attach(node, waker);
+        }
+    }
+    fn step(&mut self, node: &mut GroupsNode) {
+        match self {
+            NodeApp::Replica(r) => r.step(node),
+            NodeApp::Acceptor(i) => i.step(node),
+        }
+    }
+    fn detach(&mut self, node: &mut GroupsNode) {
+        if let NodeApp::Replica(r) = self {
+            r.detach(node);
+        }
+    }
+}
+
+fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let file = DeploymentFile::read(path)?;
+    let me = NodeId(args.node.ok_or("--config needs --node")?);
+    let node_cfg = file
+        .cluster
+        .node(me)
+        .ok_or_else(|| format!("node {me} is not in {}", path.display()))?;
+    let replica = file.replicas.contains(&me);
+    let accepts = file.cluster.logs.iter().any(|l| l.acceptors.contains(&me));
+    if !replica && !accepts {
+        return Err(format!(
+            "node {me} is a client node ({} subscriptions): run btree-client or btree-load on it",
+            node_cfg.subscriptions.len()
+        ));
+    }
+    let epoch = groups::node::fresh_epoch();
+    let node = GroupsNode::in_memory(
+        Arc::new(file.cluster.clone()),
+        me,
+        NodeOptions {
+            epoch,
+            merge_locally: !replica,
+        },
+    );
+    let app = if replica {
+        let service = Arc::new(TreeService::try_new(file.tree.clone())?);
+        let options = ReplicaOptions {
+            pin_cores: args.pin,
+            ..ReplicaOptions::new(file.workers)
+        };
+        NodeApp::Replica(Box::new(ReplicaApp::new(service, options)))
+    } else {
+        NodeApp::Acceptor(Idle)
+    };
+    eprintln!(
+        "btree-server: node {me} ({}) of {} serving",
+        if replica { "replica" } else { "acceptor" },
+        path.display()
+    );
+    TcpNode::bind(node, app)
+        .map_err(|e| e.to_string())?
+        .run(None)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn serve_in_process(args: &Args) -> Result<(), String> {
+    let (mode, workers) = mode_and_workers(args)?;
+    let d = Deployment::new(
+        args.replicas,
+        1,
+        workers,
+        1,
+        groups::config::Tuning::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let service = Arc::new(TreeService::try_new(tree(args))?);
+    let options = ReplicaOptions {
+        pin_cores: args.pin,
+        ..ReplicaOptions::new(workers)
+    };
+    let mut handle = None;
+    let cluster = engine::inproc::start(&d, service.clone(), options, |id| {
+        let (app, h) = HandleApp::new(id, 1, service.clone(), mode, workers, 500);
+        handle = Some(h);
+        app
+    });
+    let handle = handle.expect("one client node");
+    eprintln!(
+        "in-process cluster: {} replicas x {workers} workers ({}), {} keys pre-filled; commands: get K | put K V | update K V | del K | scan LO HI [LIMIT] | size | quit",
+        args.replicas,
+        mode.name(),
+        args.prefill
+    );
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            None => continue,
+            Some("quit") | Some("exit") => break,
+            _ => {}
+        }
+        match parse_command(&words) {
+            Err(e) => println!("error: {e}"),
+            Ok(cmd) => match handle.call(0, cmd, Duration::from_secs(10)) {
+                Some(Ok(r)) => println!("{}", render_reply(&r)),
+                Some(Err(e)) => println!("error: {e}"),
+                None => println!("error: no reply within 10 s"),
+            },
+        }
+    }
+    drop(cluster);
+    Ok(())
+}
