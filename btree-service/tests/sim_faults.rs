@@ -1,7 +1,7 @@
 //! Goal: the replicated B+-tree stays linearizable, and its replicas identical, under faults,
 //! in both P-SMR and opt-PSMR.
 //!
-//! Method: 100 seeds per mode (`CHORUS_SEEDS` changes it). Each seed simulates 2 replicas of 2
+//! Method: 200 seeds, even ones P-SMR and odd ones opt-PSMR (`CHORUS_SEEDS` changes the count). Each seed simulates 2 replicas of 2
 //! to 4 workers, 3 acceptors and 2 client nodes with 2 clients each, on a small tree (fan-out
 //! 4, 64-key space, 24 keys pre-filled) so that splits, merges, subtree splits in the top and
 //! (in opt-PSMR) refusals happen often, under a random fault campaign: message loss,
@@ -23,7 +23,6 @@ use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetu
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -198,40 +197,25 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "seed {seed} ({mode:?}, {workers} workers) failed (replay: CHORUS_SEED={seed} cargo test --release -p btree-service --test sim_faults -- --nocapture):\n  {}",
+            "{mode:?}, {workers} workers:\n  {}",
             problems.join("\n  ")
         ))
     }
 }
 
-fn env(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn replicated_btree_is_linearizable_under_faults_in_psmr_and_opt_psmr() {
-    if let Some(seed) = env("CHORUS_SEED") {
-        if let Err(e) = run(seed, true) {
-            panic!("{e}");
-        }
-        return;
-    }
-    let base = env("CHORUS_SEED_BASE").unwrap_or(0);
-    // 100 seeds per mode: even seeds run P-SMR, odd seeds opt-PSMR.
-    let count = 2 * env("CHORUS_SEEDS").unwrap_or(100);
-    let failures: Vec<String> = (base..base + count)
-        .into_par_iter()
-        .filter_map(|s| run(s, false).err())
-        .collect();
-    if !failures.is_empty() {
-        panic!(
-            "{} of {count} seeds failed; first:\n{}",
-            failures.len(),
-            failures[0]
+    // Even seeds run P-SMR, odd seeds opt-PSMR: 100 of each by default.
+    groups::sim::seeds::campaign(
+        "sim_faults",
+        "cargo test --release -p btree-service --test sim_faults -- --nocapture",
+        200,
+        run,
+    );
+    if std::env::var("CHORUS_SEED").is_err() {
+        assert!(
+            ABORTS.load(Ordering::Relaxed) > 0,
+            "opt-PSMR refused and retried some commands"
         );
     }
-    assert!(
-        ABORTS.load(Ordering::Relaxed) > 0,
-        "opt-PSMR refused and retried some commands"
-    );
 }

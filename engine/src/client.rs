@@ -62,6 +62,26 @@ pub struct ClientStats {
     pub divergences: u64,
 }
 
+impl std::ops::AddAssign<&ClientStats> for ClientStats {
+    fn add_assign(&mut self, o: &ClientStats) {
+        self.submitted += o.submitted;
+        self.completed += o.completed;
+        self.resends += o.resends;
+        self.aborts += o.aborts;
+        self.divergences += o.divergences;
+    }
+}
+
+impl<'a> std::iter::Sum<&'a ClientStats> for ClientStats {
+    fn sum<I: Iterator<Item = &'a ClientStats>>(iter: I) -> Self {
+        let mut s = ClientStats::default();
+        for x in iter {
+            s += x;
+        }
+        s
+    }
+}
+
 struct Pending<C> {
     command: C,
     attempt: Attempt,
@@ -360,15 +380,7 @@ impl<S: Service, D: Driver<S>> ClientApp<S, D> {
 
     /// Counters summed over this node's clients.
     pub fn stats(&self) -> ClientStats {
-        let mut s = ClientStats::default();
-        for p in &self.proxies {
-            s.submitted += p.stats.submitted;
-            s.completed += p.stats.completed;
-            s.resends += p.stats.resends;
-            s.aborts += p.stats.aborts;
-            s.divergences += p.stats.divergences;
-        }
-        s
+        self.proxies.iter().map(|p| &p.stats).sum()
     }
 
     /// Commands outstanding over all clients.

@@ -218,15 +218,7 @@ impl<S: Service> SimClient<S> {
     }
 
     pub fn stats(&self) -> crate::client::ClientStats {
-        let mut s = crate::client::ClientStats::default();
-        for p in &self.proxies {
-            s.submitted += p.stats.submitted;
-            s.completed += p.stats.completed;
-            s.resends += p.stats.resends;
-            s.aborts += p.stats.aborts;
-            s.divergences += p.stats.divergences;
-        }
-        s
+        self.proxies.iter().map(|p| &p.stats).sum()
     }
 
     fn pump(&mut self) {
@@ -541,12 +533,7 @@ impl<S: Service> EngineSim<S> {
         let mut s = crate::client::ClientStats::default();
         for c in &self.deployment.clients {
             if let Some(x) = self.sim.actor(*c).and_then(SimNode::as_client) {
-                let t = x.stats();
-                s.submitted += t.submitted;
-                s.completed += t.completed;
-                s.resends += t.resends;
-                s.aborts += t.aborts;
-                s.divergences += t.divergences;
+                s += &x.stats();
             }
         }
         s

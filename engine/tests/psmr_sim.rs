@@ -177,40 +177,25 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         ))
     } else {
         Err(format!(
-            "seed {seed} ({mode:?}, {workers} workers) failed (replay: CHORUS_SEED={seed} cargo test --release -p engine --test psmr_sim -- --nocapture):\n  {}",
+            "{mode:?}, {workers} workers:\n  {}",
             problems.join("\n  ")
         ))
     }
 }
 
-fn env(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn psmr_and_opt_psmr_are_linearizable_under_faults() {
-    if let Some(seed) = env("CHORUS_SEED") {
-        match run(seed, true) {
-            Ok(s) => eprintln!("seed {seed} ok: {s}"),
-            Err(e) => panic!("{e}"),
-        }
-        return;
-    }
-    let base = env("CHORUS_SEED_BASE").unwrap_or(0);
-    let count = env("CHORUS_SEEDS").unwrap_or(60);
-    let failures: Vec<String> = (base..base + count)
-        .filter_map(|s| run(s, false).err())
-        .collect();
-    if !failures.is_empty() {
-        panic!(
-            "{} of {count} seeds failed; first:\n{}",
-            failures.len(),
-            failures[0]
+    let passed = groups::sim::seeds::campaign(
+        "psmr_sim",
+        "cargo test --release -p engine --test psmr_sim -- --nocapture",
+        60,
+        run,
+    );
+    if std::env::var("CHORUS_SEED").is_err() {
+        eprintln!("psmr_sim: {} seeds passed", passed.len());
+        assert!(
+            ABORTS.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "opt-PSMR seeds refused and retried some inserts"
         );
     }
-    let aborts = ABORTS.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        aborts > 0,
-        "opt-PSMR seeds refused and retried some inserts"
-    );
 }

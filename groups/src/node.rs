@@ -43,7 +43,7 @@ pub fn fresh_epoch() -> u32 {
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
-    /// Incarnation of this node; a restarted node must use a larger epoch than before.
+    /// Incarnation of this node; a restarted node must use an epoch it has not used before.
     pub epoch: u32,
     /// Merge each subscription inside the node (the default). When false, the node hands out
     /// the contiguous decided entries of every log it subscribes to through
@@ -56,6 +56,17 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             epoch: 0,
+            merge_locally: true,
+        }
+    }
+}
+
+impl NodeOptions {
+    /// Options for a node hosted by a process that starts now: a [`fresh_epoch`], merging
+    /// locally.
+    pub fn fresh() -> Self {
+        NodeOptions {
+            epoch: fresh_epoch(),
             merge_locally: true,
         }
     }

@@ -21,7 +21,6 @@ use groups::ids::{GroupId, LogId, NodeId};
 use groups::sim::{GroupsSim, NetFaults, SimOptions};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 struct Scenario {
@@ -458,60 +457,22 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
             crashes: s.sim.stats.crashes,
         })
     } else {
-        Err(format!(
-            "seed {seed} failed (replay: CHORUS_SEED={seed} cargo test --release -p groups --test multicast_faults -- --nocapture):\n  {}",
-            problems.join("\n  ")
-        ))
+        Err(problems.join("\n  "))
     }
-}
-
-fn env(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 #[test]
 fn multicast_properties_hold_under_faults() {
-    if let Some(seed) = env("CHORUS_SEED") {
-        match run(seed, true) {
-            Ok(o) => eprintln!(
-                "seed {seed} ok: {} multicasts, {} crashes",
-                o.sent, o.crashes
-            ),
-            Err(e) => panic!("{e}"),
-        }
-        return;
-    }
-    let base = env("CHORUS_SEED_BASE").unwrap_or(0);
-    let count = env("CHORUS_SEEDS").unwrap_or(300);
-    eprintln!("multicast_faults: seeds {base}..{}", base + count);
-    let results: Vec<Result<Outcome, String>> = (base..base + count)
-        .into_par_iter()
-        .map(|s| run(s, false))
-        .collect();
-    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    let sent: usize = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|o| o.sent)
-        .sum();
-    let crashes: u64 = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|o| o.crashes)
-        .sum();
-    eprintln!(
-        "multicast_faults: {} seeds, {sent} multicasts, {crashes} crashes, {} failures",
-        count,
-        failures.len()
+    let passed = groups::sim::seeds::campaign(
+        "multicast_faults",
+        "cargo test --release -p groups --test multicast_faults -- --nocapture",
+        300,
+        run,
     );
-    if !failures.is_empty() {
-        for f in &failures {
-            eprintln!("{}", f.lines().next().unwrap_or_default());
-        }
-        panic!(
-            "{} of {count} seeds failed; first:\n{}",
-            failures.len(),
-            failures[0]
-        );
-    }
+    let sent: usize = passed.iter().map(|o| o.sent).sum();
+    let crashes: u64 = passed.iter().map(|o| o.crashes).sum();
+    eprintln!(
+        "multicast_faults: {} seeds passed: {sent} multicasts, {crashes} crashes",
+        passed.len()
+    );
 }

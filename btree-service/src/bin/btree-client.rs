@@ -53,14 +53,7 @@ fn run(args: &Args) -> Result<String, String> {
     }
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
     let (app, handle) = HandleApp::new(me, 1, service, file.mode, file.workers, 500);
-    let node = GroupsNode::in_memory(
-        Arc::new(file.cluster.clone()),
-        me,
-        NodeOptions {
-            epoch: groups::node::fresh_epoch(),
-            merge_locally: true,
-        },
-    );
+    let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());
     let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
     let stop = tcp.stop_flag();
     let thread = std::thread::spawn(move || tcp.run(None).map(|_| ()));

@@ -108,14 +108,7 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         first_index: engine::client::incarnation_index(),
     };
     let app = ClientApp::new(me, service, options, driver);
-    let node = GroupsNode::in_memory(
-        Arc::new(file.cluster.clone()),
-        me,
-        NodeOptions {
-            epoch: groups::node::fresh_epoch(),
-            merge_locally: true,
-        },
-    );
+    let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());
     let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
     let stop = tcp.stop_flag();
     let thread = std::thread::spawn(move || tcp.run(None));

@@ -165,13 +165,12 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
             node_cfg.subscriptions.len()
         ));
     }
-    let epoch = groups::node::fresh_epoch();
     let node = GroupsNode::in_memory(
         Arc::new(file.cluster.clone()),
         me,
         NodeOptions {
-            epoch,
             merge_locally: !replica,
+            ..NodeOptions::fresh()
         },
     );
     let app = if replica {

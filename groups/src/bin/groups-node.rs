@@ -157,16 +157,8 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let epoch = groups::node::fresh_epoch();
     let groups = cfg.groups;
-    let node = GroupsNode::in_memory(
-        std::sync::Arc::new(cfg),
-        me,
-        NodeOptions {
-            epoch,
-            merge_locally: true,
-        },
-    );
+    let node = GroupsNode::in_memory(std::sync::Arc::new(cfg), me, NodeOptions::fresh());
     let app = Workload {
         rng: ChaCha8Rng::seed_from_u64(u64::from(args.node)),
         groups,

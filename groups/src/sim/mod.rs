@@ -12,6 +12,7 @@
 
 mod groups;
 mod net;
+pub mod seeds;
 
 pub use groups::{GroupsSim, SimOptions};
 pub use net::{NetFaults, Network};
