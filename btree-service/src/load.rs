@@ -162,7 +162,7 @@ impl LoadDriver {
     }
 }
 
-impl Driver<TreeService> for LoadDriver {
+impl Driver<TreeCommand, crate::service::TreeReply> for LoadDriver {
     fn next(&mut self, client: usize) -> Option<TreeCommand> {
         if self.phase.load(Ordering::Relaxed) == DONE {
             return None;

@@ -19,7 +19,7 @@ use engine::client::Mode;
 use engine::layout::Deployment;
 use engine::lincheck::{self, Budget, Keys, Model};
 use engine::psmr::core::ExecOptions;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -98,6 +98,13 @@ impl Model for TreeModel {
     }
 }
 
+fn exec() -> ExecOptions {
+    ExecOptions {
+        check_conflicts: false,
+        state_hashes: true,
+    }
+}
+
 static ABORTS: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<(), String> {
@@ -118,11 +125,6 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let setup = SimSetup {
         seed,
         net: faulty_network(&mut rng),
-        mode,
-        exec: ExecOptions {
-            check_conflicts: false,
-            state_hashes: true,
-        },
         clients_per_node: 2,
         window: 2,
         ops_per_client: 30,
@@ -142,10 +144,9 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
                 _ => TreeCommand::Size,
             }
         }),
-        resend_ticks: 100,
         think_us: 20_000,
     };
-    let mut sim = EngineSim::new(service.clone(), d, setup);
+    let mut sim = EngineSim::new(Psmr::new(service.clone(), d, mode, exec(), 100), setup);
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
@@ -157,16 +158,13 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     if !report.quiet {
         problems.push("liveness: replicas did not converge after the faults stopped".to_string());
     }
-    let hashes = sim.replica_hashes();
-    if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
-        problems.push(format!("replicas diverged: {hashes:?}"));
+    if let Some(d) = sim.divergence() {
+        problems.push(d);
     }
-    for r in &sim.deployment.replicas {
-        if let Some(x) = sim.sim.actor(*r).and_then(|a| a.as_replica()) {
-            for (w, shard) in x.shards().iter().enumerate() {
-                if let Err(e) = shard.check(w) {
-                    problems.push(format!("replica {r} worker {w}: {e}"));
-                }
+    for (r, x) in sim.replicas() {
+        for (w, shard) in x.shards().iter().enumerate() {
+            if let Err(e) = shard.check(w) {
+                problems.push(format!("replica {r} worker {w}: {e}"));
             }
         }
     }

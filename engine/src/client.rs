@@ -6,8 +6,9 @@
 //! from their client table, so it takes effect at most once), and on an opt-PSMR
 //! `RetryConservative` multicasts the command again with the conservative map, once.
 //!
-//! [`ClientApp`] hosts many proxies on one node of a runtime, fed by a [`Driver`] (a workload
-//! generator, or [`ChannelDriver`] for blocking calls from other threads).
+//! [`ClientApp`] hosts many proxies of any kind ([`Proxy`]: this one, or the scale-out proxy of
+//! [`crate::partitioned`]) on one node of a runtime, fed by a [`Driver`] (a workload generator,
+//! or [`ChannelDriver`] for blocking calls from other threads).
 
 use crate::service::{Service, Target};
 use crate::wire::{self, Attempt, ClientId, Outcome, Reply, Request};
@@ -60,6 +61,15 @@ pub struct ClientStats {
     pub aborts: u64,
     /// Replies from two replicas that disagree on the state hash after the same command.
     pub divergences: u64,
+    /// Scale-out: oracle consultations (DS-SMR).
+    pub consults: u64,
+    /// Scale-out: objects the client asked to move (DS-SMR).
+    pub moves: u64,
+    /// Scale-out: attempts answered `retry` (an object was not where the client thought) or
+    /// `retry(gamma)` (the command needs more objects).
+    pub retries: u64,
+    /// Scale-out: commands that reached the retry threshold and ran the S-SMR way (DS-SMR).
+    pub fallbacks: u64,
 }
 
 impl std::ops::AddAssign<&ClientStats> for ClientStats {
@@ -69,6 +79,10 @@ impl std::ops::AddAssign<&ClientStats> for ClientStats {
         self.resends += o.resends;
         self.aborts += o.aborts;
         self.divergences += o.divergences;
+        self.consults += o.consults;
+        self.moves += o.moves;
+        self.retries += o.retries;
+        self.fallbacks += o.fallbacks;
     }
 }
 
@@ -109,10 +123,32 @@ pub struct ClientProxy<S: Service> {
 
 /// A finished command.
 #[derive(Debug)]
-pub struct Completion<S: Service> {
+pub struct Completion<C, R> {
     pub seq: u64,
-    pub command: S::Command,
-    pub result: Result<S::Reply, ClientError>,
+    pub command: C,
+    pub result: Result<R, ClientError>,
+}
+
+/// A client proxy (sans-IO): what [`ClientApp`] and the simulator's clients host. It numbers
+/// the commands it is given, turns them into multicasts, and turns replicas' messages into
+/// completions.
+pub trait Proxy: Send + 'static {
+    type Command: Clone + std::fmt::Debug + Send + 'static;
+    type Reply: Clone + std::fmt::Debug + Send + 'static;
+
+    fn id(&self) -> ClientId;
+    /// Submits a command; returns its sequence number.
+    fn submit(&mut self, command: Self::Command) -> u64;
+    /// Handles the body of a message a replica addressed to this client
+    /// ([`wire::to_client`]); returns a completion if a command finished.
+    fn on_message(&mut self, body: &[u8]) -> Option<Completion<Self::Command, Self::Reply>>;
+    /// Advances time to `now` (ticks): resends overdue messages.
+    fn tick(&mut self, now: u64);
+    /// Multicasts to perform: `(destination groups, payload)`.
+    fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>);
+    /// Commands submitted and not completed.
+    fn outstanding(&self) -> usize;
+    fn stats(&self) -> &ClientStats;
 }
 
 /// Most recent all-worker commands whose replica hashes are kept for comparison.
@@ -215,7 +251,7 @@ impl<S: Service> ClientProxy<S> {
     }
 
     /// Handles a replica's reply; returns the completion if this is the first answer.
-    pub fn on_reply(&mut self, reply: Reply<S::Reply>) -> Option<Completion<S>> {
+    pub fn on_reply(&mut self, reply: Reply<S::Reply>) -> Option<Completion<S::Command, S::Reply>> {
         if let Some(h) = reply.state_hash {
             self.audit(reply.seq, h, reply.replica);
         }
@@ -296,23 +332,56 @@ impl<S: Service> ClientProxy<S> {
     }
 }
 
-/// Produces commands for the clients of a [`ClientApp`] and learns their outcomes.
-pub trait Driver<S: Service>: Send + 'static {
+impl<S: Service> Proxy for ClientProxy<S> {
+    type Command = S::Command;
+    type Reply = S::Reply;
+
+    fn id(&self) -> ClientId {
+        self.id
+    }
+    fn submit(&mut self, command: S::Command) -> u64 {
+        ClientProxy::submit(self, command)
+    }
+    fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, S::Reply>> {
+        match wire::decode::<Reply<S::Reply>>(body) {
+            Ok(reply) => self.on_reply(reply),
+            Err(e) => {
+                tracing::warn!(client = ?self.id, error = %e, "undecodable reply dropped");
+                None
+            }
+        }
+    }
+    fn tick(&mut self, now: u64) {
+        ClientProxy::tick(self, now)
+    }
+    fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
+        ClientProxy::take_multicasts(self, out)
+    }
+    fn outstanding(&self) -> usize {
+        ClientProxy::outstanding(self)
+    }
+    fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+}
+
+/// Produces commands `C` for the clients of a [`ClientApp`] and learns their outcomes `R`.
+pub trait Driver<C, R>: Send + 'static {
     /// Client `client` has room for another command; return one, or `None` for now.
-    fn next(&mut self, client: usize) -> Option<S::Command>;
+    fn next(&mut self, client: usize) -> Option<C>;
     /// A command of `client` finished after `latency`.
     fn complete(
         &mut self,
         client: usize,
-        command: S::Command,
-        result: Result<S::Reply, ClientError>,
+        command: C,
+        result: Result<R, ClientError>,
         latency: Duration,
     );
 }
 
 /// Many client proxies on one node.
-pub struct ClientApp<S: Service, D: Driver<S>> {
-    proxies: Vec<ClientProxy<S>>,
+pub struct ClientApp<P: Proxy, D: Driver<P::Command, P::Reply>> {
+    proxies: Vec<P>,
     first_index: u32,
     started: Vec<BTreeMap<u64, Instant>>,
     window: usize,
@@ -352,24 +421,38 @@ pub fn incarnation_index() -> u32 {
     (((secs as u32) << 12) ^ (pid << 20) ^ (pid << 8)) & !0xff
 }
 
-impl<S: Service, D: Driver<S>> ClientApp<S, D> {
-    /// The clients of `node`.
+impl<S: Service, D: Driver<S::Command, S::Reply>> ClientApp<ClientProxy<S>, D> {
+    /// The P-SMR clients of `node`.
     pub fn new(node: NodeId, service: Arc<S>, o: ClientOptions, driver: D) -> Self {
+        let proxies = (0..o.clients)
+            .map(|i| {
+                ClientProxy::new(
+                    ClientId::new(node, o.first_index.wrapping_add(i as u32)),
+                    service.clone(),
+                    o.mode,
+                    o.workers,
+                    o.resend_ticks,
+                )
+            })
+            .collect();
+        ClientApp::from_proxies(proxies, o.window, driver)
+    }
+}
+
+impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientApp<P, D> {
+    /// Hosts `proxies`, which must be the clients `first_index, first_index + 1, ...` of one
+    /// node, each keeping up to `window` commands outstanding.
+    pub fn from_proxies(proxies: Vec<P>, window: usize, driver: D) -> Self {
+        let first_index = proxies.first().map_or(0, |p| p.id().index());
+        debug_assert!(proxies
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.id().index() == first_index.wrapping_add(i as u32)));
         ClientApp {
-            proxies: (0..o.clients)
-                .map(|i| {
-                    ClientProxy::new(
-                        ClientId::new(node, o.first_index.wrapping_add(i as u32)),
-                        service.clone(),
-                        o.mode,
-                        o.workers,
-                        o.resend_ticks,
-                    )
-                })
-                .collect(),
-            started: vec![BTreeMap::new(); o.clients],
-            window: o.window.max(1),
-            first_index: o.first_index,
+            started: vec![BTreeMap::new(); proxies.len()],
+            proxies,
+            window: window.max(1),
+            first_index,
             driver,
             inbox: Vec::new(),
             multicasts: VecDeque::new(),
@@ -380,16 +463,16 @@ impl<S: Service, D: Driver<S>> ClientApp<S, D> {
 
     /// Counters summed over this node's clients.
     pub fn stats(&self) -> ClientStats {
-        self.proxies.iter().map(|p| &p.stats).sum()
+        self.proxies.iter().map(|p| p.stats()).sum()
     }
 
     /// Commands outstanding over all clients.
     pub fn outstanding(&self) -> usize {
-        self.proxies.iter().map(ClientProxy::outstanding).sum()
+        self.proxies.iter().map(|p| p.outstanding()).sum()
     }
 }
 
-impl<S: Service, D: Driver<S>> App for ClientApp<S, D> {
+impl<P: Proxy, D: Driver<P::Command, P::Reply>> App for ClientApp<P, D> {
     fn attach(&mut self, _node: &mut GroupsNode, waker: Waker) {
         self.waker = Some(waker);
     }
@@ -398,15 +481,15 @@ impl<S: Service, D: Driver<S>> App for ClientApp<S, D> {
         let now = Instant::now();
         node.take_app(&mut self.inbox);
         for (_, bytes) in self.inbox.drain(..) {
-            let Ok(reply) = wire::decode::<Reply<S::Reply>>(&bytes) else {
-                tracing::warn!("undecodable reply dropped");
+            let Some((client, body)) = wire::addressee(&bytes) else {
+                tracing::warn!("message without an addressee dropped");
                 continue;
             };
-            let i = reply.client.index().wrapping_sub(self.first_index) as usize;
-            let Some(p) = self.proxies.get_mut(i) else {
+            let i = client.index().wrapping_sub(self.first_index) as usize;
+            let Some(p) = self.proxies.get_mut(i).filter(|p| p.id() == client) else {
                 continue;
             };
-            if let Some(c) = p.on_reply(reply) {
+            if let Some(c) = p.on_message(body) {
                 let t0 = self.started[i].remove(&c.seq).unwrap_or(now);
                 self.driver
                     .complete(i, c.command, c.result, now.saturating_duration_since(t0));
@@ -438,24 +521,24 @@ impl<S: Service, D: Driver<S>> App for ClientApp<S, D> {
 }
 
 /// Where a blocking call's result goes.
-type ResultTx<S> = crossbeam_channel::Sender<Result<<S as Service>::Reply, ClientError>>;
+type ResultTx<R> = crossbeam_channel::Sender<Result<R, ClientError>>;
 /// A blocking call: client, command, result channel.
-type Call<S> = (usize, <S as Service>::Command, ResultTx<S>);
+type Call<C, R> = (usize, C, ResultTx<R>);
 
 /// A [`Driver`] fed by other threads through [`ClientHandle`]s.
-pub struct ChannelDriver<S: Service> {
-    rx: crossbeam_channel::Receiver<Call<S>>,
-    queued: Vec<VecDeque<(S::Command, ResultTx<S>)>>,
-    waiting: Vec<VecDeque<ResultTx<S>>>,
+pub struct ChannelDriver<C, R> {
+    rx: crossbeam_channel::Receiver<Call<C, R>>,
+    queued: Vec<VecDeque<(C, ResultTx<R>)>>,
+    waiting: Vec<VecDeque<ResultTx<R>>>,
 }
 
 /// Submits commands to a node's [`ClientApp`] and waits for their results.
-pub struct ClientHandle<S: Service> {
-    tx: crossbeam_channel::Sender<Call<S>>,
+pub struct ClientHandle<C, R> {
+    tx: crossbeam_channel::Sender<Call<C, R>>,
     waker: Arc<parking_lot::Mutex<Option<Waker>>>,
 }
 
-impl<S: Service> Clone for ClientHandle<S> {
+impl<C, R> Clone for ClientHandle<C, R> {
     fn clone(&self) -> Self {
         ClientHandle {
             tx: self.tx.clone(),
@@ -464,9 +547,9 @@ impl<S: Service> Clone for ClientHandle<S> {
     }
 }
 
-impl<S: Service> ChannelDriver<S> {
+impl<C, R> ChannelDriver<C, R> {
     /// A driver for `clients` clients and the handle that feeds it.
-    pub fn new(clients: usize) -> (Self, ClientHandle<S>) {
+    pub fn new(clients: usize) -> (Self, ClientHandle<C, R>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         (
             ChannelDriver {
@@ -482,8 +565,8 @@ impl<S: Service> ChannelDriver<S> {
     }
 }
 
-impl<S: Service> Driver<S> for ChannelDriver<S> {
-    fn next(&mut self, client: usize) -> Option<S::Command> {
+impl<C: Send + 'static, R: Send + 'static> Driver<C, R> for ChannelDriver<C, R> {
+    fn next(&mut self, client: usize) -> Option<C> {
         while let Ok((c, cmd, reply)) = self.rx.try_recv() {
             if let Some(q) = self.queued.get_mut(c) {
                 q.push_back((cmd, reply));
@@ -497,8 +580,8 @@ impl<S: Service> Driver<S> for ChannelDriver<S> {
     fn complete(
         &mut self,
         client: usize,
-        _command: S::Command,
-        result: Result<S::Reply, ClientError>,
+        _command: C,
+        result: Result<R, ClientError>,
         _latency: Duration,
     ) {
         // One command outstanding per client when used through handles: results arrive in
@@ -509,7 +592,7 @@ impl<S: Service> Driver<S> for ChannelDriver<S> {
     }
 }
 
-impl<S: Service> ClientHandle<S> {
+impl<C, R> ClientHandle<C, R> {
     /// Lets the handle wake the node's loop (set by [`ClientApp`] users once the node runs).
     pub fn set_waker(&self, waker: Waker) {
         *self.waker.lock() = Some(waker);
@@ -519,9 +602,9 @@ impl<S: Service> ClientHandle<S> {
     pub fn call(
         &self,
         client: usize,
-        command: S::Command,
+        command: C,
         timeout: Duration,
-    ) -> Option<Result<S::Reply, ClientError>> {
+    ) -> Option<Result<R, ClientError>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.tx.send((client, command, tx)).ok()?;
         if let Some(w) = self.waker.lock().as_ref() {
@@ -532,13 +615,16 @@ impl<S: Service> ClientHandle<S> {
 }
 
 /// A [`ClientApp`] with a [`ChannelDriver`] also passes its waker on to the handles.
-pub struct HandleApp<S: Service> {
-    pub app: ClientApp<S, ChannelDriver<S>>,
+pub struct HandleApp<P: Proxy> {
+    pub app: ClientApp<P, ChannelDriver<P::Command, P::Reply>>,
     handle_waker: Arc<parking_lot::Mutex<Option<Waker>>>,
 }
 
-impl<S: Service> HandleApp<S> {
-    /// An app for blocking calls: `clients` clients with one command outstanding each.
+/// The handle of a [`HandleApp`] hosting proxies `P`.
+pub type HandleOf<P> = ClientHandle<<P as Proxy>::Command, <P as Proxy>::Reply>;
+
+impl<S: Service> HandleApp<ClientProxy<S>> {
+    /// An app for blocking P-SMR calls: `clients` clients with one command outstanding each.
     pub fn new(
         node: NodeId,
         clients: usize,
@@ -546,17 +632,28 @@ impl<S: Service> HandleApp<S> {
         mode: Mode,
         workers: usize,
         resend_ticks: u64,
-    ) -> (Self, ClientHandle<S>) {
-        let (driver, handle) = ChannelDriver::new(clients);
-        let options = ClientOptions {
-            clients,
-            window: 1,
-            mode,
-            workers,
-            resend_ticks,
-            first_index: incarnation_index(),
-        };
-        let app = ClientApp::new(node, service, options, driver);
+    ) -> (Self, HandleOf<ClientProxy<S>>) {
+        let first = incarnation_index();
+        let proxies = (0..clients)
+            .map(|i| {
+                ClientProxy::new(
+                    ClientId::new(node, first.wrapping_add(i as u32)),
+                    service.clone(),
+                    mode,
+                    workers,
+                    resend_ticks,
+                )
+            })
+            .collect();
+        HandleApp::from_proxies(proxies)
+    }
+}
+
+impl<P: Proxy> HandleApp<P> {
+    /// An app for blocking calls through `proxies` (one command outstanding each).
+    pub fn from_proxies(proxies: Vec<P>) -> (Self, HandleOf<P>) {
+        let (driver, handle) = ChannelDriver::new(proxies.len());
+        let app = ClientApp::from_proxies(proxies, 1, driver);
         (
             HandleApp {
                 app,
@@ -567,7 +664,7 @@ impl<S: Service> HandleApp<S> {
     }
 }
 
-impl<S: Service> App for HandleApp<S> {
+impl<P: Proxy> App for HandleApp<P> {
     fn attach(&mut self, node: &mut GroupsNode, waker: Waker) {
         *self.handle_waker.lock() = Some(waker.clone());
         self.app.attach(node, waker);

@@ -1,4 +1,9 @@
-//! P-SMR and opt-PSMR deployments in the deterministic simulator.
+//! Engine deployments in the deterministic simulator.
+//!
+//! [`EngineSim`] runs any deployment described by a [`Blueprint`]: which nodes are replicas
+//! (in sets that must reach identical states), acceptors and clients, how to build a replica
+//! ([`SimRole`]) and a client proxy ([`Proxy`]). [`Psmr`] is the blueprint of P-SMR and
+//! opt-PSMR deployments; the scale-out blueprints live in [`crate::partitioned::sim`].
 //!
 //! [`SimReplica`] runs a replica's workers without threads: each worker merges its own logs
 //! into its own queue exactly as a threaded worker does, and a seeded scheduler repeatedly
@@ -9,15 +14,16 @@
 //! different states, which the tests compare. The execution code is the same as the threaded
 //! replica's ([`Executor`]).
 //!
-//! [`SimClient`]s record a history: call time, command, and completion time and result (or
+//! [`SimClient`]s (hosting any [`Proxy`]) record a history: call time, command, and completion time and result (or
 //! none, if the command was still outstanding at the end), for the linearizability checker.
 
-use crate::client::{ClientError, ClientProxy, Mode};
+use crate::client::{ClientError, ClientProxy, ClientStats, Mode, Proxy};
 use crate::layout::Deployment;
 use crate::psmr::core::{ExecOptions, Executor, Job, WorkerState, WorkerStats};
 use crate::service::Service;
-use crate::wire::{self, ClientId, Reply};
+use crate::wire::{self, ClientId};
 use bytes::Bytes;
+use groups::config::ClusterConfig;
 use groups::ids::{LogId, NodeId};
 use groups::log::storage::{MemStorage, Shared};
 use groups::merge::Merger;
@@ -175,9 +181,168 @@ impl<S: Service> SimReplica<S> {
     pub fn worker_stats(&self) -> Vec<WorkerStats> {
         self.states.iter().map(|s| s.stats.clone()).collect()
     }
+}
 
-    pub fn node(&self) -> &GroupsNode {
+impl<S: Service> SimRole for SimReplica<S> {
+    fn node(&self) -> &GroupsNode {
         &self.node
+    }
+    fn node_mut(&mut self) -> &mut GroupsNode {
+        &mut self.node
+    }
+    fn pump(&mut self) {
+        SimReplica::pump(self)
+    }
+    fn backlog(&self) -> usize {
+        SimReplica::backlog(self)
+    }
+    /// Every worker's counters: a replica's workers see the same streams as every other
+    /// replica's, so equal counters mean a replica has caught up.
+    fn progress(&self) -> Vec<u64> {
+        self.states
+            .iter()
+            .flat_map(|s| {
+                let w = &s.stats;
+                [
+                    w.single,
+                    w.multi,
+                    w.parked,
+                    w.aborts,
+                    w.duplicates,
+                    w.rejected,
+                ]
+            })
+            .collect()
+    }
+    fn state_hash(&self) -> u64 {
+        SimReplica::state_hash(self)
+    }
+}
+
+/// A replica the simulator can run.
+pub trait SimRole: Send + 'static {
+    fn node(&self) -> &GroupsNode;
+    fn node_mut(&mut self) -> &mut GroupsNode;
+    /// Takes what the node delivered and executes whatever can run.
+    fn pump(&mut self);
+    /// Delivered commands not yet finished (waiting on something).
+    fn backlog(&self) -> usize;
+    /// Counters that are equal at every replica of a set once they have handled the same
+    /// delivered commands (how [`EngineSim::quiet`] tells that a restarted replica caught up).
+    fn progress(&self) -> Vec<u64>;
+    /// A hash of the replicated state.
+    fn state_hash(&self) -> u64;
+}
+
+/// The nodes of a simulated deployment, by role.
+#[derive(Clone, Debug)]
+pub struct Roles {
+    pub config: ClusterConfig,
+    /// Replicas in sets that must reach identical states (P-SMR: all replicas; scale-out: the
+    /// replicas of each partition, and of the oracle).
+    pub replica_sets: Vec<Vec<NodeId>>,
+    pub acceptors: Vec<NodeId>,
+    pub clients: Vec<NodeId>,
+}
+
+impl Roles {
+    pub fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replica_sets.iter().flatten().copied()
+    }
+    pub fn is_replica(&self, id: NodeId) -> bool {
+        self.replicas().any(|r| r == id)
+    }
+    pub fn is_client(&self, id: NodeId) -> bool {
+        self.clients.contains(&id)
+    }
+    /// Replicas and acceptors: the nodes a campaign may crash.
+    pub fn crashable(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.replicas().collect();
+        for a in &self.acceptors {
+            if !v.contains(a) {
+                v.push(*a);
+            }
+        }
+        v
+    }
+}
+
+/// What a simulated deployment is made of.
+pub trait Blueprint: Send + Sync + 'static {
+    type Replica: SimRole;
+    type Proxy: Proxy;
+    fn roles(&self) -> &Roles;
+    /// Replica nodes merge their subscriptions inside the node (see
+    /// [`NodeOptions::merge_locally`]) rather than in the replica.
+    fn replicas_merge_locally(&self) -> bool;
+    /// A (re)started replica on `node`; `seed` differs per node and incarnation.
+    fn replica(&self, node: GroupsNode, seed: u64) -> Self::Replica;
+    /// A client proxy.
+    fn proxy(&self, id: ClientId) -> Self::Proxy;
+}
+
+/// The blueprint of P-SMR and opt-PSMR deployments.
+pub struct Psmr<S: Service> {
+    pub service: Arc<S>,
+    pub deployment: Deployment,
+    pub mode: Mode,
+    pub exec: ExecOptions,
+    /// Clients' first resend timeout, in ticks.
+    pub resend_ticks: u64,
+    roles: Roles,
+}
+
+impl<S: Service> Psmr<S> {
+    pub fn new(
+        service: Arc<S>,
+        deployment: Deployment,
+        mode: Mode,
+        exec: ExecOptions,
+        resend_ticks: u64,
+    ) -> Self {
+        let roles = Roles {
+            config: deployment.config.clone(),
+            replica_sets: vec![deployment.replicas.clone()],
+            acceptors: deployment.acceptors.clone(),
+            clients: deployment.clients.clone(),
+        };
+        Psmr {
+            service,
+            deployment,
+            mode,
+            exec,
+            resend_ticks,
+            roles,
+        }
+    }
+}
+
+impl<S: Service> Blueprint for Psmr<S> {
+    type Replica = SimReplica<S>;
+    type Proxy = ClientProxy<S>;
+    fn roles(&self) -> &Roles {
+        &self.roles
+    }
+    fn replicas_merge_locally(&self) -> bool {
+        false
+    }
+    fn replica(&self, node: GroupsNode, seed: u64) -> SimReplica<S> {
+        SimReplica::new(
+            node,
+            self.service.clone(),
+            self.deployment.workers,
+            self.exec.clone(),
+            seed,
+        )
+    }
+    fn proxy(&self, id: ClientId) -> ClientProxy<S> {
+        ClientProxy::new(
+            id,
+            self.service.clone(),
+            self.mode,
+            self.deployment.workers,
+            self.resend_ticks,
+        )
     }
 }
 
@@ -185,50 +350,56 @@ impl<S: Service> SimReplica<S> {
 pub type Workload<C> = Arc<dyn Fn(&mut ChaCha8Rng, usize) -> C + Send + Sync>;
 
 /// One operation of a recorded history.
-#[derive(Debug)]
-pub struct Op<S: Service> {
+#[derive(Debug, Clone)]
+pub struct Op<C, R> {
     pub client: ClientId,
-    pub command: S::Command,
+    pub command: C,
     pub call_us: u64,
     /// Completion time and result; `None` if the command never completed.
-    pub ret: Option<(u64, Result<S::Reply, ClientError>)>,
+    pub ret: Option<(u64, Result<R, ClientError>)>,
 }
 
+/// The operations of proxies `P`.
+pub type OpOf<P> = Op<<P as Proxy>::Command, <P as Proxy>::Reply>;
+
 /// Simulated client proxies with a workload, recording their history.
-pub struct SimClient<S: Service> {
+pub struct SimClient<P: Proxy> {
     node: GroupsNode,
-    proxies: Vec<ClientProxy<S>>,
+    proxies: Vec<P>,
     budget: Vec<usize>,
     open: Vec<BTreeMap<u64, usize>>,
     window: usize,
-    workload: Workload<S::Command>,
+    workload: Workload<P::Command>,
     rng: ChaCha8Rng,
     now_us: u64,
     /// Mean pause between a client's submissions, and when each client may submit next.
     think_us: u64,
     next_at: Vec<u64>,
-    pub history: Vec<Op<S>>,
+    pub history: Vec<OpOf<P>>,
     inbox: Vec<(NodeId, Bytes)>,
     out: Vec<(groups::GroupSet, Bytes)>,
 }
 
-impl<S: Service> SimClient<S> {
+impl<P: Proxy> SimClient<P> {
     pub fn done(&self) -> bool {
         self.budget.iter().all(|&b| b == 0) && self.proxies.iter().all(|p| p.outstanding() == 0)
     }
 
-    pub fn stats(&self) -> crate::client::ClientStats {
-        self.proxies.iter().map(|p| &p.stats).sum()
+    pub fn stats(&self) -> ClientStats {
+        self.proxies.iter().map(|p| p.stats()).sum()
     }
 
     fn pump(&mut self) {
         self.node.take_app(&mut self.inbox);
         for (_, bytes) in self.inbox.drain(..) {
-            let Ok(reply) = wire::decode::<Reply<S::Reply>>(&bytes) else {
+            let Some((client, body)) = wire::addressee(&bytes) else {
                 continue;
             };
-            let i = reply.client.index() as usize;
-            if let Some(c) = self.proxies.get_mut(i).and_then(|p| p.on_reply(reply)) {
+            let i = client.index() as usize;
+            let Some(p) = self.proxies.get_mut(i).filter(|p| p.id() == client) else {
+                continue;
+            };
+            if let Some(c) = p.on_message(body) {
                 if let Some(op) = self.open[i].remove(&c.seq) {
                     self.history[op].ret = Some((self.now_us, c.result));
                 }
@@ -265,28 +436,17 @@ impl<S: Service> SimClient<S> {
     }
 }
 
-impl<S: Service> Clone for Op<S> {
-    fn clone(&self) -> Self {
-        Op {
-            client: self.client,
-            command: self.command.clone(),
-            call_us: self.call_us,
-            ret: self.ret.clone(),
-        }
-    }
-}
-
 /// A node of a simulated deployment.
-pub enum SimNode<S: Service> {
-    Replica(Box<SimReplica<S>>),
-    Client(Box<SimClient<S>>),
+pub enum SimNode<B: Blueprint> {
+    Replica(Box<B::Replica>),
+    Client(Box<SimClient<B::Proxy>>),
     Acceptor(Box<GroupsNode>),
 }
 
-impl<S: Service> SimNode<S> {
+impl<B: Blueprint> SimNode<B> {
     fn node_mut(&mut self) -> &mut GroupsNode {
         match self {
-            SimNode::Replica(r) => &mut r.node,
+            SimNode::Replica(r) => r.node_mut(),
             SimNode::Client(c) => &mut c.node,
             SimNode::Acceptor(n) => n,
         }
@@ -298,13 +458,13 @@ impl<S: Service> SimNode<S> {
             SimNode::Acceptor(_) => {}
         }
     }
-    pub fn as_replica(&self) -> Option<&SimReplica<S>> {
+    pub fn as_replica(&self) -> Option<&B::Replica> {
         match self {
             SimNode::Replica(r) => Some(r),
             _ => None,
         }
     }
-    pub fn as_client(&self) -> Option<&SimClient<S>> {
+    pub fn as_client(&self) -> Option<&SimClient<B::Proxy>> {
         match self {
             SimNode::Client(c) => Some(c),
             _ => None,
@@ -312,7 +472,7 @@ impl<S: Service> SimNode<S> {
     }
 }
 
-impl<S: Service> Actor for SimNode<S> {
+impl<B: Blueprint> Actor for SimNode<B> {
     type Msg = NetMsg;
     fn handle(&mut self, from: NodeId, msg: NetMsg) {
         self.node_mut().handle(from, msg);
@@ -338,35 +498,31 @@ impl<S: Service> Actor for SimNode<S> {
     }
 }
 
-/// How a simulated deployment runs.
+/// How a simulated deployment's clients run, and its network.
 #[derive(Clone)]
-pub struct SimSetup<S: Service> {
+pub struct SimSetup<C> {
     pub seed: u64,
     pub net: NetFaults,
-    pub mode: Mode,
-    pub exec: ExecOptions,
     /// Logical clients per client node, their window, and commands each.
     pub clients_per_node: usize,
     pub window: usize,
     pub ops_per_client: usize,
-    pub workload: Workload<S::Command>,
-    pub resend_ticks: u64,
+    pub workload: Workload<C>,
     /// Mean pause between a client's submissions (0: none).
     pub think_us: u64,
 }
 
 /// A simulated deployment.
-pub struct EngineSim<S: Service> {
-    pub sim: Sim<SimNode<S>>,
-    pub deployment: Deployment,
-    service: Arc<S>,
-    setup: SimSetup<S>,
+pub struct EngineSim<B: Blueprint> {
+    pub sim: Sim<SimNode<B>>,
+    pub blueprint: Arc<B>,
+    setup: SimSetup<<B::Proxy as Proxy>::Command>,
     storages: BTreeMap<(NodeId, LogId), Shared<MemStorage>>,
 }
 
-impl<S: Service> EngineSim<S> {
-    pub fn new(service: Arc<S>, deployment: Deployment, setup: SimSetup<S>) -> Self {
-        let cfg = Arc::new(deployment.config.clone());
+impl<B: Blueprint> EngineSim<B> {
+    pub fn new(blueprint: B, setup: SimSetup<<B::Proxy as Proxy>::Command>) -> Self {
+        let cfg = Arc::new(blueprint.roles().config.clone());
         let mut storages = BTreeMap::new();
         for l in &cfg.logs {
             for &a in &l.acceptors {
@@ -380,8 +536,7 @@ impl<S: Service> EngineSim<S> {
         );
         let mut s = EngineSim {
             sim: Sim::new(0, 1, Network::new(NetFaults::calm())),
-            deployment,
-            service,
+            blueprint: Arc::new(blueprint),
             setup,
             storages,
         };
@@ -392,12 +547,17 @@ impl<S: Service> EngineSim<S> {
         s
     }
 
-    fn make(&self, id: NodeId, incarnation: u32) -> SimNode<S> {
-        let cfg = Arc::new(self.deployment.config.clone());
-        let replica = self.deployment.is_replica(id);
+    pub fn roles(&self) -> &Roles {
+        self.blueprint.roles()
+    }
+
+    fn make(&self, id: NodeId, incarnation: u32) -> SimNode<B> {
+        let roles = self.blueprint.roles();
+        let cfg = Arc::new(roles.config.clone());
+        let replica = roles.is_replica(id);
         let opts = NodeOptions {
             epoch: incarnation,
-            merge_locally: !replica,
+            merge_locally: !replica || self.blueprint.replicas_merge_locally(),
         };
         let storages = &self.storages;
         let c = cfg.clone();
@@ -406,28 +566,14 @@ impl<S: Service> EngineSim<S> {
         });
         let seed = self.setup.seed ^ (u64::from(id.0) << 32) ^ u64::from(incarnation);
         if replica {
-            SimNode::Replica(Box::new(SimReplica::new(
-                node,
-                self.service.clone(),
-                self.deployment.workers,
-                self.setup.exec.clone(),
-                seed,
-            )))
-        } else if self.deployment.is_client(id) {
+            SimNode::Replica(Box::new(self.blueprint.replica(node, seed)))
+        } else if roles.is_client(id) {
             assert_eq!(incarnation, 0, "simulated clients do not restart");
             let n = self.setup.clients_per_node;
             SimNode::Client(Box::new(SimClient {
                 node,
                 proxies: (0..n)
-                    .map(|i| {
-                        ClientProxy::new(
-                            ClientId::new(id, i as u32),
-                            self.service.clone(),
-                            self.setup.mode,
-                            self.deployment.workers,
-                            self.setup.resend_ticks,
-                        )
-                    })
+                    .map(|i| self.blueprint.proxy(ClientId::new(id, i as u32)))
                     .collect(),
                 budget: vec![self.setup.ops_per_client; n],
                 open: vec![BTreeMap::new(); n],
@@ -449,7 +595,7 @@ impl<S: Service> EngineSim<S> {
     /// Crashes a node; a replica's state is lost (it replays the logs when restarted).
     pub fn crash(&mut self, id: NodeId) {
         assert!(
-            !self.deployment.is_client(id),
+            !self.roles().is_client(id),
             "simulated clients do not crash"
         );
         self.sim.crash(id);
@@ -467,28 +613,36 @@ impl<S: Service> EngineSim<S> {
         self.sim.run_until(until_us, |_, _| {});
     }
 
+    /// The live replicas, with their node ids.
+    pub fn replicas(&self) -> impl Iterator<Item = (NodeId, &B::Replica)> + '_ {
+        self.roles().replicas().filter_map(|r| {
+            self.sim
+                .actor(r)
+                .and_then(SimNode::as_replica)
+                .map(|x| (r, x))
+        })
+    }
+
     /// Whether every client finished its workload and the live replicas converged: nothing
-    /// waits in their queues and every worker has handled the same requests at every replica
-    /// (the workers' streams are identical, so equal counters mean a replica has caught up;
-    /// a restarted replica replaying the logs is not done before that).
+    /// waits in their queues and the replicas of each set report the same progress (a
+    /// restarted replica replaying the logs is not done before that).
     pub fn quiet(&self) -> bool {
-        let clients_done = self.deployment.clients.iter().all(|c| {
+        let clients_done = self.roles().clients.iter().all(|c| {
             self.sim
                 .actor(*c)
                 .and_then(SimNode::as_client)
                 .is_some_and(SimClient::done)
         });
-        let replicas: Vec<&SimReplica<S>> = self
-            .deployment
-            .replicas
-            .iter()
-            .filter_map(|r| self.sim.actor(*r).and_then(SimNode::as_replica))
-            .collect();
         clients_done
-            && replicas.iter().all(|r| r.backlog() == 0)
-            && replicas
-                .windows(2)
-                .all(|w| w[0].worker_stats() == w[1].worker_stats())
+            && self.replicas().all(|(_, r)| r.backlog() == 0)
+            && self.roles().replica_sets.iter().all(|set| {
+                let progress: Vec<Vec<u64>> = set
+                    .iter()
+                    .filter_map(|r| self.sim.actor(*r).and_then(SimNode::as_replica))
+                    .map(SimRole::progress)
+                    .collect();
+                progress.windows(2).all(|w| w[0] == w[1])
+            })
     }
 
     /// Runs until [`EngineSim::quiet`] or `max_us` more virtual time.
@@ -505,8 +659,8 @@ impl<S: Service> EngineSim<S> {
     }
 
     /// Every client's history, in one list.
-    pub fn history(&self) -> Vec<Op<S>> {
-        self.deployment
+    pub fn history(&self) -> Vec<OpOf<B::Proxy>> {
+        self.roles()
             .clients
             .iter()
             .filter_map(|c| self.sim.actor(*c).and_then(SimNode::as_client))
@@ -516,22 +670,38 @@ impl<S: Service> EngineSim<S> {
 
     /// State hashes of the live replicas.
     pub fn replica_hashes(&self) -> Vec<(NodeId, u64)> {
-        self.deployment
-            .replicas
+        self.replicas().map(|(r, x)| (r, x.state_hash())).collect()
+    }
+
+    /// A description of the replica sets whose live replicas' states differ, if any.
+    pub fn divergence(&self) -> Option<String> {
+        let bad: Vec<String> = self
+            .roles()
+            .replica_sets
             .iter()
-            .filter_map(|&r| {
-                self.sim
-                    .actor(r)
-                    .and_then(SimNode::as_replica)
-                    .map(|x| (r, x.state_hash()))
+            .filter_map(|set| {
+                let hashes: Vec<(NodeId, u64)> = set
+                    .iter()
+                    .filter_map(|r| {
+                        self.sim
+                            .actor(*r)
+                            .and_then(SimNode::as_replica)
+                            .map(|x| (*r, x.state_hash()))
+                    })
+                    .collect();
+                hashes
+                    .windows(2)
+                    .any(|w| w[0].1 != w[1].1)
+                    .then(|| format!("{hashes:?}"))
             })
-            .collect()
+            .collect();
+        (!bad.is_empty()).then(|| format!("replicas diverged: {}", bad.join("; ")))
     }
 
     /// Client counters summed over all client nodes.
-    pub fn client_stats(&self) -> crate::client::ClientStats {
-        let mut s = crate::client::ClientStats::default();
-        for c in &self.deployment.clients {
+    pub fn client_stats(&self) -> ClientStats {
+        let mut s = ClientStats::default();
+        for c in &self.roles().clients {
             if let Some(x) = self.sim.actor(*c).and_then(SimNode::as_client) {
                 s += &x.stats();
             }
@@ -584,21 +754,13 @@ pub struct CampaignReport {
     pub events: Vec<String>,
 }
 
-impl<S: Service> EngineSim<S> {
+impl<B: Blueprint> EngineSim<B> {
     /// Runs a fault campaign drawn from `seed` on this deployment (with `f` = 1: one replica
     /// or acceptor down at a time), then heals, restarts everything and settles.
     pub fn campaign(&mut self, seed: u64, c: &Campaign) -> CampaignReport {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17);
-        let crashable: Vec<NodeId> = {
-            let mut v = self.deployment.replicas.clone();
-            for a in &self.deployment.acceptors {
-                if !v.contains(a) {
-                    v.push(*a);
-                }
-            }
-            v
-        };
-        let all: Vec<NodeId> = self.deployment.config.nodes.iter().map(|n| n.id).collect();
+        let crashable = self.roles().crashable();
+        let all: Vec<NodeId> = self.roles().config.nodes.iter().map(|n| n.id).collect();
         enum Ev {
             Crash(NodeId),
             Restart(NodeId),
@@ -688,9 +850,9 @@ impl<S: Service> EngineSim<S> {
 
 /// A recorded history as the linearizability checker's operations (a command that never
 /// completed, or failed, has an unknown outcome: it may or may not have taken effect).
-pub fn lincheck_history<S: Service>(
-    ops: &[Op<S>],
-) -> Vec<crate::lincheck::Operation<S::Command, S::Reply>> {
+pub fn lincheck_history<C: Clone, R: Clone>(
+    ops: &[Op<C, R>],
+) -> Vec<crate::lincheck::Operation<C, R>> {
     ops.iter()
         .map(|op| match &op.ret {
             Some((t, Ok(r))) => crate::lincheck::Operation::completed(

@@ -78,6 +78,21 @@ pub struct Reply<R> {
     pub state_hash: Option<u64>,
 }
 
+/// Encodes a message for a client: the client id (8 bytes, little-endian), then `body`. A client
+/// node hosting many clients routes the message by the prefix without knowing the body's type
+/// ([`addressee`]).
+pub fn to_client<T: Serialize>(client: ClientId, body: &T) -> bytes::Bytes {
+    let mut out = client.0.to_le_bytes().to_vec();
+    out.extend_from_slice(&encode(body));
+    out.into()
+}
+
+/// The client a message from [`to_client`] is for, and its body.
+pub fn addressee(bytes: &[u8]) -> Option<(ClientId, &[u8])> {
+    let (id, body) = bytes.split_first_chunk::<8>()?;
+    Some((ClientId(u64::from_le_bytes(*id)), body))
+}
+
 /// Encodes a wire value.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     Bitcode.encode(value).expect("wire types encode")
@@ -97,6 +112,16 @@ mod tests {
         let c = ClientId::new(NodeId(7), 3);
         assert_eq!(c.node(), NodeId(7));
         assert_eq!(c.index(), 3);
+    }
+
+    #[test]
+    fn client_messages_carry_their_addressee() {
+        let c = ClientId::new(NodeId(1000), 42);
+        let m = to_client(c, &(7u64, "x".to_string()));
+        let (to, body) = addressee(&m).unwrap();
+        assert_eq!(to, c);
+        assert_eq!(decode::<(u64, String)>(body).unwrap(), (7, "x".to_string()));
+        assert!(addressee(&m[..5]).is_none());
     }
 
     #[test]

@@ -33,7 +33,7 @@ fn run(mode: Mode) {
         },
         ..ReplicaOptions::new(workers)
     };
-    let mut handle: Option<ClientHandle<KvService>> = None;
+    let mut handle: Option<ClientHandle<KvCommand, KvReply>> = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
         let (app, h) = HandleApp::new(id, CLIENTS, service.clone(), mode, workers, 200);
         handle = Some(h);

@@ -15,7 +15,7 @@ use engine::client::Mode;
 use engine::layout::Deployment;
 use engine::lincheck::{self, Budget, Keys, Model};
 use engine::psmr::core::ExecOptions;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
 use engine::testing::{KvCommand, KvReply, KvService};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
@@ -26,6 +26,13 @@ use std::sync::Arc;
 const KEYS: u64 = 12;
 
 /// opt-PSMR refusals seen over all seeds of this run.
+fn exec() -> ExecOptions {
+    ExecOptions {
+        check_conflicts: false,
+        state_hashes: true,
+    }
+}
+
 static ABORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Sequential specification of the test service.
@@ -101,11 +108,6 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let setup = SimSetup {
         seed,
         net: faulty_network(&mut rng),
-        mode,
-        exec: ExecOptions {
-            check_conflicts: false,
-            state_hashes: true,
-        },
         clients_per_node: 2,
         window: 2,
         ops_per_client: 30,
@@ -122,10 +124,9 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
                 _ => KvCommand::Len,
             }
         }),
-        resend_ticks: 100,
         think_us: 20_000,
     };
-    let mut sim = EngineSim::new(service, d, setup);
+    let mut sim = EngineSim::new(Psmr::new(service, d, mode, exec(), 100), setup);
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
@@ -137,16 +138,13 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if !report.quiet {
         problems.push("liveness: not quiet after the faults stopped".to_string());
     }
-    let hashes = sim.replica_hashes();
-    if verbose && hashes.windows(2).any(|w| w[0].1 != w[1].1) {
-        for r in &sim.deployment.replicas {
-            if let Some(x) = sim.sim.actor(*r).and_then(|a| a.as_replica()) {
-                eprintln!("{r}: {:?} stats {:?}", x.shards(), x.worker_stats());
-            }
+    if verbose && sim.divergence().is_some() {
+        for (r, x) in sim.replicas() {
+            eprintln!("{r}: {:?} stats {:?}", x.shards(), x.worker_stats());
         }
     }
-    if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
-        problems.push(format!("replicas diverged: {hashes:?}"));
+    if let Some(d) = sim.divergence() {
+        problems.push(d);
     }
     let stats = sim.client_stats();
     if stats.divergences > 0 {

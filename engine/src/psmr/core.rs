@@ -162,7 +162,7 @@ impl<S: Service> Executor<S> {
                 outcome,
                 state_hash: hash,
             };
-            Some((req.client.node(), Bytes::from(wire::encode(&r))))
+            Some((req.client.node(), wire::to_client(req.client, &r)))
         };
         let cmd = match &job.command {
             Ok(c) => c,
