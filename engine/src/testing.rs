@@ -153,3 +153,206 @@ impl Service for KvService {
         h
     }
 }
+
+/// A partitioned key-value service for testing scale-out (S-SMR and DS-SMR), with its
+/// sequential specification for the linearizability checker.
+///
+/// Every key is an object holding an `i64`. `Get`/`Put` touch one key, `Transfer` two, `Sum`
+/// any number (multi-partition commands), `Create`/`Delete` make and remove keys. `Bump(k)`
+/// adds 1 to `k` and to its partner `k ^ 1`, a key the client does not name: the first attempt
+/// is answered `retry(gamma)` and the client gathers the partner too. Keys `0..preload` exist
+/// from the start with value 100; key `k` is placed in partition `k % partitions`.
+pub mod scaleout {
+    use crate::lincheck::{Keys, Model};
+    use crate::partitioned::service::{
+        Kind, Need, ObjectId, Objects, PartitionId, PartitionedService,
+    };
+    use crate::partitioned::wire::Response;
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum Cmd {
+        Create(u64, i64),
+        Delete(u64),
+        Get(u64),
+        Put(u64, i64),
+        Transfer(u64, u64, i64),
+        Sum(Vec<u64>),
+        Bump(u64),
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum Reply {
+        Value(i64),
+        Ok,
+        Total(i64),
+    }
+
+    /// See the module docs.
+    pub struct ObjectKv {
+        pub preload: u64,
+    }
+
+    /// The initial value of preloaded keys.
+    pub const INITIAL: i64 = 100;
+
+    impl PartitionedService for ObjectKv {
+        type Command = Cmd;
+        type Reply = Reply;
+        type Value = i64;
+
+        fn name(&self) -> &'static str {
+            "object-kv"
+        }
+
+        fn kind(&self, cmd: &Cmd) -> Kind {
+            match cmd {
+                Cmd::Create(k, _) => Kind::Create(*k),
+                Cmd::Delete(k) => Kind::Delete(*k),
+                Cmd::Get(k) | Cmd::Put(k, _) | Cmd::Bump(k) => Kind::Access(vec![*k]),
+                Cmd::Transfer(a, b, _) => Kind::access(vec![*a, *b]),
+                Cmd::Sum(ks) => Kind::access(ks.clone()),
+            }
+        }
+
+        fn initial(&self, cmd: &Cmd) -> i64 {
+            match cmd {
+                Cmd::Create(_, v) => *v,
+                _ => 0,
+            }
+        }
+
+        fn execute(&self, cmd: &Cmd, objects: &mut Objects<'_, i64>) -> Result<Reply, Need> {
+            Ok(match cmd {
+                Cmd::Get(k) => Reply::Value(*objects.get(*k).ok_or(Need(vec![*k]))?),
+                Cmd::Put(k, v) => {
+                    *objects.get_mut(*k).ok_or(Need(vec![*k]))? = *v;
+                    Reply::Ok
+                }
+                Cmd::Transfer(a, b, x) if a != b => {
+                    let (va, vb) = objects.pair_mut(*a, *b).ok_or(Need(vec![*a, *b]))?;
+                    *va -= x;
+                    *vb += x;
+                    Reply::Ok
+                }
+                Cmd::Transfer(..) => Reply::Ok,
+                Cmd::Sum(ks) => {
+                    let mut total = 0;
+                    for k in ks {
+                        total += objects.get(*k).ok_or(Need(vec![*k]))?;
+                    }
+                    Reply::Total(total)
+                }
+                Cmd::Bump(k) => {
+                    let partner = k ^ 1;
+                    let (a, b) = objects.pair_mut(*k, partner).ok_or(Need(vec![partner]))?;
+                    *a += 1;
+                    *b += 1;
+                    Reply::Ok
+                }
+                Cmd::Create(..) | Cmd::Delete(_) => Reply::Ok,
+            })
+        }
+
+        fn place(&self, object: ObjectId, partitions: u32) -> PartitionId {
+            (object % u64::from(partitions)) as PartitionId
+        }
+
+        fn preload(&self) -> Vec<(ObjectId, i64)> {
+            (0..self.preload).map(|k| (k, INITIAL)).collect()
+        }
+    }
+
+    /// The sequential specification: a map from keys to values, keys `0..preload` present.
+    pub struct ObjectKvModel {
+        pub preload: u64,
+    }
+
+    impl Model for ObjectKvModel {
+        type State = BTreeMap<u64, i64>;
+        type Input = Cmd;
+        type Output = Response<Reply>;
+
+        fn init(&self) -> Self::State {
+            (0..self.preload).map(|k| (k, INITIAL)).collect()
+        }
+
+        fn step(
+            &self,
+            state: &Self::State,
+            input: &Cmd,
+            output: Option<&Response<Reply>>,
+        ) -> Option<Self::State> {
+            let mut next = state.clone();
+            let has = |k: &u64| state.contains_key(k);
+            let expected = match input {
+                Cmd::Create(k, v) => {
+                    if has(k) {
+                        Response::AlreadyExists
+                    } else {
+                        next.insert(*k, *v);
+                        Response::Created
+                    }
+                }
+                Cmd::Delete(k) => {
+                    next.remove(k);
+                    Response::Deleted
+                }
+                Cmd::Get(k) => match state.get(k) {
+                    Some(v) => Response::Done(Reply::Value(*v)),
+                    None => Response::NotFound,
+                },
+                Cmd::Put(k, v) => {
+                    if has(k) {
+                        next.insert(*k, *v);
+                        Response::Done(Reply::Ok)
+                    } else {
+                        Response::NotFound
+                    }
+                }
+                Cmd::Transfer(a, b, x) => {
+                    if has(a) && has(b) {
+                        if a != b {
+                            *next.get_mut(a).expect("has") -= x;
+                            *next.get_mut(b).expect("has") += x;
+                        }
+                        Response::Done(Reply::Ok)
+                    } else {
+                        Response::NotFound
+                    }
+                }
+                Cmd::Sum(ks) => {
+                    if ks.iter().all(has) {
+                        Response::Done(Reply::Total(ks.iter().map(|k| state[k]).sum()))
+                    } else {
+                        Response::NotFound
+                    }
+                }
+                Cmd::Bump(k) => {
+                    let partner = k ^ 1;
+                    if has(k) && has(&partner) {
+                        *next.get_mut(k).expect("has") += 1;
+                        *next.get_mut(&partner).expect("has") += 1;
+                        Response::Done(Reply::Ok)
+                    } else {
+                        Response::NotFound
+                    }
+                }
+            };
+            match output {
+                Some(o) if *o != expected => None,
+                _ => Some(next),
+            }
+        }
+
+        fn keys(&self, input: &Cmd) -> Keys {
+            Keys::Some(match input {
+                Cmd::Create(k, _) | Cmd::Delete(k) | Cmd::Get(k) | Cmd::Put(k, _) => vec![*k],
+                Cmd::Transfer(a, b, _) => vec![*a, *b],
+                Cmd::Sum(ks) => ks.clone(),
+                Cmd::Bump(k) => vec![*k, k ^ 1],
+            })
+        }
+    }
+}

@@ -53,6 +53,9 @@ pub enum ConfigError {
         name: &'static str,
         rule: &'static str,
     },
+    /// A layout built on top of a configuration (by the engine) is impossible.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// One process of the cluster.

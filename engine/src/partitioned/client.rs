@@ -1,0 +1,434 @@
+//! The scale-out client proxy (sans-IO): S-SMR and DS-SMR (reference notes, d.4 and d'.4).
+//!
+//! **S-SMR.** Placement is static ([`PartitionedService::place`]): a command is multicast to
+//! the partitions of its objects. A `retry(gamma)` answer adds objects and partitions.
+//!
+//! **DS-SMR.** The first attempt uses the location cache if it knows every object (the cache
+//! only answers "where"; anything else asks the oracle); otherwise the proxy consults the
+//! oracle. An access whose objects are in several partitions picks a target
+//! ([`PartitionedService::target`]), multicasts a move for every object elsewhere (all at
+//! once, without waiting) and then the access to the target alone. A `retry` answer (an object
+//! was not there: a stale cache, a concurrent move, or the access overtaking its own moves)
+//! forgets the cached locations and consults the oracle again; after `retry_max` attempts the
+//! command falls back to S-SMR: it goes to every partition (and the oracle for a delete),
+//! which run it with signals and value exchange, without moving anything. Creates and deletes
+//! also go to the oracle, which answers them.
+//!
+//! Many commands may be outstanding; replies of older attempts are ignored; an attempt is
+//! resent on timeout (replicas answer a resent attempt from their tables).
+
+use super::service::{Kind, ObjectId, PartitionId, PartitionedService};
+use super::wire::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
+use super::Scheme;
+use crate::client::{ClientError, ClientStats, Completion, Proxy};
+use crate::wire::{self, ClientId};
+use bytes::Bytes;
+use groups::groupset::GroupSet;
+use groups::ids::GroupId;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How a scale-out client runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    pub scheme: Scheme,
+    pub partitions: u32,
+    /// DS-SMR: attempts before the S-SMR fallback (the first attempt counts).
+    pub retry_max: u32,
+    /// First resend timeout, in ticks (doubling per resend of the same attempt).
+    pub resend_ticks: u64,
+    /// DS-SMR: keep a location cache (the paper's optimization).
+    pub cache: bool,
+    /// Locations the cache holds before it starts over.
+    pub cache_max: usize,
+    /// Seeds the target choice (mixed with the client id).
+    pub seed: u64,
+}
+
+impl ClientOptions {
+    pub fn new(scheme: Scheme, partitions: u32) -> Self {
+        ClientOptions {
+            scheme,
+            partitions,
+            retry_max: 3,
+            resend_ticks: 500,
+            cache: true,
+            cache_max: 1 << 20,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Consulting,
+    Executing,
+}
+
+struct Pending<C> {
+    command: C,
+    kind: Kind,
+    attempt: u32,
+    phase: Phase,
+    dests: GroupSet,
+    payload: Bytes,
+    sent_at: u64,
+    tries: u32,
+    fell_back: bool,
+}
+
+/// One logical scale-out client.
+pub struct ScaleOutClient<S: PartitionedService> {
+    id: ClientId,
+    service: Arc<S>,
+    o: ClientOptions,
+    cache: FxHashMap<ObjectId, PartitionId>,
+    rng: ChaCha8Rng,
+    next_seq: u64,
+    pending: BTreeMap<u64, Pending<S::Command>>,
+    out: Vec<(GroupSet, Bytes)>,
+    now: u64,
+    stats: ClientStats,
+}
+
+impl<S: PartitionedService> ScaleOutClient<S> {
+    pub fn new(id: ClientId, service: Arc<S>, o: ClientOptions) -> Self {
+        assert!(o.partitions > 0);
+        ScaleOutClient {
+            id,
+            service,
+            rng: ChaCha8Rng::seed_from_u64(o.seed ^ id.0.rotate_left(29)),
+            o,
+            cache: FxHashMap::default(),
+            next_seq: 0,
+            pending: BTreeMap::new(),
+            out: Vec::new(),
+            now: 0,
+            stats: ClientStats::default(),
+        }
+    }
+
+    fn oracle(&self) -> GroupId {
+        GroupId(self.o.partitions)
+    }
+
+    /// Where the cache thinks `object` is.
+    pub fn cached(&self, object: ObjectId) -> Option<PartitionId> {
+        self.cache.get(&object).copied()
+    }
+
+    fn remember(&mut self, object: ObjectId, p: PartitionId) {
+        if !self.o.cache {
+            return;
+        }
+        if self.cache.len() >= self.o.cache_max {
+            self.cache.clear();
+        }
+        self.cache.insert(object, p);
+    }
+
+    fn floor(&self, seq: u64) -> u64 {
+        self.pending
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_seq)
+            .min(seq)
+    }
+
+    fn send(&mut self, seq: u64, phase: Phase, dests: GroupSet, msg: &Multicast) {
+        let payload = Bytes::from(wire::encode(msg));
+        self.out.push((dests.clone(), payload.clone()));
+        let now = self.now;
+        let p = self.pending.get_mut(&seq).expect("pending");
+        p.phase = phase;
+        p.dests = dests;
+        p.payload = payload;
+        p.sent_at = now;
+        p.tries = 0;
+    }
+
+    fn send_command(&mut self, seq: u64, partitions: Vec<PartitionId>, fallback: bool) {
+        let p = &self.pending[&seq];
+        let mut dests: GroupSet = partitions.iter().map(|q| GroupId(*q)).collect();
+        if self.o.scheme == Scheme::Dssmr && matches!(p.kind, Kind::Create(_) | Kind::Delete(_)) {
+            dests.insert(self.oracle());
+        }
+        let msg = Multicast::Command(CommandMsg {
+            client: self.id,
+            seq,
+            attempt: p.attempt,
+            floor: self.floor(seq),
+            kind: p.kind.clone(),
+            partitions,
+            fallback,
+            command: Bytes::from(wire::encode(&p.command)),
+        });
+        self.send(seq, Phase::Executing, dests, &msg);
+    }
+
+    /// Starts the current attempt of `seq`.
+    fn advance(&mut self, seq: u64) {
+        let p = &self.pending[&seq];
+        let objects = p.kind.objects().to_vec();
+        if objects.is_empty() {
+            // An access to no object runs on partition 0.
+            return self.send_command(seq, vec![0], false);
+        }
+        match self.o.scheme {
+            Scheme::Ssmr => {
+                let mut parts: Vec<PartitionId> = objects
+                    .iter()
+                    .map(|o| self.service.place(*o, self.o.partitions))
+                    .collect();
+                parts.sort_unstable();
+                parts.dedup();
+                self.send_command(seq, parts, false);
+            }
+            Scheme::Dssmr => {
+                let create = matches!(p.kind, Kind::Create(_));
+                if p.attempt > self.o.retry_max && !create {
+                    let p = self.pending.get_mut(&seq).expect("pending");
+                    if !p.fell_back {
+                        p.fell_back = true;
+                        self.stats.fallbacks += 1;
+                    }
+                    return self.send_command(seq, (0..self.o.partitions).collect(), true);
+                }
+                if p.attempt == 1 && !create {
+                    let cached: Option<Vec<(ObjectId, PartitionId)>> = objects
+                        .iter()
+                        .map(|o| self.cache.get(o).map(|q| (*o, *q)))
+                        .collect();
+                    if let Some(locations) = cached {
+                        return self.execute_at(seq, locations);
+                    }
+                }
+                self.stats.consults += 1;
+                let msg = Multicast::Consult {
+                    client: self.id,
+                    seq,
+                    attempt: p.attempt,
+                    query: p.kind.clone(),
+                };
+                let oracle = GroupSet::singleton(self.oracle());
+                self.send(seq, Phase::Consulting, oracle, &msg);
+            }
+        }
+    }
+
+    /// DS-SMR: sends the command where its objects are, gathering an access's objects first.
+    fn execute_at(&mut self, seq: u64, locations: Vec<(ObjectId, PartitionId)>) {
+        let p = &self.pending[&seq];
+        let mut parts: Vec<PartitionId> = locations.iter().map(|(_, q)| *q).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        if parts.len() > 1 && matches!(p.kind, Kind::Access(_)) {
+            let draw = self.rng.random::<u64>();
+            let target = self.service.target(&p.command, &locations, draw);
+            for (object, from) in locations {
+                if from != target {
+                    let dests: GroupSet = [self.oracle(), GroupId(from), GroupId(target)]
+                        .into_iter()
+                        .collect();
+                    let m = Multicast::Move {
+                        object,
+                        from,
+                        to: target,
+                    };
+                    self.out.push((dests, Bytes::from(wire::encode(&m))));
+                    self.stats.moves += 1;
+                    self.remember(object, target);
+                }
+            }
+            parts = vec![target];
+        }
+        self.send_command(seq, parts, false);
+    }
+
+    fn retry(&mut self, seq: u64, more: Vec<ObjectId>) {
+        self.stats.retries += 1;
+        let p = self.pending.get_mut(&seq).expect("pending");
+        p.attempt += 1;
+        if let Kind::Access(objects) = &mut p.kind {
+            if more.is_empty() {
+                for o in objects.iter() {
+                    self.cache.remove(o);
+                }
+            } else {
+                objects.extend(more);
+                objects.sort_unstable();
+                objects.dedup();
+            }
+        } else if let Kind::Delete(o) = p.kind {
+            self.cache.remove(&o);
+        }
+        self.advance(seq);
+    }
+
+    fn complete(
+        &mut self,
+        seq: u64,
+        result: Result<Response<S::Reply>, ClientError>,
+    ) -> Completion<S::Command, Response<S::Reply>> {
+        let p = self.pending.remove(&seq).expect("pending");
+        self.stats.completed += 1;
+        Completion {
+            seq,
+            command: p.command,
+            result,
+        }
+    }
+
+    fn on_prophecy(
+        &mut self,
+        seq: u64,
+        prophecy: Prophecy,
+    ) -> Option<Completion<S::Command, Response<S::Reply>>> {
+        let kind = self.pending[&seq].kind.clone();
+        match (prophecy, &kind) {
+            (Prophecy::Ok, Kind::Delete(_)) => Some(self.complete(seq, Ok(Response::Deleted))),
+            (Prophecy::Nok, Kind::Create(_)) => {
+                Some(self.complete(seq, Ok(Response::AlreadyExists)))
+            }
+            (Prophecy::Nok, _) => Some(self.complete(seq, Ok(Response::NotFound))),
+            (Prophecy::Locations(locations), kind)
+                if kind.objects().iter().all(|o| {
+                    locations
+                        .iter()
+                        .any(|(x, q)| x == o && *q < self.o.partitions)
+                }) =>
+            {
+                for (o, q) in &locations {
+                    self.remember(*o, *q);
+                }
+                self.execute_at(seq, locations);
+                None
+            }
+            (p, _) => Some(self.complete(
+                seq,
+                Err(ClientError::Rejected(format!(
+                    "the oracle answered {p:?} to {kind:?}"
+                ))),
+            )),
+        }
+    }
+
+    fn on_outcome(
+        &mut self,
+        seq: u64,
+        outcome: Outcome<S::Reply>,
+    ) -> Option<Completion<S::Command, Response<S::Reply>>> {
+        let result = match outcome {
+            Outcome::Done(r) => Ok(Response::Done(r)),
+            Outcome::Created => Ok(Response::Created),
+            Outcome::AlreadyExists => Ok(Response::AlreadyExists),
+            Outcome::Deleted => Ok(Response::Deleted),
+            Outcome::NotFound => Ok(Response::NotFound),
+            Outcome::Rejected(e) => Err(ClientError::Rejected(e)),
+            Outcome::Retry => {
+                self.retry(seq, Vec::new());
+                return None;
+            }
+            Outcome::Gather(more) => {
+                self.retry(seq, more);
+                return None;
+            }
+        };
+        Some(self.complete(seq, result))
+    }
+}
+
+impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
+    type Command = S::Command;
+    type Reply = Response<S::Reply>;
+
+    fn id(&self) -> ClientId {
+        self.id
+    }
+
+    fn submit(&mut self, command: S::Command) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let kind = self.service.kind(&command);
+        self.pending.insert(
+            seq,
+            Pending {
+                command,
+                kind,
+                attempt: 1,
+                phase: Phase::Consulting,
+                dests: GroupSet::new(),
+                payload: Bytes::new(),
+                sent_at: self.now,
+                tries: 0,
+                fell_back: false,
+            },
+        );
+        self.stats.submitted += 1;
+        self.advance(seq);
+        seq
+    }
+
+    fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, Response<S::Reply>>> {
+        let msg = match wire::decode::<ToClient<S::Reply>>(body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(client = ?self.id, error = %e, "undecodable message dropped");
+                return None;
+            }
+        };
+        match msg {
+            ToClient::Prophecy {
+                seq,
+                attempt,
+                prophecy,
+            } => {
+                let p = self.pending.get(&seq)?;
+                if p.attempt != attempt || p.phase != Phase::Consulting {
+                    return None;
+                }
+                self.on_prophecy(seq, prophecy)
+            }
+            ToClient::Reply {
+                seq,
+                attempt,
+                outcome,
+            } => {
+                let p = self.pending.get(&seq)?;
+                if p.attempt != attempt || p.phase != Phase::Executing {
+                    return None;
+                }
+                self.on_outcome(seq, outcome)
+            }
+        }
+    }
+
+    fn tick(&mut self, now: u64) {
+        self.now = now;
+        let base = self.o.resend_ticks;
+        for p in self.pending.values_mut() {
+            if now >= p.sent_at + (base << p.tries.min(5)) {
+                p.sent_at = now;
+                p.tries += 1;
+                self.out.push((p.dests.clone(), p.payload.clone()));
+                self.stats.resends += 1;
+            }
+        }
+    }
+
+    fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
+        out.append(&mut self.out);
+    }
+
+    fn outstanding(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+}

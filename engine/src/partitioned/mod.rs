@@ -1,0 +1,80 @@
+//! # Scale-out: partitioned state (S-SMR and DS-SMR)
+//!
+//! The state of a [`service::PartitionedService`] is a set of objects spread over
+//! partitions; each partition is a group of replicas ordered by its own log.
+//!
+//! - **S-SMR** (reference notes, d): objects stay where the placement rule puts them. A
+//!   command is multicast to every partition holding its objects; the partitions exchange the
+//!   objects (each exchange doubles as a signal, for execution atomicity) and each executes the
+//!   whole command, keeping the new values of its own objects.
+//! - **DS-SMR** (d'): an *oracle* partition tracks where each object is. Clients ask it (or
+//!   their location cache), move the objects of a multi-partition access into one partition,
+//!   and send the access there. After `retry_max` attempts a command falls back to S-SMR.
+//!
+//! Modules: [`service`] (the contract), [`wire`], [`table`] (at-most-once across attempts),
+//! [`server`] (a partition replica), [`oracle`], [`client`], [`replica`] (hosting the cores
+//! on a node), [`layout`], [`sim`] (simulated deployments and their invariants).
+//!
+//! The partition logic ([`server`]) is a sans-IO core apart from how it is executed
+//! ([`replica`] runs it on one thread), so a partition replica can later run several P-SMR
+//! workers.
+
+pub mod client;
+mod common;
+pub mod layout;
+pub mod oracle;
+pub mod replica;
+pub mod server;
+pub mod service;
+pub mod sim;
+pub mod table;
+pub mod wire;
+
+pub use common::Output;
+
+/// How objects are located.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Static placement, multi-partition commands with signals and value exchange.
+    Ssmr,
+    /// An oracle, moves, a client location cache, and the S-SMR fallback.
+    Dssmr,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Ssmr => "s-smr",
+            Scheme::Dssmr => "ds-smr",
+        }
+    }
+}
+
+/// How partition and oracle replicas run.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub scheme: Scheme,
+    /// Ticks a replica waits for a missing exchange before asking every replica of the
+    /// partition it waits for (a restarted replica, or a crashed designated sender).
+    pub pull_ticks: u64,
+    /// Exchanges each replica keeps for such pulls.
+    pub outbox_max: usize,
+    /// Record every membership change's digest (tests compare oracle and partitions).
+    pub record_views: bool,
+    /// Run the oracle as the seed's Algorithm 4 is printed: it answers creates and deletes
+    /// but never adds the object to its map or removes it (reference notes, d'.9). Only for
+    /// demonstrating that the fix is needed; never enable it otherwise.
+    pub oracle_as_published: bool,
+}
+
+impl ServerOptions {
+    pub fn new(scheme: Scheme) -> Self {
+        ServerOptions {
+            scheme,
+            pull_ticks: 20,
+            outbox_max: 100_000,
+            record_views: false,
+            oracle_as_published: false,
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The DS-SMR oracle (sans-IO): one replica of the partition that holds the map from objects
+//! to partitions (reference notes, d'.6, with the two fixes: the map gains the object on
+//! create and loses it on delete).
+//!
+//! The oracle never waits: it answers consults with prophecies, applies moves to its map
+//! (a move of an object that is not in the source is ignored: the source sends a null value
+//! and nothing changes), decides creates (and tells the new object's partition) and deletes,
+//! and answers their clients. It delivers every move, create and delete in the same relative
+//! order as the partitions they involve, so its view of a partition equals the partition's own
+//! at each of them; with `record_views` it records that view for the tests to compare.
+
+use super::common::{Outbox, Output};
+use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService};
+use super::table::{AttemptTable, Seen};
+use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
+use super::ServerOptions;
+use crate::wire::{self, ClientId};
+use groups::config::ClusterConfig;
+use groups::groupset::GroupSet;
+use groups::ids::{GroupId, MsgId, NodeId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Counters of one oracle replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OracleStats {
+    /// Delivered multicasts handled.
+    pub handled: u64,
+    pub consults: u64,
+    /// Moves applied, and moves of objects that were not in their source (ignored).
+    pub moves: u64,
+    pub moves_ignored: u64,
+    pub created: u64,
+    pub deleted: u64,
+    /// Deletes sent to a partition that does not hold the object: answered `retry`.
+    pub retries: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub pulls_answered: u64,
+}
+
+/// One replica of the oracle.
+pub struct OracleServer<S: PartitionedService> {
+    service: Arc<S>,
+    opts: ServerOptions,
+    partitions: u32,
+    sender: bool,
+    location: BTreeMap<ObjectId, PartitionId>,
+    digests: Vec<u64>,
+    table: AttemptTable<Outcome<S::Reply>>,
+    outbox: Outbox<S::Value>,
+    out: Vec<Output>,
+    pub stats: OracleStats,
+    views: Vec<(MsgId, PartitionId, u64)>,
+}
+
+impl<S: PartitionedService> OracleServer<S> {
+    /// Replica `node` of the oracle of `partitions` partitions (group `partitions`), knowing
+    /// where the service's preloaded objects are.
+    pub fn new(
+        service: Arc<S>,
+        cfg: Arc<ClusterConfig>,
+        node: NodeId,
+        partitions: u32,
+        opts: ServerOptions,
+    ) -> Self {
+        let sender = cfg.members(GroupId(partitions)).iter().min() == Some(&node);
+        let mut location = BTreeMap::new();
+        let mut digests = vec![0; partitions as usize];
+        for (id, _) in service.preload() {
+            let p = service.place(id, partitions);
+            if location.insert(id, p).is_none() {
+                digests[p as usize] ^= member_mix(id);
+            }
+        }
+        OracleServer {
+            outbox: Outbox::new(opts.outbox_max),
+            service,
+            opts,
+            partitions,
+            sender,
+            location,
+            digests,
+            table: AttemptTable::default(),
+            out: Vec::new(),
+            stats: OracleStats::default(),
+            views: Vec::new(),
+        }
+    }
+
+    /// Where `object` is, if it exists.
+    pub fn location(&self, object: ObjectId) -> Option<PartitionId> {
+        self.location.get(&object).copied()
+    }
+
+    /// The whole map.
+    pub fn locations(&self) -> impl Iterator<Item = (ObjectId, PartitionId)> + '_ {
+        self.location.iter().map(|(o, p)| (*o, *p))
+    }
+
+    /// The oracle's membership digest of partition `p`.
+    pub fn digest(&self, p: PartitionId) -> u64 {
+        self.digests[p as usize]
+    }
+
+    /// The oracle's view of each partition after each membership change (when
+    /// `record_views`).
+    pub fn views(&self) -> &[(MsgId, PartitionId, u64)] {
+        &self.views
+    }
+
+    pub fn state_hash(&self) -> u64 {
+        let mut h: u64 = 0x84222325cbf29ce4;
+        for (o, p) in &self.location {
+            for x in [*o, u64::from(*p)] {
+                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h ^ self.table.digest().rotate_left(17)
+    }
+
+    pub fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        out.append(&mut self.out);
+    }
+
+    /// A point-to-point message from another replica (a pull for a create verdict).
+    pub fn peer(&mut self, payload: &[u8]) {
+        if let Ok(Peer::Pull { msg, requester }) = wire::decode::<Peer<S::Value>>(payload) {
+            if self.outbox.answer(msg, requester, &mut self.out) {
+                self.stats.pulls_answered += 1;
+            }
+        }
+    }
+
+    fn view(&mut self, id: MsgId, p: PartitionId) {
+        if self.opts.record_views && p < self.partitions {
+            self.views.push((id, p, self.digests[p as usize]));
+        }
+    }
+
+    fn send(&mut self, client: ClientId, body: ToClient<S::Reply>) {
+        self.out
+            .push(Output::Send(client.node(), wire::to_client(client, &body)));
+    }
+
+    fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
+        self.send(
+            c.client,
+            ToClient::Reply {
+                seq: c.seq,
+                attempt: c.attempt,
+                outcome,
+            },
+        );
+    }
+
+    /// An atomically delivered multicast; handled at once.
+    pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
+        let msg = match wire::decode::<Multicast>(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.rejected += 1;
+                tracing::warn!(error = %e, "oracle: undecodable multicast dropped");
+                return;
+            }
+        };
+        self.stats.handled += 1;
+        match msg {
+            Multicast::Consult {
+                client,
+                seq,
+                attempt,
+                query,
+            } => {
+                self.stats.consults += 1;
+                let prophecy = self.prophecy(&query);
+                self.send(
+                    client,
+                    ToClient::Prophecy {
+                        seq,
+                        attempt,
+                        prophecy,
+                    },
+                );
+            }
+            Multicast::Move { object, from, to } => {
+                if from == to || from >= self.partitions || to >= self.partitions {
+                    return;
+                }
+                if self.location.get(&object) == Some(&from) {
+                    self.location.insert(object, to);
+                    self.digests[from as usize] ^= member_mix(object);
+                    self.digests[to as usize] ^= member_mix(object);
+                    self.stats.moves += 1;
+                } else {
+                    self.stats.moves_ignored += 1;
+                }
+                self.view(id, from);
+                self.view(id, to);
+            }
+            Multicast::Command(c) => self.command(id, &c),
+        }
+    }
+
+    fn prophecy(&self, query: &Kind) -> Prophecy {
+        match query {
+            Kind::Access(objects) => {
+                let found: Option<Vec<(ObjectId, PartitionId)>> = objects
+                    .iter()
+                    .map(|o| self.location.get(o).map(|p| (*o, *p)))
+                    .collect();
+                match found {
+                    Some(locations) if !locations.is_empty() => Prophecy::Locations(locations),
+                    _ => Prophecy::Nok,
+                }
+            }
+            Kind::Create(o) => match self.location.get(o) {
+                Some(_) => Prophecy::Nok,
+                None => Prophecy::Locations(vec![(*o, self.service.place(*o, self.partitions))]),
+            },
+            Kind::Delete(o) => match self.location.get(o) {
+                Some(p) => Prophecy::Locations(vec![(*o, *p)]),
+                None => Prophecy::Ok,
+            },
+        }
+    }
+
+    fn valid(&self, c: &CommandMsg) -> Result<S::Command, String> {
+        let cmd: S::Command =
+            wire::decode(&c.command).map_err(|e| format!("undecodable command: {e}"))?;
+        if self.service.kind(&cmd) != c.kind {
+            return Err(format!(
+                "the message's kind {:?} is not the command's",
+                c.kind
+            ));
+        }
+        if c.partitions.is_empty()
+            || c.partitions.windows(2).any(|w| w[0] >= w[1])
+            || c.partitions.iter().any(|p| *p >= self.partitions)
+            || (c.fallback && c.partitions.len() != self.partitions as usize)
+        {
+            return Err(format!("bad destination partitions {:?}", c.partitions));
+        }
+        Ok(cmd)
+    }
+
+    fn command(&mut self, id: MsgId, c: &CommandMsg) {
+        if matches!(c.kind, Kind::Access(_)) {
+            return; // accesses never involve the oracle
+        }
+        let (outcome, apply) = match self.table.check(c.client, c.seq, c.attempt, c.floor) {
+            Seen::New => {
+                let (outcome, apply) = self.decide(c);
+                if matches!(outcome, Outcome::Rejected(_)) {
+                    self.stats.rejected += 1;
+                }
+                self.table
+                    .record(c.client, c.seq, c.attempt, Some(outcome.clone()));
+                (Some(outcome), apply)
+            }
+            Seen::Again(o) => {
+                self.stats.duplicates += 1;
+                (o, false)
+            }
+            Seen::Stale | Seen::Forgotten => {
+                self.stats.duplicates += 1;
+                (None, false)
+            }
+        };
+        // Every partition the message names waits for a verdict on every copy.
+        let mut named: Vec<PartitionId> = c
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| *p < self.partitions)
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        for p in named {
+            self.verdict(id, p, apply);
+            self.view(id, p);
+        }
+        if let Some(o) = outcome {
+            self.reply(c, o);
+        }
+    }
+
+    /// The outcome of a new create or delete, and whether the named partition applies it.
+    fn decide(&mut self, c: &CommandMsg) -> (Outcome<S::Reply>, bool) {
+        if let Err(e) = self.valid(c) {
+            return (Outcome::Rejected(e), false);
+        }
+        match c.kind {
+            Kind::Create(object) => {
+                if c.partitions.len() != 1 || c.fallback {
+                    return (
+                        Outcome::Rejected("a create names one partition".into()),
+                        false,
+                    );
+                }
+                if self.location.contains_key(&object) {
+                    return (Outcome::AlreadyExists, false);
+                }
+                let p = c.partitions[0];
+                if !self.opts.oracle_as_published {
+                    self.location.insert(object, p);
+                    self.digests[p as usize] ^= member_mix(object);
+                }
+                self.stats.created += 1;
+                (Outcome::Created, true)
+            }
+            Kind::Delete(object) => match self.location.get(&object).copied() {
+                None => (Outcome::Deleted, false),
+                Some(p) if c.partitions.contains(&p) => {
+                    if !self.opts.oracle_as_published {
+                        self.location.remove(&object);
+                        self.digests[p as usize] ^= member_mix(object);
+                    }
+                    self.stats.deleted += 1;
+                    (Outcome::Deleted, true)
+                }
+                Some(_) => {
+                    self.stats.retries += 1;
+                    (Outcome::Retry, false)
+                }
+            },
+            Kind::Access(_) => unreachable!("accesses never reach decide"),
+        }
+    }
+
+    fn verdict(&mut self, id: MsgId, p: PartitionId, apply: bool) {
+        let ex = Exchange::Verdict { msg: id, apply };
+        if let Some(o) = self
+            .outbox
+            .put(GroupSet::singleton(GroupId(p)), ex, self.sender)
+        {
+            self.out.push(o);
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! The server proxy of one replica of a partition (sans-IO).
+//!
+//! It executes the commands its partition delivers, in delivery order, one at a time:
+//!
+//! - **Single-partition access.** Runs on the partition's own objects. In DS-SMR an object
+//!   the partition does not own means the client's information was stale: `retry` (nothing
+//!   changes). In S-SMR placement is static, so a missing object does not exist: `NotFound`.
+//! - **Multi-partition access** (S-SMR, and the DS-SMR fallback). Each destination partition
+//!   sends the others the objects of the command it owns ([`Exchange::Values`]: both its
+//!   signal and its variables), waits for every other destination's values, then executes the
+//!   command on copies of all the objects and keeps the new values of the objects it owns.
+//!   If an object exists nowhere, every partition answers `NotFound` (the fix for the
+//!   fallback's "variable that exists nowhere"). Replicas of the lowest destination reply.
+//! - **Move** (DS-SMR). The source sends the object's value, or `None` if it does not own it,
+//!   and drops it; the destination blocks until the value arrives (reference notes, d'.5).
+//! - **Create / delete** (DS-SMR). A create waits for the oracle's verdict and installs the
+//!   object if it is `ok`; a delete drops the object if owned. The oracle answers the client.
+//!   In S-SMR both run locally and the partition answers.
+//!
+//! Exchanges travel by reliable multicast from one designated replica of each partition (the
+//! lowest node id). Every replica keeps what it would have sent ([`Outbox`]); a replica that
+//! waits longer than `pull_ticks` for an exchange asks every replica of the partition it waits
+//! for, so a crashed designated sender or a restarted receiver (which replays the logs from
+//! the start and needs every exchange again) still makes progress.
+//!
+//! The partition logic knows nothing about threads: a host delivers messages and ticks and
+//! performs the [`Output`]s (see [`super::replica`]); a P-SMR-style host with several workers
+//! per partition can drive it the same way.
+
+use super::common::{Outbox, Output, Recent};
+use super::service::{
+    member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
+};
+use super::table::{AttemptTable, Seen};
+use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
+use super::{Scheme, ServerOptions};
+use crate::wire;
+use groups::config::ClusterConfig;
+use groups::groupset::GroupSet;
+use groups::ids::{GroupId, MsgId, NodeId};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// Counters of one partition replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Delivered multicasts fully handled (equal at replicas that handled the same stream).
+    pub handled: u64,
+    /// Accesses executed on this partition alone.
+    pub single: u64,
+    /// Multi-partition accesses executed (S-SMR, or the DS-SMR fallback).
+    pub multi: u64,
+    pub fallbacks: u64,
+    /// Accesses answered `retry` (DS-SMR: an object was elsewhere).
+    pub retries: u64,
+    /// Accesses answered `retry(gamma)`.
+    pub gathers: u64,
+    pub moves_in: u64,
+    pub moves_out: u64,
+    /// Moves of an object the source did not own (null moves).
+    pub moves_null: u64,
+    pub created: u64,
+    pub deleted: u64,
+    /// Copies of a handled attempt (resends) answered from the client table.
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub pulls_sent: u64,
+    pub pulls_answered: u64,
+    /// Times an object arrived that this partition already owned, or two partitions sent the
+    /// same object for one command: a broken single-ownership invariant (must stay 0).
+    pub double_owned: u64,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Fresh,
+    /// Waiting for exchanges (the values were sent).
+    Waiting,
+}
+
+#[derive(Debug)]
+struct Item<C> {
+    id: MsgId,
+    msg: Multicast,
+    phase: Phase,
+    command: Option<C>,
+}
+
+enum Step {
+    Done,
+    /// Waiting for an exchange from these groups.
+    Blocked(Vec<GroupId>),
+}
+
+/// One replica of partition `me`.
+pub struct PartitionServer<S: PartitionedService> {
+    service: Arc<S>,
+    opts: ServerOptions,
+    cfg: Arc<ClusterConfig>,
+    me: PartitionId,
+    node: NodeId,
+    partitions: u32,
+    /// Whether this replica sends the partition's exchanges.
+    sender: bool,
+    store: BTreeMap<ObjectId, S::Value>,
+    digest: u64,
+    table: AttemptTable<Outcome<S::Reply>>,
+    queue: VecDeque<Item<S::Command>>,
+    inbox: BTreeMap<MsgId, Vec<Exchange<S::Value>>>,
+    finished: Recent,
+    outbox: Outbox<S::Value>,
+    /// The delivery the head waits on, since when, last pull.
+    blocked: Option<(MsgId, Vec<GroupId>, u64, u64)>,
+    now: u64,
+    out: Vec<Output>,
+    pub stats: ServerStats,
+    views: Vec<(MsgId, u64)>,
+}
+
+impl<S: PartitionedService> PartitionServer<S> {
+    /// Replica `node` of partition `me` (of `partitions`), with the service's preloaded
+    /// objects that [`PartitionedService::place`] puts here.
+    pub fn new(
+        service: Arc<S>,
+        cfg: Arc<ClusterConfig>,
+        node: NodeId,
+        me: PartitionId,
+        partitions: u32,
+        opts: ServerOptions,
+    ) -> Self {
+        let sender = cfg.members(GroupId(me)).iter().min() == Some(&node);
+        let mut store = BTreeMap::new();
+        let mut digest = 0;
+        for (id, v) in service.preload() {
+            if service.place(id, partitions) == me && store.insert(id, v).is_none() {
+                digest ^= member_mix(id);
+            }
+        }
+        PartitionServer {
+            outbox: Outbox::new(opts.outbox_max),
+            finished: Recent::new(opts.outbox_max),
+            service,
+            opts,
+            cfg,
+            me,
+            node,
+            partitions,
+            sender,
+            store,
+            digest,
+            table: AttemptTable::default(),
+            queue: VecDeque::new(),
+            inbox: BTreeMap::new(),
+            blocked: None,
+            now: 0,
+            out: Vec::new(),
+            stats: ServerStats::default(),
+            views: Vec::new(),
+        }
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.me
+    }
+
+    /// An atomically delivered multicast.
+    pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
+        match wire::decode::<Multicast>(payload) {
+            Ok(msg) => self.queue.push_back(Item {
+                id,
+                msg,
+                phase: Phase::Fresh,
+                command: None,
+            }),
+            Err(e) => {
+                self.stats.rejected += 1;
+                tracing::warn!(partition = self.me, error = %e, "undecodable multicast dropped");
+            }
+        }
+    }
+
+    /// A reliably delivered exchange (from another partition's replica or the oracle).
+    pub fn exchange(&mut self, payload: &[u8]) {
+        match wire::decode::<Exchange<S::Value>>(payload) {
+            Ok(ex) => self.on_exchange(ex),
+            Err(e) => {
+                tracing::warn!(partition = self.me, error = %e, "undecodable exchange dropped")
+            }
+        }
+    }
+
+    /// A point-to-point message from another replica.
+    pub fn peer(&mut self, payload: &[u8]) {
+        match wire::decode::<Peer<S::Value>>(payload) {
+            Ok(Peer::Pull { msg, requester }) => {
+                if self.outbox.answer(msg, requester, &mut self.out) {
+                    self.stats.pulls_answered += 1;
+                }
+            }
+            Ok(Peer::Answer(ex)) => self.on_exchange(ex),
+            Err(e) => {
+                tracing::warn!(partition = self.me, error = %e, "undecodable peer message dropped")
+            }
+        }
+    }
+
+    fn on_exchange(&mut self, ex: Exchange<S::Value>) {
+        let msg = ex.msg();
+        if self.finished.contains(&msg) {
+            return;
+        }
+        let slot = self.inbox.entry(msg).or_default();
+        if !slot.iter().any(|e| same_slot(e, &ex)) {
+            slot.push(ex);
+        }
+    }
+
+    /// Advances time and pulls what a blocked command has waited for too long.
+    pub fn tick(&mut self, now: u64) {
+        self.now = now;
+        if let Some((msg, groups, _, last)) = &mut self.blocked {
+            if now >= *last + self.opts.pull_ticks {
+                *last = now;
+                let pull = bytes::Bytes::from(wire::encode(&Peer::<S::Value>::Pull {
+                    msg: *msg,
+                    requester: self.node,
+                }));
+                for g in groups.iter() {
+                    for &n in self.cfg.members(*g) {
+                        if n != self.node {
+                            self.out.push(Output::Send(n, pull.clone()));
+                        }
+                    }
+                }
+                self.stats.pulls_sent += 1;
+            }
+        }
+    }
+
+    /// Handles delivered commands until one must wait.
+    pub fn run(&mut self) {
+        while let Some(mut item) = self.queue.pop_front() {
+            match self.handle(&mut item) {
+                Step::Done => {
+                    self.stats.handled += 1;
+                    self.finished.insert(item.id);
+                    self.inbox.remove(&item.id);
+                    self.blocked = None;
+                }
+                Step::Blocked(groups) => {
+                    if self.blocked.as_ref().is_none_or(|b| b.0 != item.id) {
+                        self.blocked = Some((item.id, groups, self.now, self.now));
+                    }
+                    self.queue.push_front(item);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// What to perform.
+    pub fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        out.append(&mut self.out);
+    }
+
+    /// Delivered commands not yet handled.
+    pub fn backlog(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The objects this replica owns.
+    pub fn objects(&self) -> impl Iterator<Item = (ObjectId, &S::Value)> + '_ {
+        self.store.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn owns(&self, id: ObjectId) -> bool {
+        self.store.contains_key(&id)
+    }
+
+    /// The membership digest (XOR of [`member_mix`] over owned objects).
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The membership digest after each membership change, by delivery (when
+    /// `record_views`): compared with the oracle's view of this partition in tests.
+    pub fn views(&self) -> &[(MsgId, u64)] {
+        &self.views
+    }
+
+    /// A hash of the replicated state: objects and client table.
+    pub fn state_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(self.me);
+        for (k, v) in &self.store {
+            for x in [*k, value_hash(v)] {
+                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h ^ self.table.digest().rotate_left(17)
+    }
+
+    fn view(&mut self, id: MsgId) {
+        if self.opts.record_views {
+            self.views.push((id, self.digest));
+        }
+    }
+
+    fn own(&mut self, id: ObjectId, v: S::Value) {
+        if self.store.insert(id, v).is_some() {
+            self.stats.double_owned += 1;
+            tracing::error!(
+                partition = self.me,
+                object = id,
+                "object arrived at a partition that owns it"
+            );
+        } else {
+            self.digest ^= member_mix(id);
+        }
+    }
+
+    fn disown(&mut self, id: ObjectId) -> Option<S::Value> {
+        let v = self.store.remove(&id);
+        if v.is_some() {
+            self.digest ^= member_mix(id);
+        }
+        v
+    }
+
+    fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
+        let body = ToClient::Reply {
+            seq: c.seq,
+            attempt: c.attempt,
+            outcome,
+        };
+        self.out.push(Output::Send(
+            c.client.node(),
+            wire::to_client(c.client, &body),
+        ));
+    }
+
+    /// Records the outcome and, if this replica answers the command, replies.
+    fn finish(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>, answers: bool) {
+        match &outcome {
+            Outcome::Retry => self.stats.retries += 1,
+            Outcome::Gather(_) => self.stats.gathers += 1,
+            Outcome::Rejected(_) => self.stats.rejected += 1,
+            _ => {}
+        }
+        if answers {
+            self.table
+                .record(c.client, c.seq, c.attempt, Some(outcome.clone()));
+            self.reply(c, outcome);
+        } else {
+            self.table.record(c.client, c.seq, c.attempt, None);
+        }
+    }
+
+    fn handle(&mut self, item: &mut Item<S::Command>) -> Step {
+        let Item {
+            id,
+            msg,
+            phase,
+            command,
+        } = item;
+        match msg {
+            Multicast::Consult { .. } => Step::Done,
+            Multicast::Move { object, from, to } => self.on_move(*id, *object, *from, *to),
+            Multicast::Command(c) => self.on_command(*id, phase, command, c),
+        }
+    }
+
+    fn on_move(&mut self, id: MsgId, object: ObjectId, from: PartitionId, to: PartitionId) -> Step {
+        if self.opts.scheme != Scheme::Dssmr || from == to || to >= self.partitions {
+            return Step::Done;
+        }
+        if self.me == from {
+            let value = self.disown(object);
+            if value.is_some() {
+                self.stats.moves_out += 1;
+            } else {
+                self.stats.moves_null += 1;
+            }
+            let ex = Exchange::MoveValue { msg: id, value };
+            if let Some(o) = self
+                .outbox
+                .put(GroupSet::singleton(GroupId(to)), ex, self.sender)
+            {
+                self.out.push(o);
+            }
+            self.view(id);
+            Step::Done
+        } else if self.me == to {
+            let Some(slot) = self.inbox.get_mut(&id) else {
+                return Step::Blocked(vec![GroupId(from)]);
+            };
+            let Some(i) = slot
+                .iter()
+                .position(|e| matches!(e, Exchange::MoveValue { .. }))
+            else {
+                return Step::Blocked(vec![GroupId(from)]);
+            };
+            if let Exchange::MoveValue { value, .. } = slot.swap_remove(i) {
+                match value {
+                    Some(v) => {
+                        self.stats.moves_in += 1;
+                        self.own(object, v);
+                    }
+                    None => self.stats.moves_null += 1,
+                }
+            }
+            self.view(id);
+            Step::Done
+        } else {
+            Step::Done
+        }
+    }
+
+    /// Decodes the command and checks that it is what the message says it is.
+    fn validate(&self, c: &CommandMsg) -> Result<S::Command, String> {
+        let cmd: S::Command =
+            wire::decode(&c.command).map_err(|e| format!("undecodable command: {e}"))?;
+        let kind = self.service.kind(&cmd);
+        let ok = match (&kind, &c.kind) {
+            (Kind::Access(base), Kind::Access(all)) => {
+                all.windows(2).all(|w| w[0] < w[1])
+                    && base.iter().all(|o| all.binary_search(o).is_ok())
+            }
+            (a, b) => a == b,
+        };
+        if !ok {
+            return Err(format!(
+                "the command is a {kind:?}, the message says {:?}",
+                c.kind
+            ));
+        }
+        if c.partitions.is_empty()
+            || c.partitions.windows(2).any(|w| w[0] >= w[1])
+            || c.partitions.iter().any(|p| *p >= self.partitions)
+            || (c.fallback && c.partitions.len() != self.partitions as usize)
+        {
+            return Err(format!("bad destination partitions {:?}", c.partitions));
+        }
+        if self.opts.scheme == Scheme::Ssmr {
+            // Static placement: the client must have multicast to every object's partition.
+            if let Some(o) = c.kind.objects().iter().find(|o| {
+                c.partitions
+                    .binary_search(&self.service.place(**o, self.partitions))
+                    .is_err()
+            }) {
+                return Err(format!(
+                    "object {o} is placed outside partitions {:?}",
+                    c.partitions
+                ));
+            }
+        }
+        Ok(cmd)
+    }
+
+    fn on_command(
+        &mut self,
+        id: MsgId,
+        phase: &mut Phase,
+        command: &mut Option<S::Command>,
+        c: &CommandMsg,
+    ) -> Step {
+        if !c.partitions.contains(&self.me) {
+            return Step::Done;
+        }
+        let dssmr = self.opts.scheme == Scheme::Dssmr;
+        let multi = matches!(c.kind, Kind::Access(_)) && (c.partitions.len() > 1 || c.fallback);
+        // Who answers: DS-SMR creates and deletes are answered by the oracle; multi-partition
+        // accesses by the lowest destination; the rest by the partition.
+        let answers = match c.kind {
+            Kind::Create(_) | Kind::Delete(_) if dssmr => false,
+            _ if multi => c.partitions.first() == Some(&self.me),
+            _ => true,
+        };
+        if dssmr && matches!(c.kind, Kind::Create(_) | Kind::Delete(_)) {
+            return self.on_verdict(id, c);
+        }
+        if let Phase::Fresh = phase {
+            match self.table.check(c.client, c.seq, c.attempt, c.floor) {
+                Seen::New => {}
+                Seen::Again(o) => {
+                    self.stats.duplicates += 1;
+                    if let Some(o) = o {
+                        self.reply(c, o);
+                    }
+                    return Step::Done;
+                }
+                Seen::Stale | Seen::Forgotten => {
+                    self.stats.duplicates += 1;
+                    return Step::Done;
+                }
+            }
+            let cmd = match self.validate(c) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    self.finish(c, Outcome::Rejected(e), answers);
+                    return Step::Done;
+                }
+            };
+            match &c.kind {
+                Kind::Access(objects) if !multi => {
+                    let outcome = self.single(&cmd, objects, dssmr);
+                    self.finish(c, outcome, answers);
+                    return Step::Done;
+                }
+                Kind::Access(objects) => {
+                    let values: Vec<(ObjectId, S::Value)> = objects
+                        .iter()
+                        .filter_map(|o| self.store.get(o).map(|v| (*o, v.clone())))
+                        .collect();
+                    let others: GroupSet = c
+                        .partitions
+                        .iter()
+                        .filter(|p| **p != self.me)
+                        .map(|p| GroupId(*p))
+                        .collect();
+                    if !others.is_empty() {
+                        let ex = Exchange::Values {
+                            msg: id,
+                            from: self.me,
+                            values,
+                        };
+                        if let Some(o) = self.outbox.put(others, ex, self.sender) {
+                            self.out.push(o);
+                        }
+                    }
+                }
+                Kind::Create(object) if !dssmr => {
+                    let outcome = if self.store.contains_key(object) {
+                        Outcome::AlreadyExists
+                    } else {
+                        self.own(*object, self.service.initial(&cmd));
+                        self.stats.created += 1;
+                        Outcome::Created
+                    };
+                    self.finish(c, outcome, answers);
+                    return Step::Done;
+                }
+                Kind::Delete(object) => {
+                    if self.disown(*object).is_some() {
+                        self.stats.deleted += 1;
+                    }
+                    self.finish(c, Outcome::Deleted, answers);
+                    return Step::Done;
+                }
+                Kind::Create(_) => {
+                    unreachable!("S-SMR creates are handled above, DS-SMR ones by verdict")
+                }
+            }
+            *command = Some(cmd);
+            *phase = Phase::Waiting;
+        }
+        // Waiting for exchanges.
+        match &c.kind {
+            Kind::Access(objects) => {
+                let slot = self.inbox.get(&id);
+                let missing: Vec<GroupId> = c
+                    .partitions
+                    .iter()
+                    .filter(|p| **p != self.me)
+                    .filter(|p| {
+                        !slot.is_some_and(|s| {
+                            s.iter()
+                                .any(|e| matches!(e, Exchange::Values { from, .. } if from == *p))
+                        })
+                    })
+                    .map(|p| GroupId(*p))
+                    .collect();
+                if !missing.is_empty() {
+                    return Step::Blocked(missing);
+                }
+                let received = self.inbox.remove(&id).unwrap_or_default();
+                let cmd = command.take().expect("validated");
+                let outcome = self.multi(&cmd, objects, received);
+                self.stats.multi += 1;
+                if c.fallback {
+                    self.stats.fallbacks += 1;
+                }
+                self.finish(c, outcome, answers);
+                Step::Done
+            }
+            Kind::Create(_) | Kind::Delete(_) => Step::Done,
+        }
+    }
+
+    /// DS-SMR creates and deletes: wait for the oracle's verdict on this copy and follow it.
+    fn on_verdict(&mut self, id: MsgId, c: &CommandMsg) -> Step {
+        let verdict = self.inbox.get(&id).and_then(|s| {
+            s.iter().find_map(|e| match e {
+                Exchange::Verdict { apply, .. } => Some(*apply),
+                _ => None,
+            })
+        });
+        let Some(apply) = verdict else {
+            return Step::Blocked(vec![GroupId(self.partitions)]);
+        };
+        if apply {
+            match c.kind {
+                Kind::Create(object) => match self.validate(c) {
+                    Ok(cmd) => {
+                        let v = self.service.initial(&cmd);
+                        self.own(object, v);
+                        self.stats.created += 1;
+                    }
+                    Err(e) => {
+                        // The oracle validated the same message; this cannot differ.
+                        tracing::error!(error = %e, "the oracle applied a create this replica refuses");
+                        self.stats.rejected += 1;
+                    }
+                },
+                Kind::Delete(object) => {
+                    if self.disown(object).is_some() {
+                        self.stats.deleted += 1;
+                    }
+                }
+                Kind::Access(_) => {}
+            }
+        }
+        self.view(id);
+        Step::Done
+    }
+
+    fn single(&mut self, cmd: &S::Command, objects: &[ObjectId], dssmr: bool) -> Outcome<S::Reply> {
+        if objects.iter().any(|o| !self.store.contains_key(o)) {
+            return if dssmr {
+                Outcome::Retry
+            } else {
+                Outcome::NotFound
+            };
+        }
+        let mut items: Vec<(ObjectId, S::Value)> = objects
+            .iter()
+            .map(|o| (*o, self.store.remove(o).expect("checked")))
+            .collect();
+        let result = self.service.execute(cmd, &mut Objects::new(&mut items));
+        for (o, v) in items {
+            self.store.insert(o, v);
+        }
+        self.stats.single += 1;
+        self.outcome(result, objects)
+    }
+
+    fn multi(
+        &mut self,
+        cmd: &S::Command,
+        objects: &[ObjectId],
+        received: Vec<Exchange<S::Value>>,
+    ) -> Outcome<S::Reply> {
+        let mut all: BTreeMap<ObjectId, S::Value> = objects
+            .iter()
+            .filter_map(|o| self.store.get(o).map(|v| (*o, v.clone())))
+            .collect();
+        for ex in received {
+            if let Exchange::Values { values, .. } = ex {
+                for (o, v) in values {
+                    if all.insert(o, v).is_some() {
+                        self.stats.double_owned += 1;
+                        tracing::error!(object = o, "two partitions sent the same object");
+                    }
+                }
+            }
+        }
+        if objects.iter().any(|o| !all.contains_key(o)) {
+            return Outcome::NotFound;
+        }
+        let mut items: Vec<(ObjectId, S::Value)> = all
+            .into_iter()
+            .filter(|(o, _)| objects.binary_search(o).is_ok())
+            .collect();
+        let result = self.service.execute(cmd, &mut Objects::new(&mut items));
+        if result.is_ok() {
+            for (o, v) in items {
+                if let Some(slot) = self.store.get_mut(&o) {
+                    *slot = v;
+                }
+            }
+        }
+        self.outcome(result, objects)
+    }
+
+    fn outcome(
+        &self,
+        result: Result<S::Reply, super::service::Need>,
+        objects: &[ObjectId],
+    ) -> Outcome<S::Reply> {
+        match result {
+            Ok(r) => Outcome::Done(r),
+            Err(need) => {
+                let mut more: Vec<ObjectId> = need
+                    .0
+                    .into_iter()
+                    .filter(|o| objects.binary_search(o).is_err())
+                    .collect();
+                more.sort_unstable();
+                more.dedup();
+                if more.is_empty() {
+                    Outcome::Rejected(
+                        "the service asked for objects the command already has".into(),
+                    )
+                } else {
+                    Outcome::Gather(more)
+                }
+            }
+        }
+    }
+}
+
+/// Whether two exchanges fill the same slot (a duplicate copy).
+fn same_slot<V>(a: &Exchange<V>, b: &Exchange<V>) -> bool {
+    match (a, b) {
+        (Exchange::Values { from: x, .. }, Exchange::Values { from: y, .. }) => x == y,
+        (Exchange::MoveValue { .. }, Exchange::MoveValue { .. }) => true,
+        (Exchange::Verdict { .. }, Exchange::Verdict { .. }) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,192 @@
+//! Scale-out deployments in the deterministic simulator, and the invariants checked on them.
+
+use super::client::{ClientOptions, ScaleOutClient};
+use super::layout::ScaleOutLayout;
+use super::replica::ScaleOutReplica;
+use super::service::{ObjectId, PartitionId, PartitionedService};
+use super::{Scheme, ServerOptions};
+use crate::sim::{Blueprint, EngineSim, Roles, SimRole};
+use crate::wire::ClientId;
+use groups::ids::NodeId;
+use groups::node::GroupsNode;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The blueprint of an S-SMR or DS-SMR deployment.
+pub struct ScaleOut<S: PartitionedService> {
+    pub service: Arc<S>,
+    pub layout: ScaleOutLayout,
+    pub client: ClientOptions,
+    pub server: ServerOptions,
+    roles: Roles,
+}
+
+impl<S: PartitionedService> ScaleOut<S> {
+    pub fn new(
+        service: Arc<S>,
+        layout: ScaleOutLayout,
+        client: ClientOptions,
+        server: ServerOptions,
+    ) -> Self {
+        let roles = layout.roles();
+        ScaleOut {
+            service,
+            layout,
+            client,
+            server,
+            roles,
+        }
+    }
+}
+
+/// A scale-out replica with its node.
+pub struct ScaleOutNode<S: PartitionedService> {
+    node: GroupsNode,
+    pub replica: ScaleOutReplica<S>,
+}
+
+impl<S: PartitionedService> SimRole for ScaleOutNode<S> {
+    fn node(&self) -> &GroupsNode {
+        &self.node
+    }
+    fn node_mut(&mut self) -> &mut GroupsNode {
+        &mut self.node
+    }
+    fn pump(&mut self) {
+        self.replica.step(&mut self.node);
+    }
+    fn backlog(&self) -> usize {
+        self.replica.backlog()
+    }
+    fn progress(&self) -> Vec<u64> {
+        vec![self.replica.handled()]
+    }
+    fn state_hash(&self) -> u64 {
+        self.replica.state_hash()
+    }
+}
+
+impl<S: PartitionedService> Blueprint for ScaleOut<S> {
+    type Replica = ScaleOutNode<S>;
+    type Proxy = ScaleOutClient<S>;
+
+    fn roles(&self) -> &Roles {
+        &self.roles
+    }
+    fn replicas_merge_locally(&self) -> bool {
+        true
+    }
+    fn replica(&self, node: GroupsNode, _seed: u64) -> ScaleOutNode<S> {
+        let id = node.id();
+        let role = self.layout.role(id).expect("a replica node");
+        let replica = ScaleOutReplica::new(
+            self.service.clone(),
+            node.config().clone(),
+            id,
+            role,
+            self.layout.partitions,
+            self.server.clone(),
+        );
+        ScaleOutNode { node, replica }
+    }
+    fn proxy(&self, id: ClientId) -> ScaleOutClient<S> {
+        ScaleOutClient::new(id, self.service.clone(), self.client)
+    }
+}
+
+/// Checks the DS-SMR and S-SMR invariants on a quiet simulated deployment; returns the
+/// violations found:
+///
+/// - every replica's `double_owned` counter is 0 (no object ever arrived where it was owned,
+///   and no two partitions sent the same object for one command);
+/// - no object is owned by two partitions (at the end);
+/// - DS-SMR: every oracle replica's map equals the partitions' ownership, and the oracle's
+///   view of each partition equals the partition's own view after every move, create and
+///   delete both delivered (when `record_views` is on).
+pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let layout = &sim.blueprint.layout;
+    let replica = |id: NodeId| sim.sim.actor(id).and_then(|a| a.as_replica());
+    let mut owner: BTreeMap<ObjectId, PartitionId> = BTreeMap::new();
+    for (p, members) in layout.partition_replicas.iter().enumerate() {
+        let mut first = true;
+        for &id in members {
+            let Some(r) = replica(id) else { continue };
+            let s = r.replica.partition().expect("partition replica");
+            if s.stats.double_owned > 0 {
+                problems.push(format!(
+                    "partition {p} replica {id}: {} double ownerships",
+                    s.stats.double_owned
+                ));
+            }
+            if first {
+                first = false;
+                for (o, _) in s.objects() {
+                    if let Some(q) = owner.insert(o, p as PartitionId) {
+                        problems.push(format!("object {o} is owned by partitions {q} and {p}"));
+                    }
+                }
+            }
+        }
+    }
+    if layout.scheme == Scheme::Dssmr {
+        type Views = Vec<(groups::MsgId, u64)>;
+        let views: Vec<(NodeId, PartitionId, Views)> = layout
+            .partition_replicas
+            .iter()
+            .enumerate()
+            .flat_map(|(p, m)| m.iter().map(move |id| (p, *id)))
+            .filter_map(|(p, id)| {
+                replica(id).map(|r| {
+                    let s = r.replica.partition().expect("partition replica");
+                    (id, p as PartitionId, s.views().to_vec())
+                })
+            })
+            .collect();
+        for &id in &layout.oracle_replicas {
+            let Some(r) = replica(id) else { continue };
+            let o = r.replica.oracle().expect("oracle replica");
+            let map: BTreeMap<ObjectId, PartitionId> = o.locations().collect();
+            if map != owner {
+                let wrong: Vec<String> = map
+                    .iter()
+                    .filter(|(k, v)| owner.get(k) != Some(v))
+                    .map(|(k, v)| format!("{k}@{v} (owner {:?})", owner.get(k)))
+                    .chain(
+                        owner
+                            .iter()
+                            .filter(|(k, _)| !map.contains_key(k))
+                            .map(|(k, v)| format!("{k} owned by {v}, unknown to the oracle")),
+                    )
+                    .take(8)
+                    .collect();
+                problems.push(format!(
+                    "oracle {id} disagrees with the partitions: {wrong:?}"
+                ));
+            }
+            if sim.blueprint.server.record_views {
+                for (pid, p, seen) in &views {
+                    let expected: Vec<(groups::MsgId, u64)> = o
+                        .views()
+                        .iter()
+                        .filter(|(_, q, _)| q == p)
+                        .map(|(m, _, d)| (*m, *d))
+                        .collect();
+                    if *seen != expected {
+                        let at = seen
+                            .iter()
+                            .zip(&expected)
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(seen.len().min(expected.len()));
+                        problems.push(format!(
+                            "partition {p} replica {pid} and oracle {id} disagree on the partition's objects at change {at} ({} vs {} changes)",
+                            seen.len(),
+                            expected.len()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
