@@ -1,3 +1,6 @@
-//! Chirper, a Twitter-like service on DS-SMR (scale-out issue).
+//! Chirper, a Twitter-like service on the scale-out engine (S-SMR and DS-SMR): the service,
+//! its social-graph generator, its specification, workloads and binaries.
 
 pub mod graph;
+pub mod model;
+pub mod service;

@@ -9,15 +9,16 @@ use groups::runtime::inproc::{App, InProcCluster};
 use groups::runtime::Waker;
 use std::sync::Arc;
 
-/// What runs on a node of a deployment.
-pub enum EngineApp<S: Service, C: App> {
-    Replica(Box<ReplicaApp<S>>),
+/// What runs on a node of a deployment: a replica `R` (a P-SMR [`ReplicaApp`], or a scale-out
+/// [`crate::partitioned::replica::ScaleOutReplica`]), a client node `C`, or a bare acceptor.
+pub enum EngineApp<R: App, C: App> {
+    Replica(Box<R>),
     Client(C),
     /// An acceptor that is not a replica.
     Acceptor,
 }
 
-impl<S: Service, C: App> App for EngineApp<S, C> {
+impl<R: App, C: App> App for EngineApp<R, C> {
     fn attach(&mut self, node: &mut GroupsNode, waker: Waker) {
         match self {
             EngineApp::Replica(r) => r.attach(node, waker),
@@ -41,8 +42,8 @@ impl<S: Service, C: App> App for EngineApp<S, C> {
     }
 }
 
-impl<S: Service, C: App> EngineApp<S, C> {
-    pub fn as_replica(&self) -> Option<&ReplicaApp<S>> {
+impl<R: App, C: App> EngineApp<R, C> {
+    pub fn as_replica(&self) -> Option<&R> {
         match self {
             EngineApp::Replica(r) => Some(r),
             _ => None,
@@ -63,7 +64,7 @@ pub fn start<S: Service, C: App>(
     service: Arc<S>,
     options: ReplicaOptions,
     mut make_client: impl FnMut(NodeId) -> C,
-) -> InProcCluster<EngineApp<S, C>> {
+) -> InProcCluster<EngineApp<ReplicaApp<S>, C>> {
     let replicas = d.replicas.clone();
     let clients = d.clients.clone();
     InProcCluster::start_with(
@@ -80,6 +81,38 @@ pub fn start<S: Service, C: App>(
             } else {
                 EngineApp::Acceptor
             }
+        },
+    )
+}
+
+/// Starts every node of a scale-out deployment on threads: partition and oracle replicas run
+/// `service` with `options`, client nodes run `make_client(id)`.
+pub fn start_scaleout<S: crate::partitioned::service::PartitionedService, C: App>(
+    layout: &crate::partitioned::layout::ScaleOutLayout,
+    service: Arc<S>,
+    options: crate::partitioned::ServerOptions,
+    mut make_client: impl FnMut(NodeId) -> C,
+) -> InProcCluster<EngineApp<crate::partitioned::replica::ScaleOutReplica<S>, C>> {
+    let cfg = Arc::new(layout.config.clone());
+    InProcCluster::start_with(
+        layout.config.clone(),
+        |_| NodeOptions {
+            epoch: 0,
+            merge_locally: true,
+        },
+        |id| match layout.role(id) {
+            Some(role) => EngineApp::Replica(Box::new(
+                crate::partitioned::replica::ScaleOutReplica::new(
+                    service.clone(),
+                    cfg.clone(),
+                    id,
+                    role,
+                    layout.partitions,
+                    options.clone(),
+                ),
+            )),
+            None if layout.is_client(id) => EngineApp::Client(make_client(id)),
+            None => EngineApp::Acceptor,
         },
     )
 }

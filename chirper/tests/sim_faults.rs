@@ -1,0 +1,184 @@
+//! Goal: Chirper on S-SMR and on DS-SMR stays linearizable under faults and concurrent moves;
+//! no user is ever owned by two partitions; the oracle and every partition agree on the
+//! partition's users; replicas of a partition end identical.
+//!
+//! Method: 100 seeds by default, even ones S-SMR and odd ones DS-SMR. Each generates a small
+//! social graph (12 users in 3 communities, power-law popularity), places it by community
+//! with a random placement quality, and runs 2 to 3 partitions of 2 or 3 replicas, 2 client
+//! nodes of 2 clients, posts (which gather every follower: `retry(gamma)`, then moves or
+//! value exchange), follows, unfollows, timelines and user creations, under a fault campaign
+//! (crashes and restarts, partitions, loss, duplication, reordering). Then the run must get
+//! quiet, and the history must satisfy Chirper's specification.
+//!
+//! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
+
+use bytes::Bytes;
+use chirper::graph::{generate, place_by_community, GraphSpec};
+use chirper::model::{ChirperModel, SpecUser};
+use chirper::service::{Chirper, ChirperConfig, Command};
+use engine::lincheck::{self, Budget};
+use engine::partitioned::client::ClientOptions;
+use engine::partitioned::layout::{self, ScaleOutLayout};
+use engine::partitioned::sim::{check_ownership, ScaleOut};
+use engine::partitioned::{Scheme, ServerOptions};
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const USERS: u32 = 12;
+const TIMELINE: usize = 4;
+
+static MOVES: AtomicU64 = AtomicU64::new(0);
+static GATHERS: AtomicU64 = AtomicU64::new(0);
+static POSTS: AtomicU64 = AtomicU64::new(0);
+
+fn run(seed: u64, verbose: bool) -> Result<String, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let scheme = if seed.is_multiple_of(2) {
+        Scheme::Ssmr
+    } else {
+        Scheme::Dssmr
+    };
+    let partitions = rng.random_range(2..=3u32);
+    let replicas = rng.random_range(2..=3usize);
+    let graph = Arc::new(
+        generate(&GraphSpec {
+            users: USERS,
+            communities: 3,
+            mean_followees: 2.5,
+            locality: 0.8,
+            popularity_exponent: 1.0,
+            seed,
+        })
+        .map_err(|e| e.to_string())?,
+    );
+    let quality = rng.random_range(0.0..=1.0);
+    let placement = place_by_community(&graph, partitions, quality, seed).map_err(|e| e.to_string())?;
+    let config = ChirperConfig {
+        timeline_len: TIMELINE,
+    };
+    let service = Arc::new(Chirper::with_graph(config, graph.clone(), partitions, placement)?);
+    let tuning = groups::config::Tuning {
+        trim: false,
+        ..layout::tuning()
+    };
+    let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
+    let mut client = ClientOptions::new(scheme, partitions);
+    client.retry_max = rng.random_range(2..=5);
+    client.resend_ticks = 100;
+    client.seed = seed;
+    let server = ServerOptions {
+        record_views: true,
+        ..ServerOptions::new(scheme)
+    };
+    let setup = SimSetup {
+        seed,
+        net: faulty_network(&mut rng),
+        clients_per_node: 2,
+        window: 2,
+        ops_per_client: 25,
+        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
+            let u = |rng: &mut ChaCha8Rng| rng.random_range(0..USERS + 2);
+            match rng.random_range(0..100) {
+                0..35 => Command::GetTimeline(u(rng)),
+                35..60 => Command::Post {
+                    user: u(rng),
+                    id: rng.random::<u64>(),
+                    text: Bytes::from_static(b"chirp"),
+                },
+                60..75 => Command::Follow {
+                    follower: u(rng),
+                    followee: u(rng),
+                },
+                75..90 => Command::Unfollow {
+                    follower: u(rng),
+                    followee: u(rng),
+                },
+                _ => Command::CreateUser(USERS + rng.random_range(0..2)),
+            }
+        }),
+        think_us: 20_000,
+    };
+    let mut sim = EngineSim::new(ScaleOut::new(service, layout, client, server), setup);
+    let report = sim.campaign(seed, &Campaign::default());
+    if verbose {
+        eprintln!(
+            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, quality {quality:.2}, retry_max {}, {:?}",
+            client.retry_max, report.events
+        );
+    }
+    let mut problems = Vec::new();
+    if !report.quiet {
+        problems.push("liveness: not quiet after the faults stopped".to_string());
+    }
+    if let Some(d) = sim.divergence() {
+        problems.push(d);
+    }
+    problems.extend(check_ownership(&sim));
+    let model = ChirperModel {
+        initial: (0..USERS)
+            .map(|u| {
+                (
+                    u,
+                    SpecUser {
+                        followers: graph.followers(u).iter().copied().collect(),
+                        followees: graph.followees(u).iter().copied().collect(),
+                        timeline: Default::default(),
+                    },
+                )
+            })
+            .collect(),
+        timeline_len: TIMELINE,
+    };
+    let history = lincheck_history(&sim.history());
+    match lincheck::check(&model, &history, Budget::new(5_000_000)) {
+        lincheck::Verdict::Linearizable => {}
+        v => problems.push(format!("not linearizable: {v}")),
+    }
+    let stats = sim.client_stats();
+    MOVES.fetch_add(stats.moves, Ordering::Relaxed);
+    for (_, r) in sim.replicas() {
+        if let Some(p) = r.replica.partition() {
+            GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
+        }
+    }
+    POSTS.fetch_add(
+        history
+            .iter()
+            .filter(|o| matches!(o.input, Command::Post { .. }) && o.output().is_some())
+            .count() as u64,
+        Ordering::Relaxed,
+    );
+    if verbose {
+        eprintln!("clients: {stats:?}");
+    }
+    if problems.is_empty() {
+        Ok(format!("{} ops, {stats:?}", history.len()))
+    } else {
+        Err(format!(
+            "{scheme:?}, {partitions} partitions x {replicas}:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+#[test]
+fn chirper_on_ssmr_and_dssmr_is_linearizable_under_faults() {
+    groups::sim::seeds::campaign(
+        "chirper sim_faults",
+        "cargo test --release -p chirper --test sim_faults -- --nocapture",
+        100,
+        run,
+    );
+    if std::env::var("CHORUS_SEED").is_err() {
+        let (moves, gathers, posts) = (
+            MOVES.load(Ordering::Relaxed),
+            GATHERS.load(Ordering::Relaxed),
+            POSTS.load(Ordering::Relaxed),
+        );
+        eprintln!("chirper sim_faults: {posts} posts completed, {gathers} gathers, {moves} moves");
+        assert!(moves > 0 && gathers > 0 && posts > 0);
+    }
+}
