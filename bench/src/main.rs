@@ -4,9 +4,11 @@
 //! experiment), prints each table, and writes result files (`*.json`, `*.svg`) into
 //! `bench-results/`.
 
+mod costmodel;
 mod machine;
 mod multicast;
 mod report;
+mod scaleout;
 mod scaleup;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +62,48 @@ enum Experiment {
         #[arg(long)]
         no_pin: bool,
     },
+    /// Chirper on S-SMR against DS-SMR (the DS-SMR paper's Table 1): Timeline, Post,
+    /// Follow/unfollow and Mix on 1/2/4/8 partitions measured, 16/32/64 simulated.
+    Scaleout {
+        /// Runs per point (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Measured partition counts.
+        #[arg(long, value_delimiter = ',')]
+        partitions: Option<Vec<u32>>,
+        /// Simulated partition counts (default 16, 32, 64).
+        #[arg(long, value_delimiter = ',')]
+        simulate: Option<Vec<u32>>,
+        /// Skip the simulated rows (measured rows only).
+        #[arg(long)]
+        no_simulate: bool,
+        /// Only these workloads (timeline, post, follow-unfollow, mix).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Option<Vec<chirper::load::Workload>>,
+        /// Users of the social graph.
+        #[arg(long)]
+        users: Option<u32>,
+        /// Probability that a follow edge stays inside its community.
+        #[arg(long)]
+        locality: Option<f64>,
+        /// How well the initial placement follows communities (1: perfectly, 0: random).
+        #[arg(long)]
+        quality: Option<f64>,
+        /// Run every replica and acceptor as its own process on loopback.
+        #[arg(long)]
+        tcp: bool,
+        /// Skip the measured runs (simulated rows only).
+        #[arg(long)]
+        simulated_only: bool,
+        /// Virtual warm-up and measured seconds of each simulated run.
+        #[arg(long)]
+        sim_warmup: Option<f64>,
+        #[arg(long)]
+        sim_seconds: Option<f64>,
+    },
 }
 
 fn main() {
@@ -75,6 +119,8 @@ fn main() {
             multicast::run(&multicast::Plan::quick(), &cli.out, &machine);
             println!("\n== scaleup ==");
             scaleup::run_plan(&scaleup::Plan::quick(&machine), &cli.out, &machine);
+            println!("\n== scaleout ==");
+            scaleout::run_plan(&scaleout::Plan::quick(), &cli.out, &machine);
         }
         Some(Experiment::Scaleup {
             runs,
@@ -96,6 +142,57 @@ fn main() {
                 plan.workloads = w;
             }
             scaleup::run_plan(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::Scaleout {
+            runs,
+            seconds,
+            partitions,
+            simulate,
+            workloads,
+            users,
+            locality,
+            quality,
+            tcp,
+            simulated_only,
+            no_simulate,
+            sim_warmup,
+            sim_seconds,
+        }) => {
+            let mut plan = scaleout::Plan::full();
+            plan.runs = runs.max(1);
+            plan.measure = Duration::from_secs_f64(seconds);
+            plan.tcp = tcp;
+            if let Some(p) = partitions {
+                plan.partitions = p;
+            }
+            if let Some(s) = simulate {
+                plan.simulated = s;
+            }
+            if let Some(w) = workloads {
+                plan.workloads = w;
+            }
+            if let Some(u) = users {
+                plan.graph.users = u;
+            }
+            if let Some(l) = locality {
+                plan.graph.locality = l;
+            }
+            if let Some(q) = quality {
+                plan.placement_quality = q;
+            }
+            if simulated_only {
+                plan.partitions.clear();
+            }
+            if no_simulate {
+                plan.simulated.clear();
+            }
+            if let Some(w) = sim_warmup {
+                plan.simulated_warmup = Duration::from_secs_f64(w);
+            }
+            if let Some(m) = sim_seconds {
+                plan.simulated_measure = Duration::from_secs_f64(m);
+            }
+            scaleout::run_plan(&plan, &cli.out, &machine);
         }
         Some(Experiment::Multicast {
             runs,

@@ -2,8 +2,6 @@
 
 use crate::service::{TreeCommand, TreeConfig, TreeService};
 use bytes::Bytes;
-use engine::client::{ClientError, Driver};
-use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::str::FromStr;
@@ -121,71 +119,36 @@ impl Generator {
     }
 }
 
-/// Measurement phases shared by the drivers of one run.
-pub const WARMUP: u8 = 0;
-pub const MEASURE: u8 = 1;
-pub const DONE: u8 = 2;
+use engine::load::{histogram, quantile_us, ClosedLoop, Source};
+pub use engine::load::{DONE, MEASURE, WARMUP};
 
-/// A closed-loop driver: every client always has its window full; latencies are recorded
-/// while the shared phase is [`MEASURE`].
-pub struct LoadDriver {
-    generators: Vec<Generator>,
+impl Source<TreeCommand> for Generator {
+    fn next_command(&mut self) -> TreeCommand {
+        Generator::next_command(self)
+    }
+}
+
+/// The closed-loop driver of B+-tree clients.
+pub type LoadDriver = ClosedLoop<TreeCommand, Generator>;
+
+/// A driver for `clients` clients running `workload`.
+pub fn driver(
+    clients: usize,
+    workload: Workload,
+    config: &TreeConfig,
+    seed: u64,
     phase: Arc<AtomicU8>,
-    pub latency_ns: Histogram<u64>,
-    pub completed: u64,
-    pub errors: u64,
-}
-
-impl LoadDriver {
-    pub fn new(
-        clients: usize,
-        workload: Workload,
-        config: &TreeConfig,
-        seed: u64,
-        phase: Arc<AtomicU8>,
-    ) -> Self {
-        LoadDriver {
-            generators: (0..clients)
-                .map(|c| {
-                    Generator::new(
-                        workload,
-                        config.clone(),
-                        seed.wrapping_mul(7919).wrapping_add(c as u64),
-                    )
-                })
-                .collect(),
-            phase,
-            latency_ns: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("bounds"),
-            completed: 0,
-            errors: 0,
-        }
-    }
-}
-
-impl Driver<TreeCommand, crate::service::TreeReply> for LoadDriver {
-    fn next(&mut self, client: usize) -> Option<TreeCommand> {
-        if self.phase.load(Ordering::Relaxed) == DONE {
-            return None;
-        }
-        Some(self.generators[client].next_command())
-    }
-
-    fn complete(
-        &mut self,
-        _client: usize,
-        _cmd: TreeCommand,
-        result: Result<crate::service::TreeReply, ClientError>,
-        latency: Duration,
-    ) {
-        if self.phase.load(Ordering::Relaxed) != MEASURE {
-            return;
-        }
-        if result.is_err() {
-            self.errors += 1;
-        }
-        self.completed += 1;
-        let _ = self.latency_ns.record((latency.as_nanos() as u64).max(1));
-    }
+) -> LoadDriver {
+    let sources = (0..clients)
+        .map(|c| {
+            Generator::new(
+                workload,
+                config.clone(),
+                seed.wrapping_mul(7919).wrapping_add(c as u64),
+            )
+        })
+        .collect();
+    ClosedLoop::new(sources, phase)
 }
 
 /// How a measured run is set up.
@@ -218,14 +181,6 @@ pub struct RunResult {
     /// opt-PSMR attempts refused per completed command (whole run).
     pub abort_rate: f64,
     pub errors: u64,
-}
-
-fn quantile_us(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        f64::NAN
-    } else {
-        h.value_at_quantile(q) as f64 / 1000.0
-    }
 }
 
 /// Runs one measurement: an in-process deployment (or the unreplicated server), closed-loop
@@ -261,7 +216,7 @@ fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
         ..ReplicaOptions::new(workers)
     };
     let cluster = engine::inproc::start(&d, service.clone(), options, |id| {
-        let driver = LoadDriver::new(
+        let driver = driver(
             spec.clients_per_node,
             spec.workload,
             &spec.tree,
@@ -285,7 +240,7 @@ fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
     phase.store(DONE, Ordering::Relaxed);
     let elapsed = t0.elapsed();
     let apps = cluster.stop();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("bounds");
+    let mut hist = histogram();
     let (mut completed, mut errors, mut aborts, mut all_completed) = (0, 0, 0, 0);
     for app in apps.values() {
         if let Some(c) = app.as_client() {
@@ -329,8 +284,7 @@ fn run_unreplicated(spec: &RunSpec) -> RunResult {
                         )
                     })
                     .collect();
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("bounds");
+                let mut hist = histogram();
                 let (rtx, rrx) = crossbeam_channel::unbounded();
                 let mut started = vec![Instant::now(); clients * spec.window];
                 let mut completed = 0u64;
@@ -370,7 +324,7 @@ fn run_unreplicated(spec: &RunSpec) -> RunResult {
     std::thread::sleep(spec.measure);
     phase.store(DONE, Ordering::Relaxed);
     let elapsed = t0.elapsed();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("bounds");
+    let mut hist = histogram();
     let mut completed = 0;
     for l in loaders {
         let (h, c) = l.join().expect("load thread");

@@ -86,9 +86,15 @@ impl Model for ChirperModel {
                     })
                 } else {
                     let changed = if follow {
-                        next.get_mut(follower).expect("exists").followees.insert(*followee)
+                        next.get_mut(follower)
+                            .expect("exists")
+                            .followees
+                            .insert(*followee)
                     } else {
-                        next.get_mut(follower).expect("exists").followees.remove(followee)
+                        next.get_mut(follower)
+                            .expect("exists")
+                            .followees
+                            .remove(followee)
                     };
                     let b = &mut next.get_mut(followee).expect("exists").followers;
                     if follow {

@@ -6,7 +6,9 @@
 //! social graph (12 users in 3 communities, power-law popularity), places it by community
 //! with a random placement quality, and runs 2 to 3 partitions of 2 or 3 replicas, 2 client
 //! nodes of 2 clients, posts (which gather every follower: `retry(gamma)`, then moves or
-//! value exchange), follows, unfollows, timelines and user creations, under a fault campaign
+//! value exchange), follows, unfollows, timelines and user creations (DS-SMR clients move on
+//! cached locations or only after a consult, and guess placements on cache misses or not, by
+//! draw), under a fault campaign
 //! (crashes and restarts, partitions, loss, duplication, reordering). Then the run must get
 //! quiet, and the history must satisfy Chirper's specification.
 //!
@@ -55,11 +57,17 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         .map_err(|e| e.to_string())?,
     );
     let quality = rng.random_range(0.0..=1.0);
-    let placement = place_by_community(&graph, partitions, quality, seed).map_err(|e| e.to_string())?;
+    let placement =
+        place_by_community(&graph, partitions, quality, seed).map_err(|e| e.to_string())?;
     let config = ChirperConfig {
         timeline_len: TIMELINE,
     };
-    let service = Arc::new(Chirper::with_graph(config, graph.clone(), partitions, placement)?);
+    let service = Arc::new(Chirper::with_graph(
+        config,
+        graph.clone(),
+        partitions,
+        placement,
+    )?);
     let tuning = groups::config::Tuning {
         trim: false,
         ..layout::tuning()
@@ -67,6 +75,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
     let mut client = ClientOptions::new(scheme, partitions);
     client.retry_max = rng.random_range(2..=5);
+    client.move_on_cached = rng.random_bool(0.5);
+    client.guess_placement = rng.random_bool(0.5);
     client.resend_ticks = 100;
     client.seed = seed;
     let server = ServerOptions {
@@ -105,8 +115,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
-            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, quality {quality:.2}, retry_max {}, {:?}",
-            client.retry_max, report.events
+            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, quality {quality:.2}, retry_max {}, move_on_cached {}, guess_placement {}, {:?}",
+            client.retry_max, client.move_on_cached, client.guess_placement, report.events
         );
     }
     let mut problems = Vec::new();

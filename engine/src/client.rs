@@ -390,7 +390,11 @@ pub struct ClientApp<P: Proxy, D: Driver<P::Command, P::Reply>> {
     multicasts: VecDeque<(GroupSet, Bytes)>,
     scratch: Vec<(GroupSet, Bytes)>,
     waker: Option<Waker>,
+    shared: Option<(SharedStats, u64)>,
 }
+
+/// A node's client counters, readable from other threads (see [`ClientApp::share_stats`]).
+pub type SharedStats = Arc<parking_lot::Mutex<ClientStats>>;
 
 /// How the clients of a [`ClientApp`] run.
 #[derive(Clone, Copy, Debug)]
@@ -458,7 +462,16 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientApp<P, D> {
             multicasts: VecDeque::new(),
             scratch: Vec::new(),
             waker: None,
+            shared: None,
         }
+    }
+
+    /// Publishes this node's counters (summed over its clients) to a shared copy, refreshed
+    /// once per tick, so a benchmark can sample them while the node runs.
+    pub fn share_stats(&mut self) -> SharedStats {
+        let s = SharedStats::default();
+        self.shared = Some((s.clone(), u64::MAX));
+        s
     }
 
     /// Counters summed over this node's clients.
@@ -515,6 +528,15 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> App for ClientApp<P, D> {
                     break;
                 }
                 tracing::error!(error = %e, "multicast refused");
+            }
+        }
+        if let Some((shared, at)) = &self.shared {
+            if *at != tick {
+                let s = self.stats();
+                *shared.lock() = s;
+                if let Some((_, at)) = &mut self.shared {
+                    *at = tick;
+                }
             }
         }
     }

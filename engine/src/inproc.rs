@@ -91,7 +91,19 @@ pub fn start_scaleout<S: crate::partitioned::service::PartitionedService, C: App
     layout: &crate::partitioned::layout::ScaleOutLayout,
     service: Arc<S>,
     options: crate::partitioned::ServerOptions,
+    make_client: impl FnMut(NodeId) -> C,
+) -> InProcCluster<EngineApp<crate::partitioned::replica::ScaleOutReplica<S>, C>> {
+    start_scaleout_with(layout, service, options, make_client, |_| {})
+}
+
+/// Like [`start_scaleout`], calling `on_replica` on every replica before it starts (to share
+/// its counters, for example).
+pub fn start_scaleout_with<S: crate::partitioned::service::PartitionedService, C: App>(
+    layout: &crate::partitioned::layout::ScaleOutLayout,
+    service: Arc<S>,
+    options: crate::partitioned::ServerOptions,
     mut make_client: impl FnMut(NodeId) -> C,
+    mut on_replica: impl FnMut(&mut crate::partitioned::replica::ScaleOutReplica<S>),
 ) -> InProcCluster<EngineApp<crate::partitioned::replica::ScaleOutReplica<S>, C>> {
     let cfg = Arc::new(layout.config.clone());
     InProcCluster::start_with(
@@ -101,16 +113,18 @@ pub fn start_scaleout<S: crate::partitioned::service::PartitionedService, C: App
             merge_locally: true,
         },
         |id| match layout.role(id) {
-            Some(role) => EngineApp::Replica(Box::new(
-                crate::partitioned::replica::ScaleOutReplica::new(
+            Some(role) => {
+                let mut r = crate::partitioned::replica::ScaleOutReplica::new(
                     service.clone(),
                     cfg.clone(),
                     id,
                     role,
                     layout.partitions,
                     options.clone(),
-                ),
-            )),
+                );
+                on_replica(&mut r);
+                EngineApp::Replica(Box::new(r))
+            }
             None if layout.is_client(id) => EngineApp::Client(make_client(id)),
             None => EngineApp::Acceptor,
         },

@@ -9,6 +9,7 @@ pub mod client;
 pub mod inproc;
 pub mod layout;
 pub mod lincheck;
+pub mod load;
 pub mod partitioned;
 pub mod psmr;
 pub mod service;

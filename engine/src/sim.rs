@@ -232,6 +232,11 @@ pub trait SimRole: Send + 'static {
     fn progress(&self) -> Vec<u64>;
     /// A hash of the replicated state.
     fn state_hash(&self) -> u64;
+    /// Application work (CPU microseconds) since the last call, for the simulator's cost
+    /// model. Default none.
+    fn take_work_us(&mut self) -> f64 {
+        0.0
+    }
 }
 
 /// The nodes of a simulated deployment, by role.
@@ -378,6 +383,8 @@ pub struct SimClient<P: Proxy> {
     pub history: Vec<OpOf<P>>,
     inbox: Vec<(NodeId, Bytes)>,
     out: Vec<(groups::GroupSet, Bytes)>,
+    /// The tick the proxies last saw (their timers only need each new tick).
+    ticked: u64,
 }
 
 impl<P: Proxy> SimClient<P> {
@@ -406,8 +413,12 @@ impl<P: Proxy> SimClient<P> {
             }
         }
         let tick = self.node.now();
+        let new_tick = tick != self.ticked;
+        self.ticked = tick;
         for i in 0..self.proxies.len() {
-            self.proxies[i].tick(tick);
+            if new_tick {
+                self.proxies[i].tick(tick);
+            }
             while self.budget[i] > 0
                 && self.proxies[i].outstanding() < self.window
                 && self.now_us >= self.next_at[i]
@@ -494,6 +505,15 @@ impl<B: Blueprint> Actor for SimNode<B> {
     fn set_time(&mut self, now_us: u64) {
         if let SimNode::Client(c) = self {
             c.now_us = now_us;
+        }
+    }
+    fn msg_bytes(msg: &NetMsg) -> usize {
+        groups::sim::wire_bytes(msg)
+    }
+    fn take_work_us(&mut self) -> f64 {
+        match self {
+            SimNode::Replica(r) => r.take_work_us(),
+            _ => 0.0,
         }
     }
 }
@@ -586,6 +606,7 @@ impl<B: Blueprint> EngineSim<B> {
                 history: Vec::new(),
                 inbox: Vec::new(),
                 out: Vec::new(),
+                ticked: u64::MAX,
             }))
         } else {
             SimNode::Acceptor(Box::new(node))
@@ -611,6 +632,13 @@ impl<B: Blueprint> EngineSim<B> {
 
     pub fn run_until(&mut self, until_us: u64) {
         self.sim.run_until(until_us, |_, _| {});
+    }
+
+    /// Turns on the simulator's cost model (performance experiments): every node handles its
+    /// messages one at a time, each taking virtual CPU time. Client nodes are free.
+    pub fn set_cpu_model(&mut self, mut model: groups::sim::CpuModel) {
+        model.free.extend(self.roles().clients.iter().copied());
+        self.sim.set_cpu_model(model);
     }
 
     /// The live replicas, with their node ids.

@@ -120,6 +120,8 @@ impl World {
                 .map(|i| {
                     let mut o = ClientOptions::new(scheme, k);
                     o.retry_max = retry_max;
+                    // Stale caches drive moves here (the corner cases are about them).
+                    o.move_on_cached = true;
                     ScaleOutClient::new(ClientId::new(NodeId(1000), i), service.clone(), o)
                 })
                 .collect(),
@@ -349,6 +351,39 @@ fn a_move_of_an_object_already_gone_does_not_block_its_destination() {
     consult(&mut w, 0, acc);
     assert_eq!(w.result(0, t), Some(&Ok(Response::NotFound)));
     assert_eq!(w.clients[0].stats().retries, 1);
+    w.check();
+}
+
+#[test]
+fn by_default_cached_locations_that_span_partitions_are_checked_with_the_oracle() {
+    // Client 0 knows where keys 0 and 1 are (partitions 0 and 1). With `move_on_cached` off
+    // (the default) it does not move on that knowledge: it consults the oracle first, and
+    // moves on the prophecy.
+    let mut w = World::new(2, 2, 1);
+    w.service.target.store(1, Ordering::Relaxed);
+    let mut o = ClientOptions::new(Scheme::Dssmr, 2);
+    o.move_on_cached = false;
+    w.clients[0] = ScaleOutClient::new(ClientId::new(NodeId(1000), 0), w.service.clone(), o);
+    let mut last = 0;
+    for key in [0, 1] {
+        let g = w.submit(0, Cmd::Get(key));
+        let c = consult(&mut w, 0, last);
+        last = w.find(c, |m| World::is_command(m, 0));
+        w.deliver(last, key as u32);
+        assert_eq!(w.result(0, g), Some(&done(Reply::Value(100))));
+    }
+    let before = w.sent.len();
+    let t = w.submit(0, Cmd::Transfer(0, 1, 1));
+    let first = wire::decode::<Multicast>(&w.sent[before].2).unwrap();
+    assert!(World::is_consult(&first, 0), "consulted first: {first:?}");
+    assert_eq!(w.clients[0].stats().consults, 3);
+    consult(&mut w, 0, before);
+    let mv = w.find(before, |m| World::is_move(m, 0));
+    let acc = w.find(before, |m| World::is_command(m, 0));
+    w.deliver_all(mv, &[2, 0, 1]);
+    w.deliver(acc, 1);
+    assert_eq!(w.result(0, t), Some(&done(Reply::Ok)));
+    assert_eq!(w.clients[0].stats().moves, 1);
     w.check();
 }
 

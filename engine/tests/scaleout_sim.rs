@@ -4,8 +4,9 @@
 //!
 //! Method: 100 seeds by default, even ones S-SMR and odd ones DS-SMR. Each draws 2 to 4
 //! partitions of 2 or 3 replicas (groups of 2 get an acceptor-only node), an oracle of the
-//! same size (DS-SMR), 2 client nodes of 2 clients, a DS-SMR retry threshold of 1 to 4 and a
-//! cache on or off, and a workload of gets, puts, transfers and sums across partitions,
+//! same size (DS-SMR), 2 client nodes of 2 clients, a DS-SMR retry threshold of 1 to 4, a
+//! cache on or off, moves on cached locations or only after a consult, placement guesses on
+//! cache misses or not, and a workload of gets, puts, transfers and sums across partitions,
 //! bumps (which need an object the client did not name: `retry(gamma)`), creates and deletes,
 //! on 16 preloaded keys out of 24. A fault campaign (crashes and restarts of replicas,
 //! oracle replicas and acceptors, partitions, loss, duplication, reordering) runs; then the
@@ -52,6 +53,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut client = ClientOptions::new(scheme, partitions);
     client.retry_max = rng.random_range(1..=4);
     client.cache = rng.random_bool(0.7);
+    client.move_on_cached = rng.random_bool(0.5);
+    client.guess_placement = rng.random_bool(0.5);
     client.resend_ticks = 100;
     client.seed = seed;
     let server = ServerOptions {
@@ -85,8 +88,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
-            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, retry_max {}, cache {}, {:?}",
-            client.retry_max, client.cache, report.events
+            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, retry_max {}, cache {}, move_on_cached {}, guess_placement {}, {:?}",
+            client.retry_max, client.cache, client.move_on_cached, client.guess_placement, report.events
         );
     }
     let mut problems = Vec::new();

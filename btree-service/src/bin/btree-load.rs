@@ -9,7 +9,7 @@
 //! `--mode unreplicated`); prints throughput, latency percentiles and the opt-PSMR abort rate.
 
 use btree_service::cli::{parse_mode, DeploymentFile};
-use btree_service::load::{run, LoadDriver, RunSpec, Workload, DONE, MEASURE, WARMUP};
+use btree_service::load::{driver, run, RunSpec, Workload, DONE, MEASURE, WARMUP};
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
 use engine::client::{ClientApp, ClientOptions};
@@ -92,7 +92,7 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
     }
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let driver = LoadDriver::new(
+    let driver = driver(
         args.clients,
         args.workload,
         &file.tree,

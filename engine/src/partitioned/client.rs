@@ -44,6 +44,16 @@ pub struct ClientOptions {
     pub cache: bool,
     /// Locations the cache holds before it starts over.
     pub cache_max: usize,
+    /// DS-SMR: move objects on the cache's word. The seed's proxy does; by default this one
+    /// consults the oracle before moving anything (a cached location is used only when all the
+    /// command's objects are in one partition): moves decided on stale locations move objects
+    /// away from where they are needed and back again.
+    pub move_on_cached: bool,
+    /// DS-SMR: on a cache miss, guess the placement rule's partition
+    /// ([`PartitionedService::place`], where objects start) instead of consulting the oracle;
+    /// a wrong guess is answered `retry` and then the oracle is consulted. This stands in for
+    /// caches warmed by a long run (the oracle is then consulted only for objects that moved).
+    pub guess_placement: bool,
     /// Seeds the target choice (mixed with the client id).
     pub seed: u64,
 }
@@ -57,6 +67,8 @@ impl ClientOptions {
             resend_ticks: 500,
             cache: true,
             cache_max: 1 << 20,
+            move_on_cached: false,
+            guess_placement: false,
             seed: 0,
         }
     }
@@ -80,12 +92,18 @@ struct Pending<C> {
     fell_back: bool,
 }
 
+/// A location cache: `object -> partition`. Each client has its own unless several share one
+/// ([`ScaleOutClient::with_cache`]): the clients of one node (one machine's threads) learning
+/// from each other's consults and moves. Only the owning node's thread touches it, so the lock
+/// is uncontended.
+pub type LocationCache = Arc<parking_lot::Mutex<FxHashMap<ObjectId, PartitionId>>>;
+
 /// One logical scale-out client.
 pub struct ScaleOutClient<S: PartitionedService> {
     id: ClientId,
     service: Arc<S>,
     o: ClientOptions,
-    cache: FxHashMap<ObjectId, PartitionId>,
+    cache: LocationCache,
     rng: ChaCha8Rng,
     next_seq: u64,
     pending: BTreeMap<u64, Pending<S::Command>>,
@@ -96,13 +114,23 @@ pub struct ScaleOutClient<S: PartitionedService> {
 
 impl<S: PartitionedService> ScaleOutClient<S> {
     pub fn new(id: ClientId, service: Arc<S>, o: ClientOptions) -> Self {
+        Self::with_cache(id, service, o, LocationCache::default())
+    }
+
+    /// A client that shares `cache` with others.
+    pub fn with_cache(
+        id: ClientId,
+        service: Arc<S>,
+        o: ClientOptions,
+        cache: LocationCache,
+    ) -> Self {
         assert!(o.partitions > 0);
         ScaleOutClient {
             id,
             service,
             rng: ChaCha8Rng::seed_from_u64(o.seed ^ id.0.rotate_left(29)),
             o,
-            cache: FxHashMap::default(),
+            cache,
             next_seq: 0,
             pending: BTreeMap::new(),
             out: Vec::new(),
@@ -117,17 +145,18 @@ impl<S: PartitionedService> ScaleOutClient<S> {
 
     /// Where the cache thinks `object` is.
     pub fn cached(&self, object: ObjectId) -> Option<PartitionId> {
-        self.cache.get(&object).copied()
+        self.cache.lock().get(&object).copied()
     }
 
     fn remember(&mut self, object: ObjectId, p: PartitionId) {
         if !self.o.cache {
             return;
         }
-        if self.cache.len() >= self.o.cache_max {
-            self.cache.clear();
+        let mut cache = self.cache.lock();
+        if cache.len() >= self.o.cache_max {
+            cache.clear();
         }
-        self.cache.insert(object, p);
+        cache.insert(object, p);
     }
 
     fn floor(&self, seq: u64) -> u64 {
@@ -199,12 +228,26 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                     return self.send_command(seq, (0..self.o.partitions).collect(), true);
                 }
                 if p.attempt == 1 && !create {
+                    let cache = self.cache.lock();
+                    let guess = self.o.guess_placement;
                     let cached: Option<Vec<(ObjectId, PartitionId)>> = objects
                         .iter()
-                        .map(|o| self.cache.get(o).map(|q| (*o, *q)))
+                        .map(|o| {
+                            cache
+                                .get(o)
+                                .copied()
+                                .or_else(|| {
+                                    guess.then(|| self.service.place(*o, self.o.partitions))
+                                })
+                                .map(|q| (*o, q))
+                        })
                         .collect();
+                    drop(cache);
                     if let Some(locations) = cached {
-                        return self.execute_at(seq, locations);
+                        let spread = locations.windows(2).any(|w| w[0].1 != w[1].1);
+                        if !spread || self.o.move_on_cached {
+                            return self.execute_at(seq, locations);
+                        }
                     }
                 }
                 self.stats.consults += 1;
@@ -255,8 +298,9 @@ impl<S: PartitionedService> ScaleOutClient<S> {
         p.attempt += 1;
         if let Kind::Access(objects) = &mut p.kind {
             if more.is_empty() {
+                let mut cache = self.cache.lock();
                 for o in objects.iter() {
-                    self.cache.remove(o);
+                    cache.remove(o);
                 }
             } else {
                 objects.extend(more);
@@ -264,7 +308,7 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                 objects.dedup();
             }
         } else if let Kind::Delete(o) = p.kind {
-            self.cache.remove(&o);
+            self.cache.lock().remove(&o);
         }
         self.advance(seq);
     }

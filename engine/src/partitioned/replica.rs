@@ -8,7 +8,7 @@
 
 use super::common::Output;
 use super::oracle::OracleServer;
-use super::server::PartitionServer;
+use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
 use super::ServerOptions;
 use bytes::Bytes;
@@ -34,6 +34,10 @@ pub enum Core<S: PartitionedService> {
     Oracle(Box<OracleServer<S>>),
 }
 
+/// A partition replica's counters, readable from other threads (see
+/// [`ScaleOutReplica::share_stats`]).
+pub type SharedServerStats = Arc<parking_lot::Mutex<ServerStats>>;
+
 /// A scale-out replica.
 pub struct ScaleOutReplica<S: PartitionedService> {
     pub core: Core<S>,
@@ -41,6 +45,7 @@ pub struct ScaleOutReplica<S: PartitionedService> {
     exchanges: Vec<RDelivery>,
     inbox: Vec<(NodeId, Bytes)>,
     outputs: Vec<Output>,
+    shared: Option<(SharedServerStats, u64)>,
 }
 
 impl<S: PartitionedService> ScaleOutReplica<S> {
@@ -66,7 +71,16 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             exchanges: Vec::new(),
             inbox: Vec::new(),
             outputs: Vec::new(),
+            shared: None,
         }
+    }
+
+    /// Publishes a partition replica's counters to a shared copy, refreshed once per tick, so
+    /// a benchmark can sample them (moves over time) while the replica runs.
+    pub fn share_stats(&mut self) -> SharedServerStats {
+        let s = SharedServerStats::default();
+        self.shared = Some((s.clone(), u64::MAX));
+        s
     }
 
     /// Takes what `node` delivered, runs the core, and performs its outputs.
@@ -109,6 +123,12 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
                     }
                 }
                 Output::Send(to, payload) => node.send_app(to, payload),
+            }
+        }
+        if let (Some((shared, at)), Core::Partition(s)) = (&mut self.shared, &self.core) {
+            if *at != node.now() {
+                *at = node.now();
+                *shared.lock() = s.stats.clone();
             }
         }
     }

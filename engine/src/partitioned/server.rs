@@ -55,6 +55,8 @@ pub struct ServerStats {
     pub retries: u64,
     /// Accesses answered `retry(gamma)`.
     pub gathers: u64,
+    /// Objects given to the service's `execute` (work done, for cost models).
+    pub objects: u64,
     pub moves_in: u64,
     pub moves_out: u64,
     /// Moves of an object the source did not own (null moves).
@@ -261,6 +263,24 @@ impl<S: PartitionedService> PartitionServer<S> {
     /// What to perform.
     pub fn take_outputs(&mut self, out: &mut Vec<Output>) {
         out.append(&mut self.out);
+    }
+
+    /// What the head of the queue waits for: the delivery, the groups whose exchange is
+    /// missing, and since when (ticks).
+    pub fn waiting_on(&self) -> Option<(MsgId, &[GroupId], u64)> {
+        self.blocked
+            .as_ref()
+            .map(|(m, g, since, _)| (*m, g.as_slice(), *since))
+    }
+
+    /// A short description of the head of the queue (debugging).
+    pub fn head(&self) -> Option<String> {
+        self.queue.front().map(|i| {
+            format!("{:?} {:?}", i.id, i.msg)
+                .chars()
+                .take(300)
+                .collect()
+        })
     }
 
     /// Delivered commands not yet handled.
@@ -636,6 +656,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             .map(|o| (*o, self.store.remove(o).expect("checked")))
             .collect();
         let result = self.service.execute(cmd, &mut Objects::new(&mut items));
+        self.stats.objects += items.len() as u64;
         for (o, v) in items {
             self.store.insert(o, v);
         }
@@ -671,6 +692,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             .filter(|(o, _)| objects.binary_search(o).is_ok())
             .collect();
         let result = self.service.execute(cmd, &mut Objects::new(&mut items));
+        self.stats.objects += items.len() as u64;
         if result.is_ok() {
             for (o, v) in items {
                 if let Some(slot) = self.store.get_mut(&o) {

@@ -1,8 +1,8 @@
 //! Scale-out deployments in the deterministic simulator, and the invariants checked on them.
 
-use super::client::{ClientOptions, ScaleOutClient};
+use super::client::{ClientOptions, LocationCache, ScaleOutClient};
 use super::layout::ScaleOutLayout;
-use super::replica::ScaleOutReplica;
+use super::replica::{Core, ScaleOutReplica};
 use super::service::{ObjectId, PartitionId, PartitionedService};
 use super::{Scheme, ServerOptions};
 use crate::sim::{Blueprint, EngineSim, Roles, SimRole};
@@ -12,12 +12,27 @@ use groups::node::GroupsNode;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Application work charged to a replica under the simulator's cost model.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WorkCosts {
+    /// Per delivered multicast handled (decode, table, bookkeeping).
+    pub per_command_us: f64,
+    /// Per object a command executes on (the service's work grows with it: a post writes
+    /// every follower's timeline).
+    pub per_object_us: f64,
+}
+
 /// The blueprint of an S-SMR or DS-SMR deployment.
 pub struct ScaleOut<S: PartitionedService> {
     pub service: Arc<S>,
     pub layout: ScaleOutLayout,
     pub client: ClientOptions,
     pub server: ServerOptions,
+    /// Zero unless a cost model is in use.
+    pub work: WorkCosts,
+    /// The clients of a node share one location cache (as one machine's threads would).
+    pub cache_per_node: bool,
+    caches: parking_lot::Mutex<BTreeMap<NodeId, LocationCache>>,
     roles: Roles,
 }
 
@@ -34,6 +49,9 @@ impl<S: PartitionedService> ScaleOut<S> {
             layout,
             client,
             server,
+            work: WorkCosts::default(),
+            cache_per_node: true,
+            caches: Default::default(),
             roles,
         }
     }
@@ -43,6 +61,9 @@ impl<S: PartitionedService> ScaleOut<S> {
 pub struct ScaleOutNode<S: PartitionedService> {
     node: GroupsNode,
     pub replica: ScaleOutReplica<S>,
+    work: WorkCosts,
+    /// Counters at the last `take_work_us`: handled, objects.
+    charged: (u64, u64),
 }
 
 impl<S: PartitionedService> SimRole for ScaleOutNode<S> {
@@ -63,6 +84,15 @@ impl<S: PartitionedService> SimRole for ScaleOutNode<S> {
     }
     fn state_hash(&self) -> u64 {
         self.replica.state_hash()
+    }
+    fn take_work_us(&mut self) -> f64 {
+        let now = match &self.replica.core {
+            Core::Partition(s) => (s.stats.handled, s.stats.objects),
+            Core::Oracle(o) => (o.stats.handled, 0),
+        };
+        let (dh, dobj) = (now.0 - self.charged.0, now.1 - self.charged.1);
+        self.charged = now;
+        dh as f64 * self.work.per_command_us + dobj as f64 * self.work.per_object_us
     }
 }
 
@@ -87,10 +117,20 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
             self.layout.partitions,
             self.server.clone(),
         );
-        ScaleOutNode { node, replica }
+        ScaleOutNode {
+            node,
+            replica,
+            work: self.work,
+            charged: (0, 0),
+        }
     }
     fn proxy(&self, id: ClientId) -> ScaleOutClient<S> {
-        ScaleOutClient::new(id, self.service.clone(), self.client)
+        let cache = if self.cache_per_node {
+            self.caches.lock().entry(id.node()).or_default().clone()
+        } else {
+            LocationCache::default()
+        };
+        ScaleOutClient::with_cache(id, self.service.clone(), self.client, cache)
     }
 }
 

@@ -34,6 +34,56 @@ pub trait Actor {
     /// The virtual time, in microseconds, given before every `handle` and `tick` (for actors
     /// that record when things happen, such as clients recording histories).
     fn set_time(&mut self, _now_us: u64) {}
+    /// The size of a message on the wire, for the [`CpuModel`] (0 if unknown).
+    fn msg_bytes(_msg: &Self::Msg) -> usize {
+        0
+    }
+    /// Application work done since the last call, in microseconds of CPU, for the
+    /// [`CpuModel`] (executing commands, say). Default none.
+    fn take_work_us(&mut self) -> f64 {
+        0.0
+    }
+}
+
+/// A cost model for simulated performance experiments: every node is a machine with one CPU
+/// that handles its messages and ticks one at a time, each taking virtual time; messages leave
+/// a node when the handling that produced them ends, and take the network's latency plus their
+/// size over the link's bandwidth. Without it (the fault tests) handling takes no time.
+///
+/// Not modelled: contention on links and switches, multi-core nodes, disk.
+#[derive(Clone, Debug)]
+pub struct CpuModel {
+    /// CPU time to handle one message, plus per byte of it.
+    pub per_message_us: f64,
+    pub per_byte_ns: f64,
+    /// CPU time to handle one tick.
+    pub per_tick_us: f64,
+    /// Link transmission time per byte (the inverse of bandwidth), added to the latency.
+    pub wire_ns_per_byte: f64,
+    /// Nodes that take no CPU time (clients, so that they are never the bottleneck).
+    pub free: BTreeSet<NodeId>,
+}
+
+enum Work<M> {
+    Msg {
+        from: NodeId,
+        msg: M,
+        sent_us: u64,
+        bytes: usize,
+    },
+    Tick {
+        incarnation: u32,
+    },
+}
+
+struct Cpu<M> {
+    model: CpuModel,
+    busy_until: BTreeMap<NodeId, u64>,
+    backlog: BTreeMap<NodeId, std::collections::VecDeque<Work<M>>>,
+    /// Time at which messages being sent leave (the end of the current handling).
+    depart_us: Option<u64>,
+    /// Virtual CPU time used per node.
+    pub used_us: BTreeMap<NodeId, f64>,
 }
 
 impl Actor for crate::GroupsNode {
@@ -50,6 +100,15 @@ impl Actor for crate::GroupsNode {
     fn reconnected(&mut self, peer: NodeId) {
         crate::GroupsNode::reconnected(self, peer)
     }
+    fn msg_bytes(msg: &crate::NetMsg) -> usize {
+        wire_bytes(msg)
+    }
+}
+
+/// The encoded size of a message (what the TCP runtime would send, without framing).
+pub fn wire_bytes(msg: &crate::NetMsg) -> usize {
+    use crate::codec::Codec;
+    crate::codec::Bitcode.encode(msg).map_or(0, |b| b.len())
 }
 
 /// A delivery observer: `(sent, delivered)` times, sender, receiver, message.
@@ -61,10 +120,16 @@ enum Event<M> {
         to: NodeId,
         msg: M,
         sent_us: u64,
+        /// Its size (cost model only; 0 otherwise).
+        bytes: usize,
     },
     Tick {
         node: NodeId,
         incarnation: u32,
+    },
+    /// A busy node becomes free (cost model only).
+    Resume {
+        node: NodeId,
     },
 }
 
@@ -90,6 +155,7 @@ pub struct Sim<A: Actor> {
     /// Called for every message delivered (debugging aid): (sent, delivered) times, from, to,
     /// message.
     pub trace: Option<TraceFn<A::Msg>>,
+    cpu: Option<Cpu<A::Msg>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -117,7 +183,27 @@ impl<A: Actor> Sim<A> {
             scratch: Vec::new(),
             stats: SimStats::default(),
             trace: None,
+            cpu: None,
         }
+    }
+
+    /// Turns the cost model on (see [`CpuModel`]).
+    pub fn set_cpu_model(&mut self, model: CpuModel) {
+        self.cpu = Some(Cpu {
+            model,
+            busy_until: BTreeMap::new(),
+            backlog: BTreeMap::new(),
+            depart_us: None,
+            used_us: BTreeMap::new(),
+        });
+    }
+
+    /// Virtual CPU time each node has used, in microseconds (cost model only).
+    pub fn cpu_used_us(&self) -> BTreeMap<NodeId, f64> {
+        self.cpu
+            .as_ref()
+            .map(|c| c.used_us.clone())
+            .unwrap_or_default()
     }
 
     pub fn seed(&self) -> u64 {
@@ -195,6 +281,9 @@ impl<A: Actor> Sim<A> {
     /// Crashes a node: it loses its actor (what it persisted is the caller's business) and
     /// every message to it is dropped until it restarts.
     pub fn crash(&mut self, id: NodeId) -> Option<A> {
+        if let Some(cpu) = self.cpu.as_mut() {
+            cpu.backlog.remove(&id);
+        }
         let slot = self.slots.get_mut(&id)?;
         let a = slot.actor.take();
         if a.is_some() {
@@ -254,9 +343,24 @@ impl<A: Actor> Sim<A> {
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: A::Msg) {
         self.stats.sent += 1;
+        let (depart, bytes, wire) = match self.cpu.as_ref() {
+            Some(cpu) => {
+                let bytes = A::msg_bytes(&msg);
+                (
+                    cpu.depart_us.unwrap_or(self.now_us),
+                    bytes,
+                    (bytes as f64 * cpu.model.wire_ns_per_byte / 1000.0) as u64,
+                )
+            }
+            None => (self.now_us, 0, 0),
+        };
         match self.net.fate(&mut self.rng, from, to) {
             None => self.stats.lost += 1,
             Some((delay, dup)) => {
+                let (delay, dup) = (
+                    delay + wire + (depart - self.now_us),
+                    dup.map(|d| d + wire + (depart - self.now_us)),
+                );
                 if let Some(d2) = dup {
                     self.stats.duplicated += 1;
                     self.schedule(
@@ -266,6 +370,7 @@ impl<A: Actor> Sim<A> {
                             to,
                             msg: msg.clone(),
                             sent_us: self.now_us,
+                            bytes,
                         },
                     );
                 }
@@ -276,10 +381,99 @@ impl<A: Actor> Sim<A> {
                         to,
                         msg,
                         sent_us: self.now_us,
+                        bytes,
                     },
                 );
             }
         }
+    }
+
+    /// With the cost model: queues `work` behind what `node` is doing, or starts it now.
+    /// Returns the work to do now, if the node is free.
+    fn admit(&mut self, node: NodeId, work: Work<A::Msg>) -> Option<Work<A::Msg>> {
+        let now = self.now_us;
+        let cpu = self.cpu.as_mut()?;
+        let free_at = cpu.busy_until.get(&node).copied().unwrap_or(0);
+        let q = cpu.backlog.entry(node).or_default();
+        if free_at <= now && q.is_empty() {
+            return Some(work);
+        }
+        let first = q.is_empty();
+        q.push_back(work);
+        if first {
+            let at = free_at.max(now);
+            self.schedule(at, Event::Resume { node });
+        }
+        None
+    }
+
+    /// With the cost model: does `work` on `node` now and occupies its CPU.
+    fn perform(&mut self, node: NodeId, work: Work<A::Msg>) -> Option<NodeId> {
+        let now = self.now_us;
+        let (per_message, per_byte, per_tick, free) = match &self.cpu {
+            Some(c) => (
+                c.model.per_message_us,
+                c.model.per_byte_ns,
+                c.model.per_tick_us,
+                c.model.free.contains(&node),
+            ),
+            None => (0.0, 0.0, 0.0, true),
+        };
+        let slot = self.slots.get_mut(&node)?;
+        let incarnation = slot.incarnation;
+        let actor = slot.actor.as_mut()?;
+        actor.set_time(now);
+        let mut cost = match work {
+            Work::Msg {
+                from,
+                msg,
+                sent_us,
+                bytes,
+            } => {
+                if !self.net.connected(from, node) {
+                    self.stats.lost += 1;
+                    return None;
+                }
+                self.stats.delivered += 1;
+                let bytes = bytes as f64;
+                if let Some(t) = self.trace.as_mut() {
+                    t((sent_us, now), from, node, &msg);
+                }
+                actor.handle(from, msg);
+                per_message + bytes * per_byte / 1000.0
+            }
+            Work::Tick { incarnation: inc } => {
+                if inc != incarnation {
+                    return None;
+                }
+                actor.tick();
+                let next = now + self.tick_us;
+                self.schedule(
+                    next,
+                    Event::Tick {
+                        node,
+                        incarnation: inc,
+                    },
+                );
+                per_tick
+            }
+        };
+        let actor = self.slots.get_mut(&node)?.actor.as_mut()?;
+        cost += actor.take_work_us();
+        if free {
+            cost = 0.0;
+        }
+        let end = now + cost.round() as u64;
+        if let Some(cpu) = self.cpu.as_mut() {
+            cpu.busy_until.insert(node, end);
+            *cpu.used_us.entry(node).or_default() += cost;
+            cpu.depart_us = Some(end);
+        }
+        self.flush(node);
+        if let Some(cpu) = self.cpu.as_mut() {
+            cpu.depart_us = None;
+        }
+        Some(node)
     }
 
     /// Processes the next event. Returns the node it touched (if any) and the new time.
@@ -287,12 +481,60 @@ impl<A: Actor> Sim<A> {
         let Reverse((at, seq)) = self.queue.pop()?;
         let event = self.events.remove(&seq).expect("scheduled event");
         self.now_us = self.now_us.max(at);
+        if self.cpu.is_some() {
+            return match event {
+                Event::Deliver {
+                    from,
+                    to,
+                    msg,
+                    sent_us,
+                    bytes,
+                } => {
+                    if !self.is_up(to) {
+                        return None;
+                    }
+                    let work = self.admit(
+                        to,
+                        Work::Msg {
+                            from,
+                            msg,
+                            sent_us,
+                            bytes,
+                        },
+                    )?;
+                    self.perform(to, work)
+                }
+                Event::Tick { node, incarnation } => {
+                    if self.incarnation(node) != incarnation || !self.is_up(node) {
+                        return None;
+                    }
+                    let work = self.admit(node, Work::Tick { incarnation })?;
+                    self.perform(node, work)
+                }
+                Event::Resume { node } => {
+                    let work = self.cpu.as_mut()?.backlog.get_mut(&node)?.pop_front()?;
+                    let touched = self.perform(node, work);
+                    let cpu = self.cpu.as_mut()?;
+                    if cpu.backlog.get(&node).is_some_and(|q| !q.is_empty()) {
+                        let at = cpu
+                            .busy_until
+                            .get(&node)
+                            .copied()
+                            .unwrap_or(0)
+                            .max(self.now_us);
+                        self.schedule(at, Event::Resume { node });
+                    }
+                    touched
+                }
+            };
+        }
         match event {
             Event::Deliver {
                 from,
                 to,
                 msg,
                 sent_us,
+                ..
             } => {
                 // Partitions also cut messages already in flight when they arrive.
                 if !self.net.connected(from, to) {
@@ -322,6 +564,7 @@ impl<A: Actor> Sim<A> {
                 self.schedule(next, Event::Tick { node, incarnation });
                 Some(node)
             }
+            Event::Resume { .. } => None,
         }
     }
 

@@ -1,0 +1,249 @@
+//! The Chirper server.
+//!
+//! ```text
+//! chirper-server                                  in-process deployment, commands on stdin
+//! chirper-server --config FILE --node N           one node of a TCP deployment
+//! chirper-server --write-config FILE [--scheme ds-smr --partitions 2 --replicas 3 ...]
+//! ```
+//!
+//! Commands on stdin: `create U`, `post U TEXT`, `follow A B`, `unfollow A B`, `timeline U`,
+//! `quit`.
+
+use chirper::cli::{parse_command, parse_scheme, render_response, DeploymentFile, ServiceSection};
+use chirper::graph::GraphSpec;
+use chirper::service::Chirper;
+use clap::Parser;
+use engine::client::HandleApp;
+use engine::partitioned::client::{ClientOptions, ScaleOutClient};
+use engine::partitioned::layout::{self, ScaleOutLayout};
+use engine::partitioned::replica::ScaleOutReplica;
+use engine::partitioned::ServerOptions;
+use engine::wire::ClientId;
+use groups::ids::NodeId;
+use groups::node::{GroupsNode, NodeOptions};
+use groups::runtime::inproc::{App, Idle};
+use groups::runtime::tcp::TcpNode;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(about = "Serve Chirper on S-SMR or DS-SMR")]
+struct Args {
+    /// Deployment file (run one node of it over TCP).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id in the deployment file.
+    #[arg(long)]
+    node: Option<u32>,
+    /// Write a loopback deployment file and exit.
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+    /// s-smr or ds-smr (in-process or --write-config).
+    #[arg(long, default_value = "ds-smr")]
+    scheme: String,
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Replicas per partition (and of the oracle).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    #[arg(long, default_value_t = 7400)]
+    base_port: u16,
+    /// Users of the generated social graph.
+    #[arg(long, default_value_t = 1000)]
+    users: u32,
+    #[arg(long, default_value_t = 10)]
+    communities: u32,
+    /// How well the initial placement follows communities (1: perfectly, 0: random).
+    #[arg(long, default_value_t = 1.0)]
+    placement_quality: f64,
+}
+
+enum NodeApp {
+    Replica(Box<ScaleOutReplica<Chirper>>),
+    Acceptor(Idle),
+}
+
+impl App for NodeApp {
+    fn step(&mut self, node: &mut GroupsNode) {
+        match self {
+            NodeApp::Replica(r) => r.step(node),
+            NodeApp::Acceptor(a) => a.step(node),
+        }
+    }
+}
+
+fn section(args: &Args) -> Result<ServiceSection, String> {
+    let scheme = parse_scheme(&args.scheme)?;
+    let spec = GraphSpec {
+        users: args.users,
+        communities: args.communities,
+        ..GraphSpec::default()
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(ServiceSection::generated(
+        scheme,
+        args.partitions,
+        &spec,
+        args.placement_quality,
+    ))
+}
+
+fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let section = section(args)?;
+    let scheme = section.scheme()?;
+    let layout = ScaleOutLayout::new(
+        scheme,
+        args.partitions,
+        args.replicas,
+        1,
+        args.clients,
+        layout::tuning(),
+    )
+    .and_then(|l| l.with_loopback_addresses(args.base_port))
+    .map_err(|e| e.to_string())?;
+    let file = DeploymentFile {
+        section,
+        scheme,
+        cluster: layout.config.clone(),
+    };
+    std::fs::write(path, file.render()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let servers: Vec<String> = layout
+        .config
+        .nodes
+        .iter()
+        .filter(|n| !layout.is_client(n.id))
+        .map(|n| n.id.0.to_string())
+        .collect();
+    let clients: Vec<String> = layout.clients.iter().map(|c| c.0.to_string()).collect();
+    eprintln!(
+        "wrote {}: server nodes {} (chirper-server --config {} --node N), client nodes {}",
+        path.display(),
+        servers.join(" "),
+        path.display(),
+        clients.join(" ")
+    );
+    Ok(())
+}
+
+fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let file = DeploymentFile::read(path)?;
+    let me = NodeId(args.node.ok_or("--config needs --node")?);
+    let role = file.role(me)?;
+    let accepts = file.cluster.logs.iter().any(|l| l.acceptors.contains(&me));
+    if role.is_none() && !accepts {
+        return Err(format!(
+            "node {me} is a client node: run chirper-client on it (or a load generator)"
+        ));
+    }
+    let cfg = Arc::new(file.cluster.clone());
+    let node = GroupsNode::in_memory(cfg.clone(), me, NodeOptions::fresh());
+    let app = match role {
+        Some(role) => {
+            let service = Arc::new(file.section.service()?);
+            NodeApp::Replica(Box::new(ScaleOutReplica::new(
+                service,
+                cfg,
+                me,
+                role,
+                file.section.partitions,
+                ServerOptions::new(file.scheme),
+            )))
+        }
+        None => NodeApp::Acceptor(Idle),
+    };
+    eprintln!(
+        "chirper-server: node {me} ({}) of {} serving",
+        match role {
+            Some(r) => format!("{r:?}"),
+            None => "acceptor".into(),
+        },
+        path.display()
+    );
+    TcpNode::bind(node, app)
+        .map_err(|e| e.to_string())?
+        .run(None)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn serve_in_process(args: &Args) -> Result<(), String> {
+    let section = section(args)?;
+    let scheme = section.scheme()?;
+    let service = Arc::new(section.service()?);
+    let layout = ScaleOutLayout::new(
+        scheme,
+        args.partitions,
+        args.replicas,
+        1,
+        1,
+        layout::tuning(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut handle = None;
+    let cluster = engine::inproc::start_scaleout(
+        &layout,
+        service.clone(),
+        ServerOptions::new(scheme),
+        |id| {
+            let proxy = ScaleOutClient::new(
+                ClientId::new(id, 0),
+                service.clone(),
+                ClientOptions::new(scheme, args.partitions),
+            );
+            let (app, h) = HandleApp::from_proxies(vec![proxy]);
+            handle = Some(h);
+            app
+        },
+    );
+    let handle = handle.expect("one client node");
+    eprintln!(
+        "in-process Chirper on {} with {} partitions of {} replicas, {} users (ids 0..{}); commands: create U | post U TEXT | follow A B | unfollow A B | timeline U | quit",
+        scheme.name(),
+        args.partitions,
+        args.replicas,
+        args.users,
+        args.users
+    );
+    let mut next_id = 1;
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            None => continue,
+            Some("quit") | Some("exit") => break,
+            _ => {}
+        }
+        next_id += 1;
+        match parse_command(&words, next_id) {
+            Err(e) => println!("error: {e}"),
+            Ok(cmd) => match handle.call(0, cmd, Duration::from_secs(10)) {
+                Some(Ok(r)) => println!("{}", render_response(&r)),
+                Some(Err(e)) => println!("error: {e}"),
+                None => println!("error: no reply within 10 s"),
+            },
+        }
+    }
+    cluster.stop();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let r = match (&args.write_config, &args.config) {
+        (Some(p), _) => write_config(&args, p),
+        (None, Some(p)) => serve_node(&args, p),
+        (None, None) => serve_in_process(&args),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chirper-server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

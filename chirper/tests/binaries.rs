@@ -1,0 +1,202 @@
+//! Goal: Chirper's binaries work end to end.
+//!
+//! Method: (1) pipe a session into `chirper-server`'s in-process REPL (DS-SMR and S-SMR);
+//! (2) write a loopback DS-SMR deployment with `chirper-server --write-config` (an oracle and
+//! two partitions of three replicas), start its nine processes, run `chirper-client` commands
+//! (create, follow, post, timeline, unfollow), kill one replica of each partition and one of the
+//! oracle with SIGKILL and check the survivors still answer; (3) bad input gets a clear error.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_chirper-client");
+
+fn client(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(CLIENT)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--node",
+            "1000",
+            "--timeout-s",
+            "20",
+        ])
+        .args(args)
+        .output()
+        .expect("run chirper-client");
+    let text = String::from_utf8_lossy(if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    });
+    (out.status.success(), text.trim().to_string())
+}
+
+/// A base port with `n` free consecutive ports after it.
+fn free_ports(n: u16) -> u16 {
+    for base in (23000..60000).step_by(89) {
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn repl(scheme: &str) -> Vec<String> {
+    let mut child = Command::new(SERVER)
+        .args(["--scheme", scheme, "--partitions", "2", "--users", "200"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(
+            b"create 5000\ncreate 5001\ncreate 5000\nfollow 5001 5000\npost 5000 hello world\n\
+              timeline 5001\ntimeline 9999\nunfollow 5001 5000\nunfollow 5001 5000\nbogus\n\
+              post 5000\nfollow 5001\nquit\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn in_process_repl_answers_commands_on_both_schemes() {
+    for scheme in ["ds-smr", "s-smr"] {
+        let lines = repl(scheme);
+        let expect = [
+            "created",
+            "created",
+            "(already exists)",
+            "following",
+            "posted to 1 followers",
+            "@5000: hello world",
+            "(no such user)",
+            "unfollowed",
+            "(was not following)",
+        ];
+        assert_eq!(&lines[..expect.len()], &expect, "{scheme}: {lines:?}");
+        assert!(
+            lines[9].starts_with("error: unknown command"),
+            "{scheme}: {lines:?}"
+        );
+        assert!(lines[10].contains("needs a text"), "{scheme}: {lines:?}");
+        assert!(lines[11].contains("needs a user id"), "{scheme}: {lines:?}");
+    }
+}
+
+#[test]
+fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
+    let dir = std::env::temp_dir().join(format!("chorus-chirper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let base = free_ports(11);
+    let status = Command::new(SERVER)
+        .args(["--write-config", config.to_str().unwrap()])
+        .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"])
+        .args(["--clients", "2", "--users", "300"])
+        .args(["--base-port", &base.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Nodes 1-3: the oracle; 4-6: partition 1; 7-9: partition 2; 1000, 1001: clients.
+    let mut servers = Servers(
+        (1..=9)
+            .map(|n| {
+                Command::new(SERVER)
+                    .args([
+                        "--config",
+                        config.to_str().unwrap(),
+                        "--node",
+                        &n.to_string(),
+                    ])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    // Wait until the deployment answers: a user of the generated graph has a timeline.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (ok, _) = client(&config, &["timeline", "1"]);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deployment never answered");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        client(&config, &["create", "7000"]),
+        (true, "created".into())
+    );
+    assert_eq!(
+        client(&config, &["create", "7001"]),
+        (true, "created".into())
+    );
+    assert_eq!(
+        client(&config, &["follow", "7001", "7000"]),
+        (true, "following".into())
+    );
+    assert_eq!(
+        client(&config, &["post", "7000", "first", "post"]),
+        (true, "posted to 1 followers".into())
+    );
+    assert_eq!(
+        client(&config, &["timeline", "7001"]),
+        (true, "@7000: first post".into())
+    );
+
+    // SIGKILL one replica of the oracle and of each partition (every group keeps a majority).
+    for i in [2, 4, 8] {
+        servers.0[i].kill().unwrap();
+        let _ = servers.0[i].wait();
+    }
+    assert_eq!(
+        client(&config, &["post", "7000", "second"]),
+        (true, "posted to 1 followers".into())
+    );
+    assert_eq!(
+        client(&config, &["timeline", "7001"]),
+        (true, "@7000: second\n@7000: first post".into())
+    );
+    assert_eq!(
+        client(&config, &["unfollow", "7001", "7000"]),
+        (true, "unfollowed".into())
+    );
+    assert_eq!(
+        client(&config, &["timeline", "424242"]),
+        (true, "(no such user)".into())
+    );
+
+    let (ok, err) = client(&config, &["follow", "x", "1"]);
+    assert!(!ok && err.contains("not a user id"), "{err}");
+    let (ok, err) = client(&config, &["shout", "1"]);
+    assert!(!ok && err.contains("unknown command"), "{err}");
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
