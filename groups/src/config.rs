@@ -7,6 +7,13 @@
 //!
 //! Every value that counts time is in *ticks*: the runtimes call `tick()` every
 //! [`Tuning::tick_us`] microseconds of real or virtual time.
+//!
+//! The optional top-level key `secret_file = "path"` turns on peer authentication in the TCP
+//! runtime (see [`crate::runtime::tcp`]): every node must then read the same secret from its
+//! file. The file is read and checked when the TCP runtime starts
+//! ([`crate::runtime::tcp::TcpNode::bind`]), not when the configuration is parsed, so a
+//! configuration naming a secret file still loads in the in-process runtime and the simulator,
+//! which ignore it.
 
 use crate::groupset::{GroupSet, MAX_GROUP_ID};
 use crate::ids::{GroupId, LogId, NodeId};
@@ -237,6 +244,13 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeConfig>,
     pub logs: Vec<LogConfig>,
     pub tuning: Tuning,
+    /// Where the TCP runtime reads the cluster secret that authenticates peers (top-level key
+    /// `secret_file` of the cluster file). `None`: links are not authenticated. A relative path
+    /// is resolved against the working directory of the process that starts the node, not
+    /// against the directory of the cluster file. The file holds the secret itself (any
+    /// bytes, at least 16 once trailing whitespace and newlines are trimmed), e.g. the output
+    /// of `head -c 32 /dev/urandom | base64`.
+    pub secret_file: Option<String>,
     derived: Arc<Derived>,
 }
 
@@ -319,6 +333,7 @@ impl ClusterConfig {
             nodes,
             logs,
             tuning,
+            secret_file: None,
             derived: Arc::default(),
         };
         let mut d = Derived::default();
@@ -374,6 +389,13 @@ impl ClusterConfig {
             });
         }
         ClusterConfig::new(cluster_id, groups, nodes, logs, tuning)
+    }
+
+    /// This configuration with peer authentication read from `path` (see
+    /// [`ClusterConfig::secret_file`]).
+    pub fn with_secret_file(mut self, path: impl Into<String>) -> Self {
+        self.secret_file = Some(path.into());
+        self
     }
 
     /// Reads and validates a TOML cluster file (format: see `examples/multicast-cluster.toml`
@@ -488,6 +510,8 @@ mod toml_form {
     pub(super) struct File {
         cluster_id: u64,
         groups: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_file: Option<String>,
         #[serde(rename = "node")]
         nodes: Vec<Node>,
         #[serde(rename = "log")]
@@ -570,13 +594,28 @@ mod toml_form {
                     })
                 })
                 .collect::<Result<Vec<_>, ConfigError>>()?;
-            ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)
+            if self
+                .secret_file
+                .as_deref()
+                .is_some_and(|p| p.trim().is_empty())
+            {
+                return Err(ConfigError::File {
+                    path: "<text>".into(),
+                    reason: "secret_file is empty; name the file that holds the cluster secret, \
+                             or leave the key out to run without authentication"
+                        .into(),
+                });
+            }
+            let mut cfg = ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)?;
+            cfg.secret_file = self.secret_file;
+            Ok(cfg)
         }
 
         pub(super) fn from_config(c: &ClusterConfig) -> File {
             File {
                 cluster_id: c.cluster_id,
                 groups: c.groups,
+                secret_file: c.secret_file.clone(),
                 nodes: c
                     .nodes
                     .iter()
@@ -670,6 +709,30 @@ mod tests {
     }
 
     #[test]
+    fn secret_file_round_trips_and_defaults_to_none() {
+        let c = three_groups();
+        assert_eq!(c.secret_file, None);
+        assert!(!c.to_toml().contains("secret_file"));
+        let c = c.with_secret_file("conf/cluster.secret");
+        let text = c.to_toml();
+        assert!(
+            text.contains("secret_file = \"conf/cluster.secret\""),
+            "{text}"
+        );
+        let back = ClusterConfig::from_toml(&text).unwrap();
+        assert_eq!(back.secret_file.as_deref(), Some("conf/cluster.secret"));
+        assert_eq!(back, c);
+        let hand = "secret_file = \"/etc/chorus/secret\"\ncluster_id = 1\ngroups = 1\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n";
+        assert_eq!(
+            ClusterConfig::from_toml(hand)
+                .unwrap()
+                .secret_file
+                .as_deref(),
+            Some("/etc/chorus/secret")
+        );
+    }
+
+    #[test]
     fn rejects_bad_layouts_with_reasons() {
         let t = Tuning::default;
         let log = |id: u32, covers: &[u32], acc: &[u32]| LogConfig {
@@ -720,6 +783,8 @@ mod tests {
                 ..
             })
         ));
+        let err = ClusterConfig::from_toml("cluster_id = 1\ngroups = 1\nsecret_file = \"\"\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n").unwrap_err();
+        assert!(err.to_string().contains("secret_file is empty"), "{err}");
         let err = ClusterConfig::from_toml("cluster_id = 1\ngroups = 1\n[[node]]\nid = 1\nsubscribe = [\"some\"]\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n").unwrap_err();
         assert!(err.to_string().contains("\"some\""), "{err}");
     }

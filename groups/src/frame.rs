@@ -12,13 +12,22 @@
 //! The length is checked against the cap as soon as its four bytes arrive, before anything is
 //! buffered or allocated for the frame. Every malformed input yields a [`FrameError`]; the
 //! caller logs it and closes the connection.
+//!
+//! Kinds: [`Hello`] opens every connection (dialer to acceptor); [`Challenge`] (acceptor to
+//! dialer) and [`Proof`] (dialer to acceptor) complete the authentication handshake when the
+//! cluster has a secret; `Msg` carries a [`NetMsg`]. Which kind may come when is the runtime's
+//! business ([`crate::runtime::tcp`]); this module only checks that each frame is well formed.
+//!
+//! Version 2 added the handshake (the `nonce` of `Hello`, and the `Challenge` and `Proof`
+//! kinds); a version 1 node and a version 2 node refuse each other's frames with
+//! [`FrameError::BadVersion`].
 
 use crate::codec::{Codec, CodecError};
 use crate::ids::NodeId;
 use crate::message::NetMsg;
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame accepted or produced (length field value).
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
 const HEADER_BYTES: usize = 10;
@@ -31,12 +40,35 @@ pub enum FrameKind {
     Hello = 1,
     /// A [`NetMsg`].
     Msg = 2,
+    /// Acceptor's answer to an authenticating `Hello`.
+    Challenge = 3,
+    /// Dialer's answer to a `Challenge`.
+    Proof = 4,
 }
 
-/// First frame of every connection.
+/// Bytes of a handshake nonce and of an HMAC-SHA256 proof.
+pub const NONCE_BYTES: usize = 32;
+
+/// First frame of every connection, from the dialer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The dialing node.
     pub node: NodeId,
+    /// The dialer's fresh nonce when it authenticates (the cluster has a secret), else `None`.
+    pub nonce: Option<[u8; NONCE_BYTES]>,
+}
+
+/// The acceptor's fresh nonce and its proof that it knows the cluster secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub nonce: [u8; NONCE_BYTES],
+    pub proof: [u8; NONCE_BYTES],
+}
+
+/// The dialer's proof that it knows the cluster secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub proof: [u8; NONCE_BYTES],
 }
 
 /// A decoded frame.
@@ -44,6 +76,20 @@ pub struct Hello {
 pub enum Frame {
     Hello(Hello),
     Msg(NetMsg),
+    Challenge(Challenge),
+    Proof(Proof),
+}
+
+impl Frame {
+    /// The frame's kind.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Frame::Hello(_) => FrameKind::Hello,
+            Frame::Msg(_) => FrameKind::Msg,
+            Frame::Challenge(_) => FrameKind::Challenge,
+            Frame::Proof(_) => FrameKind::Proof,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,6 +120,8 @@ pub fn encode<C: Codec>(
     let (kind, body) = match frame {
         Frame::Hello(h) => (FrameKind::Hello, codec.encode(h)?),
         Frame::Msg(m) => (FrameKind::Msg, codec.encode(m)?),
+        Frame::Challenge(c) => (FrameKind::Challenge, codec.encode(c)?),
+        Frame::Proof(p) => (FrameKind::Proof, codec.encode(p)?),
     };
     let len = HEADER_BYTES + body.len();
     if len > FRAME_BYTES_MAX {
@@ -164,6 +212,8 @@ impl<C: Codec> FrameDecoder<C> {
         let decoded = match kind {
             k if k == FrameKind::Hello as u8 => Frame::Hello(self.codec.decode(body)?),
             k if k == FrameKind::Msg as u8 => Frame::Msg(self.codec.decode(body)?),
+            k if k == FrameKind::Challenge as u8 => Frame::Challenge(self.codec.decode(body)?),
+            k if k == FrameKind::Proof as u8 => Frame::Proof(self.codec.decode(body)?),
             k => return Err(FrameError::UnknownKind(k)),
         };
         self.pos += 4 + len;
@@ -230,7 +280,13 @@ mod tests {
 
     #[test]
     fn round_trip_byte_by_byte() {
-        let mut bytes = encoded(5, &Frame::Hello(Hello { node: NodeId(3) }));
+        let mut bytes = encoded(
+            5,
+            &Frame::Hello(Hello {
+                node: NodeId(3),
+                nonce: None,
+            }),
+        );
         bytes.extend(encoded(5, &Frame::Msg(sample())));
         let mut d = FrameDecoder::new(Bitcode, 5);
         let mut got = Vec::new();
@@ -240,7 +296,13 @@ mod tests {
                 got.push(f);
             }
         }
-        assert!(matches!(&got[0], Frame::Hello(Hello { node: NodeId(3) })));
+        assert!(matches!(
+            &got[0],
+            Frame::Hello(Hello {
+                node: NodeId(3),
+                nonce: None
+            })
+        ));
         assert!(
             matches!(&got[1], Frame::Msg(NetMsg::Entries { start: 17, entries, .. }) if entries.len() == 2)
         );
@@ -299,19 +361,135 @@ mod tests {
         assert_eq!(d.buffered(), 4, "nothing was allocated for the body");
     }
 
+    fn handshake_frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                node: NodeId(7),
+                nonce: Some([0xa5; NONCE_BYTES]),
+            }),
+            Frame::Challenge(Challenge {
+                nonce: std::array::from_fn(|i| i as u8),
+                proof: std::array::from_fn(|i| 255 - i as u8),
+            }),
+            Frame::Proof(Proof {
+                proof: std::array::from_fn(|i| (i * 7) as u8),
+            }),
+        ]
+    }
+
+    #[test]
+    fn handshake_frames_round_trip() {
+        let mut bytes = Vec::new();
+        for f in handshake_frames() {
+            encode(&Bitcode, 5, &f, &mut bytes).unwrap();
+        }
+        let mut d = FrameDecoder::new(Bitcode, 5);
+        let mut got = Vec::new();
+        for b in bytes {
+            d.extend(&[b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        d.finish().unwrap();
+        assert_eq!(got.len(), 3);
+        for (got, want) in got.iter().zip(handshake_frames()) {
+            assert_eq!(got.kind(), want.kind());
+            match (got, &want) {
+                (Frame::Hello(a), Frame::Hello(b)) => assert_eq!(a, b),
+                (Frame::Challenge(a), Frame::Challenge(b)) => assert_eq!(a, b),
+                (Frame::Proof(a), Frame::Proof(b)) => assert_eq!(a, b),
+                other => panic!("unexpected pair {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_and_mutated_handshake_frames_are_typed_errors() {
+        let decode = |bytes: &[u8]| {
+            let mut d = FrameDecoder::with_max(Bitcode, 5, 1 << 20);
+            d.extend(bytes);
+            d.next_frame().map(|f| f.map(|f| f.kind()))
+        };
+        for f in handshake_frames() {
+            let good = encoded(5, &f);
+            assert_eq!(decode(&good), Ok(Some(f.kind())));
+            // Every truncation: no frame yet, and a typed error at end of stream.
+            for cut in 1..good.len() {
+                let mut d = FrameDecoder::new(Bitcode, 5);
+                d.extend(&good[..cut]);
+                assert_eq!(d.next_frame().map(|f| f.is_some()), Ok(false), "cut {cut}");
+                assert_eq!(
+                    d.finish(),
+                    Err(FrameError::Truncated {
+                        have: cut,
+                        need: if cut >= 4 { good.len() } else { 4 }
+                    })
+                );
+            }
+            // A body one byte short whose length field agrees: the codec refuses it.
+            let mut short = good[..good.len() - 1].to_vec();
+            let len = (short.len() - 4) as u32;
+            short[..4].copy_from_slice(&len.to_le_bytes());
+            assert!(
+                matches!(decode(&short), Err(FrameError::Malformed(_))),
+                "{:?}: {:?}",
+                f.kind(),
+                decode(&short)
+            );
+            // A handshake from a version 1 node, another cluster, or of an unknown kind.
+            let mut v = good.clone();
+            v[4] = 1;
+            assert_eq!(decode(&v), Err(FrameError::BadVersion { got: 1 }));
+            let mut v = good.clone();
+            v[6] ^= 1;
+            assert_eq!(
+                decode(&v),
+                Err(FrameError::WrongCluster { got: 4, want: 5 })
+            );
+            let mut v = good.clone();
+            v[5] = 5;
+            assert_eq!(decode(&v), Err(FrameError::UnknownKind(5)));
+        }
+        // A Proof's body under the Challenge kind is too short for a Challenge.
+        let mut v = encoded(5, &handshake_frames()[2]);
+        v[5] = FrameKind::Challenge as u8;
+        assert!(matches!(decode(&v), Err(FrameError::Malformed(_))));
+        // A Hello whose nonce option tag is neither None nor Some.
+        let hello = encoded(5, &handshake_frames()[0]);
+        let plain = encoded(
+            5,
+            &Frame::Hello(Hello {
+                node: NodeId(7),
+                nonce: None,
+            }),
+        );
+        let tag = (HEADER_BYTES + 4..plain.len())
+            .find(|&i| plain[i] != hello[i])
+            .expect("the option tag differs");
+        let mut v = hello.clone();
+        v[tag] = 0x7f;
+        assert!(matches!(decode(&v), Err(FrameError::Malformed(_))));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
-        /// Random bytes, random mutations of valid frames, and truncations never panic.
+        /// Random bytes, random mutations of valid frames (messages and handshake frames), and
+        /// truncations never panic.
         #[test]
         fn random_input_never_panics(noise in proptest::collection::vec(any::<u8>(), 0..600),
                                      flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
-                                     cut in any::<prop::sample::Index>()) {
+                                     cut in any::<prop::sample::Index>(),
+                                     which in 0..4usize) {
             let mut d = FrameDecoder::with_max(Bitcode, 5, 4096);
             d.extend(&noise);
             while let Ok(Some(_)) = d.next_frame() {}
             let _ = d.finish();
 
-            let mut v = encoded(5, &Frame::Msg(sample()));
+            let mut v = match which {
+                0 => encoded(5, &Frame::Msg(sample())),
+                k => encoded(5, &handshake_frames()[k - 1]),
+            };
             for (i, b) in flips {
                 let at = i.index(v.len());
                 v[at] ^= b;

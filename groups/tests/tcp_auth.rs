@@ -1,0 +1,618 @@
+//! Goal: with a cluster secret, the TCP runtime only lets nodes that know the secret into the
+//! cluster, and refuses everything else loudly and quickly, without hurting the honest nodes.
+//!
+//! Method: `TcpNode`s on threads of this process, on loopback ports, each running a small app
+//! that multicasts to the one group every node subscribes to and records what it delivers and
+//! the application messages it receives. Strangers are raw `std::net::TcpStream`s that write
+//! well-formed frames (`groups::frame::encode`) but do not know the secret. The checks are on
+//! observable effects: deliveries, application messages, closed sockets and the nodes' link
+//! counters (`LinkStats`), never on log text.
+
+use bytes::Bytes;
+use groups::codec::Bitcode;
+use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
+use groups::frame::{self, Frame, FrameDecoder, Hello, Proof};
+use groups::runtime::inproc::App;
+use groups::runtime::tcp::{LinkCounts, LinkStats, Secret, TcpError, TcpNode};
+use groups::{GroupId, GroupSet, GroupsNode, LogId, MsgId, NetMsg, NodeId, NodeOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const CLUSTER: u64 = 0xA17;
+const SECRET: &str = "c2VjcmV0IHNoYXJlZCBieSB0aGUgaG9uZXN0IG5vZGVz";
+const OTHER_SECRET: &str = "YSBkaWZmZXJlbnQgc2VjcmV0LCBzYW1lIGxlbmd0aA==";
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .try_init();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("chorus-auth-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `n` nodes on loopback, one group that every node subscribes to, one log run by `acceptors`.
+fn cluster(n: u32, acceptors: &[u32]) -> ClusterConfig {
+    let nodes = (1..=n)
+        .map(|id| NodeConfig {
+            id: NodeId(id),
+            addr: Some(format!("127.0.0.1:{}", free_port())),
+            subscriptions: vec![GroupSet::singleton(GroupId(0))],
+        })
+        .collect();
+    let logs = vec![LogConfig {
+        id: LogId(0),
+        covers: GroupSet::singleton(GroupId(0)),
+        acceptors: acceptors.iter().map(|&a| NodeId(a)).collect(),
+    }];
+    ClusterConfig::new(CLUSTER, 1, nodes, logs, Tuning::default()).unwrap()
+}
+
+fn addr(cfg: &ClusterConfig, id: u32) -> String {
+    cfg.node(NodeId(id)).unwrap().addr.clone().unwrap()
+}
+
+#[derive(Default)]
+struct Seen {
+    delivered: Vec<MsgId>,
+    app: Vec<(NodeId, Bytes)>,
+}
+
+/// Multicasts `total` messages to group 0 and records deliveries and application messages.
+struct Recorder {
+    total: u64,
+    sent: u64,
+    seen: Arc<Mutex<Seen>>,
+    deliveries: Vec<(usize, groups::merge::Delivery)>,
+    app: Vec<(NodeId, Bytes)>,
+}
+
+impl App for Recorder {
+    fn step(&mut self, node: &mut GroupsNode) {
+        node.take_delivered(&mut self.deliveries);
+        node.take_app(&mut self.app);
+        if !self.deliveries.is_empty() || !self.app.is_empty() {
+            let mut seen = self.seen.lock().unwrap();
+            seen.delivered
+                .extend(self.deliveries.drain(..).map(|(_, d)| d.msg.id));
+            seen.app.append(&mut self.app);
+        }
+        while self.sent < self.total && node.multicasts_in_flight() < 64 {
+            let payload = Bytes::from(format!("{}:{}", node.id().0, self.sent));
+            if node
+                .multicast(GroupSet::singleton(GroupId(0)), payload)
+                .is_err()
+            {
+                break;
+            }
+            self.sent += 1;
+        }
+    }
+}
+
+struct Running {
+    seen: Arc<Mutex<Seen>>,
+    stats: Arc<LinkStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn delivered(&self) -> Vec<MsgId> {
+        self.seen.lock().unwrap().delivered.clone()
+    }
+    fn app(&self) -> Vec<(NodeId, Bytes)> {
+        self.seen.lock().unwrap().app.clone()
+    }
+    fn counts(&self) -> LinkCounts {
+        self.stats.get()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Key {
+    /// `TcpNode::bind`: whatever the configuration's `secret_file` says.
+    FromConfig,
+    /// `TcpNode::bind_with_secret`.
+    Given(Option<Secret>),
+}
+
+fn start(
+    cfg: &ClusterConfig,
+    id: u32,
+    key: Key,
+    messages: u64,
+    timeout: Option<Duration>,
+) -> Running {
+    let node = GroupsNode::in_memory(Arc::new(cfg.clone()), NodeId(id), NodeOptions::fresh());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Recorder {
+        total: messages,
+        sent: 0,
+        seen: seen.clone(),
+        deliveries: Vec::new(),
+        app: Vec::new(),
+    };
+    let mut tcp = match key {
+        Key::FromConfig => TcpNode::bind(node, app),
+        Key::Given(s) => TcpNode::bind_with_secret(node, app, s),
+    }
+    .unwrap_or_else(|e| panic!("node {id} does not start: {e}"));
+    if let Some(t) = timeout {
+        tcp.set_handshake_timeout(t);
+    }
+    let stats = tcp.stats();
+    let stop = tcp.stop_flag();
+    let thread = std::thread::spawn(move || {
+        tcp.run(None).expect("node loop");
+    });
+    Running {
+        seen,
+        stats,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn secret(s: &str) -> Option<Secret> {
+    Some(Secret::new(s).unwrap())
+}
+
+/// Polls `done` every 20 ms until it holds or `within` passes; returns whether it held.
+fn wait_for(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn encode(f: &Frame) -> Vec<u8> {
+    let mut v = Vec::new();
+    frame::encode(&Bitcode, CLUSTER, f, &mut v).unwrap();
+    v
+}
+
+fn forged_app_msg(text: &'static str) -> Vec<u8> {
+    encode(&Frame::Msg(NetMsg::App {
+        payload: Bytes::from_static(text.as_bytes()),
+    }))
+}
+
+/// Reads until the peer closes the connection (read returns 0 or an error) or `within`
+/// passes. Returns the frames received and whether the connection was closed.
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<Frame>, bool) {
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let deadline = Instant::now() + within;
+    let mut d = FrameDecoder::new(Bitcode, CLUSTER);
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => {
+                d.extend(&buf[..n]);
+                while let Some(f) = d.next_frame().expect("the node writes valid frames") {
+                    frames.push(f);
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if Instant::now() > deadline {
+                    break false;
+                }
+            }
+            Err(_) => break true,
+        }
+    };
+    (frames, closed)
+}
+
+fn connect(cfg: &ClusterConfig, id: u32) -> TcpStream {
+    let a = addr(cfg, id);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match TcpStream::connect(&a) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {a}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// (a) Three nodes sharing a secret, read from the file that the cluster file names, form a
+/// cluster: every link authenticates, and every node delivers every message in one order.
+#[test]
+fn nodes_sharing_a_secret_deliver_in_agreement() {
+    init_logs();
+    let dir = temp_dir("shared");
+    let secret_path = dir.join("cluster.secret");
+    std::fs::write(&secret_path, format!("{SECRET}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // Through the TOML text, as a deployed binary would load it.
+    let text = cluster(3, &[1, 2, 3])
+        .with_secret_file(secret_path.to_str().unwrap())
+        .to_toml();
+    assert!(text.contains("secret_file"), "{text}");
+    let cfg = ClusterConfig::from_toml(&text).unwrap();
+    const EACH: u64 = 100;
+    let started = Instant::now();
+    let nodes: Vec<Running> = (1..=3)
+        .map(|id| start(&cfg, id, Key::FromConfig, EACH, None))
+        .collect();
+    let all_delivered = wait_for(Duration::from_secs(10), || {
+        nodes.iter().all(|n| n.delivered().len() as u64 == 3 * EACH)
+    });
+    let took = started.elapsed();
+    let delivered: Vec<Vec<MsgId>> = nodes.iter().map(Running::delivered).collect();
+    let counts: Vec<LinkCounts> = nodes.iter().map(Running::counts).collect();
+    drop(nodes);
+    assert!(
+        all_delivered,
+        "not every node delivered {} messages within 10 s: {:?}; link counters {counts:#?}",
+        3 * EACH,
+        delivered.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (i, d) in delivered.iter().enumerate() {
+        assert_eq!(d, &delivered[0], "node {} delivered another order", i + 1);
+        for sender in 1..=3 {
+            assert_eq!(
+                d.iter().filter(|m| m.sender == NodeId(sender)).count() as u64,
+                EACH,
+                "node {} misses messages of node {sender}",
+                i + 1
+            );
+        }
+    }
+    for (i, c) in counts.iter().enumerate() {
+        assert!(
+            c.handshakes >= 4,
+            "node {} completed {} handshakes, expected 2 as dialer and 2 as acceptor",
+            i + 1,
+            c.handshakes
+        );
+        assert_eq!(c.auth_failures, 0, "node {}: {c:?}", i + 1);
+        assert_eq!(c.frame_errors, 0, "node {}: {c:?}", i + 1);
+    }
+    eprintln!(
+        "tcp_auth: 3 nodes delivered {} messages each in {:.2} s",
+        3 * EACH,
+        took.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// (b) A node with the wrong secret: the honest nodes refuse its links (its proofs do not
+/// verify) and count it, it learns nothing and delivers nothing, and the honest majority of the
+/// log's acceptors keeps ordering and delivering.
+#[test]
+fn node_with_a_wrong_secret_is_shut_out_and_the_majority_delivers() {
+    init_logs();
+    let cfg = cluster(3, &[1, 2, 3]);
+    const EACH: u64 = 100;
+    let honest: Vec<Running> = (1..=2)
+        .map(|id| start(&cfg, id, Key::Given(secret(SECRET)), EACH, None))
+        .collect();
+    let intruder = start(&cfg, 3, Key::Given(secret(OTHER_SECRET)), EACH, None);
+    let ok = wait_for(Duration::from_secs(10), || {
+        honest
+            .iter()
+            .all(|n| n.delivered().len() as u64 >= 2 * EACH)
+            && honest.iter().all(|n| n.counts().bad_proofs > 0)
+            && intruder.counts().bad_proofs > 0
+    });
+    // Leave the intruder time to (fail to) get anything through.
+    std::thread::sleep(Duration::from_millis(300));
+    let delivered: Vec<Vec<MsgId>> = honest.iter().map(Running::delivered).collect();
+    let counts: Vec<LinkCounts> = honest.iter().map(Running::counts).collect();
+    let intruder_counts = intruder.counts();
+    let intruder_delivered = intruder.delivered();
+    drop(intruder);
+    drop(honest);
+    assert!(
+        ok,
+        "honest deliveries {:?}, honest counters {counts:#?}, intruder counters {intruder_counts:#?}",
+        delivered.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(delivered[0], delivered[1], "the honest nodes disagree");
+    assert_eq!(delivered[0].len() as u64, 2 * EACH);
+    assert!(
+        delivered[0].iter().all(|m| m.sender != NodeId(3)),
+        "a message of the intruder was ordered"
+    );
+    assert!(
+        intruder_delivered.is_empty(),
+        "the intruder delivered {} messages",
+        intruder_delivered.len()
+    );
+    for (i, c) in counts.iter().enumerate() {
+        assert!(
+            c.auth_failures > 0 && c.frame_errors > 0,
+            "node {}: {c:?}",
+            i + 1
+        );
+        assert!(
+            c.handshakes >= 2,
+            "node {} did not authenticate its honest peer: {c:?}",
+            i + 1
+        );
+    }
+    assert_eq!(intruder_counts.handshakes, 0, "{intruder_counts:?}");
+}
+
+/// (c) A raw socket that names a real node in a correctly framed `Hello` but does not know the
+/// secret is closed, however it goes about it, and its message never reaches the application.
+#[test]
+fn stranger_without_the_secret_is_closed_and_not_believed() {
+    init_logs();
+    let cfg = cluster(2, &[1]);
+    let node = start(&cfg, 1, Key::Given(secret(SECRET)), 0, None);
+    let hello = |nonce| {
+        encode(&Frame::Hello(Hello {
+            node: NodeId(2),
+            nonce,
+        }))
+    };
+    let started = Instant::now();
+
+    // 1. An authenticating hello followed at once by a message: the node answers the hello
+    //    with a challenge, then closes on the message.
+    let mut s = connect(&cfg, 1);
+    s.write_all(&hello(Some([7; 32]))).unwrap();
+    s.write_all(&forged_app_msg("forged before the proof"))
+        .unwrap();
+    let (frames, closed) = read_until_closed(&mut s, Duration::from_secs(3));
+    assert!(closed, "the node kept a stranger's connection open");
+    assert!(
+        matches!(frames.as_slice(), [Frame::Challenge(_)]),
+        "expected exactly one challenge, got {frames:?}"
+    );
+
+    // 2. A hello without nonce, as a node without secret would send.
+    let mut s = connect(&cfg, 1);
+    s.write_all(&hello(None)).unwrap();
+    s.write_all(&forged_app_msg("forged without hello nonce"))
+        .unwrap();
+    let (frames, closed) = read_until_closed(&mut s, Duration::from_secs(3));
+    assert!(closed && frames.is_empty(), "{frames:?}, closed {closed}");
+
+    // 3. A made-up proof after the challenge.
+    let mut s = connect(&cfg, 1);
+    s.write_all(&hello(Some([9; 32]))).unwrap();
+    let mut d = FrameDecoder::new(Bitcode, CLUSTER);
+    let mut buf = [0u8; 1024];
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let challenge = loop {
+        let n = s.read(&mut buf).expect("a challenge");
+        assert!(n > 0, "closed before the challenge");
+        d.extend(&buf[..n]);
+        if let Some(f) = d.next_frame().unwrap() {
+            break f;
+        }
+    };
+    assert!(matches!(challenge, Frame::Challenge(_)), "{challenge:?}");
+    s.write_all(&encode(&Frame::Proof(Proof { proof: [0; 32] })))
+        .unwrap();
+    s.write_all(&forged_app_msg("forged after a bad proof"))
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(3));
+    assert!(closed, "a wrong proof was accepted");
+
+    // 4. Out of turn: a proof first, and a hello naming the node itself.
+    let mut s = connect(&cfg, 1);
+    s.write_all(&encode(&Frame::Proof(Proof { proof: [1; 32] })))
+        .unwrap();
+    assert!(read_until_closed(&mut s, Duration::from_secs(3)).1);
+    let mut s = connect(&cfg, 1);
+    s.write_all(&encode(&Frame::Hello(Hello {
+        node: NodeId(1),
+        nonce: Some([3; 32]),
+    })))
+    .unwrap();
+    assert!(read_until_closed(&mut s, Duration::from_secs(3)).1);
+    let took = started.elapsed();
+
+    // Give the node a moment in case anything slipped through, then look.
+    std::thread::sleep(Duration::from_millis(200));
+    let app = node.app();
+    let c = node.counts();
+    drop(node);
+    assert!(app.is_empty(), "forged messages reached the app: {app:?}");
+    assert_eq!(c.handshakes, 0, "{c:?}");
+    assert_eq!(c.bad_proofs, 1, "{c:?}");
+    assert_eq!(c.plain_hellos_refused, 1, "{c:?}");
+    assert!(c.frame_errors >= 5, "{c:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "refusals should be immediate, took {took:?}"
+    );
+}
+
+/// Control for (c): without a secret, the same stranger *is* believed. This is the attack the
+/// secret prevents, and it shows the test above observes the right thing.
+#[test]
+fn without_a_secret_a_stranger_is_believed() {
+    init_logs();
+    let cfg = cluster(2, &[1]);
+    let node = start(&cfg, 1, Key::Given(None), 0, None);
+    let mut s = connect(&cfg, 1);
+    s.write_all(&encode(&Frame::Hello(Hello {
+        node: NodeId(2),
+        nonce: None,
+    })))
+    .unwrap();
+    s.write_all(&forged_app_msg("forged")).unwrap();
+    let believed = wait_for(Duration::from_secs(3), || {
+        node.app()
+            .iter()
+            .any(|(from, p)| *from == NodeId(2) && &p[..] == b"forged")
+    });
+    drop(node);
+    assert!(
+        believed,
+        "the unauthenticated stranger's message was not delivered"
+    );
+}
+
+/// (d) A node without a secret and a node with one refuse each other's links, each for its own
+/// reason, and nothing passes between them.
+#[test]
+fn secret_and_no_secret_refuse_each_other() {
+    init_logs();
+    let cfg = cluster(2, &[1]);
+    let with = start(&cfg, 1, Key::Given(secret(SECRET)), 0, None);
+    let without = start(&cfg, 2, Key::Given(None), 20, None);
+    let refused = wait_for(Duration::from_secs(5), || {
+        with.counts().plain_hellos_refused > 0 && without.counts().auth_hellos_refused > 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (cw, cn) = (with.counts(), without.counts());
+    let (dw, dn) = (with.delivered(), without.delivered());
+    drop(with);
+    drop(without);
+    assert!(refused, "with secret: {cw:#?}\nwithout: {cn:#?}");
+    for c in [&cw, &cn] {
+        assert!(c.auth_failures > 0 && c.frame_errors > 0, "{c:?}");
+        assert_eq!(c.handshakes, 0, "{c:?}");
+    }
+    assert!(
+        dw.is_empty() && dn.is_empty(),
+        "messages crossed a refused link: {} and {}",
+        dw.len(),
+        dn.len()
+    );
+}
+
+/// A connection that says nothing, or stops after its hello, is closed at the handshake
+/// timeout rather than held open.
+#[test]
+fn unfinished_handshakes_time_out() {
+    init_logs();
+    let cfg = cluster(2, &[1]);
+    let timeout = Duration::from_millis(300);
+    let node = start(&cfg, 1, Key::Given(secret(SECRET)), 0, Some(timeout));
+    let started = Instant::now();
+    let mut silent = connect(&cfg, 1);
+    let mut halfway = connect(&cfg, 1);
+    halfway
+        .write_all(&encode(&Frame::Hello(Hello {
+            node: NodeId(2),
+            nonce: Some([5; 32]),
+        })))
+        .unwrap();
+    let (_, silent_closed) = read_until_closed(&mut silent, Duration::from_secs(3));
+    let (frames, halfway_closed) = read_until_closed(&mut halfway, Duration::from_secs(3));
+    let took = started.elapsed();
+    let c = node.counts();
+    drop(node);
+    assert!(
+        silent_closed && halfway_closed,
+        "silent closed {silent_closed}, halfway closed {halfway_closed}"
+    );
+    assert!(
+        matches!(frames.as_slice(), [Frame::Challenge(_)]),
+        "{frames:?}"
+    );
+    assert!(
+        took >= timeout - Duration::from_millis(50) && took < Duration::from_secs(2),
+        "closed after {took:?}, timeout {timeout:?}"
+    );
+    assert_eq!(c.handshake_timeouts, 2, "{c:?}");
+}
+
+/// (e) A missing, unreadable or too short secret is a typed error from `bind`, never a panic.
+#[test]
+fn bad_secrets_are_typed_errors() {
+    let dir = temp_dir("files");
+    let cfg = cluster(1, &[1]);
+    let bind = |cfg: &ClusterConfig| {
+        let node = GroupsNode::in_memory(Arc::new(cfg.clone()), NodeId(1), NodeOptions::fresh());
+        TcpNode::bind(node, groups::runtime::inproc::Idle).map(|_| ())
+    };
+
+    let missing = dir.join("missing.secret");
+    match bind(&cfg.clone().with_secret_file(missing.to_str().unwrap())) {
+        Err(e @ TcpError::SecretFile { .. }) => {
+            assert!(e.to_string().contains("missing.secret"), "{e}")
+        }
+        other => panic!("missing file: {other:?}"),
+    }
+
+    match bind(&cfg.clone().with_secret_file("no-such-dir/chorus.secret")) {
+        Err(e @ TcpError::SecretFile { .. }) => {
+            assert!(e.to_string().contains("working directory"), "{e}")
+        }
+        other => panic!("missing relative file: {other:?}"),
+    }
+
+    // A directory cannot be read as a file.
+    match bind(&cfg.clone().with_secret_file(dir.to_str().unwrap())) {
+        Err(TcpError::SecretFile { .. }) => {}
+        other => panic!("directory: {other:?}"),
+    }
+
+    // 15 bytes once the trailing newlines and spaces are trimmed.
+    let short = dir.join("short.secret");
+    std::fs::write(&short, "0123456789abcde\n \n").unwrap();
+    match bind(&cfg.clone().with_secret_file(short.to_str().unwrap())) {
+        Err(e @ TcpError::SecretTooShort { len: 15, .. }) => {
+            assert!(e.to_string().contains("at least 16"), "{e}")
+        }
+        other => panic!("short secret: {other:?}"),
+    }
+
+    let empty = dir.join("empty.secret");
+    std::fs::write(&empty, "\n").unwrap();
+    assert!(matches!(
+        bind(&cfg.clone().with_secret_file(empty.to_str().unwrap())),
+        Err(TcpError::SecretTooShort { len: 0, .. })
+    ));
+
+    // 16 bytes and a newline is enough.
+    let good = dir.join("good.secret");
+    std::fs::write(&good, "0123456789abcdef\n").unwrap();
+    bind(&cfg.clone().with_secret_file(good.to_str().unwrap())).expect("a 16-byte secret");
+
+    assert!(matches!(
+        Secret::new("too short"),
+        Err(TcpError::SecretTooShort { len: 9, .. })
+    ));
+    let s = Secret::new(SECRET).unwrap();
+    assert!(!format!("{s:?}").contains(SECRET), "Debug shows the secret");
+    let _ = std::fs::remove_dir_all(&dir);
+}
