@@ -59,6 +59,14 @@ fn model() -> CpuModel {
     }
 }
 
+/// The virtual warm-up of a simulated run on `partitions` partitions.
+pub fn warmup(plan: &Plan, partitions: u32) -> std::time::Duration {
+    plan.simulated_warmup.unwrap_or_else(|| {
+        std::time::Duration::from_millis(300)
+            .max(std::time::Duration::from_millis(40 * partitions as u64))
+    })
+}
+
 /// One simulated run.
 pub fn simulate(
     plan: &Plan,
@@ -112,7 +120,7 @@ pub fn simulate(
     };
     let mut sim = EngineSim::new(blueprint, setup);
     sim.set_cpu_model(model());
-    let warmup = (plan.simulated_warmup.as_micros() as u64).max(1);
+    let warmup = (warmup(plan, partitions).as_micros() as u64).max(1);
     let measure = (plan.simulated_measure.as_micros() as u64).max(1);
     let moved = |sim: &EngineSim<ScaleOut<Chirper>>| -> u64 {
         sim.replicas()

@@ -98,9 +98,11 @@ enum Experiment {
         /// Skip the measured runs (simulated rows only).
         #[arg(long)]
         simulated_only: bool,
-        /// Virtual warm-up and measured seconds of each simulated run.
+        /// Virtual warm-up seconds of each simulated run (default: 0.3, or 0.04 per
+        /// partition if longer).
         #[arg(long)]
         sim_warmup: Option<f64>,
+        /// Virtual measured seconds of each simulated run (default 0.3).
         #[arg(long)]
         sim_seconds: Option<f64>,
     },
@@ -187,7 +189,7 @@ fn main() {
                 plan.simulated.clear();
             }
             if let Some(w) = sim_warmup {
-                plan.simulated_warmup = Duration::from_secs_f64(w);
+                plan.simulated_warmup = Some(Duration::from_secs_f64(w));
             }
             if let Some(m) = sim_seconds {
                 plan.simulated_measure = Duration::from_secs_f64(m);
