@@ -24,7 +24,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -187,6 +187,8 @@ enum BenchApp {
     },
     Receiver {
         phase: Arc<AtomicU8>,
+        /// Set at the first delivery (the warm-up starts then).
+        live: Arc<AtomicBool>,
         counts: bool,
         delivered: u64,
         latency_ns: Histogram<u64>,
@@ -220,12 +222,16 @@ impl App for BenchApp {
             }
             BenchApp::Receiver {
                 phase,
+                live,
                 counts,
                 delivered,
                 latency_ns,
                 scratch,
             } => {
                 node.take_delivered(scratch);
+                if !scratch.is_empty() && !live.load(Ordering::Relaxed) {
+                    live.store(true, Ordering::Relaxed);
+                }
                 if phase.load(Ordering::Relaxed) != MEASURE {
                     scratch.clear();
                     return;
@@ -271,6 +277,8 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
         .expect("valid bench layout");
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let ph = phase.clone();
+    let live = Arc::new(AtomicBool::new(false));
+    let lv = live.clone();
     let payload_bytes = p.payload_bytes.max(8);
     let (groups, multi_pct) = (p.groups, p.multi_group_pct);
     let cluster = InProcCluster::start(cfg, move |id| {
@@ -284,6 +292,7 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
         } else {
             BenchApp::Receiver {
                 phase: ph.clone(),
+                live: lv.clone(),
                 counts: id == NodeId(1),
                 delivered: 0,
                 latency_ns: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("bounds"),
@@ -291,6 +300,12 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
             }
         }
     });
+    // The warm-up starts at the first delivery: electing the first leaders can take a while
+    // on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !live.load(Ordering::Relaxed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::thread::sleep(warmup);
     phase.store(MEASURE, Ordering::Relaxed);
     let started = Instant::now();
