@@ -16,6 +16,7 @@ use crate::config::{ClusterConfig, LogConfig};
 use crate::feed::{Feed, FeedEvent};
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
+use crate::log::disk::{self, DiskError, DiskOptions, DiskStorage};
 use crate::log::omni::{OmniPaxosLog, OmniTiming};
 use crate::log::solo::SoloLog;
 use crate::log::storage::{MemStorage, Shared};
@@ -26,7 +27,9 @@ use crate::rmcast::{RDelivery, Rmcast};
 use crate::sender::{MulticastError, Sender};
 use crate::server::LogServer;
 use bytes::Bytes;
+use omnipaxos::storage::Storage;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// An epoch for a process that starts now: distinct from the epochs of this node's earlier
@@ -87,6 +90,16 @@ pub fn default_log(
     lc: &LogConfig,
     me: NodeId,
     storage: Shared<MemStorage>,
+) -> Box<dyn OrderedLog> {
+    log_over(cfg, lc, me, storage)
+}
+
+/// Like [`default_log`], over any omnipaxos storage (a single-acceptor log ignores it).
+fn log_over<B: Storage<LogEntry> + Send + 'static>(
+    cfg: &ClusterConfig,
+    lc: &LogConfig,
+    me: NodeId,
+    storage: B,
 ) -> Box<dyn OrderedLog> {
     if lc.acceptors.len() == 1 {
         return Box::new(SoloLog::new(me));
@@ -204,6 +217,48 @@ impl GroupsNode {
         Self::new(cfg, me, opts, |lc| {
             default_log(&c, lc, me, Shared::default())
         })
+    }
+
+    /// A node whose omnipaxos logs keep their acceptor state in write-ahead files under
+    /// `data_dir` (one [`DiskStorage`] per log, at [`disk::log_path`]), synced before every
+    /// promise or accept leaves the node. A node restarted on the same directory recovers each
+    /// log's promise, accepted round, entries and decided index, and rejoins through
+    /// omnipaxos's fail-recovery path; its subscriptions replay the decided entries it still
+    /// holds. Logs with a single acceptor (f = 0, [`SoloLog`]) stay in memory.
+    ///
+    /// Fails if a log file cannot be created or read, or is corrupt (a torn last write is
+    /// not an error: it is cut off; see [`crate::log::disk`]).
+    pub fn durable(
+        cfg: Arc<ClusterConfig>,
+        me: NodeId,
+        opts: NodeOptions,
+        data_dir: &Path,
+    ) -> Result<Self, DiskError> {
+        Self::durable_with(cfg, me, opts, data_dir, DiskOptions::default())
+    }
+
+    /// [`GroupsNode::durable`] with explicit store options.
+    pub fn durable_with(
+        cfg: Arc<ClusterConfig>,
+        me: NodeId,
+        opts: NodeOptions,
+        data_dir: &Path,
+        disk_opts: DiskOptions,
+    ) -> Result<Self, DiskError> {
+        let mut stores = BTreeMap::new();
+        for lc in cfg
+            .logs
+            .iter()
+            .filter(|l| l.acceptors.len() > 1 && l.acceptors.contains(&me))
+        {
+            let path = disk::log_path(data_dir, me, lc.id);
+            stores.insert(lc.id, DiskStorage::open_with(path, disk_opts)?);
+        }
+        let c = cfg.clone();
+        Ok(Self::new(cfg, me, opts, |lc| match stores.remove(&lc.id) {
+            Some(store) => log_over(&c, lc, me, store),
+            None => default_log(&c, lc, me, Shared::default()),
+        }))
     }
 
     pub fn id(&self) -> NodeId {

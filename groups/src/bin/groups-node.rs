@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! groups-node --config cluster.toml --node 2 [--messages 1000 --rate 500 --multi 0.3]
-//!             [--record deliveries.log] [--duration-s 10]
+//!             [--record deliveries.log] [--duration-s 10] [--data-dir DIR]
 //! ```
+//!
+//! With `--data-dir`, the node's consensus logs keep their acceptor state in write-ahead files
+//! under `DIR/node-<id>/` and sync them before acknowledging anything
+//! ([`GroupsNode::durable`]); a node restarted on the same directory recovers its logs and
+//! replays their decided entries to its subscriptions. Without it, the state is in memory only.
 //!
 //! With `--messages`, the node multicasts that many messages at `--rate` per second to random
 //! destination sets (a fraction `--multi` of them to several groups). With `--record`, it
@@ -54,6 +59,9 @@ struct Args {
     /// Stop after this many seconds (default: run until killed).
     #[arg(long)]
     duration_s: Option<f64>,
+    /// Keep the consensus logs durably in this directory (default: in memory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 struct Workload {
@@ -158,7 +166,17 @@ fn main() -> ExitCode {
         None => None,
     };
     let groups = cfg.groups;
-    let node = GroupsNode::in_memory(std::sync::Arc::new(cfg), me, NodeOptions::fresh());
+    let cfg = std::sync::Arc::new(cfg);
+    let node = match &args.data_dir {
+        Some(dir) => match GroupsNode::durable(cfg, me, NodeOptions::fresh(), dir) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("groups-node: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => GroupsNode::in_memory(cfg, me, NodeOptions::fresh()),
+    };
     let app = Workload {
         rng: ChaCha8Rng::seed_from_u64(u64::from(args.node)),
         groups,

@@ -11,8 +11,11 @@
 //! 5. [`OrderedLog::trim`] only on the leader, only below an index every consumer has read.
 //!
 //! Implementations: [`omni::OmniPaxosLog`] (Sequence Paxos from the `omnipaxos` crate, 2f+1
-//! acceptors) and [`solo::SoloLog`] (one acceptor, f = 0: decides on proposal).
+//! acceptors) and [`solo::SoloLog`] (one acceptor, f = 0: decides on proposal). The omnipaxos
+//! log keeps its acceptor state in a [`storage::MemStorage`] (lost on a real crash) or a
+//! [`disk::DiskStorage`] (a write-ahead file, synced before every acknowledgement).
 
+pub mod disk;
 pub mod omni;
 pub mod solo;
 pub mod storage;

@@ -5,6 +5,7 @@ use crate::message::LogEntry;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp, StorageResult};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -24,7 +25,48 @@ pub struct MemStorage {
     stopsign: Option<StopSign>,
 }
 
+/// The whole acceptor state of one log as a plain value: what [`MemStorage::image`] returns and
+/// [`MemStorage::from_image`] rebuilds from. The durable store ([`super::disk`]) writes it as
+/// its compaction snapshot; tests compare two stores through it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorageImage {
+    /// Entries from index `trimmed` on.
+    pub entries: Vec<LogEntry>,
+    pub trimmed: u64,
+    pub compacted: u64,
+    pub promise: Option<Ballot>,
+    pub accepted_round: Option<Ballot>,
+    pub decided: u64,
+    pub stopsign: Option<StopSign>,
+}
+
 impl MemStorage {
+    /// A copy of the whole state.
+    pub fn image(&self) -> StorageImage {
+        StorageImage {
+            entries: self.entries.iter().cloned().collect(),
+            trimmed: self.trimmed as u64,
+            compacted: self.compacted as u64,
+            promise: self.promise,
+            accepted_round: self.accepted_round,
+            decided: self.decided as u64,
+            stopsign: self.stopsign.clone(),
+        }
+    }
+
+    /// The store holding exactly `image`.
+    pub fn from_image(image: StorageImage) -> Self {
+        MemStorage {
+            entries: image.entries.into(),
+            trimmed: image.trimmed as usize,
+            compacted: image.compacted as usize,
+            promise: image.promise,
+            accepted_round: image.accepted_round,
+            decided: image.decided as usize,
+            stopsign: image.stopsign,
+        }
+    }
+
     /// One past the last entry held (trimmed entries count).
     pub fn end(&self) -> u64 {
         (self.trimmed + self.entries.len()) as u64
