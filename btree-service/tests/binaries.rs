@@ -104,6 +104,8 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
         .status()
         .unwrap();
     assert!(status.success());
+    // Replica 1 serves its metrics (checked after the commands).
+    let metrics_port = free_port();
     let mut servers = Servers(
         (1..=3)
             .map(|n| {
@@ -114,6 +116,14 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
                         "--node",
                         &n.to_string(),
                     ])
+                    .args(if n == 1 {
+                        vec![
+                            "--metrics-addr".to_string(),
+                            format!("127.0.0.1:{metrics_port}"),
+                        ]
+                    } else {
+                        vec![]
+                    })
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap()
@@ -155,6 +165,94 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
 
     let (ok, err) = client(&config, &["get", "x"]);
     assert!(!ok && err.contains("not a key"), "{err}");
+    check_replica_metrics(metrics_port);
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A free loopback port (bound, read and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
+fn scrape(port: u16) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The sum of the samples whose name (with labels) starts with `prefix`, if any.
+fn metric_sum(text: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Replica 1's `/metrics` shows the commands it executed and its logs' positions (the
+/// workers publish after each batch: retried briefly).
+fn check_replica_metrics(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = scrape(port);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        let executed = metric_sum(&body, "chorus_commands_executed_total{").unwrap_or(0.0);
+        let decided = metric_sum(&body, "chorus_log_decided_index{").unwrap_or(0.0);
+        let ok = executed >= 8.0
+            && decided > 0.0
+            && metric_sum(&body, "chorus_node_became_leader_total").is_some()
+            && body.contains("chorus_commands_executed_total{worker=\"1\",kind=\"single\"}")
+            && body.contains("# TYPE chorus_request_service_seconds histogram")
+            && metric_sum(&body, "chorus_request_service_seconds_count").unwrap_or(0.0) > 0.0
+            && metric_sum(&body, "chorus_optpsmr_aborts_total{").is_some();
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the commands:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
+    let run = |args: &[&str]| {
+        let out = Command::new(SERVER).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--metrics-addr", "127.0.0.1:9100"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-addr needs --config"), "{err}");
+    let (code, err) = run(&[
+        "--config",
+        "/nonexistent/deployment.toml",
+        "--node",
+        "1",
+        "--metrics-addr",
+        "localhost:nope",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-addr \"localhost:nope\""), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

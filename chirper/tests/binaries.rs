@@ -123,7 +123,9 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
         .status()
         .unwrap();
     assert!(status.success());
-    // Nodes 1-3: the oracle; 4-6: partition 1; 7-9: partition 2; 1000, 1001: clients.
+    // Nodes 1-3: partition 0; 4-6: partition 1; 7-9: the oracle (the last group); 1000, 1001:
+    // clients. Nodes 1, 4 and 7 (not killed below) serve their metrics, checked at the end.
+    let metrics: Vec<(u32, u16)> = [1, 4, 7].map(|n| (n, free_port())).to_vec();
     let mut servers = Servers(
         (1..=9)
             .map(|n| {
@@ -134,6 +136,14 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
                         "--node",
                         &n.to_string(),
                     ])
+                    .args(
+                        metrics
+                            .iter()
+                            .filter(|(m, _)| *m == n)
+                            .flat_map(|(_, port)| {
+                                ["--metrics-addr".to_string(), format!("127.0.0.1:{port}")]
+                            }),
+                    )
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap()
@@ -197,6 +207,111 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
     assert!(!ok && err.contains("not a user id"), "{err}");
     let (ok, err) = client(&config, &["shout", "1"]);
     assert!(!ok && err.contains("unknown command"), "{err}");
+    check_metrics(&metrics);
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A free loopback port (bound, read and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
+fn scrape(port: u16) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The sum of the samples whose name (with labels) starts with `prefix`, if any.
+fn metric_sum(text: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// One replica of each partition (nodes 1, 4) and an oracle replica (node 7) show their
+/// counters and log positions on `/metrics` (published once per tick: retried briefly).
+fn check_metrics(nodes: &[(u32, u16)]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let bodies: Vec<(u32, String)> = nodes
+            .iter()
+            .map(|&(n, port)| {
+                let (status, body) = scrape(port);
+                assert_eq!(status, "HTTP/1.1 200 OK", "node {n}: {body}");
+                (n, body)
+            })
+            .collect();
+        let sum = |prefix: &str| -> f64 {
+            bodies
+                .iter()
+                .filter_map(|(_, b)| metric_sum(b, prefix))
+                .sum()
+        };
+        let each_has_logs = bodies
+            .iter()
+            .all(|(_, b)| metric_sum(b, "chorus_log_decided_index{").is_some_and(|v| v > 0.0));
+        let (partitions, oracle) = (&bodies[..2], &bodies[2].1);
+        let ok = each_has_logs
+            && partitions
+                .iter()
+                .all(|(_, b)| metric_sum(b, "chorus_partition_handled_total").is_some())
+            && sum("chorus_partition_handled_total") > 0.0
+            && sum("chorus_partition_single_total") > 0.0
+            && sum("chorus_partition_created_total") >= 2.0
+            && metric_sum(oracle, "chorus_oracle_handled_total").is_some_and(|v| v > 0.0)
+            && metric_sum(oracle, "chorus_oracle_consults_total").is_some_and(|v| v > 0.0)
+            && metric_sum(oracle, "chorus_partition_handled_total").is_none();
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the commands:\n{bodies:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
+    let run = |args: &[&str]| {
+        let out = Command::new(SERVER).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--metrics-addr", "127.0.0.1:9100"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-addr needs --config"), "{err}");
+    let (code, err) = run(&[
+        "--config",
+        "/nonexistent/deployment.toml",
+        "--node",
+        "1",
+        "--metrics-addr",
+        "999.1.1.1:80",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-addr \"999.1.1.1:80\""), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -10,6 +10,7 @@ pub mod inproc;
 pub mod layout;
 pub mod lincheck;
 pub mod load;
+pub mod metrics;
 pub mod partitioned;
 pub mod psmr;
 pub mod service;

@@ -3,6 +3,7 @@
 //! ```text
 //! btree-server                                  in-process cluster of 3 replicas, commands on stdin
 //! btree-server --config FILE --node N           one node of a TCP deployment (replica or acceptor)
+//!              [--metrics-addr 127.0.0.1:9100]  ... serving Prometheus metrics at /metrics
 //! btree-server --write-config FILE [--replicas 3 --workers 4 --clients 2 --base-port 7300]
 //! ```
 //!
@@ -14,12 +15,14 @@ use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
 use engine::client::{HandleApp, Mode};
 use engine::layout::Deployment;
+use engine::metrics::{render_node, render_workers, Exposition, MetricsServer, Observed};
 use engine::psmr::replica::{ReplicaApp, ReplicaOptions};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, Idle};
 use groups::runtime::tcp::TcpNode;
 use std::io::BufRead;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,17 +58,25 @@ struct Args {
     /// Pin worker threads to cores.
     #[arg(long)]
     pin: bool,
+    /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let result = match (&args.write_config, &args.config) {
+        _ if args.metrics_addr.is_some()
+            && (args.config.is_none() || args.write_config.is_some()) =>
+        {
+            Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into())
+        }
         (Some(path), _) => write_config(&args, path),
         (None, Some(path)) => serve_tcp(&args, path),
         (None, None) => serve_in_process(&args),
@@ -151,6 +162,14 @@ impl App for NodeApp {
 }
 
 fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let metrics_addr = args
+        .metrics_addr
+        .as_deref()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|e| format!("--metrics-addr {a:?}: {e} (expected e.g. 127.0.0.1:9100)"))
+        })
+        .transpose()?;
     let file = DeploymentFile::read(path)?;
     let me = NodeId(args.node.ok_or("--config needs --node")?);
     let node_cfg = file
@@ -173,15 +192,36 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
             ..NodeOptions::fresh()
         },
     );
+    let mut workers = Vec::new();
     let app = if replica {
         let service = Arc::new(TreeService::try_new(file.tree.clone())?);
         let options = ReplicaOptions {
             pin_cores: args.pin,
             ..ReplicaOptions::new(file.workers)
         };
-        NodeApp::Replica(Box::new(ReplicaApp::new(service, options)))
+        let r = ReplicaApp::new(service, options);
+        workers = r.share_worker_stats();
+        NodeApp::Replica(Box::new(r))
     } else {
         NodeApp::Acceptor(Idle)
+    };
+    let app = Observed::new(app);
+    let _metrics = match metrics_addr {
+        None => None,
+        Some(addr) => {
+            let snapshot = app.snapshot();
+            let render = Arc::new(move || {
+                let node = snapshot.lock().clone();
+                let mut e = Exposition::new();
+                render_node(&node, &mut e);
+                render_workers(&workers, &mut e);
+                e.finish()
+            });
+            let server = MetricsServer::start(addr, render)
+                .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+            tracing::info!(node = %me, addr = %server.local_addr(), "serving metrics at http://{}/metrics", server.local_addr());
+            Some(server)
+        }
     };
     eprintln!(
         "btree-server: node {me} ({}) of {} serving",

@@ -3,6 +3,7 @@
 //! ```text
 //! chirper-server                                  in-process deployment, commands on stdin
 //! chirper-server --config FILE --node N           one node of a TCP deployment
+//!                [--metrics-addr 127.0.0.1:9100]  ... serving Prometheus metrics at /metrics
 //! chirper-server --write-config FILE [--scheme ds-smr --partitions 2 --replicas 3 ...]
 //! ```
 //!
@@ -14,9 +15,12 @@ use chirper::graph::GraphSpec;
 use chirper::service::Chirper;
 use clap::Parser;
 use engine::client::HandleApp;
+use engine::metrics::{
+    render_node, render_oracle, render_partition, Exposition, MetricsServer, Observed,
+};
 use engine::partitioned::client::{ClientOptions, ScaleOutClient};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::replica::ScaleOutReplica;
+use engine::partitioned::replica::{Role, ScaleOutReplica, SharedOracleStats, SharedServerStats};
 use engine::partitioned::ServerOptions;
 use engine::wire::ClientId;
 use groups::ids::NodeId;
@@ -24,6 +28,7 @@ use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, Idle};
 use groups::runtime::tcp::TcpNode;
 use std::io::BufRead;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,6 +66,9 @@ struct Args {
     /// How well the initial placement follows communities (1: perfectly, 0: random).
     #[arg(long, default_value_t = 1.0)]
     placement_quality: f64,
+    /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
 enum NodeApp {
@@ -131,6 +139,14 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
 }
 
 fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
+    let metrics_addr = args
+        .metrics_addr
+        .as_deref()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|e| format!("--metrics-addr {a:?}: {e} (expected e.g. 127.0.0.1:9100)"))
+        })
+        .transpose()?;
     let file = DeploymentFile::read(path)?;
     let me = NodeId(args.node.ok_or("--config needs --node")?);
     let role = file.role(me)?;
@@ -142,32 +158,71 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
     }
     let cfg = Arc::new(file.cluster.clone());
     let node = GroupsNode::in_memory(cfg.clone(), me, NodeOptions::fresh());
+    let mut partition: Option<SharedServerStats> = None;
+    let mut oracle: Option<SharedOracleStats> = None;
     let app = match role {
         Some(role) => {
             let service = Arc::new(file.section.service()?);
-            NodeApp::Replica(Box::new(ScaleOutReplica::new(
+            let mut r = ScaleOutReplica::new(
                 service,
                 cfg,
                 me,
                 role,
                 file.section.partitions,
                 ServerOptions::new(file.scheme),
-            )))
+            );
+            if metrics_addr.is_some() {
+                match role {
+                    Role::Partition(_) => partition = Some(r.share_stats()),
+                    Role::Oracle => oracle = Some(r.share_oracle_stats()),
+                }
+            }
+            NodeApp::Replica(Box::new(r))
         }
         None => NodeApp::Acceptor(Idle),
     };
+    let app = Observed::new(app);
+    let metrics = match metrics_addr {
+        None => None,
+        Some(addr) => {
+            let snapshot = app.snapshot();
+            let render = Arc::new(move || {
+                let node = snapshot.lock().clone();
+                let mut e = Exposition::new();
+                render_node(&node, &mut e);
+                if let Some(p) = &partition {
+                    let stats = p.lock().clone();
+                    render_partition(&stats, &mut e);
+                }
+                if let Some(o) = &oracle {
+                    let stats = o.lock().clone();
+                    render_oracle(&stats, &mut e);
+                }
+                e.finish()
+            });
+            let server = MetricsServer::start(addr, render)
+                .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+            tracing::info!(node = %me, addr = %server.local_addr(), "serving metrics at http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+    };
     eprintln!(
-        "chirper-server: node {me} ({}) of {} serving",
+        "chirper-server: node {me} ({}) of {} serving{}",
         match role {
             Some(r) => format!("{r:?}"),
             None => "acceptor".into(),
         },
-        path.display()
+        path.display(),
+        match &metrics {
+            Some(m) => format!(", metrics at http://{}/metrics", m.local_addr()),
+            None => String::new(),
+        }
     );
     TcpNode::bind(node, app)
         .map_err(|e| e.to_string())?
         .run(None)
         .map_err(|e| e.to_string())?;
+    drop(metrics);
     Ok(())
 }
 
@@ -233,8 +288,19 @@ fn serve_in_process(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let r = match (&args.write_config, &args.config) {
+        _ if args.metrics_addr.is_some()
+            && (args.config.is_none() || args.write_config.is_some()) =>
+        {
+            Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into())
+        }
         (Some(p), _) => write_config(&args, p),
         (None, Some(p)) => serve_node(&args, p),
         (None, None) => serve_in_process(&args),

@@ -7,7 +7,7 @@
 //! workers per partition the same way).
 
 use super::common::Output;
-use super::oracle::OracleServer;
+use super::oracle::{OracleServer, OracleStats};
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
 use super::ServerOptions;
@@ -38,6 +38,10 @@ pub enum Core<S: PartitionedService> {
 /// [`ScaleOutReplica::share_stats`]).
 pub type SharedServerStats = Arc<parking_lot::Mutex<ServerStats>>;
 
+/// An oracle replica's counters, readable from other threads (see
+/// [`ScaleOutReplica::share_oracle_stats`]).
+pub type SharedOracleStats = Arc<parking_lot::Mutex<OracleStats>>;
+
 /// A scale-out replica.
 pub struct ScaleOutReplica<S: PartitionedService> {
     pub core: Core<S>,
@@ -46,6 +50,7 @@ pub struct ScaleOutReplica<S: PartitionedService> {
     inbox: Vec<(NodeId, Bytes)>,
     outputs: Vec<Output>,
     shared: Option<(SharedServerStats, u64)>,
+    shared_oracle: Option<(SharedOracleStats, u64)>,
 }
 
 impl<S: PartitionedService> ScaleOutReplica<S> {
@@ -72,6 +77,7 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             inbox: Vec::new(),
             outputs: Vec::new(),
             shared: None,
+            shared_oracle: None,
         }
     }
 
@@ -80,6 +86,14 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
     pub fn share_stats(&mut self) -> SharedServerStats {
         let s = SharedServerStats::default();
         self.shared = Some((s.clone(), u64::MAX));
+        s
+    }
+
+    /// Publishes an oracle replica's counters to a shared copy, refreshed once per tick (as
+    /// [`Self::share_stats`] does for a partition replica).
+    pub fn share_oracle_stats(&mut self) -> SharedOracleStats {
+        let s = SharedOracleStats::default();
+        self.shared_oracle = Some((s.clone(), u64::MAX));
         s
     }
 
@@ -129,6 +143,12 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             if *at != node.now() {
                 *at = node.now();
                 *shared.lock() = s.stats.clone();
+            }
+        }
+        if let (Some((shared, at)), Core::Oracle(o)) = (&mut self.shared_oracle, &self.core) {
+            if *at != node.now() {
+                *at = node.now();
+                *shared.lock() = o.stats.clone();
             }
         }
     }

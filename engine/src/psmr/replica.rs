@@ -13,6 +13,7 @@
 
 use super::core::{ExecOptions, Executor, Outgoing, WorkerState, WorkerStats};
 use super::rendezvous::Rendezvous;
+use crate::metrics::{service_histogram, SharedWorkerStats};
 use crate::service::Service;
 use crate::topology::Topology;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
@@ -75,19 +76,31 @@ pub struct ReplicaApp<S: Service> {
     options: ReplicaOptions,
     running: Option<Running<S>>,
     entries: Vec<LogEntries>,
+    live: Vec<SharedWorkerStats>,
     pub report: Option<ReplicaReport>,
 }
 
 impl<S: Service> ReplicaApp<S> {
     pub fn new(service: Arc<S>, options: ReplicaOptions) -> Self {
         assert!(options.workers > 0, "a replica needs a worker");
+        let live = (0..options.workers)
+            .map(|_| SharedWorkerStats::default())
+            .collect();
         ReplicaApp {
             service,
             options,
             running: None,
             entries: Vec::new(),
+            live,
             report: None,
         }
+    }
+
+    /// The workers' live counters and service times (one per worker, in worker order), which
+    /// each worker refreshes after every batch of deliveries it executes (see
+    /// [`crate::metrics::render_workers`]).
+    pub fn share_worker_stats(&self) -> Vec<SharedWorkerStats> {
+        self.live.clone()
     }
 }
 
@@ -137,6 +150,7 @@ impl<S: Service> App for ReplicaApp<S> {
                 needs: need_tx.clone(),
                 waker: waker.clone(),
                 cpu: placement.as_ref().map(|p| p[i]),
+                live: self.live[i].clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("replica-{}-w{i}", me.0))
@@ -209,10 +223,13 @@ struct Worker<S: Service> {
     needs: Sender<SkipNeed>,
     waker: Waker,
     cpu: Option<usize>,
+    live: SharedWorkerStats,
 }
 
 /// How often a blocked worker repeats its skip request.
 const NEED_REPEAT: Duration = Duration::from_millis(5);
+/// How often a worker adds its recent service times to its shared histogram at most.
+const PUBLISH_TIMES: Duration = Duration::from_millis(100);
 
 impl<S: Service> Worker<S> {
     fn run(mut self, shard: Box<S::Shard>) -> (WorkerStats, Option<Box<S::Shard>>) {
@@ -225,12 +242,16 @@ impl<S: Service> Worker<S> {
         let mut shard = Some(shard);
         let mut deliveries = Vec::new();
         let mut last_need: Option<(SkipNeed, Instant)> = None;
+        let mut times = service_histogram();
+        let mut times_published = Instant::now();
         'outer: loop {
             let first = match self.inbox.recv_timeout(NEED_REPEAT) {
                 Ok(i) => Some(i),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            // Nothing arrived for a while: publish what is left of the service times.
+            let idle = first.is_none();
             let mut input = first;
             while let Some(i) = input {
                 match i {
@@ -242,7 +263,9 @@ impl<S: Service> Worker<S> {
                 }
                 input = self.inbox.try_recv().ok();
             }
+            let received = Instant::now();
             self.merger.poll(&mut deliveries);
+            let executed = !deliveries.is_empty();
             let mut replied = false;
             for d in deliveries.drain(..) {
                 let Some(job) = self.executor.decode(&d) else {
@@ -287,6 +310,19 @@ impl<S: Service> Worker<S> {
                 if let Some(o) = out {
                     let _ = self.replies.send(o);
                     replied = true;
+                    times.saturating_record(received.elapsed().as_micros() as u64);
+                }
+            }
+            if executed || (idle && !times.is_empty()) {
+                let now = Instant::now();
+                let mut live = self.live.lock();
+                live.stats.clone_from(&state.stats);
+                if idle || now >= times_published + PUBLISH_TIMES {
+                    times_published = now;
+                    // Same bounds: adding cannot fail.
+                    let _ = live.service_us.add(&times);
+                    drop(live);
+                    times.reset();
                 }
             }
             let need = self.merger.blocked_on();
@@ -303,6 +339,10 @@ impl<S: Service> Worker<S> {
                 self.waker.wake();
             }
         }
+        let mut live = self.live.lock();
+        live.stats.clone_from(&state.stats);
+        let _ = live.service_us.add(&times);
+        drop(live);
         (state.stats, shard)
     }
 }
