@@ -112,8 +112,9 @@ impl DeploymentFile {
         })
     }
 
-    /// The text of a deployment file.
-    pub fn render(&self) -> String {
+    /// The text of a deployment file; an error if a value cannot be written in TOML (integers
+    /// above `i64::MAX`).
+    pub fn render(&self) -> Result<String, String> {
         let section = ServiceSection {
             mode: self.mode.name().to_string(),
             workers: self.workers,
@@ -126,14 +127,16 @@ impl DeploymentFile {
         let mut table = toml::Table::new();
         table.insert(
             "service".into(),
-            toml::Value::try_from(section).expect("service section serializes"),
+            toml::Value::try_from(section)
+                .map_err(|e| format!("the [service] section cannot be written: {e}"))?,
         );
         // Top-level keys first: in TOML, keys after a `[table]` header belong to that table.
-        format!(
+        Ok(format!(
             "{}\n{}",
             self.cluster.to_toml(),
-            toml::to_string(&table).expect("table serializes")
-        )
+            toml::to_string(&table)
+                .map_err(|e| format!("the deployment cannot be written: {e}"))?
+        ))
     }
 }
 
@@ -232,14 +235,17 @@ mod tests {
             tree: TreeConfig::default(),
             cluster: d.config,
         };
-        let back = DeploymentFile::parse(&f.render()).unwrap();
+        let back = DeploymentFile::parse(&f.render().unwrap()).unwrap();
         assert_eq!(back.replicas, f.replicas);
         assert_eq!(back.cluster, f.cluster);
-        let broken = f.render().replace("workers = 2", "workers = 3");
+        let broken = f.render().unwrap().replace("workers = 2", "workers = 3");
         assert!(DeploymentFile::parse(&broken)
             .unwrap_err()
             .contains("one group per worker"));
-        let broken = f.render().replace("mode = \"opt-psmr\"", "mode = \"fast\"");
+        let broken = f
+            .render()
+            .unwrap()
+            .replace("mode = \"opt-psmr\"", "mode = \"fast\"");
         assert!(DeploymentFile::parse(&broken)
             .unwrap_err()
             .contains("unknown mode"));

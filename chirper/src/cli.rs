@@ -159,10 +159,18 @@ impl DeploymentFile {
             ClusterConfig::from_toml(&toml::to_string(&table).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
         let scheme = section.scheme()?;
-        let groups = section.partitions + u32::from(scheme == Scheme::Dssmr);
         if section.partitions == 0 {
             return Err("partitions must be at least 1".into());
         }
+        let groups = section
+            .partitions
+            .checked_add(u32::from(scheme == Scheme::Dssmr))
+            .ok_or_else(|| {
+                format!(
+                    "{} partitions and the oracle are more groups than a cluster can have",
+                    section.partitions
+                )
+            })?;
         if cluster.groups != groups {
             return Err(format!(
                 "the cluster has {} groups; {} with {} partitions needs {groups}",
@@ -198,19 +206,22 @@ impl DeploymentFile {
         }
     }
 
-    /// The text of a deployment file.
-    pub fn render(&self) -> String {
+    /// The text of a deployment file; an error if a value cannot be written in TOML (integers
+    /// above `i64::MAX`).
+    pub fn render(&self) -> Result<String, String> {
         let mut table = toml::Table::new();
         table.insert(
             "service".into(),
-            toml::Value::try_from(self.section.clone()).expect("service section serializes"),
+            toml::Value::try_from(self.section.clone())
+                .map_err(|e| format!("the [service] section cannot be written: {e}"))?,
         );
         // Top-level keys first: in TOML, keys after a `[table]` header belong to that table.
-        format!(
+        Ok(format!(
             "{}\n{}",
             self.cluster.to_toml(),
-            toml::to_string(&table).expect("table serializes")
-        )
+            toml::to_string(&table)
+                .map_err(|e| format!("the deployment cannot be written: {e}"))?
+        ))
     }
 }
 
@@ -320,7 +331,7 @@ mod tests {
             scheme: Scheme::Dssmr,
             cluster: l.config.clone(),
         };
-        let back = DeploymentFile::parse(&f.render()).unwrap();
+        let back = DeploymentFile::parse(&f.render().unwrap()).unwrap();
         assert_eq!(back.section, f.section);
         assert_eq!(back.cluster, f.cluster);
         assert_eq!(back.role(NodeId(4)), Ok(Some(Role::Partition(1))));
@@ -329,11 +340,17 @@ mod tests {
         assert!(back.role(NodeId(99)).is_err());
         let s = back.section.service().unwrap();
         assert_eq!(s.preloaded_users(), 200);
-        let broken = f.render().replace("partitions = 2", "partitions = 3");
+        let broken = f
+            .render()
+            .unwrap()
+            .replace("partitions = 2", "partitions = 3");
         assert!(DeploymentFile::parse(&broken)
             .unwrap_err()
             .contains("groups"));
-        let broken = f.render().replace("scheme = \"ds-smr\"", "scheme = \"x\"");
+        let broken = f
+            .render()
+            .unwrap()
+            .replace("scheme = \"ds-smr\"", "scheme = \"x\"");
         assert!(DeploymentFile::parse(&broken)
             .unwrap_err()
             .contains("unknown scheme"));

@@ -416,7 +416,7 @@ pub fn run_tcp(
         cluster: layout.config.clone(),
     };
     let path: PathBuf = dir.join("deployment.toml");
-    std::fs::write(&path, file.render()).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut servers = Servers(Vec::new());
     for n in layout
         .config

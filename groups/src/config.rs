@@ -549,6 +549,11 @@ mod toml_form {
         fn resolve(self, groups: u32) -> Result<GroupSet, ConfigError> {
             match self {
                 Groups::List(v) => Ok(v.into_iter().map(GroupId).collect()),
+                // Checked here too: `all` of a huge count would be built before the
+                // configuration's own check runs (found by fuzzing).
+                Groups::Word(w) if w == "all" && groups > MAX_GROUP_ID => {
+                    Err(ConfigError::TooManyGroups(groups))
+                }
                 Groups::Word(w) if w == "all" => Ok(GroupSet::all(groups)),
                 Groups::Word(w) => Err(ConfigError::File {
                     path: "<text>".into(),

@@ -354,9 +354,19 @@ impl fmt::Debug for GroupSet {
 }
 
 /// Wire form: the representation itself, validated on the way in.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 enum Wire {
     Sparse(SmallVec<[u32; INLINE]>),
+    Dense(Vec<u64>),
+}
+
+/// The same wire form, decoded into `Vec`s: serde's `Vec` reserves at most a bounded amount
+/// before the elements arrive, where smallvec's visitor reserves whatever length the input
+/// claims (7 bytes could ask for 16 GiB; found by fuzzing).
+#[derive(Deserialize)]
+#[serde(rename = "Wire")]
+enum WireIn {
+    Sparse(Vec<u32>),
     Dense(Vec<u64>),
 }
 
@@ -376,17 +386,17 @@ pub const MAX_GROUP_ID: u32 = 1 << 20;
 impl<'de> Deserialize<'de> for GroupSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        match Wire::deserialize(d)? {
-            Wire::Sparse(v) => {
+        match WireIn::deserialize(d)? {
+            WireIn::Sparse(v) => {
                 if v.windows(2).any(|p| p[0] >= p[1]) {
                     return Err(D::Error::custom("group set not strictly increasing"));
                 }
                 if v.last().is_some_and(|&g| g > MAX_GROUP_ID) {
                     return Err(D::Error::custom("group id too large"));
                 }
-                Ok(GroupSet::from_sorted_unique(v))
+                Ok(GroupSet::from_sorted_unique(SmallVec::from_vec(v)))
             }
-            Wire::Dense(w) => {
+            WireIn::Dense(w) => {
                 if w.len() > (MAX_GROUP_ID / 64 + 1) as usize {
                     return Err(D::Error::custom("group bitmap too large"));
                 }

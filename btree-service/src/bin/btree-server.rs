@@ -125,7 +125,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
         tree: tree(args),
         cluster: d.config,
     };
-    std::fs::write(path, file.render()).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     println!(
         "wrote {}: replicas {:?}, acceptors {:?}, client nodes {:?}",
         path.display(),

@@ -119,7 +119,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
         scheme,
         cluster: layout.config.clone(),
     };
-    std::fs::write(path, file.render()).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     let servers: Vec<String> = layout
         .config
         .nodes

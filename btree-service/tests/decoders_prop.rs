@@ -1,0 +1,364 @@
+//! Property-based runs over the B+-tree service's decoders of client and operator input: the
+//! command and reply types replicas and clients decode ([`TreeCommand`], [`TreeReply`]), the
+//! text command language of the binaries ([`parse_command`], [`parse_mode`]) and deployment
+//! files ([`DeploymentFile::parse`]).
+//!
+//! The same inputs are fuzzed without bounds by the cargo-fuzz targets in `fuzz/` (see
+//! `fuzz/README.md`); these runs are bounded (a few seconds in release mode).
+
+use btree_service::cli::{parse_command, parse_mode, DeploymentFile};
+use btree_service::service::{TreeCommand, TreeConfig, TreeReply};
+use bytes::Bytes;
+use engine::client::Mode;
+use engine::layout::Deployment;
+use engine::wire;
+use groups::config::Tuning;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt::Debug;
+
+/// Refuses any single allocation over 1 GiB, so a decoder that trusts a size taken from its
+/// input fails this test binary ("memory allocation of N bytes failed") instead of exhausting
+/// the machine.
+struct Capped;
+
+const ALLOCATION_CAP: usize = 1 << 30;
+
+unsafe impl std::alloc::GlobalAlloc for Capped {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOCATION_CAP {
+            return std::ptr::null_mut();
+        }
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOCATION_CAP {
+            return std::ptr::null_mut();
+        }
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if new_size > ALLOCATION_CAP {
+            return std::ptr::null_mut();
+        }
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Capped = Capped;
+
+/// `cases` cases each; a failure is reported shrunk, not persisted to a regressions file.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn bytes_up_to(n: usize) -> impl Strategy<Value = Bytes> + Clone {
+    vec(any::<u8>(), 0..n).prop_map(Bytes::from)
+}
+
+fn tree_command() -> impl Strategy<Value = TreeCommand> {
+    prop_oneof![
+        any::<u64>().prop_map(TreeCommand::Get),
+        (any::<u64>(), bytes_up_to(32)).prop_map(|(k, v)| TreeCommand::Insert(k, v)),
+        (any::<u64>(), bytes_up_to(32)).prop_map(|(k, v)| TreeCommand::Update(k, v)),
+        any::<u64>().prop_map(TreeCommand::Delete),
+        any::<(u64, u64, u32)>().prop_map(|(lo, hi, limit)| TreeCommand::Scan { lo, hi, limit }),
+        Just(TreeCommand::Size),
+    ]
+}
+
+fn tree_reply() -> impl Strategy<Value = TreeReply> {
+    let value = proptest::option::of(bytes_up_to(16));
+    prop_oneof![
+        value.clone().prop_map(TreeReply::Value),
+        value.clone().prop_map(TreeReply::Inserted),
+        any::<bool>().prop_map(TreeReply::Updated),
+        value.prop_map(TreeReply::Deleted),
+        vec((any::<u64>(), bytes_up_to(8)), 0..6).prop_map(TreeReply::Entries),
+        any::<u64>().prop_map(TreeReply::Size),
+    ]
+}
+
+/// `value` round-trips exactly; random bytes, a strict prefix, trailing garbage and flipped
+/// bytes give a typed error or a value that re-encodes to itself.
+fn check_codec<T: Serialize + DeserializeOwned + Debug + PartialEq>(
+    value: &T,
+    noise: &[u8],
+    cut: Index,
+    flips: &[(Index, u8)],
+    garbage: &[u8],
+) -> Result<(), TestCaseError> {
+    let stable = |bytes: &[u8]| -> Result<(), TestCaseError> {
+        if let Ok(v) = wire::decode::<T>(bytes) {
+            prop_assert_eq!(wire::decode::<T>(&wire::encode(&v)), Ok(v));
+        }
+        Ok(())
+    };
+    stable(noise)?;
+    let good = wire::encode(value);
+    let back = wire::decode::<T>(&good);
+    prop_assert_eq!(back.as_ref(), Ok(value));
+    let cut = cut.index(good.len());
+    prop_assert!(
+        wire::decode::<T>(&good[..cut]).is_err(),
+        "{}-byte prefix decoded",
+        cut
+    );
+    let mut longer = good.clone();
+    longer.extend_from_slice(garbage);
+    prop_assert!(
+        wire::decode::<T>(&longer).is_err(),
+        "trailing garbage accepted"
+    );
+    let mut bad = good;
+    for (i, mask) in flips {
+        let at = i.index(bad.len());
+        bad[at] ^= mask;
+    }
+    stable(&bad)
+}
+
+/// The words of a command line as the binaries split them.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// A command as a user types it (values are single words).
+fn command_line() -> impl Strategy<Value = (TreeCommand, String)> {
+    let word = "[!-~]{1,12}";
+    prop_oneof![
+        any::<u64>().prop_map(|k| (TreeCommand::Get(k), format!("get {k}"))),
+        (any::<u64>(), word, prop_oneof![Just("put"), Just("insert")]).prop_map(|(k, v, verb)| (
+            TreeCommand::Insert(k, Bytes::from(v.clone())),
+            format!("{verb} {k} {v}")
+        )),
+        (any::<u64>(), word).prop_map(|(k, v)| (
+            TreeCommand::Update(k, Bytes::from(v.clone())),
+            format!("update  {k}\t{v}")
+        )),
+        (any::<u64>(), prop_oneof![Just("del"), Just("delete")])
+            .prop_map(|(k, verb)| (TreeCommand::Delete(k), format!("{verb} {k}"))),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(lo, hi, limit)| {
+                let cmd = TreeCommand::Scan {
+                    lo,
+                    hi,
+                    limit: limit.unwrap_or(100),
+                };
+                match limit {
+                    Some(l) => (cmd, format!("scan {lo} {hi} {l}")),
+                    None => (cmd, format!("scan {lo} {hi}")),
+                }
+            }),
+        Just((TreeCommand::Size, " size ".to_string())),
+    ]
+}
+
+/// Lines that look like commands often enough to reach every branch.
+fn command_noise() -> impl Strategy<Value = String> {
+    let word = prop_oneof![
+        Just("get".to_string()),
+        Just("put".to_string()),
+        Just("insert".to_string()),
+        Just("update".to_string()),
+        Just("del".to_string()),
+        Just("scan".to_string()),
+        Just("size".to_string()),
+        any::<u64>().prop_map(|v| v.to_string()),
+        any::<i64>().prop_map(|v| v.to_string()),
+        "[0-9]{18,24}",
+        "\\PC{0,8}",
+    ];
+    prop_oneof![vec(word, 0..6).prop_map(|w| w.join(" ")), any::<String>(),]
+}
+
+fn deployment_file() -> impl Strategy<Value = DeploymentFile> {
+    (
+        1usize..4,
+        0usize..2,
+        1usize..4,
+        0usize..3,
+        prop_oneof![Just(Mode::Smr), Just(Mode::Psmr), Just(Mode::OptPsmr)],
+        (4usize..128, 1u64..1 << 40, any::<Index>(), 0usize..64),
+    )
+        .prop_map(|(replicas, f, workers, clients, mode, tree)| {
+            let workers = if mode == Mode::Smr { 1 } else { workers };
+            let d = Deployment::new(
+                replicas.max(2 * f + 1),
+                f,
+                workers,
+                clients,
+                Tuning::default(),
+            )
+            .expect("a valid deployment")
+            .with_loopback_addresses(7300)
+            .expect("addresses");
+            let (fanout, key_space, prefill, value_bytes) = tree;
+            DeploymentFile {
+                mode,
+                workers,
+                replicas: d.replicas.clone(),
+                tree: TreeConfig {
+                    fanout,
+                    key_space,
+                    prefill: prefill.index(key_space.min(1 << 20) as usize + 1) as u64,
+                    value_bytes,
+                },
+                cluster: d.config,
+            }
+        })
+}
+
+/// Char-boundary offset of `text` chosen by `i`.
+fn boundary(text: &str, i: Index) -> usize {
+    let mut at = i.index(text.len() + 1);
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// Damaged versions of a deployment file's text: cut, a line dropped or duplicated, a
+/// character replaced, and a number replaced by another (often a boundary value).
+fn damaged(text: &str, cut: Index, line: Index, at: Index, ch: char, number: &str) -> Vec<String> {
+    let mut out = vec![text[..boundary(text, cut)].to_string()];
+    let lines: Vec<&str> = text.lines().collect();
+    let l = line.index(lines.len());
+    let mut v = lines.clone();
+    v.remove(l);
+    out.push(v.join("\n"));
+    let mut v = lines.clone();
+    v.insert(l, lines[l]);
+    out.push(v.join("\n"));
+    let i = boundary(text, at).min(text.len() - 1);
+    let mut changed = text.to_string();
+    if let Some(c) = changed[i..].chars().next() {
+        changed.replace_range(i..i + c.len_utf8(), &ch.to_string());
+    }
+    out.push(changed);
+    // Replace the value of the chosen line if it is `key = number`.
+    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    // Not `groups`: a huge group count with `"all"` is a known unbounded allocation of the
+    // cluster parser (see groups/tests/decoders_prop.rs, all_groups_of_a_huge_cluster_...).
+    if let Some((key, value)) = lines[l].split_once(" = ").filter(|(k, _)| *k != "groups") {
+        if value.parse::<i128>().is_ok() {
+            v[l] = format!("{key} = {number}");
+        }
+    }
+    out.push(v.join("\n"));
+    out
+}
+
+fn number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("0".to_string()),
+        Just("-1".to_string()),
+        Just("4294967295".to_string()),
+        Just("4294967296".to_string()),
+        Just("18446744073709551615".to_string()),
+        Just("9223372036854775807".to_string()),
+        Just("-9223372036854775808".to_string()),
+        any::<i64>().prop_map(|v| v.to_string()),
+        (0u32..10).prop_map(|v| v.to_string()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// Commands and replies as replicas and clients decode them.
+    #[test]
+    fn tree_commands_and_replies_round_trip_and_refuse_damage(
+        c in tree_command(),
+        r in tree_reply(),
+        noise in vec(any::<u8>(), 0..96),
+        cut in any::<Index>(),
+        flips in vec((any::<Index>(), 1u8..), 1..4),
+        garbage in vec(any::<u8>(), 1..16),
+    ) {
+        check_codec(&c, &noise, cut, &flips, &garbage)?;
+        check_codec(&r, &noise, cut, &flips, &garbage)?;
+    }
+
+    /// Valid command lines parse to their command; any line parses or says why, never panics.
+    #[test]
+    fn command_lines_parse_or_say_why(
+        (cmd, line) in command_line(),
+        noise in command_noise(),
+    ) {
+        prop_assert_eq!(parse_command(&words(&line)), Ok(cmd));
+        match parse_command(&words(&noise)) {
+            Ok(c) => prop_assert!(!words(&noise).is_empty(), "{:?} from nothing", c),
+            Err(why) => prop_assert!(!why.is_empty()),
+        }
+        let _ = parse_mode(&noise);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(500))]
+
+    /// Deployment files round-trip through their text; damaged or random text gives an error
+    /// or a file, never a panic.
+    #[test]
+    fn deployment_files_round_trip_and_survive_damage(
+        f in deployment_file(),
+        noise in prop_oneof![any::<String>(), "[a-z_\\[\\]=\" 0-9\n]{0,80}"],
+        cut in any::<Index>(),
+        line in any::<Index>(),
+        at in any::<Index>(),
+        ch in any::<char>(),
+        number in number(),
+    ) {
+        let text = f.render().map_err(TestCaseError::fail)?;
+        let back = DeploymentFile::parse(&text).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(back.mode, f.mode);
+        prop_assert_eq!(back.workers, f.workers);
+        prop_assert_eq!(&back.replicas, &f.replicas);
+        prop_assert_eq!(&back.tree, &f.tree);
+        prop_assert_eq!(&back.cluster, &f.cluster);
+        let _ = DeploymentFile::parse(&noise);
+        for d in damaged(&text, cut, line, at, ch, &number) {
+            if let Ok(g) = DeploymentFile::parse(&d) {
+                prop_assert!(g.tree.validate().is_ok());
+                prop_assert_eq!(g.cluster.groups as usize, g.workers);
+            }
+        }
+    }
+}
+
+/// A tree whose `prefill` (or `key_space`) is above `i64::MAX` (TOML integers are i64) cannot
+/// be written: `render` says so. (Found by fuzzing: it used to panic on an `expect`, reachable
+/// as `btree-server --write-config F --prefill 18446744073709551615`.)
+#[test]
+fn rendering_values_above_i64_max_is_an_error() {
+    let d = Deployment::new(1, 0, 1, 0, Tuning::default()).unwrap();
+    let f = DeploymentFile {
+        mode: Mode::Psmr,
+        workers: 1,
+        replicas: d.replicas.clone(),
+        tree: TreeConfig {
+            key_space: u64::MAX,
+            prefill: u64::MAX,
+            ..TreeConfig::default()
+        },
+        cluster: d.config,
+    };
+    let err = f.render().unwrap_err();
+    assert!(err.contains("cannot be written"), "{err}");
+}
