@@ -23,53 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::fmt::Debug;
-
-/// Refuses any single allocation over 1 GiB, so a decoder that trusts a size taken from its
-/// input fails this test binary ("memory allocation of N bytes failed") instead of exhausting
-/// the machine.
-struct Capped;
-
-const ALLOCATION_CAP: usize = 1 << 30;
-
-unsafe impl std::alloc::GlobalAlloc for Capped {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if layout.size() > ALLOCATION_CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if layout.size() > ALLOCATION_CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { std::alloc::System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        if new_size > ALLOCATION_CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
-    }
-}
+use testkit::{boundary, bytes_up_to, config, damaged};
 
 #[global_allocator]
-static ALLOC: Capped = Capped;
-
-/// `cases` cases each; a failure is reported shrunk, not persisted to a regressions file.
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-fn bytes_up_to(n: usize) -> impl Strategy<Value = Bytes> + Clone {
-    vec(any::<u8>(), 0..n).prop_map(Bytes::from)
-}
+static ALLOC: testkit::Capped = testkit::Capped;
 
 fn msg_id() -> impl Strategy<Value = MsgId> {
     (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(s, epoch, seq)| MsgId {
@@ -321,44 +278,6 @@ fn deployment_file() -> impl Strategy<Value = DeploymentFile> {
         })
 }
 
-fn boundary(text: &str, i: Index) -> usize {
-    let mut at = i.index(text.len() + 1);
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
-}
-
-/// Damaged versions of a deployment file's text: cut, a line dropped or duplicated, a
-/// character replaced, and a number replaced by another (often a boundary value).
-fn damaged(text: &str, cut: Index, line: Index, at: Index, ch: char, number: &str) -> Vec<String> {
-    let mut out = vec![text[..boundary(text, cut)].to_string()];
-    let lines: Vec<&str> = text.lines().collect();
-    let l = line.index(lines.len());
-    let mut v = lines.clone();
-    v.remove(l);
-    out.push(v.join("\n"));
-    let mut v = lines.clone();
-    v.insert(l, lines[l]);
-    out.push(v.join("\n"));
-    let i = boundary(text, at).min(text.len() - 1);
-    let mut changed = text.to_string();
-    if let Some(c) = changed[i..].chars().next() {
-        changed.replace_range(i..i + c.len_utf8(), &ch.to_string());
-    }
-    out.push(changed);
-    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-    // Not `groups`: a huge group count with `"all"` is a known unbounded allocation of the
-    // cluster parser (see groups/tests/decoders_prop.rs, all_groups_of_a_huge_cluster_...).
-    if let Some((key, value)) = lines[l].split_once(" = ").filter(|(k, _)| *k != "groups") {
-        if value.parse::<f64>().is_ok() {
-            v[l] = format!("{key} = {number}");
-        }
-    }
-    out.push(v.join("\n"));
-    out
-}
-
 fn number() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("0".to_string()),
@@ -444,7 +363,7 @@ proptest! {
             prop_assert_eq!(back.role(n.id), f.role(n.id));
         }
         let _ = DeploymentFile::parse(&noise);
-        for d in damaged(&text, cut, line, at, ch, &number) {
+        for d in damaged(&text, cut, line, at, ch, &number, |v| v.parse::<f64>().is_ok()) {
             if let Ok(g) = DeploymentFile::parse(&d) {
                 prop_assert!(g.section.partitions >= 1);
                 for n in &g.cluster.nodes {

@@ -30,56 +30,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 use std::sync::Arc;
-
-/// Refuses any single allocation over 1 GiB, so a decoder that trusts a size taken from its
-/// input fails this test binary ("memory allocation of N bytes failed") instead of exhausting
-/// the machine.
-struct Capped;
-
-const ALLOCATION_CAP: usize = 1 << 30;
-
-unsafe impl std::alloc::GlobalAlloc for Capped {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if layout.size() > ALLOCATION_CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if layout.size() > ALLOCATION_CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { std::alloc::System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        if new_size > ALLOCATION_CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
-    }
-}
+use testkit::{bytes_up_to, config};
 
 #[global_allocator]
-static ALLOC: Capped = Capped;
-
-/// `cases` cases each; a failure is reported shrunk, not persisted to a regressions file.
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+static ALLOC: testkit::Capped = testkit::Capped;
 
 // ---------------------------------------------------------------------------------------------
 // Strategies for valid values.
-
-fn bytes_up_to(n: usize) -> impl Strategy<Value = Bytes> {
-    vec(any::<u8>(), 0..n).prop_map(Bytes::from)
-}
 
 fn client() -> impl Strategy<Value = ClientId> {
     any::<u64>().prop_map(ClientId)

@@ -10,7 +10,6 @@
 //! trips for valid encodings, and (through the tracking allocator below) that a length field
 //! never makes the decoder allocate what it claims.
 
-use bytes::Bytes;
 use groups::codec::{Bitcode, Codec, CodecError};
 use groups::config::{ClusterConfig, ConfigError, NodeConfig, Tuning};
 use groups::frame::{
@@ -24,15 +23,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::sync::Arc;
-
-/// `cases` cases each; a failure is reported shrunk, not persisted to a regressions file.
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+use testkit::{boundary, bytes_up_to, config};
 
 /// A global allocator that measures, per thread, the peak of live bytes and the largest single
 /// request, and refuses any single request over [`alloc_track::HARD_CAP`] (the process then
@@ -122,10 +113,6 @@ const HEADER: usize = 10;
 
 // ---------------------------------------------------------------------------------------------
 // Strategies for valid values.
-
-fn bytes_up_to(n: usize) -> impl Strategy<Value = Bytes> {
-    vec(any::<u8>(), 0..n).prop_map(Bytes::from)
-}
 
 fn msg_id() -> impl Strategy<Value = MsgId> {
     (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(s, epoch, seq)| MsgId {
@@ -745,15 +732,6 @@ fn valid_cluster() -> impl Strategy<Value = ClusterConfig> {
             .expect("a valid layout")
         },
     )
-}
-
-/// Byte offsets of `text` that are char boundaries.
-fn boundary(text: &str, i: Index) -> usize {
-    let mut at = i.index(text.len() + 1);
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
 }
 
 /// TOML-ish fragments that reach deeper than random text.
