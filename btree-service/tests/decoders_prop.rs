@@ -19,7 +19,7 @@ use proptest::sample::Index;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
-use testkit::{boundary, bytes_up_to, config, damaged, integer_text};
+use testkit::{bytes_up_to, config, damaged, integer_text};
 
 #[global_allocator]
 static ALLOC: testkit::Capped = testkit::Capped;

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::fmt::Debug;
-use testkit::{boundary, bytes_up_to, config, damaged};
+use testkit::{bytes_up_to, config, damaged};
 
 #[global_allocator]
 static ALLOC: testkit::Capped = testkit::Capped;

@@ -140,7 +140,7 @@ mod tests {
             prop_assert_eq!(out[1].lines().count(), 1);
             prop_assert_eq!(out[2].lines().count(), 3);
             prop_assert_eq!(out[3].chars().count(), text.chars().count());
-            let renumbered = out[4] == format!("a = 99\nb = \"x\"");
+            let renumbered = out[4] == "a = 99\nb = \"x\"";
             let untouched = out[4] == text;
             prop_assert!(renumbered || untouched, "{:?}", out[4]);
         }
