@@ -15,6 +15,16 @@
 //! ```
 //!
 //! `btree-server --write-config FILE` writes one for a loopback cluster.
+//!
+//! The cluster part may keep the acceptors' logs on disk (top-level keys, before `[service]`;
+//! see [`groups::config::Durability`]):
+//!
+//! ```toml
+//! durability = "disk"    # default "memory"
+//! data_dir = "data"      # node N keeps its logs in data/node-N/
+//! [tuning]
+//! trim = false           # required with "disk": replicas replay the logs from the start
+//! ```
 
 use crate::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;

@@ -256,3 +256,196 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
     assert!(err.contains("--metrics-addr \"localhost:nope\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A base port with `n` free consecutive ports after it, searched from `lo` (each test its own
+/// range, so that tests running in parallel do not pick the same ports).
+fn free_ports_from(lo: u16, n: u16) -> u16 {
+    for base in (lo..60000).step_by(97) {
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+/// Starts replicas 1-3 of `config` in the working directory `cwd` (where a relative
+/// `data_dir` is resolved).
+fn start_replicas(config: &Path, cwd: &Path) -> Servers {
+    Servers(
+        (1..=3)
+            .map(|n| {
+                Command::new(SERVER)
+                    .current_dir(cwd)
+                    .args([
+                        "--config",
+                        config.to_str().unwrap(),
+                        "--node",
+                        &n.to_string(),
+                    ])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+/// Polls `size` until the deployment answers, and returns its first answer.
+fn first_size(config: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = client(config, &["size"]);
+        if ok {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "the deployment never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes a 3-replica deployment with `durability` (and a relative `data_dir` for "disk"),
+/// puts keys 1-4, SIGKILLs all three replicas, restarts them from the same files and
+/// returns the deployment's first answer to `size`, the values of keys 1-4 and the
+/// configuration, with the restarted replicas.
+fn whole_cluster_restart(durability: &str, ports_from: u16) -> (String, Vec<String>, Scenario) {
+    let dir =
+        std::env::temp_dir().join(format!("chorus-btree-{durability}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let base = free_ports_from(ports_from, 5);
+    let mut write = Command::new(SERVER);
+    write
+        .args(["--write-config", config.to_str().unwrap()])
+        .args(["--replicas", "3", "--workers", "2", "--clients", "1"])
+        .args(["--prefill", "10", "--durability", durability])
+        .args(["--base-port", &base.to_string()])
+        .stdout(Stdio::null());
+    if durability == "disk" {
+        write.args(["--data-dir", "data"]);
+    }
+    assert!(write.status().unwrap().success());
+    let text = std::fs::read_to_string(&config).unwrap();
+    if durability == "disk" {
+        assert!(text.contains("durability = \"disk\""), "{text}");
+        assert!(text.contains("data_dir = \"data\""), "{text}");
+        assert!(text.contains("trim = false"), "{text}");
+    } else {
+        assert!(!text.contains("durability"), "{text}");
+        assert!(text.contains("trim = true"), "{text}");
+    }
+
+    let mut servers = start_replicas(&config, &dir);
+    assert_eq!(first_size(&config), "10");
+    for k in 1..=4 {
+        assert_eq!(
+            client(&config, &["put", &k.to_string(), &format!("v{k}")]),
+            (true, "ok (new)".into())
+        );
+    }
+    assert_eq!(client(&config, &["update", "4", "V4"]), (true, "ok".into()));
+    // SIGKILL every replica (each is also an acceptor of every log).
+    for c in &mut servers.0 {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+    drop(servers);
+    let servers = start_replicas(&config, &dir);
+    let size = first_size(&config);
+    let values = (1..=4)
+        .map(|k| client(&config, &["get", &k.to_string()]).1)
+        .collect();
+    (
+        size,
+        values,
+        Scenario {
+            config,
+            dir,
+            servers,
+        },
+    )
+}
+
+/// A running deployment of [`whole_cluster_restart`]; removes its directory when dropped.
+struct Scenario {
+    config: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    servers: Servers,
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        for c in &mut self.servers.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn durable_deployment_keeps_every_acknowledged_put_across_a_whole_cluster_restart() {
+    let (size, values, s) = whole_cluster_restart("disk", 31000);
+    assert!(s.dir.join("data/node-1/log-0.wal").is_file());
+    assert!(s.dir.join("data/node-3/log-2.wal").is_file());
+    assert_eq!(size, "14");
+    assert_eq!(values, ["v1", "v2", "v3", "V4"]);
+    // The restarted deployment takes new commands.
+    assert_eq!(
+        client(&s.config, &["put", "5", "v5"]),
+        (true, "ok (new)".into())
+    );
+    assert_eq!(
+        client(&s.config, &["del", "1"]),
+        (true, "deleted v1".into())
+    );
+    assert_eq!(client(&s.config, &["get", "5"]), (true, "v5".into()));
+    assert_eq!(client(&s.config, &["size"]), (true, "14".into()));
+}
+
+/// The control: the same scenario with the logs in memory loses every put, so the durable
+/// test above can tell the difference.
+#[test]
+fn in_memory_deployment_loses_its_puts_in_a_whole_cluster_restart() {
+    let (size, values, s) = whole_cluster_restart("memory", 41000);
+    assert!(!s.dir.join("data").exists());
+    assert_eq!(size, "10");
+    assert_eq!(values, ["(absent)"; 4]);
+}
+
+#[test]
+fn write_config_refuses_bad_durability_flags() {
+    let dir = std::env::temp_dir().join(format!("chorus-btree-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(SERVER)
+            .args(["--write-config", config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--durability", "disk"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("needs data_dir"), "{err}");
+    let (code, err) = run(&["--durability", "tape", "--data-dir", "d"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a durability mode"), "{err}");
+    let (code, err) = run(&["--data-dir", "d"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("durability is \"memory\""), "{err}");
+    assert!(!config.exists());
+    let out = Command::new(SERVER)
+        .args(["--config", config.to_str().unwrap(), "--node", "1"])
+        .args(["--durability", "disk"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("go with --write-config"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

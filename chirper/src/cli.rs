@@ -23,6 +23,11 @@
 //!
 //! A replica's role comes from its subscription in the cluster part: group `p` below
 //! `partitions` is partition `p`; group `partitions` is the oracle.
+//!
+//! The cluster part may keep the acceptors' logs on disk (top-level keys, before `[service]`;
+//! see [`groups::config::Durability`]): `durability = "disk"` (default `"memory"`) with
+//! `data_dir = "DIR"` (node N keeps its logs in `DIR/node-N/`) and `trim = false` in
+//! `[tuning]` (required: replicas rebuild their state by replaying the logs from the start).
 
 use crate::graph::{generate, place_by_community, read_edge_list, GraphSpec, SocialGraph};
 use crate::service::{Chirper, ChirperConfig, Command, Reply, UserId};

@@ -315,3 +315,110 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
     assert!(err.contains("--metrics-addr \"999.1.1.1:80\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Starts the nine server nodes of `config` (partitions 0 and 1, the oracle) in the working
+/// directory `cwd` (where a relative `data_dir` is resolved).
+fn start_servers(config: &Path, cwd: &Path) -> Servers {
+    Servers(
+        (1..=9)
+            .map(|n| {
+                Command::new(SERVER)
+                    .current_dir(cwd)
+                    .args([
+                        "--config",
+                        config.to_str().unwrap(),
+                        "--node",
+                        &n.to_string(),
+                    ])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+/// Polls `timeline user` until the deployment answers, and returns its first answer.
+fn first_timeline(config: &Path, user: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (ok, out) = client(config, &["timeline", user]);
+        if ok {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "the deployment never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn durable_deployment_keeps_users_follows_and_posts_across_a_whole_cluster_restart() {
+    let dir = std::env::temp_dir().join(format!("chorus-chirper-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let mut base = 0;
+    for lo in (33000..60000).step_by(89) {
+        if (0..11).all(|i| TcpListener::bind(("127.0.0.1", lo + i)).is_ok()) {
+            base = lo;
+            break;
+        }
+    }
+    assert!(base > 0, "no free ports");
+    let status = Command::new(SERVER)
+        .args(["--write-config", config.to_str().unwrap()])
+        .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"])
+        .args(["--clients", "1", "--users", "100"])
+        .args(["--durability", "disk", "--data-dir", "data"])
+        .args(["--base-port", &base.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("durability = \"disk\""), "{text}");
+    assert!(text.contains("trim = false"), "{text}");
+
+    let mut servers = start_servers(&config, &dir);
+    first_timeline(&config, "1");
+    assert_eq!(
+        client(&config, &["create", "7000"]),
+        (true, "created".into())
+    );
+    assert_eq!(
+        client(&config, &["create", "7001"]),
+        (true, "created".into())
+    );
+    assert_eq!(
+        client(&config, &["follow", "7001", "7000"]),
+        (true, "following".into())
+    );
+    assert_eq!(
+        client(&config, &["post", "7000", "before", "the", "crash"]),
+        (true, "posted to 1 followers".into())
+    );
+    // SIGKILL all nine processes: every replica and acceptor of every group.
+    for c in &mut servers.0 {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+    drop(servers);
+    assert!(dir.join("data/node-7/log-2.wal").is_file());
+
+    let servers = start_servers(&config, &dir);
+    assert_eq!(first_timeline(&config, "7001"), "@7000: before the crash");
+    assert_eq!(
+        client(&config, &["post", "7000", "after"]),
+        (true, "posted to 1 followers".into())
+    );
+    assert_eq!(
+        client(&config, &["timeline", "7001"]),
+        (true, "@7000: after\n@7000: before the crash".into())
+    );
+    assert_eq!(
+        client(&config, &["create", "7000"]),
+        (true, "(already exists)".into())
+    );
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}

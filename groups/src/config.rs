@@ -14,6 +14,11 @@
 //! ([`crate::runtime::tcp::TcpNode::bind`]), not when the configuration is parsed, so a
 //! configuration naming a secret file still loads in the in-process runtime and the simulator,
 //! which ignore it.
+//!
+//! The optional top-level keys `durability = "memory" | "disk"` and `data_dir = "path"` choose
+//! where the acceptors of the consensus logs keep their state ([`Durability`]; default
+//! `"memory"`). `"disk"` needs `data_dir` and, until the services have checkpoints,
+//! `trim = false` in `[tuning]` (see [`ClusterConfig::durability`]).
 
 use crate::groupset::{GroupSet, MAX_GROUP_ID};
 use crate::ids::{GroupId, LogId, NodeId};
@@ -60,6 +65,23 @@ pub enum ConfigError {
         name: &'static str,
         rule: &'static str,
     },
+    #[error("durability = {0:?} is not a durability mode: \"memory\" (the default) or \"disk\"")]
+    UnknownDurability(String),
+    #[error(
+        "durability = \"disk\" needs data_dir = \"path\" (node N keeps its logs in <data_dir>/node-N/)"
+    )]
+    DiskWithoutDataDir,
+    #[error(
+        "data_dir is set but durability is \"memory\": set durability = \"disk\" to keep the logs \
+         on disk, or remove data_dir"
+    )]
+    DataDirWithoutDisk,
+    #[error(
+        "durability = \"disk\" needs trim = false in [tuning]: the services have no checkpoints \
+         yet, so a restarted replica rebuilds its state by replaying the logs from index 0, and \
+         after a whole-cluster restart a trimmed prefix would be gone for good"
+    )]
+    DiskNeedsNoTrim,
     /// A layout built on top of a configuration (by the engine) is impossible.
     #[error("{0}")]
     Invalid(String),
@@ -235,6 +257,68 @@ impl Tuning {
     }
 }
 
+/// Where the acceptors of a node's consensus logs keep their state: the top-level keys
+/// `durability` and `data_dir` of the cluster file.
+///
+/// ```toml
+/// durability = "disk"        # "memory" (the default) or "disk"
+/// data_dir = "/var/lib/chorus"  # required with "disk"; node N uses <data_dir>/node-N/
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Acceptor state in memory only: a node that crashes loses it and rejoins empty, so the
+    /// cluster survives only while a majority of each log's acceptors stays up. No disk I/O.
+    #[default]
+    Memory,
+    /// Acceptor state in write-ahead files ([`crate::log::disk::DiskStorage`]), synced before
+    /// any promise or accept leaves the node: a whole-cluster restart keeps every
+    /// acknowledged entry. Costs one `fsync` per consensus write (batched entries share it)
+    /// and disk space for the whole log (nothing is trimmed; see [`ClusterConfig::durability`]).
+    /// `data_dir` is resolved against the working directory of the process when relative;
+    /// node N keeps its files in `<data_dir>/node-N/`.
+    Disk { data_dir: String },
+}
+
+impl Durability {
+    /// From the words of a cluster file or a command line: `"memory"` or `"disk"`, and the data
+    /// directory (required with `"disk"`, refused with `"memory"`).
+    pub fn from_words(word: &str, data_dir: Option<&str>) -> Result<Self, ConfigError> {
+        match (word, data_dir) {
+            ("memory", None) => Ok(Durability::Memory),
+            ("memory", Some(_)) => Err(ConfigError::DataDirWithoutDisk),
+            ("disk", Some(d)) if !d.trim().is_empty() => Ok(Durability::Disk {
+                data_dir: d.to_string(),
+            }),
+            ("disk", _) => Err(ConfigError::DiskWithoutDataDir),
+            (other, _) => Err(ConfigError::UnknownDurability(other.to_string())),
+        }
+    }
+
+    /// `"memory"` or `"disk"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Durability::Memory => "memory",
+            Durability::Disk { .. } => "disk",
+        }
+    }
+
+    /// The data directory of `"disk"`.
+    pub fn data_dir(&self) -> Option<&str> {
+        match self {
+            Durability::Memory => None,
+            Durability::Disk { data_dir } => Some(data_dir),
+        }
+    }
+
+    /// Refuses a durable configuration whose logs are trimmed ([`ConfigError::DiskNeedsNoTrim`]).
+    fn check(&self, tuning: &Tuning) -> Result<(), ConfigError> {
+        match self {
+            Durability::Disk { .. } if tuning.trim => Err(ConfigError::DiskNeedsNoTrim),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A validated cluster configuration. Build with [`ClusterConfig::new`] or [`ClusterConfig::from_toml`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
@@ -251,6 +335,15 @@ pub struct ClusterConfig {
     /// bytes, at least 16 once trailing whitespace and newlines are trimmed), e.g. the output
     /// of `head -c 32 /dev/urandom | base64`.
     pub secret_file: Option<String>,
+    /// Where the acceptors keep their log state (top-level keys `durability` and `data_dir`;
+    /// default [`Durability::Memory`]). Applied by [`crate::node::GroupsNode::from_config`].
+    ///
+    /// [`Durability::Disk`] requires `trim = false` in the tuning, and a configuration with
+    /// both is refused ([`ConfigError::DiskNeedsNoTrim`]): the services have no checkpoints
+    /// yet, so a restarted replica rebuilds its state by replaying every log from index 0,
+    /// and after a whole-cluster restart a trimmed prefix would be gone. With trimming off, the
+    /// logs (in memory and on disk) grow without bound until checkpoints exist.
+    pub durability: Durability,
     derived: Arc<Derived>,
 }
 
@@ -334,6 +427,7 @@ impl ClusterConfig {
             logs,
             tuning,
             secret_file: None,
+            durability: Durability::Memory,
             derived: Arc::default(),
         };
         let mut d = Derived::default();
@@ -396,6 +490,15 @@ impl ClusterConfig {
     pub fn with_secret_file(mut self, path: impl Into<String>) -> Self {
         self.secret_file = Some(path.into());
         self
+    }
+
+    /// This configuration with its acceptors' state kept as `durability` says (see
+    /// [`ClusterConfig::durability`]); [`Durability::Disk`] with `trim` on in the tuning is
+    /// refused ([`ConfigError::DiskNeedsNoTrim`]).
+    pub fn with_durability(mut self, durability: Durability) -> Result<Self, ConfigError> {
+        durability.check(&self.tuning)?;
+        self.durability = durability;
+        Ok(self)
     }
 
     /// Reads and validates a TOML cluster file (format: see `examples/multicast-cluster.toml`
@@ -512,6 +615,10 @@ mod toml_form {
         groups: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret_file: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        durability: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_dir: Option<String>,
         #[serde(rename = "node")]
         nodes: Vec<Node>,
         #[serde(rename = "log")]
@@ -611,9 +718,13 @@ mod toml_form {
                         .into(),
                 });
             }
+            let durability = Durability::from_words(
+                self.durability.as_deref().unwrap_or("memory"),
+                self.data_dir.as_deref(),
+            )?;
             let mut cfg = ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)?;
             cfg.secret_file = self.secret_file;
-            Ok(cfg)
+            cfg.with_durability(durability)
         }
 
         pub(super) fn from_config(c: &ClusterConfig) -> File {
@@ -621,6 +732,11 @@ mod toml_form {
                 cluster_id: c.cluster_id,
                 groups: c.groups,
                 secret_file: c.secret_file.clone(),
+                durability: match c.durability {
+                    Durability::Memory => None,
+                    Durability::Disk { .. } => Some(c.durability.name().to_string()),
+                },
+                data_dir: c.durability.data_dir().map(str::to_string),
                 nodes: c
                     .nodes
                     .iter()
@@ -735,6 +851,97 @@ mod tests {
                 .as_deref(),
             Some("/etc/chorus/secret")
         );
+    }
+
+    fn no_trim_groups() -> ClusterConfig {
+        ClusterConfig::per_group_plus_global(
+            9,
+            3,
+            vec![node(1, &[&[0]]), node(2, &[&[1, 2]]), node(3, &[])],
+            vec![NodeId(1), NodeId(2), NodeId(3)],
+            Tuning {
+                trim: false,
+                ..Tuning::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn durability_round_trips_and_defaults_to_memory() {
+        let c = no_trim_groups();
+        assert_eq!(c.durability, Durability::Memory);
+        let text = c.to_toml();
+        assert!(
+            !text.contains("durability") && !text.contains("data_dir"),
+            "{text}"
+        );
+        let disk = Durability::Disk {
+            data_dir: "var/chorus".into(),
+        };
+        let c = c.with_durability(disk.clone()).unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("durability = \"disk\""), "{text}");
+        assert!(text.contains("data_dir = \"var/chorus\""), "{text}");
+        assert!(text.contains("trim = false"), "{text}");
+        let back = ClusterConfig::from_toml(&text).unwrap();
+        assert_eq!(back.durability, disk);
+        assert_eq!(back, c);
+        // Written by hand, and "memory" spelled out.
+        let hand = "durability = \"disk\"\ndata_dir = \"/srv/chorus\"\ncluster_id = 1\ngroups = 1\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n[tuning]\ntrim = false\n";
+        assert_eq!(
+            ClusterConfig::from_toml(hand)
+                .unwrap()
+                .durability
+                .data_dir(),
+            Some("/srv/chorus")
+        );
+        let memory = "durability = \"memory\"\ncluster_id = 1\ngroups = 1\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n";
+        assert_eq!(
+            ClusterConfig::from_toml(memory).unwrap().durability,
+            Durability::Memory
+        );
+    }
+
+    #[test]
+    fn bad_durability_settings_are_refused_with_reasons() {
+        let file = |top: &str, trim: bool| {
+            format!("{top}cluster_id = 1\ngroups = 1\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n[tuning]\ntrim = {trim}\n")
+        };
+        assert_eq!(
+            ClusterConfig::from_toml(&file("durability = \"disk\"\n", false)),
+            Err(ConfigError::DiskWithoutDataDir)
+        );
+        assert_eq!(
+            ClusterConfig::from_toml(&file("durability = \"disk\"\ndata_dir = \" \"\n", false)),
+            Err(ConfigError::DiskWithoutDataDir)
+        );
+        // Trimming on (also the default tuning) with "disk": refused, saying why.
+        let err =
+            ClusterConfig::from_toml(&file("durability = \"disk\"\ndata_dir = \"d\"\n", true))
+                .unwrap_err();
+        assert_eq!(err, ConfigError::DiskNeedsNoTrim);
+        assert!(err.to_string().contains("trim = false"), "{err}");
+        assert!(err.to_string().contains("checkpoints"), "{err}");
+        let default_tuning = "durability = \"disk\"\ndata_dir = \"d\"\ncluster_id = 1\ngroups = 1\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n";
+        assert_eq!(
+            ClusterConfig::from_toml(default_tuning),
+            Err(ConfigError::DiskNeedsNoTrim)
+        );
+        assert_eq!(
+            three_groups().with_durability(Durability::Disk {
+                data_dir: "d".into()
+            }),
+            Err(ConfigError::DiskNeedsNoTrim)
+        );
+        let err = ClusterConfig::from_toml(&file("durability = \"flash\"\n", false)).unwrap_err();
+        assert_eq!(err, ConfigError::UnknownDurability("flash".into()));
+        assert!(err.to_string().contains("\"memory\""), "{err}");
+        assert_eq!(
+            ClusterConfig::from_toml(&file("data_dir = \"d\"\n", false)),
+            Err(ConfigError::DataDirWithoutDisk)
+        );
+        assert!(ClusterConfig::from_toml(&file("durability = 3\n", false)).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! There are no threads, sockets, clocks or random numbers in here; time is the tick count.
 
-use crate::config::{ClusterConfig, LogConfig};
+use crate::config::{ClusterConfig, Durability, LogConfig};
 use crate::feed::{Feed, FeedEvent};
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
@@ -217,6 +217,24 @@ impl GroupsNode {
         Self::new(cfg, me, opts, |lc| {
             default_log(&c, lc, me, Shared::default())
         })
+    }
+
+    /// The node the configuration asks for ([`ClusterConfig::durability`]):
+    /// [`GroupsNode::in_memory`] for [`Durability::Memory`], [`GroupsNode::durable`] on the
+    /// configured `data_dir` (relative: against the working directory) for
+    /// [`Durability::Disk`].
+    pub fn from_config(
+        cfg: Arc<ClusterConfig>,
+        me: NodeId,
+        opts: NodeOptions,
+    ) -> Result<Self, DiskError> {
+        match &cfg.durability {
+            Durability::Memory => Ok(Self::in_memory(cfg, me, opts)),
+            Durability::Disk { data_dir } => {
+                let dir = Path::new(data_dir).to_path_buf();
+                Self::durable(cfg, me, opts, &dir)
+            }
+        }
     }
 
     /// A node whose omnipaxos logs keep their acceptor state in write-ahead files under

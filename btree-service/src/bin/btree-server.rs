@@ -5,7 +5,16 @@
 //! btree-server --config FILE --node N           one node of a TCP deployment (replica or acceptor)
 //!              [--metrics-addr 127.0.0.1:9100]  ... serving Prometheus metrics at /metrics
 //! btree-server --write-config FILE [--replicas 3 --workers 4 --clients 2 --base-port 7300]
+//!              [--durability memory|disk --data-dir DIR]
 //! ```
+//!
+//! A TCP node keeps its consensus logs as the deployment file's `durability` says (see
+//! [`groups::config::Durability`]): in memory (the default), or with `durability = "disk"` in
+//! write-ahead files under `<data_dir>/node-N/`, synced before acknowledging, so that a whole
+//! deployment restarted on the same files still holds every acknowledged command (replicas
+//! rebuild the tree by replaying the logs from the start). `--write-config --durability disk`
+//! therefore also writes `trim = false`: without checkpoints a trimmed log could not be
+//! replayed.
 //!
 //! Commands on stdin: `get K`, `put K V`, `update K V`, `del K`, `scan LO HI [LIMIT]`, `size`,
 //! `quit`.
@@ -17,6 +26,7 @@ use engine::client::{HandleApp, Mode};
 use engine::layout::Deployment;
 use engine::metrics::{render_node, render_workers, Exposition, MetricsServer, Observed};
 use engine::psmr::replica::{ReplicaApp, ReplicaOptions};
+use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, Idle};
@@ -58,6 +68,14 @@ struct Args {
     /// Pin worker threads to cores.
     #[arg(long)]
     pin: bool,
+    /// memory or disk: where the acceptors keep their logs (--write-config; disk needs
+    /// --data-dir and turns log trimming off).
+    #[arg(long, value_name = "memory|disk")]
+    durability: Option<String>,
+    /// Directory of the durable logs, node N in DIR/node-N/ (--write-config with --durability
+    /// disk; a relative path is resolved against each node's working directory).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
@@ -76,6 +94,15 @@ fn main() -> ExitCode {
             && (args.config.is_none() || args.write_config.is_some()) =>
         {
             Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into())
+        }
+        _ if (args.durability.is_some() || args.data_dir.is_some())
+            && args.write_config.is_none() =>
+        {
+            Err(
+                "--durability and --data-dir go with --write-config (a TCP node reads them \
+                 from its deployment file)"
+                    .into(),
+            )
         }
         (Some(path), _) => write_config(&args, path),
         (None, Some(path)) => serve_tcp(&args, path),
@@ -109,21 +136,26 @@ fn tree(args: &Args) -> TreeConfig {
 
 fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
     let (mode, workers) = mode_and_workers(args)?;
-    let d = Deployment::new(
-        args.replicas,
-        1,
-        workers,
-        args.clients,
-        groups::config::Tuning::default(),
-    )
-    .and_then(|d| d.with_loopback_addresses(args.base_port))
-    .map_err(|e| e.to_string())?;
+    let word = args.durability.as_deref().unwrap_or("memory");
+    let durability = Durability::from_words(word, args.data_dir.as_deref())
+        .map_err(|e| format!("--durability {word}: {e}"))?;
+    let tuning = Tuning {
+        // Replicas rebuild their state from the start of the logs (no checkpoints yet).
+        trim: durability == Durability::Memory,
+        ..Tuning::default()
+    };
+    let d = Deployment::new(args.replicas, 1, workers, args.clients, tuning)
+        .and_then(|d| d.with_loopback_addresses(args.base_port))
+        .map_err(|e| e.to_string())?;
     let file = DeploymentFile {
         mode,
         workers,
         replicas: d.replicas.clone(),
         tree: tree(args),
-        cluster: d.config,
+        cluster: d
+            .config
+            .with_durability(durability)
+            .map_err(|e| e.to_string())?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     println!(
@@ -184,14 +216,15 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
             node_cfg.subscriptions.len()
         ));
     }
-    let node = GroupsNode::in_memory(
+    let node = GroupsNode::from_config(
         Arc::new(file.cluster.clone()),
         me,
         NodeOptions {
             merge_locally: !replica,
             ..NodeOptions::fresh()
         },
-    );
+    )
+    .map_err(|e| format!("node {me}: durable logs: {e}"))?;
     let mut workers = Vec::new();
     let app = if replica {
         let service = Arc::new(TreeService::try_new(file.tree.clone())?);
@@ -237,14 +270,8 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
 
 fn serve_in_process(args: &Args) -> Result<(), String> {
     let (mode, workers) = mode_and_workers(args)?;
-    let d = Deployment::new(
-        args.replicas,
-        1,
-        workers,
-        1,
-        groups::config::Tuning::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let d = Deployment::new(args.replicas, 1, workers, 1, Tuning::default())
+        .map_err(|e| e.to_string())?;
     let service = Arc::new(TreeService::try_new(tree(args))?);
     let options = ReplicaOptions {
         pin_cores: args.pin,

@@ -5,7 +5,16 @@
 //! chirper-server --config FILE --node N           one node of a TCP deployment
 //!                [--metrics-addr 127.0.0.1:9100]  ... serving Prometheus metrics at /metrics
 //! chirper-server --write-config FILE [--scheme ds-smr --partitions 2 --replicas 3 ...]
+//!                [--durability memory|disk --data-dir DIR]
 //! ```
+//!
+//! A TCP node keeps its consensus logs as the deployment file's `durability` says (see
+//! [`groups::config::Durability`]): in memory (the default), or with `durability = "disk"` in
+//! write-ahead files under `<data_dir>/node-N/`, synced before acknowledging, so that a whole
+//! deployment restarted on the same files still holds every acknowledged command (replicas
+//! rebuild their partitions and the oracle by replaying the logs from the start).
+//! `--write-config --durability disk` therefore also writes `trim = false`: without
+//! checkpoints a trimmed log could not be replayed.
 //!
 //! Commands on stdin: `create U`, `post U TEXT`, `follow A B`, `unfollow A B`, `timeline U`,
 //! `quit`.
@@ -23,6 +32,7 @@ use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::replica::{Role, ScaleOutReplica, SharedOracleStats, SharedServerStats};
 use engine::partitioned::ServerOptions;
 use engine::wire::ClientId;
+use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, Idle};
@@ -66,6 +76,14 @@ struct Args {
     /// How well the initial placement follows communities (1: perfectly, 0: random).
     #[arg(long, default_value_t = 1.0)]
     placement_quality: f64,
+    /// memory or disk: where the acceptors keep their logs (--write-config; disk needs
+    /// --data-dir and turns log trimming off).
+    #[arg(long, value_name = "memory|disk")]
+    durability: Option<String>,
+    /// Directory of the durable logs, node N in DIR/node-N/ (--write-config with --durability
+    /// disk; a relative path is resolved against each node's working directory).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
@@ -104,20 +122,32 @@ fn section(args: &Args) -> Result<ServiceSection, String> {
 fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
     let section = section(args)?;
     let scheme = section.scheme()?;
+    let word = args.durability.as_deref().unwrap_or("memory");
+    let durability = Durability::from_words(word, args.data_dir.as_deref())
+        .map_err(|e| format!("--durability {word}: {e}"))?;
+    let tuning = Tuning {
+        // Replicas rebuild their state from the start of the logs (no checkpoints yet).
+        trim: durability == Durability::Memory,
+        ..layout::tuning()
+    };
     let layout = ScaleOutLayout::new(
         scheme,
         args.partitions,
         args.replicas,
         1,
         args.clients,
-        layout::tuning(),
+        tuning,
     )
     .and_then(|l| l.with_loopback_addresses(args.base_port))
     .map_err(|e| e.to_string())?;
     let file = DeploymentFile {
         section,
         scheme,
-        cluster: layout.config.clone(),
+        cluster: layout
+            .config
+            .clone()
+            .with_durability(durability)
+            .map_err(|e| e.to_string())?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     let servers: Vec<String> = layout
@@ -157,7 +187,8 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
         ));
     }
     let cfg = Arc::new(file.cluster.clone());
-    let node = GroupsNode::in_memory(cfg.clone(), me, NodeOptions::fresh());
+    let node = GroupsNode::from_config(cfg.clone(), me, NodeOptions::fresh())
+        .map_err(|e| format!("node {me}: durable logs: {e}"))?;
     let mut partition: Option<SharedServerStats> = None;
     let mut oracle: Option<SharedOracleStats> = None;
     let app = match role {
@@ -300,6 +331,15 @@ fn main() -> ExitCode {
             && (args.config.is_none() || args.write_config.is_some()) =>
         {
             Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into())
+        }
+        _ if (args.durability.is_some() || args.data_dir.is_some())
+            && args.write_config.is_none() =>
+        {
+            Err(
+                "--durability and --data-dir go with --write-config (a TCP node reads them \
+                 from its deployment file)"
+                    .into(),
+            )
         }
         (Some(p), _) => write_config(&args, p),
         (None, Some(p)) => serve_node(&args, p),

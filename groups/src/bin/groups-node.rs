@@ -8,7 +8,9 @@
 //! With `--data-dir`, the node's consensus logs keep their acceptor state in write-ahead files
 //! under `DIR/node-<id>/` and sync them before acknowledging anything
 //! ([`GroupsNode::durable`]); a node restarted on the same directory recovers its logs and
-//! replays their decided entries to its subscriptions. Without it, the state is in memory only.
+//! replays their decided entries to its subscriptions. Without it, the cluster file decides
+//! (`durability = "disk"` with `data_dir`, see [`groups::config::Durability`]; the flag
+//! overrides both); by default the state is in memory only.
 //!
 //! With `--messages`, the node multicasts that many messages at `--rate` per second to random
 //! destination sets (a fraction `--multi` of them to several groups). With `--record`, it
@@ -59,7 +61,8 @@ struct Args {
     /// Stop after this many seconds (default: run until killed).
     #[arg(long)]
     duration_s: Option<f64>,
-    /// Keep the consensus logs durably in this directory (default: in memory).
+    /// Keep the consensus logs durably in this directory (default: as the cluster file's
+    /// `durability` and `data_dir` say, in memory unless set).
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -168,14 +171,15 @@ fn main() -> ExitCode {
     let groups = cfg.groups;
     let cfg = std::sync::Arc::new(cfg);
     let node = match &args.data_dir {
-        Some(dir) => match GroupsNode::durable(cfg, me, NodeOptions::fresh(), dir) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("groups-node: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => GroupsNode::in_memory(cfg, me, NodeOptions::fresh()),
+        Some(dir) => GroupsNode::durable(cfg, me, NodeOptions::fresh(), dir),
+        None => GroupsNode::from_config(cfg, me, NodeOptions::fresh()),
+    };
+    let node = match node {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("groups-node: {e}");
+            return ExitCode::from(2);
+        }
     };
     let app = Workload {
         rng: ChaCha8Rng::seed_from_u64(u64::from(args.node)),
