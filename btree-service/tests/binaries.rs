@@ -6,10 +6,10 @@
 //! SIGKILL and check the survivors still answer; (3) bad input gets a clear error.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::{free_port, free_ports_from, metric_sum, scrape, Processes};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
@@ -33,27 +33,6 @@ fn client(config: &Path, args: &[&str]) -> (bool, String) {
         &out.stderr
     });
     (out.status.success(), text.trim().to_string())
-}
-
-/// A base port with `n` free consecutive ports after it.
-fn free_ports(n: u16) -> u16 {
-    for base in (21000..60000).step_by(97) {
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free ports");
-}
-
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[test]
@@ -86,7 +65,7 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
     let dir = std::env::temp_dir().join(format!("chorus-btree-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("deployment.toml");
-    let base = free_ports(6);
+    let base = free_ports_from(21000, 6);
     let status = Command::new(SERVER)
         .args(["--write-config", config.to_str().unwrap()])
         .args([
@@ -106,7 +85,7 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
     assert!(status.success());
     // Replica 1 serves its metrics (checked after the commands).
     let metrics_port = free_port();
-    let mut servers = Servers(
+    let mut servers = Processes(
         (1..=3)
             .map(|n| {
                 Command::new(SERVER)
@@ -170,41 +149,6 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A free loopback port (bound, read and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
-fn scrape(port: u16) -> (String, String) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The sum of the samples whose name (with labels) starts with `prefix`, if any.
-fn metric_sum(text: &str, prefix: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// Replica 1's `/metrics` shows the commands it executed and its logs' positions (the
 /// workers publish after each batch: retried briefly).
 fn check_replica_metrics(port: u16) {
@@ -257,21 +201,10 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// A base port with `n` free consecutive ports after it, searched from `lo` (each test its own
-/// range, so that tests running in parallel do not pick the same ports).
-fn free_ports_from(lo: u16, n: u16) -> u16 {
-    for base in (lo..60000).step_by(97) {
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free ports");
-}
-
 /// Starts replicas 1-3 of `config` in the working directory `cwd` (where a relative
 /// `data_dir` is resolved).
-fn start_replicas(config: &Path, cwd: &Path) -> Servers {
-    Servers(
+fn start_replicas(config: &Path, cwd: &Path) -> Processes {
+    Processes(
         (1..=3)
             .map(|n| {
                 Command::new(SERVER)
@@ -370,7 +303,7 @@ fn whole_cluster_restart(durability: &str, ports_from: u16) -> (String, Vec<Stri
 struct Scenario {
     config: std::path::PathBuf,
     dir: std::path::PathBuf,
-    servers: Servers,
+    servers: Processes,
 }
 
 impl Drop for Scenario {

@@ -7,10 +7,10 @@
 //! oracle with SIGKILL and check the survivors still answer; (3) bad input gets a clear error.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::{free_port, free_ports_from, metric_sum, scrape, Processes};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_chirper-client");
@@ -34,27 +34,6 @@ fn client(config: &Path, args: &[&str]) -> (bool, String) {
         &out.stderr
     });
     (out.status.success(), text.trim().to_string())
-}
-
-/// A base port with `n` free consecutive ports after it.
-fn free_ports(n: u16) -> u16 {
-    for base in (23000..60000).step_by(89) {
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free ports");
-}
-
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn repl(scheme: &str) -> Vec<String> {
@@ -113,7 +92,7 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
     let dir = std::env::temp_dir().join(format!("chorus-chirper-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("deployment.toml");
-    let base = free_ports(11);
+    let base = free_ports_from(23000, 11);
     let status = Command::new(SERVER)
         .args(["--write-config", config.to_str().unwrap()])
         .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"])
@@ -126,7 +105,7 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
     // Nodes 1-3: partition 0; 4-6: partition 1; 7-9: the oracle (the last group); 1000, 1001:
     // clients. Nodes 1, 4 and 7 (not killed below) serve their metrics, checked at the end.
     let metrics: Vec<(u32, u16)> = [1, 4, 7].map(|n| (n, free_port())).to_vec();
-    let mut servers = Servers(
+    let mut servers = Processes(
         (1..=9)
             .map(|n| {
                 Command::new(SERVER)
@@ -212,41 +191,6 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A free loopback port (bound, read and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
-fn scrape(port: u16) -> (String, String) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The sum of the samples whose name (with labels) starts with `prefix`, if any.
-fn metric_sum(text: &str, prefix: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// One replica of each partition (nodes 1, 4) and an oracle replica (node 7) show their
 /// counters and log positions on `/metrics` (published once per tick: retried briefly).
 fn check_metrics(nodes: &[(u32, u16)]) {
@@ -318,8 +262,8 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
 
 /// Starts the nine server nodes of `config` (partitions 0 and 1, the oracle) in the working
 /// directory `cwd` (where a relative `data_dir` is resolved).
-fn start_servers(config: &Path, cwd: &Path) -> Servers {
-    Servers(
+fn start_servers(config: &Path, cwd: &Path) -> Processes {
+    Processes(
         (1..=9)
             .map(|n| {
                 Command::new(SERVER)
@@ -357,14 +301,7 @@ fn durable_deployment_keeps_users_follows_and_posts_across_a_whole_cluster_resta
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("deployment.toml");
-    let mut base = 0;
-    for lo in (33000..60000).step_by(89) {
-        if (0..11).all(|i| TcpListener::bind(("127.0.0.1", lo + i)).is_ok()) {
-            base = lo;
-            break;
-        }
-    }
-    assert!(base > 0, "no free ports");
+    let base = free_ports_from(33000, 11);
     let status = Command::new(SERVER)
         .args(["--write-config", config.to_str().unwrap()])
         .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"])

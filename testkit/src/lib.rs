@@ -1,6 +1,7 @@
 //! Test support shared by Chorus's crates (a dev-dependency only): proptest settings, an
-//! allocator that refuses absurd allocations, and damage of well-formed text inputs for
-//! decoder property tests.
+//! allocator that refuses absurd allocations, damage of well-formed text inputs for decoder
+//! property tests, and helpers for tests that start server processes (ports, a kill-on-drop
+//! process guard, scraping `/metrics`).
 
 use bytes::Bytes;
 use proptest::collection::vec;
@@ -116,6 +117,65 @@ pub fn integer_text() -> impl Strategy<Value = String> {
         any::<i64>().prop_map(|v| v.to_string()),
         (0u32..10).prop_map(|v| v.to_string()),
     ]
+}
+
+/// A base port with `n` free consecutive loopback ports after it, searched from `lo` (give each
+/// test its own range, so that tests running in parallel do not pick the same ports).
+pub fn free_ports_from(lo: u16, n: u16) -> u16 {
+    for base in (lo..60000).step_by(97) {
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free consecutive ports above {lo}");
+}
+
+/// A free loopback port (bound, read and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Child processes killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// servers behind.
+pub struct Processes(pub Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
+pub fn scrape(port: u16) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The sum of the Prometheus samples whose name (with labels) starts with `prefix`, if any.
+pub fn metric_sum(text: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 #[cfg(test)]
