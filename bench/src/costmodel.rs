@@ -85,7 +85,9 @@ pub fn simulate(
     ));
     let client_nodes = 4;
     // Enough outstanding commands to saturate every partition.
-    let clients_per_node = (8 * partitions as usize).clamp(16, 256);
+    let clients_per_node = plan
+        .simulated_clients_per_node
+        .unwrap_or((8 * partitions as usize).clamp(16, 256));
     let tuning = groups::config::Tuning {
         trim: true,
         ..layout::tuning()

@@ -102,6 +102,13 @@ enum Experiment {
         /// partition if longer).
         #[arg(long)]
         sim_warmup: Option<f64>,
+        /// Closed-loop clients per client node (4 nodes) in simulated runs (default: 8 per
+        /// partition, between 16 and 256).
+        #[arg(long)]
+        sim_clients: Option<usize>,
+        /// DS-SMR attempts before the S-SMR fallback (default 3).
+        #[arg(long)]
+        retry_max: Option<u32>,
         /// Virtual measured seconds of each simulated run (default 0.3).
         #[arg(long)]
         sim_seconds: Option<f64>,
@@ -159,6 +166,8 @@ fn main() {
             no_simulate,
             sim_warmup,
             sim_seconds,
+            sim_clients,
+            retry_max,
         }) => {
             let mut plan = scaleout::Plan::full();
             plan.runs = runs.max(1);
@@ -190,6 +199,10 @@ fn main() {
             }
             if let Some(w) = sim_warmup {
                 plan.simulated_warmup = Some(Duration::from_secs_f64(w));
+            }
+            plan.simulated_clients_per_node = sim_clients;
+            if let Some(r) = retry_max {
+                plan.retry_max = r.max(1);
             }
             if let Some(m) = sim_seconds {
                 plan.simulated_measure = Duration::from_secs_f64(m);

@@ -58,6 +58,9 @@ pub struct Plan {
     /// is longer (DS-SMR's initial moves and fallbacks take longer to settle with more
     /// partitions: about 1 s virtual at 32).
     pub simulated_warmup: Option<Duration>,
+    /// Closed-loop clients per client node of a simulated run; `None`: 8 per partition,
+    /// between 16 and 256.
+    pub simulated_clients_per_node: Option<usize>,
     /// Virtual measured time of a simulated run.
     pub simulated_measure: Duration,
 }
@@ -88,6 +91,7 @@ impl Plan {
             post_bytes: 140,
             retry_max: 3,
             simulated_warmup: None,
+            simulated_clients_per_node: None,
             simulated_measure: Duration::from_millis(300),
         }
     }
@@ -267,13 +271,16 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             ),
             crate::costmodel::describe(),
             format!(
-                "simulated rows: one run per point, {} virtual warm-up, {:?} measured; 4 client nodes x min(8 x partitions, 256) clients, window 2, placement guessed on a cache miss",
+                "simulated rows: one run per point, {} virtual warm-up, {:?} measured; 4 client nodes x {} clients, window 2, placement guessed on a cache miss; DS-SMR retry_max {}",
                 plan.simulated
                     .iter()
                     .map(|&k| format!("{k} partitions {:?}", crate::costmodel::warmup(plan, k)))
                     .collect::<Vec<_>>()
                     .join(", "),
-                plan.simulated_measure
+                plan.simulated_measure,
+                plan.simulated_clients_per_node
+                    .map_or("min(8 x partitions, 256)".to_string(), |c| c.to_string()),
+                plan.retry_max
             ),
             "paper_ratio: DS-SMR / S-SMR throughput in the DS-SMR paper's Table 1".into(),
         ],
