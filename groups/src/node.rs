@@ -95,7 +95,7 @@ pub fn default_log(
 }
 
 /// Like [`default_log`], over any omnipaxos storage (a single-acceptor log ignores it).
-fn log_over<B: Storage<LogEntry> + Send + 'static>(
+pub(crate) fn log_over<B: Storage<LogEntry> + Send + 'static>(
     cfg: &ClusterConfig,
     lc: &LogConfig,
     me: NodeId,

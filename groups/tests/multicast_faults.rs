@@ -6,7 +6,8 @@
 //! subscribers with one or two subscriptions), tuning values, a workload of single- and
 //! multi-group multicasts and reliable multicasts, and a fault plan: crashes of up to f
 //! acceptors per log at a time (most restart, recovering their acceptor state from the
-//! simulated disk), symmetric partitions, one-way cuts, and message loss, duplication and
+//! simulated disk; about half of them hit in the middle of a step, losing the step's last
+//! writes, as a torn record, and every message the step produced), symmetric partitions, one-way cuts, and message loss, duplication and
 //! delay spikes (reordering) throughout. After the fault phase the network heals, every node
 //! restarts, and the run must get quiet: every message from a correct sender, and every
 //! message anyone delivered, reaches every correct subscriber it is addressed to. Then the
@@ -18,7 +19,7 @@
 use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, LogId, NodeId};
-use groups::sim::{GroupsSim, NetFaults, SimOptions};
+use groups::sim::{GroupsSim, NetFaults, SimOptions, StepCrash};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -32,9 +33,17 @@ struct Scenario {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Multicast { from: NodeId, dests: GroupSet },
-    Rmcast { from: NodeId, dests: GroupSet },
+    Multicast {
+        from: NodeId,
+        dests: GroupSet,
+    },
+    Rmcast {
+        from: NodeId,
+        dests: GroupSet,
+    },
     Crash(NodeId),
+    /// Crash in the middle of the node's next step that writes to its storage.
+    CrashMidStep(NodeId),
     Restart(NodeId),
     Partition(Vec<NodeId>, Vec<NodeId>),
     CutOneWay(NodeId, NodeId),
@@ -180,7 +189,9 @@ fn draw(seed: u64) -> Scenario {
             },
         ));
     }
-    // Crashes, respecting at most f crashed acceptors per log at any time.
+    // Crashes, respecting at most f crashed acceptors per log at any time. Which of them hit
+    // mid-step is drawn from a stream of its own, so the rest of the plan is unchanged by it.
+    let mut mid_step = ChaCha8Rng::seed_from_u64(seed ^ 0x6d1d_57e9);
     let mut down: BTreeMap<NodeId, (u64, Option<u64>)> = BTreeMap::new();
     for _ in 0..rng.random_range(0..=4) {
         let at = rng.random_range(0..fault_phase_us);
@@ -205,7 +216,11 @@ fn draw(seed: u64) -> Scenario {
         });
         if ok {
             down.insert(victim, (at, restart));
-            plan.push((at, Action::Crash(victim)));
+            if mid_step.random_bool(MID_STEP_CRASHES) {
+                plan.push((at, Action::CrashMidStep(victim)));
+            } else {
+                plan.push((at, Action::Crash(victim)));
+            }
             if let Some(r) = restart {
                 plan.push((r, Action::Restart(victim)));
             }
@@ -240,9 +255,14 @@ fn draw(seed: u64) -> Scenario {
     }
 }
 
+/// The share of crashes that hit in the middle of a step.
+const MID_STEP_CRASHES: f64 = 0.5;
+
 struct Outcome {
     sent: usize,
     crashes: u64,
+    mid_step_crashes: usize,
+    lost_writes: usize,
 }
 
 fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
@@ -317,6 +337,7 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         }));
     }
     let mut payload = 0u32;
+    let mut reported = 0;
     // CHORUS_WATCH=node:log:from_us:to_us prints that acceptor's log indexes after every step.
     let watch: Option<(u32, u32, u64, u64)> = std::env::var("CHORUS_WATCH").ok().map(|w| {
         let v: Vec<u64> = w
@@ -361,6 +382,15 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
             }
         }
         s.run_until(*at);
+        if verbose {
+            for c in &s.step_crashes()[reported..] {
+                eprintln!(
+                    "  t={}us crashed mid-step: {} ({:?}), lost {} of the step's {} writes",
+                    c.at_us, c.node, c.mode, c.lost, c.writes
+                );
+            }
+        }
+        reported = s.step_crashes().len();
         let mm = s.storage_mismatches();
         if !mm.is_empty() {
             return Err(format!(
@@ -379,7 +409,11 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
                 s.rmcast(*from, dests.clone(), bytes::Bytes::from_static(b"r"));
             }
             Action::Crash(n) => s.crash(*n),
-            Action::Restart(n) => s.restart(*n),
+            Action::CrashMidStep(n) => s.arm_step_crash(*n, StepCrash::MidStep),
+            Action::Restart(n) => {
+                s.disarm_step_crash(*n);
+                s.restart(*n)
+            }
             Action::Partition(a, b) => s.sim.net.partition(a, b),
             Action::CutOneWay(a, b) => s.sim.net.cut_one_way(*a, *b),
             Action::Heal => {
@@ -389,7 +423,19 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         }
     }
     s.run_until(sc.fault_phase_us);
-    // Liveness phase: a healed, reliable network and every node up.
+    if verbose {
+        for c in &s.step_crashes()[reported..] {
+            eprintln!(
+                "  t={}us crashed mid-step: {} ({:?}), lost {} of the step's {} writes",
+                c.at_us, c.node, c.mode, c.lost, c.writes
+            );
+        }
+    }
+    // Liveness phase: a healed, reliable network and every node up; a mid-step crash still
+    // armed is dropped.
+    for n in sc.cfg.nodes.iter().map(|n| n.id) {
+        s.disarm_step_crash(n);
+    }
     s.sim.net.heal_all();
     s.sim.net.faults = NetFaults::calm();
     for n in sc.cfg.nodes.iter().map(|n| n.id) {
@@ -455,6 +501,8 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         Ok(Outcome {
             sent: s.sent_count(),
             crashes: s.sim.stats.crashes,
+            mid_step_crashes: s.step_crashes().len(),
+            lost_writes: s.lost_writes(),
         })
     } else {
         Err(problems.join("\n  "))
@@ -471,8 +519,16 @@ fn multicast_properties_hold_under_faults() {
     );
     let sent: usize = passed.iter().map(|o| o.sent).sum();
     let crashes: u64 = passed.iter().map(|o| o.crashes).sum();
+    let mid_step: usize = passed.iter().map(|o| o.mid_step_crashes).sum();
+    let mid_step_seeds = passed.iter().filter(|o| o.mid_step_crashes > 0).count();
+    let lost: usize = passed.iter().map(|o| o.lost_writes).sum();
     eprintln!(
-        "multicast_faults: {} seeds passed: {sent} multicasts, {crashes} crashes",
+        "multicast_faults: {} seeds passed: {sent} multicasts, {crashes} crashes ({mid_step} mid-step, in {mid_step_seeds} seeds, losing {lost} writes)",
         passed.len()
+    );
+    // A single replayed seed may have none; a campaign must have some.
+    assert!(
+        passed.len() < 20 || (mid_step_seeds > 0 && lost > 0),
+        "no seed crashed a node mid-step losing a write"
     );
 }

@@ -234,3 +234,68 @@ impl<S: Storage<LogEntry>> Storage<LogEntry> for Shared<S> {
         get_snapshot(&self) -> StorageResult<Option<NoSnapshot>>;
     }
 }
+
+/// What one write changed in a [`MemStorage`], enough to take it back with
+/// [`MemStorage::undo`]. The simulator uses it to lose the writes of a step cut short by a crash
+/// (see `sim::SimStorage`).
+#[derive(Clone, Debug)]
+pub struct MemUndo {
+    trimmed: usize,
+    compacted: usize,
+    promise: Option<Ballot>,
+    accepted_round: Option<Ballot>,
+    decided: usize,
+    stopsign: Option<StopSign>,
+    /// Entries a trim removed from the front.
+    front: Vec<LogEntry>,
+    /// The write left entries before index `keep` as they were; `tail` held those from `keep` on.
+    keep: usize,
+    tail: Vec<LogEntry>,
+}
+
+impl MemStorage {
+    /// Applies `op` and returns how to take it back.
+    pub fn write_undoable(&mut self, op: StorageOp<LogEntry>) -> MemUndo {
+        let end = self.trimmed + self.entries.len();
+        let keep = match &op {
+            StorageOp::AppendOnPrefix(i, _) => (*i).clamp(self.trimmed, end),
+            _ => end,
+        };
+        let front = match &op {
+            StorageOp::Trim(i) => {
+                let n = i.saturating_sub(self.trimmed).min(self.entries.len());
+                self.entries.range(..n).cloned().collect()
+            }
+            _ => Vec::new(),
+        };
+        let undo = MemUndo {
+            trimmed: self.trimmed,
+            compacted: self.compacted,
+            promise: self.promise,
+            accepted_round: self.accepted_round,
+            decided: self.decided,
+            stopsign: self.stopsign.clone(),
+            front,
+            keep,
+            tail: self.slice(keep, end),
+        };
+        // MemStorage never fails.
+        let _ = self.write_atomically(vec![op]);
+        undo
+    }
+
+    /// Takes back the write that returned `undo` (the writes after it first, newest first).
+    pub fn undo(&mut self, undo: MemUndo) {
+        for e in undo.front.into_iter().rev() {
+            self.entries.push_front(e);
+        }
+        self.trimmed = undo.trimmed;
+        self.entries.truncate(undo.keep - self.trimmed);
+        self.entries.extend(undo.tail);
+        self.compacted = undo.compacted;
+        self.promise = undo.promise;
+        self.accepted_round = undo.accepted_round;
+        self.decided = undo.decided;
+        self.stopsign = undo.stopsign;
+    }
+}

@@ -4,17 +4,29 @@
 //! Acceptor state survives crashes (each acceptor's log storage is kept by the harness and
 //! handed to the restarted node, like a disk); everything else a node held is lost, and a
 //! restarted node delivers its streams again from the start as a new incarnation.
+//!
+//! Besides crashes between events, a node can be armed to crash in the middle of a step
+//! ([`GroupsSim::arm_step_crash`]): the next step in which it writes to its storage (or, for a
+//! node that stores nothing, its next step) is cut short. [`StepCrash::MidStep`] is a fault the
+//! protocol must survive: the step's writes from a seeded-random one on are lost (the torn
+//! last write and anything after it) and nothing the step produced is sent.
+//! [`StepCrash::LyingDisk`] is a negative control: all the step's writes are lost but its
+//! messages and deliveries do get out, like a disk that acknowledged syncs it never did. A
+//! longer lie, [`GroupsSim::set_lying_disk`], loses every write since it started at the node's
+//! next crash (the lost unsynced tail).
 
+use super::storage::{SimStorage, StepClock};
 use super::{NetFaults, Network, Sim};
 use crate::checker::{self, Sent, Stream, StreamId, Violation};
 use crate::config::ClusterConfig;
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
-use crate::log::storage::{MemStorage, Shared};
-use crate::node::{default_log, GroupsNode, NodeOptions};
+use crate::node::{GroupsNode, NodeOptions};
 use crate::rmcast::RDelivery;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// How a simulation starts.
@@ -34,6 +46,31 @@ impl SimOptions {
     }
 }
 
+/// How an armed node crashes in the middle of a step (see [`GroupsSim::arm_step_crash`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepCrash {
+    /// A crash while handling the event: the step's writes from a random one on are lost (a
+    /// torn record cut off at restart, or writes that never reached the disk) and nothing the
+    /// step produced is sent. Safe: nothing that depended on a lost write got out.
+    MidStep,
+    /// A disk that lies about syncing (negative control): every write of the step (and every
+    /// one since [`GroupsSim::set_lying_disk`], if set) is lost, but the step's messages and
+    /// deliveries do get out before the node crashes.
+    LyingDisk,
+}
+
+/// One mid-step crash that happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepCrashRecord {
+    pub at_us: u64,
+    pub node: NodeId,
+    pub mode: StepCrash,
+    /// Writes the step made, and how many writes were lost (the step's, and earlier unsynced
+    /// ones of a lying disk).
+    pub writes: usize,
+    pub lost: usize,
+}
+
 struct SentRecord {
     id: MsgId,
     dests: GroupSet,
@@ -45,7 +82,19 @@ struct SentRecord {
 pub struct GroupsSim {
     pub sim: Sim<GroupsNode>,
     cfg: Arc<ClusterConfig>,
-    storages: BTreeMap<(NodeId, LogId), Shared<MemStorage>>,
+    storages: BTreeMap<(NodeId, LogId), SimStorage>,
+    clock: StepClock,
+    /// Nodes that store something (acceptors of logs with more than one acceptor).
+    writers: BTreeSet<NodeId>,
+    armed: BTreeMap<NodeId, StepCrash>,
+    /// Nodes whose disk lies (see [`GroupsSim::set_lying_disk`]).
+    lying: BTreeSet<NodeId>,
+    step_crashes: Vec<StepCrashRecord>,
+    /// Writes lost by storage faults so far.
+    lost_writes: usize,
+    /// Draws which writes a mid-step crash loses (apart from the network's RNG, so that arming
+    /// a crash does not change the run before it fires).
+    fault_rng: ChaCha8Rng,
     sent: Vec<SentRecord>,
     rsent: Vec<SentRecord>,
     streams: BTreeMap<StreamId, Vec<MsgId>>,
@@ -61,10 +110,15 @@ pub struct GroupsSim {
 impl GroupsSim {
     pub fn new(cfg: ClusterConfig, opts: SimOptions) -> Self {
         let cfg = Arc::new(cfg);
+        let clock = StepClock::default();
         let mut storages = BTreeMap::new();
+        let mut writers = BTreeSet::new();
         for l in &cfg.logs {
             for &a in &l.acceptors {
-                storages.insert((a, l.id), Shared::default());
+                storages.insert((a, l.id), SimStorage::new(clock.clone()));
+                if l.acceptors.len() > 1 {
+                    writers.insert(a);
+                }
             }
         }
         let mut sim = Sim::new(opts.seed, cfg.tuning.tick_us, Network::new(opts.net));
@@ -75,6 +129,13 @@ impl GroupsSim {
             sim,
             cfg,
             storages,
+            clock,
+            writers,
+            armed: BTreeMap::new(),
+            lying: BTreeSet::new(),
+            step_crashes: Vec::new(),
+            lost_writes: 0,
+            fault_rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x70a2_d15c_c2a5_4ed0),
             sent: Vec::new(),
             rsent: Vec::new(),
             streams: BTreeMap::new(),
@@ -122,6 +183,56 @@ impl GroupsSim {
 
     pub fn crash(&mut self, node: NodeId) {
         self.sim.crash(node);
+        self.lose_unsynced(node);
+    }
+
+    /// Negative control: from now on `node`'s disk acknowledges writes without syncing them,
+    /// and the node's next crash (of any kind) loses every write since. It syncs honestly again
+    /// after that crash.
+    pub fn set_lying_disk(&mut self, node: NodeId) {
+        self.lying.insert(node);
+        for s in node_storages(&self.storages, node) {
+            s.set_lying(true);
+        }
+    }
+
+    /// At a crash of `node`: a lying disk loses what it never synced. Returns how many writes.
+    fn lose_unsynced(&mut self, node: NodeId) -> usize {
+        if !self.lying.remove(&node) {
+            return 0;
+        }
+        let lost: usize = node_storages(&self.storages, node)
+            .map(|s| {
+                let n = s.roll_back_from(0);
+                s.set_lying(false);
+                n
+            })
+            .sum();
+        self.lost_writes += lost;
+        lost
+    }
+
+    /// Arms `node` to crash in the middle of its next step that writes to its storage (its
+    /// next step, if it stores nothing), as `mode` says. The node stays down until restarted;
+    /// [`GroupsSim::disarm_step_crash`] cancels a crash that has not happened yet.
+    pub fn arm_step_crash(&mut self, node: NodeId, mode: StepCrash) {
+        self.armed.insert(node, mode);
+    }
+
+    /// Cancels the step crash armed on `node`, if it has not happened; returns whether one was
+    /// armed.
+    pub fn disarm_step_crash(&mut self, node: NodeId) -> bool {
+        self.armed.remove(&node).is_some()
+    }
+
+    /// The mid-step crashes that happened so far, in order.
+    pub fn step_crashes(&self) -> &[StepCrashRecord] {
+        &self.step_crashes
+    }
+
+    /// How many writes storage faults (mid-step crashes, lying disks) have lost so far.
+    pub fn lost_writes(&self) -> usize {
+        self.lost_writes
     }
 
     pub fn restart(&mut self, node: NodeId) {
@@ -129,6 +240,7 @@ impl GroupsSim {
             return;
         }
         let inc = self.sim.incarnation(node) + 1;
+        self.clock.begin_step();
         let fresh = make_node(&self.cfg, &self.storages, node, inc);
         self.started.insert((node, inc), self.sim.now_us());
         self.sim.restart(node, |_| fresh);
@@ -167,7 +279,7 @@ impl GroupsSim {
     pub fn run_until(&mut self, until_us: u64) {
         let mut touched = Vec::new();
         while self.sim.next_at().is_some_and(|t| t <= until_us) {
-            if let Some(n) = self.sim.step() {
+            if let Some(n) = self.sim_step() {
                 touched.push(n);
                 if touched.len() >= 64 {
                     self.collect_touched(&mut touched);
@@ -180,9 +292,68 @@ impl GroupsSim {
 
     /// Processes one event and records what it delivered; returns the node it touched.
     pub fn step(&mut self) -> Option<NodeId> {
-        let n = self.sim.step()?;
+        let n = self.sim_step()?;
         self.collect(n);
         Some(n)
+    }
+
+    /// One event of the simulation as a step of the storage clock, with the armed mid-step
+    /// crashes.
+    fn sim_step(&mut self) -> Option<NodeId> {
+        self.clock.begin_step();
+        if self.armed.is_empty() {
+            return self.sim.step();
+        }
+        let now = self.sim.next_at()?;
+        let (armed, storages, writers) = (&mut self.armed, &self.storages, &self.writers);
+        let mut fired = None;
+        let touched = self.sim.step_with(&mut |node| {
+            let Some(&mode) = armed.get(&node) else {
+                return false;
+            };
+            let writes = step_writes(storages, node);
+            if writes.is_empty() && writers.contains(&node) {
+                return false;
+            }
+            armed.remove(&node);
+            fired = Some((node, mode, writes));
+            // A lying disk lets the step's outputs out.
+            mode == StepCrash::MidStep
+        });
+        let Some((node, mode, writes)) = fired else {
+            return touched;
+        };
+        let step_lost = match mode {
+            StepCrash::MidStep => {
+                // The crash hits during write `cut` (torn, cut off at restart) or, when `cut`
+                // is past the last one, after every write but before anything is sent.
+                let cut = self.fault_rng.random_range(0..=writes.len());
+                let lost = writes.len() - cut;
+                if let Some(&from) = writes.get(cut) {
+                    roll_back(&self.storages, node, from);
+                }
+                lost
+            }
+            StepCrash::LyingDisk => {
+                // The step's outputs got out; then the disk turns out never to have synced.
+                self.collect(node);
+                if let Some(&from) = writes.first() {
+                    roll_back(&self.storages, node, from);
+                }
+                self.sim.crash(node);
+                writes.len()
+            }
+        };
+        self.lost_writes += step_lost;
+        let lost = step_lost + self.lose_unsynced(node);
+        self.step_crashes.push(StepCrashRecord {
+            at_us: now,
+            node,
+            mode,
+            writes: writes.len(),
+            lost,
+        });
+        touched
     }
 
     fn collect_touched(&mut self, touched: &mut Vec<NodeId>) {
@@ -397,10 +568,37 @@ impl GroupsSim {
     }
 }
 
+/// The numbers of the writes `node` made in the current step, over all its storages, oldest
+/// first.
+fn step_writes(storages: &BTreeMap<(NodeId, LogId), SimStorage>, node: NodeId) -> Vec<u64> {
+    let mut v: Vec<u64> = node_storages(storages, node)
+        .flat_map(SimStorage::step_writes)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Takes back the current step's writes of `node` numbered `from` or later.
+fn roll_back(storages: &BTreeMap<(NodeId, LogId), SimStorage>, node: NodeId, from: u64) {
+    for s in node_storages(storages, node) {
+        s.roll_back_from(from);
+    }
+}
+
+/// The storages of `node`'s acceptors.
+fn node_storages(
+    storages: &BTreeMap<(NodeId, LogId), SimStorage>,
+    node: NodeId,
+) -> impl Iterator<Item = &SimStorage> {
+    storages
+        .range((node, LogId(0))..=(node, LogId(u32::MAX)))
+        .map(|(_, s)| s)
+}
+
 /// Builds incarnation `incarnation` of `id`, its acceptors over the storage that outlives it.
 fn make_node(
     cfg: &Arc<ClusterConfig>,
-    storages: &BTreeMap<(NodeId, LogId), Shared<MemStorage>>,
+    storages: &BTreeMap<(NodeId, LogId), SimStorage>,
     id: NodeId,
     incarnation: u32,
 ) -> GroupsNode {
@@ -409,6 +607,6 @@ fn make_node(
         merge_locally: true,
     };
     GroupsNode::new(cfg.clone(), id, opts, |lc| {
-        default_log(cfg, lc, id, storages[&(id, lc.id)].clone())
+        crate::node::log_over(cfg, lc, id, storages[&(id, lc.id)].clone())
     })
 }

@@ -13,9 +13,11 @@
 mod groups;
 mod net;
 pub mod seeds;
+mod storage;
 
-pub use groups::{GroupsSim, SimOptions};
+pub use groups::{GroupsSim, SimOptions, StepCrash, StepCrashRecord};
 pub use net::{NetFaults, Network};
+pub use storage::{SimStorage, StepClock};
 
 use crate::ids::NodeId;
 use rand::{RngExt, SeedableRng};
@@ -110,6 +112,10 @@ pub fn wire_bytes(msg: &crate::NetMsg) -> usize {
     use crate::codec::Codec;
     crate::codec::Bitcode.encode(msg).map_or(0, |b| b.len())
 }
+
+/// Asked after a node handled an event or a tick and before what it produced is sent: `true`
+/// crashes the node right there (see [`Sim::step_with`]).
+pub type CrashMidStep<'a> = &'a mut dyn FnMut(NodeId) -> bool;
 
 /// A delivery observer: `(sent, delivered)` times, sender, receiver, message.
 pub type TraceFn<M> = Box<dyn FnMut((u64, u64), NodeId, NodeId, &M)>;
@@ -330,6 +336,15 @@ impl<A: Actor> Sim<A> {
         }
     }
 
+    /// Crashes `id` in the middle of a step: what it produced is never sent.
+    fn crash_dropping_outputs(&mut self, id: NodeId) {
+        if let Some(actor) = self.slots.get_mut(&id).and_then(|s| s.actor.as_mut()) {
+            actor.take_outgoing(&mut self.scratch);
+            self.scratch.clear();
+        }
+        self.crash(id);
+    }
+
     fn flush(&mut self, id: NodeId) {
         let Some(actor) = self.slots.get_mut(&id).and_then(|s| s.actor.as_mut()) else {
             return;
@@ -408,7 +423,12 @@ impl<A: Actor> Sim<A> {
     }
 
     /// With the cost model: does `work` on `node` now and occupies its CPU.
-    fn perform(&mut self, node: NodeId, work: Work<A::Msg>) -> Option<NodeId> {
+    fn perform(
+        &mut self,
+        node: NodeId,
+        work: Work<A::Msg>,
+        crash_mid_step: CrashMidStep<'_>,
+    ) -> Option<NodeId> {
         let now = self.now_us;
         let (per_message, per_byte, per_tick, free) = match &self.cpu {
             Some(c) => (
@@ -463,6 +483,10 @@ impl<A: Actor> Sim<A> {
         if free {
             cost = 0.0;
         }
+        if crash_mid_step(node) {
+            self.crash_dropping_outputs(node);
+            return Some(node);
+        }
         let end = now + cost.round() as u64;
         if let Some(cpu) = self.cpu.as_mut() {
             cpu.busy_until.insert(node, end);
@@ -478,6 +502,15 @@ impl<A: Actor> Sim<A> {
 
     /// Processes the next event. Returns the node it touched (if any) and the new time.
     pub fn step(&mut self) -> Option<NodeId> {
+        self.step_with(&mut |_| false)
+    }
+
+    /// Like [`Sim::step`], but asks `crash_mid_step` about the node once it has handled the
+    /// event and before anything it produced is sent; on `true` the node crashes mid-step:
+    /// every message of the step is dropped and the node goes down (what it wrote during the
+    /// step is the caller's business, as with [`Sim::crash`]). Returns the touched node either
+    /// way.
+    pub fn step_with(&mut self, crash_mid_step: CrashMidStep<'_>) -> Option<NodeId> {
         let Reverse((at, seq)) = self.queue.pop()?;
         let event = self.events.remove(&seq).expect("scheduled event");
         self.now_us = self.now_us.max(at);
@@ -502,18 +535,18 @@ impl<A: Actor> Sim<A> {
                             bytes,
                         },
                     )?;
-                    self.perform(to, work)
+                    self.perform(to, work, crash_mid_step)
                 }
                 Event::Tick { node, incarnation } => {
                     if self.incarnation(node) != incarnation || !self.is_up(node) {
                         return None;
                     }
                     let work = self.admit(node, Work::Tick { incarnation })?;
-                    self.perform(node, work)
+                    self.perform(node, work, crash_mid_step)
                 }
                 Event::Resume { node } => {
                     let work = self.cpu.as_mut()?.backlog.get_mut(&node)?.pop_front()?;
-                    let touched = self.perform(node, work);
+                    let touched = self.perform(node, work, crash_mid_step);
                     let cpu = self.cpu.as_mut()?;
                     if cpu.backlog.get(&node).is_some_and(|q| !q.is_empty()) {
                         let at = cpu
@@ -548,7 +581,11 @@ impl<A: Actor> Sim<A> {
                     t((sent_us, self.now_us), from, to, &msg);
                 }
                 actor.handle(from, msg);
-                self.flush(to);
+                if crash_mid_step(to) {
+                    self.crash_dropping_outputs(to);
+                } else {
+                    self.flush(to);
+                }
                 Some(to)
             }
             Event::Tick { node, incarnation } => {
@@ -559,6 +596,10 @@ impl<A: Actor> Sim<A> {
                 let actor = slot.actor.as_mut()?;
                 actor.set_time(self.now_us);
                 actor.tick();
+                if crash_mid_step(node) {
+                    self.crash_dropping_outputs(node);
+                    return Some(node);
+                }
                 self.flush(node);
                 let next = self.now_us + self.tick_us;
                 self.schedule(next, Event::Tick { node, incarnation });
