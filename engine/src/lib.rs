@@ -5,6 +5,7 @@
 //! involved worker while the others are parked. See [`service`] for the contract a service
 //! implements, [`psmr`] for the replica, [`client`] for the client proxy.
 
+pub mod binary;
 pub mod client;
 pub mod inproc;
 pub mod layout;

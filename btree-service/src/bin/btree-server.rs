@@ -82,39 +82,22 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    engine::binary::init_logging();
     let args = Args::parse();
-    let result = match (&args.write_config, &args.config) {
-        _ if args.metrics_addr.is_some()
-            && (args.config.is_none() || args.write_config.is_some()) =>
-        {
-            Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into())
-        }
-        _ if (args.durability.is_some() || args.data_dir.is_some())
-            && args.write_config.is_none() =>
-        {
-            Err(
-                "--durability and --data-dir go with --write-config (a TCP node reads them \
-                 from its deployment file)"
-                    .into(),
-            )
-        }
-        (Some(path), _) => write_config(&args, path),
-        (None, Some(path)) => serve_tcp(&args, path),
-        (None, None) => serve_in_process(&args),
+    let flags = engine::binary::ServerFlags {
+        write_config: args.write_config.is_some(),
+        config: args.config.is_some(),
+        metrics_addr: args.metrics_addr.is_some(),
+        durability: args.durability.is_some() || args.data_dir.is_some(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("btree-server: {e}");
-            ExitCode::from(2)
+    let result = engine::binary::check_server_flags(&flags).and_then(|()| {
+        match (&args.write_config, &args.config) {
+            (Some(path), _) => write_config(&args, path),
+            (None, Some(path)) => serve_tcp(&args, path),
+            (None, None) => serve_in_process(&args),
         }
-    }
+    });
+    engine::binary::exit("btree-server", result)
 }
 
 fn mode_and_workers(args: &Args) -> Result<(Mode, usize), String> {

@@ -319,37 +319,20 @@ fn serve_in_process(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    engine::binary::init_logging();
     let args = Args::parse();
-    let r = match (&args.write_config, &args.config) {
-        _ if args.metrics_addr.is_some()
-            && (args.config.is_none() || args.write_config.is_some()) =>
-        {
-            Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into())
-        }
-        _ if (args.durability.is_some() || args.data_dir.is_some())
-            && args.write_config.is_none() =>
-        {
-            Err(
-                "--durability and --data-dir go with --write-config (a TCP node reads them \
-                 from its deployment file)"
-                    .into(),
-            )
-        }
-        (Some(p), _) => write_config(&args, p),
-        (None, Some(p)) => serve_node(&args, p),
-        (None, None) => serve_in_process(&args),
+    let flags = engine::binary::ServerFlags {
+        write_config: args.write_config.is_some(),
+        config: args.config.is_some(),
+        metrics_addr: args.metrics_addr.is_some(),
+        durability: args.durability.is_some() || args.data_dir.is_some(),
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chirper-server: {e}");
-            ExitCode::from(2)
+    let result = engine::binary::check_server_flags(&flags).and_then(|()| {
+        match (&args.write_config, &args.config) {
+            (Some(path), _) => write_config(&args, path),
+            (None, Some(path)) => serve_node(&args, path),
+            (None, None) => serve_in_process(&args),
         }
-    }
+    });
+    engine::binary::exit("chirper-server", result)
 }

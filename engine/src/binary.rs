@@ -1,0 +1,78 @@
+//! What the service binaries (`btree-server`, `chirper-server`) share around their own logic:
+//! logging set-up, the check that flags fit the chosen mode, and the exit convention.
+
+use std::process::ExitCode;
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// How a server binary was asked to run, for [`check_server_flags`].
+pub struct ServerFlags {
+    /// `--write-config` was given.
+    pub write_config: bool,
+    /// `--config` was given (one node of a TCP deployment).
+    pub config: bool,
+    /// `--metrics-addr` was given.
+    pub metrics_addr: bool,
+    /// `--durability` or `--data-dir` was given.
+    pub durability: bool,
+}
+
+/// Refuses flags that do not fit the mode: metrics need a TCP node, durability flags are
+/// written by `--write-config` (a TCP node reads them from its deployment file).
+pub fn check_server_flags(f: &ServerFlags) -> Result<(), String> {
+    if f.metrics_addr && (!f.config || f.write_config) {
+        return Err("--metrics-addr needs --config and --node (a node of a TCP deployment)".into());
+    }
+    if f.durability && !f.write_config {
+        return Err(
+            "--durability and --data-dir go with --write-config (a TCP node reads them \
+                    from its deployment file)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Exit status 0, or 2 with `name: error` on stderr.
+pub fn exit(name: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_that_do_not_fit_the_mode_are_refused() {
+        let f = |write_config, config, metrics_addr, durability| ServerFlags {
+            write_config,
+            config,
+            metrics_addr,
+            durability,
+        };
+        assert!(check_server_flags(&f(false, true, true, false)).is_ok());
+        assert!(check_server_flags(&f(true, false, false, true)).is_ok());
+        assert!(check_server_flags(&f(false, false, false, false)).is_ok());
+        assert!(check_server_flags(&f(false, false, true, false))
+            .unwrap_err()
+            .contains("--metrics-addr needs --config"));
+        assert!(check_server_flags(&f(true, true, true, false)).is_err());
+        assert!(check_server_flags(&f(false, true, false, true))
+            .unwrap_err()
+            .contains("go with --write-config"));
+    }
+}
