@@ -9,7 +9,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{free_port, free_ports_from, metric_sum, scrape, Processes};
+use testkit::{
+    exit_code_and_stderr, free_port, free_ports_from, metric_sum, scrape, start_nodes, Processes,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
@@ -85,30 +87,13 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
     assert!(status.success());
     // Replica 1 serves its metrics (checked after the commands).
     let metrics_port = free_port();
-    let mut servers = Processes(
-        (1..=3)
-            .map(|n| {
-                Command::new(SERVER)
-                    .args([
-                        "--config",
-                        config.to_str().unwrap(),
-                        "--node",
-                        &n.to_string(),
-                    ])
-                    .args(if n == 1 {
-                        vec![
-                            "--metrics-addr".to_string(),
-                            format!("127.0.0.1:{metrics_port}"),
-                        ]
-                    } else {
-                        vec![]
-                    })
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
+    let mut servers = start_nodes(SERVER, &config, Path::new("."), 1..=3, |n| {
+        if n == 1 {
+            vec!["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")]
+        } else {
+            vec![]
+        }
+    });
     // Wait until the deployment answers.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -178,13 +163,7 @@ fn check_replica_metrics(port: u16) {
 
 #[test]
 fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
-    let run = |args: &[&str]| {
-        let out = Command::new(SERVER).args(args).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| exit_code_and_stderr(SERVER, args);
     let (code, err) = run(&["--metrics-addr", "127.0.0.1:9100"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--metrics-addr needs --config"), "{err}");
@@ -199,28 +178,6 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--metrics-addr \"localhost:nope\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-}
-
-/// Starts replicas 1-3 of `config` in the working directory `cwd` (where a relative
-/// `data_dir` is resolved).
-fn start_replicas(config: &Path, cwd: &Path) -> Processes {
-    Processes(
-        (1..=3)
-            .map(|n| {
-                Command::new(SERVER)
-                    .current_dir(cwd)
-                    .args([
-                        "--config",
-                        config.to_str().unwrap(),
-                        "--node",
-                        &n.to_string(),
-                    ])
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    )
 }
 
 /// Polls `size` until the deployment answers, and returns its first answer.
@@ -268,7 +225,7 @@ fn whole_cluster_restart(durability: &str, ports_from: u16) -> (String, Vec<Stri
         assert!(text.contains("trim = true"), "{text}");
     }
 
-    let mut servers = start_replicas(&config, &dir);
+    let mut servers = start_nodes(SERVER, &config, &dir, 1..=3, |_| vec![]);
     assert_eq!(first_size(&config), "10");
     for k in 1..=4 {
         assert_eq!(
@@ -283,7 +240,7 @@ fn whole_cluster_restart(durability: &str, ports_from: u16) -> (String, Vec<Stri
         let _ = c.wait();
     }
     drop(servers);
-    let servers = start_replicas(&config, &dir);
+    let servers = start_nodes(SERVER, &config, &dir, 1..=3, |_| vec![]);
     let size = first_size(&config);
     let values = (1..=4)
         .map(|k| client(&config, &["get", &k.to_string()]).1)

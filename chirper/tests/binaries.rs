@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{free_port, free_ports_from, metric_sum, scrape, Processes};
+use testkit::{exit_code_and_stderr, free_port, free_ports_from, metric_sum, scrape, start_nodes};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_chirper-client");
@@ -105,30 +105,13 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
     // Nodes 1-3: partition 0; 4-6: partition 1; 7-9: the oracle (the last group); 1000, 1001:
     // clients. Nodes 1, 4 and 7 (not killed below) serve their metrics, checked at the end.
     let metrics: Vec<(u32, u16)> = [1, 4, 7].map(|n| (n, free_port())).to_vec();
-    let mut servers = Processes(
-        (1..=9)
-            .map(|n| {
-                Command::new(SERVER)
-                    .args([
-                        "--config",
-                        config.to_str().unwrap(),
-                        "--node",
-                        &n.to_string(),
-                    ])
-                    .args(
-                        metrics
-                            .iter()
-                            .filter(|(m, _)| *m == n)
-                            .flat_map(|(_, port)| {
-                                ["--metrics-addr".to_string(), format!("127.0.0.1:{port}")]
-                            }),
-                    )
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
+    let mut servers = start_nodes(SERVER, &config, Path::new("."), 1..=9, |n| {
+        metrics
+            .iter()
+            .filter(|(m, _)| *m == n)
+            .flat_map(|(_, port)| ["--metrics-addr".to_string(), format!("127.0.0.1:{port}")])
+            .collect()
+    });
     // Wait until the deployment answers: a user of the generated graph has a timeline.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -237,13 +220,7 @@ fn check_metrics(nodes: &[(u32, u16)]) {
 
 #[test]
 fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
-    let run = |args: &[&str]| {
-        let out = Command::new(SERVER).args(args).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| exit_code_and_stderr(SERVER, args);
     let (code, err) = run(&["--metrics-addr", "127.0.0.1:9100"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--metrics-addr needs --config"), "{err}");
@@ -258,28 +235,6 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--metrics-addr \"999.1.1.1:80\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-}
-
-/// Starts the nine server nodes of `config` (partitions 0 and 1, the oracle) in the working
-/// directory `cwd` (where a relative `data_dir` is resolved).
-fn start_servers(config: &Path, cwd: &Path) -> Processes {
-    Processes(
-        (1..=9)
-            .map(|n| {
-                Command::new(SERVER)
-                    .current_dir(cwd)
-                    .args([
-                        "--config",
-                        config.to_str().unwrap(),
-                        "--node",
-                        &n.to_string(),
-                    ])
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    )
 }
 
 /// Polls `timeline user` until the deployment answers, and returns its first answer.
@@ -316,7 +271,7 @@ fn durable_deployment_keeps_users_follows_and_posts_across_a_whole_cluster_resta
     assert!(text.contains("durability = \"disk\""), "{text}");
     assert!(text.contains("trim = false"), "{text}");
 
-    let mut servers = start_servers(&config, &dir);
+    let mut servers = start_nodes(SERVER, &config, &dir, 1..=9, |_| vec![]);
     first_timeline(&config, "1");
     assert_eq!(
         client(&config, &["create", "7000"]),
@@ -342,7 +297,7 @@ fn durable_deployment_keeps_users_follows_and_posts_across_a_whole_cluster_resta
     drop(servers);
     assert!(dir.join("data/node-7/log-2.wal").is_file());
 
-    let servers = start_servers(&config, &dir);
+    let servers = start_nodes(SERVER, &config, &dir, 1..=9, |_| vec![]);
     assert_eq!(first_timeline(&config, "7001"), "@7000: before the crash");
     assert_eq!(
         client(&config, &["post", "7000", "after"]),

@@ -151,6 +151,46 @@ impl Drop for Processes {
     }
 }
 
+/// Starts `binary --config CONFIG --node N [extra(N)...]` for every node in `nodes`, in the
+/// working directory `cwd` (where relative paths of the deployment file resolve), stderr
+/// discarded; killed when the guard drops.
+pub fn start_nodes(
+    binary: &str,
+    config: &std::path::Path,
+    cwd: &std::path::Path,
+    nodes: impl IntoIterator<Item = u32>,
+    extra: impl Fn(u32) -> Vec<String>,
+) -> Processes {
+    Processes(
+        nodes
+            .into_iter()
+            .map(|n| {
+                std::process::Command::new(binary)
+                    .current_dir(cwd)
+                    .arg("--config")
+                    .arg(config)
+                    .args(["--node", &n.to_string()])
+                    .args(extra(n))
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a server process")
+            })
+            .collect(),
+    )
+}
+
+/// Runs `binary args` to completion: its exit code and its stderr.
+pub fn exit_code_and_stderr(binary: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
 pub fn scrape(port: u16) -> (String, String) {
     use std::io::{Read, Write};
