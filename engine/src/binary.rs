@@ -52,6 +52,34 @@ pub fn exit(name: &str, result: Result<(), String>) -> ExitCode {
     }
 }
 
+/// Runs one command through `proxy` as node `me` of a TCP deployment: starts the node, waits
+/// up to `timeout` for the reply, stops the node. `Ok(None)` means no reply in time.
+pub fn call_once<P: crate::client::Proxy + Send + 'static>(
+    cluster: &groups::config::ClusterConfig,
+    me: groups::ids::NodeId,
+    proxy: P,
+    command: P::Command,
+    timeout: std::time::Duration,
+) -> Result<Option<Result<P::Reply, crate::client::ClientError>>, String>
+where
+    P::Command: Send + 'static,
+    P::Reply: Send + 'static,
+{
+    let (app, handle) = crate::client::HandleApp::from_proxies(vec![proxy]);
+    let node = groups::node::GroupsNode::in_memory(
+        std::sync::Arc::new(cluster.clone()),
+        me,
+        groups::node::NodeOptions::fresh(),
+    );
+    let tcp = groups::runtime::tcp::TcpNode::bind(node, app).map_err(|e| e.to_string())?;
+    let stop = tcp.stop_flag();
+    let thread = std::thread::spawn(move || tcp.run(None).map(|_| ()));
+    let reply = handle.call(0, command, timeout);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = thread.join();
+    Ok(reply)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,13 +11,11 @@
 use btree_service::cli::{parse_command, render_reply, DeploymentFile};
 use btree_service::service::TreeService;
 use clap::Parser;
-use engine::client::HandleApp;
+use engine::client::ClientProxy;
+use engine::wire::ClientId;
 use groups::ids::NodeId;
-use groups::node::{GroupsNode, NodeOptions};
-use groups::runtime::tcp::TcpNode;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,14 +50,20 @@ fn run(args: &Args) -> Result<String, String> {
         ));
     }
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
-    let (app, handle) = HandleApp::new(me, 1, service, file.mode, file.workers, 500);
-    let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());
-    let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
-    let stop = tcp.stop_flag();
-    let thread = std::thread::spawn(move || tcp.run(None).map(|_| ()));
-    let reply = handle.call(0, cmd, Duration::from_secs_f64(args.timeout_s));
-    stop.store(true, Ordering::Relaxed);
-    let _ = thread.join();
+    let proxy = ClientProxy::new(
+        ClientId::new(me, engine::client::incarnation_index()),
+        service,
+        file.mode,
+        file.workers,
+        500,
+    );
+    let reply = engine::binary::call_once(
+        &file.cluster,
+        me,
+        proxy,
+        cmd,
+        Duration::from_secs_f64(args.timeout_s),
+    )?;
     match reply {
         Some(Ok(r)) => Ok(render_reply(&r)),
         Some(Err(e)) => Err(e.to_string()),

@@ -7,15 +7,11 @@
 
 use chirper::cli::{parse_command, render_response, DeploymentFile};
 use clap::Parser;
-use engine::client::HandleApp;
 use engine::partitioned::client::{ClientOptions, ScaleOutClient};
 use engine::wire::ClientId;
 use groups::ids::NodeId;
-use groups::node::{GroupsNode, NodeOptions};
-use groups::runtime::tcp::TcpNode;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,14 +51,13 @@ fn run(args: &Args) -> Result<String, String> {
         service,
         o,
     );
-    let (app, handle) = HandleApp::from_proxies(vec![proxy]);
-    let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());
-    let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
-    let stop = tcp.stop_flag();
-    let thread = std::thread::spawn(move || tcp.run(None).map(|_| ()));
-    let reply = handle.call(0, cmd, Duration::from_secs_f64(args.timeout_s));
-    stop.store(true, Ordering::Relaxed);
-    let _ = thread.join();
+    let reply = engine::binary::call_once(
+        &file.cluster,
+        me,
+        proxy,
+        cmd,
+        Duration::from_secs_f64(args.timeout_s),
+    )?;
     match reply {
         Some(Ok(r)) => Ok(render_response(&r)),
         Some(Err(e)) => Err(e.to_string()),
