@@ -6,7 +6,7 @@
 //! 4, 64-key space, 24 keys pre-filled) so that splits, merges, subtree splits in the top and
 //! (in opt-PSMR) refusals happen often, under a random fault campaign: message loss,
 //! duplication and reordering, a crash of one replica or acceptor at a time with restart (a
-//! restarted replica replays the logs), partitions. The workload mixes gets, inserts, updates,
+//! restarted replica replays the logs), pauses (SIGSTOP/SIGCONT), partitions. The workload mixes gets, inserts, updates,
 //! deletes, short scans (several workers) and sizes (all workers). After healing: the history
 //! must be linearizable against a sequential model of the tree, every replica must hold the
 //! same state, and clients must never have seen two replicas report different state hashes.
@@ -106,6 +106,7 @@ fn exec() -> ExecOptions {
 }
 
 static ABORTS: AtomicU64 = AtomicU64::new(0);
+static PAUSES: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -191,6 +192,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
         v => problems.push(format!("not linearizable: {v}")),
     }
     ABORTS.fetch_add(stats.aborts, Ordering::Relaxed);
+    PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -214,6 +216,10 @@ fn replicated_btree_is_linearizable_under_faults_in_psmr_and_opt_psmr() {
         assert!(
             ABORTS.load(Ordering::Relaxed) > 0,
             "opt-PSMR refused and retried some commands"
+        );
+        assert!(
+            PAUSES.load(Ordering::Relaxed) > 0,
+            "some replicas or acceptors were paused"
         );
     }
 }

@@ -9,7 +9,7 @@
 //! value exchange), follows, unfollows, timelines and user creations (DS-SMR clients move on
 //! cached locations or only after a consult, and guess placements on cache misses or not, by
 //! draw), under a fault campaign
-//! (crashes and restarts, partitions, loss, duplication, reordering). Then the run must get
+//! (crashes and restarts, pauses, partitions, loss, duplication, reordering). Then the run must get
 //! quiet, and the history must satisfy Chirper's specification.
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
@@ -35,6 +35,7 @@ const TIMELINE: usize = 4;
 static MOVES: AtomicU64 = AtomicU64::new(0);
 static GATHERS: AtomicU64 = AtomicU64::new(0);
 static POSTS: AtomicU64 = AtomicU64::new(0);
+static PAUSES: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -149,6 +150,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     }
     let stats = sim.client_stats();
     MOVES.fetch_add(stats.moves, Ordering::Relaxed);
+    PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
     for (_, r) in sim.replicas() {
         if let Some(p) = r.replica.partition() {
             GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
@@ -190,5 +192,9 @@ fn chirper_on_ssmr_and_dssmr_is_linearizable_under_faults() {
         );
         eprintln!("chirper sim_faults: {posts} posts completed, {gathers} gathers, {moves} moves");
         assert!(moves > 0 && gathers > 0 && posts > 0);
+        assert!(
+            PAUSES.load(Ordering::Relaxed) > 0,
+            "some replicas were paused"
+        );
     }
 }

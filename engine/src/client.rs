@@ -48,6 +48,10 @@ impl Mode {
 pub enum ClientError {
     #[error("the replicas rejected the command: {0}")]
     Rejected(String),
+    /// The command's request would exceed the cluster's multicast payload limit
+    /// (`payload_bytes_max` in the tuning); it was not sent.
+    #[error("the request is {bytes} bytes, over the cluster's limit of {max} (payload_bytes_max); not sent")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 /// Counters of one client proxy.
@@ -70,6 +74,8 @@ pub struct ClientStats {
     pub retries: u64,
     /// Scale-out: commands that reached the retry threshold and ran the S-SMR way (DS-SMR).
     pub fallbacks: u64,
+    /// Commands refused before sending, as too large ([`ClientError::TooLarge`]).
+    pub too_large: u64,
 }
 
 impl std::ops::AddAssign<&ClientStats> for ClientStats {
@@ -83,6 +89,7 @@ impl std::ops::AddAssign<&ClientStats> for ClientStats {
         self.moves += o.moves;
         self.retries += o.retries;
         self.fallbacks += o.fallbacks;
+        self.too_large += o.too_large;
     }
 }
 
@@ -118,6 +125,9 @@ pub struct ClientProxy<S: Service> {
     resend_ticks: u64,
     /// First state hash reported for a recent all-worker command, and by whom.
     hashes: BTreeMap<u64, (u64, NodeId)>,
+    /// The largest request the cluster accepts, and commands refused for exceeding it.
+    payload_max: usize,
+    refused: Vec<Completion<S::Command, S::Reply>>,
     pub stats: ClientStats,
 }
 
@@ -149,6 +159,11 @@ pub trait Proxy: Send + 'static {
     /// Commands submitted and not completed.
     fn outstanding(&self) -> usize;
     fn stats(&self) -> &ClientStats;
+    /// The cluster's payload limit (`payload_bytes_max`): a command whose requests would
+    /// exceed it is not sent but completes at once with [`ClientError::TooLarge`].
+    fn set_payload_limit(&mut self, max: usize);
+    /// Commands that completed without being sent (too large), since the last call.
+    fn take_refused(&mut self, out: &mut Vec<Completion<Self::Command, Self::Reply>>);
 }
 
 /// Most recent all-worker commands whose replica hashes are kept for comparison.
@@ -177,6 +192,8 @@ impl<S: Service> ClientProxy<S> {
             now: 0,
             resend_ticks,
             hashes: BTreeMap::new(),
+            payload_max: usize::MAX,
+            refused: Vec::new(),
             stats: ClientStats::default(),
         }
     }
@@ -234,6 +251,21 @@ impl<S: Service> ClientProxy<S> {
         };
         let dests = self.dests(&target);
         let payload = self.encode(seq, attempt, &command);
+        self.stats.submitted += 1;
+        if payload.len() > self.payload_max {
+            // A conservative retry of an optimistic attempt is the same size, so the first
+            // encoding decides.
+            self.stats.too_large += 1;
+            self.refused.push(Completion {
+                seq,
+                command,
+                result: Err(ClientError::TooLarge {
+                    bytes: payload.len(),
+                    max: self.payload_max,
+                }),
+            });
+            return seq;
+        }
         self.out.push((dests.clone(), payload.clone()));
         self.pending.insert(
             seq,
@@ -246,7 +278,6 @@ impl<S: Service> ClientProxy<S> {
                 tries: 0,
             },
         );
-        self.stats.submitted += 1;
         seq
     }
 
@@ -363,6 +394,12 @@ impl<S: Service> Proxy for ClientProxy<S> {
     fn stats(&self) -> &ClientStats {
         &self.stats
     }
+    fn set_payload_limit(&mut self, max: usize) {
+        self.payload_max = max;
+    }
+    fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, S::Reply>>) {
+        out.append(&mut self.refused);
+    }
 }
 
 /// Produces commands `C` for the clients of a [`ClientApp`] and learns their outcomes `R`.
@@ -391,6 +428,7 @@ pub struct ClientApp<P: Proxy, D: Driver<P::Command, P::Reply>> {
     scratch: Vec<(GroupSet, Bytes)>,
     waker: Option<Waker>,
     shared: Option<(SharedStats, u64)>,
+    refused: Vec<Completion<P::Command, P::Reply>>,
 }
 
 /// A node's client counters, readable from other threads (see [`ClientApp::share_stats`]).
@@ -463,6 +501,7 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientApp<P, D> {
             scratch: Vec::new(),
             waker: None,
             shared: None,
+            refused: Vec::new(),
         }
     }
 
@@ -486,7 +525,11 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientApp<P, D> {
 }
 
 impl<P: Proxy, D: Driver<P::Command, P::Reply>> App for ClientApp<P, D> {
-    fn attach(&mut self, _node: &mut GroupsNode, waker: Waker) {
+    fn attach(&mut self, node: &mut GroupsNode, waker: Waker) {
+        let max = node.config().tuning.payload_bytes_max;
+        for p in &mut self.proxies {
+            p.set_payload_limit(max);
+        }
         self.waker = Some(waker);
     }
 
@@ -517,6 +560,11 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> App for ClientApp<P, D> {
                 };
                 let seq = p.submit(cmd);
                 self.started[i].insert(seq, now);
+                p.take_refused(&mut self.refused);
+                for c in self.refused.drain(..) {
+                    self.started[i].remove(&c.seq);
+                    self.driver.complete(i, c.command, c.result, Duration::ZERO);
+                }
             }
             p.take_multicasts(&mut self.scratch);
             self.multicasts.extend(self.scratch.drain(..));

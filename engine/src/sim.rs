@@ -397,6 +397,7 @@ impl<P: Proxy> SimClient<P> {
     }
 
     fn pump(&mut self) {
+        let max = self.node.config().tuning.payload_bytes_max;
         self.node.take_app(&mut self.inbox);
         for (_, bytes) in self.inbox.drain(..) {
             let Some((client, body)) = wire::addressee(&bytes) else {
@@ -428,6 +429,7 @@ impl<P: Proxy> SimClient<P> {
                     self.next_at[i] = self.now_us + self.rng.random_range(0..2 * self.think_us);
                 }
                 let cmd = (self.workload)(&mut self.rng, i);
+                self.proxies[i].set_payload_limit(max);
                 let seq = self.proxies[i].submit(cmd.clone());
                 self.open[i].insert(seq, self.history.len());
                 self.history.push(Op {
@@ -436,6 +438,13 @@ impl<P: Proxy> SimClient<P> {
                     call_us: self.now_us,
                     ret: None,
                 });
+                let mut refused = Vec::new();
+                self.proxies[i].take_refused(&mut refused);
+                for c in refused {
+                    if let Some(op) = self.open[i].remove(&c.seq) {
+                        self.history[op].ret = Some((self.now_us, c.result));
+                    }
+                }
             }
             self.proxies[i].take_multicasts(&mut self.out);
         }
@@ -749,6 +758,9 @@ pub struct Campaign {
     pub crashes_max: usize,
     /// Symmetric partitions or one-way cuts.
     pub partitions_max: usize,
+    /// Pauses of a replica or acceptor (SIGSTOP, then SIGCONT after 20-400 ms: it keeps its
+    /// state, stays silent, and finds a backlog and an outdated view when it resumes).
+    pub pauses_max: usize,
 }
 
 impl Default for Campaign {
@@ -758,6 +770,7 @@ impl Default for Campaign {
             settle_us: 30_000_000,
             crashes_max: 3,
             partitions_max: 2,
+            pauses_max: 2,
         }
     }
 }
@@ -779,6 +792,7 @@ pub struct CampaignReport {
     pub quiet: bool,
     pub crashes: usize,
     pub partitions: usize,
+    pub pauses: usize,
     pub events: Vec<String>,
 }
 
@@ -795,6 +809,8 @@ impl<B: Blueprint> EngineSim<B> {
             Cut(Vec<NodeId>, Vec<NodeId>),
             OneWay(NodeId, NodeId),
             Heal,
+            Pause(NodeId),
+            Resume(NodeId),
         }
         let mut plan: Vec<(u64, Ev)> = Vec::new();
         // Crashes never overlap (f = 1).
@@ -830,6 +846,17 @@ impl<B: Blueprint> EngineSim<B> {
             }
             plan.push((until, Ev::Heal));
         }
+        // Pauses are drawn from their own stream, so adding them left the crash and partition
+        // plans of earlier seeds as they were.
+        let mut prng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_0b);
+        for _ in 0..prng.random_range(0..=c.pauses_max) {
+            let at = prng.random_range(0..c.fault_phase_us);
+            let until = at + prng.random_range(20_000..=400_000);
+            let victim = crashable[prng.random_range(0..crashable.len())];
+            plan.push((at, Ev::Pause(victim)));
+            plan.push((until.min(c.fault_phase_us), Ev::Resume(victim)));
+        }
+        // A stable sort: a pause and its resume at the same time stay in that order.
         plan.sort_by_key(|(t, _)| *t);
         let mut report = CampaignReport::default();
         for (at, ev) in plan {
@@ -862,9 +889,24 @@ impl<B: Blueprint> EngineSim<B> {
                     self.sim.net.heal_all();
                     self.sim.reconnect_all();
                 }
+                Ev::Pause(n) => {
+                    // A node that is down (or already paused) is left alone.
+                    if self.sim.pause(n) {
+                        report.pauses += 1;
+                        report.events.push(format!("t={at}us pause {n}"));
+                    }
+                }
+                Ev::Resume(n) => {
+                    if self.sim.resume(n) {
+                        report.events.push(format!("t={at}us resume {n}"));
+                    }
+                }
             }
         }
         self.run_until(c.fault_phase_us);
+        for n in self.sim.nodes().collect::<Vec<_>>() {
+            self.sim.resume(n);
+        }
         self.sim.net.heal_all();
         self.sim.net.faults = NetFaults::calm();
         for n in crashable {

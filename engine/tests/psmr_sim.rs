@@ -3,7 +3,8 @@
 //! Method: for each seed, a simulated deployment (2 replicas of 2 to 4 workers, 3 acceptors,
 //! 2 client nodes with 2 clients each) runs the test key-value service under a random fault
 //! campaign: message loss, duplication and reordering, crashes of a replica or acceptor with
-//! restarts (a restarted replica rebuilds its state by replaying the logs), partitions. The
+//! restarts (a restarted replica rebuilds its state by replaying the logs), pauses of a replica
+//! or acceptor (SIGSTOP/SIGCONT: state kept, messages held), partitions. The
 //! workload mixes single-worker, multi-worker (transfers) and all-worker commands (inserts,
 //! sums), so opt-PSMR refuses and retries. After the network heals and everyone restarts, the
 //! recorded history must be linearizable, every replica must hold the same state, and no
@@ -34,6 +35,7 @@ fn exec() -> ExecOptions {
 }
 
 static ABORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static PAUSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Sequential specification of the test service.
 struct KvModel;
@@ -166,12 +168,14 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         v => problems.push(format!("not linearizable: {v}")),
     }
     ABORTS.fetch_add(stats.aborts, std::sync::atomic::Ordering::Relaxed);
+    PAUSES.fetch_add(report.pauses as u64, std::sync::atomic::Ordering::Relaxed);
     if problems.is_empty() {
         Ok(format!(
-            "{} ops, {} aborts, {} crashes",
+            "{} ops, {} aborts, {} crashes, {} pauses",
             history.len(),
             stats.aborts,
-            report.crashes
+            report.crashes,
+            report.pauses
         ))
     } else {
         Err(format!(
@@ -194,6 +198,10 @@ fn psmr_and_opt_psmr_are_linearizable_under_faults() {
         assert!(
             ABORTS.load(std::sync::atomic::Ordering::Relaxed) > 0,
             "opt-PSMR seeds refused and retried some inserts"
+        );
+        assert!(
+            PAUSES.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "some replicas or acceptors were paused"
         );
     }
 }

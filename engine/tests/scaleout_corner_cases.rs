@@ -628,3 +628,41 @@ fn a_fallback_on_an_object_that_exists_nowhere_answers_not_found_without_blockin
     assert_eq!(w.parts[0].stats.fallbacks + w.parts[1].stats.fallbacks, 2);
     w.check();
 }
+
+#[test]
+fn a_command_over_the_payload_limit_ends_with_too_large_and_is_not_sent() {
+    let too_large = |w: &mut World, seq: u64, max: usize| {
+        let mut refused = Vec::new();
+        w.clients[0].take_refused(&mut refused);
+        assert!(
+            matches!(&refused[..], [c] if c.seq == seq
+                && matches!(c.result, Err(ClientError::TooLarge { max: m, bytes }) if m == max && bytes > max)),
+            "{refused:?}"
+        );
+        assert_eq!(w.clients[0].outstanding(), 0);
+        assert_eq!(w.clients[0].stats().too_large, 1);
+    };
+    // A sum over 500 keys is over a 256-byte limit before anything is sent (DS-SMR: its
+    // consult already is).
+    for scheme in [Scheme::Ssmr, Scheme::Dssmr] {
+        let mut w = World::with(scheme, 2, 2, 1, 3);
+        w.clients[0].set_payload_limit(256);
+        let s = w.submit(0, Cmd::Sum((0..500).collect()));
+        assert!(w.sent.is_empty(), "{:?}", w.kinds());
+        too_large(&mut w, s, 256);
+    }
+    // Bump(0) fits at first; its second attempt, after retry(gamma) added key 1 and partition
+    // 1, does not: it ends there, and nothing more is sent.
+    let mut probe = World::with(Scheme::Ssmr, 2, 2, 1, 3);
+    probe.submit(0, Cmd::Bump(0));
+    let first = probe.sent[0].2.len();
+    let mut w = World::with(Scheme::Ssmr, 2, 2, 1, 3);
+    w.clients[0].set_payload_limit(first);
+    let b = w.submit(0, Cmd::Bump(0));
+    assert_eq!(w.sent.len(), 1);
+    w.deliver(0, 0);
+    assert_eq!(w.parts[0].stats.gathers, 1);
+    assert_eq!(w.sent.len(), 1, "{:?}", w.kinds());
+    too_large(&mut w, b, first);
+    w.check();
+}

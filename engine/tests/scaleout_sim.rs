@@ -9,7 +9,7 @@
 //! cache misses or not, and a workload of gets, puts, transfers and sums across partitions,
 //! bumps (which need an object the client did not name: `retry(gamma)`), creates and deletes,
 //! on 16 preloaded keys out of 24. A fault campaign (crashes and restarts of replicas,
-//! oracle replicas and acceptors, partitions, loss, duplication, reordering) runs; then the
+//! oracle replicas and acceptors, pauses, partitions, loss, duplication, reordering) runs; then the
 //! run must get quiet. The linearizability checker, the replicas' state hashes and
 //! `check_ownership` (views recorded at every move, create and delete) judge it.
 //!

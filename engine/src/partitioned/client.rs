@@ -110,6 +110,9 @@ pub struct ScaleOutClient<S: PartitionedService> {
     out: Vec<(GroupSet, Bytes)>,
     now: u64,
     stats: ClientStats,
+    /// The largest multicast the cluster accepts, and commands refused for exceeding it.
+    payload_max: usize,
+    refused: Vec<Completion<S::Command, Response<S::Reply>>>,
 }
 
 impl<S: PartitionedService> ScaleOutClient<S> {
@@ -136,6 +139,8 @@ impl<S: PartitionedService> ScaleOutClient<S> {
             out: Vec::new(),
             now: 0,
             stats: ClientStats::default(),
+            payload_max: usize::MAX,
+            refused: Vec::new(),
         }
     }
 
@@ -168,8 +173,24 @@ impl<S: PartitionedService> ScaleOutClient<S> {
             .min(seq)
     }
 
+    /// Sends the current attempt of `seq`. A message over the cluster's payload limit is not
+    /// sent: the command ends with [`ClientError::TooLarge`] (an attempt whose objects grew
+    /// after `retry(gamma)` can get there; earlier attempts were refused, so nothing ran).
     fn send(&mut self, seq: u64, phase: Phase, dests: GroupSet, msg: &Multicast) {
         let payload = Bytes::from(wire::encode(msg));
+        if payload.len() > self.payload_max {
+            let p = self.pending.remove(&seq).expect("pending");
+            self.stats.too_large += 1;
+            self.refused.push(Completion {
+                seq,
+                command: p.command,
+                result: Err(ClientError::TooLarge {
+                    bytes: payload.len(),
+                    max: self.payload_max,
+                }),
+            });
+            return;
+        }
         self.out.push((dests.clone(), payload.clone()));
         let now = self.now;
         let p = self.pending.get_mut(&seq).expect("pending");
@@ -474,5 +495,13 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
 
     fn stats(&self) -> &ClientStats {
         &self.stats
+    }
+
+    fn set_payload_limit(&mut self, max: usize) {
+        self.payload_max = max;
+    }
+
+    fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, Response<S::Reply>>>) {
+        out.append(&mut self.refused);
     }
 }
