@@ -848,7 +848,7 @@ impl<B: Blueprint> EngineSim<B> {
         }
         // Pauses are drawn from their own stream, so adding them left the crash and partition
         // plans of earlier seeds as they were.
-        let mut prng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_0b);
+        let mut prng = ChaCha8Rng::seed_from_u64(seed ^ 0x0051_570b);
         for _ in 0..prng.random_range(0..=c.pauses_max) {
             let at = prng.random_range(0..c.fault_phase_us);
             let until = at + prng.random_range(20_000..=400_000);

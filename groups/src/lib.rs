@@ -51,6 +51,7 @@ pub mod ids;
 pub mod log;
 pub mod merge;
 pub mod message;
+pub mod metrics;
 pub mod node;
 pub mod rmcast;
 pub mod runtime;

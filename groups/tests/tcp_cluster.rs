@@ -210,3 +210,90 @@ fn tcp_cluster_survives_a_killed_process() {
     assert!(by_victim > 0, "the killed node never multicast anything");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `groups-node --metrics-addr` serves the node's counters, per-log positions and link counters
+/// (authenticated handshakes) while it runs; a bad address is refused before anything starts.
+#[test]
+fn groups_node_serves_its_metrics() {
+    let bin = env!("CARGO_BIN_EXE_groups-node");
+    let (code, err) = testkit::exit_code_and_stderr(
+        bin,
+        &[
+            "--config",
+            "/nonexistent",
+            "--node",
+            "1",
+            "--metrics-addr",
+            "nowhere",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-addr \"nowhere\""), "{err}");
+
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("chorus-tcp-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nodes: Vec<NodeConfig> = (1..=3)
+        .map(|n| NodeConfig {
+            id: NodeId(n),
+            addr: Some(format!("127.0.0.1:{}", free_port())),
+            subscriptions: vec![subscriptions(n)],
+        })
+        .collect();
+    let cfg = ClusterConfig::per_group_plus_global(
+        0xC0FFEE,
+        3,
+        nodes,
+        vec![NodeId(1), NodeId(2), NodeId(3)],
+        Tuning::default(),
+    )
+    .unwrap();
+    // Authenticated links, so the handshake counter has something to count.
+    let secret = dir.join("cluster.secret");
+    std::fs::write(&secret, "metrics-test-secret-0123456789abcdef\n").unwrap();
+    let cfg = cfg.with_secret_file(secret.to_str().unwrap());
+    let cfg_path = dir.join("cluster.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
+    let port = free_port();
+    let _nodes = testkit::start_nodes(bin, &cfg_path, &dir, 1..=3, |n| {
+        let mut a: Vec<String> = ["--messages", "300", "--rate", "1000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if n == 1 {
+            a.extend(["--metrics-addr".to_string(), format!("127.0.0.1:{port}")]);
+        }
+        a
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| testkit::scrape(port).1);
+        if let Some(text) = text {
+            let delivered = testkit::metric_sum(&text, "chorus_node_delivered_total");
+            let handshakes = testkit::metric_sum(&text, "chorus_link_handshakes_total");
+            let leaders = testkit::metric_sum(&text, "chorus_log_is_leader");
+            let decided = testkit::metric_sum(&text, "chorus_log_decided_index");
+            if delivered.is_some_and(|d| d >= 300.0)
+                && handshakes.is_some_and(|h| h >= 2.0)
+                && leaders.is_some()
+                && decided.is_some_and(|d| d > 0.0)
+            {
+                assert_eq!(testkit::metric_sum(&text, "chorus_node_id"), Some(1.0));
+                assert_eq!(
+                    testkit::metric_sum(&text, "chorus_link_frame_errors_total"),
+                    Some(0.0)
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed the run:\n{text}"
+            );
+        }
+        assert!(Instant::now() < deadline, "no metrics endpoint on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

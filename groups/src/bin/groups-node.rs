@@ -3,7 +3,12 @@
 //! ```text
 //! groups-node --config cluster.toml --node 2 [--messages 1000 --rate 500 --multi 0.3]
 //!             [--record deliveries.log] [--duration-s 10] [--data-dir DIR]
+//!             [--metrics-addr 127.0.0.1:9100]
 //! ```
+//!
+//! With `--metrics-addr`, the node serves Prometheus text at `http://ADDR/metrics`: its
+//! counters, per-log positions and leadership ([`groups::metrics::render_node`]) and its link
+//! counters ([`groups::metrics::render_links`]).
 //!
 //! With `--data-dir`, the node's consensus logs keep their acceptor state in write-ahead files
 //! under `DIR/node-<id>/` and sync them before acknowledging anything
@@ -23,6 +28,7 @@ use clap::Parser;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, NodeId};
+use groups::metrics::{render_links, render_node, Exposition, MetricsServer, Observed};
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::App;
 use groups::runtime::tcp::TcpNode;
@@ -30,6 +36,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -65,6 +72,9 @@ struct Args {
     /// `durability` and `data_dir` say, in memory unless set).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve metrics in the Prometheus text format at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 struct Workload {
@@ -142,6 +152,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let metrics_addr = match args.metrics_addr.as_deref().map(str::parse::<SocketAddr>) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            eprintln!(
+                "groups-node: --metrics-addr {:?}: {e} (expected e.g. 127.0.0.1:9100)",
+                args.metrics_addr.as_deref().unwrap_or_default()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let cfg = match ClusterConfig::from_toml_file(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -193,6 +214,8 @@ fn main() -> ExitCode {
         record,
         deliveries: Vec::new(),
     };
+    let app = Observed::new(app);
+    let snapshot = app.snapshot();
     let runtime = match TcpNode::bind(node, app) {
         Ok(r) => r,
         Err(e) => {
@@ -200,11 +223,35 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let _metrics = match metrics_addr {
+        None => None,
+        Some(addr) => {
+            let links = runtime.stats();
+            let render = std::sync::Arc::new(move || {
+                let node = snapshot.lock().clone();
+                let mut e = Exposition::new();
+                render_node(&node, &mut e);
+                render_links(&links.get(), &mut e);
+                e.finish()
+            });
+            match MetricsServer::start(addr, render) {
+                Ok(server) => {
+                    tracing::info!(addr = %server.local_addr(), "serving metrics");
+                    Some(server)
+                }
+                Err(e) => {
+                    eprintln!("groups-node: --metrics-addr {addr}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let deadline = args
         .duration_s
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     match runtime.run(deadline) {
-        Ok(mut app) => {
+        Ok(app) => {
+            let mut app = app.into_inner();
             if let Some(r) = app.record.as_mut() {
                 let _ = r.flush();
             }
