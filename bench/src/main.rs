@@ -7,6 +7,7 @@
 mod costmodel;
 mod machine;
 mod multicast;
+mod recovery;
 mod report;
 mod scaleout;
 mod scaleup;
@@ -27,6 +28,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Experiment {
+    /// Recovery time of a B+-tree replica by state transfer as a function of state size:
+    /// checkpoint size, worker pause, transfer, install and catch-up (four btree-server
+    /// processes on loopback; build them first: cargo build --release -p btree-service).
+    Recovery {
+        /// Keys pre-filled into the tree (comma separated; default 10000,100000,1000000).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<u64>>,
+        /// Workers per replica.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Commands between checkpoints.
+        #[arg(long, default_value_t = 2000)]
+        checkpoint_every: u64,
+    },
     /// Atomic multicast throughput and latency: 1/2/4/8 groups, 0/10/100% multi-group
     /// messages, 64 B and 1 KiB payloads, two batch settings.
     Multicast {
@@ -208,6 +223,18 @@ fn main() {
                 plan.simulated_measure = Duration::from_secs_f64(m);
             }
             scaleout::run_plan(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::Recovery {
+            sizes,
+            workers,
+            checkpoint_every,
+        }) => {
+            let plan = recovery::Plan {
+                sizes: sizes.unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]),
+                workers: workers.max(1),
+                checkpoint_every: checkpoint_every.max(1),
+            };
+            recovery::run(&plan, &cli.out, &machine);
         }
         Some(Experiment::Multicast {
             runs,

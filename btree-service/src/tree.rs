@@ -172,6 +172,32 @@ enum Ins<K, V> {
     Split(K, u32),
 }
 
+/// A [`BPlusTree`] as plain data (see [`BPlusTree::to_image`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TreeImage<K, V> {
+    nodes: Vec<ImageNode<K, V>>,
+    free: Vec<u32>,
+    root: u32,
+    head: u32,
+    height: u64,
+    len: u64,
+    fanout: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum ImageNode<K, V> {
+    Leaf {
+        keys: Vec<K>,
+        vals: Vec<V>,
+        next: u32,
+    },
+    Internal {
+        keys: Vec<K>,
+        children: Vec<u32>,
+    },
+    Free,
+}
+
 /// An in-memory B+-tree map; see the module documentation for the design.
 #[derive(Clone)]
 pub struct BPlusTree<K, V> {
@@ -502,6 +528,72 @@ impl<K: Ord + Clone, V: Clone> BPlusTree<K, V> {
             v.hash(&mut h);
         }
         h.finish()
+    }
+
+    /// The tree exactly as it is (arena, free list, root, leaf chain, fan-out), for a
+    /// checkpoint: a tree rebuilt from it ([`BPlusTree::from_image`]) has the same shape, so
+    /// it splits and merges exactly like this one from then on (a bulk-loaded copy of the same
+    /// entries would not).
+    pub fn to_image(&self) -> TreeImage<K, V> {
+        TreeImage {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| match n {
+                    Node::Leaf(l) => ImageNode::Leaf {
+                        keys: l.keys.clone(),
+                        vals: l.vals.clone(),
+                        next: l.next,
+                    },
+                    Node::Internal(i) => ImageNode::Internal {
+                        keys: i.keys.clone(),
+                        children: i.children.clone(),
+                    },
+                    Node::Free => ImageNode::Free,
+                })
+                .collect(),
+            free: self.free.clone(),
+            root: self.root,
+            head: self.head,
+            height: self.height as u64,
+            len: self.len as u64,
+            fanout: self.fanout as u64,
+        }
+    }
+
+    /// Rebuilds a tree from [`BPlusTree::to_image`]'s output. The image may come from
+    /// another process: it must pass [`BPlusTree::check_invariants`], or it is refused.
+    pub fn from_image(image: TreeImage<K, V>) -> Result<Self, String> {
+        let fanout = usize::try_from(image.fanout).map_err(|_| "fan-out too large")?;
+        if fanout < MIN_FANOUT {
+            return Err(format!("fan-out {fanout} below the minimum"));
+        }
+        // The checker recurses once per level: bound it before it runs (a tree of fan-out 4
+        // and height 64 would hold more than 2^63 entries).
+        if image.height > 64 {
+            return Err(format!("height {} is absurd", image.height));
+        }
+        let tree = BPlusTree {
+            nodes: image
+                .nodes
+                .into_iter()
+                .map(|n| match n {
+                    ImageNode::Leaf { keys, vals, next } => Node::Leaf(Leaf { keys, vals, next }),
+                    ImageNode::Internal { keys, children } => {
+                        Node::Internal(Internal { keys, children })
+                    }
+                    ImageNode::Free => Node::Free,
+                })
+                .collect(),
+            free: image.free,
+            root: image.root,
+            head: image.head,
+            height: usize::try_from(image.height).map_err(|_| "height too large")?,
+            len: usize::try_from(image.len).map_err(|_| "length too large")?,
+            fanout,
+        };
+        tree.check_invariants()?;
+        Ok(tree)
     }
 
     /// Checks every structural invariant (see the module documentation):

@@ -6,6 +6,7 @@
 //! implements, [`psmr`] for the replica, [`client`] for the client proxy.
 
 pub mod binary;
+pub mod checkpoint;
 pub mod client;
 pub mod inproc;
 pub mod layout;

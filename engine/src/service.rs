@@ -96,7 +96,30 @@ pub trait Service: Send + Sync + 'static {
 
     /// A hash of the whole state, equal at every replica that executed the same commands.
     fn state_hash(&self, shards: &[&Self::Shard]) -> u64;
+
+    /// Encodes worker `worker`'s shard for a checkpoint, with whatever shared state the shard
+    /// holds a copy of. Called by the worker itself at the checkpoint's point in its stream,
+    /// while it owns the shard (so no other worker runs a command on it). A shard restored
+    /// from it ([`Service::restore_shard`]) must behave exactly like this one from then on,
+    /// not only hash equal: later verdicts (optimistic refusals, structural changes) may
+    /// depend on more than the contents.
+    fn snapshot_shard(&self, worker: usize, shard: &Self::Shard) -> Vec<u8>;
+
+    /// Rebuilds worker `worker`'s shard (out of `workers`) from [`Service::snapshot_shard`]'s
+    /// bytes. The bytes come from a peer replica over the network: anything malformed is a
+    /// [`SnapshotError`], never a panic.
+    fn restore_shard(
+        &self,
+        worker: usize,
+        workers: usize,
+        bytes: &[u8],
+    ) -> Result<Self::Shard, SnapshotError>;
 }
+
+/// A shard snapshot that cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad shard snapshot: {0}")]
+pub struct SnapshotError(pub String);
 
 /// The shards a command runs on, by worker.
 pub struct Shards<'s, 'a, S> {

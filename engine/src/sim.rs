@@ -17,6 +17,9 @@
 //! [`SimClient`]s (hosting any [`Proxy`]) record a history: call time, command, and completion time and result (or
 //! none, if the command was still outstanding at the end), for the linearizability checker.
 
+use crate::checkpoint::{
+    self, Assembly, Checkpoint, CheckpointPolicy, Recovery, Store, Transfer, Trigger, WorkerPart,
+};
 use crate::client::{ClientError, ClientProxy, ClientStats, Mode, Proxy};
 use crate::layout::Deployment;
 use crate::psmr::core::{ExecOptions, Executor, Job, WorkerState, WorkerStats};
@@ -26,7 +29,7 @@ use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::ids::{LogId, NodeId};
 use groups::log::storage::{MemStorage, Shared};
-use groups::merge::Merger;
+use groups::merge::{Merger, MergerState};
 use groups::node::{default_log, GroupsNode, LogEntries, NodeOptions};
 use groups::sim::{Actor, NetFaults, Network, Sim};
 use groups::NetMsg;
@@ -46,6 +49,42 @@ pub struct SimReplica<S: Service> {
     states: Vec<WorkerState<S>>,
     rng: ChaCha8Rng,
     entries: Vec<LogEntries>,
+    /// Checkpoints and state transfer ([`crate::checkpoint`]).
+    ckpt: SimCheckpoints,
+}
+
+/// A simulated replica's checkpoint machinery.
+struct SimCheckpoints {
+    subs: Vec<groups::GroupSet>,
+    all_groups: groups::GroupSet,
+    /// Asking for checkpoints (`None`: this replica never asks, but still takes part in the
+    /// rounds others ask for, and answers and asks for transfers).
+    trigger: Option<Trigger>,
+    /// Per worker, its merger's position at each checkpoint request still in its queue.
+    marks: Vec<VecDeque<MergerState>>,
+    assembly: Assembly,
+    store: Store,
+    recovery: Option<Recovery>,
+    resend_ticks: u64,
+    /// Commands this incarnation ran (not replicated: the trigger's count).
+    executed: u64,
+    stats: CheckpointStats,
+    app_in: Vec<(NodeId, Bytes)>,
+    app_out: Vec<(NodeId, Bytes)>,
+}
+
+/// What a replica's checkpointing did (this incarnation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Checkpoints completed here (taken, or installed by a transfer).
+    pub taken: u64,
+    /// Checkpoints installed from a peer (state transfers).
+    pub installed: u64,
+    /// The latest checkpoint's round and size in bytes.
+    pub round: u64,
+    pub bytes: u64,
+    /// Checkpoints received that could not be installed.
+    pub refused: u64,
 }
 
 impl<S: Service> SimReplica<S> {
@@ -55,6 +94,7 @@ impl<S: Service> SimReplica<S> {
         workers: usize,
         exec: ExecOptions,
         seed: u64,
+        checkpoints: Option<CheckpointPolicy>,
     ) -> Self {
         let cfg = node.config().clone();
         let me = node.id();
@@ -76,7 +116,31 @@ impl<S: Service> SimReplica<S> {
                 Merger::new(&logs, g.clone(), cfg.tuning.merge_m)
             })
             .collect();
+        let resend_ticks = checkpoints.map_or(500, |p| p.resend_ticks);
+        let ckpt = SimCheckpoints {
+            all_groups: subs.iter().flat_map(|g| g.iter()).collect(),
+            subs: subs.clone(),
+            trigger: checkpoints.map(Trigger::new),
+            marks: (0..workers).map(|_| VecDeque::new()).collect(),
+            assembly: Assembly::default(),
+            store: Store::default(),
+            recovery: None,
+            resend_ticks,
+            executed: 0,
+            stats: CheckpointStats::default(),
+            app_in: Vec::new(),
+            app_out: Vec::new(),
+        };
+        let mut node = node;
+        if checkpoints.is_some() {
+            // A replica that checkpoints says so from the start (its initial state is a
+            // checkpoint at position 0), so the acceptors hold it to the checkpoint rule, not
+            // the received-position rule, even before its first checkpoint.
+            let start: Vec<(LogId, u64)> = cfg.logs.iter().map(|l| (l.id, 0)).collect();
+            node.set_checkpointed(&start);
+        }
         SimReplica {
+            ckpt,
             executor: Executor::new(service.clone(), workers, me, exec),
             shards: service.shards(workers),
             states: (0..workers).map(WorkerState::new).collect(),
@@ -101,13 +165,19 @@ impl<S: Service> SimReplica<S> {
                     .expect("contiguous entries");
             }
         }
+        let k = self.mergers.len();
         for (w, m) in self.mergers.iter_mut().enumerate() {
-            m.poll(&mut delivered);
-
-            for d in delivered.drain(..) {
-                if let Some(job) = self.executor.decode(&d) {
-                    self.queues[w].push_back(job);
+            loop {
+                let stopped = m.poll_until(&mut delivered, |msg| checkpoint::is_request(msg, k));
+                for d in delivered.drain(..) {
+                    if let Some(job) = self.executor.decode(&d) {
+                        self.queues[w].push_back(job);
+                    }
                 }
+                if !stopped {
+                    break;
+                }
+                self.ckpt.marks[w].push_back(m.state());
             }
         }
         loop {
@@ -125,13 +195,132 @@ impl<S: Service> SimReplica<S> {
                 self.node.request_skip(need);
             }
         }
+        self.pump_checkpoints();
+    }
+
+    /// Asks for checkpoints when due, answers peers' transfer requests, and recovers by state
+    /// transfer when a log was trimmed past this replica.
+    fn pump_checkpoints(&mut self) {
+        let now = self.node.now();
+        let latest = self.ckpt.store.latest().map_or(0, |(r, _)| r);
+        let executed = self.ckpt.executed;
+        let round = self
+            .ckpt
+            .trigger
+            .as_mut()
+            .and_then(|t| t.poll(latest, executed, now));
+        if let (Some(round), None) = (round, &self.ckpt.recovery) {
+            let _ = self.node.multicast(
+                self.ckpt.all_groups.clone(),
+                checkpoint::request_payload(round),
+            );
+        }
+        let mut events = Vec::new();
+        self.node.take_events(&mut events);
+        if !events.is_empty() && self.ckpt.recovery.is_none() {
+            let peers = checkpoint::peers_of(self.node.config(), self.node.id());
+            self.ckpt.recovery = Some(Recovery::start(
+                peers,
+                self.ckpt.resend_ticks,
+                now,
+                &mut self.ckpt.app_out,
+            ));
+        }
+        self.node.take_app(&mut self.ckpt.app_in);
+        let inbox = std::mem::take(&mut self.ckpt.app_in);
+        for (from, bytes) in inbox {
+            let Ok(msg) = Transfer::decode(&bytes) else {
+                continue;
+            };
+            match msg {
+                Transfer::Get { round, offset } => {
+                    let answer = self.ckpt.store.answer(round, offset);
+                    self.ckpt.app_out.push((from, answer.encode()));
+                }
+                other => {
+                    let Some(r) = self.ckpt.recovery.as_mut() else {
+                        continue;
+                    };
+                    if let Some(whole) = r.on_message(from, other, now, &mut self.ckpt.app_out) {
+                        self.install(whole);
+                    }
+                }
+            }
+        }
+        if let Some(r) = self.ckpt.recovery.as_mut() {
+            r.tick(now, &mut self.ckpt.app_out);
+        }
+        for (to, bytes) in self.ckpt.app_out.drain(..) {
+            self.node.send_app(to, bytes);
+        }
+    }
+
+    /// Installs a checkpoint received from a peer: every worker's shard, table, counters and
+    /// merger; the feeds restart at the checkpoint's positions.
+    fn install(&mut self, bytes: Bytes) {
+        let cfg = self.node.config().clone();
+        let restored = Checkpoint::decode(&bytes).and_then(|c| {
+            checkpoint::restore(&*self.executor.service, &c, &cfg, &self.ckpt.subs).map(|r| (c, r))
+        });
+        let (ck, r) = match restored {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(replica = %self.node.id(), error = %e, "checkpoint refused");
+                self.ckpt.stats.refused += 1;
+                if let Some(rec) = self.ckpt.recovery.as_mut() {
+                    rec.next_peer(self.node.now(), &mut self.ckpt.app_out);
+                }
+                return;
+            }
+        };
+        self.shards = r.shards;
+        self.states = r.states;
+        self.mergers = r.mergers;
+        for q in &mut self.queues {
+            q.clear();
+        }
+        for m in &mut self.ckpt.marks {
+            m.clear();
+        }
+        self.entries.clear();
+        self.ckpt.assembly = Assembly::default();
+        self.ckpt.recovery = None;
+        self.ckpt.stats.installed += 1;
+        let positions = ck.positions();
+        self.node.restart_feeds(&positions);
+        self.completed(ck.round, bytes, &positions);
+    }
+
+    fn completed(&mut self, round: u64, bytes: Bytes, positions: &[(LogId, u64)]) {
+        self.ckpt.stats.taken += 1;
+        self.ckpt.stats.round = round;
+        self.ckpt.stats.bytes = bytes.len() as u64;
+        self.ckpt.store.set(round, bytes);
+        self.node.set_checkpointed(positions);
+        let now = self.node.now();
+        let executed = self.ckpt.executed;
+        if let Some(t) = self.ckpt.trigger.as_mut() {
+            t.taken(executed, now);
+        }
+    }
+
+    /// What checkpointing did at this replica.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        self.ckpt.stats.clone()
+    }
+
+    /// Whether a state transfer is in progress.
+    pub fn recovering(&self) -> bool {
+        self.ckpt.recovery.is_some()
     }
 
     fn can_run(&self, w: usize) -> bool {
         let Some(job) = self.queues[w].front() else {
             return false;
         };
+        // A checkpoint request needs no rendezvous: each worker records its own part.
         job.involved.len() == 1
+            || job.checkpoint_round().is_some()
             || (job.executor() == w
                 && job
                     .involved
@@ -141,6 +330,28 @@ impl<S: Service> SimReplica<S> {
 
     fn run_head(&mut self, w: usize) {
         let job = self.queues[w].pop_front().expect("runnable");
+        if let Some(round) = job.checkpoint_round() {
+            let mark = self.ckpt.marks[w].pop_front();
+            if round <= self.states[w].checkpoint_round {
+                return;
+            }
+            self.states[w].checkpoint_round = round;
+            let Some(mark) = mark else {
+                return;
+            };
+            let part = WorkerPart::take(
+                &*self.executor.service,
+                &self.states[w],
+                &self.shards[w],
+                mark,
+            );
+            if let Some(ck) = self.ckpt.assembly.add(round, self.shards.len(), part) {
+                let positions = ck.positions();
+                self.completed(round, ck.encode(), &positions);
+            }
+            return;
+        }
+        self.ckpt.executed += 1;
         let out = if job.involved.len() == 1 {
             self.executor
                 .run_single(&mut self.states[w], &mut self.shards[w], &job)
@@ -294,6 +505,9 @@ pub struct Psmr<S: Service> {
     pub exec: ExecOptions,
     /// Clients' first resend timeout, in ticks.
     pub resend_ticks: u64,
+    /// Replicas ask for checkpoints by this policy (`None`, the default: never; replicas
+    /// still take part in rounds, serve and ask for state transfers).
+    pub checkpoints: Option<CheckpointPolicy>,
     roles: Roles,
 }
 
@@ -317,6 +531,7 @@ impl<S: Service> Psmr<S> {
             mode,
             exec,
             resend_ticks,
+            checkpoints: None,
             roles,
         }
     }
@@ -338,6 +553,7 @@ impl<S: Service> Blueprint for Psmr<S> {
             self.deployment.workers,
             self.exec.clone(),
             seed,
+            self.checkpoints,
         )
     }
     fn proxy(&self, id: ClientId) -> ClientProxy<S> {

@@ -13,6 +13,7 @@
 
 use crate::wire::{ClientId, Outcome};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What the table knows about a request.
@@ -29,20 +30,21 @@ pub enum Seen<R> {
     Forgotten,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Record<R> {
     Done(Outcome<R>, Option<u64>),
     Aborted,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry<R> {
     floor: u64,
     records: BTreeMap<u64, Record<R>>,
 }
 
-/// One worker's table.
-#[derive(Clone, Debug)]
+/// One worker's table. Serializable: it is part of a replica's checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "R: Serialize", deserialize = "R: Deserialize<'de>"))]
 pub struct ClientTable<R> {
     clients: FxHashMap<ClientId, Entry<R>>,
 }

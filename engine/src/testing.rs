@@ -7,7 +7,7 @@
 //! optimistically it goes to the owner, which refuses it when its shard would reach a multiple
 //! of `split_every` entries (the "structural change" that would need the other workers).
 
-use crate::service::{Access, Service, Shards, Target, Unsafe};
+use crate::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -151,6 +151,84 @@ impl Service for KvService {
             h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
         }
         h
+    }
+
+    fn snapshot_shard(&self, _worker: usize, shard: &Self::Shard) -> Vec<u8> {
+        crate::wire::encode(shard)
+    }
+
+    fn restore_shard(
+        &self,
+        worker: usize,
+        workers: usize,
+        bytes: &[u8],
+    ) -> Result<Self::Shard, SnapshotError> {
+        let shard: Self::Shard =
+            crate::wire::decode(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+        if let Some(k) = shard.keys().find(|&&k| owner(k, workers) != worker) {
+            return Err(SnapshotError(format!(
+                "key {k} is not worker {worker}'s (of {workers})"
+            )));
+        }
+        Ok(shard)
+    }
+}
+
+/// The sequential specification of [`KvService`] for the linearizability checker.
+pub struct KvModel;
+
+impl crate::lincheck::Model for KvModel {
+    type State = BTreeMap<u64, i64>;
+    type Input = KvCommand;
+    type Output = KvReply;
+
+    fn init(&self) -> Self::State {
+        BTreeMap::new()
+    }
+
+    fn step(
+        &self,
+        s: &Self::State,
+        input: &KvCommand,
+        output: Option<&KvReply>,
+    ) -> Option<Self::State> {
+        let mut next = s.clone();
+        let reply = match *input {
+            KvCommand::Get(k) => KvReply::Value(s.get(&k).copied()),
+            KvCommand::Put(k, v) => {
+                next.insert(k, v);
+                KvReply::Ok
+            }
+            KvCommand::Insert(k, v) => match s.get(&k) {
+                Some(_) => KvReply::Inserted(false),
+                None => {
+                    next.insert(k, v);
+                    KvReply::Inserted(true)
+                }
+            },
+            KvCommand::Transfer(a, b, x) => {
+                *next.entry(a).or_insert(0) -= x;
+                *next.entry(b).or_insert(0) += x;
+                KvReply::Ok
+            }
+            KvCommand::Sum => KvReply::Total(s.values().sum()),
+            KvCommand::Len => KvReply::Len(s.len() as u64),
+        };
+        match output {
+            Some(o) if *o != reply => None,
+            _ => Some(next),
+        }
+    }
+
+    fn keys(&self, input: &KvCommand) -> crate::lincheck::Keys {
+        use crate::lincheck::Keys;
+        match *input {
+            KvCommand::Get(k) | KvCommand::Put(k, _) | KvCommand::Insert(k, _) => {
+                Keys::Some(vec![k])
+            }
+            KvCommand::Transfer(a, b, _) => Keys::Some(vec![a, b]),
+            KvCommand::Sum | KvCommand::Len => Keys::All,
+        }
     }
 }
 

@@ -410,6 +410,61 @@ proptest! {
         prop_assert_eq!(back, r);
     }
 
+    /// State transfer: transfer messages round-trip and refuse damage; a checkpoint (from a
+    /// peer) decodes or is refused, and a damaged one that decodes is installed or refused by
+    /// `restore` with a typed error, never a panic.
+    #[test]
+    fn checkpoints_and_transfers_round_trip_and_refuse_damage(
+        shard0 in vec((any::<u64>(), any::<i64>()), 0..12),
+        round in any::<u64>(),
+        offset in any::<u64>(),
+        data in bytes_up_to(64),
+        which in 0..3u8,
+        d in damage(),
+    ) {
+        use engine::checkpoint::{self, Checkpoint, Transfer, WorkerPart};
+        use engine::psmr::core::WorkerState;
+        use engine::service::Service;
+        let t = match which {
+            0 => Transfer::Get { round: (offset % 2 == 0).then_some(round), offset },
+            1 => Transfer::Chunk { round, total: offset, offset, data },
+            _ => Transfer::NoCheckpoint,
+        };
+        check_codec(&t, &d)?;
+        let _ = Transfer::decode(&d.noise);
+
+        let dep = engine::layout::Deployment::new(2, 1, 2, 1, groups::config::Tuning::default())
+            .unwrap();
+        let subs = dep.config.node(NodeId(1)).unwrap().subscriptions.clone();
+        let svc = KvService::default();
+        let mut shards = svc.shards(2);
+        for (k, v) in shard0 {
+            shards[engine::testing::owner(k, 2)].insert(k, v);
+        }
+        let parts = (0..2)
+            .map(|w| {
+                let merger = groups::merge::Merger::new(
+                    &dep.config.logs_for(&subs[w]),
+                    subs[w].clone(),
+                    dep.config.tuning.merge_m,
+                );
+                WorkerPart::take(&svc, &WorkerState::<KvService>::new(w), &shards[w], merger.state())
+            })
+            .collect();
+        let ck = Checkpoint { round, parts };
+        check_codec(&ck, &d)?;
+        let restored = checkpoint::restore(&svc, &ck, &dep.config, &subs).unwrap();
+        prop_assert_eq!(&restored.shards, &shards);
+        let mut bad = ck.encode().to_vec();
+        for (i, mask) in &d.flips {
+            let at = i.index(bad.len());
+            bad[at] ^= mask;
+        }
+        if let Ok(c) = Checkpoint::decode(&bad) {
+            let _ = checkpoint::restore(&svc, &c, &dep.config, &subs);
+        }
+    }
+
     /// The test services' commands and replies, as replicas and clients decode them.
     #[test]
     fn test_service_commands_round_trip_and_refuse_damage(

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 /// The sequence numbers seen from one sender incarnation: everything below `floor`, plus the
 /// members of `above`. Senders number messages 0, 1, 2, ... and most arrive in order, so `above`
 /// stays small.
-#[derive(Default, Debug, Clone)]
+#[derive(Default, Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SeqWindow {
     floor: u64,
     above: BTreeSet<u64>,
@@ -40,7 +40,7 @@ impl SeqWindow {
 /// multicast numbers messages per sender and every destination member sees all of them; the
 /// merge numbers them per sender *and log* ([`crate::message::Message::log_seq`]) and runs
 /// every message of the log through the filter, delivered or not.
-#[derive(Default, Debug, Clone)]
+#[derive(Default, Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
     seen: FxHashMap<(NodeId, u32), SeqWindow>,
 }

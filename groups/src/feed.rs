@@ -6,7 +6,9 @@
 //! exactly is either old (ignored) or ahead of a hole, which triggers a fetch from the next
 //! index. A feed that has seen nothing new for `fetch_poll_ticks` fetches anyway, so a lost
 //! last push is recovered even on an idle log. Every `progress_ticks` the feed reports its
-//! position to the log's acceptors, which trim below what every subscriber holds.
+//! position to the log's acceptors (and, on a node that checkpoints its state, the position its
+//! latest checkpoint covers), which trim below what every subscriber needs (see
+//! [`crate::server`]).
 
 use crate::config::ClusterConfig;
 use crate::ids::{LogId, NodeId};
@@ -33,6 +35,8 @@ pub(crate) struct Feed {
     reported_at: u64,
     reported_next: u64,
     trimmed: bool,
+    /// The position this node's checkpoint covers (reported with progress), if it checkpoints.
+    checkpointed: Option<u64>,
     pub fetches: u64,
 }
 
@@ -62,6 +66,7 @@ impl Feed {
             reported_at: 0,
             reported_next: 0,
             trimmed: false,
+            checkpointed: None,
             fetches: 0,
         }
     }
@@ -96,6 +101,31 @@ impl Feed {
             self.report(now, out);
         }
         Some((at, fresh))
+    }
+
+    /// Records that this node's latest checkpoint covers the entries below `next`; reported to
+    /// the acceptors from now on (at once, and with every progress report).
+    pub fn set_checkpointed(&mut self, next: u64, out: &mut Vec<(NodeId, NetMsg)>) {
+        if self.checkpointed.is_some_and(|c| c >= next) {
+            return;
+        }
+        self.checkpointed = Some(next);
+        self.report_checkpoint(out);
+    }
+
+    pub fn checkpointed(&self) -> Option<u64> {
+        self.checkpointed
+    }
+
+    /// Moves the stream to `next` (a checkpoint's position was installed): entries from there
+    /// on are handed out next, fetched at once. Forgets that the log was trimmed past it.
+    pub fn restart_at(&mut self, next: u64, now: u64, out: &mut Vec<(NodeId, NetMsg)>) {
+        self.next = next;
+        self.trimmed = false;
+        self.advanced_at = now;
+        self.fetched_at = None;
+        self.reported_next = next;
+        self.fetch(now, out, true);
     }
 
     pub fn on_trimmed(&mut self, first: u64) -> Option<FeedEvent> {
@@ -148,7 +178,23 @@ impl Feed {
         }
     }
 
+    fn report_checkpoint(&self, out: &mut Vec<(NodeId, NetMsg)>) {
+        let Some(next) = self.checkpointed else {
+            return;
+        };
+        for &a in &self.cfg.log(self.log).expect("log exists").acceptors {
+            out.push((
+                a,
+                NetMsg::Checkpointed {
+                    log: self.log,
+                    next,
+                },
+            ));
+        }
+    }
+
     fn report(&mut self, now: u64, out: &mut Vec<(NodeId, NetMsg)>) {
+        self.report_checkpoint(out);
         self.reported_at = now;
         self.reported_next = self.next;
         for &a in &self.cfg.log(self.log).expect("log exists").acceptors {

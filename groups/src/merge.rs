@@ -24,6 +24,7 @@ use crate::dedup::Dedup;
 use crate::groupset::GroupSet;
 use crate::ids::LogId;
 use crate::message::{LogEntry, Message};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// One delivered message, with the log position it came from.
@@ -72,6 +73,38 @@ impl Lane {
         self.head_index + self.queue.len() as u64
     }
 }
+
+/// A merger's position (see [`Merger::state`]); part of a replica's checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergerState {
+    pub m: u64,
+    pub cur: u32,
+    pub taken: u64,
+    pub lanes: Vec<LaneState>,
+}
+
+/// One log's part of a [`MergerState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneState {
+    pub log: LogId,
+    pub dedup: Dedup,
+    /// The entry the merge reads next (partly consumed if `head_offset > 0`).
+    pub head_index: u64,
+    pub head_offset: u64,
+    pub slots_consumed: u64,
+}
+
+impl MergerState {
+    /// Per log, the first entry a merger restored from this state needs.
+    pub fn resume_at(&self) -> impl Iterator<Item = (LogId, u64)> + '_ {
+        self.lanes.iter().map(|l| (l.log, l.head_index))
+    }
+}
+
+/// A [`MergerState`] that does not fit the merger it should restore.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("merger state does not fit: {0}")]
+pub struct BadMergerState(pub &'static str);
 
 /// Merges the decided entries of several logs into one delivery stream.
 pub struct Merger {
@@ -157,6 +190,19 @@ impl Merger {
     /// Delivers every message the merge order allows now. Returns how many it appended.
     pub fn poll(&mut self, out: &mut Vec<Delivery>) -> usize {
         let before = out.len();
+        self.poll_until(out, |_| false);
+        out.len() - before
+    }
+
+    /// Like [`Merger::poll`], but stops right after delivering a message for which `stop`
+    /// returns true, and then returns true: the merger's state ([`Merger::state`]) is then
+    /// exactly the state after that message, which is how a replica records where a
+    /// checkpoint lies in its streams. Returns false when the merge ran out of slots.
+    pub fn poll_until(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        mut stop: impl FnMut(&Message) -> bool,
+    ) -> bool {
         let Merger {
             groups,
             m,
@@ -167,14 +213,17 @@ impl Merger {
         loop {
             let lane = &mut lanes[*cur];
             let Some(head) = lane.queue.front() else {
-                break;
+                return false;
             };
             let want = *m - *taken;
-            let remaining = head.slots() - lane.head_offset;
-            let k = want.min(remaining);
-            if let LogEntry::Batch(msgs) = head {
+            // Saturating: a restored lane whose partly consumed head entry turns out shorter
+            // than recorded just moves past it.
+            let remaining = head.slots().saturating_sub(lane.head_offset);
+            let mut k = want.min(remaining);
+            let mut stopped = false;
+            if let (LogEntry::Batch(msgs), true) = (head, k > 0) {
                 let from = lane.head_offset as usize;
-                for msg in &msgs[from..from + k as usize] {
+                for (i, msg) in msgs[from..from + k as usize].iter().enumerate() {
                     let first = lane.dedup.insert(msg.id.sender, msg.id.epoch, msg.log_seq);
                     if first && msg.dests.intersects(groups) {
                         out.push(Delivery {
@@ -182,6 +231,11 @@ impl Merger {
                             log: lane.log,
                             index: lane.head_index,
                         });
+                        if stop(msg) {
+                            k = i as u64 + 1;
+                            stopped = true;
+                            break;
+                        }
                     }
                 }
             }
@@ -197,8 +251,75 @@ impl Merger {
                 *taken = 0;
                 *cur = (*cur + 1) % lanes.len();
             }
+            if stopped {
+                return true;
+            }
         }
-        out.len() - before
+    }
+
+    /// The merge position: per log, the entry it reads next and the slots of that entry
+    /// already consumed, the duplicate filter, and the round-robin cursor. Entries received
+    /// and not yet consumed are not part of it: a merger restored from it
+    /// ([`Merger::restore`]) takes the entries again from [`MergerState::resume_at`] on and
+    /// then delivers exactly what this one delivers.
+    pub fn state(&self) -> MergerState {
+        MergerState {
+            m: self.m,
+            cur: self.cur as u32,
+            taken: self.taken,
+            lanes: self
+                .lanes
+                .iter()
+                .map(|l| LaneState {
+                    log: l.log,
+                    dedup: l.dedup.clone(),
+                    head_index: l.head_index,
+                    head_offset: l.head_offset,
+                    slots_consumed: l.slots_consumed,
+                })
+                .collect(),
+        }
+    }
+
+    /// A merger for `groups` over `logs` (as in [`Merger::new`]) at the position `state`,
+    /// which must come from a merger of the same logs and `m`.
+    pub fn restore(
+        logs: &[LogId],
+        groups: GroupSet,
+        m: u64,
+        state: &MergerState,
+    ) -> Result<Merger, BadMergerState> {
+        let mut merger = Merger::new(logs, groups, m);
+        let logs_match = merger.lanes.len() == state.lanes.len()
+            && merger
+                .lanes
+                .iter()
+                .zip(&state.lanes)
+                .all(|(a, b)| a.log == b.log);
+        if !logs_match {
+            return Err(BadMergerState("it merges other logs"));
+        }
+        if state.m != m {
+            return Err(BadMergerState("it takes another number of slots per round"));
+        }
+        if state.cur as usize >= merger.lanes.len() || state.taken >= m {
+            return Err(BadMergerState("its round-robin cursor is out of range"));
+        }
+        for (lane, s) in merger.lanes.iter_mut().zip(&state.lanes) {
+            if s.head_offset > s.slots_consumed {
+                return Err(BadMergerState(
+                    "a lane consumed fewer slots than its offset",
+                ));
+            }
+            lane.dedup = s.dedup.clone();
+            lane.head_index = s.head_index;
+            lane.head_offset = s.head_offset;
+            lane.slots_consumed = s.slots_consumed;
+            lane.slots_received = s.slots_consumed - s.head_offset;
+        }
+        merger.cur = state.cur as usize;
+        merger.taken = state.taken;
+        Ok(merger)
     }
 
     /// If the merge waits on a log while others have slots to go: that log, the index of the
@@ -343,6 +464,64 @@ mod tests {
         mg.poll(&mut out);
         assert_eq!(seqs(&out), vec![0, 1]);
         assert_eq!(mg.next_index(LogId(0)), Some(2));
+    }
+
+    /// A merger stopped right after any delivered message, saved and restored into a new
+    /// merger that is then fed the entries again from its resume positions, delivers exactly
+    /// what the original delivers from there on.
+    #[test]
+    fn restored_state_continues_the_same_stream() {
+        proptest!(|(shape in proptest::collection::vec((0usize..3, 0u64..4, any::<bool>()), 1..50),
+                    m in 1u64..5, stop_at in 0usize..40)| {
+            let mut logs: [Vec<LogEntry>; 3] = Default::default();
+            let mut seq = [0u64; 3];
+            for &(log, n, dup) in &shape {
+                let dests: &[u32] = [&[0u32][..], &[1], &[0, 1, 2]][log];
+                logs[log].push(if n == 0 {
+                    LogEntry::Skip(2)
+                } else {
+                    batch((0..n).map(|_| {
+                        seq[log] += 1;
+                        // Now and then a resent copy of the previous message.
+                        msg(if dup { seq[log] - 1 } else { seq[log] }, dests)
+                    }).collect())
+                });
+            }
+            let set: GroupSet = [GroupId(0), GroupId(2)].into_iter().collect();
+            let mine = [LogId(0), LogId(2)];
+            let feed = |mg: &mut Merger| {
+                for l in &mine {
+                    let at = mg.next_index(*l).unwrap() as usize;
+                    let es = &logs[l.0 as usize];
+                    if at < es.len() {
+                        mg.push(*l, at as u64, &es[at..]).unwrap();
+                    }
+                }
+            };
+            let mut whole = Merger::new(&mine, set.clone(), m);
+            feed(&mut whole);
+            let mut all = vec![];
+            whole.poll(&mut all);
+            let mut first = Merger::new(&mine, set.clone(), m);
+            feed(&mut first);
+            let mut head = vec![];
+            let mut n = 0;
+            let stopped = first.poll_until(&mut head, |_| { n += 1; n > stop_at });
+            prop_assert_eq!(stopped, all.len() > stop_at);
+            let state = first.state();
+            let mut second = Merger::restore(&mine, set.clone(), m, &state).unwrap();
+            for (l, at) in state.resume_at() {
+                prop_assert_eq!(second.next_index(l), Some(at));
+            }
+            feed(&mut second);
+            let mut tail = vec![];
+            second.poll(&mut tail);
+            head.extend(tail);
+            prop_assert_eq!(seqs(&head), seqs(&all));
+            prop_assert_eq!(second.state(), whole.state());
+            prop_assert!(Merger::restore(&mine, set.clone(), m + 1, &state).is_err());
+            prop_assert!(Merger::restore(&[LogId(0)], set, m, &state).is_err());
+        });
     }
 
     /// Log `i` carries messages to group `i` (logs 0, 1) or to all groups (log 2), mixed with

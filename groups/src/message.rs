@@ -97,6 +97,10 @@ pub enum NetMsg {
     /// A point-to-point message of the application (for example a replica's reply to a
     /// client). Unordered and best effort: the application resends what matters.
     App { payload: Bytes },
+    /// A subscriber holds a checkpoint of its state that covers every entry of `log` below
+    /// `next` (it can be restarted from the checkpoint and the log from `next` on). The log's
+    /// acceptors trim below the lowest such position of the subscribers that checkpoint.
+    Checkpointed { log: LogId, next: u64 },
 }
 
 impl NetMsg {
@@ -122,6 +126,7 @@ impl NetMsg {
             NetMsg::RData { .. } => "rdata",
             NetMsg::RAck { .. } => "rack",
             NetMsg::App { .. } => "app",
+            NetMsg::Checkpointed { .. } => "checkpointed",
         }
     }
 }

@@ -364,6 +364,62 @@ impl GroupsNode {
         self.feeds.get(&log).map(Feed::next)
     }
 
+    /// Tells the acceptors of every log in `positions` that this node holds a checkpoint of
+    /// its state covering the entries below the given index (reported from now on with the
+    /// feeds' progress; see [`crate::server`] for how that lets logs be trimmed). Positions
+    /// only grow; logs this node does not subscribe to are ignored.
+    pub fn set_checkpointed(&mut self, positions: &[(LogId, u64)]) {
+        for &(log, next) in positions {
+            if let Some(f) = self.feeds.get_mut(&log) {
+                f.set_checkpointed(next, &mut self.out);
+            }
+        }
+    }
+
+    /// The position this node last reported as checkpointed for `log`.
+    pub fn checkpointed(&self, log: LogId) -> Option<u64> {
+        self.feeds.get(&log).and_then(Feed::checkpointed)
+    }
+
+    /// Restarts the feeds of the logs in `positions` at the given indexes: a state transfer
+    /// installed a checkpoint that covers the entries below them. Entries of those logs
+    /// handed out before and not yet taken ([`GroupsNode::take_entries`]) are dropped, and
+    /// the feeds fetch from the new positions at once (whether that is ahead of or behind
+    /// where they were). Only for nodes that run their own mergers (`merge_locally` off): a
+    /// node's own mergers cannot be moved. Logs this node does not subscribe to are ignored.
+    pub fn restart_feeds(&mut self, positions: &[(LogId, u64)]) {
+        debug_assert!(
+            !self.merge_locally,
+            "restart_feeds needs merge_locally = false"
+        );
+        let now = self.now;
+        for &(log, next) in positions {
+            if let Some(f) = self.feeds.get_mut(&log) {
+                f.restart_at(next, now, &mut self.out);
+                self.exported.retain(|e| e.log != log);
+            }
+        }
+        // What the local acceptor already decided is not pushed again: offer it now.
+        let logs: Vec<LogId> = positions.iter().map(|p| p.0).collect();
+        for log in logs {
+            let Some(s) = self.servers.get(&log) else {
+                continue;
+            };
+            let Some(next) = self.feeds.get(&log).map(Feed::next) else {
+                continue;
+            };
+            let l = s.log();
+            if next >= l.first_idx() && next < l.decided_idx() {
+                let n = (l.decided_idx() - next) as usize;
+                if let crate::log::Read::Entries(es) = l.read_decided(next, n) {
+                    if !es.is_empty() {
+                        self.offer(log, next, &es);
+                    }
+                }
+            }
+        }
+    }
+
     /// A one-line-per-item description of the node's state, for debugging failed runs.
     pub fn describe(&self) -> String {
         use std::fmt::Write;
@@ -484,6 +540,11 @@ impl GroupsNode {
             }
             NetMsg::RAck { id } => self.rm.on_ack(from, id),
             NetMsg::App { payload } => self.app_in.push((from, payload)),
+            NetMsg::Checkpointed { log, next } => {
+                if let Some(s) = self.servers.get_mut(&log) {
+                    s.on_checkpointed(from, next, self.now);
+                }
+            }
         }
     }
 

@@ -7,7 +7,9 @@
 //! - pads the log with skip entries: every Delta it proposes `Skip(n)` for the shortfall below
 //!   lambda*Delta slots, and on a subscriber's hint it pads up to what that subscriber needs;
 //! - pushes newly decided entries to subscribers that are not acceptors, acknowledges decided
-//!   messages to their senders, and trims what every subscriber has received.
+//!   messages to their senders, and trims below what every subscriber needs (what it
+//!   received, or for a subscriber that checkpoints, what its checkpoint covers; see
+//!   [`LogServer::trim_bound`]).
 //!
 //! Every acceptor, leader or not, answers fetches from its decided log.
 
@@ -35,6 +37,9 @@ pub(crate) struct LogServer {
     was_leader: bool,
     /// Highest `next` index each subscriber node reported, and when it last reported.
     progress: BTreeMap<NodeId, (u64, u64)>,
+    /// Highest position each checkpointing subscriber's checkpoint covers, and when it last
+    /// reported it.
+    checkpoints: BTreeMap<NodeId, (u64, u64)>,
     /// `(tick, decided index)` whenever the decided index grew, over the last
     /// `catch_up_ticks`: when each entry was decided, for measuring subscriber lag in ticks.
     decided_at: VecDeque<(u64, u64)>,
@@ -71,6 +76,7 @@ impl LogServer {
             interval_start: 0,
             was_leader: false,
             progress: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
             decided_at: VecDeque::new(),
             last_trim_check: 0,
             scratch: Vec::new(),
@@ -90,11 +96,12 @@ impl LogServer {
 
     pub fn describe(&self) -> String {
         format!(
-            "batch={} held={} interval_slots={} subscribers-progress={:?}",
+            "batch={} held={} interval_slots={} subscribers-progress={:?} checkpoints={:?}",
             self.batch.len(),
             self.held.len(),
             self.interval_slots,
-            self.progress
+            self.progress,
+            self.checkpoints
         )
     }
 
@@ -253,6 +260,12 @@ impl LogServer {
         *p = (p.0.max(next), now);
     }
 
+    /// A subscriber holds a checkpoint covering the entries below `next`.
+    pub fn on_checkpointed(&mut self, from: NodeId, next: u64, now: u64) {
+        let p = self.checkpoints.entry(from).or_insert((0, now));
+        *p = (p.0.max(next), now);
+    }
+
     /// How many ticks the slowest live subscriber is behind: the time since the first entry it
     /// lacks was decided. Subscribers silent for `20 * progress_ticks` (crashed or cut off)
     /// and those more than `catch_up_ticks` behind (catching up by fetching) do not count.
@@ -328,17 +341,36 @@ impl LogServer {
         }
         if self.tuning().trim && now >= self.last_trim_check + self.tuning().progress_ticks {
             self.last_trim_check = now;
-            self.maybe_trim();
+            self.maybe_trim(now);
         }
     }
 
-    fn maybe_trim(&mut self) {
-        let subscribers = self.cfg.log_subscribers(self.id);
-        let Some(below) = subscribers
+    /// The index below which the log may be trimmed: the minimum over its subscribers of
+    /// - for a subscriber that reports checkpoints (a replica that can be restored from a
+    ///   peer's checkpoint): the position its latest checkpoint covers; such a subscriber
+    ///   silent for `20 * progress_ticks` (crashed, cut off) does not count: when it comes
+    ///   back it recovers by state transfer from a peer whose checkpoint does count;
+    /// - for any other subscriber: what it reported received (0 before its first report),
+    ///   whether it is alive or not, since it has no other way to recover.
+    ///
+    /// `None` when no subscriber counts.
+    pub fn trim_bound(&self, now: u64) -> Option<u64> {
+        let silent_after = 20 * self.tuning().progress_ticks;
+        self.cfg
+            .log_subscribers(self.id)
             .iter()
-            .map(|n| self.progress.get(n).map_or(0, |p| p.0))
+            .filter_map(|n| match self.checkpoints.get(n) {
+                Some(&(next, at)) => {
+                    let heard = self.progress.get(n).map_or(at, |p| p.1.max(at));
+                    (now <= heard + silent_after).then_some(next)
+                }
+                None => Some(self.progress.get(n).map_or(0, |p| p.0)),
+            })
             .min()
-        else {
+    }
+
+    fn maybe_trim(&mut self, now: u64) {
+        let Some(below) = self.trim_bound(now) else {
             return;
         };
         if below >= self.log.first_idx() + self.tuning().trim_every_entries {

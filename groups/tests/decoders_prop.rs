@@ -240,6 +240,7 @@ fn net_msg() -> impl Strategy<Value = NetMsg> {
         (log.clone(), any::<u64>()).prop_map(|(log, from)| NetMsg::Fetch { log, from }),
         (log.clone(), any::<u64>()).prop_map(|(log, first)| NetMsg::Trimmed { log, first }),
         (log.clone(), any::<u64>()).prop_map(|(log, next)| NetMsg::Progress { log, next }),
+        (log.clone(), any::<u64>()).prop_map(|(log, next)| NetMsg::Checkpointed { log, next }),
         (log, any::<u64>(), any::<u64>()).prop_map(|(log, index, slots)| NetMsg::SkipHint {
             log,
             index,

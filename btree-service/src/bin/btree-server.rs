@@ -24,7 +24,9 @@ use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
 use engine::client::{HandleApp, Mode};
 use engine::layout::Deployment;
-use engine::metrics::{render_node, render_workers, Exposition, MetricsServer, Observed};
+use engine::metrics::{
+    render_checkpoints, render_node, render_workers, Exposition, MetricsServer, Observed,
+};
 use engine::psmr::replica::{ReplicaApp, ReplicaOptions};
 use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
@@ -79,6 +81,12 @@ struct Args {
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Take a checkpoint every N commands (and at least every 10 s while commands run), so
+    /// logs are trimmed below the replicas' checkpoints and a replica that lost its state
+    /// recovers by state transfer (with --config; 0: no checkpoints are asked for, but the
+    /// replica still takes part in those others ask for and recovers by transfer).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    checkpoint_every: u64,
 }
 
 fn main() -> ExitCode {
@@ -209,14 +217,24 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
     )
     .map_err(|e| format!("node {me}: durable logs: {e}"))?;
     let mut workers = Vec::new();
+    let mut checkpoints = None;
     let app = if replica {
         let service = Arc::new(TreeService::try_new(file.tree.clone())?);
         let options = ReplicaOptions {
             pin_cores: args.pin,
             ..ReplicaOptions::new(file.workers)
         };
-        let r = ReplicaApp::new(service, options);
+        let mut r = ReplicaApp::new(service, options);
+        if args.checkpoint_every > 0 {
+            let tick_us = file.cluster.tuning.tick_us.max(1);
+            r = r.with_checkpoints(engine::checkpoint::CheckpointPolicy {
+                every_commands: args.checkpoint_every,
+                every_ticks: 10_000_000 / tick_us,
+                resend_ticks: 500_000 / tick_us,
+            });
+        }
         workers = r.share_worker_stats();
+        checkpoints = Some(r.share_checkpoints());
         NodeApp::Replica(Box::new(r))
     } else {
         NodeApp::Acceptor(Idle)
@@ -231,6 +249,9 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 let mut e = Exposition::new();
                 render_node(&node, &mut e);
                 render_workers(&workers, &mut e);
+                if let Some(c) = &checkpoints {
+                    render_checkpoints(c, &mut e);
+                }
                 e.finish()
             });
             let server = MetricsServer::start(addr, render)

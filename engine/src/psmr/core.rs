@@ -21,8 +21,9 @@ pub struct ExecOptions {
     pub state_hashes: bool,
 }
 
-/// Counters of one worker.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Counters of one worker (replicated: equal at every replica at the same point of the
+/// stream, so they are part of a checkpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerStats {
     /// Commands executed on this worker's shard alone.
     pub single: u64,
@@ -43,6 +44,9 @@ pub struct WorkerState<S: Service> {
     pub id: usize,
     pub table: ClientTable<S::Reply>,
     pub stats: WorkerStats,
+    /// The round of the latest checkpoint this worker took part in (0: none); a checkpoint
+    /// request for a round not above it is a duplicate and ignored.
+    pub checkpoint_round: u64,
 }
 
 impl<S: Service> WorkerState<S> {
@@ -51,6 +55,7 @@ impl<S: Service> WorkerState<S> {
             id,
             table: ClientTable::default(),
             stats: WorkerStats::default(),
+            checkpoint_round: 0,
         }
     }
 }
@@ -78,6 +83,12 @@ impl<C> Job<C> {
     /// The worker that runs the command (the lowest involved one).
     pub fn executor(&self) -> usize {
         self.involved[0]
+    }
+
+    /// The round, if this is a checkpoint request (see [`crate::checkpoint`]) rather than a
+    /// client's command.
+    pub fn checkpoint_round(&self) -> Option<u64> {
+        (self.request.client == crate::checkpoint::CHECKPOINT_CLIENT).then_some(self.request.seq)
     }
 }
 
