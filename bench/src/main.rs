@@ -7,6 +7,7 @@
 mod costmodel;
 mod machine;
 mod multicast;
+mod peers;
 mod recovery;
 mod report;
 mod scaleout;
@@ -76,6 +77,50 @@ enum Experiment {
         /// Do not pin worker threads to cores.
         #[arg(long)]
         no_pin: bool,
+    },
+    /// Chorus against etcd and ZooKeeper: three server processes each on loopback, the same
+    /// closed-loop load (write shares x outstanding requests), throughput, p50/p99 latency and
+    /// Chorus's ratio to each. etcd and ZooKeeper need `--features peers` (and apt-get
+    /// installs their Debian packages when missing).
+    Peers {
+        /// Systems: chorus-memory, chorus-disk, etcd, zookeeper (default all).
+        #[arg(long, value_delimiter = ',')]
+        systems: Option<Vec<peers::System>>,
+        /// Write shares in percent, the rest reads (default 100,50,5).
+        #[arg(long, value_delimiter = ',')]
+        writes: Option<Vec<u32>>,
+        /// Requests each client keeps outstanding (default 1,4,16,64).
+        #[arg(long, value_delimiter = ',')]
+        outstanding: Option<Vec<usize>>,
+        /// Client sessions (connections).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Measured seconds per point.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Warm-up seconds per point.
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// Keys, all written before measuring.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Chorus mode: smr, psmr or opt-psmr (smr: one worker per replica, the fastest on a
+        /// 2-core machine for single-key commands).
+        #[arg(long, default_value = "smr")]
+        chorus_mode: String,
+        /// Chorus workers per replica (psmr, opt-psmr).
+        #[arg(long, default_value_t = 2)]
+        chorus_workers: usize,
+        /// Do not apt-get install missing etcd-server / zookeeper packages (fail instead).
+        #[arg(long)]
+        no_install: bool,
+        /// Runs of the whole comparison (every system restarted per run; the table shows
+        /// medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Chirper on S-SMR against DS-SMR (the DS-SMR paper's Table 1): Timeline, Post,
     /// Follow/unfollow and Mix on 1/2/4/8 partitions measured, 16/32/64 simulated.
@@ -223,6 +268,55 @@ fn main() {
                 plan.simulated_measure = Duration::from_secs_f64(m);
             }
             scaleout::run_plan(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::Peers {
+            systems,
+            writes,
+            outstanding,
+            clients,
+            seconds,
+            warmup,
+            keys,
+            value_bytes,
+            chorus_mode,
+            chorus_workers,
+            no_install,
+            runs,
+        }) => {
+            let mut plan = peers::Plan {
+                clients,
+                runs,
+                keys,
+                value_bytes,
+                chorus_workers,
+                install: !no_install,
+                ..peers::Plan::default()
+            };
+            if let Some(s) = systems {
+                plan.systems = s;
+            }
+            if let Some(w) = writes {
+                plan.write_pcts = w;
+            }
+            if let Some(o) = outstanding {
+                plan.outstanding = o;
+            }
+            let durations = [("--seconds", seconds), ("--warmup", warmup)];
+            let result = durations
+                .iter()
+                .find(|(_, v)| !v.is_finite() || *v < 0.0 || *v > 3600.0)
+                .map_or(Ok(()), |(f, v)| Err(format!("{f} {v}: 0 to 3600 seconds")))
+                .and_then(|()| btree_service::cli::parse_mode(&chorus_mode))
+                .and_then(|mode| {
+                    plan.chorus_mode = mode;
+                    plan.measure = Duration::from_secs_f64(seconds);
+                    plan.warmup = Duration::from_secs_f64(warmup);
+                    peers::run(&plan, &cli.out, &machine).map(|_| ())
+                });
+            if let Err(e) = result {
+                eprintln!("peers: {e}");
+                std::process::exit(2);
+            }
         }
         Some(Experiment::Recovery {
             sizes,
