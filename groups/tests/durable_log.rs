@@ -106,6 +106,49 @@ fn script() -> Vec<Vec<StorageOp<LogEntry>>> {
 }
 
 #[test]
+fn writes_that_change_nothing_are_not_written_or_synced() {
+    let dir = temp_dir("noops");
+    let path = dir.join("log.wal");
+    let mut disk = DiskStorage::open(&path).unwrap();
+    disk.set_promise(ballot(3, 1)).unwrap();
+    disk.set_accepted_round(ballot(3, 1)).unwrap();
+    disk.append_entries(entries(0, 3)).unwrap();
+    disk.set_decided_idx(2).unwrap();
+    let (records, len) = (disk.stats().records, disk.file_len());
+    assert_eq!(records, 4);
+    // Followers flush an empty batch on every tick; leaders re-save unchanged indexes.
+    disk.append_entries(Vec::new()).unwrap();
+    disk.set_promise(ballot(3, 1)).unwrap();
+    disk.set_accepted_round(ballot(3, 1)).unwrap();
+    disk.set_decided_idx(2).unwrap();
+    disk.write_atomically(vec![
+        StorageOp::AppendEntries(Vec::new()),
+        StorageOp::SetDecidedIndex(2),
+    ])
+    .unwrap();
+    assert_eq!((disk.stats().records, disk.file_len()), (records, len));
+    // A change in a batch of no-ops is written, and only it.
+    disk.write_atomically(vec![
+        StorageOp::SetPromise(ballot(3, 1)),
+        StorageOp::SetDecidedIndex(3),
+    ])
+    .unwrap();
+    assert_eq!(disk.stats().records, records + 1);
+    // Within a batch, "unchanged" means unchanged at that point of the batch.
+    disk.write_atomically(vec![
+        StorageOp::SetDecidedIndex(2),
+        StorageOp::SetDecidedIndex(3),
+    ])
+    .unwrap();
+    assert_eq!(disk.stats().records, records + 2);
+    assert_eq!(disk.image().decided, 3);
+    drop(disk);
+    let img = DiskStorage::open(&path).unwrap().image();
+    assert_eq!((img.decided, img.promise), (3, Some(ballot(3, 1))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn reopen_restores_every_field() {
     let dir = temp_dir("script");
     let path = dir.join("log.wal");

@@ -479,6 +479,37 @@ impl DiskStorage {
     fn write_one(&mut self, op: StorageOp<LogEntry>) -> StorageResult<()> {
         self.write_atomically(vec![op])
     }
+
+    /// `ops` without those that leave the state exactly as it is, so that writing and syncing
+    /// them can be skipped: appends of nothing (followers flush an empty batch on every tick),
+    /// and a promise, accepted round or decided index equal to the one in force at that point
+    /// of the batch. Only exact no-ops go, so what is on disk after a crash is the same as if
+    /// they had been written. After any other kind of operation the rest of the batch is kept
+    /// as it is.
+    fn without_no_ops(&self, ops: Vec<Op>) -> Vec<Op> {
+        let mut promise = self.mem.get_promise().ok().flatten();
+        let mut accepted = self.mem.get_accepted_round().ok().flatten();
+        let mut decided = self.mem.get_decided_idx().ok().map(|d| d as u64);
+        let mut tracking = true;
+        let mut kept = Vec::with_capacity(ops.len());
+        for op in ops {
+            let skip = match &op {
+                Op::Append(es) => es.is_empty(),
+                _ if !tracking => false,
+                Op::Promise(b) => std::mem::replace(&mut promise, Some(*b)) == Some(*b),
+                Op::Accepted(b) => std::mem::replace(&mut accepted, Some(*b)) == Some(*b),
+                Op::Decided(i) => std::mem::replace(&mut decided, Some(*i)) == Some(*i),
+                _ => {
+                    tracking = false;
+                    false
+                }
+            };
+            if !skip {
+                kept.push(op);
+            }
+        }
+        kept
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -500,7 +531,7 @@ fn write_new_file(path: &Path, content: &[u8]) -> Result<(), DiskError> {
 
 impl Storage<LogEntry> for DiskStorage {
     fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> StorageResult<()> {
-        let ops = ops.into_iter().filter_map(to_op).collect();
+        let ops = self.without_no_ops(ops.into_iter().filter_map(to_op).collect());
         Ok(self.write_ops(ops)?)
     }
     fn append_entry(&mut self, entry: LogEntry) -> StorageResult<()> {
