@@ -496,9 +496,9 @@ impl DiskStorage {
             let skip = match &op {
                 Op::Append(es) => es.is_empty(),
                 _ if !tracking => false,
-                Op::Promise(b) => std::mem::replace(&mut promise, Some(*b)) == Some(*b),
-                Op::Accepted(b) => std::mem::replace(&mut accepted, Some(*b)) == Some(*b),
-                Op::Decided(i) => std::mem::replace(&mut decided, Some(*i)) == Some(*i),
+                Op::Promise(b) => promise.replace(*b) == Some(*b),
+                Op::Accepted(b) => accepted.replace(*b) == Some(*b),
+                Op::Decided(i) => decided.replace(*i) == Some(*i),
                 _ => {
                     tracking = false;
                     false
