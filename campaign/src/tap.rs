@@ -1,0 +1,135 @@
+//! A client proxy that records what the campaign checks besides the history: which log each
+//! command went through and when it was submitted and completed (for the failover time), and
+//! every replica's state hash in its reply (for "final replica states are equal").
+
+use bytes::Bytes;
+use engine::client::{ClientProxy, ClientStats, Completion, Proxy};
+use engine::service::Service;
+use engine::wire::{self, ClientId, Reply, Request};
+use groups::config::ClusterConfig;
+use groups::groupset::GroupSet;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One command as the tap saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    pub submitted: Option<Instant>,
+    pub completed: Option<Instant>,
+    /// Logs its multicasts were routed through (an opt-PSMR retry may add one).
+    pub logs: BTreeSet<u32>,
+    /// Replica -> a hash of the outcome in its reply and the state hash it carries (`None`
+    /// unless the replicas hash their states). A full scan's outcome is the tree's whole
+    /// content at that point of the order: equal hashes mean equal replica states.
+    pub replies: BTreeMap<u32, (u64, Option<u64>)>,
+}
+
+/// What all the proxies of a client node recorded, by (client id, sequence number).
+#[derive(Default)]
+pub struct Tap {
+    pub seen: Mutex<BTreeMap<(u64, u64), Seen>>,
+}
+
+/// A hash of a reply's outcome (of its wire encoding).
+fn outcome_hash<R: serde::Serialize>(outcome: &engine::wire::Outcome<R>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    wire::encode(outcome).hash(&mut h);
+    h.finish()
+}
+
+/// [`ClientProxy`] with a [`Tap`].
+pub struct Recording<S: Service> {
+    inner: ClientProxy<S>,
+    tap: Arc<Tap>,
+    cluster: Arc<ClusterConfig>,
+    scratch: Vec<(GroupSet, Bytes)>,
+}
+
+impl<S: Service> Recording<S> {
+    pub fn new(inner: ClientProxy<S>, tap: Arc<Tap>, cluster: Arc<ClusterConfig>) -> Self {
+        Recording {
+            inner,
+            tap,
+            cluster,
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<S: Service> Proxy for Recording<S> {
+    type Command = S::Command;
+    type Reply = S::Reply;
+
+    fn id(&self) -> ClientId {
+        self.inner.id()
+    }
+    fn submit(&mut self, command: S::Command) -> u64 {
+        let seq = self.inner.submit(command);
+        self.tap
+            .seen
+            .lock()
+            .entry((self.inner.id().0, seq))
+            .or_default()
+            .submitted = Some(Instant::now());
+        seq
+    }
+    fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, S::Reply>> {
+        if let Ok(reply) = wire::decode::<Reply<S::Reply>>(body) {
+            self.tap
+                .seen
+                .lock()
+                .entry((reply.client.0, reply.seq))
+                .or_default()
+                .replies
+                .insert(
+                    reply.replica.0,
+                    (outcome_hash(&reply.outcome), reply.state_hash),
+                );
+        }
+        let done = Proxy::on_message(&mut self.inner, body);
+        if let Some(c) = &done {
+            self.tap
+                .seen
+                .lock()
+                .entry((self.inner.id().0, c.seq))
+                .or_default()
+                .completed = Some(Instant::now());
+        }
+        done
+    }
+    fn tick(&mut self, now: u64) {
+        Proxy::tick(&mut self.inner, now)
+    }
+    fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
+        Proxy::take_multicasts(&mut self.inner, &mut self.scratch);
+        if !self.scratch.is_empty() {
+            let mut seen = self.tap.seen.lock();
+            for (dests, payload) in &self.scratch {
+                if let (Ok(req), Some(log)) =
+                    (wire::decode::<Request>(payload), self.cluster.route(dests))
+                {
+                    seen.entry((req.client.0, req.seq))
+                        .or_default()
+                        .logs
+                        .insert(log.0);
+                }
+            }
+        }
+        out.append(&mut self.scratch);
+    }
+    fn outstanding(&self) -> usize {
+        Proxy::outstanding(&self.inner)
+    }
+    fn stats(&self) -> &ClientStats {
+        Proxy::stats(&self.inner)
+    }
+    fn set_payload_limit(&mut self, max: usize) {
+        Proxy::set_payload_limit(&mut self.inner, max)
+    }
+    fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, S::Reply>>) {
+        Proxy::take_refused(&mut self.inner, out)
+    }
+}
