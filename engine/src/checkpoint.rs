@@ -103,6 +103,10 @@ pub enum CheckpointError {
     Workers { got: usize, want: usize },
     #[error("worker {worker}'s part: {what}")]
     Part { worker: usize, what: String },
+    /// A scale-out replica's checkpoint that does not fit the replica (another group, a
+    /// state that does not restore to its own hash; see `crate::partitioned::checkpoint`).
+    #[error("checkpoint does not fit this replica: {0}")]
+    Mismatch(String),
 }
 
 /// One worker's part of a checkpoint.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use groups::groupset::GroupSet;
 use groups::ids::{MsgId, NodeId};
 use rustc_hash::FxHashSet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
 /// What a replica core asks its host to do.
@@ -21,8 +21,9 @@ pub enum Output {
 /// (a restarted replica replaying the logs, or a receiver whose designated sender crashed).
 /// Bounded: the oldest go first. Without checkpoints a replica that restarts replays the
 /// logs from the start, so a bound this small makes very long-lived deployments depend on the
-/// designated senders staying up; checkpoints (recovery issue) lift that.
-#[derive(Debug)]
+/// designated senders staying up; checkpoints (recovery issue) lift that. Part of a
+/// replica's checkpoint (a restored replica answers the pulls its peer would have).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Outbox<V> {
     max: usize,
     order: VecDeque<MsgId>,
@@ -73,8 +74,8 @@ impl<V: Clone + Serialize> Outbox<V> {
 }
 
 /// Recently finished deliveries, so late copies of their exchanges are dropped instead of
-/// waiting in the inbox forever. Bounded.
-#[derive(Debug)]
+/// waiting in the inbox forever. Bounded. Part of a partition replica's checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Recent {
     max: usize,
     order: VecDeque<MsgId>,

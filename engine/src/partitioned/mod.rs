@@ -13,12 +13,14 @@
 //!
 //! Modules: [`service`] (the contract), [`wire`], [`table`] (at-most-once across attempts),
 //! [`server`] (a partition replica), [`oracle`], [`client`], [`replica`] (hosting the cores
-//! on a node), [`layout`], [`sim`] (simulated deployments and their invariants).
+//! on a node), [`checkpoint`] (checkpoints and state transfer), [`layout`], [`sim`]
+//! (simulated deployments and their invariants).
 //!
 //! The partition logic ([`server`]) is a sans-IO core apart from how it is executed
 //! ([`replica`] runs it on one thread), so a partition replica can later run several P-SMR
 //! workers.
 
+pub mod checkpoint;
 pub mod client;
 mod common;
 pub mod layout;

@@ -14,15 +14,17 @@ use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService
 use super::table::{AttemptTable, Seen};
 use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::ServerOptions;
+use crate::checkpoint::CheckpointError;
 use crate::wire::{self, ClientId};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Counters of one oracle replica.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OracleStats {
     /// Delivered multicasts handled.
     pub handled: u64,
@@ -37,6 +39,33 @@ pub struct OracleStats {
     pub duplicates: u64,
     pub rejected: u64,
     pub pulls_answered: u64,
+}
+
+/// An oracle replica's state at a checkpoint: its map and bookkeeping, as decoded.
+#[derive(Deserialize)]
+struct Snapshot<V, R> {
+    partitions: u32,
+    location: BTreeMap<ObjectId, PartitionId>,
+    digests: Vec<u64>,
+    table: AttemptTable<Outcome<R>>,
+    outbox: Outbox<V>,
+    stats: OracleStats,
+    views: Vec<(MsgId, PartitionId, u64)>,
+    /// The state hash when it was taken (checked on restore).
+    hash: u64,
+}
+
+/// [`Snapshot`] as encoded, borrowing the oracle's state (same layout).
+#[derive(Serialize)]
+struct SnapshotRef<'a, V, R> {
+    partitions: u32,
+    location: &'a BTreeMap<ObjectId, PartitionId>,
+    digests: &'a [u64],
+    table: &'a AttemptTable<Outcome<R>>,
+    outbox: &'a Outbox<V>,
+    stats: &'a OracleStats,
+    views: &'a [(MsgId, PartitionId, u64)],
+    hash: u64,
 }
 
 /// One replica of the oracle.
@@ -86,6 +115,59 @@ impl<S: PartitionedService> OracleServer<S> {
             stats: OracleStats::default(),
             views: Vec::new(),
         }
+    }
+
+    /// This replica's state, encoded (the oracle handles each delivery at once, so this is
+    /// its state after everything delivered so far).
+    pub fn snapshot(&self) -> Vec<u8> {
+        wire::encode(&SnapshotRef {
+            partitions: self.partitions,
+            location: &self.location,
+            digests: &self.digests,
+            table: &self.table,
+            outbox: &self.outbox,
+            stats: &self.stats,
+            views: &self.views,
+            hash: self.state_hash(),
+        })
+    }
+
+    /// An oracle replica rebuilt from [`OracleServer::snapshot`]'s bytes; the arguments are
+    /// [`OracleServer::new`]'s.
+    pub fn restore(
+        service: Arc<S>,
+        cfg: Arc<ClusterConfig>,
+        node: NodeId,
+        partitions: u32,
+        opts: ServerOptions,
+        bytes: &[u8],
+    ) -> Result<Self, CheckpointError> {
+        let snap: Snapshot<S::Value, S::Reply> = wire::decode(bytes)
+            .map_err(|e| CheckpointError::Decode(format!("oracle snapshot: {e}")))?;
+        if snap.partitions != partitions || snap.digests.len() != partitions as usize {
+            return Err(CheckpointError::Mismatch(format!(
+                "the snapshot is of an oracle of {} partitions, this one has {partitions}",
+                snap.partitions
+            )));
+        }
+        if let Some((o, p)) = snap.location.iter().find(|(_, p)| **p >= partitions) {
+            return Err(CheckpointError::Mismatch(format!(
+                "object {o} is located at partition {p}, out of range"
+            )));
+        }
+        let mut o = Self::new(service, cfg, node, partitions, opts);
+        o.location = snap.location;
+        o.digests = snap.digests;
+        o.table = snap.table;
+        o.outbox = snap.outbox;
+        o.stats = snap.stats;
+        o.views = snap.views;
+        if o.state_hash() != snap.hash {
+            return Err(CheckpointError::Mismatch(
+                "the restored state's hash differs from the snapshot's".into(),
+            ));
+        }
+        Ok(o)
     }
 
     /// Where `object` is, if it exists.

@@ -23,6 +23,14 @@
 //! for, so a crashed designated sender or a restarted receiver (which replays the logs from
 //! the start and needs every exchange again) still makes progress.
 //!
+//! **Checkpoints.** A host that runs its own merge marks where a checkpoint request lies in
+//! the partition's stream ([`PartitionServer::mark_checkpoint`]); when the mark reaches the
+//! head of the queue (everything delivered before it handled, nothing after it begun) the
+//! server records its state ([`PartitionServer::snapshot`]): objects, client table, the
+//! exchanges that already arrived for later commands, what it sent (its outbox, for pulls),
+//! recent deliveries, counters and views. [`PartitionServer::restore`] rebuilds a replica
+//! from those bytes (see [`super::checkpoint`]).
+//!
 //! The partition logic knows nothing about threads: a host delivers messages and ticks and
 //! performs the [`Output`]s (see [`super::replica`]); a P-SMR-style host with several workers
 //! per partition can drive it the same way.
@@ -34,15 +42,17 @@ use super::service::{
 use super::table::{AttemptTable, Seen};
 use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
 use super::{Scheme, ServerOptions};
+use crate::checkpoint::CheckpointError;
 use crate::wire;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Counters of one partition replica.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStats {
     /// Delivered multicasts fully handled (equal at replicas that handled the same stream).
     pub handled: u64,
@@ -80,12 +90,48 @@ enum Phase {
     Waiting,
 }
 
+/// What a queue item is: a delivered multicast, or the place of a checkpoint request.
+#[derive(Debug)]
+enum Work {
+    Msg(Multicast),
+    Mark(u64),
+}
+
 #[derive(Debug)]
 struct Item<C> {
     id: MsgId,
-    msg: Multicast,
+    msg: Work,
     phase: Phase,
     command: Option<C>,
+}
+
+/// A partition replica's state at a checkpoint (see the module docs), as decoded.
+#[derive(Deserialize)]
+struct Snapshot<V, R> {
+    partition: PartitionId,
+    store: BTreeMap<ObjectId, V>,
+    table: AttemptTable<Outcome<R>>,
+    inbox: BTreeMap<MsgId, Vec<Exchange<V>>>,
+    finished: Recent,
+    outbox: Outbox<V>,
+    stats: ServerStats,
+    views: Vec<(MsgId, u64)>,
+    /// The state hash when it was taken (checked on restore).
+    hash: u64,
+}
+
+/// [`Snapshot`] as encoded, borrowing the server's state (same layout).
+#[derive(Serialize)]
+struct SnapshotRef<'a, V, R> {
+    partition: PartitionId,
+    store: &'a BTreeMap<ObjectId, V>,
+    table: &'a AttemptTable<Outcome<R>>,
+    inbox: &'a BTreeMap<MsgId, Vec<Exchange<V>>>,
+    finished: &'a Recent,
+    outbox: &'a Outbox<V>,
+    stats: &'a ServerStats,
+    views: &'a [(MsgId, u64)],
+    hash: u64,
 }
 
 enum Step {
@@ -117,6 +163,9 @@ pub struct PartitionServer<S: PartitionedService> {
     out: Vec<Output>,
     pub stats: ServerStats,
     views: Vec<(MsgId, u64)>,
+    /// Checkpoints recorded at marks and not yet taken by the host: round, state hash and
+    /// bytes.
+    snapshots: Vec<(u64, u64, Vec<u8>)>,
 }
 
 impl<S: PartitionedService> PartitionServer<S> {
@@ -158,7 +207,82 @@ impl<S: PartitionedService> PartitionServer<S> {
             out: Vec::new(),
             stats: ServerStats::default(),
             views: Vec::new(),
+            snapshots: Vec::new(),
         }
+    }
+
+    /// A replica rebuilt from [`PartitionServer::snapshot`]'s bytes (taken by a replica of
+    /// the same partition); the arguments are [`PartitionServer::new`]'s.
+    pub fn restore(
+        service: Arc<S>,
+        cfg: Arc<ClusterConfig>,
+        node: NodeId,
+        me: PartitionId,
+        partitions: u32,
+        opts: ServerOptions,
+        bytes: &[u8],
+    ) -> Result<Self, CheckpointError> {
+        let snap: Snapshot<S::Value, S::Reply> = wire::decode(bytes)
+            .map_err(|e| CheckpointError::Decode(format!("partition snapshot: {e}")))?;
+        if snap.partition != me {
+            return Err(CheckpointError::Mismatch(format!(
+                "the snapshot is partition {}'s, this replica is partition {me}'s",
+                snap.partition
+            )));
+        }
+        let mut s = Self::new(service, cfg, node, me, partitions, opts);
+        s.digest = snap.store.keys().fold(0, |d, id| d ^ member_mix(*id));
+        s.store = snap.store;
+        s.table = snap.table;
+        s.inbox = snap.inbox;
+        s.finished = snap.finished;
+        s.outbox = snap.outbox;
+        s.stats = snap.stats;
+        s.views = snap.views;
+        if s.state_hash() != snap.hash {
+            return Err(CheckpointError::Mismatch(
+                "the restored state's hash differs from the snapshot's".into(),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// This replica's state, encoded (everything delivered so far handled: call it when the
+    /// queue is empty, or let a mark reach the head, see [`PartitionServer::mark_checkpoint`]).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snap = SnapshotRef {
+            partition: self.me,
+            store: &self.store,
+            table: &self.table,
+            inbox: &self.inbox,
+            finished: &self.finished,
+            outbox: &self.outbox,
+            stats: &self.stats,
+            views: &self.views,
+            hash: self.state_hash(),
+        };
+        wire::encode(&snap)
+    }
+
+    /// Marks the place of checkpoint request `round` in the stream: when everything delivered
+    /// before it is handled the server records a snapshot ([`PartitionServer::take_snapshots`]).
+    pub fn mark_checkpoint(&mut self, round: u64) {
+        self.queue.push_back(Item {
+            id: MsgId {
+                sender: NodeId(u32::MAX),
+                epoch: 0,
+                seq: round,
+            },
+            msg: Work::Mark(round),
+            phase: Phase::Fresh,
+            command: None,
+        });
+    }
+
+    /// Snapshots recorded at marks since the last call: round, state hash
+    /// ([`PartitionServer::state_hash`]) and bytes.
+    pub fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        out.append(&mut self.snapshots);
     }
 
     pub fn partition(&self) -> PartitionId {
@@ -170,7 +294,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         match wire::decode::<Multicast>(payload) {
             Ok(msg) => self.queue.push_back(Item {
                 id,
-                msg,
+                msg: Work::Msg(msg),
                 phase: Phase::Fresh,
                 command: None,
             }),
@@ -242,6 +366,12 @@ impl<S: PartitionedService> PartitionServer<S> {
     /// Handles delivered commands until one must wait.
     pub fn run(&mut self) {
         while let Some(mut item) = self.queue.pop_front() {
+            if let Work::Mark(round) = item.msg {
+                let snap = self.snapshot();
+                self.snapshots.push((round, self.state_hash(), snap));
+                self.blocked = None;
+                continue;
+            }
             match self.handle(&mut item) {
                 Step::Done => {
                     self.stats.handled += 1;
@@ -383,9 +513,11 @@ impl<S: PartitionedService> PartitionServer<S> {
             command,
         } = item;
         match msg {
-            Multicast::Consult { .. } => Step::Done,
-            Multicast::Move { object, from, to } => self.on_move(*id, *object, *from, *to),
-            Multicast::Command(c) => self.on_command(*id, phase, command, c),
+            Work::Mark(_) | Work::Msg(Multicast::Consult { .. }) => Step::Done,
+            Work::Msg(Multicast::Move { object, from, to }) => {
+                self.on_move(*id, *object, *from, *to)
+            }
+            Work::Msg(Multicast::Command(c)) => self.on_command(*id, phase, command, c),
         }
     }
 

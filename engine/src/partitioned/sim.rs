@@ -5,6 +5,7 @@ use super::layout::ScaleOutLayout;
 use super::replica::{Core, ScaleOutReplica};
 use super::service::{ObjectId, PartitionId, PartitionedService};
 use super::{Scheme, ServerOptions};
+use crate::checkpoint::CheckpointPolicy;
 use crate::sim::{Blueprint, EngineSim, Roles, SimRole};
 use crate::wire::ClientId;
 use groups::ids::NodeId;
@@ -32,6 +33,10 @@ pub struct ScaleOut<S: PartitionedService> {
     pub work: WorkCosts,
     /// The clients of a node share one location cache (as one machine's threads would).
     pub cache_per_node: bool,
+    /// Replicas merge their logs themselves, take part in checkpoints and ask for them by
+    /// this policy (see [`super::checkpoint`]); `None`, the default: the nodes merge and
+    /// nothing is checkpointed.
+    pub checkpoints: Option<CheckpointPolicy>,
     caches: parking_lot::Mutex<BTreeMap<NodeId, LocationCache>>,
     roles: Roles,
 }
@@ -51,6 +56,7 @@ impl<S: PartitionedService> ScaleOut<S> {
             server,
             work: WorkCosts::default(),
             cache_per_node: true,
+            checkpoints: None,
             caches: Default::default(),
             roles,
         }
@@ -104,7 +110,7 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
         &self.roles
     }
     fn replicas_merge_locally(&self) -> bool {
-        true
+        self.checkpoints.is_none()
     }
     fn replica(&self, node: GroupsNode, _seed: u64) -> ScaleOutNode<S> {
         let id = node.id();
@@ -117,6 +123,10 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
             self.layout.partitions,
             self.server.clone(),
         );
+        let replica = match self.checkpoints {
+            Some(policy) => replica.with_checkpoints(Some(policy)),
+            None => replica,
+        };
         ScaleOutNode {
             node,
             replica,

@@ -12,6 +12,7 @@
 
 use crate::wire::ClientId;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What the table knows about a copy of an attempt.
@@ -27,14 +28,14 @@ pub enum Seen<O> {
     Forgotten,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry<O> {
     floor: u64,
     records: BTreeMap<u64, (u32, Option<O>)>,
 }
 
-/// One replica's table.
-#[derive(Clone, Debug)]
+/// One replica's table (part of a replica's checkpoint).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttemptTable<O> {
     clients: FxHashMap<ClientId, Entry<O>>,
 }
