@@ -47,10 +47,10 @@ fn tree() -> TreeConfig {
 }
 
 /// The prefix of errors setting a deployment up (retried).
-const STARTUP: &str = "startup: ";
+pub(crate) const STARTUP: &str = "startup: ";
 
 /// How the nodes reach each other.
-enum Net {
+pub(crate) enum Net {
     /// All on 127.0.0.1.
     Loopback,
     /// Servers in namespaces on a bridge; the client node on the bridge's address.
@@ -59,14 +59,14 @@ enum Net {
     Relays(BTreeMap<(u32, u32), Relay>),
 }
 
-struct Plan {
+pub(crate) struct Plan {
     /// What the machine must offer for this fault, and how it will be injected.
-    mechanism: String,
-    net_kind: NetKind,
+    pub(crate) mechanism: String,
+    pub(crate) net_kind: NetKind,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum NetKind {
+pub(crate) enum NetKind {
     Loopback,
     Fabric,
     Relays,
@@ -116,7 +116,7 @@ fn plan(fault: Fault, caps: &Capabilities, o: &Options) -> Result<Plan, String> 
 /// A port of `ip` free right now, from 12000-19999: below the kernel's ephemeral range, so
 /// that no outgoing connection takes it between this check and the server's bind, nor while
 /// a killed server is down (and away from the ranges the other process tests scan).
-fn free_port(ip: &str) -> Result<u16, String> {
+pub(crate) fn free_port(ip: &str) -> Result<u16, String> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let start = std::process::id().wrapping_mul(7919) % 8000;
     for _ in 0..8000 {
@@ -129,7 +129,7 @@ fn free_port(ip: &str) -> Result<u16, String> {
     Err(format!("no free port on {ip} in 12000-19999"))
 }
 
-fn sock(ip: &str, port: u16) -> Result<SocketAddr, String> {
+pub(crate) fn sock(ip: &str, port: u16) -> Result<SocketAddr, String> {
     format!("{ip}:{port}")
         .parse()
         .map_err(|e| format!("{ip}:{port}: {e}"))
@@ -830,7 +830,12 @@ fn command(rng: &mut ChaCha8Rng, t: usize, n: u64) -> TreeCommand {
 /// Waits `hold`, watching the servers other than `victim`: how long until every log in `logs`
 /// had a leader other than `victim` (as their `chorus_log_is_leader` gauges show; the nodes
 /// refresh them every 200 ms), if that happened.
-fn watch(servers: &Servers, victim: u32, logs: &[u32], hold: Duration) -> Option<Duration> {
+pub(crate) fn watch(
+    servers: &Servers,
+    victim: u32,
+    logs: &[u32],
+    hold: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     let mut elected = None;
     while start.elapsed() < hold {
@@ -855,7 +860,7 @@ fn watch(servers: &Servers, victim: u32, logs: &[u32], hold: Duration) -> Option
 
 /// Log -> its leader, from the servers' `chorus_log_is_leader` gauges, once every log has one
 /// (waits up to `patience`).
-fn leaders(servers: &Servers, patience: Duration) -> Result<BTreeMap<u32, u32>, String> {
+pub(crate) fn leaders(servers: &Servers, patience: Duration) -> Result<BTreeMap<u32, u32>, String> {
     let by = Instant::now() + patience;
     loop {
         let mut led = BTreeMap::new();

@@ -25,10 +25,16 @@
 //! drop rule where the kernel has no netem) and delay (`tc netem`, or a userspace relay on
 //! every link of the leader where the kernel has no netem). Every run says which mechanism it
 //! used; a fault the machine cannot inject is reported as skipped with the reason, never
-//! silently. `kill-oracle` needs Chirper
-//! on DS-SMR, which this runner does not start yet: those runs are reported as skipped.
+//! silently. `kill-oracle` needs Chirper on DS-SMR: B+-tree runs report it as skipped.
+//!
+//! The same runs against Chirper on DS-SMR ([`chirper`]): nine `chirper-server` processes
+//! (2 partitions x 3 replicas and an oracle of 3, durable logs), scale-out clients on a small
+//! generated social graph, and the same checks: the history against
+//! `chirper::model::ChirperModel`, every group's replicas with one state hash (from their
+//! metrics), every acknowledged post in its author's final timeline, no collateral death.
 
 pub mod btree;
+pub mod chirper;
 pub mod model;
 pub mod net;
 pub mod procs;
@@ -231,7 +237,17 @@ impl RunReport {
 /// The `btree-server` binary: `CHORUS_BTREE_SERVER`, or next to this executable (or its
 /// parent, for test binaries under `deps/`), built with cargo if missing.
 pub fn btree_server_binary() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("CHORUS_BTREE_SERVER") {
+    server_binary("CHORUS_BTREE_SERVER", "btree-service", "btree-server")
+}
+
+/// The `chirper-server` binary: `CHORUS_CHIRPER_SERVER`, or found (or built) as
+/// [`btree_server_binary`] finds its binary.
+pub fn chirper_server_binary() -> Result<PathBuf, String> {
+    server_binary("CHORUS_CHIRPER_SERVER", "chirper", "chirper-server")
+}
+
+fn server_binary(env: &str, package: &str, name: &str) -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -239,15 +255,12 @@ pub fn btree_server_binary() -> Result<PathBuf, String> {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("btree-server");
+    let bin = dir.join(name);
     if !bin.exists() {
-        eprintln!(
-            "campaign: building btree-server ({} is missing)",
-            bin.display()
-        );
+        eprintln!("campaign: building {name} ({} is missing)", bin.display());
         let mut cmd =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "btree-service", "--bin", "btree-server"]);
+        cmd.args(["build", "-p", package, "--bin", name]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }

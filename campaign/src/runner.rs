@@ -1,7 +1,7 @@
 //! The campaign: runs, per-run lines, the aggregate and the JSON summary.
 
 use crate::net::Capabilities;
-use crate::{btree, Fault, Options, RunReport, ServiceKind};
+use crate::{btree, chirper, Fault, Options, RunReport, ServiceKind};
 use serde::Serialize;
 use std::path::Path;
 
@@ -80,22 +80,22 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     } else {
         None
     };
+    let needs_chirper =
+        (o.first_run..o.first_run + o.runs).any(|i| pick(o, i).0 == ServiceKind::Chirper);
+    let chirper_binary = if needs_chirper {
+        Some(crate::chirper_server_binary()?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&o.work_dir).map_err(|e| format!("{}: {e}", o.work_dir.display()))?;
     let mut runs = Vec::new();
     for i in o.first_run..o.first_run + o.runs {
         let (service, fault) = pick(o, i);
         let seed = o.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-        let report = match (service, &binary) {
-            (ServiceKind::Btree, Some(bin)) => btree::run(o, &caps, bin, i, seed, fault),
-            _ => RunReport {
-                index: i,
-                seed,
-                service: service.name().into(),
-                fault: fault.name().into(),
-                skipped: true,
-                mechanism: "skipped: Chirper on DS-SMR is not deployed by this runner yet".into(),
-                ..RunReport::default()
-            },
+        let report = match (service, &binary, &chirper_binary) {
+            (ServiceKind::Btree, Some(bin), _) => btree::run(o, &caps, bin, i, seed, fault),
+            (ServiceKind::Chirper, _, Some(bin)) => chirper::run(o, &caps, bin, i, seed, fault),
+            _ => return Err(format!("no server binary for {}", service.name())),
         };
         println!("{}", line(&report));
         for p in &report.problems {
@@ -144,8 +144,8 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     for r in summary.runs.iter().filter(|r| !r.passed()) {
         println!(
             "replay run {}: chorus-campaign --seed {} --first-run {} --runs 1 --faults {} \
-             --verbose (run i uses seed*1000003+i)",
-            r.index, o.seed, r.index, r.fault
+             --services {} --verbose (run i uses seed*1000003+i)",
+            r.index, o.seed, r.index, r.fault, r.service
         );
     }
     if let Some(path) = &o.json {

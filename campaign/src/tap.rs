@@ -1,9 +1,13 @@
 //! A client proxy that records what the campaign checks besides the history: which log each
 //! command went through and when it was submitted and completed (for the failover time), and
-//! every replica's state hash in its reply (for "final replica states are equal").
+//! every replica's state hash in its reply (for "final replica states are equal"); for the
+//! P-SMR proxy ([`Recording`]) and the scale-out one ([`ScaleOutRecording`]).
 
 use bytes::Bytes;
 use engine::client::{ClientProxy, ClientStats, Completion, Proxy};
+use engine::partitioned::client::ScaleOutClient;
+use engine::partitioned::service::PartitionedService;
+use engine::partitioned::wire::{Multicast, Response};
 use engine::service::Service;
 use engine::wire::{self, ClientId, Reply, Request};
 use groups::config::ClusterConfig;
@@ -130,6 +134,101 @@ impl<S: Service> Proxy for Recording<S> {
         Proxy::set_payload_limit(&mut self.inner, max)
     }
     fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, S::Reply>>) {
+        Proxy::take_refused(&mut self.inner, out)
+    }
+}
+
+/// [`ScaleOutClient`](engine::partitioned::client::ScaleOutClient) with a [`Tap`]: when each
+/// command was submitted and completed, and which logs its multicasts went through (its
+/// consults, the moves it asked for, its attempts and their resends). Scale-out replies carry
+/// no replica id nor state hash: `replies` stays empty (replica states are compared through
+/// the servers' metrics instead).
+pub struct ScaleOutRecording<S: PartitionedService> {
+    inner: ScaleOutClient<S>,
+    tap: Arc<Tap>,
+    cluster: Arc<ClusterConfig>,
+    /// The command outstanding (a handle keeps one per proxy): moves name no command, so they
+    /// are counted as this one's.
+    current: Option<u64>,
+    scratch: Vec<(GroupSet, Bytes)>,
+}
+
+impl<S: PartitionedService> ScaleOutRecording<S> {
+    pub fn new(inner: ScaleOutClient<S>, tap: Arc<Tap>, cluster: Arc<ClusterConfig>) -> Self {
+        ScaleOutRecording {
+            inner,
+            tap,
+            cluster,
+            current: None,
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
+    type Command = S::Command;
+    type Reply = Response<S::Reply>;
+
+    fn id(&self) -> ClientId {
+        self.inner.id()
+    }
+    fn submit(&mut self, command: S::Command) -> u64 {
+        let seq = self.inner.submit(command);
+        self.current = Some(seq);
+        self.tap
+            .seen
+            .lock()
+            .entry((self.inner.id().0, seq))
+            .or_default()
+            .submitted = Some(Instant::now());
+        seq
+    }
+    fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, Response<S::Reply>>> {
+        let done = Proxy::on_message(&mut self.inner, body);
+        if let Some(c) = &done {
+            if self.current == Some(c.seq) {
+                self.current = None;
+            }
+            self.tap
+                .seen
+                .lock()
+                .entry((self.inner.id().0, c.seq))
+                .or_default()
+                .completed = Some(Instant::now());
+        }
+        done
+    }
+    fn tick(&mut self, now: u64) {
+        Proxy::tick(&mut self.inner, now)
+    }
+    fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
+        Proxy::take_multicasts(&mut self.inner, &mut self.scratch);
+        if !self.scratch.is_empty() {
+            let me = self.inner.id().0;
+            let mut seen = self.tap.seen.lock();
+            for (dests, payload) in &self.scratch {
+                let seq = match wire::decode::<Multicast>(payload) {
+                    Ok(Multicast::Consult { seq, .. }) => Some(seq),
+                    Ok(Multicast::Command(m)) => Some(m.seq),
+                    Ok(Multicast::Move { .. }) | Err(_) => self.current,
+                };
+                if let (Some(seq), Some(log)) = (seq, self.cluster.route(dests)) {
+                    seen.entry((me, seq)).or_default().logs.insert(log.0);
+                }
+            }
+        }
+        out.append(&mut self.scratch);
+    }
+    fn outstanding(&self) -> usize {
+        Proxy::outstanding(&self.inner)
+    }
+    fn stats(&self) -> &ClientStats {
+        Proxy::stats(&self.inner)
+    }
+    fn set_payload_limit(&mut self, max: usize) {
+        Proxy::set_payload_limit(&mut self.inner, max)
+    }
+    fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, Response<S::Reply>>>) {
         Proxy::take_refused(&mut self.inner, out)
     }
 }

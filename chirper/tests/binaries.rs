@@ -206,7 +206,14 @@ fn check_metrics(nodes: &[(u32, u16)]) {
             && sum("chorus_partition_created_total") >= 2.0
             && metric_sum(oracle, "chorus_oracle_handled_total").is_some_and(|v| v > 0.0)
             && metric_sum(oracle, "chorus_oracle_consults_total").is_some_and(|v| v > 0.0)
-            && metric_sum(oracle, "chorus_partition_handled_total").is_none();
+            && metric_sum(oracle, "chorus_partition_handled_total").is_none()
+            // Every replica publishes its state hash (two halves) and the handled count it
+            // was taken at (the fault campaign compares them across a group's replicas).
+            && bodies.iter().all(|(_, b)| {
+                metric_sum(b, "chorus_replica_state_hash{half=\"high\"}").is_some()
+                    && metric_sum(b, "chorus_replica_state_hash{half=\"low\"}").is_some()
+                    && metric_sum(b, "chorus_replica_state_handled").is_some_and(|v| v > 0.0)
+            });
         if ok {
             break;
         }

@@ -4,6 +4,7 @@
 //! chirper-server                                  in-process deployment, commands on stdin
 //! chirper-server --config FILE --node N           one node of a TCP deployment
 //!                [--metrics-addr 127.0.0.1:9100]  ... serving Prometheus metrics at /metrics
+//!                [--checkpoint-every N]           ... checkpointing every N commands
 //! chirper-server --write-config FILE [--scheme ds-smr --partitions 2 --replicas 3 ...]
 //!                [--durability memory|disk --data-dir DIR]
 //! ```
@@ -16,6 +17,13 @@
 //! `--write-config --durability disk` therefore also writes `trim = false`: without
 //! checkpoints a trimmed log could not be replayed.
 //!
+//! With `--checkpoint-every N` a replica merges its logs itself, takes part in checkpoints
+//! (asking for one every N handled multicasts, and at least every 10 s while it handles
+//! any), reports them so that the logs are trimmed below every replica's checkpoint, and,
+//! when it finds a log trimmed past it (restarted empty, or cut off too long), recovers by
+//! state transfer from a peer (see `engine::partitioned::checkpoint`). Give it to every
+//! replica of a deployment; without it nothing changes.
+//!
 //! Commands on stdin: `create U`, `post U TEXT`, `follow A B`, `unfollow A B`, `timeline U`,
 //! `quit`.
 
@@ -25,7 +33,8 @@ use chirper::service::Chirper;
 use clap::Parser;
 use engine::client::HandleApp;
 use engine::metrics::{
-    render_node, render_oracle, render_partition, Exposition, MetricsServer, Observed,
+    render_checkpoints, render_node, render_oracle, render_partition, Exposition, MetricsServer,
+    Observed,
 };
 use engine::partitioned::client::{ClientOptions, ScaleOutClient};
 use engine::partitioned::layout::{self, ScaleOutLayout};
@@ -42,7 +51,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(about = "Serve Chirper on S-SMR or DS-SMR")]
@@ -87,20 +96,91 @@ struct Args {
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Take a checkpoint every N handled multicasts (and at least every 10 s while any are
+    /// handled), so logs are trimmed below the replicas' checkpoints and a replica that lost
+    /// its state recovers by state transfer (with --config; 0, the default: no checkpoints,
+    /// the replica replays the logs).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    checkpoint_every: u64,
 }
 
 enum NodeApp {
-    Replica(Box<ScaleOutReplica<Chirper>>),
+    Replica(Box<ScaleOutReplica<Chirper>>, Option<StateHash>),
     Acceptor(Idle),
 }
 
 impl App for NodeApp {
     fn step(&mut self, node: &mut GroupsNode) {
         match self {
-            NodeApp::Replica(r) => r.step(node),
+            NodeApp::Replica(r, hash) => {
+                r.step(node);
+                if let Some(h) = hash {
+                    h.refresh(r);
+                }
+            }
             NodeApp::Acceptor(a) => a.step(node),
         }
     }
+}
+
+/// The replica's state hash (objects and client table, see
+/// `ScaleOutReplica::state_hash`) with the count of delivered multicasts it had handled,
+/// published for the metrics endpoint: equal at every replica of a group that handled the
+/// same stream, so a fault campaign can check that a group's replicas ended equal.
+/// The latest (state hash, handled) of a replica, for the metrics endpoint.
+type SharedHash = Arc<parking_lot::Mutex<Option<(u64, u64)>>>;
+
+struct StateHash {
+    shared: SharedHash,
+    last: Option<(Instant, u64)>,
+}
+
+impl StateHash {
+    /// Hashing visits every object: at most every 250 ms while the replica handles commands,
+    /// every 2 s while it is idle (a state change without a handled multicast is unexpected,
+    /// but then shows within 2 s). A hash read 2 s after the last change is of the final
+    /// state (the node steps at every tick).
+    fn refresh(&mut self, r: &ScaleOutReplica<Chirper>) {
+        let handled = r.handled();
+        let due = match self.last {
+            None => true,
+            Some((at, h)) => {
+                let age = at.elapsed();
+                age >= Duration::from_secs(2) || (h != handled && age >= Duration::from_millis(250))
+            }
+        };
+        if due {
+            *self.shared.lock() = Some((r.state_hash(), handled));
+            self.last = Some((Instant::now(), handled));
+        }
+    }
+}
+
+/// `chorus_replica_state_hash` in two 32-bit halves (a 64-bit hash does not survive a float)
+/// and `chorus_replica_state_handled`.
+fn render_state_hash(hash: Option<(u64, u64)>, e: &mut Exposition) {
+    let Some((hash, handled)) = hash else {
+        return;
+    };
+    let help = "Hash of this replica's state (objects and client table), equal at every replica of a group that handled the same stream; split into two 32-bit halves so it survives a float.";
+    e.gauge(
+        "chorus_replica_state_hash",
+        help,
+        &[("half", "high")],
+        (hash >> 32) as f64,
+    );
+    e.gauge(
+        "chorus_replica_state_hash",
+        help,
+        &[("half", "low")],
+        (hash & 0xffff_ffff) as f64,
+    );
+    e.gauge(
+        "chorus_replica_state_handled",
+        "Delivered multicasts handled when chorus_replica_state_hash was computed.",
+        &[],
+        handled as f64,
+    );
 }
 
 fn section(args: &Args) -> Result<ServiceSection, String> {
@@ -126,7 +206,8 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
     let durability = Durability::from_words(word, args.data_dir.as_deref())
         .map_err(|e| format!("--durability {word}: {e}"))?;
     let tuning = Tuning {
-        // Replicas rebuild their state from the start of the logs (no checkpoints yet).
+        // Durable logs: after a whole-cluster restart replicas rebuild their state from the
+        // start of the logs (checkpoints, --checkpoint-every, are in memory only).
         trim: durability == Durability::Memory,
         ..layout::tuning()
     };
@@ -187,10 +268,23 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
         ));
     }
     let cfg = Arc::new(file.cluster.clone());
-    let node = GroupsNode::from_config(cfg.clone(), me, NodeOptions::fresh())
-        .map_err(|e| format!("node {me}: durable logs: {e}"))?;
+    let checkpointing = role.is_some() && args.checkpoint_every > 0;
+    let node = GroupsNode::from_config(
+        cfg.clone(),
+        me,
+        NodeOptions {
+            // A checkpointing replica merges its logs itself (it must record and move its
+            // merge position).
+            merge_locally: !checkpointing,
+            ..NodeOptions::fresh()
+        },
+    )
+    .map_err(|e| format!("node {me}: durable logs: {e}"))?;
+    let tick_us = cfg.tuning.tick_us.max(1);
+    let mut checkpoints = None;
     let mut partition: Option<SharedServerStats> = None;
     let mut oracle: Option<SharedOracleStats> = None;
+    let mut state_hash: Option<SharedHash> = None;
     let app = match role {
         Some(role) => {
             let service = Arc::new(file.section.service()?);
@@ -202,13 +296,25 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 file.section.partitions,
                 ServerOptions::new(file.scheme),
             );
+            if checkpointing {
+                r = r.with_checkpoints(Some(engine::checkpoint::CheckpointPolicy {
+                    every_commands: args.checkpoint_every,
+                    every_ticks: 10_000_000 / tick_us,
+                    resend_ticks: 500_000 / tick_us,
+                }));
+                checkpoints = r.share_checkpoints();
+            }
+            let mut hash = None;
             if metrics_addr.is_some() {
                 match role {
                     Role::Partition(_) => partition = Some(r.share_stats()),
                     Role::Oracle => oracle = Some(r.share_oracle_stats()),
                 }
+                let shared = Arc::new(parking_lot::Mutex::new(None));
+                state_hash = Some(shared.clone());
+                hash = Some(StateHash { shared, last: None });
             }
-            NodeApp::Replica(Box::new(r))
+            NodeApp::Replica(Box::new(r), hash)
         }
         None => NodeApp::Acceptor(Idle),
     };
@@ -228,6 +334,13 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 if let Some(o) = &oracle {
                     let stats = o.lock().clone();
                     render_oracle(&stats, &mut e);
+                }
+                if let Some(h) = &state_hash {
+                    let hash = *h.lock();
+                    render_state_hash(hash, &mut e);
+                }
+                if let Some(c) = &checkpoints {
+                    render_checkpoints(c, &mut e);
                 }
                 e.finish()
             });
@@ -327,12 +440,21 @@ fn main() -> ExitCode {
         metrics_addr: args.metrics_addr.is_some(),
         durability: args.durability.is_some() || args.data_dir.is_some(),
     };
-    let result = engine::binary::check_server_flags(&flags).and_then(|()| {
-        match (&args.write_config, &args.config) {
+    let result = engine::binary::check_server_flags(&flags)
+        .and_then(|()| {
+            if args.checkpoint_every > 0 && (args.config.is_none() || args.write_config.is_some()) {
+                Err(
+                    "--checkpoint-every needs --config and --node (a node of a TCP deployment)"
+                        .to_string(),
+                )
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| match (&args.write_config, &args.config) {
             (Some(path), _) => write_config(&args, path),
             (None, Some(path)) => serve_node(&args, path),
             (None, None) => serve_in_process(&args),
-        }
-    });
+        });
     engine::binary::exit("chirper-server", result)
 }

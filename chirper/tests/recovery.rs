@@ -1,0 +1,225 @@
+//! Goal: a Chirper partition replica process that was SIGKILLed and whose logs were trimmed
+//! while it was down comes back in memory, recovers by state transfer, and reaches its peers'
+//! state.
+//!
+//! Method: a loopback DS-SMR deployment of two partitions and an oracle of four replicas
+//! each (the first three of each group are the acceptors of its log, and the first of each
+//! group the acceptors of the global log, so every group's fourth replica is no acceptor: the
+//! logs can be trimmed while it is down), every replica with `--checkpoint-every 5`, the
+//! deployment file's `trim_every_entries` lowered to 64 so trimming shows within seconds.
+//! Replica 4 (partition 0) is SIGKILLed; `chirper-client` posts and follows go on until the
+//! first index of logs 0 and 3 at replica 1 (from its `/metrics`) is past what replica 4 had
+//! received. Replica 4 restarts with empty state: its metrics must show an installed
+//! checkpoint; after more commands it must take checkpoints of its own, and every replica of
+//! partition 0 must report the same latest checkpoint round with the same state hash
+//! (`chorus_checkpoint_state_hash`). The users' timelines must still answer.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use testkit::{free_port, free_ports_from, scrape, start_nodes};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_chirper-client");
+
+fn client(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(CLIENT)
+        .args(["--config", config.to_str().unwrap(), "--node", "1000"])
+        .args(["--timeout-s", "20"])
+        .args(args)
+        .output()
+        .expect("run chirper-client");
+    let text = String::from_utf8_lossy(if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    });
+    (out.status.success(), text.trim().to_string())
+}
+
+/// Posts and follows for `seconds`, one `chirper-client` at a time; returns how many
+/// succeeded.
+fn load(config: &Path, seconds: f64, step: &mut u32) -> u32 {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut ok = 0;
+    while Instant::now() < until {
+        *step += 1;
+        let s = *step;
+        let (a, b) = ((s * 7) % 100, (s * 13 + 1) % 100);
+        let text = format!("chirp-{s}");
+        let args: Vec<String> = if s.is_multiple_of(3) {
+            vec!["follow".into(), a.to_string(), b.to_string()]
+        } else {
+            vec!["post".into(), a.to_string(), text]
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if client(config, &args).0 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+/// The value of one sample (`name{labels}` exactly as rendered), if present.
+fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn metrics(port: u16) -> String {
+    scrape(port).1
+}
+
+/// The latest checkpoint round and its state hash, if known.
+fn checkpoint_hash(body: &str) -> Option<(u64, u64)> {
+    let round = sample(body, "chorus_checkpoint_round")? as u64;
+    let hi = sample(
+        body,
+        &format!("chorus_checkpoint_state_hash{{round=\"{round}\",half=\"high\"}}"),
+    )? as u64;
+    let lo = sample(
+        body,
+        &format!("chorus_checkpoint_state_hash{{round=\"{round}\",half=\"low\"}}"),
+    )? as u64;
+    Some((round, (hi << 32) | lo))
+}
+
+#[test]
+fn a_killed_partition_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
+    let dir = std::env::temp_dir().join(format!("chorus-chirper-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let base = free_ports_from(24000, 14);
+    let status = Command::new(SERVER)
+        .args(["--write-config", config.to_str().unwrap()])
+        .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "4"])
+        .args(["--clients", "2", "--users", "100"])
+        .args(["--base-port", &base.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("trim = true") && text.contains("trim_every_entries = 1024"));
+    std::fs::write(
+        &config,
+        text.replace("trim_every_entries = 1024", "trim_every_entries = 64"),
+    )
+    .unwrap();
+    // Nodes 1-4: partition 0 (log 0); 5-8: partition 1; 9-12: the oracle; log 3 covers all.
+    let logs = [0u32, 3];
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let extra = |n: u32| {
+        let mut v = vec!["--checkpoint-every".to_string(), "5".to_string()];
+        if n <= 4 {
+            v.push("--metrics-addr".into());
+            v.push(format!("127.0.0.1:{}", ports[n as usize - 1]));
+        }
+        v
+    };
+    let mut servers = start_nodes(SERVER, &config, Path::new("."), 1..=12, extra);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !client(&config, &["timeline", "1"]).0 {
+        assert!(Instant::now() < deadline, "the deployment never answered");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut step = 0;
+    assert!(load(&config, 2.0, &mut step) > 0, "commands succeed");
+
+    // SIGKILL replica 4, remembering how far it had received its logs.
+    let body = metrics(ports[3]);
+    let held: Vec<f64> = logs
+        .iter()
+        .map(|l| {
+            sample(&body, &format!("chorus_log_feed_next_index{{log=\"{l}\"}}"))
+                .expect("replica 4 shows its feeds")
+        })
+        .collect();
+    servers.0[3].kill().unwrap();
+    let _ = servers.0[3].wait();
+
+    // Load until replica 1 (an acceptor of both logs) trimmed them past that.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        load(&config, 1.0, &mut step);
+        let body = metrics(ports[0]);
+        let firsts: Vec<Option<f64>> = logs
+            .iter()
+            .map(|l| sample(&body, &format!("chorus_log_first_index{{log=\"{l}\"}}")))
+            .collect();
+        if firsts
+            .iter()
+            .zip(&held)
+            .all(|(f, h)| f.is_some_and(|f| f > *h))
+        {
+            eprintln!("replica 4 held logs {logs:?} up to {held:?}; replica 1 trimmed them to {firsts:?} after {step} commands");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs never trimmed past the killed replica: first {firsts:?}, it held {held:?}\n{body}"
+        );
+    }
+
+    // Restart replica 4 in memory: it must install a peer's checkpoint.
+    let mut restarted = start_nodes(SERVER, &config, Path::new("."), 4..=4, extra);
+    servers.0[3] = restarted.0.pop().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Scrape only once the restarted process listens (a refused scrape panics).
+        let up = std::net::TcpStream::connect(("127.0.0.1", ports[3])).is_ok();
+        let body = if up { metrics(ports[3]) } else { String::new() };
+        if sample(&body, "chorus_checkpoints_total{how=\"installed\"}").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 4 never installed a checkpoint:\n{body}"
+        );
+        load(&config, 0.3, &mut step);
+    }
+
+    // More commands: replica 4 takes checkpoints of its own; then every replica of partition
+    // 0 must agree on the latest round's state hash.
+    load(&config, 2.0, &mut step);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bodies: Vec<String> = ports.iter().map(|&p| metrics(p)).collect();
+        let hashes: Vec<Option<(u64, u64)>> = bodies.iter().map(|b| checkpoint_hash(b)).collect();
+        let own = sample(&bodies[3], "chorus_checkpoints_total{how=\"taken\"}").unwrap_or(0.0);
+        let agree = hashes.iter().all(|h| h.is_some() && *h == hashes[0]);
+        if agree && own >= 1.0 {
+            eprintln!("partition 0's replicas agree on (round, state hash) {:?}; replica 4 took {own} checkpoints of its own", hashes[0]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never agreed on a checkpoint's state hash: {hashes:?}, replica 4 took {own}"
+        );
+        if own < 1.0 {
+            load(&config, 0.3, &mut step);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let refused: f64 = ports
+        .iter()
+        .map(|&p| sample(&metrics(p), "chorus_checkpoints_refused_total").unwrap_or(0.0))
+        .sum();
+    assert_eq!(refused, 0.0, "no checkpoint was refused");
+    let (ok, timeline) = client(&config, &["timeline", "7"]);
+    assert!(ok, "a timeline answers after the recovery: {timeline}");
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoint_every_needs_a_tcp_node() {
+    let (code, stderr) = testkit::exit_code_and_stderr(SERVER, &["--checkpoint-every", "5"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--checkpoint-every needs --config"),
+        "{stderr}"
+    );
+}
