@@ -7,5 +7,6 @@
 
 pub mod cli;
 pub mod load;
+pub mod model;
 pub mod service;
 pub mod tree;

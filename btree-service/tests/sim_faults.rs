@@ -13,17 +13,17 @@
 //!
 //! `CHORUS_SEED=n` replays one seed (even: P-SMR, odd: opt-PSMR) with its fault events.
 
-use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use btree_service::model::TreeModel;
+use btree_service::service::{TreeCommand, TreeConfig, TreeService};
 use bytes::Bytes;
 use engine::client::Mode;
 use engine::layout::Deployment;
-use engine::lincheck::{self, Budget, Keys, Model};
+use engine::lincheck::{self, Budget};
 use engine::psmr::core::ExecOptions;
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,68 +33,6 @@ fn config() -> TreeConfig {
         key_space: 64,
         prefill: 24,
         value_bytes: 2,
-    }
-}
-
-/// The tree as a sequential specification: an ordered map.
-struct TreeModel {
-    initial: BTreeMap<u64, Bytes>,
-}
-
-impl Model for TreeModel {
-    type State = BTreeMap<u64, Bytes>;
-    type Input = TreeCommand;
-    type Output = TreeReply;
-
-    fn init(&self) -> Self::State {
-        self.initial.clone()
-    }
-
-    fn step(
-        &self,
-        s: &Self::State,
-        input: &TreeCommand,
-        output: Option<&TreeReply>,
-    ) -> Option<Self::State> {
-        let mut next = s.clone();
-        let reply = match input {
-            TreeCommand::Get(k) => TreeReply::Value(s.get(k).cloned()),
-            TreeCommand::Insert(k, v) => TreeReply::Inserted(next.insert(*k, v.clone())),
-            TreeCommand::Update(k, v) => TreeReply::Updated(match next.get_mut(k) {
-                Some(slot) => {
-                    *slot = v.clone();
-                    true
-                }
-                None => false,
-            }),
-            TreeCommand::Delete(k) => TreeReply::Deleted(next.remove(k)),
-            TreeCommand::Scan { lo, hi, limit } => TreeReply::Entries(if lo < hi {
-                s.range(*lo..*hi)
-                    .take(*limit as usize)
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect()
-            } else {
-                vec![]
-            }),
-            TreeCommand::Size => TreeReply::Size(s.len() as u64),
-        };
-        match output {
-            Some(o) if *o != reply => None,
-            _ => Some(next),
-        }
-    }
-
-    fn keys(&self, input: &TreeCommand) -> Keys {
-        match input {
-            TreeCommand::Get(k)
-            | TreeCommand::Insert(k, _)
-            | TreeCommand::Update(k, _)
-            | TreeCommand::Delete(k) => Keys::Some(vec![*k]),
-            TreeCommand::Scan { lo, hi, .. } if hi.saturating_sub(*lo) <= 4096 => {
-                Keys::Some((*lo..*hi).collect())
-            }
-            _ => Keys::All,
-        }
     }
 }
 
@@ -176,16 +114,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
             stats.divergences
         ));
     }
-    let model = TreeModel {
-        initial: (0..config().prefill)
-            .map(|i| {
-                let v: Vec<u8> = (0..config().value_bytes)
-                    .map(|j| (i.wrapping_mul(31).wrapping_add(j as u64)) as u8)
-                    .collect();
-                (config().prefill_key(i), Bytes::from(v))
-            })
-            .collect(),
-    };
+    let model = TreeModel::for_config(&config());
     let history = lincheck_history(&sim.history());
     match lincheck::check(&model, &history, Budget::default()) {
         lincheck::Verdict::Linearizable => {}
