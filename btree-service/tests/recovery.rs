@@ -13,7 +13,9 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{free_port, free_ports_from, metric_sum, scrape, start_nodes};
+use testkit::{
+    checkpoint_hash, free_port, free_ports_from, metric_sum, sample, scrape, start_nodes,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
@@ -46,13 +48,6 @@ fn size(config: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The value of one sample (`name{labels}` exactly as rendered), if present.
-fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 fn metrics(port: u16) -> String {
     scrape(port).1
 }
@@ -62,20 +57,6 @@ fn per_log(body: &str, metric: &str, logs: u32) -> Vec<Option<f64>> {
     (0..logs)
         .map(|l| sample(body, &format!("{metric}{{log=\"{l}\"}}")))
         .collect()
-}
-
-/// The latest checkpoint round and its state hash, if known.
-fn checkpoint_hash(body: &str) -> Option<(u64, u64)> {
-    let round = sample(body, "chorus_checkpoint_round")? as u64;
-    let hi = sample(
-        body,
-        &format!("chorus_checkpoint_state_hash{{round=\"{round}\",half=\"high\"}}"),
-    )? as u64;
-    let lo = sample(
-        body,
-        &format!("chorus_checkpoint_state_hash{{round=\"{round}\",half=\"low\"}}"),
-    )? as u64;
-    Some((round, (hi << 32) | lo))
 }
 
 #[test]

@@ -218,6 +218,27 @@ pub fn metric_sum(text: &str, prefix: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// The value of the one Prometheus sample named exactly `name_and_labels` (e.g.
+/// `chorus_log_first_index{log="0"}`), if present.
+pub fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The latest checkpoint round a replica's `/metrics` body shows and that round's state hash
+/// (exported as two 32-bit halves), if known.
+pub fn checkpoint_hash(body: &str) -> Option<(u64, u64)> {
+    let round = sample(body, "chorus_checkpoint_round")? as u64;
+    let half = |h: &str| {
+        sample(
+            body,
+            &format!("chorus_checkpoint_state_hash{{round=\"{round}\",half=\"{h}\"}}"),
+        )
+    };
+    Some((round, ((half("high")? as u64) << 32) | half("low")? as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
