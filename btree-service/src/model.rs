@@ -90,3 +90,30 @@ pub fn apply(s: &mut BTreeMap<u64, Bytes>, input: &TreeCommand) -> TreeReply {
         TreeCommand::Size => TreeReply::Size(s.len() as u64),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn the_model_refuses_a_wrong_read() {
+        let m = TreeModel {
+            initial: [(3, b("x"))].into_iter().collect(),
+        };
+        let s = m.init();
+        assert!(m
+            .step(
+                &s,
+                &TreeCommand::Get(3),
+                Some(&TreeReply::Value(Some(b("x"))))
+            )
+            .is_some());
+        assert!(m
+            .step(&s, &TreeCommand::Get(3), Some(&TreeReply::Value(None)))
+            .is_none());
+    }
+}

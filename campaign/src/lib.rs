@@ -39,6 +39,7 @@ pub mod model;
 pub mod net;
 pub mod procs;
 pub mod relay;
+mod run;
 pub mod runner;
 pub mod tap;
 
