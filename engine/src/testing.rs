@@ -249,6 +249,44 @@ pub mod scaleout {
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
 
+    /// The simulated campaigns' mix over keys `0..keys`: gets, puts, transfers and sums across
+    /// partitions, bumps (`retry(gamma)`), creates and deletes.
+    pub fn workload(keys: u64) -> crate::sim::Workload<Cmd> {
+        use rand::RngExt;
+        use rand_chacha::ChaCha8Rng;
+        std::sync::Arc::new(move |rng: &mut ChaCha8Rng, _| {
+            let k = |rng: &mut ChaCha8Rng| rng.random_range(0..keys);
+            match rng.random_range(0..100) {
+                0..25 => Cmd::Get(k(rng)),
+                25..40 => Cmd::Put(k(rng), rng.random_range(0..1000)),
+                40..60 => Cmd::Transfer(k(rng), k(rng), rng.random_range(1..10)),
+                60..68 => Cmd::Sum((0..rng.random_range(2..=3)).map(|_| k(rng)).collect()),
+                68..80 => Cmd::Bump(k(rng)),
+                80..93 => Cmd::Create(k(rng), rng.random_range(0..1000)),
+                _ => Cmd::Delete(k(rng)),
+            }
+        })
+    }
+
+    /// Client options drawn from `rng` for a simulated campaign: retry threshold 1-4, a cache
+    /// or not, moves on cached locations or only after a consult, placement guesses or not.
+    pub fn drawn_client_options(
+        scheme: crate::partitioned::Scheme,
+        partitions: u32,
+        seed: u64,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> crate::partitioned::client::ClientOptions {
+        use rand::RngExt;
+        let mut client = crate::partitioned::client::ClientOptions::new(scheme, partitions);
+        client.retry_max = rng.random_range(1..=4);
+        client.cache = rng.random_bool(0.7);
+        client.move_on_cached = rng.random_bool(0.5);
+        client.guess_placement = rng.random_bool(0.5);
+        client.resend_ticks = 100;
+        client.seed = seed;
+        client
+    }
+
     #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
     pub enum Cmd {
         Create(u64, i64),

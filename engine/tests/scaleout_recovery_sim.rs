@@ -30,7 +30,7 @@ use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::sim::{check_ownership, ScaleOut};
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimRole, SimSetup};
-use engine::testing::scaleout::{Cmd, ObjectKv, ObjectKvModel};
+use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,21 +40,6 @@ const PRELOAD: u64 = 16;
 const KEYS: u64 = 24;
 
 type Sim = EngineSim<ScaleOut<ObjectKv>>;
-
-fn workload() -> engine::sim::Workload<Cmd> {
-    Arc::new(|rng: &mut ChaCha8Rng, _| {
-        let k = |rng: &mut ChaCha8Rng| rng.random_range(0..KEYS);
-        match rng.random_range(0..100) {
-            0..25 => Cmd::Get(k(rng)),
-            25..40 => Cmd::Put(k(rng), rng.random_range(0..1000)),
-            40..60 => Cmd::Transfer(k(rng), k(rng), rng.random_range(1..10)),
-            60..68 => Cmd::Sum((0..rng.random_range(2..=3)).map(|_| k(rng)).collect()),
-            68..80 => Cmd::Bump(k(rng)),
-            80..93 => Cmd::Create(k(rng), rng.random_range(0..1000)),
-            _ => Cmd::Delete(k(rng)),
-        }
-    })
-}
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -92,13 +77,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         return Err(format!("victim {victim} is an acceptor"));
     }
     let service = Arc::new(ObjectKv { preload: PRELOAD });
-    let mut client = ClientOptions::new(scheme, partitions);
-    client.retry_max = rng.random_range(1..=4);
-    client.cache = rng.random_bool(0.7);
-    client.move_on_cached = rng.random_bool(0.5);
-    client.guess_placement = rng.random_bool(0.5);
-    client.resend_ticks = 100;
-    client.seed = seed;
+    let client = drawn_client_options(scheme, partitions, seed, &mut rng);
     let server = ServerOptions {
         record_views: true,
         ..ServerOptions::new(scheme)
@@ -109,7 +88,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         clients_per_node: 2,
         window: 2,
         ops_per_client: 70,
-        workload: workload(),
+        workload: workload(KEYS),
         think_us: 5_000,
     };
     let mut blueprint = ScaleOut::new(service, layout, client, server);
@@ -315,7 +294,7 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
         clients_per_node: 2,
         window: 2,
         ops_per_client: 40,
-        workload: workload(),
+        workload: workload(KEYS),
         think_us: 10_000,
     };
     let mut blueprint = ScaleOut::new(service, layout, client, server);

@@ -21,7 +21,7 @@ use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::sim::{check_ownership, ScaleOut};
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
-use engine::testing::scaleout::{Cmd, ObjectKv, ObjectKvModel};
+use engine::testing::scaleout::{drawn_client_options, workload, Cmd, ObjectKv, ObjectKvModel};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,13 +50,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     };
     let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
     let service = Arc::new(ObjectKv { preload: PRELOAD });
-    let mut client = ClientOptions::new(scheme, partitions);
-    client.retry_max = rng.random_range(1..=4);
-    client.cache = rng.random_bool(0.7);
-    client.move_on_cached = rng.random_bool(0.5);
-    client.guess_placement = rng.random_bool(0.5);
-    client.resend_ticks = 100;
-    client.seed = seed;
+    let client = drawn_client_options(scheme, partitions, seed, &mut rng);
     let server = ServerOptions {
         record_views: true,
         ..ServerOptions::new(scheme)
@@ -67,18 +61,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         clients_per_node: 2,
         window: 2,
         ops_per_client: 25,
-        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
-            let k = |rng: &mut ChaCha8Rng| rng.random_range(0..KEYS);
-            match rng.random_range(0..100) {
-                0..25 => Cmd::Get(k(rng)),
-                25..40 => Cmd::Put(k(rng), rng.random_range(0..1000)),
-                40..60 => Cmd::Transfer(k(rng), k(rng), rng.random_range(1..10)),
-                60..68 => Cmd::Sum((0..rng.random_range(2..=3)).map(|_| k(rng)).collect()),
-                68..80 => Cmd::Bump(k(rng)),
-                80..93 => Cmd::Create(k(rng), rng.random_range(0..1000)),
-                _ => Cmd::Delete(k(rng)),
-            }
-        }),
+        workload: workload(KEYS),
         think_us: 20_000,
     };
     let mut sim = EngineSim::new(
