@@ -53,6 +53,7 @@ pub mod merge;
 pub mod message;
 pub mod metrics;
 pub mod node;
+pub mod record;
 pub mod rmcast;
 pub mod runtime;
 pub(crate) mod sender;

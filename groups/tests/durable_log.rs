@@ -105,6 +105,22 @@ fn script() -> Vec<Vec<StorageOp<LogEntry>>> {
     ]
 }
 
+/// A node's record with its deliveries on every subscription, in file order.
+struct Delivered {
+    sent: Vec<(MsgId, GroupSet)>,
+    delivered: Vec<MsgId>,
+}
+
+impl Delivered {
+    fn read(path: &Path) -> Delivered {
+        let r = groups::record::Record::read(path).unwrap();
+        Delivered {
+            sent: r.sent,
+            delivered: r.delivered.into_iter().map(|(_, id)| id).collect(),
+        }
+    }
+}
+
 #[test]
 fn writes_that_change_nothing_are_not_written_or_synced() {
     let dir = temp_dir("noops");
@@ -407,39 +423,6 @@ fn torn_last_write_is_cut_off_and_middle_corruption_is_an_error() {
 // ---------------------------------------------------------------------------------------------
 // (c) Three acceptor processes, all killed with SIGKILL, restarted from their data dirs.
 
-struct Record {
-    sent: Vec<(MsgId, GroupSet)>,
-    delivered: Vec<MsgId>,
-}
-
-fn parse(path: &Path) -> Record {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut r = Record {
-        sent: Vec::new(),
-        delivered: Vec::new(),
-    };
-    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
-    for line in complete.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let id = |a: &str, b: &str, c: &str| MsgId {
-            sender: NodeId(a.parse().unwrap()),
-            epoch: b.parse().unwrap(),
-            seq: c.parse().unwrap(),
-        };
-        match f[0] {
-            "S" => r.sent.push((
-                id(f[1], f[2], f[3]),
-                f[4].split(',')
-                    .map(|g| GroupId(g.parse().unwrap()))
-                    .collect(),
-            )),
-            "D" => r.delivered.push(id(f[2], f[3], f[4])),
-            other => panic!("bad record line {other:?}"),
-        }
-    }
-    r
-}
-
 struct Procs(BTreeMap<u32, Child>);
 
 impl Drop for Procs {
@@ -510,7 +493,7 @@ fn whole_cluster_crash(durable: bool) -> Result<String, String> {
     .unwrap();
     let cfg_path = dir.join("cluster.toml");
     std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
-    let rec = |n: u32, inc: u32| parse(&dir.join(format!("n{n}-{inc}.log")));
+    let rec = |n: u32, inc: u32| Delivered::read(&dir.join(format!("n{n}-{inc}.log")));
 
     // Incarnation 0: node 1 multicasts; kill all three once a good part was delivered.
     let mut procs = Procs(
@@ -545,7 +528,7 @@ fn whole_cluster_crash(durable: bool) -> Result<String, String> {
         c.wait().unwrap();
     }
     procs.0.clear();
-    let pre: Vec<Record> = (1..=3).map(|n| rec(n, 0)).collect();
+    let pre: Vec<Delivered> = (1..=3).map(|n| rec(n, 0)).collect();
     let longest = pre.iter().map(|r| r.delivered.len()).max().unwrap();
 
     // Incarnation 1: restart all three on their data dirs; node 2 multicasts new messages.
@@ -566,7 +549,7 @@ fn whole_cluster_crash(durable: bool) -> Result<String, String> {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(45);
     let post = loop {
-        let post: Vec<Record> = (1..=3).map(|n| rec(n, 1)).collect();
+        let post: Vec<Delivered> = (1..=3).map(|n| rec(n, 1)).collect();
         let new_ids: Vec<MsgId> = post[1].sent.iter().map(|(id, _)| *id).collect();
         let prefixes_ok = post
             .iter()

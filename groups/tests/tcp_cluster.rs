@@ -12,51 +12,14 @@ use groups::checker::{check_atomic, Sent, Stream, StreamId};
 use groups::config::{ClusterConfig, NodeConfig, Tuning};
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
+use groups::record::Record;
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MESSAGES: u64 = 1500;
-
-struct Record {
-    sent: Vec<(MsgId, GroupSet)>,
-    delivered: BTreeMap<usize, Vec<MsgId>>,
-}
-
-fn parse(path: &Path) -> Record {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut r = Record {
-        sent: Vec::new(),
-        delivered: BTreeMap::new(),
-    };
-    // A killed process may leave a torn last line: only complete lines count.
-    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
-    for line in complete.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let id = |a: &str, b: &str, c: &str| MsgId {
-            sender: NodeId(a.parse().unwrap()),
-            epoch: b.parse().unwrap(),
-            seq: c.parse().unwrap(),
-        };
-        match f[0] {
-            "S" => r.sent.push((
-                id(f[1], f[2], f[3]),
-                f[4].split(',')
-                    .map(|g| GroupId(g.parse().unwrap()))
-                    .collect(),
-            )),
-            "D" => r
-                .delivered
-                .entry(f[1].parse().unwrap())
-                .or_default()
-                .push(id(f[2], f[3], f[4])),
-            other => panic!("bad record line {other:?}"),
-        }
-    }
-    r
-}
 
 struct Cluster {
     children: BTreeMap<u32, Child>,
@@ -134,7 +97,7 @@ fn tcp_cluster_survives_a_killed_process() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (sent, streams) = loop {
         let records: BTreeMap<u32, Record> = (1..=3)
-            .map(|n| (n, parse(&dir.join(format!("n{n}.log")))))
+            .map(|n| (n, Record::read(&dir.join(format!("n{n}.log"))).unwrap()))
             .collect();
         let sent: Vec<Sent> = records
             .iter()
@@ -158,7 +121,7 @@ fn tcp_cluster_survives_a_killed_process() {
                 groups: subscriptions(n),
                 correct: n != 3,
                 started_at: 0,
-                delivered: r.delivered.get(&0).cloned().unwrap_or_default(),
+                delivered: r.delivered_on(0),
             })
             .collect();
         let survivors_sent_all =

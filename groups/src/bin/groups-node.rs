@@ -21,7 +21,8 @@
 //! destination sets (a fraction `--multi` of them to several groups). With `--record`, it
 //! appends one line per multicast (`S sender epoch seq g,g,...`, written before the message can
 //! leave the process) and per delivery (`D subscription sender epoch seq`), flushed every loop
-//! iteration, so the record of a killed process is complete up to its last iteration.
+//! iteration, so the record of a killed process is complete up to its last iteration
+//! ([`groups::record::Record`] parses it).
 
 use bytes::Bytes;
 use clap::Parser;
