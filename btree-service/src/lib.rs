@@ -9,5 +9,7 @@ pub mod cli;
 pub mod keys;
 pub mod load;
 pub mod model;
+pub mod ranges;
+pub mod rebalance;
 pub mod service;
 pub mod tree;
