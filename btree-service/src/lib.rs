@@ -6,6 +6,7 @@
 //! whether an insert or delete stays inside its worker's subtree.
 
 pub mod cli;
+pub mod flags;
 pub mod keys;
 pub mod load;
 pub mod model;

@@ -6,13 +6,13 @@
 //! at the same point of the stream. The service applies it inside that command, which runs
 //! on every worker's shard at once ([`crate::service`]).
 //!
-//! Appends (inserts above every key a subtree held) recur only at the subtree that takes the
+//! Appends (inserts above the largest key a subtree held at the previous round) recur only at the subtree that takes the
 //! next ones, one whose range goes on above its last key; elsewhere they are history and do
 //! not count. The plan, greedily, at most `actions_max` steps, while the busiest worker carries more
 //! than `tolerance_pct` percent above the mean:
 //!
 //! 1. If the busiest worker's hottest subtree takes *appends* for at least half of its
-//!    commands (inserts above every key it holds: keys arriving in increasing order) and can
+//!    commands (inserts above the keys it held: keys arriving in increasing order) and can
 //!    take more (its range goes on above its last key), **stripe** the keys from its last key
 //!    up: they become a striped range whose consecutive keys alternate between all workers.
 //!    Moving or splitting it would only move the hot end elsewhere.
@@ -67,7 +67,7 @@ pub struct PartLoad {
     pub striped: bool,
     /// Commands counted (decayed).
     pub ops: u64,
-    /// Of them, inserts above every key the subtree held.
+    /// Of them, inserts above the subtree's largest key at the previous round.
     pub appends: u64,
     /// Where to split it, and the estimated load at or above that key.
     pub split: Option<(u64, u64)>,

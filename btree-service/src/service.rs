@@ -21,8 +21,8 @@
 //! - `Size`, `Rebalance`: all workers.
 //!
 //! **Load and rebalancing.** Every executed command counts, in the subtree it touched, one
-//! command (and whether it was an append: an insert above every key the subtree held) and now
-//! and then its key: the counters live in the shards, are changed only by executed commands and
+//! command (and whether it was an append: an insert above the subtree's largest key at the
+//! latest rebalance round) and now and then its key: the counters live in the shards, are changed only by executed commands and
 //! travel with checkpoints, so they are replicated state and every replica has the same ones at
 //! the same point of the stream. `Rebalance` (for all workers, sent by a client or an operator
 //! whenever it likes) computes from them and from the policy it carries which subtrees to
@@ -410,8 +410,12 @@ impl Top {
 pub struct Load {
     /// Commands that touched the subtree (halved after every rebalance round).
     ops: u64,
-    /// Of them, inserts of a key above every key the subtree held.
+    /// Of them, inserts of a key above `mark`: appends at the subtree's upper end.
     appends: u64,
+    /// The subtree's largest key at the latest rebalance round (or when it was made): keys
+    /// above it are new at the top. Concurrent clients' increasing keys arrive a little out
+    /// of order, so "above the largest key now" would miss half of them.
+    mark: Option<u64>,
     /// Commands ever counted here (never halved: it picks the sample slots).
     seen: u64,
     /// The keys of every [`SAMPLE_EVERY`]-th command, in [`SAMPLES`] slots round-robin.
@@ -449,6 +453,7 @@ impl Load {
         let upper = Load {
             ops,
             appends: self.appends.min(ops),
+            mark: self.mark,
             seen: self.seen,
             samples: self.samples.iter().copied().filter(|&k| k >= at).collect(),
         };
@@ -461,6 +466,7 @@ impl Load {
     fn absorb(&mut self, other: Load) {
         self.ops += other.ops;
         self.appends += other.appends;
+        self.mark = self.mark.max(other.mark);
         self.seen = self.seen.max(other.seen);
         self.samples.extend(other.samples);
         self.samples.truncate(SAMPLES);
@@ -474,6 +480,7 @@ impl Load {
     fn hash_into(&self, mix: &mut impl FnMut(u64)) {
         mix(self.ops);
         mix(self.appends);
+        mix(self.mark.map_or(0, |m| m.wrapping_add(1)));
         mix(self.seen);
         for &k in &self.samples {
             mix(k);
@@ -489,15 +496,16 @@ struct Subtree {
 
 impl Subtree {
     fn new(tree: BPlusTree<u64, Bytes>) -> Self {
-        Subtree {
-            tree,
-            load: Load::default(),
-        }
+        let load = Load {
+            mark: tree.last_key().copied(),
+            ..Load::default()
+        };
+        Subtree { tree, load }
     }
 
-    /// Inserts, counting the command (an append if `key` is above every key held).
+    /// Inserts, counting the command (an append if `key` is above the mark).
     fn insert(&mut self, key: u64, value: Bytes) -> Option<Bytes> {
-        let append = self.tree.last_key().is_none_or(|l| key > *l);
+        let append = self.load.mark.is_none_or(|m| key > m);
         self.load.record(key, append);
         self.tree.insert(key, value)
     }
@@ -818,11 +826,13 @@ impl TreeService {
         if moved_keys {
             top.version += 1;
         }
-        if loads.iter().sum::<u64>() >= policy.ops_min.max(1) {
-            for (_, s) in shards.iter_mut() {
-                for t in s.subtrees.values_mut() {
+        let counted = loads.iter().sum::<u64>() >= policy.ops_min.max(1);
+        for (_, s) in shards.iter_mut() {
+            for t in s.subtrees.values_mut() {
+                if counted {
                     t.load.decay();
                 }
+                t.load.mark = t.tree.last_key().copied();
             }
         }
         report.version = top.version;
@@ -926,6 +936,7 @@ impl TreeService {
                     let part_load = Load {
                         ops: load.ops / n,
                         appends: load.appends / n,
+                        mark: tree.last_key().copied(),
                         seen: load.seen,
                         samples: Vec::new(),
                     };

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! btree-load [--mode opt-psmr] [--workers 2] [--workload insert-heavy] [--seconds 5]
+//!            [--distribution uniform|zipf|zipf-unscrambled|latest|sequential] [--zipf-theta 0.99]
+//!            [--rebalance-every-ms 250]
 //! btree-load --config FILE --node C [--workload ...] [--seconds 5]    (one TCP client node)
 //! ```
 //!
@@ -9,7 +11,10 @@
 //! `--mode unreplicated`); prints throughput, latency percentiles and the opt-PSMR abort rate.
 
 use btree_service::cli::{parse_mode, DeploymentFile};
-use btree_service::load::{driver, run, RunSpec, Workload, DONE, MEASURE, WARMUP};
+use btree_service::flags::{KeyFlags, RebalanceFlags};
+use btree_service::load::{
+    load_driver, run, Rebalancer, RunSpec, Sequence, TreeDriver, Workload, DONE, MEASURE, WARMUP,
+};
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
 use engine::client::{ClientApp, ClientOptions};
@@ -47,6 +52,10 @@ struct Args {
     config: Option<PathBuf>,
     #[arg(long)]
     node: Option<u32>,
+    #[command(flatten)]
+    keys: KeyFlags,
+    #[command(flatten)]
+    rebalance: RebalanceFlags,
 }
 
 fn in_process(args: &Args) -> Result<String, String> {
@@ -58,6 +67,8 @@ fn in_process(args: &Args) -> Result<String, String> {
         mode,
         workers: args.workers,
         workload: args.workload,
+        keys: args.keys.spec()?,
+        rebalance: args.rebalance.spec()?,
         tree: TreeConfig {
             prefill: args.prefill,
             ..TreeConfig::default()
@@ -72,15 +83,28 @@ fn in_process(args: &Args) -> Result<String, String> {
         seed: 1,
     };
     let r = run(&spec);
+    let rebalanced = r.rebalance.map_or(String::new(), |b| {
+        format!(
+            "; rebalancing: {} rounds, {} moves, {} splits, {} stripes, last change at {}, busiest worker {:.0}% of the load",
+            b.rounds,
+            b.moves,
+            b.splits,
+            b.stripes,
+            b.settled_after_s.map_or("-".into(), |t| format!("{t:.1} s")),
+            b.busiest_share * 100.0
+        )
+    });
     Ok(format!(
-        "{} {} workers {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, aborts {:.3}%",
+        "{} {} workers {} {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, aborts {:.3}%, misroutes {}{rebalanced}",
         args.mode,
         args.workers,
         args.workload.name(),
+        spec.keys.label(),
         r.throughput_ops_s,
         r.p50_us,
         r.p99_us,
-        r.abort_rate * 100.0
+        r.abort_rate * 100.0,
+        r.misroutes
     ))
 }
 
@@ -92,15 +116,24 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
     }
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let driver = driver(
+    // This node's sequential keys get a region of their own above the key space.
+    let load = load_driver(
         args.clients,
         args.workload,
         &file.tree,
+        args.keys.spec()?,
+        Sequence {
+            base: u64::from(me.0) << 40,
+            slot: 0,
+            slots: args.clients as u64,
+        },
         u64::from(me.0),
         phase.clone(),
     );
+    let rebalancer = args.rebalance.spec()?.map(Rebalancer::new);
+    let driver = TreeDriver::new(load, args.clients, rebalancer);
     let options = ClientOptions {
-        clients: args.clients,
+        clients: driver.clients(),
         window: args.window,
         mode: file.mode,
         workers: file.workers,
@@ -123,7 +156,7 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         .join()
         .map_err(|_| "client thread panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    let d = &app.driver;
+    let d = &app.driver.load;
     let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
     Ok(format!(
         "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",
