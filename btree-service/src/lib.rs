@@ -14,3 +14,4 @@ pub mod ranges;
 pub mod rebalance;
 pub mod service;
 pub mod tree;
+pub mod ycsb;

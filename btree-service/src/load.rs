@@ -507,34 +507,116 @@ fn rebalance_stats(log: &RebalanceLog, from_s: f64, to_s: f64) -> RebalanceStats
     s
 }
 
-fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
+/// An in-process deployment for a measured run: what [`run_in_process`] needs.
+pub struct InProcess<'a> {
+    pub mode: engine::client::Mode,
+    pub workers: usize,
+    pub replicas: usize,
+    pub client_nodes: usize,
+    pub window: usize,
+    pub tree: &'a TreeConfig,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub pin_cores: bool,
+}
+
+/// What [`run_in_process`] hands back: each client node's driver, its clients' counters, the
+/// measured window (seconds since the start) and its length.
+pub struct Measured<D> {
+    pub drivers: Vec<(D, engine::client::ClientStats)>,
+    pub window_s: (f64, f64),
+    pub elapsed: Duration,
+}
+
+/// Runs an in-process deployment with the client nodes' drivers from `make_driver(node
+/// index, node id)` (each with the logical clients it asks for: `make_driver` returns the
+/// driver and that count), warm-up, then the measured window; `phase` is the shared phase the
+/// drivers read.
+pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
+    p: &InProcess<'_>,
+    phase: &Arc<AtomicU8>,
+    mut make_driver: impl FnMut(u64, groups::ids::NodeId) -> (D, usize),
+) -> Measured<D> {
     use engine::client::{ClientApp, ClientOptions};
     use engine::layout::Deployment;
     use engine::psmr::replica::ReplicaOptions;
-    let workers = if mode == engine::client::Mode::Smr {
+    let workers = if p.mode == engine::client::Mode::Smr {
         1
     } else {
-        spec.workers
+        p.workers
     };
     let d = Deployment::new(
-        spec.replicas,
+        p.replicas,
         1,
         workers,
-        spec.client_nodes,
+        p.client_nodes,
         groups::config::Tuning::default(),
     )
     .expect("valid deployment");
-    let service = Arc::new(TreeService::new(spec.tree.clone()));
-    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let service = Arc::new(TreeService::new(p.tree.clone()));
     let options = ReplicaOptions {
-        pin_cores: spec.pin_cores,
+        pin_cores: p.pin_cores,
         ..ReplicaOptions::new(workers)
     };
-    let slots = (spec.client_nodes * spec.clients_per_node) as u64;
-    let mut log = None;
     let mut node = 0u64;
     let started = Instant::now();
     let cluster = engine::inproc::start(&d, service.clone(), options, |id| {
+        let (driver, clients) = make_driver(node, id);
+        node += 1;
+        let options = ClientOptions {
+            clients,
+            window: p.window,
+            mode: p.mode,
+            workers,
+            resend_ticks: 2000,
+            first_index: 0,
+        };
+        ClientApp::new(id, service.clone(), options, driver)
+    });
+    std::thread::sleep(p.warmup);
+    phase.store(MEASURE, Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(p.measure);
+    phase.store(DONE, Ordering::Relaxed);
+    let elapsed = t0.elapsed();
+    let window_s = (
+        (t0 - started).as_secs_f64(),
+        (t0 - started + elapsed).as_secs_f64(),
+    );
+    let apps = cluster.stop();
+    let drivers = apps
+        .into_values()
+        .filter_map(|app| match app {
+            engine::inproc::EngineApp::Client(c) => {
+                let stats = c.stats();
+                Some((c.driver, stats))
+            }
+            _ => None,
+        })
+        .collect();
+    Measured {
+        drivers,
+        window_s,
+        elapsed,
+    }
+}
+
+fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let slots = (spec.client_nodes * spec.clients_per_node) as u64;
+    let mut log = None;
+    let p = InProcess {
+        mode,
+        workers: spec.workers,
+        replicas: spec.replicas,
+        client_nodes: spec.client_nodes,
+        window: spec.window,
+        tree: &spec.tree,
+        warmup: spec.warmup,
+        measure: spec.measure,
+        pin_cores: spec.pin_cores,
+    };
+    let m = run_in_process(&p, &phase, |node, id| {
         let load = load_driver(
             spec.clients_per_node,
             spec.workload,
@@ -549,51 +631,29 @@ fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
             log = Some(r.log.clone());
             r
         });
-        node += 1;
         let driver = TreeDriver::new(load, spec.clients_per_node, rebalancer);
-        let options = ClientOptions {
-            clients: driver.clients(),
-            window: spec.window,
-            mode,
-            workers,
-            resend_ticks: 2000,
-            first_index: 0,
-        };
-        ClientApp::new(id, service.clone(), options, driver)
+        let clients = driver.clients();
+        (driver, clients)
     });
-    std::thread::sleep(spec.warmup);
-    phase.store(MEASURE, Ordering::Relaxed);
-    let t0 = Instant::now();
-    std::thread::sleep(spec.measure);
-    phase.store(DONE, Ordering::Relaxed);
-    let elapsed = t0.elapsed();
-    let window = (
-        (t0 - started).as_secs_f64(),
-        (t0 - started + elapsed).as_secs_f64(),
-    );
-    let apps = cluster.stop();
     let mut hist = histogram();
     let (mut completed, mut errors, mut aborts, mut all_completed, mut misroutes) = (0, 0, 0, 0, 0);
-    for app in apps.values() {
-        if let Some(c) = app.as_client() {
-            hist.add(&c.driver.load.latency_ns).expect("same bounds");
-            completed += c.driver.load.completed;
-            errors += c.driver.load.errors;
-            let s = c.stats();
-            aborts += s.aborts;
-            misroutes += s.misroutes;
-            all_completed += s.completed;
-        }
+    for (d, s) in &m.drivers {
+        hist.add(&d.load.latency_ns).expect("same bounds");
+        completed += d.load.completed;
+        errors += d.load.errors;
+        aborts += s.aborts;
+        misroutes += s.misroutes;
+        all_completed += s.completed;
     }
     RunResult {
-        throughput_ops_s: completed as f64 / elapsed.as_secs_f64(),
+        throughput_ops_s: completed as f64 / m.elapsed.as_secs_f64(),
         p50_us: quantile_us(&hist, 0.5),
         p99_us: quantile_us(&hist, 0.99),
         completed,
         abort_rate: aborts as f64 / all_completed.max(1) as f64,
         misroutes,
         errors,
-        rebalance: log.map(|l| rebalance_stats(&l.lock(), window.0, window.1)),
+        rebalance: log.map(|l| rebalance_stats(&l.lock(), m.window_s.0, m.window_s.1)),
     }
 }
 

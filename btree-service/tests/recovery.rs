@@ -28,7 +28,12 @@ fn load(config: &Path, seconds: f64) {
         .args(["--config", config.to_str().unwrap(), "--node", "1000"])
         .args(["--seconds", &seconds.to_string(), "--warmup-s", "0"])
         .args(["--clients", "8", "--workload", "insert-heavy"])
-        .args(["--distribution", "sequential", "--rebalance-every-ms", "100"])
+        .args([
+            "--distribution",
+            "sequential",
+            "--rebalance-every-ms",
+            "100",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()

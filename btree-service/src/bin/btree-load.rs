@@ -3,7 +3,7 @@
 //! ```text
 //! btree-load [--mode opt-psmr] [--workers 2] [--workload insert-heavy] [--seconds 5]
 //!            [--distribution uniform|zipf|zipf-unscrambled|latest|sequential] [--zipf-theta 0.99]
-//!            [--rebalance-every-ms 250]
+//!            [--rebalance-every-ms 250] [--ycsb a|b|c|d|e|f [--ycsb-records 1000]]
 //! btree-load --config FILE --node C [--workload ...] [--seconds 5]    (one TCP client node)
 //! ```
 //!
@@ -15,9 +15,10 @@ use btree_service::flags::{KeyFlags, RebalanceFlags};
 use btree_service::load::{
     load_driver, run, Rebalancer, RunSpec, Sequence, TreeDriver, Workload, DONE, MEASURE, WARMUP,
 };
-use btree_service::service::{TreeConfig, TreeService};
+use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use btree_service::ycsb::{YcsbDriver, YcsbParams, YcsbResult, YcsbWorkload};
 use clap::Parser;
-use engine::client::{ClientApp, ClientOptions};
+use engine::client::{ClientApp, ClientOptions, Driver};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::tcp::TcpNode;
@@ -56,6 +57,13 @@ struct Args {
     keys: KeyFlags,
     #[command(flatten)]
     rebalance: RebalanceFlags,
+    /// Run a YCSB core workload (a to f) instead of --workload, reported as YCSB does.
+    #[arg(long)]
+    ycsb: Option<YcsbWorkload>,
+    /// YCSB records loaded before the run (in-process; over TCP the deployment's pre-filled
+    /// keys are the records).
+    #[arg(long, default_value_t = YcsbParams::default().records)]
+    ycsb_records: u64,
 }
 
 fn in_process(args: &Args) -> Result<String, String> {
@@ -63,6 +71,27 @@ fn in_process(args: &Args) -> Result<String, String> {
         "unreplicated" => None,
         m => Some(parse_mode(m)?),
     };
+    if let Some(w) = args.ycsb {
+        let mode = mode.ok_or("--ycsb runs on a replicated mode")?;
+        let params = YcsbParams {
+            records: args.ycsb_records,
+            ..YcsbParams::default()
+        };
+        params.validate()?;
+        let p = btree_service::load::InProcess {
+            mode,
+            workers: args.workers,
+            replicas: 2,
+            client_nodes: 2,
+            window: args.window,
+            tree: &params.tree(),
+            warmup: Duration::from_secs_f64(args.warmup_s),
+            measure: Duration::from_secs_f64(args.seconds),
+            pin_cores: true,
+        };
+        let r = btree_service::ycsb::run_in_process(&p, w, params, args.clients.div_ceil(2), 1);
+        return Ok(format!("{} on {}:\n{}", w.name(), args.mode, r.render()));
+    }
     let spec = RunSpec {
         mode,
         workers: args.workers,
@@ -130,10 +159,61 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         u64::from(me.0),
         phase.clone(),
     );
+    if let Some(w) = args.ycsb {
+        let params = YcsbParams {
+            records: file.tree.prefill,
+            fields: 1,
+            field_bytes: file.tree.value_bytes,
+            ..YcsbParams::default()
+        };
+        params.validate()?;
+        let driver = YcsbDriver::on_tree(
+            args.clients,
+            w,
+            params,
+            &file.tree,
+            Sequence {
+                base: u64::from(me.0) << 40,
+                slot: 0,
+                slots: args.clients as u64,
+            },
+            u64::from(me.0),
+            phase.clone(),
+        );
+        let (d, secs) = drive(args, &file, me, service, driver, &phase, args.clients)?;
+        let r = YcsbResult::from_latencies(w, &d.latencies, secs, d.errors);
+        return Ok(format!("node {me}, {}:\n{}", w.name(), r.render()));
+    }
     let rebalancer = args.rebalance.spec()?.map(Rebalancer::new);
     let driver = TreeDriver::new(load, args.clients, rebalancer);
+    let clients = driver.clients();
+    let (driver, secs) = drive(args, &file, me, service, driver, &phase, clients)?;
+    let d = &driver.load;
+    let elapsed = Duration::from_secs_f64(secs);
+    let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
+    Ok(format!(
+        "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",
+        args.workload.name(),
+        d.completed as f64 / elapsed.as_secs_f64(),
+        q(0.5),
+        q(0.99),
+        d.errors
+    ))
+}
+
+/// Runs `driver`'s clients as client node `me` of the deployment over TCP: warm-up, the
+/// measured window; the driver back, and the measured seconds.
+fn drive<D: Driver<TreeCommand, TreeReply>>(
+    args: &Args,
+    file: &DeploymentFile,
+    me: NodeId,
+    service: Arc<TreeService>,
+    driver: D,
+    phase: &Arc<AtomicU8>,
+    clients: usize,
+) -> Result<(D, f64), String> {
     let options = ClientOptions {
-        clients: driver.clients(),
+        clients,
         window: args.window,
         mode: file.mode,
         workers: file.workers,
@@ -156,16 +236,7 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         .join()
         .map_err(|_| "client thread panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    let d = &app.driver.load;
-    let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
-    Ok(format!(
-        "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",
-        args.workload.name(),
-        d.completed as f64 / elapsed.as_secs_f64(),
-        q(0.5),
-        q(0.99),
-        d.errors
-    ))
+    Ok((app.driver, elapsed.as_secs_f64()))
 }
 
 fn main() -> ExitCode {
