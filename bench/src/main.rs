@@ -158,6 +158,19 @@ enum Experiment {
         /// medians).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// YCSB core workloads (comma separated, a to f, or none; etcd runs those without
+        /// scans: a, b, c, d, f).
+        #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+        ycsb: Vec<String>,
+        /// Requests each client keeps outstanding in the YCSB runs.
+        #[arg(long, default_value_t = 16)]
+        ycsb_outstanding: usize,
+        /// YCSB records loaded before each workload (YCSB's published recordcount is 1000).
+        #[arg(long, default_value_t = 1000)]
+        ycsb_records: u64,
+        /// Skip the write-share mixes (YCSB only).
+        #[arg(long)]
+        no_mixes: bool,
     },
     /// Chirper on S-SMR against DS-SMR (the DS-SMR paper's Table 1): Timeline, Post,
     /// Follow/unfollow and Mix on 1/2/4/8 partitions measured, 16/32/64 simulated.
@@ -336,7 +349,20 @@ fn main() {
             chorus_workers,
             no_install,
             runs,
+            ycsb,
+            ycsb_outstanding,
+            ycsb_records,
+            no_mixes,
         }) => {
+            let ycsb = if ycsb.iter().any(|w| w == "none") {
+                Ok(Vec::new())
+            } else {
+                ycsb.iter().map(|w| w.parse()).collect()
+            };
+            let ycsb = ycsb.unwrap_or_else(|e: String| {
+                eprintln!("peers: --ycsb: {e}");
+                std::process::exit(2);
+            });
             let mut plan = peers::Plan {
                 clients,
                 runs,
@@ -344,8 +370,17 @@ fn main() {
                 value_bytes,
                 chorus_workers,
                 install: !no_install,
+                ycsb,
+                ycsb_outstanding,
+                ycsb_params: btree_service::ycsb::YcsbParams {
+                    records: ycsb_records,
+                    ..Default::default()
+                },
                 ..peers::Plan::default()
             };
+            if no_mixes {
+                plan.write_pcts.clear();
+            }
             if let Some(s) = systems {
                 plan.systems = s;
             }
