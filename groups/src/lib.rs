@@ -48,6 +48,7 @@ pub mod feed;
 pub mod frame;
 pub mod groupset;
 pub mod ids;
+pub mod limits;
 pub mod log;
 pub mod merge;
 pub mod message;
