@@ -77,7 +77,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     let d = Deployment::new(SERVERS.len(), 1, WORKERS, 1, tuning).map_err(|e| e.to_string())?;
     let me = d.clients[0];
     let global_log = run::global_log(&d.config)?;
-    let base = run::durable(&d.config)?;
+    let base = run::durable(&d.config, dir)?;
 
     // Addresses, servers.
     let network = Network::new(plan, r.index, &SERVERS, me.0)?;

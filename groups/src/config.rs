@@ -353,6 +353,11 @@ pub struct ClusterConfig {
     /// What a TCP node accepts from the network (the `[limits]` table; default
     /// [`Limits::default`]). Set with [`ClusterConfig::with_limits`], which validates it.
     pub limits: Limits,
+    /// Whether the TCP runtime may run without authentication when the configuration names
+    /// neither a `secret_file` nor TLS certificates ([`crate::runtime::tcp::TcpNode::bind`]
+    /// refuses to otherwise). Set by a binary's `--insecure` flag; never read from or written
+    /// to the cluster file, so a file cannot turn authentication off by itself.
+    pub insecure: bool,
     derived: Arc<Derived>,
 }
 
@@ -438,6 +443,7 @@ impl ClusterConfig {
             secret_file: None,
             durability: Durability::Memory,
             limits: Limits::default(),
+            insecure: false,
             derived: Arc::default(),
         };
         let mut d = Derived::default();
@@ -499,6 +505,13 @@ impl ClusterConfig {
     /// [`ClusterConfig::secret_file`]).
     pub fn with_secret_file(mut self, path: impl Into<String>) -> Self {
         self.secret_file = Some(path.into());
+        self
+    }
+
+    /// This configuration, allowed (`true`) or not to run unauthenticated TCP links when it
+    /// names no secret and no TLS (see [`ClusterConfig::insecure`]).
+    pub fn with_insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
         self
     }
 

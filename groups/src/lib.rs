@@ -43,6 +43,7 @@
 pub mod checker;
 pub mod codec;
 pub mod config;
+pub mod credentials;
 pub mod dedup;
 pub mod feed;
 pub mod frame;

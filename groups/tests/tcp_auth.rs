@@ -416,3 +416,25 @@ fn bad_secrets_are_typed_errors() {
     assert!(!format!("{s:?}").contains(SECRET), "Debug shows the secret");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Secure by default: `bind` refuses a configuration with no secret (a typed error that says
+/// how to get one), unless the configuration allows insecure links (`--insecure`).
+#[test]
+fn no_secret_is_refused_unless_insecure() {
+    let cfg = cluster(1, &[1]);
+    let bind = |cfg: ClusterConfig| {
+        let node = GroupsNode::in_memory(Arc::new(cfg), NodeId(1), NodeOptions::fresh());
+        TcpNode::bind(node, groups::runtime::inproc::Idle).map(|t| t.authenticates())
+    };
+    match bind(cfg.clone()) {
+        Err(e @ TcpError::Unauthenticated) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("--write-config") && text.contains("--insecure"),
+                "{text}"
+            );
+        }
+        other => panic!("no secret: {other:?}"),
+    }
+    assert!(!bind(cfg.with_insecure(true)).expect("--insecure"));
+}

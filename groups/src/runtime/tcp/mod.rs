@@ -159,6 +159,15 @@ pub enum TcpError {
         min = Secret::MIN_BYTES
     )]
     SecretTooShort { origin: String, len: usize },
+    #[error(
+        "the cluster file names no secret_file and no [tls]: refusing to run unauthenticated \
+         links, which any process that can reach the node's port could join. Generate a \
+         deployment with a secret (`btree-server --write-config` and `chirper-server \
+         --write-config` do), or add `secret_file = \"PATH\"` to the cluster file (e.g. \
+         `head -c 32 /dev/urandom | base64 > PATH; chmod 600 PATH`), or pass --insecure to \
+         run without authentication on a network you trust"
+    )]
+    Unauthenticated,
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("io: {0}")]
@@ -461,12 +470,25 @@ impl<A: App> TcpNode<A> {
     /// Binds this node's address and prepares connections to every peer. If the cluster
     /// configuration names a `secret_file`, the secret is read from it (a relative path against
     /// the current working directory) and every link is authenticated; an unreadable or too
-    /// short secret is an error.
+    /// short secret is an error. A configuration with no secret refuses to start
+    /// ([`TcpError::Unauthenticated`]) unless it allows insecure links
+    /// ([`ClusterConfig::insecure`], a binary's `--insecure`).
     pub fn bind(node: GroupsNode, app: A) -> Result<Self, TcpError> {
-        let secret = match &node.config().secret_file {
+        let cfg = node.config();
+        let secret = match &cfg.secret_file {
             Some(path) => Some(Secret::from_file(path)?),
             None => None,
         };
+        if secret.is_none() && !cfg.insecure {
+            return Err(TcpError::Unauthenticated);
+        }
+        if secret.is_none() {
+            tracing::warn!(
+                me = %node.id(),
+                "running without authentication (--insecure): any process that can reach this \
+                 node's port can join the cluster's traffic"
+            );
+        }
         Self::bind_with_secret(node, app, secret)
     }
 
