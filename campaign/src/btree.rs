@@ -84,7 +84,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     let me = d.clients[0];
     let client_ids: Vec<u32> = d.clients.iter().map(|c| c.0).collect();
     let global_log = run::global_log(&d.config)?;
-    let base = run::durable(&d.config)?;
+    let base = run::durable(&d.config, dir)?;
 
     // Addresses, servers.
     let network = Network::new(plan, r.index, seed, &SERVERS, &client_ids)?;

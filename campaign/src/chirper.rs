@@ -155,7 +155,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         .collect();
     let me = lay.clients[0];
     let global_log = run::global_log(&lay.config)?;
-    let base = run::durable(&lay.config)?;
+    let base = run::durable(&lay.config, dir)?;
     let section = section();
 
     // Addresses, servers.

@@ -261,13 +261,17 @@ pub(crate) fn global_log(config: &ClusterConfig) -> Result<u32, String> {
 }
 
 /// `config` with durable logs on disk (in `data` under each server's directory).
-pub(crate) fn durable(config: &ClusterConfig) -> Result<ClusterConfig, String> {
+pub(crate) fn durable(config: &ClusterConfig, dir: &Path) -> Result<ClusterConfig, String> {
     let durability =
         Durability::from_words("disk", Some("data")).map_err(|e| format!("durability: {e}"))?;
-    config
+    let config = config
         .clone()
         .with_durability(durability)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // Authenticated links, as every deployment has by default: a fresh secret for the run, at
+    // an absolute path (the servers run in `dir`, the client node in this process).
+    let secret = std::path::absolute(dir.join("cluster.secret")).map_err(|e| e.to_string())?;
+    groups::credentials::with_new_secret(config, &secret).map_err(|e| e.to_string())
 }
 
 /// A port of `ip` free right now, from 12000-19999: below the kernel's ephemeral range, so
