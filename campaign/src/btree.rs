@@ -84,20 +84,21 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     let me = d.clients[0];
     let client_ids: Vec<u32> = d.clients.iter().map(|c| c.0).collect();
     let global_log = run::global_log(&d.config)?;
-    let base = run::durable(&d.config, dir)?;
+    let base = run::durable(&d.config, dir, fault)?;
 
     // Addresses, servers.
     let network = Network::new(plan, r.index, seed, &SERVERS, &client_ids)?;
-    let mut servers = network.start_servers(&SERVERS, binary, dir, |n| {
-        DeploymentFile {
-            mode,
-            workers: WORKERS,
-            replicas: d.replicas.clone(),
-            tree: tree(),
-            cluster: network.view(&base, n),
-        }
-        .render()
-    })?;
+    let mut servers =
+        network.start_servers(&SERVERS, binary, &run::server_flags(&base), dir, |n| {
+            DeploymentFile {
+                mode,
+                workers: WORKERS,
+                replicas: d.replicas.clone(),
+                tree: tree(),
+                cluster: network.view(&base, n),
+            }
+            .render()
+        })?;
 
     // The client node.
     let cluster = Arc::new(network.view(&base, me.0));

@@ -155,20 +155,21 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         .collect();
     let me = lay.clients[0];
     let global_log = run::global_log(&lay.config)?;
-    let base = run::durable(&lay.config, dir)?;
+    let base = run::durable(&lay.config, dir, fault)?;
     let section = section();
 
     // Addresses, servers.
     let client_ids: Vec<u32> = lay.clients.iter().map(|c| c.0).collect();
     let network = Network::new(plan, r.index, seed, &servers_ids, &client_ids)?;
-    let mut servers = network.start_servers(&servers_ids, binary, dir, |n| {
-        DeploymentFile {
-            section: section.clone(),
-            scheme: Scheme::Dssmr,
-            cluster: network.view(&base, n),
-        }
-        .render()
-    })?;
+    let mut servers =
+        network.start_servers(&servers_ids, binary, &run::server_flags(&base), dir, |n| {
+            DeploymentFile {
+                section: section.clone(),
+                scheme: Scheme::Dssmr,
+                cluster: network.view(&base, n),
+            }
+            .render()
+        })?;
 
     // The client node.
     let cluster = Arc::new(network.view(&base, me.0));
@@ -464,7 +465,7 @@ pub fn state_hash(body: &str) -> Option<u64> {
 }
 
 /// Acknowledged posts missing from their author's final timeline (timelines keep every post
-/// of a run: [`TIMELINE_LEN`]).
+/// of a run: `TIMELINE_LEN`).
 pub fn lost_posts(
     history: &[Operation<Command, Reply2>],
     timelines: &BTreeMap<UserId, Vec<Post>>,

@@ -22,10 +22,17 @@
 //! logs, so the follower leads another), SIGSTOP then SIGCONT of the global log's leader, a
 //! partition of a random node in a network namespace (its veth link down for a few seconds),
 //! packet loss on the global log leader's link (`tc netem`, or an nftables `numgen random`
-//! drop rule where the kernel has no netem) and delay (`tc netem`, or a userspace relay on
-//! every link of the leader where the kernel has no netem). Every run says which mechanism it
-//! used; a fault the machine cannot inject is reported as skipped with the reason, never
-//! silently. `kill-oracle` needs Chirper on DS-SMR: B+-tree runs report it as skipped.
+//! drop rule where the kernel has no netem) and delay (`tc netem`). Where the machine has no
+//! namespaces (no root, no iproute2), no netem or no nftables, the partition, loss and delay
+//! go through a userspace relay per link ([`relay`]) instead, so every fault runs with
+//! nothing but the toolchain installed. Then the hostile ones: `partial-frames` (raw
+//! connections pinning 16 MiB partial frames on the leader; its resident set must stay
+//! bounded), `fd-exhaust` (the leader's open-file limit lowered and exhausted by idle
+//! connections; its listener must recover and serve a new client), and `wipe-data` (a node's
+//! data directory deleted under it: it must refuse to restart without [`RECOVER_FLAG`] and
+//! rejoin with it; not a default fault until [`WIPE_DATA_IN_DEFAULT`]). Every run says which
+//! mechanism it used. `kill-oracle` needs Chirper on DS-SMR: B+-tree runs report it as
+//! skipped, the only skip there is.
 //!
 //! The same runs against Chirper on DS-SMR ([`chirper`]): nine `chirper-server` processes
 //! (2 partitions x 3 replicas and an oracle of 3, durable logs), scale-out clients on a small

@@ -20,6 +20,8 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// Where stderr goes (appended, so a restart keeps the first life's log).
     pub log: PathBuf,
+    /// More flags, at every start.
+    pub flags: Vec<String>,
 }
 
 struct Running {
@@ -285,6 +287,7 @@ fn spawn(spec: &Spec, extra: &[&str]) -> Result<Child, String> {
         .arg(&spec.config)
         .args(["--node", &spec.node.to_string()])
         .args(["--metrics-addr", &spec.metrics.to_string()])
+        .args(&spec.flags)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

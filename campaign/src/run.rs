@@ -146,7 +146,7 @@ fn plan(fault: Fault, caps: &Capabilities, o: &Options, kills: &Kills) -> Result
             ), NetKind::Relays),
         },
         Fault::PartialFrames => p(format!(
-            "{PARTIAL_CONNS} connections to the global log leader's peer port, each sending a {} MiB frame but its last byte (half of them after a valid Hello claiming an idle client's id), held, then closed",
+            "the cluster run with --insecure (no secret: a stranger gets past the handshake); {PARTIAL_CONNS} connections to the global log leader's peer port, each sending a {} MiB frame but its last byte (half of them after a valid Hello claiming an idle client's id), held, then closed",
             FRAME_BYTES_MAX >> 20
         ), NetKind::Loopback),
         Fault::FdExhaust => p(format!(
@@ -260,18 +260,40 @@ pub(crate) fn global_log(config: &ClusterConfig) -> Result<u32, String> {
         .ok_or_else(|| "the deployment has no log covering every group".into())
 }
 
-/// `config` with durable logs on disk (in `data` under each server's directory).
-pub(crate) fn durable(config: &ClusterConfig, dir: &Path) -> Result<ClusterConfig, String> {
+/// `config` with durable logs on disk (in `data` under each server's directory), for a run
+/// of `fault`.
+///
+/// Links are authenticated, as every deployment's are by default (a fresh secret for the run,
+/// at an absolute path: the servers run in `dir`, the client node in this process), except
+/// for `partial-frames`: it attacks the one case where a stranger gets past the handshake, a
+/// cluster run with `--insecure`, where only the inbound byte budget bounds what partial
+/// frames pin (with a secret, a stranger's frames are cut at the handshake's few KiB).
+pub(crate) fn durable(
+    config: &ClusterConfig,
+    dir: &Path,
+    fault: Fault,
+) -> Result<ClusterConfig, String> {
     let durability =
         Durability::from_words("disk", Some("data")).map_err(|e| format!("durability: {e}"))?;
     let config = config
         .clone()
         .with_durability(durability)
         .map_err(|e| e.to_string())?;
-    // Authenticated links, as every deployment has by default: a fresh secret for the run, at
-    // an absolute path (the servers run in `dir`, the client node in this process).
+    if fault == Fault::PartialFrames {
+        return Ok(config.with_insecure(true));
+    }
     let secret = std::path::absolute(dir.join("cluster.secret")).map_err(|e| e.to_string())?;
     groups::credentials::with_new_secret(config, &secret).map_err(|e| e.to_string())
+}
+
+/// The flags every server of a deployment on `config` gets: `--insecure` when it runs
+/// without authentication (see [`durable`]).
+pub(crate) fn server_flags(config: &ClusterConfig) -> Vec<String> {
+    if config.insecure {
+        vec!["--insecure".into()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A port of `ip` free right now, from 12000-19999: below the kernel's ephemeral range, so
@@ -387,12 +409,13 @@ impl Network {
         c
     }
 
-    /// Starts a server process of `binary` for each of `nodes` in `dir`, with the deployment
-    /// file `file(n)` renders for node `n`.
+    /// Starts a server process of `binary` (with `flags`) for each of `nodes` in `dir`, with
+    /// the deployment file `file(n)` renders for node `n`.
     pub(crate) fn start_servers(
         &self,
         nodes: &[u32],
         binary: &Path,
+        flags: &[String],
         dir: &Path,
         file: impl Fn(u32) -> Result<String, String>,
     ) -> Result<Servers, String> {
@@ -411,6 +434,7 @@ impl Network {
                 metrics: self.metrics[&n],
                 cwd: dir.to_path_buf(),
                 log: dir.join(format!("node-{n}.log")),
+                flags: flags.to_vec(),
             })?;
         }
         Ok(servers)
