@@ -15,6 +15,9 @@
 //! configuration naming a secret file still loads in the in-process runtime and the simulator,
 //! which ignore it.
 //!
+//! The optional `[limits]` table bounds what a TCP node accepts from the network (connections,
+//! inbound buffer bytes, handshake and frame deadlines): [`Limits`].
+//!
 //! The optional top-level keys `durability = "memory" | "disk"` and `data_dir = "path"` choose
 //! where the acceptors of the consensus logs keep their state ([`Durability`]; default
 //! `"memory"`). `"disk"` needs `data_dir` and, until the services have checkpoints,
@@ -22,6 +25,7 @@
 
 use crate::groupset::{GroupSet, MAX_GROUP_ID};
 use crate::ids::{GroupId, LogId, NodeId};
+pub use crate::limits::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -60,6 +64,8 @@ pub enum ConfigError {
     UncoveredGroup(GroupId),
     #[error("node {0} has an empty subscription")]
     EmptySubscription(NodeId),
+    #[error("limit {name} in [limits] must be {rule}")]
+    Limit { name: &'static str, rule: String },
     #[error("tuning value {name} must be {rule}")]
     Tuning {
         name: &'static str,
@@ -344,6 +350,14 @@ pub struct ClusterConfig {
     /// and after a whole-cluster restart a trimmed prefix would be gone. With trimming off, the
     /// logs (in memory and on disk) grow without bound until checkpoints exist.
     pub durability: Durability,
+    /// What a TCP node accepts from the network (the `[limits]` table; default
+    /// [`Limits::default`]). Set with [`ClusterConfig::with_limits`], which validates it.
+    pub limits: Limits,
+    /// Whether the TCP runtime may run without authentication when the configuration names
+    /// neither a `secret_file` nor TLS certificates ([`crate::runtime::tcp::TcpNode::bind`]
+    /// refuses to otherwise). Set by a binary's `--insecure` flag; never read from or written
+    /// to the cluster file, so a file cannot turn authentication off by itself.
+    pub insecure: bool,
     derived: Arc<Derived>,
 }
 
@@ -428,6 +442,8 @@ impl ClusterConfig {
             tuning,
             secret_file: None,
             durability: Durability::Memory,
+            limits: Limits::default(),
+            insecure: false,
             derived: Arc::default(),
         };
         let mut d = Derived::default();
@@ -490,6 +506,21 @@ impl ClusterConfig {
     pub fn with_secret_file(mut self, path: impl Into<String>) -> Self {
         self.secret_file = Some(path.into());
         self
+    }
+
+    /// This configuration, allowed (`true`) or not to run unauthenticated TCP links when it
+    /// names no secret and no TLS (see [`ClusterConfig::insecure`]).
+    pub fn with_insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
+        self
+    }
+
+    /// This configuration with these limits on inbound connections (see [`Limits`]), validated
+    /// against it.
+    pub fn with_limits(mut self, limits: Limits) -> Result<Self, ConfigError> {
+        limits.validate(self.nodes.len())?;
+        self.limits = limits;
+        Ok(self)
     }
 
     /// This configuration with its acceptors' state kept as `durability` says (see
@@ -625,6 +656,8 @@ mod toml_form {
         logs: Vec<Log>,
         #[serde(default)]
         tuning: Tuning,
+        #[serde(default, skip_serializing_if = "Limits::is_default")]
+        limits: Limits,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -724,7 +757,7 @@ mod toml_form {
             )?;
             let mut cfg = ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)?;
             cfg.secret_file = self.secret_file;
-            cfg.with_durability(durability)
+            cfg.with_durability(durability)?.with_limits(self.limits)
         }
 
         pub(super) fn from_config(c: &ClusterConfig) -> File {
@@ -760,6 +793,7 @@ mod toml_form {
                     })
                     .collect(),
                 tuning: c.tuning.clone(),
+                limits: c.limits.clone(),
             }
         }
     }
@@ -827,6 +861,36 @@ mod tests {
         let text = c.to_toml();
         assert!(text.contains("covers = \"all\""), "{text}");
         assert_eq!(ClusterConfig::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn limits_round_trip_default_and_are_validated() {
+        let c = three_groups();
+        assert!(!c.to_toml().contains("[limits]"));
+        let c = c
+            .with_limits(Limits {
+                frame_deadline_ms: 750,
+                inbound_connections_max: 40,
+                inbound_connections_per_ip_max: 20,
+                ..Limits::default()
+            })
+            .unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("[limits]") && text.contains("frame_deadline_ms = 750"));
+        let back = ClusterConfig::from_toml(&text).unwrap();
+        assert_eq!(back.limits.frame_deadline_ms, 750);
+        assert_eq!(back.limits.handshake_deadline_ms, 5000, "default kept");
+        assert_eq!(back, c);
+        let bad = text.replace("frame_deadline_ms = 750", "frame_deadline_ms = 0");
+        assert!(matches!(
+            ClusterConfig::from_toml(&bad),
+            Err(ConfigError::Limit {
+                name: "frame_deadline_ms",
+                ..
+            })
+        ));
+        let unknown = text.replace("frame_deadline_ms", "frame_deadline_s");
+        assert!(ClusterConfig::from_toml(&unknown).is_err());
     }
 
     #[test]

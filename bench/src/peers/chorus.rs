@@ -116,11 +116,14 @@ impl Cluster {
             workers,
             replicas: d.replicas.clone(),
             tree: tree_config(plan),
-            cluster: d
-                .config
-                .clone()
-                .with_durability(durability)
-                .map_err(|e| e.to_string())?,
+            cluster: groups::credentials::with_new_secret(
+                d.config
+                    .clone()
+                    .with_durability(durability)
+                    .map_err(|e| e.to_string())?,
+                &dir.path().join("cluster.secret"),
+            )
+            .map_err(|e| e.to_string())?,
         };
         let path = dir.path().join("deployment.toml");
         std::fs::write(&path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -28,7 +28,7 @@
 //! A accepts `Msg` frames on the connection only after D's proof checked. Proofs are compared
 //! in constant time. Any frame out of turn (a `Msg` before the proof, a second `Hello`, a
 //! `Challenge` sent to an acceptor or a `Proof` to a dialer or twice), a proof that does not
-//! verify, or a handshake not finished within [`HANDSHAKE_TIMEOUT`] closes the connection with
+//! verify, or a handshake not finished within the handshake deadline closes the connection with
 //! a logged reason and is counted ([`LinkStats`]). A node with a secret refuses a `Hello`
 //! without a nonce, and a node without one refuses a `Hello` with a nonce, so a cluster whose
 //! nodes disagree on whether there is a secret fails loudly instead of hanging.
@@ -49,23 +49,71 @@
 //! Without a secret, links are not authenticated and behave as before the handshake existed:
 //! a `Hello` without nonce, then messages.
 
+//!
+//! # Limits
+//!
+//! What a remote process can make a node hold is bounded by the cluster file's `[limits]`
+//! ([`Limits`], with defaults), whether or not the cluster has a secret:
+//!
+//! - **Handshake deadline** (`handshake_deadline_ms`, 5 s): a connection that has not
+//!   completed its handshake (its `Hello`; with a secret, the `Proof`) in time is closed and
+//!   counted (`handshake_timeouts`). Before its handshake completes, a connection may send only
+//!   frames of up to [`HANDSHAKE_FRAME_BYTES_MAX`] bytes (the handshake's own frames are
+//!   smaller), so an unauthenticated connection never buffers more than a few KiB.
+//! - **Frame deadline** (`frame_deadline_ms`, 10 s): a frame whose first byte arrived must be
+//!   complete in time, or the connection is closed (`frame_timeouts`): a slow trickle cannot
+//!   hold a buffer.
+//! - **Inbound byte budget** (`inbound_bytes_max`, 128 MiB): every connection's frame buffer
+//!   counts against one budget. Buffers grow with the bytes that arrive, never to a declared
+//!   length up front, and a read reserves what it may buffer before it happens. A frame larger
+//!   than [`Limits::SMALL_FRAME_BYTES`] reserves its whole length once its length field
+//!   arrives, so an admitted frame can always complete. When the budget has no room, the
+//!   connection is *not read* until it has (`budget_waits`; its peer's TCP window fills and the
+//!   peer waits): the node does not close it, since an honest peer's large frame may merely
+//!   have come at a busy moment. Waiting connections are admitted in arrival order as frames
+//!   complete and connections close (their bytes stay in the kernel, and since the listener is
+//!   edge-triggered the loop reads them itself rather than wait for another event). Time spent
+//!   waiting does not count against the frame deadline; the handshake deadline still applies.
+//! - **Connection caps** (`inbound_connections_max`, 1024; `inbound_connections_per_ip_max`,
+//!   256): a connection beyond a cap evicts the longest-idle inbound connection that has not
+//!   completed its handshake (from the same address for the per-address cap), counted as
+//!   `connections_evicted`; when every held connection has completed its handshake the new one
+//!   is closed (`connections_refused`). A node holds at most one established inbound link per
+//!   peer node (a newer one replaces it: a peer that reconnects after a half-open connection is
+//!   admitted at once), so strangers can never starve the configured nodes of slots, and with a
+//!   secret they cannot establish links at all.
+//! - **Accept failures**: when `accept` fails for want of resources (`EMFILE`, `ENFILE`,
+//!   `ENOBUFS`, `ENOMEM`), the node keeps serving its connections and accepts again every
+//!   `accept_retry_ms` (the listener is edge-triggered, so waiting for another event could
+//!   wait forever once its backlog is full). Out of file descriptors, it releases a spare
+//!   descriptor it holds for the purpose (an open `/dev/null`), accepts and closes the pending
+//!   connections with it (so their dialers fail fast and retry instead of hanging in a full
+//!   backlog), and opens the spare again. The failure is logged once per 5 s with the count
+//!   meanwhile, and counted (`accept_errors`, `accept_shed`, gauge `accept_paused`).
+//!   Transient errors (a connection aborted before it was accepted) are skipped.
+
+mod auth;
+mod stats;
+
+pub use auth::Secret;
+pub use stats::{LinkCounts, LinkStats};
+
 use crate::codec::Bitcode;
-use crate::config::ClusterConfig;
-use crate::frame::{self, Challenge, Frame, FrameDecoder, Hello, Proof, NONCE_BYTES};
+use crate::config::{ClusterConfig, ConfigError, Limits};
+use crate::frame::{self, Challenge, Frame, FrameDecoder, Hello, Proof, FRAME_BYTES_MAX};
 use crate::ids::NodeId;
 use crate::node::GroupsNode;
 use crate::runtime::inproc::App;
 use crate::runtime::Waker;
-use hmac::{Hmac, Mac};
+use auth::{fresh_nonce, LABEL_ACCEPTOR, LABEL_DIALER};
+use hmac::Mac;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use rand::TryRng;
-use sha2::Sha256;
-use std::collections::BTreeMap;
+use stats::{add, bump, set};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,13 +123,23 @@ const WAKER: Token = Token(1);
 const BACKLOG_BYTES_MAX: usize = 64 << 20;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
-/// Default time a connection has to complete the authentication handshake (from the dial on
-/// the dialer's side, from the accept on the acceptor's) before it is closed.
+/// The default handshake deadline ([`Limits::handshake_deadline_ms`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often connections are checked against the handshake timeout.
-const HANDSHAKE_CHECK_EVERY: Duration = Duration::from_millis(50);
-const LABEL_ACCEPTOR: &[u8] = b"chorus-v2 acceptor";
-const LABEL_DIALER: &[u8] = b"chorus-v2 dialer";
+/// How often connections are checked against the handshake and frame deadlines.
+const DEADLINE_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Largest frame a connection may send before its handshake is complete (a `Hello`,
+/// `Challenge` or `Proof` is under 100 bytes).
+pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 4096;
+/// What one read of an established connection may buffer beyond a frame in progress.
+const READ_CHUNK: usize = Limits::SMALL_FRAME_BYTES;
+/// The same before the handshake is complete.
+const HANDSHAKE_READ_CHUNK: usize = 2 * HANDSHAKE_FRAME_BYTES_MAX;
+/// Bytes read from one connection per pass of the loop before the others get their turn.
+const READ_QUOTA: usize = 1 << 20;
+/// Connections accepted per pass of the loop before the others get their turn.
+const ACCEPT_BATCH: usize = 256;
+/// Floods (accept failures, evictions) are logged at most once per this period.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
@@ -101,155 +159,19 @@ pub enum TcpError {
         min = Secret::MIN_BYTES
     )]
     SecretTooShort { origin: String, len: usize },
+    #[error(
+        "the cluster file names no secret_file and no [tls]: refusing to run unauthenticated \
+         links, which any process that can reach the node's port could join. Generate a \
+         deployment with a secret (`btree-server --write-config` and `chirper-server \
+         --write-config` do), or add `secret_file = \"PATH\"` to the cluster file (e.g. \
+         `head -c 32 /dev/urandom | base64 > PATH; chmod 600 PATH`), or pass --insecure to \
+         run without authentication on a network you trust"
+    )]
+    Unauthenticated,
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     #[error("io: {0}")]
     Io(#[from] io::Error),
-}
-
-/// The cluster secret that authenticates peers (see the module documentation). Its bytes are
-/// the HMAC key; its `Debug` form does not show them.
-#[derive(Clone)]
-pub struct Secret(Arc<[u8]>);
-
-impl Secret {
-    /// Shortest secret accepted, in bytes.
-    pub const MIN_BYTES: usize = 16;
-
-    /// A secret of exactly these bytes (nothing is trimmed).
-    pub fn new(bytes: impl AsRef<[u8]>) -> Result<Self, TcpError> {
-        Self::checked(bytes.as_ref(), "given".into())
-    }
-
-    /// Reads a secret file: its content less trailing whitespace and newlines. A relative
-    /// path is resolved against the current working directory.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TcpError> {
-        let path = path.as_ref();
-        let shown = if path.is_relative() {
-            match std::env::current_dir() {
-                Ok(cwd) => format!(
-                    "{} (relative to the working directory, i.e. {})",
-                    path.display(),
-                    cwd.join(path).display()
-                ),
-                Err(_) => path.display().to_string(),
-            }
-        } else {
-            path.display().to_string()
-        };
-        let bytes = std::fs::read(path).map_err(|e| TcpError::SecretFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(m) = std::fs::metadata(path) {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %shown,
-                        "the cluster secret file is readable by other users; consider chmod 600"
-                    );
-                }
-            }
-        }
-        Self::checked(bytes.trim_ascii_end(), format!("in file {shown:?}"))
-    }
-
-    fn checked(bytes: &[u8], origin: String) -> Result<Self, TcpError> {
-        if bytes.len() < Self::MIN_BYTES {
-            return Err(TcpError::SecretTooShort {
-                origin,
-                len: bytes.len(),
-            });
-        }
-        Ok(Secret(Arc::from(bytes)))
-    }
-
-    fn mac(
-        &self,
-        label: &[u8],
-        cluster: u64,
-        dialer: NodeId,
-        acceptor: NodeId,
-        na: &[u8; NONCE_BYTES],
-        nb: &[u8; NONCE_BYTES],
-    ) -> Hmac<Sha256> {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
-        m.update(label);
-        m.update(&cluster.to_le_bytes());
-        m.update(&dialer.0.to_le_bytes());
-        m.update(&acceptor.0.to_le_bytes());
-        m.update(na);
-        m.update(nb);
-        m
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret(<{} bytes, redacted>)", self.0.len())
-    }
-}
-
-fn fresh_nonce() -> Result<[u8; NONCE_BYTES], String> {
-    let mut n = [0u8; NONCE_BYTES];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut n)
-        .map_err(|e| format!("no randomness for a handshake nonce: {e}"))?;
-    Ok(n)
-}
-
-/// Counters of a node's links, readable from other threads while the node runs
-/// ([`TcpNode::stats`]).
-#[derive(Debug, Default)]
-pub struct LinkStats {
-    /// Frames refused: malformed, or out of turn (every refusal below that a frame caused is
-    /// counted here too).
-    pub frame_errors: AtomicU64,
-    /// Handshakes that failed at this node, for any reason below, or because the peer closed
-    /// the connection in the middle of one.
-    pub auth_failures: AtomicU64,
-    /// Peer proofs (in a `Challenge` or a `Proof`) that did not verify: the peer does not know
-    /// this node's secret.
-    pub bad_proofs: AtomicU64,
-    /// `Hello`s without nonce refused because this node has a secret.
-    pub plain_hellos_refused: AtomicU64,
-    /// `Hello`s with a nonce refused because this node has no secret.
-    pub auth_hellos_refused: AtomicU64,
-    /// Connections closed because their handshake took longer than the timeout.
-    pub handshake_timeouts: AtomicU64,
-    /// Handshakes completed, as dialer or as acceptor.
-    pub handshakes: AtomicU64,
-}
-
-/// A snapshot of [`LinkStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LinkCounts {
-    pub frame_errors: u64,
-    pub auth_failures: u64,
-    pub bad_proofs: u64,
-    pub plain_hellos_refused: u64,
-    pub auth_hellos_refused: u64,
-    pub handshake_timeouts: u64,
-    pub handshakes: u64,
-}
-
-impl LinkStats {
-    pub fn get(&self) -> LinkCounts {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        LinkCounts {
-            frame_errors: g(&self.frame_errors),
-            auth_failures: g(&self.auth_failures),
-            bad_proofs: g(&self.bad_proofs),
-            plain_hellos_refused: g(&self.plain_hellos_refused),
-            auth_hellos_refused: g(&self.auth_hellos_refused),
-            handshake_timeouts: g(&self.handshake_timeouts),
-            handshakes: g(&self.handshakes),
-        }
-    }
-}
-
-fn bump(a: &AtomicU64) {
-    a.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Why a frame was refused.
@@ -259,7 +181,7 @@ enum Refusal {
     /// A failed authentication; `kind` is the specific counter to bump, if any.
     Auth {
         why: String,
-        kind: Option<fn(&LinkStats) -> &AtomicU64>,
+        kind: Option<fn(&LinkStats) -> &std::sync::atomic::AtomicU64>,
     },
 }
 
@@ -278,7 +200,7 @@ enum Role {
         connected: bool,
         /// `Some(na)` while the dialer waits for the acceptor's `Challenge` (the link carries
         /// no message until then).
-        awaiting: Option<[u8; NONCE_BYTES]>,
+        awaiting: Option<[u8; frame::NONCE_BYTES]>,
     },
     Inbound(Inbound),
 }
@@ -289,8 +211,8 @@ enum Inbound {
     /// Challenge sent; waiting for the dialer's proof.
     AwaitProof {
         peer: NodeId,
-        na: [u8; NONCE_BYTES],
-        nb: [u8; NONCE_BYTES],
+        na: [u8; frame::NONCE_BYTES],
+        nb: [u8; frame::NONCE_BYTES],
     },
     /// Messages from `peer` are accepted.
     Ready { peer: NodeId },
@@ -312,11 +234,35 @@ struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     opened: Instant,
+    /// The remote address of an inbound connection (for the per-address cap).
+    ip: Option<IpAddr>,
+    /// Bytes of the inbound budget this connection holds; at least its buffer's capacity.
+    reserved: usize,
+    /// When the frame being received began: its first byte, or its admission by the budget.
+    /// `None` while nothing is buffered or while the connection waits for the budget.
+    frame_started: Option<Instant>,
+    /// The last time bytes arrived (or the accept): eviction takes the longest idle first.
+    last_active: Instant,
+    /// Not read until the budget has room for [`Conn::want`].
+    waiting: bool,
 }
 
 impl Conn {
     fn pending(&self) -> usize {
         self.wbuf.len() - self.wpos
+    }
+
+    /// Whether the handshake is complete: messages may flow.
+    fn established(&self) -> bool {
+        match &self.role {
+            Role::Outbound {
+                connected,
+                awaiting,
+                ..
+            } => *connected && awaiting.is_none(),
+            Role::Inbound(Inbound::Ready { .. }) => true,
+            Role::Inbound(_) => false,
+        }
     }
 
     /// Whether the connection is in an authentication handshake that has gone far enough for
@@ -332,6 +278,32 @@ impl Conn {
             Role::Inbound(_) => false,
         }
     }
+
+    /// The budget the next read needs: the whole frame in progress when it is large, else what
+    /// is buffered and one read.
+    fn want(&self) -> usize {
+        let buffered = self.decoder.buffered();
+        match self.decoder.head_frame_bytes() {
+            Some(total) if total > Limits::SMALL_FRAME_BYTES && total > buffered => total,
+            _ => {
+                buffered
+                    + if self.established() {
+                        READ_CHUNK
+                    } else {
+                        HANDSHAKE_READ_CHUNK
+                    }
+            }
+        }
+    }
+
+    /// The budget to keep between reads: the whole frame in progress when it is large (it
+    /// was admitted whole), else the buffer's capacity.
+    fn keep(&self) -> usize {
+        match self.decoder.head_frame_bytes() {
+            Some(total) if total > Limits::SMALL_FRAME_BYTES => total.max(self.decoder.capacity()),
+            _ => self.decoder.capacity(),
+        }
+    }
 }
 
 struct Peer {
@@ -345,14 +317,43 @@ struct Peer {
     dropped: u64,
 }
 
+/// The bytes all connections' frame buffers may hold, and the connections waiting for room.
+struct Budget {
+    max: usize,
+    used: usize,
+    waiting: VecDeque<Token>,
+}
+
+/// A log line that may come in floods: at most one per [`LOG_EVERY`], with the count of those
+/// held back.
+#[derive(Default)]
+struct Throttled {
+    next: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttled {
+    /// `Some(held back since the last one)` when a line may be logged now.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|n| now < n) {
+            self.held_back += 1;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 /// A node process's event loop.
 pub struct TcpNode<A: App> {
     node: GroupsNode,
     app: A,
     cfg: Arc<ClusterConfig>,
     secret: Option<Secret>,
-    handshake_timeout: Duration,
-    next_handshake_check: Instant,
+    limits: Limits,
+    handshake_deadline: Duration,
+    frame_deadline: Duration,
+    next_deadline_check: Instant,
     poll: Poll,
     listener: TcpListener,
     conns: BTreeMap<Token, Conn>,
@@ -361,6 +362,22 @@ pub struct TcpNode<A: App> {
     stop: Arc<AtomicBool>,
     out: Vec<(NodeId, crate::message::NetMsg)>,
     stats: Arc<LinkStats>,
+    budget: Budget,
+    /// Connections to read in this pass although no event came for them (admitted by the
+    /// budget, or with bytes left after their read quota).
+    to_read: Vec<Token>,
+    inbound: usize,
+    inbound_per_ip: HashMap<IpAddr, usize>,
+    /// The established inbound link of each peer (a newer one replaces it).
+    inbound_of: BTreeMap<NodeId, Token>,
+    /// Held to be released when out of file descriptors (see "Limits").
+    spare_fd: Option<std::fs::File>,
+    /// Accepting is paused until then after a resource error.
+    accept_paused_until: Option<Instant>,
+    /// The last accept pass stopped at its batch size; accept again in the next pass.
+    accept_more: bool,
+    accept_log: Throttled,
+    cap_log: Throttled,
     /// Frames refused, by reason (for tests and logs). Also in [`LinkStats::frame_errors`].
     pub frame_errors: u64,
     /// Failed authentication handshakes. Also in [`LinkStats::auth_failures`].
@@ -380,16 +397,98 @@ fn parse_addr(cfg: &ClusterConfig, id: NodeId) -> Result<SocketAddr, TcpError> {
         })
 }
 
+/// `accept` failed for want of a resource: retry on a timer rather than wait for an event.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    ) || e.kind() == ErrorKind::OutOfMemory
+}
+
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// `accept` failed for this one pending connection only (accept(2): network errors already
+/// pending on the new socket are reported by accept; treat them like EAGAIN and go on).
+fn transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Interrupted | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+/// The soft limit on open file descriptors, if it can be read.
+fn fd_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid pointer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+}
+
+/// Refuses limits the addresses of the cluster make impossible to honour.
+fn check_limits(cfg: &ClusterConfig, me: NodeId) -> Result<(), TcpError> {
+    cfg.limits.validate(cfg.nodes.len())?;
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+    for n in cfg.nodes.iter().filter(|n| n.id != me) {
+        if let Ok(a) = parse_addr(cfg, n.id) {
+            *per_ip.entry(a.ip()).or_default() += 1;
+        }
+    }
+    if let Some((ip, count)) = per_ip
+        .into_iter()
+        .find(|&(_, c)| c >= cfg.limits.inbound_connections_per_ip_max)
+    {
+        return Err(TcpError::Config(ConfigError::Limit {
+            name: "inbound_connections_per_ip_max",
+            rule: format!(
+                "greater than the {count} other nodes of the cluster file at address {ip} \
+                 (each holds a link, and a reconnect needs a handshake slot)"
+            ),
+        }));
+    }
+    Ok(())
+}
+
 impl<A: App> TcpNode<A> {
     /// Binds this node's address and prepares connections to every peer. If the cluster
     /// configuration names a `secret_file`, the secret is read from it (a relative path against
     /// the current working directory) and every link is authenticated; an unreadable or too
-    /// short secret is an error.
+    /// short secret is an error. A configuration with no secret refuses to start
+    /// ([`TcpError::Unauthenticated`]) unless it allows insecure links
+    /// ([`ClusterConfig::insecure`], a binary's `--insecure`).
     pub fn bind(node: GroupsNode, app: A) -> Result<Self, TcpError> {
-        let secret = match &node.config().secret_file {
+        let cfg = node.config();
+        let secret = match &cfg.secret_file {
             Some(path) => Some(Secret::from_file(path)?),
             None => None,
         };
+        if secret.is_none() && !cfg.insecure {
+            return Err(TcpError::Unauthenticated);
+        }
+        if secret.is_none() {
+            tracing::warn!(
+                me = %node.id(),
+                "running without authentication (--insecure): any process that can reach this \
+                 node's port can join the cluster's traffic"
+            );
+        }
         Self::bind_with_secret(node, app, secret)
     }
 
@@ -404,6 +503,7 @@ impl<A: App> TcpNode<A> {
         let cfg = node.config().clone();
         let me = node.id();
         let addr = parse_addr(&cfg, me)?;
+        check_limits(&cfg, me)?;
         let mut peers = BTreeMap::new();
         for n in cfg.nodes.iter().filter(|n| n.id != me) {
             peers.insert(
@@ -422,6 +522,26 @@ impl<A: App> TcpNode<A> {
             // Fail at start rather than at the first connection.
             fresh_nonce().map_err(io::Error::other)?;
         }
+        let limits = cfg.limits.clone();
+        let fds_needed = limits.inbound_connections_max as u64 + peers.len() as u64 + 64;
+        if let Some(fds) = fd_limit().filter(|&l| l < fds_needed) {
+            tracing::warn!(
+                %me,
+                fd_limit = fds,
+                inbound_connections_max = limits.inbound_connections_max,
+                "the open-file limit is below what the connection caps allow; a flood of \
+                 connections will exhaust it before the caps apply (the node keeps serving and \
+                 recovers, but refuses new connections meanwhile): raise `ulimit -n` or lower \
+                 inbound_connections_max"
+            );
+        }
+        let spare_fd = match std::fs::File::open("/dev/null") {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(%me, error = %e, "no spare descriptor (/dev/null) for shedding connections when out of descriptors");
+                None
+            }
+        };
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(addr)?;
         poll.registry()
@@ -429,10 +549,17 @@ impl<A: App> TcpNode<A> {
         Ok(TcpNode {
             node,
             app,
-            cfg,
             secret,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            next_handshake_check: Instant::now(),
+            handshake_deadline: Duration::from_millis(limits.handshake_deadline_ms),
+            frame_deadline: Duration::from_millis(limits.frame_deadline_ms),
+            budget: Budget {
+                max: limits.inbound_bytes_max,
+                used: 0,
+                waiting: VecDeque::new(),
+            },
+            limits,
+            cfg,
+            next_deadline_check: Instant::now(),
             poll,
             listener,
             conns: BTreeMap::new(),
@@ -441,6 +568,15 @@ impl<A: App> TcpNode<A> {
             stop: Arc::new(AtomicBool::new(false)),
             out: Vec::new(),
             stats: Arc::default(),
+            to_read: Vec::new(),
+            inbound: 0,
+            inbound_per_ip: HashMap::new(),
+            inbound_of: BTreeMap::new(),
+            spare_fd,
+            accept_paused_until: None,
+            accept_more: false,
+            accept_log: Throttled::default(),
+            cap_log: Throttled::default(),
             frame_errors: 0,
             auth_failures: 0,
         })
@@ -461,9 +597,10 @@ impl<A: App> TcpNode<A> {
         self.secret.is_some()
     }
 
-    /// Changes the handshake timeout (default [`HANDSHAKE_TIMEOUT`]).
+    /// Changes the handshake deadline (default: the configuration's
+    /// [`Limits::handshake_deadline_ms`]).
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
-        self.handshake_timeout = timeout;
+        self.handshake_deadline = timeout;
     }
 
     /// Runs until the stop flag is set or `deadline` passes; returns the app.
@@ -479,9 +616,14 @@ impl<A: App> TcpNode<A> {
             }),
         );
         while !self.stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-            let wait = next_tick
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(10));
+            let busy = !self.to_read.is_empty() || self.accept_more;
+            let wait = if busy {
+                Duration::ZERO
+            } else {
+                next_tick
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10))
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     return Err(e.into());
@@ -504,7 +646,13 @@ impl<A: App> TcpNode<A> {
                     }
                 }
             }
+            for t in std::mem::take(&mut self.to_read) {
+                self.on_readable(t);
+            }
             let now = Instant::now();
+            if self.accept_more || self.accept_paused_until.is_some_and(|u| now >= u) {
+                self.accept();
+            }
             if now >= next_tick {
                 self.node.tick();
                 next_tick += tick;
@@ -515,7 +663,8 @@ impl<A: App> TcpNode<A> {
             self.app.step(&mut self.node);
             self.send_outgoing();
             self.redial(now);
-            self.expire_handshakes(now);
+            self.expire(now);
+            self.update_gauges();
         }
         self.app.detach(&mut self.node);
         self.send_outgoing();
@@ -537,95 +686,260 @@ impl<A: App> TcpNode<A> {
         bump(&self.stats.auth_failures);
     }
 
+    fn update_gauges(&self) {
+        set(&self.stats.inbound_connections, self.inbound as u64);
+        set(&self.stats.inbound_bytes, self.budget.used as u64);
+        let waiting = self
+            .budget
+            .waiting
+            .iter()
+            .filter(|t| self.conns.get(t).is_some_and(|c| c.waiting))
+            .count();
+        set(&self.stats.inbound_waiting, waiting as u64);
+        set(
+            &self.stats.accept_paused,
+            u64::from(self.accept_paused_until.is_some()),
+        );
+    }
+
+    /// Accepts pending connections until none is left (the listener is edge-triggered), at
+    /// most [`ACCEPT_BATCH`] per pass; on a resource error, pauses and retries on a timer.
     fn accept(&mut self) {
-        loop {
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|u| now < u) {
+            return;
+        }
+        self.accept_paused_until = None;
+        self.accept_more = false;
+        if self.spare_fd.is_none() {
+            self.spare_fd = std::fs::File::open("/dev/null").ok();
+        }
+        for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let t = self.token();
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, t, Interest::READABLE)
-                        .is_ok()
-                    {
-                        self.conns.insert(
-                            t,
-                            Conn {
-                                stream,
-                                role: Role::Inbound(Inbound::AwaitHello),
-                                decoder: FrameDecoder::new(Bitcode, self.cfg.cluster_id),
-                                wbuf: Vec::new(),
-                                wpos: 0,
-                                opened: Instant::now(),
-                            },
+                Ok((stream, from)) => self.admit(stream, from),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if transient_accept_error(&e) => continue,
+                Err(e) => {
+                    bump(&self.stats.accept_errors);
+                    let shed = if out_of_fds(&e) { self.shed() } else { 0 };
+                    let retry = Duration::from_millis(self.limits.accept_retry_ms);
+                    if let Some(held_back) = self.accept_log.ready(now) {
+                        tracing::warn!(
+                            me = %self.node.id(),
+                            error = %e,
+                            resource = out_of_resources(&e),
+                            shed,
+                            open_connections = self.conns.len(),
+                            failures_not_logged = held_back,
+                            "accept failed; serving the open connections and accepting again in {retry:?}"
                         );
                     }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    self.accept_paused_until = Some(now + retry);
                     return;
                 }
             }
         }
+        self.accept_more = true;
     }
 
-    fn on_readable(&mut self, t: Token) {
-        let mut buf = [0u8; 64 * 1024];
-        let mut frames = Vec::new();
-        let mut problem: Option<String> = None;
-        let mut frame_problem = false;
+    /// Out of file descriptors: frees the spare one, accepts and closes the pending connections
+    /// with it, and takes the spare again. Returns how many were closed.
+    fn shed(&mut self) -> u64 {
+        let Some(spare) = self.spare_fd.take() else {
+            return 0;
+        };
+        drop(spare);
+        let mut shed = 0;
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    drop(stream);
+                    shed += 1;
+                }
+                Err(e) if transient_accept_error(&e) => continue,
+                Err(_) => break,
+            }
+        }
+        add(&self.stats.accept_shed, shed);
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
+        shed
+    }
+
+    /// Takes an accepted connection in, within the connection caps.
+    fn admit(&mut self, mut stream: TcpStream, from: SocketAddr) {
+        let ip = from.ip();
+        let from_ip = self.inbound_per_ip.get(&ip).copied().unwrap_or(0);
+        let room = (from_ip < self.limits.inbound_connections_per_ip_max || self.evict(Some(ip)))
+            && (self.inbound < self.limits.inbound_connections_max || self.evict(None));
+        if !room {
+            bump(&self.stats.connections_refused);
+            if let Some(held_back) = self.cap_log.ready(Instant::now()) {
+                tracing::warn!(
+                    me = %self.node.id(),
+                    %from,
+                    inbound = self.inbound,
+                    from_this_address = from_ip,
+                    refusals_not_logged = held_back,
+                    "inbound connection refused: connection caps reached and every held \
+                     connection is established ([limits] inbound_connections_max, \
+                     inbound_connections_per_ip_max)"
+                );
+            }
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let t = self.token();
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, t, Interest::READABLE)
+            .is_err()
         {
+            return;
+        }
+        let now = Instant::now();
+        self.inbound += 1;
+        *self.inbound_per_ip.entry(ip).or_default() += 1;
+        self.conns.insert(
+            t,
+            Conn {
+                stream,
+                role: Role::Inbound(Inbound::AwaitHello),
+                decoder: FrameDecoder::with_max(
+                    Bitcode,
+                    self.cfg.cluster_id,
+                    HANDSHAKE_FRAME_BYTES_MAX,
+                ),
+                wbuf: Vec::new(),
+                wpos: 0,
+                opened: now,
+                ip: Some(ip),
+                reserved: 0,
+                frame_started: None,
+                last_active: now,
+                waiting: false,
+            },
+        );
+    }
+
+    /// Closes the longest-idle inbound connection that has not completed its handshake (from
+    /// `ip`, if given). Returns whether there was one.
+    fn evict(&mut self, ip: Option<IpAddr>) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.role, Role::Inbound(_))
+                    && !c.established()
+                    && ip.is_none_or(|ip| c.ip == Some(ip))
+            })
+            .min_by_key(|(_, c)| c.last_active)
+            .map(|(&t, _)| t);
+        let Some(t) = victim else {
+            return false;
+        };
+        bump(&self.stats.connections_evicted);
+        if let Some(held_back) = self.cap_log.ready(Instant::now()) {
+            tracing::warn!(
+                me = %self.node.id(),
+                ip = ?self.conns.get(&t).and_then(|c| c.ip),
+                inbound = self.inbound,
+                not_logged = held_back,
+                "connection cap reached: evicting the longest-idle connection that has not \
+                 completed its handshake"
+            );
+        }
+        self.drop_conn(t);
+        true
+    }
+
+    /// Reads what the connection has, within its budget and read quota, handling each frame as
+    /// it completes.
+    fn on_readable(&mut self, t: Token) {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut quota = READ_QUOTA;
+        let problem: String = loop {
+            match self.handle_buffered(t) {
+                Handled::Closed => return,
+                Handled::Open => {}
+            }
             let Some(c) = self.conns.get_mut(&t) else {
                 return;
             };
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        problem = Some(match c.decoder.finish() {
-                            Err(e) => e.to_string(),
-                            Ok(()) => "closed by peer".into(),
-                        });
-                        break;
-                    }
-                    Ok(n) => {
-                        c.decoder.extend(&buf[..n]);
-                        loop {
-                            match c.decoder.next_frame() {
-                                Ok(Some(f)) => frames.push(f),
-                                Ok(None) => break,
-                                Err(e) => {
-                                    problem = Some(e.to_string());
-                                    frame_problem = true;
-                                    break;
-                                }
-                            }
-                        }
-                        if problem.is_some() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        problem = Some(e.to_string());
-                        break;
-                    }
-                }
+            if c.waiting {
+                return;
             }
+            let want = c.want();
+            if !self.reserve(t, want) {
+                self.wait_for_budget(t);
+                return;
+            }
+            if quota == 0 {
+                self.settle(t);
+                self.to_read.push(t);
+                return;
+            }
+            let c = self.conns.get_mut(&t).expect("present");
+            let room = (want - c.decoder.buffered()).min(quota).min(buf.len());
+            match c.stream.read(&mut buf[..room]) {
+                Ok(0) => {
+                    break match c.decoder.finish() {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "closed by peer".into(),
+                    };
+                }
+                Ok(n) => {
+                    quota -= n;
+                    let now = Instant::now();
+                    c.last_active = now;
+                    c.decoder.extend_bounded(&buf[..n], c.reserved);
+                    debug_assert!(c.decoder.capacity() <= c.reserved.max(c.decoder.buffered()));
+                    c.frame_started.get_or_insert(now);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.settle(t);
+                    return;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        if self.conns.get(&t).is_some_and(Conn::mid_handshake) {
+            self.count_auth_failure();
+            self.refuse(
+                t,
+                &format!(
+                    "connection lost during the authentication handshake ({problem}); \
+                     does the peer have the same cluster secret?"
+                ),
+            );
+        } else {
+            self.close(t, &problem);
         }
-        if frame_problem {
-            self.count_frame_error();
-        }
-        // Frames decoded before a stream problem are still handled, in order.
-        for f in frames {
+    }
+
+    /// Decodes and handles the complete frames the connection has buffered.
+    fn handle_buffered(&mut self, t: Token) -> Handled {
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else {
+                return Handled::Closed;
+            };
+            let f = match c.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Handled::Open,
+                Err(e) => {
+                    self.count_frame_error();
+                    self.refuse(t, &e.to_string());
+                    return Handled::Closed;
+                }
+            };
+            c.frame_started = (c.decoder.buffered() > 0).then(Instant::now);
             match self.on_frame(t, f) {
                 Ok(()) => {}
                 Err(Refusal::Protocol(why)) => {
                     self.count_frame_error();
                     self.refuse(t, &why);
-                    return;
+                    return Handled::Closed;
                 }
                 Err(Refusal::Auth { why, kind }) => {
                     self.count_frame_error();
@@ -634,25 +948,90 @@ impl<A: App> TcpNode<A> {
                         bump(k(&self.stats));
                     }
                     self.refuse(t, &why);
-                    return;
+                    return Handled::Closed;
                 }
             }
         }
-        if let Some(why) = problem {
-            if !frame_problem && self.conns.get(&t).is_some_and(Conn::mid_handshake) {
-                self.count_auth_failure();
-                self.refuse(
-                    t,
-                    &format!(
-                        "connection lost during the authentication handshake ({why}); \
-                         does the peer have the same cluster secret?"
-                    ),
-                );
-            } else if frame_problem {
-                self.refuse(t, &why);
-            } else {
-                self.close(t, &why);
+    }
+
+    /// Raises the connection's reservation to `want` if the budget has room (or it holds that
+    /// much already).
+    fn reserve(&mut self, t: Token, want: usize) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else {
+            return false;
+        };
+        if c.reserved >= want {
+            return true;
+        }
+        let extra = want - c.reserved;
+        if self.budget.used + extra > self.budget.max {
+            return false;
+        }
+        self.budget.used += extra;
+        c.reserved = want;
+        true
+    }
+
+    /// Stops reading the connection until the budget has room for it.
+    fn wait_for_budget(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
+        c.waiting = true;
+        c.frame_started = None;
+        bump(&self.stats.budget_waits);
+        tracing::debug!(
+            me = %self.node.id(),
+            want = c.want(),
+            used = self.budget.used,
+            max = self.budget.max,
+            "inbound budget full; connection waits"
+        );
+        self.budget.waiting.push_back(t);
+        self.settle(t);
+    }
+
+    /// Gives back buffer memory and budget the connection no longer needs, and admits waiting
+    /// connections with it.
+    fn settle(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
+        let keep_capacity = if c.decoder.buffered() == 0 && c.established() {
+            READ_CHUNK
+        } else {
+            0
+        };
+        if c.decoder
+            .head_frame_bytes()
+            .is_none_or(|n| n <= Limits::SMALL_FRAME_BYTES)
+        {
+            c.decoder.shrink_to(keep_capacity);
+        }
+        let keep = c.keep();
+        if keep < c.reserved {
+            self.budget.used -= c.reserved - keep;
+            c.reserved = keep;
+            self.admit_waiting();
+        }
+    }
+
+    /// Admits waiting connections, in arrival order, while the budget has room for the first.
+    fn admit_waiting(&mut self) {
+        while let Some(&t) = self.budget.waiting.front() {
+            let Some(c) = self.conns.get(&t).filter(|c| c.waiting) else {
+                self.budget.waiting.pop_front();
+                continue;
+            };
+            let want = c.want();
+            if !self.reserve(t, want) {
+                return;
             }
+            self.budget.waiting.pop_front();
+            let c = self.conns.get_mut(&t).expect("present");
+            c.waiting = false;
+            c.frame_started = (c.decoder.buffered() > 0).then(Instant::now);
+            self.to_read.push(t);
         }
     }
 
@@ -676,7 +1055,9 @@ impl<A: App> TcpNode<A> {
                     match (&self.secret, nonce) {
                         (None, None) => {
                             *state = Inbound::Ready { peer: node };
-                            self.inbound_ready(node);
+                            c.decoder.set_max(FRAME_BYTES_MAX);
+                            bump(&self.stats.handshakes);
+                            self.inbound_ready(t, node);
                             Ok(())
                         }
                         (Some(_), None) => Err(Refusal::Auth {
@@ -726,8 +1107,9 @@ impl<A: App> TcpNode<A> {
                         });
                     }
                     *state = Inbound::Ready { peer };
+                    c.decoder.set_max(FRAME_BYTES_MAX);
                     bump(&self.stats.handshakes);
-                    self.inbound_ready(peer);
+                    self.inbound_ready(t, peer);
                     Ok(())
                 }
                 (Inbound::Ready { peer }, Frame::Msg(m)) => {
@@ -806,8 +1188,13 @@ impl<A: App> TcpNode<A> {
     }
 
     /// An inbound link from `node` accepts messages from now on.
-    fn inbound_ready(&mut self, node: NodeId) {
+    fn inbound_ready(&mut self, t: Token, node: NodeId) {
         tracing::debug!(me = %self.node.id(), peer = %node, "inbound link up");
+        // One established inbound link per peer: an older one is a half-open leftover of a
+        // connection the peer gave up (or, without a secret, a stranger's claim).
+        if let Some(old) = self.inbound_of.insert(node, t).filter(|&old| old != t) {
+            self.close(old, "replaced by a newer connection from the same node");
+        }
         // A peer that just dialled us is up: dial it back now rather than after our
         // backoff (a client that starts late would otherwise wait up to a second for
         // its first replies).
@@ -937,6 +1324,24 @@ impl<A: App> TcpNode<A> {
             return;
         };
         let _ = self.poll.registry().deregister(&mut c.stream);
+        self.budget.used -= c.reserved;
+        if let Some(ip) = c.ip {
+            self.inbound -= 1;
+            if let Some(n) = self.inbound_per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.inbound_per_ip.remove(&ip);
+                }
+            }
+        }
+        if let Role::Inbound(Inbound::Ready { peer }) = c.role {
+            if self.inbound_of.get(&peer) == Some(&t) {
+                self.inbound_of.remove(&peer);
+            }
+        }
+        if c.reserved > 0 {
+            self.admit_waiting();
+        }
         if let Role::Outbound { peer, .. } = c.role {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.conn = None;
@@ -946,23 +1351,16 @@ impl<A: App> TcpNode<A> {
         }
     }
 
-    /// Closes the connections whose authentication handshake has taken too long.
-    fn expire_handshakes(&mut self, now: Instant) {
-        if self.secret.is_none() || now < self.next_handshake_check {
+    /// Closes the connections past their handshake or frame deadline.
+    fn expire(&mut self, now: Instant) {
+        if now < self.next_deadline_check {
             return;
         }
-        self.next_handshake_check = now + HANDSHAKE_CHECK_EVERY;
-        let late: Vec<(Token, bool)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                let in_handshake = match &c.role {
-                    Role::Outbound { awaiting, .. } => awaiting.is_some(),
-                    Role::Inbound(state) => !matches!(state, Inbound::Ready { .. }),
-                };
-                in_handshake && now.duration_since(c.opened) >= self.handshake_timeout
-            })
-            .map(|(&t, c)| {
+        self.next_deadline_check = now + DEADLINE_CHECK_EVERY;
+        let mut late_handshakes = Vec::new();
+        let mut late_frames = Vec::new();
+        for (&t, c) in &self.conns {
+            if !c.established() && now.duration_since(c.opened) >= self.handshake_deadline {
                 let connecting = matches!(
                     c.role,
                     Role::Outbound {
@@ -970,20 +1368,37 @@ impl<A: App> TcpNode<A> {
                         ..
                     }
                 );
-                (t, connecting)
-            })
-            .collect();
-        for (t, connecting) in late {
+                late_handshakes.push((t, connecting));
+            } else if c
+                .frame_started
+                .is_some_and(|s| !c.waiting && now.duration_since(s) >= self.frame_deadline)
+            {
+                late_frames.push((t, c.decoder.buffered(), c.decoder.head_frame_bytes()));
+            }
+        }
+        for (t, connecting) in late_handshakes {
             if connecting {
                 // Not an authentication problem: the peer is unreachable. Dial again later.
                 self.close(t, "connect timed out");
                 continue;
             }
-            self.count_auth_failure();
+            if self.secret.is_some() {
+                self.count_auth_failure();
+            }
             bump(&self.stats.handshake_timeouts);
             let why = format!(
-                "authentication handshake not completed within {:?}",
-                self.handshake_timeout
+                "handshake not completed within {:?} ([limits] handshake_deadline_ms)",
+                self.handshake_deadline
+            );
+            self.refuse(t, &why);
+        }
+        for (t, have, need) in late_frames {
+            bump(&self.stats.frame_timeouts);
+            let need = need.map_or("?".to_string(), |n| n.to_string());
+            let why = format!(
+                "frame not completed within {:?} ({have} of {need} bytes; [limits] \
+                 frame_deadline_ms)",
+                self.frame_deadline
             );
             self.refuse(t, &why);
         }
@@ -1104,12 +1519,24 @@ impl<A: App> TcpNode<A> {
                         connected: false,
                         awaiting: nonce,
                     },
-                    decoder: FrameDecoder::new(Bitcode, cluster),
+                    // Acceptors write only a `Challenge` on a link.
+                    decoder: FrameDecoder::with_max(Bitcode, cluster, HANDSHAKE_FRAME_BYTES_MAX),
                     wbuf,
                     wpos: 0,
                     opened: now,
+                    ip: None,
+                    reserved: 0,
+                    frame_started: None,
+                    last_active: now,
+                    waiting: false,
                 },
             );
         }
     }
+}
+
+/// Whether a connection is still open after handling its buffered frames.
+enum Handled {
+    Open,
+    Closed,
 }
