@@ -42,12 +42,28 @@
 //! What it does not: frames after the handshake are neither encrypted nor integrity-protected.
 //! Anyone who can read the network path sees the traffic, and a man-in-the-middle who relays
 //! an honest handshake can then inject, alter or drop messages on that connection. Protecting
-//! that needs transport security (mutual TLS, or a VPN or private network between the nodes).
-//! The secret also authenticates *membership*, not individual nodes: any holder of the secret
-//! can claim any node id of the cluster.
+//! that needs transport security (the `[tls]` below, or a VPN or private network between the
+//! nodes). The secret also authenticates *membership*, not individual nodes: any holder of the
+//! secret can claim any node id of the cluster.
 //!
-//! Without a secret, links are not authenticated and behave as before the handshake existed:
-//! a `Hello` without nonce, then messages.
+//! Without a secret (and without TLS), links are not authenticated: a `Hello` without nonce,
+//! then messages. [`TcpNode::bind`] refuses to run so unless the configuration allows it
+//! ([`ClusterConfig::insecure`], a binary's `--insecure`).
+//!
+//! # TLS
+//!
+//! With a `[tls]` table ([`crate::config::TlsFiles`]), every connection is TLS 1.3 (rustls,
+//! ring provider) before its first frame, and the frames above ride inside it. Both ends
+//! present a certificate and verify the other's chain to the cluster CA; the dialer also
+//! verifies that the acceptor's certificate names the member it dialled, and the acceptor that
+//! the node its `Hello` claims is the member the dialer's certificate names
+//! ([`crate::credentials::member_name`]): a member proves *which* member it is, as etcd's peer
+//! TLS does, and traffic is encrypted and integrity-protected. A certificate from another CA,
+//! a claim of another member's id (`tls_identity_mismatches`), or plaintext on a TLS port
+//! (`tls_failures`) closes the connection with a logged reason. The TLS handshake counts
+//! against the handshake deadline; a dialer's frames wait until it is complete. A node whose
+//! own certificate does not name it refuses to start. TLS and a secret may be combined (the
+//! HMAC handshake then runs inside TLS); TLS alone is enough to start without `--insecure`.
 
 //!
 //! # Limits
