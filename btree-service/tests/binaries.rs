@@ -432,3 +432,62 @@ fn write_config_writes_a_secret_and_nodes_refuse_to_run_without_one() {
     assert_eq!(answer, "10");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--write-config --tls`: a cluster CA and a certificate per node (clients included) are
+/// written beside the deployment, the servers run mutual TLS between each other and with the
+/// client, and the client's commands are answered.
+#[test]
+fn write_config_tls_deployment_serves_clients() {
+    let dir = std::env::temp_dir().join(format!("chorus-btree-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let base = free_ports_from(44000, 6);
+    let out = Command::new(SERVER)
+        .args(["--write-config", config.to_str().unwrap(), "--tls"])
+        .args([
+            "--replicas",
+            "3",
+            "--workers",
+            "1",
+            "--clients",
+            "1",
+            "--prefill",
+            "10",
+        ])
+        .args(["--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[tls]"), "{text}");
+    for f in [
+        "ca.crt",
+        "node-1.crt",
+        "node-3.key",
+        "node-1000.crt",
+        "node-1000.key",
+    ] {
+        assert!(dir.join("deployment.tls").join(f).exists(), "{f} missing");
+    }
+    let servers = Processes(
+        (1..=3)
+            .map(|n| {
+                Command::new(SERVER)
+                    .args(["--config", config.to_str().unwrap()])
+                    .args(["--node", &n.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let (ok, put) = client(&config, &["put", "42", "over-tls"]);
+    assert!(ok, "{put}");
+    let (ok, got) = client(&config, &["get", "42"]);
+    drop(servers);
+    assert!(ok, "{got}");
+    assert_eq!(got, "over-tls");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -325,6 +325,61 @@ impl Durability {
     }
 }
 
+/// Mutual TLS between the nodes (the `[tls]` table of the cluster file; see
+/// [`crate::runtime::tcp`], "TLS"). Paths are PEM files, resolved like `secret_file` (a
+/// relative path against the node's working directory); `{node}` in `cert_file` and `key_file`
+/// stands for the node's id, so one cluster file serves every member:
+///
+/// ```toml
+/// [tls]
+/// ca_file = "d.tls/ca.crt"
+/// cert_file = "d.tls/node-{node}.crt"
+/// key_file = "d.tls/node-{node}.key"
+/// ```
+///
+/// Every member's certificate must chain to the CA and name the member as a DNS subject
+/// alternative name [`crate::credentials::member_name`] (`node-<id>.cluster-<cluster id in
+/// hex>.chorus`). `btree-server --write-config --tls` and `chirper-server --write-config --tls`
+/// write such a CA and one certificate and key per node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate(s).
+    pub ca_file: String,
+    /// This node's certificate chain (`{node}`: its id).
+    pub cert_file: String,
+    /// This node's private key (`{node}`: its id).
+    pub key_file: String,
+}
+
+impl TlsFiles {
+    /// `cert_file` for node `id`.
+    pub fn cert_of(&self, id: NodeId) -> String {
+        self.cert_file.replace("{node}", &id.0.to_string())
+    }
+
+    /// `key_file` for node `id`.
+    pub fn key_of(&self, id: NodeId) -> String {
+        self.key_file.replace("{node}", &id.0.to_string())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if v.trim().is_empty() {
+                return Err(ConfigError::File {
+                    path: "<text>".into(),
+                    reason: format!("[tls] {key} is empty; name a PEM file"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A validated cluster configuration. Build with [`ClusterConfig::new`] or [`ClusterConfig::from_toml`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
@@ -358,6 +413,9 @@ pub struct ClusterConfig {
     /// refuses to otherwise). Set by a binary's `--insecure` flag; never read from or written
     /// to the cluster file, so a file cannot turn authentication off by itself.
     pub insecure: bool,
+    /// Mutual TLS between the nodes (the `[tls]` table; `None`: plain TCP). Set with
+    /// [`ClusterConfig::with_tls`].
+    pub tls: Option<TlsFiles>,
     derived: Arc<Derived>,
 }
 
@@ -444,6 +502,7 @@ impl ClusterConfig {
             durability: Durability::Memory,
             limits: Limits::default(),
             insecure: false,
+            tls: None,
             derived: Arc::default(),
         };
         let mut d = Derived::default();
@@ -512,6 +571,12 @@ impl ClusterConfig {
     /// names no secret and no TLS (see [`ClusterConfig::insecure`]).
     pub fn with_insecure(mut self, insecure: bool) -> Self {
         self.insecure = insecure;
+        self
+    }
+
+    /// This configuration with mutual TLS between its nodes (see [`TlsFiles`]).
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -658,6 +723,8 @@ mod toml_form {
         tuning: Tuning,
         #[serde(default, skip_serializing_if = "Limits::is_default")]
         limits: Limits,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<TlsFiles>,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -757,6 +824,10 @@ mod toml_form {
             )?;
             let mut cfg = ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)?;
             cfg.secret_file = self.secret_file;
+            if let Some(t) = &self.tls {
+                t.check()?;
+            }
+            cfg.tls = self.tls;
             cfg.with_durability(durability)?.with_limits(self.limits)
         }
 
@@ -794,6 +865,7 @@ mod toml_form {
                     .collect(),
                 tuning: c.tuning.clone(),
                 limits: c.limits.clone(),
+                tls: c.tls.clone(),
             }
         }
     }

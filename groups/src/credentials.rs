@@ -6,7 +6,8 @@
 //!
 //! Files holding secrets (the cluster secret, private keys) are created with mode 0600.
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, TlsFiles};
+use crate::ids::NodeId;
 use rand::TryRng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,86 @@ pub fn beside(config_path: &Path, extension: &str) -> PathBuf {
 pub fn with_new_secret(cfg: ClusterConfig, path: &Path) -> Result<ClusterConfig, CredentialError> {
     write_secret_file(path)?;
     Ok(cfg.with_secret_file(path.display().to_string()))
+}
+
+/// The DNS name that identifies node `node` of cluster `cluster_id` in its TLS certificate (a
+/// subject alternative name): `node-<id>.cluster-<cluster id in hex>.chorus`. A dialer checks
+/// the acceptor's certificate for it; an acceptor checks the dialer's for the node its `Hello`
+/// claims.
+pub fn member_name(cluster_id: u64, node: NodeId) -> String {
+    format!("node-{}.cluster-{cluster_id:x}.chorus", node.0)
+}
+
+/// Writes a fresh cluster CA (`ca.crt`) and, for every node of `cfg` (clients included), a
+/// certificate naming it ([`member_name`], for server and client authentication) and its key
+/// (`node-<id>.crt`, `node-<id>.key`) into `dir` (created, mode 0700; every file mode 0600).
+/// ECDSA P-256 keys. The CA's own key is not kept: a member added later needs a new set (or
+/// certificates from your own CA, given by path in `[tls]`). Returns the `[tls]` paths.
+pub fn write_tls(cfg: &ClusterConfig, dir: &Path) -> Result<TlsFiles, CredentialError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let cert_err = |e: rcgen::Error| CredentialError::Certificate(e.to_string());
+    let mut mk = std::fs::DirBuilder::new();
+    mk.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        mk.mode(0o700);
+    }
+    mk.create(dir).map_err(|e| CredentialError::File {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let ca_key = KeyPair::generate().map_err(cert_err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("Chorus cluster {:x} CA", cfg.cluster_id),
+    );
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).map_err(cert_err)?;
+    write_private(&dir.join("ca.crt"), ca_cert.pem().as_bytes())?;
+    let issuer = Issuer::new(ca, ca_key);
+    for n in &cfg.nodes {
+        let name = member_name(cfg.cluster_id, n.id);
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut p = CertificateParams::new(vec![name.clone()]).map_err(cert_err)?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer).map_err(cert_err)?;
+        write_private(
+            &dir.join(format!("node-{}.crt", n.id.0)),
+            cert.pem().as_bytes(),
+        )?;
+        write_private(
+            &dir.join(format!("node-{}.key", n.id.0)),
+            key.serialize_pem().as_bytes(),
+        )?;
+    }
+    let at = |f: &str| dir.join(f).display().to_string();
+    Ok(TlsFiles {
+        ca_file: at("ca.crt"),
+        cert_file: at("node-{node}.crt"),
+        key_file: at("node-{node}.key"),
+    })
+}
+
+/// `cfg` with a fresh CA and member certificates written to `dir` ([`write_tls`]) and named
+/// in its `[tls]` table.
+pub fn with_new_tls(cfg: ClusterConfig, dir: &Path) -> Result<ClusterConfig, CredentialError> {
+    let files = write_tls(&cfg, dir)?;
+    Ok(cfg.with_tls(files))
 }
 
 #[cfg(test)]

@@ -686,7 +686,7 @@ pub fn render_node(s: &NodeSnapshot, e: &mut Exposition) {
 /// refused frames, the outcomes of handshakes, refusals under the [`crate::config::Limits`]
 /// and accept failures ([`crate::runtime::tcp::LinkStats`]).
 pub fn render_links(c: &crate::runtime::tcp::LinkCounts, e: &mut Exposition) {
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "chorus_link_frame_errors_total",
             "Frames from peers refused as malformed or out of turn.",
@@ -746,6 +746,16 @@ pub fn render_links(c: &crate::runtime::tcp::LinkCounts, e: &mut Exposition) {
             "chorus_link_accept_errors_total",
             "Failed accepts (out of descriptors, buffers or memory, or other errors).",
             c.accept_errors,
+        ),
+        (
+            "chorus_link_tls_failures_total",
+            "TLS handshakes refused or broken (certificate, plaintext stranger).",
+            c.tls_failures,
+        ),
+        (
+            "chorus_link_tls_identity_mismatches_total",
+            "Hellos claiming another node than the dialer's TLS certificate names.",
+            c.tls_identity_mismatches,
         ),
         (
             "chorus_link_accept_shed_total",

@@ -85,13 +85,14 @@ pub fn tree_config(plan: &Plan) -> TreeConfig {
 }
 
 impl Cluster {
-    /// Starts three replicas (memory or disk logs) and waits until one `Get` is answered.
-    pub fn start(plan: &Plan, durable: bool) -> Result<Cluster, String> {
+    /// Starts three replicas (memory or disk logs; mutual TLS on every link with `tls`) and
+    /// waits until one `Get` is answered.
+    pub fn start(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
         let bin = server_binary()?;
-        let dir = TempDir::new(if durable {
-            "chorus-disk"
-        } else {
-            "chorus-memory"
+        let dir = TempDir::new(match (durable, tls) {
+            (true, _) => "chorus-disk",
+            (false, true) => "chorus-memory-tls",
+            (false, false) => "chorus-memory",
         })?;
         let workers = plan.effective_chorus_workers();
         let tuning = Tuning {
@@ -123,6 +124,10 @@ impl Cluster {
                     .map_err(|e| e.to_string())?,
                 &dir.path().join("cluster.secret"),
             )
+            .and_then(|c| match tls {
+                true => groups::credentials::with_new_tls(c, &dir.path().join("tls")),
+                false => Ok(c),
+            })
             .map_err(|e| e.to_string())?,
         };
         let path = dir.path().join("deployment.toml");

@@ -87,6 +87,10 @@ struct Args {
     /// replica still takes part in those others ask for and recovers by transfer).
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_every: u64,
+    /// With --write-config: also write a cluster CA and a certificate and key per node (in
+    /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
+    #[arg(long)]
+    tls: bool,
     /// Run without authentication when the deployment file names no secret_file (a TCP node
     /// refuses to start without one otherwise): any process that can reach the ports can join.
     #[arg(long)]
@@ -152,6 +156,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 .with_durability(durability)
                 .map_err(|e| e.to_string())?,
             path,
+            args.tls,
         )?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -42,12 +42,28 @@
 //! What it does not: frames after the handshake are neither encrypted nor integrity-protected.
 //! Anyone who can read the network path sees the traffic, and a man-in-the-middle who relays
 //! an honest handshake can then inject, alter or drop messages on that connection. Protecting
-//! that needs transport security (mutual TLS, or a VPN or private network between the nodes).
-//! The secret also authenticates *membership*, not individual nodes: any holder of the secret
-//! can claim any node id of the cluster.
+//! that needs transport security (the `[tls]` below, or a VPN or private network between the
+//! nodes). The secret also authenticates *membership*, not individual nodes: any holder of the
+//! secret can claim any node id of the cluster.
 //!
-//! Without a secret, links are not authenticated and behave as before the handshake existed:
-//! a `Hello` without nonce, then messages.
+//! Without a secret (and without TLS), links are not authenticated: a `Hello` without nonce,
+//! then messages. [`TcpNode::bind`] refuses to run so unless the configuration allows it
+//! ([`ClusterConfig::insecure`], a binary's `--insecure`).
+//!
+//! # TLS
+//!
+//! With a `[tls]` table ([`crate::config::TlsFiles`]), every connection is TLS 1.3 (rustls,
+//! ring provider) before its first frame, and the frames above ride inside it. Both ends
+//! present a certificate and verify the other's chain to the cluster CA; the dialer also
+//! verifies that the acceptor's certificate names the member it dialled, and the acceptor that
+//! the node its `Hello` claims is the member the dialer's certificate names
+//! ([`crate::credentials::member_name`]): a member proves *which* member it is, as etcd's peer
+//! TLS does, and traffic is encrypted and integrity-protected. A certificate from another CA,
+//! a claim of another member's id (`tls_identity_mismatches`), or plaintext on a TLS port
+//! (`tls_failures`) closes the connection with a logged reason. The TLS handshake counts
+//! against the handshake deadline; a dialer's frames wait until it is complete. A node whose
+//! own certificate does not name it refuses to start. TLS and a secret may be combined (the
+//! HMAC handshake then runs inside TLS); TLS alone is enough to start without `--insecure`.
 
 //!
 //! # Limits
@@ -94,6 +110,7 @@
 
 mod auth;
 mod stats;
+mod tls;
 
 pub use auth::Secret;
 pub use stats::{LinkCounts, LinkStats};
@@ -168,6 +185,8 @@ pub enum TcpError {
          run without authentication on a network you trust"
     )]
     Unauthenticated,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("io: {0}")]
@@ -245,6 +264,10 @@ struct Conn {
     last_active: Instant,
     /// Not read until the budget has room for [`Conn::want`].
     waiting: bool,
+    /// The TLS layer, when the cluster has `[tls]`: frames ride inside it.
+    tls: Option<Box<rustls::Connection>>,
+    /// Why the TLS layer failed (a bad certificate, plaintext on a TLS port...).
+    tls_failed: Option<String>,
 }
 
 impl Conn {
@@ -259,9 +282,96 @@ impl Conn {
                 connected,
                 awaiting,
                 ..
-            } => *connected && awaiting.is_none(),
+            } => *connected && awaiting.is_none() && !self.tls_handshaking(),
             Role::Inbound(Inbound::Ready { .. }) => true,
             Role::Inbound(_) => false,
+        }
+    }
+
+    fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Whether bytes wait to be written: frames, or TLS records.
+    fn wants_write(&self) -> bool {
+        self.pending() > 0 || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Reads plaintext: from the socket, or from the TLS layer (feeding it what the socket
+    /// has, and sending its handshake answers). `Ok(0)` at the end of the stream.
+    fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Conn {
+            stream,
+            tls,
+            tls_failed,
+            ..
+        } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            return stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(stream)? == 0 {
+                return Ok(0);
+            }
+            if let Err(e) = tls.process_new_packets() {
+                *tls_failed = Some(e.to_string());
+                // The alert that says why.
+                let _ = tls.write_tls(stream);
+                return Err(io::Error::new(ErrorKind::InvalidData, e));
+            }
+            while tls.wants_write() {
+                match tls.write_tls(stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Writes what is pending, through the TLS layer when there is one (frames enter it once
+    /// its handshake is complete). `Err` with the reason when the connection failed.
+    fn write_pending(&mut self) -> Result<(), String> {
+        let Conn {
+            stream,
+            tls,
+            wbuf,
+            wpos,
+            ..
+        } = self;
+        let Some(tls) = tls.as_deref_mut() else {
+            while *wpos < wbuf.len() {
+                match stream.write(&wbuf[*wpos..]) {
+                    Ok(0) => return Err("write returned 0".into()),
+                    Ok(n) => *wpos += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            return Ok(());
+        };
+        loop {
+            if !tls.is_handshaking() && *wpos < wbuf.len() {
+                match tls.writer().write(&wbuf[*wpos..]) {
+                    Ok(n) => *wpos += n,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if !tls.wants_write() {
+                return Ok(());
+            }
+            match tls.write_tls(stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 
@@ -350,6 +460,7 @@ pub struct TcpNode<A: App> {
     app: A,
     cfg: Arc<ClusterConfig>,
     secret: Option<Secret>,
+    tls: Option<tls::TlsContext>,
     limits: Limits,
     handshake_deadline: Duration,
     frame_deadline: Duration,
@@ -479,10 +590,10 @@ impl<A: App> TcpNode<A> {
             Some(path) => Some(Secret::from_file(path)?),
             None => None,
         };
-        if secret.is_none() && !cfg.insecure {
+        if secret.is_none() && cfg.tls.is_none() && !cfg.insecure {
             return Err(TcpError::Unauthenticated);
         }
-        if secret.is_none() {
+        if secret.is_none() && cfg.tls.is_none() {
             tracing::warn!(
                 me = %node.id(),
                 "running without authentication (--insecure): any process that can reach this \
@@ -522,6 +633,10 @@ impl<A: App> TcpNode<A> {
             // Fail at start rather than at the first connection.
             fresh_nonce().map_err(io::Error::other)?;
         }
+        let tls = match &cfg.tls {
+            Some(files) => Some(tls::TlsContext::load(files, cfg.cluster_id, me)?),
+            None => None,
+        };
         let limits = cfg.limits.clone();
         let fds_needed = limits.inbound_connections_max as u64 + peers.len() as u64 + 64;
         if let Some(fds) = fd_limit().filter(|&l| l < fds_needed) {
@@ -550,6 +665,7 @@ impl<A: App> TcpNode<A> {
             node,
             app,
             secret,
+            tls,
             handshake_deadline: Duration::from_millis(limits.handshake_deadline_ms),
             frame_deadline: Duration::from_millis(limits.frame_deadline_ms),
             budget: Budget {
@@ -592,9 +708,9 @@ impl<A: App> TcpNode<A> {
         self.stats.clone()
     }
 
-    /// Whether links are authenticated.
+    /// Whether links are authenticated (by the cluster secret, or by TLS certificates).
     pub fn authenticates(&self) -> bool {
-        self.secret.is_some()
+        self.secret.is_some() || self.tls.is_some()
     }
 
     /// Changes the handshake deadline (default: the configuration's
@@ -787,6 +903,13 @@ impl<A: App> TcpNode<A> {
             }
             return;
         }
+        let tls = match self.tls.as_ref().map(tls::TlsContext::accept).transpose() {
+            Ok(t) => t.map(Box::new),
+            Err(why) => {
+                tracing::error!(me = %self.node.id(), reason = why, "cannot start TLS on an inbound connection");
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let t = self.token();
         if self
@@ -818,6 +941,8 @@ impl<A: App> TcpNode<A> {
                 frame_started: None,
                 last_active: now,
                 waiting: false,
+                tls,
+                tls_failed: None,
             },
         );
     }
@@ -881,7 +1006,7 @@ impl<A: App> TcpNode<A> {
             }
             let c = self.conns.get_mut(&t).expect("present");
             let room = (want - c.decoder.buffered()).min(quota).min(buf.len());
-            match c.stream.read(&mut buf[..room]) {
+            match c.read_plain(&mut buf[..room]) {
                 Ok(0) => {
                     break match c.decoder.finish() {
                         Err(e) => e.to_string(),
@@ -898,13 +1023,27 @@ impl<A: App> TcpNode<A> {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.settle(t);
+                    if self
+                        .conns
+                        .get(&t)
+                        .is_some_and(|c| c.tls.is_some() && c.wants_write())
+                    {
+                        // A TLS handshake may have answers left to write, or be done and let
+                        // the frames waiting for it go.
+                        self.flush(t);
+                        self.update_interest(t);
+                    }
                     return;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => break e.to_string(),
             }
         };
-        if self.conns.get(&t).is_some_and(Conn::mid_handshake) {
+        if let Some(why) = self.conns.get_mut(&t).and_then(|c| c.tls_failed.take()) {
+            self.count_auth_failure();
+            bump(&self.stats.tls_failures);
+            self.refuse(t, &format!("TLS: {why}"));
+        } else if self.conns.get(&t).is_some_and(Conn::mid_handshake) {
             self.count_auth_failure();
             self.refuse(
                 t,
@@ -1051,6 +1190,14 @@ impl<A: App> TcpNode<A> {
                     }
                     if self.cfg.node(node).is_none() {
                         return Err(Refusal::Protocol(format!("hello from unknown node {node}")));
+                    }
+                    if let (Some(ctx), Some(conn)) = (&self.tls, c.tls.as_deref()) {
+                        if let Err(why) = ctx.peer_is(conn, node) {
+                            return Err(Refusal::Auth {
+                                why: format!("hello claims node {node}, but {why}"),
+                                kind: Some(|s| &s.tls_identity_mismatches),
+                            });
+                        }
                     }
                     match (&self.secret, nonce) {
                         (None, None) => {
@@ -1256,23 +1403,7 @@ impl<A: App> TcpNode<A> {
         {
             return;
         }
-        let mut failed = None;
-        while c.pending() > 0 {
-            match c.stream.write(&c.wbuf[c.wpos..]) {
-                Ok(0) => {
-                    failed = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => c.wpos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        if let Some(why) = failed {
+        if let Err(why) = c.write_pending() {
             self.close(t, &why);
             return;
         }
@@ -1453,7 +1584,7 @@ impl<A: App> TcpNode<A> {
 
     fn update_interest(&mut self, t: Token) {
         if let Some(c) = self.conns.get_mut(&t) {
-            let interest = if c.pending() > 0 {
+            let interest = if c.wants_write() {
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
@@ -1485,6 +1616,13 @@ impl<A: App> TcpNode<A> {
                         continue;
                     }
                 },
+            };
+            let tls = match self.tls.as_ref().map(|c| c.dial(id)).transpose() {
+                Ok(t) => t.map(Box::new),
+                Err(why) => {
+                    tracing::error!(%me, peer = %id, reason = why, "cannot start TLS to dial");
+                    continue;
+                }
             };
             let Ok(mut stream) = TcpStream::connect(peer.addr) else {
                 continue;
@@ -1529,6 +1667,8 @@ impl<A: App> TcpNode<A> {
                     frame_started: None,
                     last_active: now,
                     waiting: false,
+                    tls,
+                    tls_failed: None,
                 },
             );
         }

@@ -66,6 +66,13 @@ link_stats! {
     /// Pending connections accepted and closed at once, with the spare descriptor, while the
     /// node was out of file descriptors (so they fail fast instead of hanging in the backlog).
     accept_shed,
+    /// TLS failures: handshakes refused (a certificate that does not chain to the cluster CA
+    /// or names another member than the one dialled, plaintext on a TLS port) or broken
+    /// records.
+    tls_failures,
+    /// `Hello`s whose node id is not the one the dialer's TLS certificate names (a member
+    /// claiming to be another).
+    tls_identity_mismatches,
     /// Gauge: inbound connections held now.
     inbound_connections,
     /// Gauge: bytes reserved now by the frame buffers of all connections (at most
