@@ -9,6 +9,9 @@
 //! * `chorus-memory`, `chorus-disk`: the replicated B+-tree (`btree-server` processes, logs in
 //!   memory or in fsynced write-ahead files), clients over the groups TCP runtime; reads are
 //!   `Get` commands ordered through the logs like writes (linearizable). Needs nothing else.
+//!   Every deployment authenticates its links with a generated secret.
+//! * `chorus-memory-tls` (not in the default list): `chorus-memory` with mutual TLS on every
+//!   link, to measure what TLS costs.
 //! * `etcd`, `zookeeper`: the Debian packages `etcd-server` and `zookeeper` (installed with
 //!   apt-get when missing, unless `--no-install`), driven with the `etcd-client` and
 //!   `zookeeper-client` crates. These need bench's `peers` cargo feature (etcd-client's build
@@ -50,12 +53,24 @@ use std::time::Duration;
 pub enum System {
     ChorusMemory,
     ChorusDisk,
+    /// `chorus-memory` with mutual TLS on every link (`--write-config --tls` certificates):
+    /// the cost of TLS, measured against `chorus-memory`.
+    ChorusMemoryTls,
     Etcd,
     Zookeeper,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 5] = [
+        System::ChorusMemory,
+        System::ChorusDisk,
+        System::ChorusMemoryTls,
+        System::Etcd,
+        System::Zookeeper,
+    ];
+
+    /// What `peers` measures when `--systems` is not given.
+    pub const DEFAULT: [System; 4] = [
         System::ChorusMemory,
         System::ChorusDisk,
         System::Etcd,
@@ -66,6 +81,7 @@ impl System {
         match self {
             System::ChorusMemory => "chorus-memory",
             System::ChorusDisk => "chorus-disk",
+            System::ChorusMemoryTls => "chorus-memory-tls",
             System::Etcd => "etcd",
             System::Zookeeper => "zookeeper",
         }
@@ -74,7 +90,7 @@ impl System {
     /// Whether a write is on disk (fsynced) at a majority before it is acknowledged.
     pub fn durability(self) -> &'static str {
         match self {
-            System::ChorusMemory => "memory (logs in RAM, no fsync)",
+            System::ChorusMemory | System::ChorusMemoryTls => "memory (logs in RAM, no fsync)",
             System::ChorusDisk => "fsync (write-ahead log per acceptor)",
             System::Etcd => "fsync (WAL, snapshot every 100000 entries)",
             System::Zookeeper => "fsync (forceSync=yes, snapCount=100000)",
@@ -84,6 +100,7 @@ impl System {
     pub fn client_library(self) -> &'static str {
         match self {
             System::ChorusMemory | System::ChorusDisk => "engine::client over groups TCP",
+            System::ChorusMemoryTls => "engine::client over groups TCP, mutual TLS 1.3 (rustls)",
             System::Etcd => "etcd-client 0.21 (tonic gRPC)",
             System::Zookeeper => "zookeeper-client 0.11 (kezhuw, tokio)",
         }
@@ -91,7 +108,7 @@ impl System {
 
     pub fn read_path(self) -> &'static str {
         match self {
-            System::ChorusMemory | System::ChorusDisk => {
+            System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
                 "Get ordered through the consensus log like writes"
             }
             System::Etcd => "Range, default linearizable (ReadIndex)",
@@ -100,7 +117,10 @@ impl System {
     }
 
     fn is_chorus(self) -> bool {
-        matches!(self, System::ChorusMemory | System::ChorusDisk)
+        matches!(
+            self,
+            System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls
+        )
     }
 }
 
@@ -149,7 +169,7 @@ pub struct Plan {
 impl Default for Plan {
     fn default() -> Self {
         Plan {
-            systems: System::ALL.to_vec(),
+            systems: System::DEFAULT.to_vec(),
             write_pcts: vec![100, 50, 5],
             outstanding: vec![1, 4, 16, 64],
             clients: 4,
@@ -443,10 +463,11 @@ fn measure_system(
 ) -> Result<(), String> {
     let points = plan.points();
     match system {
-        System::ChorusMemory | System::ChorusDisk => {
+        System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
             let durable = system == System::ChorusDisk;
+            let tls = system == System::ChorusMemoryTls;
             if !points.is_empty() {
-                let mut cluster = chorus::Cluster::start(plan, durable)?;
+                let mut cluster = chorus::Cluster::start(plan, durable, tls)?;
                 eprintln!(
                     "peers: {} up ({} btree-server processes)",
                     system.name(),
@@ -464,7 +485,7 @@ fn measure_system(
                 }
             }
             for &w in &plan.ycsb {
-                let m = chorus::Cluster::start_ycsb(plan, durable)
+                let m = chorus::Cluster::start_ycsb(plan, durable, tls)
                     .and_then(|mut c| c.measure_ycsb(plan, w));
                 report_ycsb(w, m);
             }

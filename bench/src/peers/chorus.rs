@@ -87,22 +87,28 @@ pub fn tree_config(plan: &Plan) -> TreeConfig {
 }
 
 impl Cluster {
-    /// Starts three replicas (memory or disk logs) and waits until one `Get` is answered.
-    pub fn start(plan: &Plan, durable: bool) -> Result<Cluster, String> {
-        Self::start_tree(plan, durable, tree_config(plan))
+    /// Starts three replicas (memory or disk logs; mutual TLS on every link with `tls`) and
+    /// waits until one `Get` is answered.
+    pub fn start(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
+        Self::start_tree(plan, durable, tls, tree_config(plan))
     }
 
     /// Like [`Cluster::start`], with the records of a YCSB run loaded.
-    pub fn start_ycsb(plan: &Plan, durable: bool) -> Result<Cluster, String> {
-        Self::start_tree(plan, durable, plan.ycsb_params.tree())
+    pub fn start_ycsb(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
+        Self::start_tree(plan, durable, tls, plan.ycsb_params.tree())
     }
 
-    fn start_tree(plan: &Plan, durable: bool, tree: TreeConfig) -> Result<Cluster, String> {
+    fn start_tree(
+        plan: &Plan,
+        durable: bool,
+        tls: bool,
+        tree: TreeConfig,
+    ) -> Result<Cluster, String> {
         let bin = server_binary()?;
-        let dir = TempDir::new(if durable {
-            "chorus-disk"
-        } else {
-            "chorus-memory"
+        let dir = TempDir::new(match (durable, tls) {
+            (true, _) => "chorus-disk",
+            (false, true) => "chorus-memory-tls",
+            (false, false) => "chorus-memory",
         })?;
         let workers = plan.effective_chorus_workers();
         let tuning = Tuning {
@@ -127,11 +133,18 @@ impl Cluster {
             workers,
             replicas: d.replicas.clone(),
             tree,
-            cluster: d
-                .config
-                .clone()
-                .with_durability(durability)
-                .map_err(|e| e.to_string())?,
+            cluster: groups::credentials::with_new_secret(
+                d.config
+                    .clone()
+                    .with_durability(durability)
+                    .map_err(|e| e.to_string())?,
+                &dir.path().join("cluster.secret"),
+            )
+            .and_then(|c| match tls {
+                true => groups::credentials::with_new_tls(c, &dir.path().join("tls")),
+                false => Ok(c),
+            })
+            .map_err(|e| e.to_string())?,
         };
         let path = dir.path().join("deployment.toml");
         std::fs::write(&path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -87,6 +87,14 @@ struct Args {
     /// replica still takes part in those others ask for and recovers by transfer).
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_every: u64,
+    /// With --write-config: also write a cluster CA and a certificate and key per node (in
+    /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
+    #[arg(long)]
+    tls: bool,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -143,10 +151,13 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
         workers,
         replicas: d.replicas.clone(),
         tree: tree(args),
-        cluster: d
-            .config
-            .with_durability(durability)
-            .map_err(|e| e.to_string())?,
+        cluster: engine::binary::with_credentials(
+            d.config
+                .with_durability(durability)
+                .map_err(|e| e.to_string())?,
+            path,
+            args.tls,
+        )?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     println!(
@@ -193,7 +204,8 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 .map_err(|e| format!("--metrics-addr {a:?}: {e} (expected e.g. 127.0.0.1:9100)"))
         })
         .transpose()?;
-    let file = DeploymentFile::read(path)?;
+    let mut file = DeploymentFile::read(path)?;
+    file.cluster.insecure = args.insecure;
     let me = NodeId(args.node.ok_or("--config needs --node")?);
     let node_cfg = file
         .cluster

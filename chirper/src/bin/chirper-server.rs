@@ -102,6 +102,14 @@ struct Args {
     /// the replica replays the logs).
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_every: u64,
+    /// With --write-config: also write a cluster CA and a certificate and key per node (in
+    /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
+    #[arg(long)]
+    tls: bool,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    insecure: bool,
 }
 
 enum NodeApp {
@@ -224,11 +232,15 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
     let file = DeploymentFile {
         section,
         scheme,
-        cluster: layout
-            .config
-            .clone()
-            .with_durability(durability)
-            .map_err(|e| e.to_string())?,
+        cluster: engine::binary::with_credentials(
+            layout
+                .config
+                .clone()
+                .with_durability(durability)
+                .map_err(|e| e.to_string())?,
+            path,
+            args.tls,
+        )?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     let servers: Vec<String> = layout
@@ -258,7 +270,8 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 .map_err(|e| format!("--metrics-addr {a:?}: {e} (expected e.g. 127.0.0.1:9100)"))
         })
         .transpose()?;
-    let file = DeploymentFile::read(path)?;
+    let mut file = DeploymentFile::read(path)?;
+    file.cluster.insecure = args.insecure;
     let me = NodeId(args.node.ok_or("--config needs --node")?);
     let role = file.role(me)?;
     let accepts = file.cluster.logs.iter().any(|l| l.acceptors.contains(&me));
