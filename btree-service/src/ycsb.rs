@@ -700,10 +700,11 @@ mod tests {
             .filter(|(share, _)| *share >= 50)
             .map(|(_, k)| k.name())
             .collect();
-            // The windows are wall-clock: on a loaded machine the first one may end before
-            // the records are loaded and any operation is measured, so a run that measured
-            // nothing is repeated with windows four times longer (at most three times). Every
-            // run must be free of wrong answers; the last must have measured the main kinds.
+            // The windows are wall-clock: on a loaded machine (load 9 on 2 cores) a 300 ms
+            // window once measured no operation of B at all, so a run that did not measure
+            // the workload's main kinds is repeated with windows four times longer (three
+            // runs at most). Every run must be free of wrong answers; one must have measured
+            // the main kinds.
             let mut kinds: Vec<&str> = Vec::new();
             for scale in [1u32, 4, 16] {
                 let p = crate::load::InProcess {
