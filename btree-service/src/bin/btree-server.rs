@@ -145,6 +145,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
         tree: tree(args),
         cluster: d
             .config
+            .with_cluster_id(engine::binary::random_cluster_id())
             .with_durability(durability)
             .map_err(|e| e.to_string())?,
     };

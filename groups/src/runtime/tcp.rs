@@ -554,7 +554,10 @@ impl<A: App> TcpNode<A> {
                             Conn {
                                 stream,
                                 role: Role::Inbound(Inbound::AwaitHello),
-                                decoder: FrameDecoder::new(Bitcode, self.cfg.cluster_id),
+                                decoder: FrameDecoder::new(
+                                    Bitcode,
+                                    self.cfg.cluster_id.frame_tag(),
+                                ),
                                 wbuf: Vec::new(),
                                 wpos: 0,
                                 opened: Instant::now(),
@@ -658,7 +661,7 @@ impl<A: App> TcpNode<A> {
 
     fn on_frame(&mut self, t: Token, f: Frame) -> Result<(), Refusal> {
         let me = self.node.id();
-        let cluster = self.cfg.cluster_id;
+        let cluster = self.cfg.cluster_id.frame_tag();
         let Some(c) = self.conns.get_mut(&t) else {
             return Ok(());
         };
@@ -991,7 +994,7 @@ impl<A: App> TcpNode<A> {
 
     fn send_outgoing(&mut self) {
         self.node.take_outgoing(&mut self.out);
-        let cluster = self.cfg.cluster_id;
+        let cluster = self.cfg.cluster_id.frame_tag();
         let mut touched = Vec::new();
         for (to, msg) in std::mem::take(&mut self.out) {
             let Some(peer) = self.peers.get_mut(&to) else {
@@ -1049,7 +1052,7 @@ impl<A: App> TcpNode<A> {
 
     fn redial(&mut self, now: Instant) {
         let me = self.node.id();
-        let cluster = self.cfg.cluster_id;
+        let cluster = self.cfg.cluster_id.frame_tag();
         let due: Vec<NodeId> = self
             .peers
             .iter()
