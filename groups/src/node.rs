@@ -17,6 +17,7 @@ use crate::feed::{Feed, FeedEvent};
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
 use crate::log::disk::{self, DiskError, DiskOptions, DiskStorage};
+use crate::log::identity;
 use crate::log::omni::{OmniPaxosLog, OmniTiming};
 use crate::log::solo::SoloLog;
 use crate::log::storage::{MemStorage, Shared};
@@ -116,6 +117,31 @@ pub(crate) fn log_over<B: Storage<LogEntry> + Send + 'static>(
         timing,
         storage,
     ))
+}
+
+/// Checks node `me`'s data directory under `data_dir` against its identity (cluster, node, the
+/// `logs` it keeps durably) before anything in it is touched, then creates it (a fresh node) or
+/// counts its incarnation up. See [`GroupsNode::durable`].
+fn open_node_dir(
+    cfg: &ClusterConfig,
+    me: NodeId,
+    data_dir: &Path,
+    logs: &[&LogConfig],
+) -> Result<identity::Identity, DiskError> {
+    let dir = disk::node_dir(data_dir, me);
+    let expected = identity::Identity::new(cfg.cluster_id, me, logs.iter().map(|l| l.id).collect());
+    let id = match identity::check_dir(&dir, &expected)? {
+        identity::Verdict::Fresh => {
+            disk::create_dir_durable(&dir)?;
+            expected
+        }
+        identity::Verdict::Known(found) => identity::Identity {
+            incarnation: found.incarnation + 1,
+            ..found
+        },
+    };
+    identity::write(&dir, &id)?;
+    Ok(id)
 }
 
 /// Counters of one node since it started (for metrics, benchmarks and tests).
@@ -244,6 +270,12 @@ impl GroupsNode {
     /// omnipaxos's fail-recovery path; its subscriptions replay the decided entries it still
     /// holds. Logs with a single acceptor (f = 0, [`SoloLog`]) stay in memory.
     ///
+    /// Before it opens anything, it checks the directory's identity file
+    /// ([`crate::log::identity`]): a directory of another cluster, node or set of logs, one
+    /// with files but no identity, or an identity it cannot read is refused
+    /// ([`DiskError::Identity`]) and left exactly as it was. A missing or empty directory is
+    /// created with its identity file; a known one gets its incarnation counted up.
+    ///
     /// Fails if a log file cannot be created or read, or is corrupt (a torn last write is
     /// not an error: it is cut off; see [`crate::log::disk`]).
     pub fn durable(
@@ -263,12 +295,14 @@ impl GroupsNode {
         data_dir: &Path,
         disk_opts: DiskOptions,
     ) -> Result<Self, DiskError> {
-        let mut stores = BTreeMap::new();
-        for lc in cfg
+        let durable_logs: Vec<&LogConfig> = cfg
             .logs
             .iter()
             .filter(|l| l.acceptors.len() > 1 && l.acceptors.contains(&me))
-        {
+            .collect();
+        open_node_dir(&cfg, me, data_dir, &durable_logs)?;
+        let mut stores = BTreeMap::new();
+        for lc in durable_logs {
             let path = disk::log_path(data_dir, me, lc.id);
             stores.insert(lc.id, DiskStorage::open_with(path, disk_opts)?);
         }

@@ -16,6 +16,7 @@
 //! [`disk::DiskStorage`] (a write-ahead file, synced before every acknowledgement).
 
 pub mod disk;
+pub mod identity;
 pub mod omni;
 pub mod solo;
 pub mod storage;
