@@ -63,9 +63,10 @@ impl<B: Storage<LogEntry> + Send> OmniPaxosLog<B> {
         me: NodeId,
         preferred_leader: NodeId,
         timing: OmniTiming,
-        storage: B,
+        mut storage: B,
     ) -> Self {
         assert!(acceptors.len() >= 2, "omnipaxos needs at least 2 acceptors");
+        repair_decided_beyond_end(&mut storage);
         let pos = acceptors
             .iter()
             .position(|&a| a == me)
@@ -142,6 +143,32 @@ impl<B: Storage<LogEntry> + Send> OmniPaxosLog<B> {
                 i += 1;
             }
         }
+    }
+}
+
+/// A stored decided index beyond the stored log's end (left by a leader that took a decided
+/// index from a promise whose log it did not adopt, e.g. one from another cluster's state) is
+/// cut back to the end before omnipaxos sees it: omnipaxos never lowers a decided index, and
+/// reads of a decided suffix that runs past the log return nothing, so such a log would deliver
+/// nothing more until it grew that far. Lowering the local mark is safe: the entries below it
+/// are unchanged, and the acceptor learns the decided index again from its leader.
+fn repair_decided_beyond_end<B: Storage<LogEntry>>(storage: &mut B) {
+    let (Ok(decided), Ok(compacted), Ok(len)) = (
+        storage.get_decided_idx(),
+        storage.get_compacted_idx(),
+        storage.get_log_len(),
+    ) else {
+        return;
+    };
+    // `get_log_len` counts the entries held, from the compacted index on.
+    let end = compacted + len;
+    if decided > end {
+        tracing::warn!(
+            decided,
+            end,
+            "stored decided index beyond the log's end; cutting it back"
+        );
+        let _ = storage.set_decided_idx(end);
     }
 }
 

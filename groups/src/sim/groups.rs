@@ -151,6 +151,12 @@ impl GroupsSim {
         &self.cfg
     }
 
+    /// The storage that acceptor `node` keeps for `log` across its crashes (its "disk"), for
+    /// inspection and for faults that replace what is on it.
+    pub fn storage(&self, node: NodeId, log: LogId) -> Option<&SimStorage> {
+        self.storages.get(&(node, log))
+    }
+
     /// Multicasts from `from` now; `None` if the node is down or the multicast was refused.
     pub fn multicast(&mut self, from: NodeId, dests: GroupSet, payload: Bytes) -> Option<MsgId> {
         let inc = self.sim.incarnation(from);
