@@ -109,6 +109,10 @@ impl LogServer {
         self.log.as_ref()
     }
 
+    pub fn log_mut(&mut self) -> &mut dyn OrderedLog {
+        self.log.as_mut()
+    }
+
     pub fn on_log_msg(&mut self, from: NodeId, msg: crate::message::LogMsg) {
         if let Err(e) = self.log.handle(from, msg) {
             self.rejected += 1;

@@ -68,10 +68,35 @@ fn start(cfg: &Arc<ClusterConfig>, node: u32, data_dir: &Path) -> Result<GroupsN
     GroupsNode::durable(cfg.clone(), NodeId(node), NodeOptions::default(), data_dir)
 }
 
-/// Node `node` of `cfg` creates its directory under `data_dir`, and its first log gets some
-/// acceptor state, as if it had run.
+/// Starts the three nodes of `cfg` on fresh directories under `data_dir` and passes their
+/// messages until every log has bootstrapped, which is when a durable node creates its
+/// directory (nobody holds state, so they start empty together).
+fn first_start(cfg: &Arc<ClusterConfig>, data_dir: &Path) {
+    let mut nodes: Vec<GroupsNode> = (1..=3)
+        .map(|n| start(cfg, n, data_dir).expect("fresh directory"))
+        .collect();
+    for _ in 0..10_000 {
+        if nodes.iter().all(|n| n.recovering().is_empty()) {
+            return;
+        }
+        let mut queue = Vec::new();
+        for n in nodes.iter_mut() {
+            n.tick();
+            let mut out = Vec::new();
+            n.take_outgoing(&mut out);
+            queue.extend(out.into_iter().map(|(to, m)| (n.id(), to, m)));
+        }
+        for (from, to, msg) in queue {
+            nodes[to.0 as usize - 1].handle(from, msg);
+        }
+    }
+    panic!("the nodes did not bootstrap");
+}
+
+/// Node `node` of `cfg` creates its directory under `data_dir` (with its peers, see
+/// [`first_start`]), and its first log gets some acceptor state, as if it had run.
 fn lived_in(cfg: &Arc<ClusterConfig>, node: u32, data_dir: &Path) {
-    drop(start(cfg, node, data_dir).expect("fresh directory"));
+    first_start(cfg, data_dir);
     let path = disk::log_path(data_dir, NodeId(node), cfg.logs[0].id);
     let mut s = DiskStorage::open(&path).unwrap();
     s.write_atomically(vec![
@@ -129,7 +154,11 @@ fn refused(r: Result<GroupsNode, DiskError>) -> IdentityError {
 fn a_fresh_directory_gets_an_identity_and_every_restart_counts_up() {
     let data = temp_dir("fresh");
     let a = cluster(CLUSTER_A, 2);
+    // Alone, a node without a directory creates nothing: it must first hear that nobody
+    // holds state (or recover it).
     drop(start(&a, 3, &data).unwrap());
+    assert!(!data.join("node-3").exists());
+    first_start(&a, &data);
     let dir = disk::node_dir(&data, NodeId(3));
     let text = std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap();
     let id = Identity::parse(&text).unwrap();
@@ -142,13 +171,22 @@ fn a_fresh_directory_gets_an_identity_and_every_restart_counts_up() {
     drop(start(&a, 3, &data).unwrap());
     let id = Identity::parse(&std::fs::read_to_string(dir.join(IDENTITY_FILE)).unwrap()).unwrap();
     assert_eq!(id.incarnation, 3);
-    // A creation cut short before the rename left only the temporary file: still fresh.
+    // Creations cut short: a temporary identity alone in the directory, or a half-assembled
+    // `node-N.creating`; both count as fresh and are replaced.
     let data2 = temp_dir("fresh-tmp");
     let dir2 = disk::node_dir(&data2, NodeId(1));
     std::fs::create_dir_all(&dir2).unwrap();
     std::fs::write(dir2.join("IDENTITY.tmp"), b"chorus-data-dir").unwrap();
-    drop(start(&a, 1, &data2).unwrap());
+    let half = data2.join("node-2.creating");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("log-0.wal"), b"CHORWAL\x01 half").unwrap();
+    first_start(&a, &data2);
     assert!(dir2.join(IDENTITY_FILE).exists());
+    assert!(!dir2.join("IDENTITY.tmp").exists());
+    assert!(!half.exists());
+    assert!(disk::node_dir(&data2, NodeId(2))
+        .join(IDENTITY_FILE)
+        .exists());
 }
 
 #[test]
@@ -185,6 +223,7 @@ fn another_nodes_directory_is_refused_and_left_untouched() {
     let a = cluster(CLUSTER_A, 2);
     lived_in(&a, 2, &data);
     let dir = disk::node_dir(&data, NodeId(3));
+    std::fs::remove_dir_all(&dir).unwrap();
     std::fs::rename(disk::node_dir(&data, NodeId(2)), &dir).unwrap();
     add_repairable_damage(&dir);
     let before = snapshot(&data);

@@ -102,6 +102,11 @@ struct Args {
     /// the replica replays the logs).
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_every: u64,
+    /// With durability = "disk" (with --config): if this node's data directory is missing
+    /// while its peers hold state (it lost its data), copy that state from them before voting
+    /// instead of refusing to start. A node in memory always does this.
+    #[arg(long)]
+    recover: bool,
 }
 
 enum NodeApp {
@@ -277,6 +282,7 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
             // A checkpointing replica merges its logs itself (it must record and move its
             // merge position).
             merge_locally: !checkpointing,
+            recover: args.recover,
             ..NodeOptions::fresh()
         },
     )
@@ -443,6 +449,11 @@ fn main() -> ExitCode {
     };
     let result = engine::binary::check_server_flags(&flags)
         .and_then(|()| {
+            if args.recover && (args.config.is_none() || args.write_config.is_some()) {
+                return Err(
+                    "--recover needs --config and --node (a node of a TCP deployment)".into(),
+                );
+            }
             if args.checkpoint_every > 0 && (args.config.is_none() || args.write_config.is_some()) {
                 Err(
                     "--checkpoint-every needs --config and --node (a node of a TCP deployment)"

@@ -237,6 +237,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
     }
 }
 
+/// Syncs the directory `dir` itself, so an entry created or renamed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
 /// Syncs the directory holding `path`, so a file created or renamed in it survives a crash.
 fn sync_parent(path: &Path) -> Result<(), DiskError> {
     let dir = match path.parent() {

@@ -103,6 +103,9 @@ pub enum TcpError {
     SecretTooShort { origin: String, len: usize },
     #[error("io: {0}")]
     Io(#[from] io::Error),
+    /// The node refused to go on ([`GroupsNode::stopped`]): for example it lost its data.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// The cluster secret that authenticates peers (see the module documentation). Its bytes are
@@ -514,6 +517,11 @@ impl<A: App> TcpNode<A> {
             }
             self.app.step(&mut self.node);
             self.send_outgoing();
+            if let Some(why) = self.node.stopped() {
+                self.app.detach(&mut self.node);
+                self.send_outgoing();
+                return Err(TcpError::Stopped(why));
+            }
             self.redial(now);
             self.expire_handshakes(now);
         }

@@ -24,6 +24,7 @@ use crate::ids::{LogId, MsgId, NodeId};
 use crate::node::{GroupsNode, NodeOptions};
 use crate::rmcast::RDelivery;
 use bytes::Bytes;
+use omnipaxos::storage::Storage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,6 +90,9 @@ pub struct GroupsSim {
     armed: BTreeMap<NodeId, StepCrash>,
     /// Nodes whose disk lies (see [`GroupsSim::set_lying_disk`]).
     lying: BTreeSet<NodeId>,
+    /// Nodes whose stored state was lost ([`GroupsSim::wipe`]) and not yet recovered: their
+    /// logs with nothing stored start recovering, as a real node that lost its data does.
+    wiped: BTreeSet<NodeId>,
     step_crashes: Vec<StepCrashRecord>,
     /// Writes lost by storage faults so far.
     lost_writes: usize,
@@ -110,6 +114,17 @@ pub struct GroupsSim {
 impl GroupsSim {
     pub fn new(cfg: ClusterConfig, opts: SimOptions) -> Self {
         let cfg = Arc::new(cfg);
+        Self::build(cfg, opts, BTreeSet::new())
+    }
+
+    /// A cluster whose acceptors all start without state, as a cluster in memory mode does:
+    /// their logs must bootstrap together ([`crate::log::recovery`]).
+    pub fn with_lost_state(cfg: ClusterConfig, opts: SimOptions) -> Self {
+        let all = cfg.nodes.iter().map(|n| n.id).collect();
+        Self::build(Arc::new(cfg), opts, all)
+    }
+
+    fn build(cfg: Arc<ClusterConfig>, opts: SimOptions, wiped: BTreeSet<NodeId>) -> Self {
         let clock = StepClock::default();
         let mut storages = BTreeMap::new();
         let mut writers = BTreeSet::new();
@@ -123,7 +138,7 @@ impl GroupsSim {
         }
         let mut sim = Sim::new(opts.seed, cfg.tuning.tick_us, Network::new(opts.net));
         for n in &cfg.nodes {
-            sim.add(n.id, make_node(&cfg, &storages, n.id, 0));
+            sim.add(n.id, make_node(&cfg, &storages, &wiped, n.id, 0));
         }
         GroupsSim {
             sim,
@@ -133,6 +148,7 @@ impl GroupsSim {
             writers,
             armed: BTreeMap::new(),
             lying: BTreeSet::new(),
+            wiped,
             step_crashes: Vec::new(),
             lost_writes: 0,
             fault_rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x70a2_d15c_c2a5_4ed0),
@@ -241,13 +257,35 @@ impl GroupsSim {
         self.lost_writes
     }
 
+    /// Crashes `node` (if it is up) and loses everything its acceptors stored, as a deleted
+    /// data directory does. Restarted, its logs recover their state from their peers before
+    /// they vote ([`crate::log::recovery`]).
+    pub fn wipe(&mut self, node: NodeId) {
+        if self.sim.is_up(node) {
+            self.crash(node);
+        }
+        self.armed.remove(&node);
+        for s in node_storages(&self.storages, node) {
+            s.wipe();
+        }
+        self.wiped.insert(node);
+    }
+
+    /// Whether `node` lost its state and some log of it has not recovered it yet.
+    pub fn is_wiped(&self, node: NodeId) -> bool {
+        self.wiped.contains(&node)
+    }
+
     pub fn restart(&mut self, node: NodeId) {
         if self.sim.is_up(node) {
             return;
         }
         let inc = self.sim.incarnation(node) + 1;
         self.clock.begin_step();
-        let fresh = make_node(&self.cfg, &self.storages, node, inc);
+        if node_storages(&self.storages, node).all(|s| !s.is_empty()) {
+            self.wiped.remove(&node);
+        }
+        let fresh = make_node(&self.cfg, &self.storages, &self.wiped, node, inc);
         self.started.insert((node, inc), self.sim.now_us());
         self.sim.restart(node, |_| fresh);
     }
@@ -601,18 +639,43 @@ fn node_storages(
         .map(|(_, s)| s)
 }
 
-/// Builds incarnation `incarnation` of `id`, its acceptors over the storage that outlives it.
+/// Builds incarnation `incarnation` of `id`, its acceptors over the storage that outlives it. A
+/// log of a node in `wiped` with nothing stored recovers first; its recovered state is written
+/// to the storage in one write (kept or lost whole by a crash) before it votes.
 fn make_node(
     cfg: &Arc<ClusterConfig>,
     storages: &BTreeMap<(NodeId, LogId), SimStorage>,
+    wiped: &BTreeSet<NodeId>,
     id: NodeId,
     incarnation: u32,
 ) -> GroupsNode {
     let opts = NodeOptions {
         epoch: incarnation,
         merge_locally: true,
+        incarnation: u64::from(incarnation),
+        recover: false,
     };
+    let inc = opts.incarnation;
     GroupsNode::new(cfg.clone(), id, opts, |lc| {
-        crate::node::log_over(cfg, lc, id, storages[&(id, lc.id)].clone())
+        let storage = storages[&(id, lc.id)].clone();
+        if !wiped.contains(&id) || !storage.is_empty() {
+            return crate::node::log_over(cfg, lc, id, inc, storage);
+        }
+        let (c, l) = (cfg.clone(), lc.clone());
+        let build = Box::new(move |image| {
+            let mut storage = storage;
+            storage
+                .write_atomically(crate::log::storage::image_ops(image))
+                .expect("the simulated storage never fails");
+            crate::node::omni_voter(&c, &l, id, storage)
+        });
+        crate::node::recovering_log(
+            cfg,
+            lc,
+            id,
+            inc,
+            crate::log::recovery::Policy::Recover,
+            crate::log::recovery::Completion::Build(build),
+        )
     })
 }
