@@ -99,12 +99,19 @@ impl Summary {
 }
 
 /// How an acceptor answers a recovering peer's query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerStatus {
-    /// It votes, holding this state.
-    Voting(Summary),
-    /// It is recovering too: it has no state and does not vote.
-    Recovering,
+    /// It votes, holding this state. `floors`: per other acceptor of the log, the highest
+    /// incarnation it has seen (it drops consensus messages of lower ones). `bootstrapped`:
+    /// if it started empty with a confirmed majority of recovering acceptors, those (with
+    /// their incarnations), all of them recovering at one instant.
+    Voting {
+        summary: Summary,
+        floors: Vec<(NodeId, u64)>,
+        bootstrapped: Vec<(NodeId, u64)>,
+    },
+    /// It does not vote (it is recovering too); `incarnation` is its own.
+    Recovering { incarnation: u64 },
     /// It already saw incarnation `floor` of the querying node, at or above the query's: the
     /// query comes from an older process, or the node's clock went back.
     Stale { floor: u64 },

@@ -180,7 +180,7 @@ fn recovering_in_memory(
         lc,
         me,
         incarnation,
-        Policy::Recover,
+        Policy::InMemory,
         Completion::Build(build),
     )
 }
@@ -457,10 +457,8 @@ impl GroupsNode {
                 Ok(Self::in_memory(cfg, me, opts))
             }
             NodeDir::Fresh(identity) => {
-                let policy = if opts.recover {
-                    Policy::Recover
-                } else {
-                    Policy::RefuseIfPeersHoldState
+                let policy = Policy::Durable {
+                    recover: opts.recover,
                 };
                 let mut node = Self::new(cfg, me, opts, |lc| {
                     if lc.acceptors.len() > 1 {

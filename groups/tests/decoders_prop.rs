@@ -232,8 +232,17 @@ fn log_msg() -> impl Strategy<Value = LogMsg> {
             },
         );
     let status = prop_oneof![
-        summary.prop_map(PeerStatus::Voting),
-        Just(PeerStatus::Recovering),
+        (
+            summary,
+            vec((any::<u32>(), any::<u64>()), 0..5),
+            vec((any::<u32>(), any::<u64>()), 0..3)
+        )
+            .prop_map(|(summary, floors, with)| PeerStatus::Voting {
+                summary,
+                floors: floors.into_iter().map(|(n, i)| (NodeId(n), i)).collect(),
+                bootstrapped: with.into_iter().map(|(n, i)| (NodeId(n), i)).collect(),
+            }),
+        any::<u64>().prop_map(|incarnation| PeerStatus::Recovering { incarnation }),
         any::<u64>().prop_map(|floor| PeerStatus::Stale { floor }),
     ];
     let recovery = prop_oneof![

@@ -17,29 +17,46 @@
 //! not exist yet, so it answers no `Prepare` and no `Accept` (consensus messages are dropped).
 //! It queries the log's other acceptors (`Query`, resent every `resend_ticks` until it is
 //! done); each answers with its [`PeerStatus`]: `Voting` with its [`Summary`] (promise,
-//! accepted round, log end, decided and first index), or `Recovering`. Answers count only for
-//! the current attempt (the recovering node's incarnation and attempt number). Then:
+//! accepted round, log end, decided and first index) and its incarnation *floors* (below),
+//! or `Recovering` with its own incarnation. Answers count only for the current attempt (the
+//! recovering node's incarnation and attempt number). Except where rules 2 and 3 say
+//! otherwise, it decides once **every** other acceptor answered and the answers are *fenced*: every voting answer shows a floor for each
+//! peer that answered `Recovering` at least that peer's incarnation (an outdated answer is
+//! asked again). Then, with V the voting answers:
 //!
-//! 1. **Someone holds state** (a voting answer with a promise, an accepted round or entries):
-//!    it waits until **every** other acceptor of the log answered `Voting` (a set R of 2f
-//!    nodes), takes `promise := max promise over R`, picks the source X in R with the largest
-//!    `(accepted round, log end)` (the rule omnipaxos's leader uses in its Prepare phase; ties
-//!    to the lowest node id) and copies X's log from X's first index to the end X reported, in
-//!    chunks (`Fetch` / `Chunk`, at most `chunk_entries` entries and [`CHUNK_BYTES_MAX`]
-//!    bytes). Every chunk carries X's accepted round and first index now: if the round changed
-//!    or X trimmed past the copy, the attempt starts over. Then `decided := min(max decided
-//!    over R, copied end)`, and the log is built from that state (promise, X's accepted round,
-//!    first index, entries, decided) and joins through omnipaxos's fail-recovery path, like a
-//!    restarted durable acceptor. Its node's subscribers see the entries below the first
-//!    index as trimmed and recover by state transfer, as they already do.
-//! 2. **Nobody holds state** (a brand-new cluster): if a majority of the acceptors (itself
-//!    included) are recovering in answers to this attempt, or every other acceptor answered
-//!    `Voting` with nothing, it starts voting empty (bootstrap). A node that sees any state
-//!    never bootstraps.
-//! 3. Under [`Policy::RefuseIfPeersHoldState`] (a durable node whose data directory is
-//!    missing, started without `--recover`), case 1 stops the node instead
-//!    ([`RecoveryState::Stopped`], with a message naming the peer's state): it lost its data
-//!    and the operator must say so.
+//! 1. **Someone holds state** (an answer in V with a promise, an accepted round or entries):
+//!    if V has fewer than f + 1 members, more than f acceptors lost their state and no copy
+//!    is known to be safe: it waits (and says so). Otherwise it takes `promise := max promise
+//!    over V`, picks the source X in V with the largest `(accepted round, log end)` (the rule
+//!    omnipaxos's leader uses in its Prepare phase; ties to the lowest node id) and copies X's
+//!    log from X's first index to the end X reported, in chunks (`Fetch` / `Chunk`, at most
+//!    `chunk_entries` entries and [`CHUNK_BYTES_MAX`] bytes). Every chunk carries X's accepted
+//!    round and first index now: if the round changed or X trimmed past the copy, the attempt
+//!    starts over. Then `decided := min(max decided over V, copied end)`, and the log is built
+//!    from that state (promise, X's accepted round, first index, entries, decided) and joins
+//!    through omnipaxos's fail-recovery path, like a restarted durable acceptor. Its node's
+//!    subscribers see the entries below the first index as trimmed and recover by state
+//!    transfer, as they already do.
+//! 2. **Nobody holds state** (a brand-new cluster, or one whose every member lost
+//!    everything): if every other acceptor answered and at least f + 1 vote (with nothing),
+//!    it starts voting empty (bootstrap). Otherwise at least f answered `Recovering`; an
+//!    answer may be stale (that peer may vote by now, with state), so it asks again in a new
+//!    attempt and bootstraps only if at least f peers answer `Recovering` in both, in the
+//!    same incarnation: those were all recovering, with it, when the first attempt ended (a
+//!    node only goes from recovering to voting). Under [`Policy::InMemory`] that confirmed
+//!    majority is enough, even if some acceptor never answers (it is down); it starts the
+//!    confirming attempt when all answered or its queries go unanswered for `resend_ticks`.
+//!    Under [`Policy::Durable`] every other acceptor must have answered (two empty
+//!    directories may be two wiped ones while the node that has the data is down). A node
+//!    that bootstrapped with a confirmed majority names them (and itself, with
+//!    incarnations) in its answers (`bootstrapped`); a recovering node named there in its
+//!    current incarnation starts empty too, whatever its peers hold by now: it was recovering
+//!    at an instant when the log had no state, and it has not voted since. So a cluster's
+//!    first start does not depend on which node decided first.
+//! 3. Under [`Policy::Durable`] without `recover` (a node whose data directory is missing,
+//!    started without `--recover`), the first answer that holds state stops the node
+//!    instead ([`RecoveryState::Stopped`], with a message naming the peer's state), unless
+//!    rule 2 named it: it lost its data and the operator must say so.
 //!
 //! # Incarnations
 //!
@@ -51,41 +68,80 @@
 //! produced, so every message of the lost incarnation that an answering acceptor handles is
 //! reflected in its answer, and none is handled after it. A query from below the floor is
 //! answered `Stale`, and the recovering node moves its incarnation above the floor and asks
-//! again (a clock that went back).
+//! again (a clock that went back). Floors live in memory: an acceptor that restarts forgets
+//! them, which is harmless because messages of a process that died before it restarted cannot
+//! reach its new incarnation (connections die with it; the simulator drops them too).
 //!
-//! # Why it is safe (f failures, 2f + 1 acceptors)
+//! # Why it is safe (at most f of 2f + 1 acceptors without state at once)
 //!
-//! Let n be the recovering acceptor and n' its lost incarnation. The claim: after recovery n
-//! behaves as an acceptor that kept its state would, so the usual Paxos invariants hold.
+//! Let n be the recovering acceptor and n' its lost incarnation (dead before n started). Call
+//! *lost* the acceptors that answered `Recovering` (their earlier incarnations are dead too)
+//! and V the voting ones; at most f acceptors (n included) are lost, so |V| >= f + 1 and every
+//! quorum holds a member of V. Fencing gives: **each answer in V reflects every message of n'
+//! and of every lost acceptor's earlier incarnation that its acceptor handled, and it handles
+//! none of them afterwards.** The claim: after recovery n holds a state that an acceptor which
+//! never lost anything could hold (so the usual Paxos invariants carry over).
 //!
-//! - *Promises.* n' promised ballot b only after b's leader L set its own promise to b; if
-//!   L = n' itself, see the next point. Otherwise L is in R, its promise only grows (a voting
-//!   node that recovered earlier got a promise at least as high, by induction), and L answered
-//!   after n' died: so `max promise over R >= b`, and n never accepts below anything n'
-//!   promised. This is why R must hold *every* other acceptor: with f + 1 of the 2f others
-//!   (the rule one would try first) R can miss L while the other members of b's promise
-//!   quorum promise b only after answering; for f >= 2 that lets n accept a lower ballot
-//!   whose value b's leader never sees, and two values get chosen at one index. (Crash
-//!   vectors, Michael et al., DISC 2017, would allow f + 1 answers; not built.) For f = 1, R
-//!   is the f + 1 others anyway.
-//! - *Ballots n' led.* n may create the same ballot number again. If any acceptor promised or
-//!   accepted in ballot b of n' before answering, n's promise is at least b and omnipaxos's
-//!   leader election only picks ballots above its promise. Every message of n' that reaches
-//!   an acceptor after it answered is dropped (its floor), so no one acts on b afterwards.
-//! - *Accepted entries.* An entry chosen with n''s vote was chosen at round r by a quorum Q;
-//!   the leader of r had it in its log before n' voted and, if it counts n''s vote after
-//!   answering, the vote is dropped, so the entry was chosen by votes counted before the
-//!   answers. The usual Paxos argument over those votes gives: every log accepted at round r
-//!   or later holds it, in particular X's (whose round is the largest in R and at least the round
-//!   any member of Q ∩ R accepted it at); n copies it. While X keeps its round its entries
-//!   below the reported end do not change (the copy restarts otherwise), so n's state is one
-//!   X itself held: a legal acceptor state with a promise at least its round.
-//! - *Bootstrap* is the case where no acceptor ever voted. It is safe under the fault model
-//!   "at most f acceptors of a log are down or recovering at once, except before the log has
-//!   any state": f + 1 recovering answers to one attempt mean nobody can have decided
-//!   anything. A run that loses more than f acceptors' state at once may lose data anyway;
-//!   then bootstrap can also fork the log (a node that still has state but is cut off misses
-//!   the vote). Disk mode narrows this: only a node without a data directory bootstraps.
+//! - *Promises.* Say n' promised ballot b, led by L. If L is in V: omnipaxos's leader promises
+//!   its own ballot before it sends `Prepare` (`handle_leader`), promises only grow, and L
+//!   answered after n' died, so `max promise over V >= b`. If L is n' or lost, its leadership
+//!   died with it and its messages reach no member of V after its answer: ballot b can only
+//!   get accepts from members of V before their answers (then `max promise >= b` again) or
+//!   from lost acceptors, which are fewer than a quorum. So either n's promise is at least b,
+//!   or nothing can ever be chosen in b and promising lower is harmless. This is why n waits
+//!   for *every* other acceptor: with f + 1 of the 2f others (the rule one would try first) V
+//!   can miss a live L while the other members of b's promise quorum promise b only after
+//!   answering; for f >= 2 that lets n accept a lower ballot whose value b's leader never
+//!   sees, and two values get chosen at one index. The same holds for a lost acceptor's dead
+//!   leadership whose in-flight `Accept`s land after the answers: fencing closes that. (Crash
+//!   vectors, Michael et al., DISC 2017, would let a recovering node use f + 1 answers; not
+//!   built.)
+//! - *Ballots n' led.* n may create the same ballot number again. If any member of V promised
+//!   or accepted in a ballot b of n' before answering, n's promise is at least b and
+//!   omnipaxos's leader takes only ballots above its promise (`handle_leader`); n''s messages
+//!   are dropped by V after the answers.
+//! - *Chosen entries.* Let e be chosen at index i in round r with n''s vote: a quorum Q that
+//!   includes n' accepted it in round r. If r's leader L is in V, it held e at round r before
+//!   n' accepted (so before n' died, before L answered): L's answer has round >= r and, if
+//!   equal, a log holding e. If L is n' or lost, every member of Q in V (there is one)
+//!   accepted e before its answer (later `Accept`s are dropped), with the same consequence.
+//!   X dominates that answer in `(round, end)`: if X's round is r, both logs are prefixes of
+//!   r's leader's log and X's is at least as long, so it holds e; if it is larger, the Paxos
+//!   lemma (every round above r proposes logs extending what r chose) gives the same. n copies
+//!   e. While X keeps its round its entries below the reported end do not change (within a
+//!   round an acceptor's log only grows; the copy restarts otherwise), so n's log and round
+//!   are ones X itself held, and n's promise (at least X's) is at least its round: a legal
+//!   acceptor state.
+//! - *Decided index.* A member of V that decided index d learned it in a round it accepted,
+//!   with the chosen entries in its log; X's `(round, end)` dominates it, so by the same
+//!   argument X's entries below `min(d, X's end)` are the chosen ones.
+//! - *Bootstrap* happens only when no answer holds state, or when a peer's `bootstrapped`
+//!   names n. With every other acceptor answering and f + 1 voting, it is the case above
+//!   with an empty copy. Otherwise n and f confirmed peers were all without state at one
+//!   instant (the end of the earlier attempt: each of them answered `Recovering` before it
+//!   and again after it, in one incarnation). The fault model (at most f acceptors of a log
+//!   without state at once) allows that only while the log has no state at all: on a
+//!   cluster's first start, or once every acceptor lost everything (then the log is gone in
+//!   any design; memory mode's premise). So n joins as an acceptor that never voted, which
+//!   is a legal state whatever the others hold; the same holds for a node that a peer's
+//!   `bootstrapped` names in its current incarnation. Without the confirmation, f = 2 has a
+//!   counterexample: n, then q1, then q2 lose their state, q1 recovering from q2 in
+//!   between; n hears `Recovering` from q1 (stale) and q2 and nothing from two acceptors
+//!   that never saw the log's entries, bootstraps, and forms with them a quorum that never
+//!   saw what q1 holds (`recovery_rules.rs` plays it). A run that breaks the fault model may
+//!   lose data in any design; memory mode may then also fork the log (a majority that lost
+//!   its state starts over while the one acceptor with state is down), disk mode does not:
+//!   only a node without a data directory bootstraps, only once every acceptor answered,
+//!   and without `--recover` it stops as soon as a peer holds state.
+//!
+//! # Liveness
+//!
+//! Recovery from peers with state needs every other acceptor of the log to answer: a
+//! recovering node waits while a peer is down (with f = 1 that is the fault model anyway: a
+//! second failure). Several recovering acceptors of one log finish together (fencing only
+//! needs their queries to reach the voting ones), as long as at least f + 1 vote. More than f
+//! acceptors without state while some acceptor holds state wait forever: that acceptor's
+//! data may be all that is left, and only an operator can say what to do.
 //!
 //! What is not covered: a data directory restored from an older copy has an identity and is
 //! trusted (it votes with its old promises). Detecting it would need peers to remember the
@@ -121,14 +177,20 @@ pub enum RecoveryState {
     Stopped(String),
 }
 
-/// How a recovering log treats peers that hold state.
+/// Where a recovering log's missing state comes from, which decides how it treats peers
+/// that hold state and when it may start empty (module docs, "The protocol").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// Recover from them (memory mode, or a durable node started with `--recover`).
-    Recover,
-    /// Stop: a durable node without a data directory whose peers hold state lost its data,
-    /// and only the operator may decide to rejoin.
-    RefuseIfPeersHoldState,
+    /// A node in memory: every start is without state. It recovers from peers that hold
+    /// state, and starts empty with a confirmed majority of recovering acceptors (a majority
+    /// without state at once is the whole log lost: the cluster's first start, or a restart
+    /// of all of it), even while some acceptor does not answer.
+    InMemory,
+    /// A durable node without a data directory: it starts empty only once every other
+    /// acceptor answered without state (durable acceptors do not lose state, so that is a
+    /// new cluster). If a peer holds state, it lost its data: with `recover` (`--recover`) it
+    /// recovers from its peers, otherwise it stops and the operator must say so.
+    Durable { recover: bool },
 }
 
 /// What a recovering log does with its state once it has it.
@@ -169,6 +231,10 @@ pub struct RecoveringLog {
     out: Vec<(NodeId, LogMsg)>,
     /// Consensus messages dropped because they came from a peer's earlier incarnation.
     pub dropped_stale: u64,
+    /// If it started empty with a confirmed majority of recovering acceptors: them (and
+    /// itself) with their incarnations, all recovering at one instant. A peer named here, in
+    /// the same incarnation, may start empty too ([`PeerStatus::Voting`]'s `bootstrapped`).
+    bootstrapped: Vec<(NodeId, u64)>,
 }
 
 enum State {
@@ -185,6 +251,43 @@ struct Recovery {
     answers: BTreeMap<NodeId, PeerStatus>,
     copy: Option<Copying>,
     last_sent: u64,
+    /// Whether it said that too few acceptors vote (said once per attempt).
+    warned: bool,
+    /// The peers that answered `Recovering` (with their incarnations) when an earlier attempt
+    /// ended without a holder of state and with fewer than f + 1 voting answers: a bootstrap
+    /// needs f of them still recovering in the same incarnation (module docs, "Bootstrap").
+    confirming: BTreeMap<NodeId, u64>,
+}
+
+impl Recovery {
+    /// The peers that answered `Recovering` in this attempt, with their incarnations.
+    fn recovering(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.answers.iter().filter_map(|(&a, s)| match s {
+            PeerStatus::Recovering { incarnation } => Some((a, *incarnation)),
+            _ => None,
+        })
+    }
+
+    /// Whether every voting answer shows that its acceptor had fenced the earlier
+    /// incarnations of every peer that answered `Recovering` (its floor for the peer is at
+    /// least the peer's incarnation): messages of those dead processes handled before the
+    /// answer are reflected in it, and none is handled after it.
+    fn fenced(&self) -> bool {
+        self.answers.values().all(|s| match s {
+            PeerStatus::Voting { floors, .. } => self.fences_all(floors),
+            _ => true,
+        })
+    }
+
+    /// Whether `floors` (of one voting answer) fence every peer that answered `Recovering`.
+    fn fences_all(&self, floors: &[(NodeId, u64)]) -> bool {
+        self.answers.iter().all(|(peer, s)| match s {
+            PeerStatus::Recovering { incarnation } => floors
+                .iter()
+                .any(|(n, floor)| n == peer && floor >= incarnation),
+            _ => true,
+        })
+    }
 }
 
 struct Copying {
@@ -226,6 +329,8 @@ impl RecoveringLog {
             answers: BTreeMap::new(),
             copy: None,
             last_sent: 0,
+            warned: false,
+            confirming: BTreeMap::new(),
         };
         let mut log = Self::with_state(
             name,
@@ -255,6 +360,7 @@ impl RecoveringLog {
             state,
             out: Vec::new(),
             dropped_stale: 0,
+            bootstrapped: Vec::new(),
         }
     }
 
@@ -277,18 +383,24 @@ impl RecoveringLog {
         }
     }
 
-    /// Queries every other acceptor that has not answered `Voting` in this attempt.
+    /// Queries every other acceptor whose answer in this attempt is missing, says it is
+    /// recovering (it may vote by now), or is outdated (it had not yet fenced a recovering
+    /// peer's earlier incarnations; see [`Recovery::fenced`]).
     fn send_queries(&mut self) {
         let Some(attempt) = self.current_attempt() else {
             return;
         };
+        let others: Vec<NodeId> = self.others().collect();
         let State::Recovering(r) = &mut self.state else {
             return;
         };
         r.last_sent = self.now;
-        let me = self.name.me;
-        for &a in self.acceptors.iter().filter(|&&a| a != me) {
-            if !matches!(r.answers.get(&a), Some(PeerStatus::Voting(_))) {
+        for a in others {
+            let settled = match r.answers.get(&a) {
+                Some(PeerStatus::Voting { floors, .. }) => r.fences_all(floors),
+                _ => false,
+            };
+            if !settled {
                 self.out
                     .push((a, LogMsg::Recovery(RecoveryMsg::Query { attempt })));
             }
@@ -324,6 +436,7 @@ impl RecoveringLog {
             r.attempt += 1;
             r.answers.clear();
             r.copy = None;
+            r.warned = false;
         }
         self.send_queries();
     }
@@ -337,8 +450,14 @@ impl RecoveringLog {
                 } else {
                     *floor = attempt.incarnation;
                     match &self.state {
-                        State::Voting(v) => PeerStatus::Voting(v.summary()),
-                        _ => PeerStatus::Recovering,
+                        State::Voting(v) => PeerStatus::Voting {
+                            summary: v.summary(),
+                            floors: self.floors.iter().map(|(&n, &i)| (n, i)).collect(),
+                            bootstrapped: self.bootstrapped.clone(),
+                        },
+                        _ => PeerStatus::Recovering {
+                            incarnation: self.incarnation,
+                        },
                     }
                 };
                 self.out.push((
@@ -437,80 +556,131 @@ impl RecoveringLog {
         }
     }
 
-    /// After an answer: bootstrap, start copying, stop, or wait (module docs).
+    /// After an answer: bootstrap, start copying, stop, or wait (module docs, "The protocol").
     fn decide(&mut self) {
         let others: Vec<NodeId> = self.others().collect();
         let f = self.f();
+        let me = (self.name.me, self.incarnation);
         let State::Recovering(r) = &mut self.state else {
             return;
         };
         let voting: Vec<(NodeId, Summary)> = others
             .iter()
             .filter_map(|a| match r.answers.get(a) {
-                Some(PeerStatus::Voting(s)) => Some((*a, *s)),
+                Some(PeerStatus::Voting { summary, .. }) => Some((*a, *summary)),
                 _ => None,
             })
             .collect();
-        let recovering = others
-            .iter()
-            .filter(|a| matches!(r.answers.get(a), Some(PeerStatus::Recovering)))
-            .count();
+        let named = r.answers.values().any(
+            |s| matches!(s, PeerStatus::Voting { bootstrapped, .. } if bootstrapped.contains(&me)),
+        );
+        if named {
+            tracing::info!(log = %self.name.log, node = %self.name.me,
+                "a peer started the log empty with this node among a majority of recovering acceptors: starting empty");
+            self.complete(StorageImage::default());
+            return;
+        }
         let holder = voting.iter().find(|(_, s)| s.has_state()).copied();
-        match holder {
-            Some((peer, s)) if r.policy == Policy::RefuseIfPeersHoldState => {
-                let reason = format!(
-                    "node {me} has no data directory but its peers hold state of cluster {cluster} \
-                     (log {log}: {peer} holds entries up to index {end}, {decided} decided, \
-                     promise {promise}): it lost its data. Restart it with --recover to rejoin \
-                     safely (it then copies its state from its peers before it votes)",
-                    me = self.name.me,
-                    cluster = self.name.cluster,
-                    log = self.name.log,
-                    end = s.accepted_idx,
-                    decided = s.decided_idx,
-                    promise = s.promise.map_or("none".into(), |b| format!("n={} by #{}", b.n, b.pid)),
-                );
-                tracing::error!("{reason}");
-                self.state = State::Stopped(reason);
-            }
-            Some(_) if voting.len() == others.len() => {
-                let promise = voting.iter().filter_map(|(_, s)| s.promise).max();
-                let decided = voting.iter().map(|(_, s)| s.decided_idx).max().unwrap_or(0);
-                let (source, x) = voting
-                    .iter()
-                    .copied()
-                    .max_by(|(a, sa), (b, sb)| {
-                        (sa.accepted_round, sa.accepted_idx)
-                            .cmp(&(sb.accepted_round, sb.accepted_idx))
-                            .then(b.cmp(a))
-                    })
-                    .expect("at least one voting answer");
-                r.copy = Some(Copying {
-                    source,
-                    round: x.accepted_round,
-                    promise,
-                    decided,
-                    first: x.first_idx,
-                    end: x.accepted_idx,
-                    next: x.first_idx,
-                    entries: Vec::new(),
-                });
-                tracing::info!(log = %self.name.log, node = %self.name.me, %source, from = x.first_idx, to = x.accepted_idx,
-                    "recovering: copying the log of the most advanced peer");
-                if x.accepted_idx <= x.first_idx {
-                    self.finish_copy();
-                } else {
-                    self.send_fetch();
-                }
-            }
-            Some(_) => {}
-            None if 1 + recovering > f || voting.len() == others.len() => {
-                tracing::info!(log = %self.name.log, node = %self.name.me, recovering, voting = voting.len(),
+        if let (Some((peer, s)), Policy::Durable { recover: false }) = (holder, r.policy) {
+            let reason = format!(
+                "node {me} has no data directory but its peers hold state of cluster {cluster} \
+                 (log {log}: {peer} holds entries up to index {end}, {decided} decided, \
+                 promise {promise}): it lost its data. Restart it with --recover to rejoin \
+                 safely (it then copies its state from its peers before it votes)",
+                me = self.name.me,
+                cluster = self.name.cluster,
+                log = self.name.log,
+                end = s.accepted_idx,
+                decided = s.decided_idx,
+                promise = s
+                    .promise
+                    .map_or("none".into(), |b| format!("n={} by #{}", b.n, b.pid)),
+            );
+            tracing::error!("{reason}");
+            self.state = State::Stopped(reason);
+            return;
+        }
+        if !r.fenced() {
+            return;
+        }
+        let everyone = others.iter().all(|a| r.answers.contains_key(a));
+        if holder.is_none() {
+            let confirmed: Vec<(NodeId, u64)> = r
+                .recovering()
+                .filter(|(a, i)| r.confirming.get(a) == Some(i))
+                .collect();
+            let majority_may_start = everyone || r.policy == Policy::InMemory;
+            if everyone && voting.len() > f {
+                tracing::info!(log = %self.name.log, node = %self.name.me, voting = voting.len(),
                     "no acceptor holds state: starting empty");
                 self.complete(StorageImage::default());
+            } else if majority_may_start && confirmed.len() >= f {
+                tracing::info!(log = %self.name.log, node = %self.name.me, ?confirmed,
+                    "no acceptor holds state and a majority recovers: starting empty");
+                let mut with = confirmed;
+                with.push(me);
+                self.bootstrapped = with;
+                self.complete(StorageImage::default());
+            } else if everyone && r.recovering().count() >= f {
+                self.confirm_recovering();
             }
-            None => {}
+            return;
         }
+        if !everyone {
+            return;
+        }
+        if voting.len() <= f {
+            // More than f acceptors lost their state: the log may have lost entries, and no
+            // copy is known to be safe. Wait (a peer that recovers or restarts with its disk
+            // answers `Voting` later).
+            if !r.warned {
+                r.warned = true;
+                tracing::error!(log = %self.name.log, node = %self.name.me, voting = voting.len(), f,
+                    "only {} of the other acceptors vote; recovery needs {} (more than f acceptors lost their state)",
+                    voting.len(), f + 1);
+            }
+            return;
+        }
+        let promise = voting.iter().filter_map(|(_, s)| s.promise).max();
+        let decided = voting.iter().map(|(_, s)| s.decided_idx).max().unwrap_or(0);
+        let (source, x) = voting
+            .iter()
+            .copied()
+            .max_by(|(a, sa), (b, sb)| {
+                (sa.accepted_round, sa.accepted_idx)
+                    .cmp(&(sb.accepted_round, sb.accepted_idx))
+                    .then(b.cmp(a))
+            })
+            .expect("at least f + 1 voting answers");
+        r.copy = Some(Copying {
+            source,
+            round: x.accepted_round,
+            promise,
+            decided,
+            first: x.first_idx,
+            end: x.accepted_idx,
+            next: x.first_idx,
+            entries: Vec::new(),
+        });
+        tracing::info!(log = %self.name.log, node = %self.name.me, %source, from = x.first_idx, to = x.accepted_idx,
+            "recovering: copying the log of the most advanced peer");
+        if x.accepted_idx <= x.first_idx {
+            self.finish_copy();
+        } else {
+            self.send_fetch();
+        }
+    }
+
+    /// Nobody answered with state, and at least f answered `Recovering`, but those answers may
+    /// be stale: remembers who was recovering now and asks everyone again (module docs,
+    /// "Bootstrap").
+    fn confirm_recovering(&mut self) {
+        if let State::Recovering(r) = &mut self.state {
+            r.confirming = r.recovering().collect();
+        }
+        self.restart_attempt(
+            "no acceptor holds state; confirming that the recovering ones still are",
+        );
     }
 
     fn finish_copy(&mut self) {
@@ -552,6 +722,13 @@ impl RecoveringLog {
             _ => None,
         }
     }
+}
+
+/// What a recovering log resends when its answers are late.
+enum Resend {
+    Fetch,
+    Query,
+    Confirm,
 }
 
 /// About what an entry costs on the wire.
@@ -599,18 +776,35 @@ impl OrderedLog for RecoveringLog {
 
     fn tick(&mut self) {
         self.now += 1;
+        let f = self.f();
         let resend = match &mut self.state {
             State::Voting(v) => {
                 v.tick();
                 None
             }
             State::Recovering(r) => (self.now >= r.last_sent + self.settings.resend_ticks.max(1))
-                .then_some(r.copy.is_some()),
+                .then(|| {
+                    match &r.copy {
+                    Some(_) => Resend::Fetch,
+                    // In memory, a majority may start empty without every acceptor's answer
+                    // (one may be down): confirm the recovering ones once answers stop coming.
+                    None if r.policy == Policy::InMemory
+                        && r.recovering().count() >= f
+                        && !r.answers.values().any(|s| {
+                            matches!(s, PeerStatus::Voting { summary, .. } if summary.has_state())
+                        }) =>
+                    {
+                        Resend::Confirm
+                    }
+                    None => Resend::Query,
+                }
+                }),
             _ => None,
         };
         match resend {
-            Some(true) => self.send_fetch(),
-            Some(false) => self.send_queries(),
+            Some(Resend::Fetch) => self.send_fetch(),
+            Some(Resend::Confirm) => self.confirm_recovering(),
+            Some(Resend::Query) => self.send_queries(),
             None => {}
         }
     }

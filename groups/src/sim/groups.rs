@@ -21,6 +21,7 @@ use crate::checker::{self, Sent, Stream, StreamId, Violation};
 use crate::config::ClusterConfig;
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
+use crate::log::recovery::Policy;
 use crate::node::{GroupsNode, NodeOptions};
 use crate::rmcast::RDelivery;
 use bytes::Bytes;
@@ -93,6 +94,10 @@ pub struct GroupsSim {
     /// Nodes whose stored state was lost ([`GroupsSim::wipe`]) and not yet recovered: their
     /// logs with nothing stored start recovering, as a real node that lost its data does.
     wiped: BTreeSet<NodeId>,
+    /// How those logs recover: as nodes in memory ([`GroupsSim::with_lost_state`]) or as
+    /// durable nodes restarted with `--recover` ([`GroupsSim::wipe`] on a cluster built by
+    /// [`GroupsSim::new`]).
+    lost_state: Policy,
     step_crashes: Vec<StepCrashRecord>,
     /// Writes lost by storage faults so far.
     lost_writes: usize,
@@ -114,17 +119,27 @@ pub struct GroupsSim {
 impl GroupsSim {
     pub fn new(cfg: ClusterConfig, opts: SimOptions) -> Self {
         let cfg = Arc::new(cfg);
-        Self::build(cfg, opts, BTreeSet::new())
+        Self::build(
+            cfg,
+            opts,
+            BTreeSet::new(),
+            Policy::Durable { recover: true },
+        )
     }
 
     /// A cluster whose acceptors all start without state, as a cluster in memory mode does:
     /// their logs must bootstrap together ([`crate::log::recovery`]).
     pub fn with_lost_state(cfg: ClusterConfig, opts: SimOptions) -> Self {
         let all = cfg.nodes.iter().map(|n| n.id).collect();
-        Self::build(Arc::new(cfg), opts, all)
+        Self::build(Arc::new(cfg), opts, all, Policy::InMemory)
     }
 
-    fn build(cfg: Arc<ClusterConfig>, opts: SimOptions, wiped: BTreeSet<NodeId>) -> Self {
+    fn build(
+        cfg: Arc<ClusterConfig>,
+        opts: SimOptions,
+        wiped: BTreeSet<NodeId>,
+        lost_state: Policy,
+    ) -> Self {
         let clock = StepClock::default();
         let mut storages = BTreeMap::new();
         let mut writers = BTreeSet::new();
@@ -138,7 +153,10 @@ impl GroupsSim {
         }
         let mut sim = Sim::new(opts.seed, cfg.tuning.tick_us, Network::new(opts.net));
         for n in &cfg.nodes {
-            sim.add(n.id, make_node(&cfg, &storages, &wiped, n.id, 0));
+            sim.add(
+                n.id,
+                make_node(&cfg, &storages, &wiped, lost_state, n.id, 0),
+            );
         }
         GroupsSim {
             sim,
@@ -149,6 +167,7 @@ impl GroupsSim {
             armed: BTreeMap::new(),
             lying: BTreeSet::new(),
             wiped,
+            lost_state,
             step_crashes: Vec::new(),
             lost_writes: 0,
             fault_rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x70a2_d15c_c2a5_4ed0),
@@ -285,7 +304,14 @@ impl GroupsSim {
         if node_storages(&self.storages, node).all(|s| !s.is_empty()) {
             self.wiped.remove(&node);
         }
-        let fresh = make_node(&self.cfg, &self.storages, &self.wiped, node, inc);
+        let fresh = make_node(
+            &self.cfg,
+            &self.storages,
+            &self.wiped,
+            self.lost_state,
+            node,
+            inc,
+        );
         self.started.insert((node, inc), self.sim.now_us());
         self.sim.restart(node, |_| fresh);
     }
@@ -646,6 +672,7 @@ fn make_node(
     cfg: &Arc<ClusterConfig>,
     storages: &BTreeMap<(NodeId, LogId), SimStorage>,
     wiped: &BTreeSet<NodeId>,
+    policy: Policy,
     id: NodeId,
     incarnation: u32,
 ) -> GroupsNode {
@@ -674,7 +701,7 @@ fn make_node(
             lc,
             id,
             inc,
-            crate::log::recovery::Policy::Recover,
+            policy,
             crate::log::recovery::Completion::Build(build),
         )
     })
