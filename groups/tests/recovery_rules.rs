@@ -217,8 +217,8 @@ fn voting_answers_must_fence_the_recovering_peers() {
     let (_, to) = queries(&mut l);
     assert_eq!(
         to,
-        vec![NodeId(2), NodeId(3), NodeId(4)],
-        "it asks the outdated and the recovering again"
+        vec![NodeId(2), NodeId(3), NodeId(4), NodeId(5)],
+        "it asks everyone again"
     );
     for n in [2, 4] {
         answer(
@@ -491,4 +491,29 @@ fn a_recovering_acceptor_answers_recovering_and_ignores_consensus() {
         l.propose(batch(0)).is_err(),
         "a recovering acceptor takes no proposals"
     );
+}
+
+#[test]
+fn the_copy_starts_over_when_the_source_no_longer_votes() {
+    // The source lost its state in the middle of the copy: its new incarnation answers the
+    // next fetch with `Recovering`, and the copy starts over (it would wait forever for
+    // chunks otherwise).
+    let mut l = log(3, Policy::InMemory);
+    let (attempt, _) = queries(&mut l);
+    let attempt = attempt.unwrap();
+    answer(&mut l, 2, attempt, voting(holding(ballot(2, 2), 3, 3), &[]));
+    answer(&mut l, 3, attempt, voting(holding(ballot(2, 2), 1, 1), &[]));
+    assert!(matches!(
+        sent(&mut l)[..],
+        [(NodeId(2), RecoveryMsg::Fetch { .. })]
+    ));
+    answer(
+        &mut l,
+        2,
+        attempt,
+        PeerStatus::Recovering { incarnation: 12 },
+    );
+    let (again, to) = queries(&mut l);
+    assert_ne!(again, Some(attempt), "a new attempt");
+    assert_eq!(to, vec![NodeId(2), NodeId(3)]);
 }

@@ -20,9 +20,10 @@
 //! accepted round, log end, decided and first index) and its incarnation *floors* (below),
 //! or `Recovering` with its own incarnation. Answers count only for the current attempt (the
 //! recovering node's incarnation and attempt number). Except where rules 2 and 3 say
-//! otherwise, it decides once **every** other acceptor answered and the answers are *fenced*: every voting answer shows a floor for each
-//! peer that answered `Recovering` at least that peer's incarnation (an outdated answer is
-//! asked again). Then, with V the voting answers:
+//! otherwise, it decides once **every** other acceptor answered and the answers are
+//! *fenced*: every voting answer shows a floor for each peer that answered `Recovering` at
+//! least that peer's incarnation (it asks everyone again at every resend, so outdated
+//! answers get replaced). Then, with V the voting answers:
 //!
 //! 1. **Someone holds state** (an answer in V with a promise, an accepted round or entries):
 //!    if V has fewer than f + 1 members, more than f acceptors lost their state and no copy
@@ -383,9 +384,11 @@ impl RecoveringLog {
         }
     }
 
-    /// Queries every other acceptor whose answer in this attempt is missing, says it is
-    /// recovering (it may vote by now), or is outdated (it had not yet fenced a recovering
-    /// peer's earlier incarnations; see [`Recovery::fenced`]).
+    /// Queries every other acceptor, again at every resend while it waits: an answer may be
+    /// missing, outdated (its acceptor had not yet fenced a recovering peer's earlier
+    /// incarnations; see [`Recovery::fenced`]), say `Recovering` (the peer may vote by now), or
+    /// come from a process that died since (its restarted incarnation has not seen this node's
+    /// query, so it does not show the fence a recovering peer needs).
     fn send_queries(&mut self) {
         let Some(attempt) = self.current_attempt() else {
             return;
@@ -396,14 +399,8 @@ impl RecoveringLog {
         };
         r.last_sent = self.now;
         for a in others {
-            let settled = match r.answers.get(&a) {
-                Some(PeerStatus::Voting { floors, .. }) => r.fences_all(floors),
-                _ => false,
-            };
-            if !settled {
-                self.out
-                    .push((a, LogMsg::Recovery(RecoveryMsg::Query { attempt })));
-            }
+            self.out
+                .push((a, LogMsg::Recovery(RecoveryMsg::Query { attempt })));
         }
     }
 
@@ -470,30 +467,41 @@ impl RecoveringLog {
                 from: idx,
                 max,
             } => {
-                if let State::Voting(v) = &self.state {
-                    let s = v.summary();
-                    let mut entries = v.read_accepted(idx, max as usize);
-                    let mut bytes = 0usize;
-                    let mut keep = 0;
-                    for e in &entries {
-                        bytes += entry_bytes(e);
-                        if keep > 0 && bytes > CHUNK_BYTES_MAX {
-                            break;
-                        }
-                        keep += 1;
-                    }
-                    entries.truncate(keep);
+                let State::Voting(v) = &self.state else {
+                    // Not (or no longer) a source: the copier starts over.
                     self.out.push((
                         from,
-                        LogMsg::Recovery(RecoveryMsg::Chunk {
+                        LogMsg::Recovery(RecoveryMsg::Status {
                             attempt,
-                            round: s.accepted_round,
-                            first_idx: s.first_idx,
-                            from: idx,
-                            entries,
+                            status: PeerStatus::Recovering {
+                                incarnation: self.incarnation,
+                            },
                         }),
                     ));
+                    return;
+                };
+                let s = v.summary();
+                let mut entries = v.read_accepted(idx, max as usize);
+                let mut bytes = 0usize;
+                let mut keep = 0;
+                for e in &entries {
+                    bytes += entry_bytes(e);
+                    if keep > 0 && bytes > CHUNK_BYTES_MAX {
+                        break;
+                    }
+                    keep += 1;
                 }
+                entries.truncate(keep);
+                self.out.push((
+                    from,
+                    LogMsg::Recovery(RecoveryMsg::Chunk {
+                        attempt,
+                        round: s.accepted_round,
+                        first_idx: s.first_idx,
+                        from: idx,
+                        entries,
+                    }),
+                ));
             }
             RecoveryMsg::Status { attempt, status } => {
                 if self.current_attempt() != Some(attempt) {
@@ -506,11 +514,18 @@ impl RecoveringLog {
                     self.restart_attempt("incarnation moved");
                     return;
                 }
-                if let State::Recovering(r) = &mut self.state {
-                    if r.copy.is_none() {
+                let State::Recovering(r) = &mut self.state else {
+                    return;
+                };
+                match &r.copy {
+                    None => {
                         r.answers.insert(from, status);
                         self.decide();
                     }
+                    Some(c) if c.source == from && !matches!(status, PeerStatus::Voting { .. }) => {
+                        self.restart_attempt("the copy's source no longer votes");
+                    }
+                    Some(_) => {}
                 }
             }
             RecoveryMsg::Chunk {
@@ -782,23 +797,20 @@ impl OrderedLog for RecoveringLog {
                 v.tick();
                 None
             }
-            State::Recovering(r) => (self.now >= r.last_sent + self.settings.resend_ticks.max(1))
-                .then(|| {
-                    match &r.copy {
-                    Some(_) => Resend::Fetch,
+            State::Recovering(r) if self.now >= r.last_sent + self.settings.resend_ticks.max(1) => {
+                let holder = r.answers.values().any(
+                    |s| matches!(s, PeerStatus::Voting { summary, .. } if summary.has_state()),
+                );
+                Some(if r.copy.is_some() {
+                    Resend::Fetch
+                } else if r.policy == Policy::InMemory && !holder && r.recovering().count() >= f {
                     // In memory, a majority may start empty without every acceptor's answer
                     // (one may be down): confirm the recovering ones once answers stop coming.
-                    None if r.policy == Policy::InMemory
-                        && r.recovering().count() >= f
-                        && !r.answers.values().any(|s| {
-                            matches!(s, PeerStatus::Voting { summary, .. } if summary.has_state())
-                        }) =>
-                    {
-                        Resend::Confirm
-                    }
-                    None => Resend::Query,
-                }
-                }),
+                    Resend::Confirm
+                } else {
+                    Resend::Query
+                })
+            }
             _ => None,
         };
         match resend {

@@ -290,9 +290,14 @@ impl GroupsSim {
         self.wiped.insert(node);
     }
 
-    /// Whether `node` lost its state and some log of it has not recovered it yet.
+    /// Whether `node` lost its state ([`GroupsSim::wipe`]) and has not recovered it yet: it is
+    /// down, or some log of it does not vote yet.
     pub fn is_wiped(&self, node: NodeId) -> bool {
         self.wiped.contains(&node)
+            && self
+                .sim
+                .actor(node)
+                .is_none_or(|n| !self.sim.is_up(node) || !n.recovering().is_empty())
     }
 
     pub fn restart(&mut self, node: NodeId) {
@@ -453,10 +458,13 @@ impl GroupsSim {
 
     fn is_quiet(&self) -> bool {
         let up = self.sim.up_nodes();
+        // A node still recovering an acceptor's state is not done either.
         let busy = up.iter().any(|&n| {
-            self.sim
-                .actor(n)
-                .is_some_and(|a| a.multicasts_in_flight() > 0 || a.rmcasts_in_flight() > 0)
+            self.sim.actor(n).is_some_and(|a| {
+                a.multicasts_in_flight() > 0
+                    || a.rmcasts_in_flight() > 0
+                    || !a.recovering().is_empty()
+            })
         });
         if busy {
             return false;
