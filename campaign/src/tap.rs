@@ -138,7 +138,7 @@ impl<S: Service> Proxy for Recording<S> {
     }
 }
 
-/// [`ScaleOutClient`](engine::partitioned::client::ScaleOutClient) with a [`Tap`]: when each
+/// [`ScaleOutClient`] with a [`Tap`]: when each
 /// command was submitted and completed, and which logs its multicasts went through (its
 /// consults, the moves it asked for, its attempts and their resends). Scale-out replies carry
 /// no replica id nor state hash: `replies` stays empty (replica states are compared through

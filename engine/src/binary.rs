@@ -49,6 +49,37 @@ pub fn random_cluster_id() -> groups::ids::ClusterId {
     groups::ids::ClusterId(rand::random())
 }
 
+/// The credentials of a new deployment file written to `config_path` (`--write-config`): a
+/// fresh random cluster secret beside it (`d.toml` -> `d.secret`, mode 0600), named as the
+/// returned configuration's `secret_file`, so nodes of the deployment authenticate their links
+/// by default; with `tls` (`--write-config --tls`) also a cluster CA and one certificate and key
+/// per node, clients included, in `d.tls/` (mode 0600 each), named in its `[tls]` table, so
+/// links are mutual TLS and each member proves which member it is. Says on stderr what it
+/// wrote.
+pub fn with_credentials(
+    cluster: groups::config::ClusterConfig,
+    config_path: &std::path::Path,
+    tls: bool,
+) -> Result<groups::config::ClusterConfig, String> {
+    use groups::credentials;
+    let secret = credentials::beside(config_path, "secret");
+    let mut cluster = credentials::with_new_secret(cluster, &secret).map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote {} (the cluster secret, mode 0600; keep it with the deployment file)",
+        secret.display()
+    );
+    if tls {
+        let dir = credentials::beside(config_path, "tls");
+        cluster = credentials::with_new_tls(cluster, &dir).map_err(|e| e.to_string())?;
+        eprintln!(
+            "wrote {}/: a cluster CA (ca.crt) and a certificate and key per node \
+             (node-N.crt, node-N.key), mode 0600; give each node its own key",
+            dir.display()
+        );
+    }
+    Ok(cluster)
+}
+
 /// Exit status 0, or 2 with `name: error` on stderr.
 pub fn exit(name: &str, result: Result<(), String>) -> ExitCode {
     match result {

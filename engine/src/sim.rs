@@ -419,6 +419,7 @@ impl<S: Service> SimRole for SimReplica<S> {
                     w.multi,
                     w.parked,
                     w.aborts,
+                    w.misrouted,
                     w.duplicates,
                     w.rejected,
                 ]

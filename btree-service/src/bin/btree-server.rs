@@ -92,6 +92,14 @@ struct Args {
     /// instead of refusing to start. A node in memory always does this.
     #[arg(long)]
     recover: bool,
+    /// With --write-config: also write a cluster CA and a certificate and key per node (in
+    /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
+    #[arg(long)]
+    tls: bool,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -151,11 +159,14 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
         workers,
         replicas: d.replicas.clone(),
         tree: tree(args),
-        cluster: d
-            .config
-            .with_cluster_id(engine::binary::random_cluster_id())
-            .with_durability(durability)
-            .map_err(|e| e.to_string())?,
+        cluster: engine::binary::with_credentials(
+            d.config
+                .with_cluster_id(engine::binary::random_cluster_id())
+                .with_durability(durability)
+                .map_err(|e| e.to_string())?,
+            path,
+            args.tls,
+        )?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     println!(
@@ -202,7 +213,8 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 .map_err(|e| format!("--metrics-addr {a:?}: {e} (expected e.g. 127.0.0.1:9100)"))
         })
         .transpose()?;
-    let file = DeploymentFile::read(path)?;
+    let mut file = DeploymentFile::read(path)?;
+    file.cluster.insecure = args.insecure;
     let me = NodeId(args.node.ok_or("--config needs --node")?);
     let node_cfg = file
         .cluster

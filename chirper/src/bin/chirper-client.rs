@@ -30,10 +30,15 @@ struct Args {
     /// The command.
     #[arg(trailing_var_arg = true, required = true)]
     command: Vec<String>,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn run(args: &Args) -> Result<String, String> {
-    let file = DeploymentFile::read(&args.config)?;
+    let mut file = DeploymentFile::read(&args.config)?;
+    file.cluster.insecure = args.insecure;
     let me = NodeId(args.node);
     if file.role(me)?.is_some() {
         return Err(format!("node {me} is a replica, not a client node"));

@@ -107,6 +107,14 @@ struct Args {
     /// instead of refusing to start. A node in memory always does this.
     #[arg(long)]
     recover: bool,
+    /// With --write-config: also write a cluster CA and a certificate and key per node (in
+    /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
+    #[arg(long)]
+    tls: bool,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    insecure: bool,
 }
 
 enum NodeApp {
@@ -229,12 +237,16 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
     let file = DeploymentFile {
         section,
         scheme,
-        cluster: layout
-            .config
-            .clone()
-            .with_cluster_id(engine::binary::random_cluster_id())
-            .with_durability(durability)
-            .map_err(|e| e.to_string())?,
+        cluster: engine::binary::with_credentials(
+            layout
+                .config
+                .clone()
+                .with_cluster_id(engine::binary::random_cluster_id())
+                .with_durability(durability)
+                .map_err(|e| e.to_string())?,
+            path,
+            args.tls,
+        )?,
     };
     std::fs::write(path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
     let servers: Vec<String> = layout
@@ -264,7 +276,8 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 .map_err(|e| format!("--metrics-addr {a:?}: {e} (expected e.g. 127.0.0.1:9100)"))
         })
         .transpose()?;
-    let file = DeploymentFile::read(path)?;
+    let mut file = DeploymentFile::read(path)?;
+    file.cluster.insecure = args.insecure;
     let me = NodeId(args.node.ok_or("--config needs --node")?);
     let role = file.role(me)?;
     let accepts = file.cluster.logs.iter().any(|l| l.acceptors.contains(&me));
