@@ -18,6 +18,9 @@ use crate::sync::{Condvar, Mutex};
 /// The rendezvous of one replica's workers. `K` identifies a command, `T` is what is lent.
 pub struct Rendezvous<K, T> {
     slots: Vec<Slot<K, T>>,
+    /// Counts hand-offs (lends and give-backs), so that [`Rendezvous::stuck`] can tell a
+    /// consistent view of the waiting flags from one taken across a hand-off.
+    handoffs: Mutex<u64>,
 }
 
 struct Slot<K, T> {
@@ -30,6 +33,9 @@ struct SlotState<K, T> {
     lent: Vec<(K, usize, T)>,
     /// Given back to this worker as lender.
     returned: Option<(K, T)>,
+    /// The worker waits on this slot and was handed nothing since it started waiting (see
+    /// [`Rendezvous::waiting`]).
+    waiting: bool,
     closed: bool,
 }
 
@@ -45,11 +51,13 @@ impl<K: PartialEq + Copy, T> Rendezvous<K, T> {
                     state: Mutex::new(SlotState {
                         lent: Vec::new(),
                         returned: None,
+                        waiting: false,
                         closed: false,
                     }),
                     cv: Condvar::new(),
                 })
                 .collect(),
+            handoffs: Mutex::new(0),
         }
     }
 
@@ -63,6 +71,8 @@ impl<K: PartialEq + Copy, T> Rendezvous<K, T> {
                 return Err(Closed);
             }
             st.lent.push((key, me, value));
+            st.waiting = false;
+            *self.handoffs.lock().expect("rendezvous lock") += 1;
             slot.cv.notify_all();
         }
         let slot = &self.slots[me];
@@ -70,12 +80,15 @@ impl<K: PartialEq + Copy, T> Rendezvous<K, T> {
         loop {
             if let Some((k, _)) = &st.returned {
                 if *k == key {
+                    st.waiting = false;
                     return Ok(st.returned.take().expect("checked").1);
                 }
             }
             if st.closed {
+                st.waiting = false;
                 return Err(Closed);
             }
+            st.waiting = true;
             st = slot.cv.wait(st).expect("rendezvous lock");
         }
     }
@@ -99,11 +112,14 @@ impl<K: PartialEq + Copy, T> Rendezvous<K, T> {
                     }
                 }
                 got.sort_by_key(|(w, _)| *w);
+                st.waiting = false;
                 return Ok(got);
             }
             if st.closed {
+                st.waiting = false;
                 return Err(Closed);
             }
+            st.waiting = true;
             st = slot.cv.wait(st).expect("rendezvous lock");
         }
     }
@@ -117,7 +133,21 @@ impl<K: PartialEq + Copy, T> Rendezvous<K, T> {
             "a lender waits for one command at a time"
         );
         st.returned = Some((key, value));
+        st.waiting = false;
+        *self.handoffs.lock().expect("rendezvous lock") += 1;
         slot.cv.notify_all();
+    }
+
+    /// Whether every worker either is done (`done(worker)`) or waits here (to lend or to
+    /// collect) with nothing lent or given back to it since it started waiting: then none can
+    /// go on, since only a worker reaching a waiter's command releases it. A replica that
+    /// stops closes the rendezvous once this holds. The flags are read between two equal
+    /// hand-off counts, so no hand-off happened while they were read.
+    pub fn stuck(&self, done: impl Fn(usize) -> bool) -> bool {
+        let before = *self.handoffs.lock().expect("rendezvous lock");
+        let all = (0..self.slots.len())
+            .all(|w| done(w) || self.slots[w].state.lock().expect("rendezvous lock").waiting);
+        all && *self.handoffs.lock().expect("rendezvous lock") == before
     }
 
     /// Wakes everyone and makes every call fail from now on (shutdown).

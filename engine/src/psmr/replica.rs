@@ -270,6 +270,12 @@ impl<S: Service> ReplicaApp<S> {
         for (tx, _) in &r.workers {
             let _ = tx.send(Input::Stop);
         }
+        // Each worker first executes what it was handed, which may take a multi-worker command
+        // through the rendezvous: it closes only once every worker has stopped or waits there
+        // for a partner that stopped short of that command (its entries never came).
+        while !r.rendezvous.stuck(|i| r.workers[i].1.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         r.rendezvous.close();
         let mut stats = Vec::new();
         let mut shards = Vec::new();
@@ -555,6 +561,9 @@ impl<S: Service> Worker<S> {
         let mut last_need: Option<(SkipNeed, Instant)> = None;
         let mut times = service_histogram();
         let mut times_published = Instant::now();
+        // A stop asked for: the worker still executes what it was handed before it (so two
+        // replicas stopped after the same entries end in the same state), then stops.
+        let mut stopping = false;
         'outer: loop {
             let first = match self.inbox.recv_timeout(NEED_REPEAT) {
                 Ok(i) => Some(i),
@@ -570,7 +579,10 @@ impl<S: Service> Worker<S> {
                         .merger
                         .push(e.log, e.start, &e.entries)
                         .expect("the node hands out contiguous entries"),
-                    Input::Stop => break 'outer,
+                    Input::Stop => {
+                        stopping = true;
+                        break;
+                    }
                 }
                 input = self.inbox.try_recv().ok();
             }
@@ -670,6 +682,9 @@ impl<S: Service> Worker<S> {
             }
             if replied {
                 self.waker.wake();
+            }
+            if stopping {
+                break;
             }
         }
         let mut live = self.live.lock();
