@@ -30,7 +30,7 @@ mod zk;
 
 use crate::machine::Machine;
 use crate::report::{self, Series, Table};
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
 use serde::Serialize;
 use std::path::Path;
 use std::str::FromStr;

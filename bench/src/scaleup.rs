@@ -13,7 +13,7 @@ use crate::machine::Machine;
 use crate::report::{self, median, Series, Table};
 use btree_service::load::{run, RunResult, RunSpec, Workload};
 use btree_service::service::TreeConfig;
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

@@ -28,7 +28,7 @@
 
 use crate::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
 use groups::config::ClusterConfig;
 use groups::ids::NodeId;
 use serde::{Deserialize, Serialize};
@@ -234,10 +234,16 @@ mod tests {
 
     #[test]
     fn deployment_file_round_trips_and_is_validated() {
-        let d = engine::layout::Deployment::new(3, 1, 2, 1, groups::config::Tuning::default())
-            .unwrap()
-            .with_loopback_addresses(7300)
-            .unwrap();
+        let d = engine::psmr::deployment::Deployment::new(
+            3,
+            1,
+            2,
+            1,
+            groups::config::Tuning::default(),
+        )
+        .unwrap()
+        .with_loopback_addresses(7300)
+        .unwrap();
         let f = DeploymentFile {
             mode: Mode::OptPsmr,
             workers: 2,

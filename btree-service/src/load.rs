@@ -155,7 +155,7 @@ pub fn driver(
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     /// `None`: the unreplicated baseline.
-    pub mode: Option<engine::client::Mode>,
+    pub mode: Option<engine::psmr::proxy::Mode>,
     pub workers: usize,
     pub workload: Workload,
     pub tree: TreeConfig,
@@ -192,11 +192,12 @@ pub fn run(spec: &RunSpec) -> RunResult {
     }
 }
 
-fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
-    use engine::client::{ClientApp, ClientOptions};
-    use engine::layout::Deployment;
+fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult {
+    use engine::client::ClientApp;
+    use engine::psmr::deployment::Deployment;
+    use engine::psmr::proxy::ClientOptions;
     use engine::psmr::replica::ReplicaOptions;
-    let workers = if mode == engine::client::Mode::Smr {
+    let workers = if mode == engine::psmr::proxy::Mode::Smr {
         1
     } else {
         spec.workers

@@ -21,7 +21,7 @@
 
 use crate::tree::{BPlusTree, TreeImage};
 use bytes::Bytes;
-use engine::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
+use engine::psmr::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -581,17 +581,13 @@ impl Service for TreeService {
     }
 
     fn state_hash(&self, shards: &[&TreeShard]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut mix = |x: u64| h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+        let mut h = engine::hash::Fnv64::new();
         let top = &shards[0].top;
         for e in &top.entries {
-            mix(e.low);
-            mix(e.owner as u64);
             let t = &shards[e.owner].subtrees[&e.id];
-            mix(t.len() as u64);
-            mix(t.content_hash());
+            h.words([e.low, e.owner as u64, t.len() as u64, t.content_hash()]);
         }
-        h
+        h.get()
     }
 }
 

@@ -9,8 +9,8 @@
 use btree_service::cli::{parse_command, parse_mode, DeploymentFile};
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;
-use engine::client::Mode;
-use engine::layout::Deployment;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::proxy::Mode;
 use engine::wire;
 use groups::config::Tuning;
 use proptest::collection::vec;

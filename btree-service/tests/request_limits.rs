@@ -9,10 +9,11 @@
 
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::{ClientError, HandleApp, Mode};
+use engine::client::{ClientError, HandleApp};
 use engine::inproc::{self, EngineApp};
-use engine::layout::Deployment;
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::psmr::replica::ReplicaOptions;
 use groups::config::Tuning;
 use std::sync::Arc;

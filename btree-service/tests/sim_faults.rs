@@ -16,10 +16,10 @@
 use btree_service::model::TreeModel;
 use btree_service::service::{TreeCommand, TreeConfig, TreeService};
 use bytes::Bytes;
-use engine::client::Mode;
-use engine::layout::Deployment;
 use engine::lincheck::{self, Budget};
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};

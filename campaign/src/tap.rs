@@ -4,12 +4,14 @@
 //! P-SMR proxy ([`Recording`]) and the scale-out one ([`ScaleOutRecording`]).
 
 use bytes::Bytes;
-use engine::client::{ClientProxy, ClientStats, Completion, Proxy};
-use engine::partitioned::client::ScaleOutClient;
+use engine::client::{ClientStats, Completion, Proxy};
+use engine::partitioned::msg::{Multicast, Response};
+use engine::partitioned::proxy::ScaleOutClient;
 use engine::partitioned::service::PartitionedService;
-use engine::partitioned::wire::{Multicast, Response};
-use engine::service::Service;
-use engine::wire::{self, ClientId, Reply, Request};
+use engine::psmr::msg::{Reply, Request};
+use engine::psmr::proxy::ClientProxy;
+use engine::psmr::service::Service;
+use engine::wire::{self, ClientId};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use parking_lot::Mutex;
@@ -37,7 +39,7 @@ pub struct Tap {
 }
 
 /// A hash of a reply's outcome (of its wire encoding).
-fn outcome_hash<R: serde::Serialize>(outcome: &engine::wire::Outcome<R>) -> u64 {
+fn outcome_hash<R: serde::Serialize>(outcome: &engine::psmr::msg::Outcome<R>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     wire::encode(outcome).hash(&mut h);
@@ -138,7 +140,7 @@ impl<S: Service> Proxy for Recording<S> {
     }
 }
 
-/// [`ScaleOutClient`](engine::partitioned::client::ScaleOutClient) with a [`Tap`]: when each
+/// [`ScaleOutClient`](engine::partitioned::proxy::ScaleOutClient) with a [`Tap`]: when each
 /// command was submitted and completed, and which logs its multicasts went through (its
 /// consults, the moves it asked for, its attempts and their resends). Scale-out replies carry
 /// no replica id nor state hash: `replies` stays empty (replica states are compared through

@@ -32,8 +32,8 @@
 use crate::graph::{generate, place_by_community, read_edge_list, GraphSpec, SocialGraph};
 use crate::service::{Chirper, ChirperConfig, Command, Reply, UserId};
 use bytes::Bytes;
+use engine::partitioned::msg::Response;
 use engine::partitioned::replica::Role;
-use engine::partitioned::wire::Response;
 use engine::partitioned::Scheme;
 use groups::config::ClusterConfig;
 use groups::ids::{GroupId, NodeId};

@@ -1,47 +1,21 @@
-//! The client proxy: turns commands into multicasts and replies into results.
+//! Hosting client proxies of any protocol on a node.
 //!
-//! [`ClientProxy`] is sans-IO. It numbers commands `(client, seq)`, maps each to its workers
-//! (conservatively for P-SMR, optimistically for opt-PSMR), keeps many commands outstanding,
-//! takes the first reply of any replica, resends on timeout (replicas answer a resent command
-//! from their client table, so it takes effect at most once), and on an opt-PSMR
-//! `RetryConservative` multicasts the command again with the conservative map, once.
-//!
-//! [`ClientApp`] hosts many proxies of any kind ([`Proxy`]: this one, or the scale-out proxy of
-//! [`crate::partitioned`]) on one node of a runtime, fed by a [`Driver`] (a workload generator,
-//! or [`ChannelDriver`] for blocking calls from other threads).
+//! A [`Proxy`] is one logical client of some protocol (the P-SMR one is
+//! [`crate::psmr::proxy::ClientProxy`], the scale-out one
+//! [`crate::partitioned::proxy::ScaleOutClient`]). [`ClientApp`] hosts many proxies on one
+//! node of a runtime, fed by a [`Driver`] (a workload generator, or [`ChannelDriver`] for
+//! blocking calls from other threads).
 
-use crate::service::{Service, Target};
-use crate::wire::{self, Attempt, ClientId, Outcome, Reply, Request};
+use crate::wire::{self, ClientId};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
-use groups::ids::{GroupId, NodeId};
+use groups::ids::NodeId;
 use groups::node::GroupsNode;
 use groups::runtime::inproc::App;
 use groups::runtime::Waker;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The replication mode a client uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// One worker, one group: classical state-machine replication.
-    Smr,
-    /// Conservative command map.
-    Psmr,
-    /// Optimistic command map, conservative retry on refusal.
-    OptPsmr,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Smr => "smr",
-            Mode::Psmr => "psmr",
-            Mode::OptPsmr => "opt-psmr",
-        }
-    }
-}
 
 /// Why a command failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -103,34 +77,6 @@ impl<'a> std::iter::Sum<&'a ClientStats> for ClientStats {
     }
 }
 
-struct Pending<C> {
-    command: C,
-    attempt: Attempt,
-    dests: GroupSet,
-    payload: Bytes,
-    sent_at: u64,
-    tries: u32,
-}
-
-/// One logical client.
-pub struct ClientProxy<S: Service> {
-    id: ClientId,
-    service: Arc<S>,
-    mode: Mode,
-    workers: usize,
-    next_seq: u64,
-    pending: BTreeMap<u64, Pending<S::Command>>,
-    out: Vec<(GroupSet, Bytes)>,
-    now: u64,
-    resend_ticks: u64,
-    /// First state hash reported for a recent all-worker command, and by whom.
-    hashes: BTreeMap<u64, (u64, NodeId)>,
-    /// The largest request the cluster accepts, and commands refused for exceeding it.
-    payload_max: usize,
-    refused: Vec<Completion<S::Command, S::Reply>>,
-    pub stats: ClientStats,
-}
-
 /// A finished command.
 #[derive(Debug)]
 pub struct Completion<C, R> {
@@ -166,242 +112,6 @@ pub trait Proxy: Send + 'static {
     fn take_refused(&mut self, out: &mut Vec<Completion<Self::Command, Self::Reply>>);
 }
 
-/// Most recent all-worker commands whose replica hashes are kept for comparison.
-const HASHES_KEPT: usize = 4096;
-
-impl<S: Service> ClientProxy<S> {
-    /// A client for a deployment with `workers` workers per replica. `resend_ticks` is the
-    /// first resend timeout (doubling per attempt).
-    pub fn new(
-        id: ClientId,
-        service: Arc<S>,
-        mode: Mode,
-        workers: usize,
-        resend_ticks: u64,
-    ) -> Self {
-        assert!(workers > 0);
-        assert!(mode != Mode::Smr || workers == 1, "smr runs one worker");
-        ClientProxy {
-            id,
-            service,
-            mode,
-            workers,
-            next_seq: 0,
-            pending: BTreeMap::new(),
-            out: Vec::new(),
-            now: 0,
-            resend_ticks,
-            hashes: BTreeMap::new(),
-            payload_max: usize::MAX,
-            refused: Vec::new(),
-            stats: ClientStats::default(),
-        }
-    }
-
-    pub fn id(&self) -> ClientId {
-        self.id
-    }
-
-    pub fn outstanding(&self) -> usize {
-        self.pending.len()
-    }
-
-    fn dests(&self, t: &Target) -> GroupSet {
-        match t {
-            Target::All => GroupSet::all(self.workers as u32),
-            t => t
-                .workers(self.workers)
-                .into_iter()
-                .map(|w| GroupId(w as u32))
-                .collect(),
-        }
-    }
-
-    fn encode(&self, seq: u64, attempt: Attempt, command: &S::Command) -> Bytes {
-        let floor = self
-            .pending
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_seq)
-            .min(seq);
-        Bytes::from(wire::encode(&Request {
-            client: self.id,
-            seq,
-            attempt,
-            floor,
-            command: Bytes::from(wire::encode(command)),
-        }))
-    }
-
-    /// Submits a command; returns its sequence number.
-    pub fn submit(&mut self, command: S::Command) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let (target, attempt) = match self.mode {
-            Mode::Smr => (Target::One(0), Attempt::Conservative),
-            Mode::Psmr => (
-                self.service.conservative(&command, self.workers),
-                Attempt::Conservative,
-            ),
-            Mode::OptPsmr => match self.service.optimistic(&command, self.workers) {
-                t @ Target::One(_) => (t, Attempt::Optimistic),
-                t => (t, Attempt::Conservative),
-            },
-        };
-        let dests = self.dests(&target);
-        let payload = self.encode(seq, attempt, &command);
-        self.stats.submitted += 1;
-        if payload.len() > self.payload_max {
-            // A conservative retry of an optimistic attempt is the same size, so the first
-            // encoding decides.
-            self.stats.too_large += 1;
-            self.refused.push(Completion {
-                seq,
-                command,
-                result: Err(ClientError::TooLarge {
-                    bytes: payload.len(),
-                    max: self.payload_max,
-                }),
-            });
-            return seq;
-        }
-        self.out.push((dests.clone(), payload.clone()));
-        self.pending.insert(
-            seq,
-            Pending {
-                command,
-                attempt,
-                dests,
-                payload,
-                sent_at: self.now,
-                tries: 0,
-            },
-        );
-        seq
-    }
-
-    /// Handles a replica's reply; returns the completion if this is the first answer.
-    pub fn on_reply(&mut self, reply: Reply<S::Reply>) -> Option<Completion<S::Command, S::Reply>> {
-        if let Some(h) = reply.state_hash {
-            self.audit(reply.seq, h, reply.replica);
-        }
-        let p = self.pending.get(&reply.seq)?;
-        if p.attempt != reply.attempt {
-            return None; // an answer to an earlier attempt
-        }
-        let result = match reply.outcome {
-            Outcome::Done(r) => Ok(r),
-            Outcome::Rejected(e) => Err(ClientError::Rejected(e)),
-            Outcome::RetryConservative => {
-                if p.attempt == Attempt::Optimistic {
-                    self.stats.aborts += 1;
-                    self.retry_conservative(reply.seq);
-                }
-                return None;
-            }
-        };
-        let p = self.pending.remove(&reply.seq).expect("checked");
-        self.stats.completed += 1;
-        Some(Completion {
-            seq: reply.seq,
-            command: p.command,
-            result,
-        })
-    }
-
-    fn retry_conservative(&mut self, seq: u64) {
-        let p = self.pending.get(&seq).expect("pending");
-        let target = self.service.conservative(&p.command, self.workers);
-        let dests = self.dests(&target);
-        let payload = self.encode(seq, Attempt::Conservative, &p.command);
-        self.out.push((dests.clone(), payload.clone()));
-        let now = self.now;
-        let p = self.pending.get_mut(&seq).expect("pending");
-        p.attempt = Attempt::Conservative;
-        p.dests = dests;
-        p.payload = payload;
-        p.sent_at = now;
-        p.tries = 0;
-    }
-
-    fn audit(&mut self, seq: u64, hash: u64, replica: NodeId) {
-        match self.hashes.get(&seq) {
-            Some(&(h, r)) if h != hash && r != replica => {
-                self.stats.divergences += 1;
-                tracing::error!(client = ?self.id, seq, first = ?r, then = ?replica, "replica states diverged after the same command");
-            }
-            Some(_) => {}
-            None => {
-                self.hashes.insert(seq, (hash, replica));
-                if self.hashes.len() > HASHES_KEPT {
-                    self.hashes.pop_first();
-                }
-            }
-        }
-    }
-
-    /// Advances time to `now` (ticks) and resends overdue commands.
-    pub fn tick(&mut self, now: u64) {
-        self.now = now;
-        let mut resend = Vec::new();
-        for (&seq, p) in self.pending.iter_mut() {
-            if now >= p.sent_at + (self.resend_ticks << p.tries.min(5)) {
-                p.sent_at = now;
-                p.tries += 1;
-                resend.push((p.dests.clone(), p.payload.clone()));
-                let _ = seq;
-            }
-        }
-        self.stats.resends += resend.len() as u64;
-        self.out.extend(resend);
-    }
-
-    /// Multicasts to perform: `(destination groups, payload)`.
-    pub fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
-        out.append(&mut self.out);
-    }
-}
-
-impl<S: Service> Proxy for ClientProxy<S> {
-    type Command = S::Command;
-    type Reply = S::Reply;
-
-    fn id(&self) -> ClientId {
-        self.id
-    }
-    fn submit(&mut self, command: S::Command) -> u64 {
-        ClientProxy::submit(self, command)
-    }
-    fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, S::Reply>> {
-        match wire::decode::<Reply<S::Reply>>(body) {
-            Ok(reply) => self.on_reply(reply),
-            Err(e) => {
-                tracing::warn!(client = ?self.id, error = %e, "undecodable reply dropped");
-                None
-            }
-        }
-    }
-    fn tick(&mut self, now: u64) {
-        ClientProxy::tick(self, now)
-    }
-    fn take_multicasts(&mut self, out: &mut Vec<(GroupSet, Bytes)>) {
-        ClientProxy::take_multicasts(self, out)
-    }
-    fn outstanding(&self) -> usize {
-        ClientProxy::outstanding(self)
-    }
-    fn stats(&self) -> &ClientStats {
-        &self.stats
-    }
-    fn set_payload_limit(&mut self, max: usize) {
-        self.payload_max = max;
-    }
-    fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, S::Reply>>) {
-        out.append(&mut self.refused);
-    }
-}
-
 /// Produces commands `C` for the clients of a [`ClientApp`] and learns their outcomes `R`.
 pub trait Driver<C, R>: Send + 'static {
     /// Client `client` has room for another command; return one, or `None` for now.
@@ -434,24 +144,6 @@ pub struct ClientApp<P: Proxy, D: Driver<P::Command, P::Reply>> {
 /// A node's client counters, readable from other threads (see [`ClientApp::share_stats`]).
 pub type SharedStats = Arc<parking_lot::Mutex<ClientStats>>;
 
-/// How the clients of a [`ClientApp`] run.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientOptions {
-    /// Logical clients on the node.
-    pub clients: usize,
-    /// Commands each keeps outstanding.
-    pub window: usize,
-    pub mode: Mode,
-    /// Workers per replica (the command maps need it).
-    pub workers: usize,
-    /// First resend timeout, in ticks (doubling per attempt).
-    pub resend_ticks: u64,
-    /// Client `i` of this node is `ClientId::new(node, first_index + i)`. A process that
-    /// restarts must not reuse indexes (replicas remember requests per client): pick this
-    /// from the process's incarnation (see [`incarnation_index`]).
-    pub first_index: u32,
-}
-
 /// A client index base unlikely to repeat across restarts of a process: the low bits of the
 /// boot time and of the process id.
 pub fn incarnation_index() -> u32 {
@@ -461,24 +153,6 @@ pub fn incarnation_index() -> u32 {
     let pid = std::process::id();
     // The low byte stays free for up to 256 clients per process.
     (((secs as u32) << 12) ^ (pid << 20) ^ (pid << 8)) & !0xff
-}
-
-impl<S: Service, D: Driver<S::Command, S::Reply>> ClientApp<ClientProxy<S>, D> {
-    /// The P-SMR clients of `node`.
-    pub fn new(node: NodeId, service: Arc<S>, o: ClientOptions, driver: D) -> Self {
-        let proxies = (0..o.clients)
-            .map(|i| {
-                ClientProxy::new(
-                    ClientId::new(node, o.first_index.wrapping_add(i as u32)),
-                    service.clone(),
-                    o.mode,
-                    o.workers,
-                    o.resend_ticks,
-                )
-            })
-            .collect();
-        ClientApp::from_proxies(proxies, o.window, driver)
-    }
 }
 
 impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientApp<P, D> {
@@ -692,32 +366,6 @@ pub struct HandleApp<P: Proxy> {
 
 /// The handle of a [`HandleApp`] hosting proxies `P`.
 pub type HandleOf<P> = ClientHandle<<P as Proxy>::Command, <P as Proxy>::Reply>;
-
-impl<S: Service> HandleApp<ClientProxy<S>> {
-    /// An app for blocking P-SMR calls: `clients` clients with one command outstanding each.
-    pub fn new(
-        node: NodeId,
-        clients: usize,
-        service: Arc<S>,
-        mode: Mode,
-        workers: usize,
-        resend_ticks: u64,
-    ) -> (Self, HandleOf<ClientProxy<S>>) {
-        let first = incarnation_index();
-        let proxies = (0..clients)
-            .map(|i| {
-                ClientProxy::new(
-                    ClientId::new(node, first.wrapping_add(i as u32)),
-                    service.clone(),
-                    mode,
-                    workers,
-                    resend_ticks,
-                )
-            })
-            .collect();
-        HandleApp::from_proxies(proxies)
-    }
-}
 
 impl<P: Proxy> HandleApp<P> {
     /// An app for blocking calls through `proxies` (one command outstanding each).

@@ -1,8 +1,8 @@
 //! Running a deployment in one process (threads and channels).
 
-use crate::layout::Deployment;
+use crate::psmr::deployment::Deployment;
 use crate::psmr::replica::{ReplicaApp, ReplicaOptions};
-use crate::service::Service;
+use crate::psmr::service::Service;
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, InProcCluster};

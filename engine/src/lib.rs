@@ -2,24 +2,24 @@
 //!
 //! Scale-up (P-SMR, opt-PSMR): a replica runs one worker thread per group; commands that touch
 //! one worker's state run there without locks, commands that touch several run on the lowest
-//! involved worker while the others are parked. See [`service`] for the contract a service
+//! involved worker while the others are parked. See [`Service`] for the contract a service
 //! implements, [`psmr`] for the replica, [`client`] for the client proxy.
 
 pub mod binary;
 pub mod checkpoint;
 pub mod client;
+pub mod hash;
 pub mod inproc;
-pub mod layout;
 pub mod lincheck;
 pub mod load;
 pub mod metrics;
 pub mod partitioned;
 pub mod psmr;
-pub mod service;
 pub mod sim;
 pub mod sync;
-pub mod table;
 pub mod testing;
 pub mod topology;
 pub mod unreplicated;
 pub mod wire;
+
+pub use psmr::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};

@@ -14,7 +14,7 @@ pub use groups::metrics::*;
 
 use crate::partitioned::oracle::OracleStats;
 use crate::partitioned::server::ServerStats;
-use crate::psmr::core::WorkerStats;
+use crate::psmr::executor::WorkerStats;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::sync::Arc;

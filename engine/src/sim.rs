@@ -3,7 +3,7 @@
 //! [`EngineSim`] runs any deployment described by a [`Blueprint`]: which nodes are replicas
 //! (in sets that must reach identical states), acceptors and clients, how to build a replica
 //! ([`SimRole`]) and a client proxy ([`Proxy`]). [`Psmr`] is the blueprint of P-SMR and
-//! opt-PSMR deployments; the scale-out blueprints live in [`crate::partitioned::sim`].
+//! opt-PSMR deployments; the scale-out blueprints live in [`crate::partitioned::blueprint`].
 //!
 //! [`SimReplica`] runs a replica's workers without threads: each worker merges its own logs
 //! into its own queue exactly as a threaded worker does, and a seeded scheduler repeatedly
@@ -17,13 +17,13 @@
 //! [`SimClient`]s (hosting any [`Proxy`]) record a history: call time, command, and completion time and result (or
 //! none, if the command was still outstanding at the end), for the linearizability checker.
 
-use crate::checkpoint::{
-    self, Assembly, Checkpoint, CheckpointPolicy, Recovery, Store, Transfer, Trigger, WorkerPart,
-};
-use crate::client::{ClientError, ClientProxy, ClientStats, Mode, Proxy};
-use crate::layout::Deployment;
-use crate::psmr::core::{ExecOptions, Executor, Job, WorkerState, WorkerStats};
-use crate::service::Service;
+use crate::checkpoint::{self, CheckpointPolicy, Recovery, Store, Transfer, Trigger};
+use crate::client::{ClientError, ClientStats, Proxy};
+use crate::psmr::deployment::Deployment;
+use crate::psmr::executor::{ExecOptions, Executor, Job, WorkerState, WorkerStats};
+use crate::psmr::proxy::{ClientProxy, Mode};
+use crate::psmr::service::Service;
+use crate::psmr::snapshot::{self, Assembly, Checkpoint, WorkerPart};
 use crate::wire::{self, ClientId};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
@@ -260,7 +260,7 @@ impl<S: Service> SimReplica<S> {
     fn install(&mut self, bytes: Bytes) {
         let cfg = self.node.config().clone();
         let restored = Checkpoint::decode(&bytes).and_then(|c| {
-            checkpoint::restore(&*self.executor.service, &c, &cfg, &self.ckpt.subs).map(|r| (c, r))
+            snapshot::restore(&*self.executor.service, &c, &cfg, &self.ckpt.subs).map(|r| (c, r))
         });
         let (ck, r) = match restored {
             Ok(x) => x,

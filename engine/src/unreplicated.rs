@@ -8,7 +8,7 @@
 //! worker order (so no deadlock) and runs. `workers` server threads take requests from one
 //! queue.
 
-use crate::service::{Access, Service, Shards, Target};
+use crate::psmr::service::{Access, Service, Shards, Target};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 use std::sync::Arc;

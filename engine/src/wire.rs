@@ -1,5 +1,5 @@
-//! What clients and replicas send each other: a [`Request`] is the payload of an atomic
-//! multicast; a [`Reply`] travels back point to point as an application message.
+//! What travels between the engine's nodes, whatever the protocol: logical client ids, the
+//! encoding, and (point to point) messages addressed to a client.
 
 use groups::codec::{Bitcode, Codec, CodecError};
 use groups::ids::NodeId;
@@ -29,53 +29,6 @@ impl fmt::Debug for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c{}.{}", self.node().0, self.index())
     }
-}
-
-/// How a command was mapped to workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Attempt {
-    /// The conservative (P-SMR) map: always executed.
-    Conservative,
-    /// opt-PSMR's optimistic map: a single worker may refuse it (then the client retries
-    /// conservatively, once).
-    Optimistic,
-}
-
-/// A command as multicast by a client proxy. The command itself is encoded separately, so a
-/// replica that cannot decode it can still tell the client ([`Outcome::Rejected`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Request {
-    pub client: ClientId,
-    pub seq: u64,
-    pub attempt: Attempt,
-    /// Every request of this client below `floor` has its reply: replicas may forget them.
-    pub floor: u64,
-    pub command: bytes::Bytes,
-}
-
-/// The outcome of a request at one replica.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Outcome<R> {
-    Done(R),
-    /// The optimistic attempt would reach beyond its worker: nothing changed; multicast the
-    /// command again with the conservative map.
-    RetryConservative,
-    /// The request could not be executed (malformed, or not a command of this service).
-    Rejected(String),
-}
-
-/// A replica's answer to a request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Reply<R> {
-    pub client: ClientId,
-    pub seq: u64,
-    pub attempt: Attempt,
-    /// The replica that answers.
-    pub replica: NodeId,
-    pub outcome: Outcome<R>,
-    /// For commands for all workers: the hash of the replica's whole state right after the
-    /// command. Clients compare the hashes of different replicas' replies.
-    pub state_hash: Option<u64>,
 }
 
 /// Encodes a message for a client: the client id (8 bytes, little-endian), then `body`. A client
@@ -122,19 +75,5 @@ mod tests {
         assert_eq!(to, c);
         assert_eq!(decode::<(u64, String)>(body).unwrap(), (7, "x".to_string()));
         assert!(addressee(&m[..5]).is_none());
-    }
-
-    #[test]
-    fn a_request_with_a_foreign_command_still_decodes_its_envelope() {
-        let r = Request {
-            client: ClientId::new(NodeId(1), 0),
-            seq: 9,
-            attempt: Attempt::Optimistic,
-            floor: 0,
-            command: encode(&"not a number".to_string()).into(),
-        };
-        let back: Request = decode(&encode(&r)).unwrap();
-        assert_eq!((back.client, back.seq), (r.client, 9));
-        assert!(decode::<(u64, u64)>(&back.command).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Property-based runs over every decoder of network input in `engine`: the request and reply
 //! envelopes of [`engine::wire`] and the client-message framing ([`wire::to_client`] /
-//! [`wire::addressee`]), the scale-out messages of [`engine::partitioned::wire`], the command
+//! [`wire::addressee`]), the scale-out messages of [`engine::partitioned::msg`], the command
 //! and reply types of the test services ([`engine::testing`]), a P-SMR replica's decoding of
 //! a delivery ([`Executor::decode`]), and the sysfs CPU-list parser.
 //!
@@ -11,15 +11,16 @@
 //! round trips for valid encodings (same debug form, same bytes when re-encoded).
 
 use bytes::Bytes;
-use engine::partitioned::service::Kind;
-use engine::partitioned::wire::{
+use engine::partitioned::msg::{
     CommandMsg, Exchange, Multicast, Outcome as POutcome, Peer, Prophecy, Response, ToClient,
 };
-use engine::psmr::core::{ExecOptions, Executor};
+use engine::partitioned::service::Kind;
+use engine::psmr::executor::{ExecOptions, Executor};
+use engine::psmr::msg::{Attempt, Outcome, Reply, Request};
 use engine::testing::scaleout::{Cmd, Reply as SReply};
 use engine::testing::{KvCommand, KvReply, KvService};
 use engine::topology::parse_cpu_list;
-use engine::wire::{self, Attempt, ClientId, Outcome, Reply, Request};
+use engine::wire::{self, ClientId};
 use groups::codec::CodecError;
 use groups::merge::Delivery;
 use groups::{GroupId, GroupSet, LogId, Message, MsgId, NodeId};
@@ -422,9 +423,10 @@ proptest! {
         which in 0..3u8,
         d in damage(),
     ) {
-        use engine::checkpoint::{self, Checkpoint, Transfer, WorkerPart};
-        use engine::psmr::core::WorkerState;
-        use engine::service::Service;
+        use engine::checkpoint::Transfer;
+        use engine::psmr::snapshot::{Checkpoint, WorkerPart};
+        use engine::psmr::executor::WorkerState;
+        use engine::psmr::service::Service;
         let t = match which {
             0 => Transfer::Get { round: (offset % 2 == 0).then_some(round), offset },
             1 => Transfer::Chunk { round, total: offset, offset, data },
@@ -433,7 +435,7 @@ proptest! {
         check_codec(&t, &d)?;
         let _ = Transfer::decode(&d.noise);
 
-        let dep = engine::layout::Deployment::new(2, 1, 2, 1, groups::config::Tuning::default())
+        let dep = engine::psmr::deployment::Deployment::new(2, 1, 2, 1, groups::config::Tuning::default())
             .unwrap();
         let subs = dep.config.node(NodeId(1)).unwrap().subscriptions.clone();
         let svc = KvService::default();
@@ -453,7 +455,7 @@ proptest! {
             .collect();
         let ck = Checkpoint { round, parts };
         check_codec(&ck, &d)?;
-        let restored = checkpoint::restore(&svc, &ck, &dep.config, &subs).unwrap();
+        let restored = engine::psmr::snapshot::restore(&svc, &ck, &dep.config, &subs).unwrap();
         prop_assert_eq!(&restored.shards, &shards);
         let mut bad = ck.encode().to_vec();
         for (i, mask) in &d.flips {
@@ -461,7 +463,7 @@ proptest! {
             bad[at] ^= mask;
         }
         if let Ok(c) = Checkpoint::decode(&bad) {
-            let _ = checkpoint::restore(&svc, &c, &dep.config, &subs);
+            let _ = engine::psmr::snapshot::restore(&svc, &c, &dep.config, &subs);
         }
     }
 

@@ -8,10 +8,11 @@
 //! both replicas end in the same state, the conflict detector (on) saw no two dependent
 //! commands run at once, and opt-PSMR really aborted and retried.
 
-use engine::client::{ClientHandle, HandleApp, Mode};
+use engine::client::{ClientHandle, HandleApp};
 use engine::inproc::{self, EngineApp};
-use engine::layout::Deployment;
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::psmr::replica::ReplicaOptions;
 use engine::testing::{KvCommand, KvReply, KvService};
 use groups::config::Tuning;

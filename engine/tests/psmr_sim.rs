@@ -12,10 +12,10 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::client::Mode;
-use engine::layout::Deployment;
 use engine::lincheck::{self, Budget, Keys, Model};
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
 use engine::testing::{KvCommand, KvReply, KvService};
 use groups::config::Tuning;

@@ -16,10 +16,10 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use engine::checkpoint::CheckpointPolicy;
-use engine::client::Mode;
-use engine::layout::Deployment;
 use engine::lincheck::{self, Budget};
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::sim::{faulty_network, lincheck_history, EngineSim, Psmr, SimRole, SimSetup};
 use engine::testing::{KvCommand, KvModel, KvService};
 use groups::config::Tuning;

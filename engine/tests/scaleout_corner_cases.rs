@@ -12,14 +12,14 @@
 
 use bytes::Bytes;
 use engine::client::{ClientError, Proxy};
-use engine::partitioned::client::{ClientOptions, ScaleOutClient};
 use engine::partitioned::layout::{self, ScaleOutLayout};
+use engine::partitioned::msg::{Multicast, Response};
 use engine::partitioned::oracle::OracleServer;
+use engine::partitioned::proxy::{ClientOptions, ScaleOutClient};
 use engine::partitioned::server::PartitionServer;
 use engine::partitioned::service::{
     Kind, Need, ObjectId, Objects, PartitionId, PartitionedService,
 };
-use engine::partitioned::wire::{Multicast, Response};
 use engine::partitioned::{Output, Scheme, ServerOptions};
 use engine::testing::scaleout::{Cmd, ObjectKv, Reply};
 use engine::wire::{self, ClientId};
@@ -534,7 +534,7 @@ fn the_published_oracle_loses_created_objects() {
         };
         let mut oracle =
             OracleServer::new(service.clone(), cfg, layout.oracle_replicas[0], 2, opts);
-        let create = Multicast::Command(engine::partitioned::wire::CommandMsg {
+        let create = Multicast::Command(engine::partitioned::msg::CommandMsg {
             client: ClientId::new(NodeId(1000), 0),
             seq: 0,
             attempt: 1,

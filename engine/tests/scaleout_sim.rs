@@ -16,9 +16,9 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use engine::lincheck::{self, Budget};
-use engine::partitioned::client::ClientOptions;
+use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{check_ownership, ScaleOut};
+use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, Cmd, ObjectKv, ObjectKvModel};

@@ -6,9 +6,10 @@
 #![no_main]
 
 use bytes::Bytes;
-use engine::psmr::core::{ExecOptions, Executor};
+use engine::psmr::executor::{ExecOptions, Executor};
 use engine::testing::{KvCommand, KvReply, KvService};
-use engine::wire::{self, Reply, Request};
+use engine::wire;
+use engine::psmr::msg::{Reply, Request};
 use groups::merge::Delivery;
 use groups::{GroupId, GroupSet, LogId, Message, MsgId, NodeId};
 use libfuzzer_sys::fuzz_target;

@@ -7,7 +7,7 @@
 #![no_main]
 
 use chirper::service::{Reply as ChirperReply, User};
-use engine::partitioned::wire::{Exchange, Multicast, Peer, Prophecy, ToClient};
+use engine::partitioned::msg::{Exchange, Multicast, Peer, Prophecy, ToClient};
 use engine::testing::scaleout::Reply as KvReply;
 use engine::wire;
 use libfuzzer_sys::fuzz_target;

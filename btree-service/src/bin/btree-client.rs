@@ -11,7 +11,7 @@
 use btree_service::cli::{parse_command, render_reply, DeploymentFile};
 use btree_service::service::TreeService;
 use clap::Parser;
-use engine::client::ClientProxy;
+use engine::psmr::proxy::ClientProxy;
 use engine::wire::ClientId;
 use groups::ids::NodeId;
 use std::path::PathBuf;

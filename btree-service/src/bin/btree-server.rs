@@ -22,11 +22,12 @@
 use btree_service::cli::{parse_command, parse_mode, render_reply, DeploymentFile};
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
-use engine::client::{HandleApp, Mode};
-use engine::layout::Deployment;
+use engine::client::HandleApp;
 use engine::metrics::{
     render_checkpoints, render_node, render_workers, Exposition, MetricsServer, Observed,
 };
+use engine::psmr::deployment::Deployment;
+use engine::psmr::proxy::Mode;
 use engine::psmr::replica::{ReplicaApp, ReplicaOptions};
 use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;

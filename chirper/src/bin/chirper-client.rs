@@ -7,7 +7,7 @@
 
 use chirper::cli::{parse_command, render_response, DeploymentFile};
 use clap::Parser;
-use engine::partitioned::client::{ClientOptions, ScaleOutClient};
+use engine::partitioned::proxy::{ClientOptions, ScaleOutClient};
 use engine::wire::ClientId;
 use groups::ids::NodeId;
 use std::path::PathBuf;

@@ -21,7 +21,7 @@
 //! (asking for one every N handled multicasts, and at least every 10 s while it handles
 //! any), reports them so that the logs are trimmed below every replica's checkpoint, and,
 //! when it finds a log trimmed past it (restarted empty, or cut off too long), recovers by
-//! state transfer from a peer (see `engine::partitioned::checkpoint`). Give it to every
+//! state transfer from a peer (see `engine::partitioned::replica`). Give it to every
 //! replica of a deployment; without it nothing changes.
 //!
 //! Commands on stdin: `create U`, `post U TEXT`, `follow A B`, `unfollow A B`, `timeline U`,
@@ -36,8 +36,8 @@ use engine::metrics::{
     render_checkpoints, render_node, render_oracle, render_partition, Exposition, MetricsServer,
     Observed,
 };
-use engine::partitioned::client::{ClientOptions, ScaleOutClient};
 use engine::partitioned::layout::{self, ScaleOutLayout};
+use engine::partitioned::proxy::{ClientOptions, ScaleOutClient};
 use engine::partitioned::replica::{Role, ScaleOutReplica, SharedOracleStats, SharedServerStats};
 use engine::partitioned::ServerOptions;
 use engine::wire::ClientId;

@@ -1,6 +1,6 @@
 //! Bookkeeping shared by partition and oracle replicas.
 
-use super::wire::{Exchange, Peer};
+use super::msg::{Exchange, Peer};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
 use groups::ids::{MsgId, NodeId};

@@ -13,7 +13,7 @@
 use super::replica::Role;
 use super::service::PartitionId;
 use super::Scheme;
-use crate::layout::FIRST_CLIENT;
+use crate::psmr::deployment::FIRST_CLIENT;
 use crate::sim::Roles;
 use groups::config::{ClusterConfig, ConfigError, LogConfig, NodeConfig, Tuning};
 use groups::groupset::GroupSet;

@@ -9,12 +9,13 @@
 //! order as the partitions they involve, so its view of a partition equals the partition's own
 //! at each of them; with `record_views` it records that view for the tests to compare.
 
+use super::attempts::{AttemptTable, Seen};
 use super::common::{Outbox, Output};
+use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService};
-use super::table::{AttemptTable, Seen};
-use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::ServerOptions;
 use crate::checkpoint::CheckpointError;
+use crate::hash::Fnv64;
 use crate::wire::{self, ClientId};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
@@ -192,13 +193,12 @@ impl<S: PartitionedService> OracleServer<S> {
     }
 
     pub fn state_hash(&self) -> u64 {
-        let mut h: u64 = 0x84222325cbf29ce4;
+        let mut h = Fnv64::new();
+        h.word(u64::from(self.partitions) << 32 | 0x0ac1e);
         for (o, p) in &self.location {
-            for x in [*o, u64::from(*p)] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.word(*o).word(u64::from(*p));
         }
-        h ^ self.table.digest().rotate_left(17)
+        h.get() ^ self.table.digest().rotate_left(17)
     }
 
     pub fn take_outputs(&mut self, out: &mut Vec<Output>) {

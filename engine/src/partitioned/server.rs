@@ -29,20 +29,21 @@
 //! server records its state ([`PartitionServer::snapshot`]): objects, client table, the
 //! exchanges that already arrived for later commands, what it sent (its outbox, for pulls),
 //! recent deliveries, counters and views. [`PartitionServer::restore`] rebuilds a replica
-//! from those bytes (see [`super::checkpoint`]).
+//! from those bytes (see [`super::replica`]).
 //!
 //! The partition logic knows nothing about threads: a host delivers messages and ticks and
 //! performs the [`Output`]s (see [`super::replica`]); a P-SMR-style host with several workers
 //! per partition can drive it the same way.
 
+use super::attempts::{AttemptTable, Seen};
 use super::common::{Outbox, Output, Recent};
+use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
 use super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
-use super::table::{AttemptTable, Seen};
-use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
 use super::{Scheme, ServerOptions};
 use crate::checkpoint::CheckpointError;
+use crate::hash::Fnv64;
 use crate::wire;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
@@ -440,13 +441,12 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     /// A hash of the replicated state: objects and client table.
     pub fn state_hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(self.me);
+        let mut h = Fnv64::new();
+        h.word(u64::from(self.me));
         for (k, v) in &self.store {
-            for x in [*k, value_hash(v)] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.word(*k).word(value_hash(v));
         }
-        h ^ self.table.digest().rotate_left(17)
+        h.get() ^ self.table.digest().rotate_left(17)
     }
 
     fn view(&mut self, id: MsgId) {

@@ -11,14 +11,12 @@
 //! - a command for several workers runs on the lowest one, which collects the others' shards
 //!   through the [`Rendezvous`]; the others are parked until their shard comes back.
 
-use super::core::{ExecOptions, Executor, Outgoing, WorkerState, WorkerStats};
+use super::executor::{ExecOptions, Executor, Outgoing, WorkerState, WorkerStats};
 use super::rendezvous::Rendezvous;
-use crate::checkpoint::{
-    self, Assembly, Checkpoint, CheckpointPolicy, Recovery, Restored, Store, Transfer, Trigger,
-    WorkerPart,
-};
+use super::snapshot::{self, Assembly, Checkpoint, Restored, WorkerPart};
+use crate::checkpoint::{self, CheckpointPolicy, Recovery, Store, Transfer, Trigger};
 use crate::metrics::{service_histogram, SharedWorkerStats};
-use crate::service::Service;
+use crate::psmr::service::Service;
 use crate::topology::Topology;
 use bytes::Bytes;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
@@ -388,7 +386,7 @@ impl<S: Service> ReplicaApp<S> {
             .name("checkpoint-hash".into())
             .spawn(move || {
                 let restored = Checkpoint::decode(&bytes)
-                    .and_then(|c| checkpoint::restore(&*service, &c, &cfg, &subs));
+                    .and_then(|c| snapshot::restore(&*service, &c, &cfg, &subs));
                 if let Ok(r) = restored {
                     let all: Vec<&S::Shard> = r.shards.iter().collect();
                     let h = service.state_hash(&all);
@@ -415,7 +413,7 @@ impl<S: Service> ReplicaApp<S> {
             .map(|n| n.subscriptions.clone())
             .unwrap_or_default();
         let restored = Checkpoint::decode(&bytes)
-            .and_then(|c| checkpoint::restore(&*self.service, &c, &cfg, &subs).map(|r| (c, r)));
+            .and_then(|c| snapshot::restore(&*self.service, &c, &cfg, &subs).map(|r| (c, r)));
         let (ck, r) = match restored {
             Ok(x) => x,
             Err(e) => {

@@ -105,16 +105,12 @@ impl<O: Clone> AttemptTable<O> {
             })
             .collect();
         keys.sort();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = crate::hash::Fnv64::new();
         for (c, f, rs) in keys {
-            for x in [c.0, f]
-                .into_iter()
-                .chain(rs.into_iter().flat_map(|(s, a)| [s, u64::from(a)]))
-            {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.word(c.0).word(f);
+            h.words(rs.into_iter().flat_map(|(s, a)| [s, u64::from(a)]));
         }
-        h
+        h.get()
     }
 }
 

@@ -11,7 +11,8 @@
 //! same attempt is refused again, even if the worker's state would now allow it (the client
 //! has already moved on to the conservative attempt, which must be the only execution).
 
-use crate::wire::{ClientId, Outcome};
+use super::msg::Outcome;
+use crate::wire::ClientId;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -114,13 +115,11 @@ impl<R: Clone> ClientTable<R> {
             .map(|(c, e)| (c, e.floor, e.records.len()))
             .collect();
         keys.sort();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = crate::hash::Fnv64::new();
         for (c, f, n) in keys {
-            for x in [c.0, f, n as u64] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.word(c.0).word(f).word(n as u64);
         }
-        h
+        h.get()
     }
 }
 

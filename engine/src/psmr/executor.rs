@@ -1,9 +1,10 @@
 //! What a worker does with a delivered request, independent of how workers are run (threads
-//! in [`crate::psmr::replica`], one deterministic scheduler in [`crate::sim`]).
+//! in [`super::replica`], one deterministic scheduler in [`crate::sim`]).
 
-use crate::service::{Access, Service, Shards};
-use crate::table::{ClientTable, Seen};
-use crate::wire::{self, Attempt, Outcome, Reply, Request};
+use super::msg::{Attempt, Outcome, Reply, Request};
+use crate::psmr::client_table::{ClientTable, Seen};
+use crate::psmr::service::{Access, Service, Shards};
+use crate::wire;
 use bytes::Bytes;
 use groups::ids::{GroupId, MsgId, NodeId};
 use groups::merge::Delivery;

@@ -1,7 +1,7 @@
 //! Scale-out deployments in the deterministic simulator, and the invariants checked on them.
 
-use super::client::{ClientOptions, LocationCache, ScaleOutClient};
 use super::layout::ScaleOutLayout;
+use super::proxy::{ClientOptions, LocationCache, ScaleOutClient};
 use super::replica::{Core, ScaleOutReplica};
 use super::service::{ObjectId, PartitionId, PartitionedService};
 use super::{Scheme, ServerOptions};
@@ -34,7 +34,7 @@ pub struct ScaleOut<S: PartitionedService> {
     /// The clients of a node share one location cache (as one machine's threads would).
     pub cache_per_node: bool,
     /// Replicas merge their logs themselves, take part in checkpoints and ask for them by
-    /// this policy (see [`super::checkpoint`]); `None`, the default: the nodes merge and
+    /// this policy (see [`super::replica`]); `None`, the default: the nodes merge and
     /// nothing is checkpointed.
     pub checkpoints: Option<CheckpointPolicy>,
     caches: parking_lot::Mutex<BTreeMap<NodeId, LocationCache>>,

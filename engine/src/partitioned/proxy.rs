@@ -17,8 +17,8 @@
 //! Many commands may be outstanding; replies of older attempts are ignored; an attempt is
 //! resent on timeout (replicas answer a resent attempt from their tables).
 
+use super::msg::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
 use super::service::{Kind, ObjectId, PartitionId, PartitionedService};
-use super::wire::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
 use super::Scheme;
 use crate::client::{ClientError, ClientStats, Completion, Proxy};
 use crate::wire::{self, ClientId};
