@@ -1,7 +1,7 @@
 //! Checkpoints and state transfer, whatever the protocol (sans-IO parts).
 //!
 //! **Where a checkpoint lies.** A replica asks for a checkpoint by multicasting a checkpoint
-//! request ([`request_payload`]) to *every* group, so it has one place in every stream that
+//! request ([`request`]) to *every* group, so it has one place in every stream that
 //! the replica's workers (P-SMR) or partitions (S-SMR, DS-SMR) read, and, the streams being
 //! projections of one total order, a command before it in one stream is before it in every
 //! stream that has both. What each protocol records at that point is its own business
@@ -24,18 +24,13 @@
 //! requester tries the next peer. The requester installs the checkpoint and restarts its
 //! feeds at the checkpoint's positions ([`groups::node::GroupsNode::restart_feeds`]).
 
-use crate::psmr::msg::{Attempt, Request};
-use crate::wire::{self, ClientId};
+use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::ids::NodeId;
 use groups::message::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// The client id of checkpoint requests (no real client has it: its node would be
-/// `u32::MAX`).
-pub const CHECKPOINT_CLIENT: ClientId = ClientId(u64::MAX);
 
 /// A chunk of a checkpoint in transfer (frames are capped at 16 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -66,23 +61,22 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// The multicast payload of a checkpoint request for `round`.
-pub fn request_payload(round: u64) -> Bytes {
-    wire::encode(&Request {
-        client: CHECKPOINT_CLIENT,
-        seq: round,
-        attempt: Attempt::Conservative,
-        floor: 0,
-        command: Bytes::new(),
-    })
-    .into()
+/// The multicast payload of a checkpoint request for `round` (multicast to every group).
+pub fn request(round: u64) -> Bytes {
+    FeedMsg::checkpoint(round)
 }
 
-/// Whether a delivered message is a checkpoint request (it goes to every worker's group;
-/// only such messages are decoded).
-pub fn is_request(msg: &Message, workers: usize) -> bool {
-    msg.dests.len() >= workers
-        && wire::decode::<Request>(&msg.payload).is_ok_and(|r| r.client == CHECKPOINT_CLIENT)
+/// The round of a delivered checkpoint request, if `msg` is one. A request must be addressed
+/// to all the cluster's `groups` groups (only then does it lie in every stream); one that is
+/// not is no checkpoint request.
+pub fn round_of(msg: &Message, groups: usize) -> Option<u64> {
+    if msg.dests.len() < groups {
+        return None;
+    }
+    match FeedMsg::parse(&msg.payload) {
+        Ok(FeedMsg::Checkpoint { round }) => Some(round),
+        _ => None,
+    }
 }
 
 /// Why a checkpoint cannot be used.
@@ -164,12 +158,14 @@ pub enum Transfer {
 }
 
 impl Transfer {
+    /// The message, in its envelope ([`AppMsg::Transfer`]).
     pub fn encode(&self) -> Bytes {
-        wire::encode(self).into()
+        AppMsg::transfer(self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Transfer, groups::codec::CodecError> {
-        wire::decode(bytes)
+    /// The message in the body of an [`AppMsg::Transfer`].
+    pub fn decode(body: &[u8]) -> Result<Transfer, groups::codec::CodecError> {
+        wire::decode(body)
     }
 }
 
@@ -448,7 +444,10 @@ mod tests {
                 if drop_every > 0 && n % drop_every == 0 {
                     continue;
                 }
-                let Ok(Transfer::Get { round, offset }) = Transfer::decode(&bytes) else {
+                let Ok(AppMsg::Transfer(body)) = AppMsg::parse(&bytes) else {
+                    panic!("requester sends transfer messages");
+                };
+                let Ok(Transfer::Get { round, offset }) = Transfer::decode(body) else {
                     panic!("requester sends gets");
                 };
                 let s = if to == peer { &mut *store } else { &mut empty };

@@ -96,7 +96,7 @@ pub trait Proxy: Send + 'static {
     /// Submits a command; returns its sequence number.
     fn submit(&mut self, command: Self::Command) -> u64;
     /// Handles the body of a message a replica addressed to this client
-    /// ([`wire::to_client`]); returns a completion if a command finished.
+    /// ([`wire::AppMsg::ToClient`]); returns a completion if a command finished.
     fn on_message(&mut self, body: &[u8]) -> Option<Completion<Self::Command, Self::Reply>>;
     /// Advances time to `now` (ticks): resends overdue messages.
     fn tick(&mut self, now: u64);
@@ -211,7 +211,7 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> App for ClientApp<P, D> {
         let now = Instant::now();
         node.take_app(&mut self.inbox);
         for (_, bytes) in self.inbox.drain(..) {
-            let Some((client, body)) = wire::addressee(&bytes) else {
+            let Ok(wire::AppMsg::ToClient { client, body }) = wire::AppMsg::parse(&bytes) else {
                 tracing::warn!("message without an addressee dropped");
                 continue;
             };

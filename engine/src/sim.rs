@@ -168,7 +168,8 @@ impl<S: Service> SimReplica<S> {
         let k = self.mergers.len();
         for (w, m) in self.mergers.iter_mut().enumerate() {
             loop {
-                let stopped = m.poll_until(&mut delivered, |msg| checkpoint::is_request(msg, k));
+                let stopped =
+                    m.poll_until(&mut delivered, |msg| checkpoint::round_of(msg, k).is_some());
                 for d in delivered.drain(..) {
                     if let Some(job) = self.executor.decode(&d) {
                         self.queues[w].push_back(job);
@@ -210,10 +211,9 @@ impl<S: Service> SimReplica<S> {
             .as_mut()
             .and_then(|t| t.poll(latest, executed, now));
         if let (Some(round), None) = (round, &self.ckpt.recovery) {
-            let _ = self.node.multicast(
-                self.ckpt.all_groups.clone(),
-                checkpoint::request_payload(round),
-            );
+            let _ = self
+                .node
+                .multicast(self.ckpt.all_groups.clone(), checkpoint::request(round));
         }
         let mut events = Vec::new();
         self.node.take_events(&mut events);
@@ -229,7 +229,7 @@ impl<S: Service> SimReplica<S> {
         self.node.take_app(&mut self.ckpt.app_in);
         let inbox = std::mem::take(&mut self.ckpt.app_in);
         for (from, bytes) in inbox {
-            let Ok(msg) = Transfer::decode(&bytes) else {
+            let Ok(msg) = crate::psmr::replica::transfer_in(&bytes) else {
                 continue;
             };
             match msg {
@@ -616,7 +616,7 @@ impl<P: Proxy> SimClient<P> {
         let max = self.node.config().tuning.payload_bytes_max;
         self.node.take_app(&mut self.inbox);
         for (_, bytes) in self.inbox.drain(..) {
-            let Some((client, body)) = wire::addressee(&bytes) else {
+            let Ok(wire::AppMsg::ToClient { client, body }) = wire::AppMsg::parse(&bytes) else {
                 continue;
             };
             let i = client.index() as usize;

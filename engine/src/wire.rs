@@ -31,19 +31,138 @@ impl fmt::Debug for ClientId {
     }
 }
 
-/// Encodes a message for a client: the client id (8 bytes, little-endian), then `body`. A client
-/// node hosting many clients routes the message by the prefix without knowing the body's type
-/// ([`addressee`]).
-pub fn to_client<T: Serialize>(client: ClientId, body: &T) -> bytes::Bytes {
-    let mut out = client.0.to_le_bytes().to_vec();
-    out.extend_from_slice(&encode(body));
-    out.into()
+/// Why bytes are not an envelope ([`FeedMsg`], [`AppMsg`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("empty message")]
+    Empty,
+    #[error("unknown message kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("a {kind} message needs {need} bytes, got {got}")]
+    Truncated {
+        kind: &'static str,
+        need: usize,
+        got: usize,
+    },
 }
 
-/// The client a message from [`to_client`] is for, and its body.
-pub fn addressee(bytes: &[u8]) -> Option<(ClientId, &[u8])> {
-    let (id, body) = bytes.split_first_chunk::<8>()?;
-    Some((ClientId(u64::from_le_bytes(*id)), body))
+/// Every payload the engine multicasts, as a replica reads it from its feed: one kind byte,
+/// then the kind's body. The engine's own requests (checkpoints) cannot be mistaken for a
+/// client's command, whatever the command's encoding, and a replica tells them apart without
+/// decoding the command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedMsg<'a> {
+    /// A client's command in its protocol's format: [`crate::psmr::msg::Request`] for P-SMR,
+    /// [`crate::partitioned::msg::Multicast`] for S-SMR and DS-SMR.
+    Command(&'a [u8]),
+    /// A checkpoint request for `round` (see [`crate::checkpoint`]).
+    Checkpoint { round: u64 },
+}
+
+const FEED_COMMAND: u8 = 0xC1;
+const FEED_CHECKPOINT: u8 = 0xC2;
+
+impl<'a> FeedMsg<'a> {
+    /// The multicast payload of a command.
+    pub fn command<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(FEED_COMMAND, None, body)
+    }
+
+    /// The multicast payload of a checkpoint request.
+    pub fn checkpoint(round: u64) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(9);
+        out.push(FEED_CHECKPOINT);
+        out.extend_from_slice(&round.to_le_bytes());
+        out.into()
+    }
+
+    pub fn parse(bytes: &'a [u8]) -> Result<FeedMsg<'a>, EnvelopeError> {
+        let (&kind, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        match kind {
+            FEED_COMMAND => Ok(FeedMsg::Command(body)),
+            FEED_CHECKPOINT => {
+                let round = body.try_into().map_err(|_| EnvelopeError::Truncated {
+                    kind: "checkpoint request",
+                    need: 9,
+                    got: bytes.len(),
+                })?;
+                Ok(FeedMsg::Checkpoint {
+                    round: u64::from_le_bytes(round),
+                })
+            }
+            other => Err(EnvelopeError::UnknownKind(other)),
+        }
+    }
+}
+
+/// Every point-to-point message between the engine's nodes: one kind byte, then the kind's
+/// body. A client node hosting many clients routes a reply by its addressee without knowing
+/// the body's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppMsg<'a> {
+    /// For client `client` of the receiving node: a reply (or a DS-SMR prophecy) in the
+    /// protocol's format.
+    ToClient { client: ClientId, body: &'a [u8] },
+    /// State transfer between replicas ([`crate::checkpoint::Transfer`]).
+    Transfer(&'a [u8]),
+    /// Between the protocol cores of two replicas (S-SMR and DS-SMR pulls and their answers,
+    /// [`crate::partitioned::msg::Peer`]).
+    Peer(&'a [u8]),
+}
+
+const APP_TO_CLIENT: u8 = 0xA1;
+const APP_TRANSFER: u8 = 0xA2;
+const APP_PEER: u8 = 0xA3;
+
+impl<'a> AppMsg<'a> {
+    /// A message for `client`.
+    pub fn to_client<T: Serialize>(client: ClientId, body: &T) -> bytes::Bytes {
+        tagged(APP_TO_CLIENT, Some(client), body)
+    }
+
+    /// A state-transfer message.
+    pub fn transfer<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(APP_TRANSFER, None, body)
+    }
+
+    /// A message between protocol cores.
+    pub fn peer<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(APP_PEER, None, body)
+    }
+
+    pub fn parse(bytes: &'a [u8]) -> Result<AppMsg<'a>, EnvelopeError> {
+        let (&kind, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        match kind {
+            APP_TO_CLIENT => {
+                let (id, body) = body
+                    .split_first_chunk::<8>()
+                    .ok_or(EnvelopeError::Truncated {
+                        kind: "client",
+                        need: 9,
+                        got: bytes.len(),
+                    })?;
+                Ok(AppMsg::ToClient {
+                    client: ClientId(u64::from_le_bytes(*id)),
+                    body,
+                })
+            }
+            APP_TRANSFER => Ok(AppMsg::Transfer(body)),
+            APP_PEER => Ok(AppMsg::Peer(body)),
+            other => Err(EnvelopeError::UnknownKind(other)),
+        }
+    }
+}
+
+/// `kind`, the client id if any (8 bytes, little-endian), then `body` encoded.
+fn tagged<T: Serialize>(kind: u8, client: Option<ClientId>, body: &T) -> bytes::Bytes {
+    let body = encode(body);
+    let mut out = Vec::with_capacity(9 + body.len());
+    out.push(kind);
+    if let Some(c) = client {
+        out.extend_from_slice(&c.0.to_le_bytes());
+    }
+    out.extend_from_slice(&body);
+    out.into()
 }
 
 /// Encodes a wire value.
@@ -68,12 +187,35 @@ mod tests {
     }
 
     #[test]
-    fn client_messages_carry_their_addressee() {
+    fn envelopes_round_trip_and_bad_ones_say_why() {
         let c = ClientId::new(NodeId(1000), 42);
-        let m = to_client(c, &(7u64, "x".to_string()));
-        let (to, body) = addressee(&m).unwrap();
-        assert_eq!(to, c);
+        let m = AppMsg::to_client(c, &(7u64, "x".to_string()));
+        let AppMsg::ToClient { client, body } = AppMsg::parse(&m).unwrap() else {
+            panic!("a client message");
+        };
+        assert_eq!(client, c);
         assert_eq!(decode::<(u64, String)>(body).unwrap(), (7, "x".to_string()));
-        assert!(addressee(&m[..5]).is_none());
+        assert!(matches!(
+            AppMsg::parse(&m[..5]),
+            Err(EnvelopeError::Truncated { .. })
+        ));
+        assert_eq!(AppMsg::parse(&[]), Err(EnvelopeError::Empty));
+        assert_eq!(
+            AppMsg::parse(&AppMsg::peer(&5u8)),
+            Ok(AppMsg::Peer(&encode(&5u8)[..]))
+        );
+        assert_eq!(
+            FeedMsg::parse(&FeedMsg::checkpoint(9)),
+            Ok(FeedMsg::Checkpoint { round: 9 })
+        );
+        let cmd = FeedMsg::command(&"not a round".to_string());
+        assert!(matches!(FeedMsg::parse(&cmd), Ok(FeedMsg::Command(_))));
+        assert!(matches!(
+            FeedMsg::parse(&FeedMsg::checkpoint(9)[..5]),
+            Err(EnvelopeError::Truncated { .. })
+        ));
+        // A client message is not a feed message and the other way round.
+        assert_eq!(FeedMsg::parse(&m), Err(EnvelopeError::UnknownKind(m[0])));
+        assert!(AppMsg::parse(&cmd).is_err());
     }
 }

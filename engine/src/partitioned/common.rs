@@ -64,10 +64,7 @@ impl<V: Clone + Serialize> Outbox<V> {
         };
         for (_, ex) in list {
             let body = Peer::Answer(ex.clone());
-            out.push(Output::Send(
-                requester,
-                Bytes::from(crate::wire::encode(&body)),
-            ));
+            out.push(Output::Send(requester, crate::wire::AppMsg::peer(&body)));
         }
         true
     }

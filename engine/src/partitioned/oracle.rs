@@ -16,7 +16,7 @@ use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService
 use super::ServerOptions;
 use crate::checkpoint::CheckpointError;
 use crate::hash::Fnv64;
-use crate::wire::{self, ClientId};
+use crate::wire::{self, AppMsg, ClientId};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -221,8 +221,10 @@ impl<S: PartitionedService> OracleServer<S> {
     }
 
     fn send(&mut self, client: ClientId, body: ToClient<S::Reply>) {
-        self.out
-            .push(Output::Send(client.node(), wire::to_client(client, &body)));
+        self.out.push(Output::Send(
+            client.node(),
+            AppMsg::to_client(client, &body),
+        ));
     }
 
     fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {

@@ -18,7 +18,7 @@
 //!
 //! - **Where a checkpoint lies.** A replica that checkpoints runs its own merge of its group's
 //!   logs (its node hands out decided entries, `merge_locally = false`). A checkpoint request
-//!   ([`crate::checkpoint::request_payload`]) is multicast to *every* group (the layout's
+//!   ([`crate::checkpoint::request`]) is multicast to *every* group (the layout's
 //!   global log covers them all), so it has one place in every partition's and the oracle's
 //!   stream, and the streams being projections of one total order, a command before it at one
 //!   partition is before it at every partition that delivers both. A replica takes part in a
@@ -36,9 +36,6 @@
 //!   ([`groups::node::GroupsNode::set_checkpointed`]); a replica whose log was trimmed past it
 //!   fetches a peer's checkpoint in chunks ([`crate::checkpoint::Recovery`],
 //!   [`crate::checkpoint::Store`]), installs it and restarts its feeds at its positions.
-//!
-//! Transfer messages share the application channel with the partitions' peer messages
-//! (pulls and answers); they carry a [`TRANSFER_TAG`] prefix to tell them apart.
 
 use super::common::Output;
 use super::oracle::{OracleServer, OracleStats};
@@ -50,9 +47,8 @@ use crate::checkpoint::{
 };
 use crate::psmr::replica::SharedCheckpoints;
 use crate::sim::CheckpointStats;
-use crate::wire;
+use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;
-use bytes::{BufMut, BytesMut};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, LogId, NodeId};
@@ -302,24 +298,32 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
         node.take_rdelivered(&mut self.exchanges);
         node.take_app(&mut self.inbox);
         let mut transfers = Vec::new();
-        if self.ckpt.is_some() {
-            self.inbox.retain(|(from, m)| match untag(m) {
-                Some(t) => {
-                    transfers.push((*from, t));
-                    false
-                }
-                None => true,
-            });
+        let mut peers = Vec::new();
+        for (from, m) in self.inbox.drain(..) {
+            match AppMsg::parse(&m) {
+                Ok(AppMsg::Transfer(body)) => match Transfer::decode(body) {
+                    Ok(t) if self.ckpt.is_some() => transfers.push((from, t)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(%from, error = %e, "undecodable transfer message dropped")
+                    }
+                },
+                Ok(AppMsg::Peer(body)) => peers.push((from, m.slice_ref(body))),
+                Ok(AppMsg::ToClient { .. }) => {}
+                Err(e) => tracing::debug!(%from, error = %e, "application message dropped"),
+            }
         }
         match &mut self.core {
             Core::Partition(s) => {
                 for (_, d) in self.deliveries.drain(..) {
-                    s.deliver(d.msg.id, &d.msg.payload);
+                    if let Ok(FeedMsg::Command(body)) = FeedMsg::parse(&d.msg.payload) {
+                        s.deliver(d.msg.id, body);
+                    }
                 }
                 for r in self.exchanges.drain(..) {
                     s.exchange(&r.payload);
                 }
-                for (_, m) in self.inbox.drain(..) {
+                for (_, m) in peers.drain(..) {
                     s.peer(&m);
                 }
                 s.tick(node.now());
@@ -331,10 +335,12 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             }
             Core::Oracle(o) => {
                 for (_, d) in self.deliveries.drain(..) {
-                    o.deliver(d.msg.id, &d.msg.payload);
+                    if let Ok(FeedMsg::Command(body)) = FeedMsg::parse(&d.msg.payload) {
+                        o.deliver(d.msg.id, body);
+                    }
                 }
                 self.exchanges.clear();
-                for (_, m) in self.inbox.drain(..) {
+                for (_, m) in peers.drain(..) {
                     o.peer(&m);
                 }
                 o.take_outputs(&mut self.outputs);
@@ -394,12 +400,9 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             let groups = c.groups;
             let stopped = c
                 .merger
-                .poll_until(&mut c.merged, |m| checkpoint::is_request(m, groups));
+                .poll_until(&mut c.merged, |m| checkpoint::round_of(m, groups).is_some());
             for d in c.merged.drain(..) {
-                let round = checkpoint::is_request(&d.msg, groups)
-                    .then(|| crate::wire::decode::<crate::psmr::msg::Request>(&d.msg.payload))
-                    .and_then(Result::ok)
-                    .map(|r| r.seq);
+                let round = checkpoint::round_of(&d.msg, groups);
                 match (round, &mut self.core) {
                     (Some(round), core) => {
                         // The request is the last delivery of the batch: the merger's state
@@ -414,8 +417,15 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
                             Core::Oracle(o) => c.snaps.push((round, o.state_hash(), o.snapshot())),
                         }
                     }
-                    (None, Core::Partition(s)) => s.deliver(d.msg.id, &d.msg.payload),
-                    (None, Core::Oracle(o)) => o.deliver(d.msg.id, &d.msg.payload),
+                    (None, core) => {
+                        let Ok(FeedMsg::Command(body)) = FeedMsg::parse(&d.msg.payload) else {
+                            continue;
+                        };
+                        match core {
+                            Core::Partition(s) => s.deliver(d.msg.id, body),
+                            Core::Oracle(o) => o.deliver(d.msg.id, body),
+                        }
+                    }
                 }
             }
             if !stopped {
@@ -458,7 +468,7 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             .as_mut()
             .and_then(|t| t.poll(latest.max(c.stream_round), handled, now));
         if let (Some(round), None) = (round, &c.recovery) {
-            if let Err(e) = node.multicast(c.all.clone(), checkpoint::request_payload(round)) {
+            if let Err(e) = node.multicast(c.all.clone(), checkpoint::request(round)) {
                 tracing::debug!(error = %e, "checkpoint request not sent");
             }
         }
@@ -497,7 +507,7 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             r.tick(now, &mut c.app_out);
         }
         for (to, bytes) in c.app_out.drain(..) {
-            node.send_app(to, tag(&bytes));
+            node.send_app(to, bytes);
         }
     }
 
@@ -633,9 +643,6 @@ impl<S: PartitionedService> App for ScaleOutReplica<S> {
     }
 }
 
-/// The prefix of a scale-out replica's transfer messages.
-pub const TRANSFER_TAG: &[u8; 8] = b"\xC7chorus\x01";
-
 /// A scale-out replica's checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScaleOutCheckpoint {
@@ -666,38 +673,9 @@ impl ScaleOutCheckpoint {
     }
 }
 
-/// An encoded transfer message ([`Transfer::encode`]) as sent between scale-out replicas.
-pub fn tag(body: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(TRANSFER_TAG.len() + body.len());
-    b.put_slice(TRANSFER_TAG);
-    b.put_slice(body);
-    b.freeze()
-}
-
-/// The transfer message in an application message, if it is one.
-pub fn untag(bytes: &[u8]) -> Option<Transfer> {
-    let body = bytes.strip_prefix(TRANSFER_TAG)?;
-    Transfer::decode(body).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tagged_transfer_messages_round_trip_and_others_are_not_taken_for_them() {
-        let m = Transfer::Get {
-            round: Some(3),
-            offset: 1 << 20,
-        };
-        assert_eq!(untag(&tag(&m.encode())), Some(m));
-        assert_eq!(untag(b"\x00\x01\x02"), None);
-        assert_eq!(untag(&Transfer::NoCheckpoint.encode()), None, "untagged");
-        let mut bad = TRANSFER_TAG.to_vec();
-        bad.extend_from_slice(b"\xff\xff\xff\xff");
-        assert_eq!(untag(&bad), None);
-        assert!(ScaleOutCheckpoint::decode(b"\x01").is_err());
-    }
 
     #[test]
     fn cores_restore_their_own_snapshots_and_refuse_others_with_typed_errors() {

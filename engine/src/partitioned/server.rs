@@ -44,7 +44,7 @@ use super::service::{
 use super::{Scheme, ServerOptions};
 use crate::checkpoint::CheckpointError;
 use crate::hash::Fnv64;
-use crate::wire;
+use crate::wire::{self, AppMsg};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -348,10 +348,10 @@ impl<S: PartitionedService> PartitionServer<S> {
         if let Some((msg, groups, _, last)) = &mut self.blocked {
             if now >= *last + self.opts.pull_ticks {
                 *last = now;
-                let pull = bytes::Bytes::from(wire::encode(&Peer::<S::Value>::Pull {
+                let pull = AppMsg::peer(&Peer::<S::Value>::Pull {
                     msg: *msg,
                     requester: self.node,
-                }));
+                });
                 for g in groups.iter() {
                     for &n in self.cfg.members(*g) {
                         if n != self.node {
@@ -484,7 +484,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         };
         self.out.push(Output::Send(
             c.client.node(),
-            wire::to_client(c.client, &body),
+            AppMsg::to_client(c.client, &body),
         ));
     }
 

@@ -12,7 +12,7 @@ use crate::client::{
     incarnation_index, ClientApp, ClientError, ClientStats, Completion, Driver, HandleApp,
     HandleOf, Proxy,
 };
-use crate::wire::{self, ClientId};
+use crate::wire::{self, ClientId, FeedMsg};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, NodeId};
@@ -127,13 +127,13 @@ impl<S: Service> ClientProxy<S> {
             .copied()
             .unwrap_or(self.next_seq)
             .min(seq);
-        Bytes::from(wire::encode(&Request {
+        FeedMsg::command(&Request {
             client: self.id,
             seq,
             attempt,
             floor,
             command: Bytes::from(wire::encode(command)),
-        }))
+        })
     }
 
     /// Submits a command; returns its sequence number.

@@ -316,7 +316,7 @@ impl<S: Service> ReplicaApp<S> {
             let all: groups::GroupSet = (0..self.options.workers as u32)
                 .map(groups::ids::GroupId)
                 .collect();
-            let _ = node.multicast(all, checkpoint::request_payload(round));
+            let _ = node.multicast(all, checkpoint::request(round));
         }
         let mut events = Vec::new();
         node.take_events(&mut events);
@@ -329,7 +329,7 @@ impl<S: Service> ReplicaApp<S> {
         node.take_app(&mut self.ckpt.app_in);
         let inbox = std::mem::take(&mut self.ckpt.app_in);
         for (from, bytes) in inbox {
-            let Ok(msg) = Transfer::decode(&bytes) else {
+            let Ok(msg) = transfer_in(&bytes) else {
                 tracing::debug!(%from, "application message that is not a transfer message; dropped");
                 continue;
             };
@@ -514,6 +514,17 @@ impl<S: Service> App for ReplicaApp<S> {
     }
 }
 
+/// The transfer message in an application message, if it is one.
+pub(crate) fn transfer_in(bytes: &[u8]) -> Result<Transfer, String> {
+    match crate::wire::AppMsg::parse(bytes) {
+        Ok(crate::wire::AppMsg::Transfer(body)) => {
+            Transfer::decode(body).map_err(|e| e.to_string())
+        }
+        Ok(_) => Err("not a transfer message".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 struct Worker<S: Service> {
     id: usize,
     executor: Arc<Executor<S>>,
@@ -573,10 +584,9 @@ impl<S: Service> Worker<S> {
                 input = self.inbox.try_recv().ok();
             }
             let received = Instant::now();
-            while self
-                .merger
-                .poll_until(&mut deliveries, |m| checkpoint::is_request(m, workers))
-            {
+            while self.merger.poll_until(&mut deliveries, |m| {
+                checkpoint::round_of(m, workers).is_some()
+            }) {
                 marks.push_back(self.merger.state());
             }
             let executed = !deliveries.is_empty();
