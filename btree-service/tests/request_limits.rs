@@ -91,7 +91,14 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
     let hashes: Vec<_> = apps
         .values()
         .filter_map(EngineApp::as_replica)
-        .map(|r| r.report.clone().expect("replica reported").state_hash)
+        .map(|r| {
+            r.host
+                .core
+                .report
+                .clone()
+                .expect("replica reported")
+                .state_hash
+        })
         .collect();
     assert_eq!(hashes.len(), 2);
     assert!(hashes[0].is_some() && hashes[0] == hashes[1], "{hashes:?}");

@@ -17,10 +17,11 @@ use btree_service::model::TreeModel;
 use btree_service::service::{TreeCommand, TreeConfig, TreeService};
 use bytes::Bytes;
 use engine::lincheck::{self, Budget};
+use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -101,9 +102,11 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
         problems.push(d);
     }
     for (r, x) in sim.replicas() {
-        for (w, shard) in x.shards().iter().enumerate() {
-            if let Err(e) = shard.check(w) {
-                problems.push(format!("replica {r} worker {w}: {e}"));
+        for (w, shard) in x.shards().into_iter().enumerate() {
+            match shard.map(|s| s.check(w)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => problems.push(format!("replica {r} worker {w}: {e}")),
+                None => problems.push(format!("replica {r} worker {w}: its shard is lent")),
             }
         }
     }

@@ -152,7 +152,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     MOVES.fetch_add(stats.moves, Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.replica.partition() {
+        if let Some(p) = r.partition() {
             GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
         }
     }

@@ -1,7 +1,12 @@
 //! Running a deployment in one process (threads and channels).
 
+use crate::host::OnNode;
+use crate::partitioned::layout::ScaleOutLayout;
+use crate::partitioned::replica::ScaleOutReplica;
+use crate::partitioned::service::PartitionedService;
+use crate::partitioned::ServerOptions;
 use crate::psmr::deployment::Deployment;
-use crate::psmr::replica::{ReplicaApp, ReplicaOptions};
+use crate::psmr::replica::{ReplicaOptions, ThreadedReplica};
 use crate::psmr::service::Service;
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
@@ -9,8 +14,8 @@ use groups::runtime::inproc::{App, InProcCluster};
 use groups::runtime::Waker;
 use std::sync::Arc;
 
-/// What runs on a node of a deployment: a replica `R` (a P-SMR [`ReplicaApp`], or a scale-out
-/// [`crate::partitioned::replica::ScaleOutReplica`]), a client node `C`, or a bare acceptor.
+/// What runs on a node of a deployment: a replica `R` (the replica host on its node: a P-SMR
+/// [`ThreadedReplica`] or a [`ScaleOutReplica`]), a client node `C`, or a bare acceptor.
 pub enum EngineApp<R: App, C: App> {
     Replica(Box<R>),
     Client(C),
@@ -64,7 +69,7 @@ pub fn start<S: Service, C: App>(
     service: Arc<S>,
     options: ReplicaOptions,
     mut make_client: impl FnMut(NodeId) -> C,
-) -> InProcCluster<EngineApp<ReplicaApp<S>, C>> {
+) -> InProcCluster<EngineApp<OnNode<ThreadedReplica<S>>, C>> {
     let replicas = d.replicas.clone();
     let clients = d.clients.clone();
     InProcCluster::start_with(
@@ -75,7 +80,10 @@ pub fn start<S: Service, C: App>(
         },
         |id| {
             if replicas.contains(&id) {
-                EngineApp::Replica(Box::new(ReplicaApp::new(service.clone(), options.clone())))
+                EngineApp::Replica(Box::new(OnNode::new(ThreadedReplica::threaded(
+                    service.clone(),
+                    options.clone(),
+                ))))
             } else if clients.contains(&id) {
                 EngineApp::Client(make_client(id))
             } else {
@@ -87,24 +95,24 @@ pub fn start<S: Service, C: App>(
 
 /// Starts every node of a scale-out deployment on threads: partition and oracle replicas run
 /// `service` with `options`, client nodes run `make_client(id)`.
-pub fn start_scaleout<S: crate::partitioned::service::PartitionedService, C: App>(
-    layout: &crate::partitioned::layout::ScaleOutLayout,
+pub fn start_scaleout<S: PartitionedService, C: App>(
+    layout: &ScaleOutLayout,
     service: Arc<S>,
-    options: crate::partitioned::ServerOptions,
+    options: ServerOptions,
     make_client: impl FnMut(NodeId) -> C,
-) -> InProcCluster<EngineApp<crate::partitioned::replica::ScaleOutReplica<S>, C>> {
+) -> InProcCluster<EngineApp<OnNode<ScaleOutReplica<S>>, C>> {
     start_scaleout_with(layout, service, options, make_client, |_| {})
 }
 
 /// Like [`start_scaleout`], calling `on_replica` on every replica before it starts (to share
 /// its counters, for example).
-pub fn start_scaleout_with<S: crate::partitioned::service::PartitionedService, C: App>(
-    layout: &crate::partitioned::layout::ScaleOutLayout,
+pub fn start_scaleout_with<S: PartitionedService, C: App>(
+    layout: &ScaleOutLayout,
     service: Arc<S>,
-    options: crate::partitioned::ServerOptions,
+    options: ServerOptions,
     mut make_client: impl FnMut(NodeId) -> C,
-    mut on_replica: impl FnMut(&mut crate::partitioned::replica::ScaleOutReplica<S>),
-) -> InProcCluster<EngineApp<crate::partitioned::replica::ScaleOutReplica<S>, C>> {
+    mut on_replica: impl FnMut(&mut ScaleOutReplica<S>),
+) -> InProcCluster<EngineApp<OnNode<ScaleOutReplica<S>>, C>> {
     let cfg = Arc::new(layout.config.clone());
     InProcCluster::start_with(
         layout.config.clone(),
@@ -114,7 +122,7 @@ pub fn start_scaleout_with<S: crate::partitioned::service::PartitionedService, C
         },
         |id| match layout.role(id) {
             Some(role) => {
-                let mut r = crate::partitioned::replica::ScaleOutReplica::new(
+                let mut r = ScaleOutReplica::scaleout(
                     service.clone(),
                     cfg.clone(),
                     id,
@@ -123,7 +131,7 @@ pub fn start_scaleout_with<S: crate::partitioned::service::PartitionedService, C
                     options.clone(),
                 );
                 on_replica(&mut r);
-                EngineApp::Replica(Box::new(r))
+                EngineApp::Replica(Box::new(OnNode::new(r)))
             }
             None if layout.is_client(id) => EngineApp::Client(make_client(id)),
             None => EngineApp::Acceptor,

@@ -9,6 +9,7 @@ pub mod binary;
 pub mod checkpoint;
 pub mod client;
 pub mod hash;
+pub mod host;
 pub mod inproc;
 pub mod lincheck;
 pub mod load;

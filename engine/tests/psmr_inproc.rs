@@ -83,7 +83,7 @@ fn run(mode: Mode) {
     let reports: Vec<_> = apps
         .values()
         .filter_map(EngineApp::as_replica)
-        .map(|r| r.report.clone().expect("replica reported"))
+        .map(|r| r.host.core.report.clone().expect("replica reported"))
         .collect();
     assert_eq!(reports.len(), 2);
     let hashes: Vec<_> = reports.iter().map(|r| r.state_hash).collect();

@@ -13,10 +13,11 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use engine::lincheck::{self, Budget, Keys, Model};
+use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
 use engine::testing::{KvCommand, KvReply, KvService};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};

@@ -17,10 +17,11 @@
 
 use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::{self, Budget};
+use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, lincheck_history, EngineSim, Psmr, SimRole, SimSetup};
+use engine::sim::{faulty_network, lincheck_history, EngineSim, SimSetup};
 use engine::testing::{KvCommand, KvModel, KvService};
 use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};

@@ -29,7 +29,7 @@ use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimRole, SimSetup};
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -151,11 +151,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
                 .collect();
             if verbose {
                 for (r, x) in sim.replicas() {
-                    eprintln!(
-                        "{r}: {:?}\n{}",
-                        x.replica.checkpoint_stats(),
-                        x.node().describe()
-                    );
+                    eprintln!("{r}: {:?}\n{}", x.checkpoint_stats(), x.node().describe());
                 }
             }
             return Err(format!(
@@ -182,17 +178,17 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             for (id, r) in sim.replicas() {
                 eprintln!(
                     "  {id}: backlog {} handled {} recovering {} head {:?}",
-                    r.replica.backlog(),
-                    r.replica.handled(),
-                    r.replica.recovering(),
-                    r.replica.partition().and_then(|p| p.head())
+                    r.backlog(),
+                    r.handled(),
+                    r.recovering(),
+                    r.partition().and_then(|p| p.head())
                 );
             }
         }
     }
     let stats: Vec<(NodeId, _)> = sim
         .replicas()
-        .map(|(r, x)| (r, x.replica.checkpoint_stats()))
+        .map(|(r, x)| (r, x.checkpoint_stats()))
         .collect();
     if verbose {
         for (r, s) in &stats {
@@ -307,7 +303,7 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
     let report = sim.campaign(seed, &Campaign::default());
     let stats: Vec<(NodeId, _)> = sim
         .replicas()
-        .map(|(r, x)| (r, x.replica.checkpoint_stats()))
+        .map(|(r, x)| (r, x.checkpoint_stats()))
         .collect();
     if verbose {
         eprintln!(

@@ -80,12 +80,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         problems.push("liveness: not quiet after the faults stopped".to_string());
         if verbose {
             for (id, r) in sim.replicas() {
-                eprintln!(
-                    "  {id}: backlog {} handled {}",
-                    r.replica.backlog(),
-                    r.replica.handled()
-                );
-                if let Some(p) = r.replica.partition() {
+                eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
+                if let Some(p) = r.partition() {
                     eprintln!("    {:?}", p.stats);
                 }
             }
@@ -106,7 +102,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         v => problems.push(format!("not linearizable: {v}")),
     }
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.replica.partition() {
+        if let Some(p) = r.partition() {
             MULTI.fetch_add(p.stats.multi, Ordering::Relaxed);
             GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
         }

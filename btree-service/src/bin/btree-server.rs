@@ -23,12 +23,13 @@ use btree_service::cli::{parse_command, parse_mode, render_reply, DeploymentFile
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
 use engine::client::HandleApp;
+use engine::host::OnNode;
 use engine::metrics::{
     render_checkpoints, render_node, render_workers, Exposition, MetricsServer, Observed,
 };
 use engine::psmr::deployment::Deployment;
 use engine::psmr::proxy::Mode;
-use engine::psmr::replica::{ReplicaApp, ReplicaOptions};
+use engine::psmr::replica::{ReplicaOptions, ThreadedReplica};
 use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
@@ -162,7 +163,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
 
 /// A node of a TCP deployment: a replica, or an acceptor-only node.
 enum NodeApp {
-    Replica(Box<ReplicaApp<TreeService>>),
+    Replica(Box<OnNode<ThreadedReplica<TreeService>>>),
     Acceptor(Idle),
 }
 
@@ -225,7 +226,7 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
             pin_cores: args.pin,
             ..ReplicaOptions::new(file.workers)
         };
-        let mut r = ReplicaApp::new(service, options);
+        let mut r = ThreadedReplica::threaded(service, options);
         if args.checkpoint_every > 0 {
             let tick_us = file.cluster.tuning.tick_us.max(1);
             r = r.with_checkpoints(engine::checkpoint::CheckpointPolicy {
@@ -236,7 +237,7 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
         }
         workers = r.share_worker_stats();
         checkpoints = Some(r.share_checkpoints());
-        NodeApp::Replica(Box::new(r))
+        NodeApp::Replica(Box::new(OnNode::new(r)))
     } else {
         NodeApp::Acceptor(Idle)
     };

@@ -32,6 +32,7 @@ use chirper::graph::GraphSpec;
 use chirper::service::Chirper;
 use clap::Parser;
 use engine::client::HandleApp;
+use engine::host::OnNode;
 use engine::metrics::{
     render_checkpoints, render_node, render_oracle, render_partition, Exposition, MetricsServer,
     Observed,
@@ -105,17 +106,27 @@ struct Args {
 }
 
 enum NodeApp {
-    Replica(Box<ScaleOutReplica<Chirper>>, Option<StateHash>),
+    Replica(Box<OnNode<ScaleOutReplica<Chirper>>>, Option<StateHash>),
     Acceptor(Idle),
 }
 
 impl App for NodeApp {
+    fn attach(&mut self, node: &mut GroupsNode, waker: groups::runtime::Waker) {
+        if let NodeApp::Replica(r, _) = self {
+            r.attach(node, waker);
+        }
+    }
+    fn detach(&mut self, node: &mut GroupsNode) {
+        if let NodeApp::Replica(r, _) = self {
+            r.detach(node);
+        }
+    }
     fn step(&mut self, node: &mut GroupsNode) {
         match self {
             NodeApp::Replica(r, hash) => {
                 r.step(node);
                 if let Some(h) = hash {
-                    h.refresh(r);
+                    h.refresh(&r.host);
                 }
             }
             NodeApp::Acceptor(a) => a.step(node),
@@ -288,7 +299,7 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
     let app = match role {
         Some(role) => {
             let service = Arc::new(file.section.service()?);
-            let mut r = ScaleOutReplica::new(
+            let mut r = ScaleOutReplica::scaleout(
                 service,
                 cfg,
                 me,
@@ -297,12 +308,13 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 ServerOptions::new(file.scheme),
             );
             if checkpointing {
-                r = r.with_checkpoints(Some(engine::checkpoint::CheckpointPolicy {
+                let policy = engine::checkpoint::CheckpointPolicy {
                     every_commands: args.checkpoint_every,
                     every_ticks: 10_000_000 / tick_us,
                     resend_ticks: 500_000 / tick_us,
-                }));
-                checkpoints = r.share_checkpoints();
+                };
+                r = r.checkpointing(&file.cluster, me, Some(policy));
+                checkpoints = Some(r.share_checkpoints());
             }
             let mut hash = None;
             if metrics_addr.is_some() {
@@ -314,7 +326,7 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
                 state_hash = Some(shared.clone());
                 hash = Some(StateHash { shared, last: None });
             }
-            NodeApp::Replica(Box::new(r), hash)
+            NodeApp::Replica(Box::new(OnNode::new(r)), hash)
         }
         None => NodeApp::Acceptor(Idle),
     };

@@ -38,6 +38,7 @@
 use super::attempts::{AttemptTable, Seen};
 use super::common::{Outbox, Output, Recent};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
+use super::replica::PartitionCore;
 use super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
@@ -290,7 +291,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         self.me
     }
 
-    /// An atomically delivered multicast.
+    /// An atomically delivered command ([`crate::wire::FeedMsg::Command`]'s body).
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
         match wire::decode::<Multicast>(payload) {
             Ok(msg) => self.queue.push_back(Item {
@@ -859,6 +860,56 @@ impl<S: PartitionedService> PartitionServer<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: PartitionedService> PartitionCore for PartitionServer<S> {
+    fn group(&self) -> u32 {
+        self.me
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        PartitionServer::deliver(self, id, body)
+    }
+    fn exchange(&mut self, payload: &[u8]) {
+        PartitionServer::exchange(self, payload)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        PartitionServer::peer(self, body)
+    }
+    fn tick(&mut self, now: u64) {
+        PartitionServer::tick(self, now)
+    }
+    fn run(&mut self) {
+        PartitionServer::run(self)
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        PartitionServer::take_outputs(self, out)
+    }
+    fn mark_checkpoint(&mut self, round: u64) {
+        PartitionServer::mark_checkpoint(self, round)
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        PartitionServer::take_snapshots(self, out)
+    }
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
+        Self::restore(
+            self.service.clone(),
+            self.cfg.clone(),
+            self.node,
+            self.me,
+            self.partitions,
+            self.opts.clone(),
+            snapshot,
+        )
+    }
+    fn handled(&self) -> u64 {
+        self.stats.handled
+    }
+    fn backlog(&self) -> usize {
+        PartitionServer::backlog(self)
+    }
+    fn state_hash(&self) -> u64 {
+        PartitionServer::state_hash(self)
     }
 }
 
