@@ -193,7 +193,6 @@ pub fn run(spec: &RunSpec) -> RunResult {
 }
 
 fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult {
-    use engine::client::ClientApp;
     use engine::psmr::deployment::Deployment;
     use engine::psmr::proxy::ClientOptions;
     use engine::psmr::replica::ReplicaOptions;
@@ -232,7 +231,7 @@ fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult 
             resend_ticks: 2000,
             first_index: 0,
         };
-        ClientApp::new(id, service.clone(), options, driver)
+        engine::psmr::proxy::client_app(id, service.clone(), options, driver)
     });
     std::thread::sleep(spec.warmup);
     phase.store(MEASURE, Ordering::Relaxed);
@@ -245,10 +244,10 @@ fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult 
     let (mut completed, mut errors, mut aborts, mut all_completed) = (0, 0, 0, 0);
     for app in apps.values() {
         if let Some(c) = app.as_client() {
-            hist.add(&c.driver.latency_ns).expect("same bounds");
-            completed += c.driver.completed;
-            errors += c.driver.errors;
-            let s = c.stats();
+            hist.add(&c.host.driver.latency_ns).expect("same bounds");
+            completed += c.host.driver.completed;
+            errors += c.host.driver.errors;
+            let s = c.host.stats();
             aborts += s.aborts;
             all_completed += s.completed;
         }

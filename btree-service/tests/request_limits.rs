@@ -9,7 +9,7 @@
 
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::{ClientError, HandleApp};
+use engine::host::client::ClientError;
 use engine::inproc::{self, EngineApp};
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
@@ -45,7 +45,8 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
     };
     let mut handle = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) = HandleApp::new(id, 1, service.clone(), Mode::Psmr, workers, 200);
+        let (app, h) =
+            engine::psmr::proxy::handle_app(id, 1, service.clone(), Mode::Psmr, workers, 200);
         handle = Some(h);
         app
     });
@@ -83,7 +84,7 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
         .values()
         .find_map(EngineApp::as_client)
         .expect("client app")
-        .app
+        .host
         .stats();
     assert_eq!(client.too_large, 1);
     assert_eq!(client.submitted, 5);

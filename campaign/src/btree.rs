@@ -8,7 +8,7 @@ use crate::{Fault, Options, RunReport};
 use btree_service::cli::DeploymentFile;
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::incarnation_index;
+use engine::host::client::incarnation_index;
 use engine::lincheck::{self, Budget, Operation};
 use engine::psmr::deployment::Deployment;
 use engine::psmr::proxy::{ClientProxy, Mode};

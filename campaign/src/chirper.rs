@@ -24,7 +24,7 @@ use chirper::cli::{DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
 use chirper::model::{ChirperModel, SpecUser};
 use chirper::service::{Chirper, Command, Post, Reply, UserId};
-use engine::client::incarnation_index;
+use engine::host::client::incarnation_index;
 use engine::lincheck::{self, Budget, Operation};
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::msg::Response;

@@ -4,7 +4,7 @@
 //! P-SMR proxy ([`Recording`]) and the scale-out one ([`ScaleOutRecording`]).
 
 use bytes::Bytes;
-use engine::client::{ClientStats, Completion, Proxy};
+use engine::host::client::{ClientStats, Completion, Proxy};
 use engine::partitioned::msg::{Multicast, Response};
 use engine::partitioned::proxy::ScaleOutClient;
 use engine::partitioned::service::PartitionedService;

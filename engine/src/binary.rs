@@ -54,18 +54,18 @@ pub fn exit(name: &str, result: Result<(), String>) -> ExitCode {
 
 /// Runs one command through `proxy` as node `me` of a TCP deployment: starts the node, waits
 /// up to `timeout` for the reply, stops the node. `Ok(None)` means no reply in time.
-pub fn call_once<P: crate::client::Proxy + Send + 'static>(
+pub fn call_once<P: crate::host::client::Proxy>(
     cluster: &groups::config::ClusterConfig,
     me: groups::ids::NodeId,
     proxy: P,
     command: P::Command,
     timeout: std::time::Duration,
-) -> Result<Option<Result<P::Reply, crate::client::ClientError>>, String>
+) -> Result<Option<Result<P::Reply, crate::host::client::ClientError>>, String>
 where
     P::Command: Send + 'static,
     P::Reply: Send + 'static,
 {
-    let (app, handle) = crate::client::HandleApp::from_proxies(vec![proxy]);
+    let (app, handle) = crate::calls::handle_app(vec![proxy]);
     let node = groups::node::GroupsNode::in_memory(
         std::sync::Arc::new(cluster.clone()),
         me,

@@ -6,8 +6,8 @@
 //! implements, [`psmr`] for the replica, [`client`] for the client proxy.
 
 pub mod binary;
+pub mod calls;
 pub mod checkpoint;
-pub mod client;
 pub mod hash;
 pub mod host;
 pub mod inproc;

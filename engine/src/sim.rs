@@ -16,11 +16,10 @@
 //! completion time and result (or none, if the command was still outstanding at the end), for
 //! the linearizability checker.
 
-use crate::client::{ClientError, ClientStats, Proxy};
+use crate::host::client::{ClientError, ClientHost, ClientStats, Completion, Driver, Proxy};
 use crate::host::replica::ReplicaCore;
 use crate::host::{Host, OnNode, ReplicaHost};
-use crate::wire::{self, ClientId};
-use bytes::Bytes;
+use crate::wire::ClientId;
 use groups::config::ClusterConfig;
 use groups::ids::{LogId, NodeId};
 use groups::log::storage::{MemStorage, Shared};
@@ -33,6 +32,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the simulator asks of a replica core besides driving it.
 pub trait SimCore: ReplicaCore {
@@ -171,92 +171,74 @@ pub struct Op<C, R> {
 /// The operations of proxies `P`.
 pub type OpOf<P> = Op<<P as Proxy>::Command, <P as Proxy>::Reply>;
 
-/// Simulated client proxies with a workload, recording their history.
-pub struct SimClient<P: Proxy> {
-    node: GroupsNode,
-    proxies: Vec<P>,
+/// The simulator's clients' driver: each client submits `ops_per_client` commands drawn
+/// from the workload with a seeded RNG, pausing a random think time between submissions, and
+/// every invocation and response is recorded with its virtual time.
+pub struct SimDriver<C, R> {
+    clients: Vec<ClientId>,
     budget: Vec<usize>,
-    open: Vec<BTreeMap<u64, usize>>,
-    window: usize,
-    workload: Workload<P::Command>,
+    workload: Workload<C>,
     rng: ChaCha8Rng,
-    now_us: u64,
     /// Mean pause between a client's submissions, and when each client may submit next.
     think_us: u64,
     next_at: Vec<u64>,
-    pub history: Vec<OpOf<P>>,
-    inbox: Vec<(NodeId, Bytes)>,
-    out: Vec<(groups::GroupSet, Bytes)>,
-    /// The tick the proxies last saw (their timers only need each new tick).
-    ticked: u64,
+    /// The command `next` returned, until it is submitted.
+    drawn: Option<(C, u64)>,
+    /// Per client, the history index of each outstanding command.
+    open: Vec<BTreeMap<u64, usize>>,
+    pub history: Vec<Op<C, R>>,
 }
 
+impl<C, R> SimDriver<C, R> {
+    /// Whether every client submitted its whole budget.
+    pub fn exhausted(&self) -> bool {
+        self.budget.iter().all(|&b| b == 0)
+    }
+}
+
+impl<C: Clone + Send + 'static, R: Send + 'static> Driver<C, R> for SimDriver<C, R> {
+    fn next(&mut self, client: usize, now_us: u64) -> Option<C> {
+        if self.budget[client] == 0 || now_us < self.next_at[client] {
+            return None;
+        }
+        self.budget[client] -= 1;
+        if self.think_us > 0 {
+            self.next_at[client] = now_us + self.rng.random_range(0..2 * self.think_us);
+        }
+        let cmd = (self.workload)(&mut self.rng, client);
+        self.drawn = Some((cmd.clone(), now_us));
+        Some(cmd)
+    }
+
+    fn submitted(&mut self, client: usize, seq: u64, _now_us: u64) {
+        let Some((command, call_us)) = self.drawn.take() else {
+            return;
+        };
+        self.open[client].insert(seq, self.history.len());
+        self.history.push(Op {
+            client: self.clients[client],
+            command,
+            call_us,
+            ret: None,
+        });
+    }
+
+    fn complete(&mut self, client: usize, done: Completion<C, R>, latency: Duration) {
+        if let Some(op) = self.open[client].remove(&done.seq) {
+            let op = &mut self.history[op];
+            op.ret = Some((op.call_us + latency.as_micros() as u64, done.result));
+        }
+    }
+}
+
+/// A simulated client node: the client host with the recording driver.
+pub type SimClient<P> =
+    Hosted<ClientHost<P, SimDriver<<P as Proxy>::Command, <P as Proxy>::Reply>>>;
+
 impl<P: Proxy> SimClient<P> {
+    /// Whether every client submitted its workload and got every answer.
     pub fn done(&self) -> bool {
-        self.budget.iter().all(|&b| b == 0) && self.proxies.iter().all(|p| p.outstanding() == 0)
-    }
-
-    pub fn stats(&self) -> ClientStats {
-        self.proxies.iter().map(|p| p.stats()).sum()
-    }
-
-    fn pump(&mut self) {
-        let max = self.node.config().tuning.payload_bytes_max;
-        self.node.take_app(&mut self.inbox);
-        for (_, bytes) in self.inbox.drain(..) {
-            let Ok(wire::AppMsg::ToClient { client, body }) = wire::AppMsg::parse(&bytes) else {
-                continue;
-            };
-            let i = client.index() as usize;
-            let Some(p) = self.proxies.get_mut(i).filter(|p| p.id() == client) else {
-                continue;
-            };
-            if let Some(c) = p.on_message(body) {
-                if let Some(op) = self.open[i].remove(&c.seq) {
-                    self.history[op].ret = Some((self.now_us, c.result));
-                }
-            }
-        }
-        let tick = self.node.now();
-        let new_tick = tick != self.ticked;
-        self.ticked = tick;
-        for i in 0..self.proxies.len() {
-            if new_tick {
-                self.proxies[i].tick(tick);
-            }
-            while self.budget[i] > 0
-                && self.proxies[i].outstanding() < self.window
-                && self.now_us >= self.next_at[i]
-            {
-                self.budget[i] -= 1;
-                if self.think_us > 0 {
-                    self.next_at[i] = self.now_us + self.rng.random_range(0..2 * self.think_us);
-                }
-                let cmd = (self.workload)(&mut self.rng, i);
-                self.proxies[i].set_payload_limit(max);
-                let seq = self.proxies[i].submit(cmd.clone());
-                self.open[i].insert(seq, self.history.len());
-                self.history.push(Op {
-                    client: self.proxies[i].id(),
-                    command: cmd,
-                    call_us: self.now_us,
-                    ret: None,
-                });
-                let mut refused = Vec::new();
-                self.proxies[i].take_refused(&mut refused);
-                for c in refused {
-                    if let Some(op) = self.open[i].remove(&c.seq) {
-                        self.history[op].ret = Some((self.now_us, c.result));
-                    }
-                }
-            }
-            self.proxies[i].take_multicasts(&mut self.out);
-        }
-        for (dests, payload) in self.out.drain(..) {
-            // Backpressure cannot persist here: windows are small; a refused multicast is
-            // resent by the proxy's timer.
-            let _ = self.node.multicast(dests, payload);
-        }
+        self.driver.exhausted() && self.outstanding() == 0
     }
 }
 
@@ -318,7 +300,7 @@ impl<B: Blueprint> Actor for SimNode<B> {
     fn set_time(&mut self, now_us: u64) {
         match self {
             SimNode::Replica(r, _) => r.app.set_time_us(now_us),
-            SimNode::Client(c) => c.now_us = now_us,
+            SimNode::Client(c) => c.app.set_time_us(now_us),
             SimNode::Acceptor(_) => {}
         }
     }
@@ -411,24 +393,22 @@ impl<B: Blueprint> EngineSim<B> {
         } else if roles.is_client(id) {
             assert_eq!(incarnation, 0, "simulated clients do not restart");
             let n = self.setup.clients_per_node;
-            SimNode::Client(Box::new(SimClient {
-                node,
-                proxies: (0..n)
-                    .map(|i| self.blueprint.proxy(ClientId::new(id, i as u32)))
-                    .collect(),
+            let proxies: Vec<B::Proxy> = (0..n)
+                .map(|i| self.blueprint.proxy(ClientId::new(id, i as u32)))
+                .collect();
+            let driver = SimDriver {
+                clients: proxies.iter().map(Proxy::id).collect(),
                 budget: vec![self.setup.ops_per_client; n],
-                open: vec![BTreeMap::new(); n],
-                window: self.setup.window,
                 workload: self.setup.workload.clone(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
-                now_us: 0,
                 think_us: self.setup.think_us,
                 next_at: vec![0; n],
+                drawn: None,
+                open: vec![BTreeMap::new(); n],
                 history: Vec::new(),
-                inbox: Vec::new(),
-                out: Vec::new(),
-                ticked: u64::MAX,
-            }))
+            };
+            let host = ClientHost::new(proxies, self.setup.window, driver);
+            SimNode::Client(Box::new(Hosted::new(node, host)))
         } else {
             SimNode::Acceptor(Box::new(node))
         }
@@ -513,7 +493,7 @@ impl<B: Blueprint> EngineSim<B> {
             .clients
             .iter()
             .filter_map(|c| self.sim.actor(*c).and_then(SimNode::as_client))
-            .flat_map(|c| c.history.iter().cloned())
+            .flat_map(|c| c.driver.history.iter().cloned())
             .collect()
     }
 

@@ -8,7 +8,7 @@
 //! both replicas end in the same state, the conflict detector (on) saw no two dependent
 //! commands run at once, and opt-PSMR really aborted and retried.
 
-use engine::client::{ClientHandle, HandleApp};
+use engine::calls::ClientHandle;
 use engine::inproc::{self, EngineApp};
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
@@ -36,7 +36,8 @@ fn run(mode: Mode) {
     };
     let mut handle: Option<ClientHandle<KvCommand, KvReply>> = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) = HandleApp::new(id, CLIENTS, service.clone(), mode, workers, 200);
+        let (app, h) =
+            engine::psmr::proxy::handle_app(id, CLIENTS, service.clone(), mode, workers, 200);
         handle = Some(h);
         app
     });
@@ -98,7 +99,7 @@ fn run(mode: Mode) {
         .values()
         .find_map(EngineApp::as_client)
         .expect("client app")
-        .app
+        .host
         .stats();
     assert_eq!(client.divergences, 0);
     match mode {

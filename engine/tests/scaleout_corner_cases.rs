@@ -11,7 +11,7 @@
 //! gathering target.
 
 use bytes::Bytes;
-use engine::client::{ClientError, Proxy};
+use engine::host::client::{ClientError, Proxy};
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::msg::{Multicast, Response};
 use engine::partitioned::oracle::OracleServer;

@@ -11,7 +11,7 @@ use super::{Measured, Plan, Point};
 use btree_service::cli::DeploymentFile;
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::{ClientApp, ClientError, Driver};
+use engine::host::client::{Completion, Driver};
 use engine::load::{histogram, quantile_us, DONE, MEASURE, WARMUP};
 use engine::psmr::deployment::Deployment;
 use engine::psmr::proxy::{ClientOptions, ClientProxy};
@@ -146,7 +146,7 @@ impl Cluster {
             file,
             service,
             clients: d.clients.clone(),
-            next_index: engine::client::incarnation_index(),
+            next_index: engine::host::client::incarnation_index(),
             procs,
             dir,
         };
@@ -225,7 +225,7 @@ impl Cluster {
                 resend_ticks: 2000,
                 first_index: self.fresh_index(1),
             };
-            let app = ClientApp::new(id, self.service.clone(), options, driver);
+            let app = engine::psmr::proxy::client_app(id, self.service.clone(), options, driver);
             let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
             let tcp = TcpNode::bind(node, app).map_err(|e| format!("client node {id}: {e}"))?;
             stops.push(tcp.stop_flag());
@@ -247,10 +247,10 @@ impl Cluster {
                 .join()
                 .map_err(|_| "client thread panicked".to_string())?
                 .map_err(|e| e.to_string())?;
-            hist.add(&app.driver.latency_ns)
+            hist.add(&app.host.driver.latency_ns)
                 .map_err(|e| e.to_string())?;
-            completed += app.driver.completed;
-            errors += app.driver.errors;
+            completed += app.host.driver.completed;
+            errors += app.host.driver.errors;
         }
         self.procs.check_alive(self.dir.path())?;
         Ok(Measured {
@@ -326,7 +326,7 @@ impl MixDriver {
 }
 
 impl Driver<TreeCommand, TreeReply> for MixDriver {
-    fn next(&mut self, _client: usize) -> Option<TreeCommand> {
+    fn next(&mut self, _client: usize, _now_us: u64) -> Option<TreeCommand> {
         if self.phase.load(Ordering::Relaxed) == DONE {
             return None;
         }
@@ -336,10 +336,10 @@ impl Driver<TreeCommand, TreeReply> for MixDriver {
     fn complete(
         &mut self,
         _client: usize,
-        _cmd: TreeCommand,
-        result: Result<TreeReply, ClientError>,
+        done: Completion<TreeCommand, TreeReply>,
         latency: Duration,
     ) {
+        let result = done.result;
         if self.phase.load(Ordering::Relaxed) != MEASURE {
             return;
         }

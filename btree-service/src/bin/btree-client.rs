@@ -51,7 +51,7 @@ fn run(args: &Args) -> Result<String, String> {
     }
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
     let proxy = ClientProxy::new(
-        ClientId::new(me, engine::client::incarnation_index()),
+        ClientId::new(me, engine::host::client::incarnation_index()),
         service,
         file.mode,
         file.workers,

@@ -12,7 +12,6 @@ use btree_service::cli::{parse_mode, DeploymentFile};
 use btree_service::load::{driver, run, RunSpec, Workload, DONE, MEASURE, WARMUP};
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
-use engine::client::ClientApp;
 use engine::psmr::proxy::ClientOptions;
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
@@ -106,9 +105,9 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         mode: file.mode,
         workers: file.workers,
         resend_ticks: 2000,
-        first_index: engine::client::incarnation_index(),
+        first_index: engine::host::client::incarnation_index(),
     };
-    let app = ClientApp::new(me, service, options, driver);
+    let app = engine::psmr::proxy::client_app(me, service, options, driver);
     let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());
     let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
     let stop = tcp.stop_flag();
@@ -124,7 +123,7 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         .join()
         .map_err(|_| "client thread panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    let d = &app.driver;
+    let d = &app.host.driver;
     let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
     Ok(format!(
         "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",

@@ -22,7 +22,6 @@
 use btree_service::cli::{parse_command, parse_mode, render_reply, DeploymentFile};
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
-use engine::client::HandleApp;
 use engine::host::OnNode;
 use engine::metrics::{
     render_checkpoints, render_node, render_workers, Exposition, MetricsServer, Observed,
@@ -285,7 +284,7 @@ fn serve_in_process(args: &Args) -> Result<(), String> {
     };
     let mut handle = None;
     let cluster = engine::inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) = HandleApp::new(id, 1, service.clone(), mode, workers, 500);
+        let (app, h) = engine::psmr::proxy::handle_app(id, 1, service.clone(), mode, workers, 500);
         handle = Some(h);
         app
     });

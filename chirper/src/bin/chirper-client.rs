@@ -47,7 +47,7 @@ fn run(args: &Args) -> Result<String, String> {
     let mut o = ClientOptions::new(file.scheme, file.section.partitions);
     o.retry_max = file.section.retry_max;
     let proxy = ScaleOutClient::new(
-        ClientId::new(me, engine::client::incarnation_index()),
+        ClientId::new(me, engine::host::client::incarnation_index()),
         service,
         o,
     );

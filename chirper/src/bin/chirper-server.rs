@@ -31,7 +31,6 @@ use chirper::cli::{parse_command, parse_scheme, render_response, DeploymentFile,
 use chirper::graph::GraphSpec;
 use chirper::service::Chirper;
 use clap::Parser;
-use engine::client::HandleApp;
 use engine::host::OnNode;
 use engine::metrics::{
     render_checkpoints, render_node, render_oracle, render_partition, Exposition, MetricsServer,
@@ -406,7 +405,7 @@ fn serve_in_process(args: &Args) -> Result<(), String> {
                 service.clone(),
                 ClientOptions::new(scheme, args.partitions),
             );
-            let (app, h) = HandleApp::from_proxies(vec![proxy]);
+            let (app, h) = engine::calls::handle_app(vec![proxy]);
             handle = Some(h);
             app
         },

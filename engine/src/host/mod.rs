@@ -14,8 +14,10 @@
 //! [`App`] seam, so the in-process runtime, the TCP runtime and the simulator
 //! ([`crate::sim`]) all drive the same host types the same way.
 
+pub mod client;
 pub mod replica;
 
+pub use client::ClientHost;
 pub use replica::{ReplicaCore, ReplicaHost};
 
 use bytes::Bytes;

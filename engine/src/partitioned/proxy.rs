@@ -20,7 +20,7 @@
 use super::msg::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
 use super::service::{Kind, ObjectId, PartitionId, PartitionedService};
 use super::Scheme;
-use crate::client::{ClientError, ClientStats, Completion, Proxy};
+use crate::host::client::{ClientError, ClientStats, Completion, Proxy};
 use crate::wire::{self, ClientId, FeedMsg};
 use bytes::Bytes;
 use groups::groupset::GroupSet;

@@ -8,10 +8,11 @@
 
 use super::msg::{Attempt, Outcome, Reply, Request};
 use super::service::{Service, Target};
-use crate::client::{
-    incarnation_index, ClientApp, ClientError, ClientStats, Completion, Driver, HandleApp,
-    HandleOf, Proxy,
+use crate::calls::{HandleApp, HandleOf};
+use crate::host::client::{
+    incarnation_index, ClientError, ClientHost, ClientStats, Completion, Driver, Proxy,
 };
+use crate::host::OnNode;
 use crate::wire::{self, ClientId, FeedMsg};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
@@ -304,7 +305,7 @@ impl<S: Service> Proxy for ClientProxy<S> {
     }
 }
 
-/// How the clients of a [`ClientApp`] run.
+/// How the P-SMR clients of a node run.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
     /// Logical clients on the node.
@@ -322,46 +323,56 @@ pub struct ClientOptions {
     pub first_index: u32,
 }
 
-impl<S: Service, D: Driver<S::Command, S::Reply>> ClientApp<ClientProxy<S>, D> {
-    /// The P-SMR clients of `node`.
-    pub fn new(node: NodeId, service: Arc<S>, o: ClientOptions, driver: D) -> Self {
-        let proxies = (0..o.clients)
-            .map(|i| {
-                ClientProxy::new(
-                    ClientId::new(node, o.first_index.wrapping_add(i as u32)),
-                    service.clone(),
-                    o.mode,
-                    o.workers,
-                    o.resend_ticks,
-                )
-            })
-            .collect();
-        ClientApp::from_proxies(proxies, o.window, driver)
-    }
+/// The P-SMR clients of `node`.
+pub fn proxies<S: Service>(
+    node: NodeId,
+    service: &Arc<S>,
+    o: &ClientOptions,
+) -> Vec<ClientProxy<S>> {
+    (0..o.clients)
+        .map(|i| {
+            ClientProxy::new(
+                ClientId::new(node, o.first_index.wrapping_add(i as u32)),
+                service.clone(),
+                o.mode,
+                o.workers,
+                o.resend_ticks,
+            )
+        })
+        .collect()
 }
 
-impl<S: Service> HandleApp<ClientProxy<S>> {
-    /// An app for blocking P-SMR calls: `clients` clients with one command outstanding each.
-    pub fn new(
-        node: NodeId,
-        clients: usize,
-        service: Arc<S>,
-        mode: Mode,
-        workers: usize,
-        resend_ticks: u64,
-    ) -> (Self, HandleOf<ClientProxy<S>>) {
-        let first = incarnation_index();
-        let proxies = (0..clients)
-            .map(|i| {
-                ClientProxy::new(
-                    ClientId::new(node, first.wrapping_add(i as u32)),
-                    service.clone(),
-                    mode,
-                    workers,
-                    resend_ticks,
-                )
-            })
-            .collect();
-        HandleApp::from_proxies(proxies)
-    }
+/// The P-SMR clients of `node`, fed by `driver`, as its runtime runs them.
+pub fn client_app<S: Service, D: Driver<S::Command, S::Reply>>(
+    node: NodeId,
+    service: Arc<S>,
+    o: ClientOptions,
+    driver: D,
+) -> OnNode<ClientHost<ClientProxy<S>, D>> {
+    OnNode::new(ClientHost::new(
+        proxies(node, &service, &o),
+        o.window,
+        driver,
+    ))
+}
+
+/// An app for blocking P-SMR calls: `clients` clients with one command outstanding each
+/// (client indexes from this process's [`incarnation_index`]).
+pub fn handle_app<S: Service>(
+    node: NodeId,
+    clients: usize,
+    service: Arc<S>,
+    mode: Mode,
+    workers: usize,
+    resend_ticks: u64,
+) -> (HandleApp<ClientProxy<S>>, HandleOf<ClientProxy<S>>) {
+    let o = ClientOptions {
+        clients,
+        window: 1,
+        mode,
+        workers,
+        resend_ticks,
+        first_index: incarnation_index(),
+    };
+    crate::calls::handle_app(proxies(node, &service, &o))
 }
