@@ -23,9 +23,7 @@ use btree_service::cli::{parse_command, parse_mode, render_reply, DeploymentFile
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;
 use engine::host::OnNode;
-use engine::metrics::{
-    render_checkpoints, render_node, render_workers, Exposition, MetricsServer, Observed,
-};
+use engine::metrics::{render_checkpoints, render_node, render_workers, Exposition, Observed};
 use engine::psmr::deployment::Deployment;
 use engine::psmr::proxy::Mode;
 use engine::psmr::replica::{ReplicaOptions, ThreadedReplica};
@@ -33,6 +31,7 @@ use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, Idle};
+use groups::runtime::metrics_http::MetricsServer;
 use groups::runtime::tcp::TcpNode;
 use std::io::BufRead;
 use std::net::SocketAddr;

@@ -33,8 +33,7 @@ use chirper::service::Chirper;
 use clap::Parser;
 use engine::host::OnNode;
 use engine::metrics::{
-    render_checkpoints, render_node, render_oracle, render_partition, Exposition, MetricsServer,
-    Observed,
+    render_checkpoints, render_node, render_oracle, render_partition, Exposition, Observed,
 };
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::{ClientOptions, ScaleOutClient};
@@ -45,6 +44,7 @@ use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::inproc::{App, Idle};
+use groups::runtime::metrics_http::MetricsServer;
 use groups::runtime::tcp::TcpNode;
 use std::io::BufRead;
 use std::net::SocketAddr;
