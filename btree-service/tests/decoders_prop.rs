@@ -6,7 +6,7 @@
 //! The same inputs are fuzzed without bounds by the cargo-fuzz targets in `fuzz/` (see
 //! `fuzz/README.md`); these runs are bounded (a few seconds in release mode).
 
-use btree_service::cli::{parse_command, parse_mode, DeploymentFile};
+use btree_service::cli::{parse_command, parse_mode, ConfigFile, DeploymentFile};
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;
 use engine::psmr::deployment::Deployment;

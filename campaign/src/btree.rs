@@ -5,7 +5,7 @@ use crate::net::Capabilities;
 use crate::run::{self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target};
 use crate::tap::{Recording, Tap};
 use crate::{Fault, Options, RunReport};
-use btree_service::cli::DeploymentFile;
+use btree_service::cli::{ConfigFile, DeploymentFile};
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
 use engine::host::client::incarnation_index;

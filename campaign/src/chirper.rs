@@ -20,7 +20,7 @@ use crate::run::{
 use crate::tap::{ScaleOutRecording, Tap};
 use crate::{Fault, Options, RunReport};
 use bytes::Bytes;
-use chirper::cli::{DeploymentFile, ServiceSection};
+use chirper::cli::{ConfigFile, DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
 use chirper::model::{ChirperModel, SpecUser};
 use chirper::service::{Chirper, Command, Post, Reply, UserId};

@@ -1,7 +1,7 @@
 //! Chirper workloads (the DS-SMR paper's Table 1) and measured runs, in-process or with every
 //! replica a process on loopback.
 
-use crate::cli::{DeploymentFile, ServiceSection};
+use crate::cli::{ConfigFile, DeploymentFile, ServiceSection};
 use crate::graph::SocialGraph;
 use crate::service::{Chirper, Command, UserId};
 use bytes::Bytes;

@@ -8,7 +8,7 @@
 //! `fuzz/README.md`); these runs are bounded (a few seconds in release mode).
 
 use bytes::Bytes;
-use chirper::cli::{parse_command, parse_scheme, DeploymentFile, ServiceSection};
+use chirper::cli::{parse_command, parse_scheme, ConfigFile, DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
 use chirper::service::{Command, Post, Reply, User};
 use engine::partitioned::layout::{self, ScaleOutLayout};

@@ -5,7 +5,6 @@
 //! involved worker while the others are parked. See [`Service`] for the contract a service
 //! implements, [`psmr`] for the replica, [`client`] for the client proxy.
 
-pub mod binary;
 pub mod calls;
 pub mod checkpoint;
 pub mod hash;
@@ -16,6 +15,7 @@ pub mod load;
 pub mod metrics;
 pub mod partitioned;
 pub mod psmr;
+pub mod serve;
 pub mod sim;
 pub mod sync;
 pub mod testing;

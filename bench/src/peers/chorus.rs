@@ -8,7 +8,7 @@
 
 use super::procs::{Group, TempDir};
 use super::{Measured, Plan, Point};
-use btree_service::cli::DeploymentFile;
+use btree_service::cli::{ConfigFile, DeploymentFile};
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
 use engine::host::client::{Completion, Driver};
@@ -172,7 +172,7 @@ impl Cluster {
                 self.file.workers,
                 500,
             );
-            let reply = engine::binary::call_once(
+            let reply = engine::serve::call_once(
                 &self.file.cluster,
                 self.clients[0],
                 proxy,

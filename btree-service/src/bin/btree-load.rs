@@ -8,7 +8,7 @@
 //! In-process by default (a whole deployment, or the `unreplicated` baseline with
 //! `--mode unreplicated`); prints throughput, latency percentiles and the opt-PSMR abort rate.
 
-use btree_service::cli::{parse_mode, DeploymentFile};
+use btree_service::cli::{parse_mode, ConfigFile, DeploymentFile};
 use btree_service::load::{driver, run, RunSpec, Workload, DONE, MEASURE, WARMUP};
 use btree_service::service::{TreeConfig, TreeService};
 use clap::Parser;

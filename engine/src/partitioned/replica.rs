@@ -127,7 +127,9 @@ pub struct PartitionedCore<C: PartitionCore> {
     merge: Option<Box<OwnMerge>>,
     outputs: Vec<Output>,
     snaps: Vec<(u64, u64, Vec<u8>)>,
-    publish: Option<(Publish<C>, u64)>,
+    /// Publishers of the core's counters, and the tick they last ran.
+    publish: Vec<Publish<C>>,
+    published_at: u64,
 }
 
 impl<C: PartitionCore> PartitionedCore<C> {
@@ -138,7 +140,8 @@ impl<C: PartitionCore> PartitionedCore<C> {
             merge: None,
             outputs: Vec::new(),
             snaps: Vec::new(),
-            publish: None,
+            publish: Vec::new(),
+            published_at: u64::MAX,
         }
     }
 
@@ -169,7 +172,7 @@ impl<C: PartitionCore> PartitionedCore<C> {
     /// Calls `publish` with the core at most once per tick (a benchmark or the metrics
     /// endpoint samples the counters while the replica runs).
     pub fn share_with(&mut self, publish: impl FnMut(&C) + Send + 'static) {
-        self.publish = Some((Box::new(publish), u64::MAX));
+        self.publish.push(Box::new(publish));
     }
 
     fn deliver(server: &mut C, d: &Delivery) {
@@ -269,9 +272,9 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
                 });
             }
         }
-        if let Some((publish, at)) = self.publish.as_mut() {
-            if *at != now {
-                *at = now;
+        if self.published_at != now && !self.publish.is_empty() {
+            self.published_at = now;
+            for publish in &mut self.publish {
                 publish(&self.server);
             }
         }
