@@ -12,7 +12,7 @@
 
 use super::executor::WorkerStats;
 use super::rendezvous::Slots;
-use super::replica::Driver;
+use super::replica::{Driver, Restorer};
 use super::service::Service;
 use super::workers::{Lent, Progress, Worker, WorkerEvent, WorkerSet};
 use groups::ids::MsgId;
@@ -31,6 +31,8 @@ pub struct Scheduled<S: Service> {
     executed_before: u64,
     /// Steps taken, for tests.
     pub steps: u64,
+    /// State hashes of the checkpoints taken, not yet handed to the host.
+    hashes: Vec<(u64, u64)>,
 }
 
 impl<S: Service> Scheduled<S> {
@@ -41,6 +43,7 @@ impl<S: Service> Scheduled<S> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             executed_before: 0,
             steps: 0,
+            hashes: Vec::new(),
         }
     }
 
@@ -108,5 +111,19 @@ impl<S: Service> Driver<S> for Scheduled<S> {
 
     fn executed(&self) -> u64 {
         self.executed_before + self.workers().iter().map(|w| w.executed).sum::<u64>()
+    }
+
+    /// Hashes the checkpoint's state at once (the simulator compares replicas' checkpoints).
+    fn taken(&mut self, round: u64, bytes: &bytes::Bytes, restore: Restorer<S>) {
+        match restore.state_hash(bytes) {
+            Ok(h) => self.hashes.push((round, h)),
+            Err(e) => {
+                tracing::error!(round, error = %e, "a checkpoint taken here does not restore")
+            }
+        }
+    }
+
+    fn hashes(&mut self, out: &mut Vec<(u64, u64)>) {
+        out.append(&mut self.hashes);
     }
 }

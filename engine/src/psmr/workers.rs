@@ -73,6 +73,17 @@ enum Stage<C> {
     Lending(MsgId),
 }
 
+/// Who reached a multi-worker command first, as this worker's executions saw it (local,
+/// not replicated: it differs between replicas and runs; only a polled rendezvous tells the
+/// executor that it came first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meetings {
+    /// The executor arrived and waited for lenders.
+    pub executor_first: u64,
+    /// Every lender had lent when the executor arrived.
+    pub lenders_first: u64,
+}
+
 /// The shards workers lend each other.
 pub type Lent<S> = Box<<S as Service>::Shard>;
 
@@ -93,6 +104,7 @@ pub struct Worker<S: Service> {
     /// Commands taken from the stream by this incarnation (not replicated: it drives the
     /// checkpoint trigger).
     pub executed: u64,
+    pub meetings: Meetings,
     scratch: Vec<Delivery>,
 }
 
@@ -114,6 +126,7 @@ impl<S: Service> Worker<S> {
             stage: Stage::Ready,
             groups,
             executed: 0,
+            meetings: Meetings::default(),
             scratch: Vec::new(),
         }
     }
@@ -236,12 +249,18 @@ impl<S: Service> Worker<S> {
             Ok(None) => {
                 self.stage = Stage::Collecting(job);
                 return if fresh {
+                    self.meetings.executor_first += 1;
                     Progress::Stepped
                 } else {
                     Progress::Waiting
                 };
             }
-            Ok(Some(lent)) => lent,
+            Ok(Some(lent)) => {
+                if fresh {
+                    self.meetings.lenders_first += 1;
+                }
+                lent
+            }
         };
         let mut mine = self.shard.take().expect("the executor owns its shard");
         let reply = {

@@ -1,0 +1,111 @@
+//! Goal: the key-value service of `examples/kv.rs` (the tutorial's) stays linearizable and its
+//! replicas identical under faults, in P-SMR and opt-PSMR.
+//!
+//! Method: for each seed, the simulator runs the example's service as it runs in production
+//! (the one replica host, the production P-SMR workers under a seeded scheduler): 2 replicas of
+//! 2 to 4 workers, 3 acceptors, 2 client nodes of 2 clients, a lossy, duplicating, reordering
+//! network and a fault campaign (crashes and restarts, pauses, partitions). Gets, puts, copies
+//! across workers and lengths over all workers. The history is checked against the service
+//! itself run sequentially (`lincheck::Sequential`), the replicas' state hashes compared.
+//!
+//! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
+
+#[allow(dead_code)]
+#[path = "../examples/kv.rs"]
+mod kv;
+
+use engine::lincheck::{self, Budget, Sequential};
+use engine::psmr::blueprint::Psmr;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
+use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use kv::{Cmd, Kv};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
+const KEYS: u64 = 10;
+
+fn run(seed: u64, verbose: bool) -> Result<String, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let workers = rng.random_range(2..=4usize);
+    let mode = if seed.is_multiple_of(2) {
+        Mode::Psmr
+    } else {
+        Mode::OptPsmr
+    };
+    let tuning = groups::config::Tuning {
+        trim: false,
+        ..Default::default()
+    };
+    let d = Deployment::new(2, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
+    let setup = SimSetup {
+        seed,
+        net: faulty_network(&mut rng),
+        clients_per_node: 2,
+        window: 2,
+        ops_per_client: 25,
+        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
+            let k = rng.random_range(0..KEYS);
+            match rng.random_range(0..10) {
+                0..4 => Cmd::Get(k),
+                4..7 => Cmd::Put(k, format!("v{}", rng.random_range(0..100))),
+                7..9 => Cmd::Copy(k, rng.random_range(0..KEYS)),
+                _ => Cmd::Len,
+            }
+        }),
+        think_us: 20_000,
+    };
+    let exec = ExecOptions {
+        check_conflicts: true,
+        state_hashes: true,
+    };
+    let service = Arc::new(Kv);
+    let mut sim = EngineSim::new(Psmr::new(service.clone(), d, mode, exec, 100), setup);
+    let report = sim.campaign(seed, &Campaign::default());
+    if verbose {
+        eprintln!(
+            "seed {seed}: {mode:?}, {workers} workers, {:?}",
+            report.events
+        );
+    }
+    let mut problems = Vec::new();
+    if !report.quiet {
+        problems.push("liveness: not quiet after the faults stopped".to_string());
+    }
+    problems.extend(sim.divergence());
+    let divergences = sim.client_stats().divergences;
+    if divergences > 0 {
+        problems.push(format!(
+            "{divergences} state-hash disagreements seen by clients"
+        ));
+    }
+    let history = lincheck_history(&sim.history());
+    let model = Sequential::new(service, kv::keys);
+    match lincheck::check(&model, &history, Budget::new(2_000_000)) {
+        lincheck::Verdict::Linearizable => {}
+        v => problems.push(format!("not linearizable: {v}")),
+    }
+    if problems.is_empty() {
+        Ok(format!("{} ops, {} crashes", history.len(), report.crashes))
+    } else {
+        Err(format!(
+            "{mode:?}, {workers} workers:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}
+
+#[test]
+fn the_example_kv_service_is_linearizable_under_faults() {
+    let passed = groups::sim::seeds::campaign(
+        "kv_example",
+        "cargo test --release -p engine --test kv_example -- --nocapture",
+        40,
+        run,
+    );
+    if std::env::var("CHORUS_SEED").is_err() {
+        eprintln!("kv_example: {} seeds passed", passed.len());
+    }
+}
