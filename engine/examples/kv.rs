@@ -85,7 +85,8 @@ impl Service for Kv {
                 Reply::Ok
             }
             Cmd::Copy(from, to) => {
-                (a.read(*from), a.write(*to));
+                a.read(*from);
+                a.write(*to);
                 if let Some(v) = shards.get(owner(*from, n)).get(from).cloned() {
                     shards.get(owner(*to, n)).insert(*to, v);
                 }
