@@ -73,6 +73,17 @@ enum Stage<C> {
     Lending(MsgId),
 }
 
+/// Where a worker stands, as seen from outside (diagnostics and the rendezvous scripts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Between commands: it owns its shard.
+    Ready,
+    /// The executor of multi-worker command `.0`, waiting for its lenders.
+    Collecting(MsgId),
+    /// Lent its shard for multi-worker command `.0` and waits for it to come back.
+    Lending(MsgId),
+}
+
 /// Who reached a multi-worker command first, as this worker's executions saw it (local,
 /// not replicated: it differs between replicas and runs; only a polled rendezvous tells the
 /// executor that it came first).
@@ -297,6 +308,15 @@ impl<S: Service> Worker<S> {
                 .pending
                 .front()
                 .is_some_and(|d| crate::checkpoint::round_of(&d.msg, self.groups).is_some())
+    }
+
+    /// Where the worker stands in the rendezvous.
+    pub fn standing(&self) -> Standing {
+        match &self.stage {
+            Stage::Ready => Standing::Ready,
+            Stage::Collecting(job) => Standing::Collecting(job.id),
+            Stage::Lending(key) => Standing::Lending(*key),
+        }
     }
 
     /// What the merger waits for, if it is blocked on an idle log.
