@@ -339,3 +339,155 @@ fn write_config_refuses_bad_durability_flags() {
     assert!(err.contains("go with --write-config"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Secure by default (issue 16, part 3): `--write-config` writes a fresh random secret beside
+/// the deployment file (mode 0600) and names it; a server whose deployment names no secret
+/// refuses to start with a clear error unless given `--insecure`, and so does a client.
+#[test]
+fn write_config_writes_a_secret_and_nodes_refuse_to_run_without_one() {
+    let dir = std::env::temp_dir().join(format!("chorus-btree-secure-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let base = free_ports_from(43000, 6);
+    let write = |path: &Path| {
+        let out = Command::new(SERVER)
+            .args(["--write-config", path.to_str().unwrap()])
+            .args([
+                "--replicas",
+                "3",
+                "--workers",
+                "1",
+                "--clients",
+                "1",
+                "--prefill",
+                "10",
+            ])
+            .args(["--base-port", &base.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = write(&config);
+    let secret = dir.join("deployment.secret");
+    assert!(said.contains("deployment.secret"), "{said}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains(&format!("secret_file = \"{}\"", secret.display())),
+        "{text}"
+    );
+    let first = std::fs::read_to_string(&secret).unwrap();
+    assert!(first.trim().len() >= 32, "{first:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "secret file mode {mode:o}");
+    }
+    write(&config);
+    assert_ne!(
+        std::fs::read_to_string(&secret).unwrap(),
+        first,
+        "a second deployment got the same secret"
+    );
+
+    // The same deployment without its secret_file line.
+    let bare = dir.join("bare.toml");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("secret_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&bare, without).unwrap();
+    let out = Command::new(SERVER)
+        .args(["--config", bare.to_str().unwrap(), "--node", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no secret_file") && err.contains("--insecure"),
+        "{err}"
+    );
+    let (ok, err) = client(&bare, &["get", "1"]);
+    assert!(!ok && err.contains("no secret_file"), "{err}");
+
+    // With --insecure the servers run and a client (also --insecure) gets its answer.
+    let servers = Processes(
+        (1..=3)
+            .map(|n| {
+                Command::new(SERVER)
+                    .args(["--config", bare.to_str().unwrap(), "--insecure"])
+                    .args(["--node", &n.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let (ok, answer) = client(&bare, &["--insecure", "size"]);
+    drop(servers);
+    assert!(ok, "{answer}");
+    assert_eq!(answer, "10");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--write-config --tls`: a cluster CA and a certificate per node (clients included) are
+/// written beside the deployment, the servers run mutual TLS between each other and with the
+/// client, and the client's commands are answered.
+#[test]
+fn write_config_tls_deployment_serves_clients() {
+    let dir = std::env::temp_dir().join(format!("chorus-btree-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("deployment.toml");
+    let base = free_ports_from(44000, 6);
+    let out = Command::new(SERVER)
+        .args(["--write-config", config.to_str().unwrap(), "--tls"])
+        .args([
+            "--replicas",
+            "3",
+            "--workers",
+            "1",
+            "--clients",
+            "1",
+            "--prefill",
+            "10",
+        ])
+        .args(["--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[tls]"), "{text}");
+    for f in [
+        "ca.crt",
+        "node-1.crt",
+        "node-3.key",
+        "node-1000.crt",
+        "node-1000.key",
+    ] {
+        assert!(dir.join("deployment.tls").join(f).exists(), "{f} missing");
+    }
+    let servers = Processes(
+        (1..=3)
+            .map(|n| {
+                Command::new(SERVER)
+                    .args(["--config", config.to_str().unwrap()])
+                    .args(["--node", &n.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let (ok, put) = client(&config, &["put", "42", "over-tls"]);
+    assert!(ok, "{put}");
+    let (ok, got) = client(&config, &["get", "42"]);
+    drop(servers);
+    assert!(ok, "{got}");
+    assert_eq!(got, "over-tls");
+    let _ = std::fs::remove_dir_all(&dir);
+}

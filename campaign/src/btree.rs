@@ -75,23 +75,31 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         trim: false,
         ..Tuning::default()
     };
-    let d = Deployment::new(SERVERS.len(), 1, WORKERS, 1, tuning).map_err(|e| e.to_string())?;
+    // The hostile faults need configured client ids no process uses (see `SPARE_CLIENTS`).
+    let spare = match fault {
+        Fault::PartialFrames | Fault::FdExhaust => run::SPARE_CLIENTS,
+        _ => 0,
+    };
+    let d =
+        Deployment::new(SERVERS.len(), 1, WORKERS, 1 + spare, tuning).map_err(|e| e.to_string())?;
     let me = d.clients[0];
+    let client_ids: Vec<u32> = d.clients.iter().map(|c| c.0).collect();
     let global_log = run::global_log(&d.config)?;
-    let base = run::durable(&d.config)?;
+    let base = run::durable(&d.config, dir, fault)?;
 
     // Addresses, servers.
-    let network = Network::new(plan, r.index, &SERVERS, me.0)?;
-    let mut servers = network.start_servers(&SERVERS, binary, dir, |n| {
-        DeploymentFile {
-            mode,
-            workers: WORKERS,
-            replicas: d.replicas.clone(),
-            tree: tree(),
-            cluster: network.view(&base, n),
-        }
-        .render()
-    })?;
+    let network = Network::new(plan, r.index, seed, &SERVERS, &client_ids)?;
+    let mut servers =
+        network.start_servers(&SERVERS, binary, &run::server_flags(&base), dir, |n| {
+            DeploymentFile {
+                mode,
+                workers: WORKERS,
+                replicas: d.replicas.clone(),
+                tree: tree(),
+                cluster: network.view(&base, n),
+            }
+            .render()
+        })?;
 
     // The client node.
     let cluster = Arc::new(network.view(&base, me.0));
@@ -152,7 +160,12 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         .copied()
         .ok_or_else(|| format!("the global log {global_log} has no leader: {led:?}"))?;
     let victim = match fault {
-        Fault::KillLeader | Fault::Pause | Fault::Loss | Fault::Delay => leader,
+        Fault::KillLeader
+        | Fault::Pause
+        | Fault::Loss
+        | Fault::Delay
+        | Fault::PartialFrames
+        | Fault::FdExhaust => leader,
         Fault::KillFollower => {
             let logs: Vec<u32> = led.keys().copied().collect();
             let log = logs[rng.random_range(0..logs.len())];
@@ -167,7 +180,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
             ));
             v
         }
-        Fault::Partition => SERVERS[rng.random_range(0..SERVERS.len())],
+        Fault::Partition | Fault::WipeData => SERVERS[rng.random_range(0..SERVERS.len())],
         Fault::ControlWipeAll => leader,
         Fault::KillOracle => return Err("no oracle".into()),
     };
@@ -175,6 +188,8 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         fault,
         victim,
         hold,
+        cluster_id: d.config.cluster_id,
+        spare_clients: client_ids[1..].to_vec(),
     };
     run::record_victim(o, r, &target, &led);
     // Probes: one client per log the victim leads, reading through that log without pause,
@@ -193,10 +208,29 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
             move |_| probe.clone(),
         );
     }
-    let injected = run::inject(o, r, &target, &network.net, &mut servers, &SERVERS, dir)?;
+    let injected = run::inject(o, r, &target, &network, &mut servers, &SERVERS, dir)?;
+    if fault == Fault::FdExhaust {
+        // A client that connects only now, through a log the victim leads.
+        let fresh = d.clients[1];
+        let log = *r
+            .victim_led_logs
+            .first()
+            .ok_or("fd-exhaust: the victim leads no log")?;
+        let proxy = ClientProxy::new(
+            engine::wire::ClientId::new(fresh, first.wrapping_add(slots as u32)),
+            service.clone(),
+            mode,
+            WORKERS,
+            500,
+        );
+        let probe = probe_command(&d.config, global_log, log)?;
+        let view = Arc::new(network.view(&base, fresh.0));
+        run::probe_fresh_client(r, view, fresh, proxy, probe, &target, &injected)?;
+    }
 
     // Settle, stop the clients.
     let mut recs = clients.stop(r)?;
+    run::served_during(r, &recs, &target, &injected);
 
     // The final full scan, answered by every replica.
     let full = TreeCommand::Scan {

@@ -77,13 +77,14 @@ fn section() -> ServiceSection {
     s
 }
 
-fn layout() -> Result<ScaleOutLayout, String> {
+/// The layout, with `clients` client nodes (the workload's and spare ones).
+fn layout(clients: usize) -> Result<ScaleOutLayout, String> {
     let tuning = Tuning {
         // Replicas rebuild their state from the logs: nothing may be trimmed.
         trim: false,
         ..layout::tuning()
     };
-    ScaleOutLayout::new(Scheme::Dssmr, PARTITIONS, REPLICAS, 1, 1, tuning)
+    ScaleOutLayout::new(Scheme::Dssmr, PARTITIONS, REPLICAS, 1, clients, tuning)
         .map_err(|e| e.to_string())
 }
 
@@ -139,7 +140,12 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     let (o, binary, seed, fault) = (run.o, run.binary, run.seed, run.fault);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     r.mode = "ds-smr".into();
-    let lay = layout()?;
+    // The hostile faults need configured client ids no process uses (see `SPARE_CLIENTS`).
+    let spare = match fault {
+        Fault::PartialFrames | Fault::FdExhaust => run::SPARE_CLIENTS,
+        _ => 0,
+    };
+    let lay = layout(1 + spare)?;
     let servers_ids: Vec<u32> = lay
         .config
         .nodes
@@ -149,19 +155,21 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         .collect();
     let me = lay.clients[0];
     let global_log = run::global_log(&lay.config)?;
-    let base = run::durable(&lay.config)?;
+    let base = run::durable(&lay.config, dir, fault)?;
     let section = section();
 
     // Addresses, servers.
-    let network = Network::new(plan, r.index, &servers_ids, me.0)?;
-    let mut servers = network.start_servers(&servers_ids, binary, dir, |n| {
-        DeploymentFile {
-            section: section.clone(),
-            scheme: Scheme::Dssmr,
-            cluster: network.view(&base, n),
-        }
-        .render()
-    })?;
+    let client_ids: Vec<u32> = lay.clients.iter().map(|c| c.0).collect();
+    let network = Network::new(plan, r.index, seed, &servers_ids, &client_ids)?;
+    let mut servers =
+        network.start_servers(&servers_ids, binary, &run::server_flags(&base), dir, |n| {
+            DeploymentFile {
+                section: section.clone(),
+                scheme: Scheme::Dssmr,
+                cluster: network.view(&base, n),
+            }
+            .render()
+        })?;
 
     // The client node.
     let cluster = Arc::new(network.view(&base, me.0));
@@ -230,7 +238,12 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
             r.mechanism.push_str(&format!(" (the leader of log {log})"));
             leader_of(log)?
         }
-        Fault::Pause | Fault::Loss | Fault::Delay | Fault::ControlWipeAll => global_leader,
+        Fault::Pause
+        | Fault::Loss
+        | Fault::Delay
+        | Fault::PartialFrames
+        | Fault::FdExhaust
+        | Fault::ControlWipeAll => global_leader,
         Fault::KillFollower => {
             let logs: Vec<u32> = led.keys().copied().collect();
             let log = logs[rng.random_range(0..logs.len())];
@@ -254,12 +267,14 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
             v
         }
         Fault::KillOracle => lay.oracle_replicas[rng.random_range(0..lay.oracle_replicas.len())].0,
-        Fault::Partition => servers_ids[rng.random_range(0..servers_ids.len())],
+        Fault::Partition | Fault::WipeData => servers_ids[rng.random_range(0..servers_ids.len())],
     };
     let target = Target {
         fault,
         victim,
         hold,
+        cluster_id: lay.config.cluster_id,
+        spare_clients: client_ids[1..].to_vec(),
     };
     run::record_victim(o, r, &target, &led);
     // Probes: one client per log the victim leads, going through that log without pause
@@ -293,10 +308,35 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
             next,
         );
     }
-    let injected = run::inject(o, r, &target, &network.net, &mut servers, &servers_ids, dir)?;
+    let injected = run::inject(o, r, &target, &network, &mut servers, &servers_ids, dir)?;
+    if fault == Fault::FdExhaust {
+        // A client that connects only now, through a log the victim leads: a create of a
+        // user no other command touches (outside the history: it changes nothing the
+        // history reads).
+        let fresh = lay.clients[1];
+        let log = *r
+            .victim_led_logs
+            .first()
+            .ok_or("fd-exhaust: the victim leads no log")?;
+        let probe = if log < PARTITIONS {
+            Command::GetTimeline(PROBE_USER + log)
+        } else {
+            Command::CreateUser(FRESH_USERS - 1)
+        };
+        let mut opts = ClientOptions::new(Scheme::Dssmr, PARTITIONS);
+        opts.seed = seed;
+        let proxy = ScaleOutClient::new(
+            engine::wire::ClientId::new(fresh, first.wrapping_add(slots as u32)),
+            service.clone(),
+            opts,
+        );
+        let view = Arc::new(network.view(&base, fresh.0));
+        run::probe_fresh_client(r, view, fresh, proxy, probe, &target, &injected)?;
+    }
 
     // Settle, stop the clients.
     let mut recs = clients.stop(r)?;
+    run::served_during(r, &recs, &target, &injected);
 
     // Final reads: every user's timeline, one after the other (part of the history).
     let mut timelines: BTreeMap<UserId, Vec<Post>> = BTreeMap::new();
@@ -425,7 +465,7 @@ pub fn state_hash(body: &str) -> Option<u64> {
 }
 
 /// Acknowledged posts missing from their author's final timeline (timelines keep every post
-/// of a run: [`TIMELINE_LEN`]).
+/// of a run: `TIMELINE_LEN`).
 pub fn lost_posts(
     history: &[Operation<Command, Reply2>],
     timelines: &BTreeMap<UserId, Vec<Post>>,
@@ -523,7 +563,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_nine_servers_four_logs_and_the_model_knows_the_probe_users() {
-        let lay = layout().unwrap();
+        let lay = layout(1).unwrap();
         let servers = lay
             .config
             .nodes

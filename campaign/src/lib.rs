@@ -22,10 +22,17 @@
 //! logs, so the follower leads another), SIGSTOP then SIGCONT of the global log's leader, a
 //! partition of a random node in a network namespace (its veth link down for a few seconds),
 //! packet loss on the global log leader's link (`tc netem`, or an nftables `numgen random`
-//! drop rule where the kernel has no netem) and delay (`tc netem`, or a userspace relay on
-//! every link of the leader where the kernel has no netem). Every run says which mechanism it
-//! used; a fault the machine cannot inject is reported as skipped with the reason, never
-//! silently. `kill-oracle` needs Chirper on DS-SMR: B+-tree runs report it as skipped.
+//! drop rule where the kernel has no netem) and delay (`tc netem`). Where the machine has no
+//! namespaces (no root, no iproute2), no netem or no nftables, the partition, loss and delay
+//! go through a userspace relay per link ([`relay`]) instead, so every fault runs with
+//! nothing but the toolchain installed. Then the hostile ones: `partial-frames` (raw
+//! connections pinning 16 MiB partial frames on the leader; its resident set must stay
+//! bounded), `fd-exhaust` (the leader's open-file limit lowered and exhausted by idle
+//! connections; its listener must recover and serve a new client), and `wipe-data` (a node's
+//! data directory deleted under it: it must refuse to restart without [`RECOVER_FLAG`] and
+//! rejoin with it; not a default fault until [`WIPE_DATA_IN_DEFAULT`]). Every run says which
+//! mechanism it used. `kill-oracle` needs Chirper on DS-SMR: B+-tree runs report it as
+//! skipped, the only skip there is.
 //!
 //! The same runs against Chirper on DS-SMR ([`chirper`]): nine `chirper-server` processes
 //! (2 partitions x 3 replicas and an oracle of 3, durable logs), scale-out clients on a small
@@ -57,13 +64,22 @@ pub enum Fault {
     Partition,
     Loss,
     Delay,
+    /// Hostile peers: many raw connections to the global log leader's peer port, each sending
+    /// a 16 MiB frame but its last byte (before or after a `Hello`), held, then closed.
+    PartialFrames,
+    /// The global log's leader, its open-file limit lowered, flooded with idle connections
+    /// until its `accept` fails and its listen backlog is full; held, then closed.
+    FdExhaust,
+    /// SIGKILL a server, delete its data directory, restart it: refused without
+    /// [`RECOVER_FLAG`], then restarted with it (it must rejoin).
+    WipeData,
     /// Negative control, not a fault the system must survive: SIGKILL every server, delete
     /// their durable logs, restart them. Acknowledged writes are lost; the checks must fail.
     ControlWipeAll,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillOracle,
@@ -71,8 +87,31 @@ impl Fault {
         Fault::Partition,
         Fault::Loss,
         Fault::Delay,
+        Fault::PartialFrames,
+        Fault::FdExhaust,
+        Fault::WipeData,
         Fault::ControlWipeAll,
     ];
+
+    /// The faults a campaign injects by default, in turn (what the CI tests run): every fault
+    /// the system must survive but `kill-oracle` (Chirper only) and, unless
+    /// [`WIPE_DATA_IN_DEFAULT`], `wipe-data`.
+    pub fn defaults() -> Vec<Fault> {
+        let mut v = vec![
+            Fault::KillLeader,
+            Fault::KillFollower,
+            Fault::Pause,
+            Fault::Partition,
+            Fault::Loss,
+            Fault::Delay,
+            Fault::PartialFrames,
+            Fault::FdExhaust,
+        ];
+        if WIPE_DATA_IN_DEFAULT {
+            v.push(Fault::WipeData);
+        }
+        v
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -83,6 +122,9 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Loss => "loss",
             Fault::Delay => "delay",
+            Fault::PartialFrames => "partial-frames",
+            Fault::FdExhaust => "fd-exhaust",
+            Fault::WipeData => "wipe-data",
             Fault::ControlWipeAll => "control-wipe-all",
         }
     }
@@ -112,6 +154,16 @@ impl Fault {
         Ok(v)
     }
 }
+
+/// Whether `wipe-data` is among the default faults (and so in the CI tests). Off until the
+/// servers refuse to start on a wiped data directory and rejoin with [`RECOVER_FLAG`]: on
+/// code without that, the run fails (by design: it reports the missing refusal).
+pub const WIPE_DATA_IN_DEFAULT: bool = false;
+
+/// The server flag that restarts a node whose data directory is gone: it catches up from a
+/// majority before it votes again. `wipe-data` first restarts the node without it (and expects
+/// a refusal), then with it.
+pub const RECOVER_FLAG: &str = "--recover";
 
 /// The service a run deploys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -179,14 +231,7 @@ impl Options {
             runs,
             first_run: 0,
             seed,
-            faults: vec![
-                Fault::KillLeader,
-                Fault::KillFollower,
-                Fault::Pause,
-                Fault::Partition,
-                Fault::Loss,
-                Fault::Delay,
-            ],
+            faults: Fault::defaults(),
             services: vec![ServiceKind::Btree],
             work_dir: std::env::temp_dir().join(format!("chorus-campaign-{}", std::process::id())),
             clients: 3,
@@ -225,6 +270,17 @@ pub struct RunReport {
     /// Fault to every log the victim led having a leader among the other nodes, as their
     /// metrics show it (the metrics refresh every 200 ms).
     pub new_leader_ms: Option<f64>,
+    /// Operations completed while the fault was on (between its start and its healing).
+    pub ops_during_fault: Option<usize>,
+    /// The victim's resident set (`VmRSS` of /proc/PID/status) before the fault and its
+    /// largest sample during it, in KiB (`partial-frames`).
+    pub victim_rss_kib: Option<(u64, u64)>,
+    /// The victim's open descriptors at most during the fault, and its open-file limit
+    /// (`fd-exhaust`).
+    pub victim_fds: Option<(u64, u64)>,
+    /// From the end of the pressure to the victim's first reply to a client that connected
+    /// after it (`fd-exhaust`), or to the restarted node serving again (`wipe-data`).
+    pub recovery_ms: Option<f64>,
     pub seconds: f64,
     pub problems: Vec<String>,
 }

@@ -20,6 +20,8 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// Where stderr goes (appended, so a restart keeps the first life's log).
     pub log: PathBuf,
+    /// More flags, at every start.
+    pub flags: Vec<String>,
 }
 
 struct Running {
@@ -36,7 +38,7 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(&mut self, spec: Spec) -> Result<(), String> {
-        let child = spawn(&spec)?;
+        let child = spawn(&spec, &[])?;
         self.list.push(Running {
             spec,
             child: Some(child),
@@ -79,12 +81,112 @@ impl Servers {
 
     /// Starts a killed node again from the same files.
     pub fn restart(&mut self, node: u32) -> Result<(), String> {
+        self.restart_with(node, &[])
+    }
+
+    /// Starts a killed node again from the same files, with `extra` arguments.
+    pub fn restart_with(&mut self, node: u32, extra: &[&str]) -> Result<(), String> {
         let r = self.get(node)?;
         if r.child.is_some() {
             return Err(format!("node {node} is still running"));
         }
-        r.child = Some(spawn(&r.spec)?);
+        r.child = Some(spawn(&r.spec, extra)?);
         r.stopped = false;
+        Ok(())
+    }
+
+    /// Waits up to `patience` for node `node`'s process to exit on its own: its status, or
+    /// `None` if it is still running (or was not).
+    pub fn wait_exit(&mut self, node: u32, patience: Duration) -> Option<std::process::ExitStatus> {
+        let by = std::time::Instant::now() + patience;
+        let r = self.get(node).ok()?;
+        loop {
+            let c = r.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                r.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= by {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of node `node`'s running process.
+    pub fn pid(&self, node: u32) -> Option<u32> {
+        self.list
+            .iter()
+            .find(|r| r.spec.node == node)
+            .and_then(|r| r.child.as_ref())
+            .map(Child::id)
+    }
+
+    /// Node `node`'s resident set size in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self, node: u32) -> Result<u64, String> {
+        let pid = self
+            .pid(node)
+            .ok_or(format!("node {node} is not running"))?;
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        vm_rss_kib(&status).ok_or_else(|| format!("{path} has no VmRSS line"))
+    }
+
+    /// How many descriptors node `node`'s process has open (the entries of /proc/PID/fd).
+    pub fn open_fds(&self, node: u32) -> Result<u64, String> {
+        let pid = self
+            .pid(node)
+            .ok_or(format!("node {node} is not running"))?;
+        let path = format!("/proc/{pid}/fd");
+        let dir = std::fs::read_dir(&path).map_err(|e| format!("{path}: {e}"))?;
+        Ok(dir.count() as u64)
+    }
+
+    /// Lowers node `node`'s soft open-file limit (`RLIMIT_NOFILE`) to `limit`, now, with
+    /// prlimit(2) (its hard limit stays): descriptors it holds stay open, opening more fails
+    /// with `EMFILE` once it holds `limit`.
+    pub fn set_open_file_limit(&self, node: u32, limit: u64) -> Result<(), String> {
+        let pid = self
+            .pid(node)
+            .ok_or(format!("node {node} is not running"))?;
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit(2) with a null new limit only reads into `old`.
+        if unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                std::ptr::null(),
+                &mut old,
+            )
+        } != 0
+        {
+            return Err(format!(
+                "prlimit node {node}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let new = libc::rlimit {
+            rlim_cur: limit.min(old.rlim_max),
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: prlimit(2) on the pid of a child this guard owns, with a valid new limit.
+        if unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &new,
+                std::ptr::null_mut(),
+            )
+        } != 0
+        {
+            return Err(format!(
+                "prlimit node {node} RLIMIT_NOFILE {limit}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         Ok(())
     }
 
@@ -124,12 +226,29 @@ impl Servers {
 
     /// The last `lines` lines of node `node`'s stderr log.
     pub fn log_tail(&self, node: u32, lines: usize) -> String {
+        let text = self.log_since(node, 0);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The bytes of node `node`'s stderr log so far (where [`Servers::log_since`] starts to
+    /// read what comes after).
+    pub fn log_len(&self, node: u32) -> u64 {
+        self.list
+            .iter()
+            .find(|r| r.spec.node == node)
+            .and_then(|r| std::fs::metadata(&r.spec.log).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    /// Node `node`'s stderr log from byte `offset` on.
+    pub fn log_since(&self, node: u32, offset: u64) -> String {
         let Some(r) = self.list.iter().find(|r| r.spec.node == node) else {
             return String::new();
         };
-        let text = std::fs::read_to_string(&r.spec.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let bytes = std::fs::read(&r.spec.log).unwrap_or_default();
+        let from = (offset as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
     }
 }
 
@@ -149,7 +268,7 @@ impl Drop for Servers {
     }
 }
 
-fn spawn(spec: &Spec) -> Result<Child, String> {
+fn spawn(spec: &Spec, extra: &[&str]) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -168,6 +287,8 @@ fn spawn(spec: &Spec) -> Result<Child, String> {
         .arg(&spec.config)
         .args(["--node", &spec.node.to_string()])
         .args(["--metrics-addr", &spec.metrics.to_string()])
+        .args(&spec.flags)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -197,6 +318,14 @@ pub fn scrape(addr: SocketAddr) -> Result<String, String> {
         ));
     }
     Ok(body.to_string())
+}
+
+/// The `VmRSS` of a /proc/PID/status text, in KiB.
+pub fn vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let v: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(v)
 }
 
 /// `name{log="L"} V` samples of a Prometheus text body: log -> value.
@@ -256,5 +385,15 @@ mod tests {
         );
         assert_eq!(per_log(body, "chorus_log_decided_index"), vec![(0, 17.0)]);
         assert!(per_log(body, "bogus").is_empty());
+    }
+
+    #[test]
+    fn the_resident_set_is_read_from_proc_status() {
+        let status = "Name:\tbtree-server\nVmPeak:\t  999 kB\nVmRSS:\t   6140 kB\nThreads:\t9\n";
+        assert_eq!(vm_rss_kib(status), Some(6140));
+        assert_eq!(vm_rss_kib("VmRSS: 12 MB\n"), None);
+        assert_eq!(vm_rss_kib("Name: x\n"), None);
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(vm_rss_kib(&own).unwrap() > 0);
     }
 }

@@ -10,13 +10,15 @@
 
 use crate::net::{Capabilities, Fabric};
 use crate::procs::{per_log, scrape, Scratch, Servers, Spec};
-use crate::relay::Relay;
+use crate::relay::{LossModel, Relay};
 use crate::tap::Tap;
-use crate::{Fault, Options, RunReport};
+use crate::{Fault, Options, RunReport, RECOVER_FLAG};
 use engine::calls::ClientHandle;
 use engine::host::client::Proxy;
 use engine::lincheck::Operation;
+use groups::codec::Bitcode;
 use groups::config::{ClusterConfig, Durability};
+use groups::frame::{self, Frame, FrameKind, Hello, FRAME_BYTES_MAX, PROTOCOL_VERSION};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::tcp::TcpNode;
@@ -37,6 +39,32 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ports the servers use inside their own namespaces.
 const NS_PORT: u16 = 7100;
 const NS_METRICS_PORT: u16 = 9100;
+
+/// `partial-frames`: the hostile connections.
+const PARTIAL_CONNS: usize = 24;
+/// `partial-frames`: how much the victim's resident set may grow under the hostile
+/// connections: the groups runtime's default inbound byte budget (128 MiB) plus 64 MiB for
+/// everything else (the workload goes on meanwhile). Without a budget every partial frame
+/// stays buffered: 24 of them are 384 MiB.
+pub(crate) const RSS_GROWTH_MAX_KIB: u64 = 192 << 10;
+/// `fd-exhaust`: the victim's open-file limit under the flood (a node holds about 30
+/// descriptors of its own in these deployments).
+pub(crate) const FD_LIMIT: u64 = 128;
+/// `fd-exhaust`: the most idle connections opened (enough to exhaust `FD_LIMIT` and fill a
+/// listen backlog of 128, which the runtime's listener has).
+const FLOOD_CONNS_MAX: usize = 1024;
+/// `fd-exhaust`: once the flood is closed, a client connecting afresh must be served by the
+/// victim (a reply through a log it leads) within this.
+pub(crate) const RECOVERY_BOUND: Duration = Duration::from_secs(2);
+/// How long the fresh client waits for that reply (beyond the bound, to report the figure).
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(5);
+/// `wipe-data`: how long a server restarted on a wiped data directory without
+/// [`RECOVER_FLAG`] has to refuse (exit with a message).
+const REFUSAL_PATIENCE: Duration = Duration::from_secs(10);
+/// Client ids the `partial-frames` and `fd-exhaust` deployments have beyond the workload's
+/// client node, unused by it: the hostile `Hello`s claim them (a node keeps one established
+/// link per peer id, so several ids) and `fd-exhaust`'s fresh client is the first.
+pub(crate) const SPARE_CLIENTS: usize = 8;
 
 /// How the nodes reach each other.
 pub(crate) enum Net {
@@ -88,17 +116,25 @@ fn plan(fault: Fault, caps: &Capabilities, o: &Options, kills: &Kills) -> Result
         Fault::Pause => p("SIGSTOP the global log's leader, then SIGCONT".into(), NetKind::Loopback),
         Fault::Partition => match &caps.netns {
             Ok(()) => p("network namespace: a random node's veth link down, then up".into(), NetKind::Fabric),
-            Err(e) => Err(format!("partition needs network namespaces: {e}")),
+            Err(e) => p(format!(
+                "userspace relays: every link to and from a random node forwards nothing, then resumes ({e})"
+            ), NetKind::Relays),
         },
-        Fault::Loss => match (&caps.netns, &caps.netem, &caps.nft) {
-            (Err(e), _, _) => Err(format!("loss needs network namespaces: {e}")),
-            (Ok(()), Ok(()), _) => p(format!("tc netem loss {}% on the global log leader's link (both directions)", o.loss_percent), NetKind::Fabric),
-            (Ok(()), Err(netem), Ok(())) => p(format!(
-                "nftables `numgen random mod 100 < {}` drop in and out of the global log leader's namespace ({netem})",
-                o.loss_percent
-            ), NetKind::Fabric),
-            (Ok(()), Err(netem), Err(nft)) => Err(format!("loss: {netem}; {nft}")),
-        },
+        Fault::Loss => {
+            let relay = |why: String| p(format!(
+                "userspace relays on every link to and from the global log's leader, {}% loss as TCP shows it: stalls of a 200 ms retransmission timeout (doubling per retransmission lost) and {}% of the losses closing the connection ({why})",
+                o.loss_percent, o.loss_percent
+            ), NetKind::Relays);
+            match (&caps.netns, &caps.netem, &caps.nft) {
+                (Ok(()), Ok(()), _) => p(format!("tc netem loss {}% on the global log leader's link (both directions)", o.loss_percent), NetKind::Fabric),
+                (Ok(()), Err(netem), Ok(())) => p(format!(
+                    "nftables `numgen random mod 100 < {}` drop in and out of the global log leader's namespace ({netem})",
+                    o.loss_percent
+                ), NetKind::Fabric),
+                (Ok(()), Err(netem), Err(nft)) => relay(format!("{netem}; {nft}")),
+                (Err(netns), _, _) => relay(netns.clone()),
+            }
+        }
         Fault::Delay => match (&caps.netns, &caps.netem) {
             (Ok(()), Ok(())) => p(format!("tc netem delay {} ms on the global log leader's link (both directions)", o.delay_ms), NetKind::Fabric),
             (_, Err(netem)) => p(format!(
@@ -110,6 +146,17 @@ fn plan(fault: Fault, caps: &Capabilities, o: &Options, kills: &Kills) -> Result
                 o.delay_ms
             ), NetKind::Relays),
         },
+        Fault::PartialFrames => p(format!(
+            "the cluster run with --insecure (no secret: a stranger gets past the handshake); {PARTIAL_CONNS} connections to the global log leader's peer port, each sending a {} MiB frame but its last byte (half of them after a valid Hello claiming an idle client's id), held, then closed",
+            FRAME_BYTES_MAX >> 20
+        ), NetKind::Loopback),
+        Fault::FdExhaust => p(format!(
+            "the global log leader's open-file limit lowered to {FD_LIMIT} (prlimit), idle connections to its peer port until its listen backlog is full (at most {FLOOD_CONNS_MAX}), held, then closed; then a client that connects afresh must be served within {} s",
+            RECOVERY_BOUND.as_secs_f64()
+        ), NetKind::Loopback),
+        Fault::WipeData => p(format!(
+            "SIGKILL a random server, delete its data directory, restart it without {RECOVER_FLAG} (it must refuse to start, with a message), then with {RECOVER_FLAG} (it must rejoin)"
+        ), NetKind::Loopback),
     }
 }
 
@@ -214,14 +261,40 @@ pub(crate) fn global_log(config: &ClusterConfig) -> Result<u32, String> {
         .ok_or_else(|| "the deployment has no log covering every group".into())
 }
 
-/// `config` with durable logs on disk (in `data` under each server's directory).
-pub(crate) fn durable(config: &ClusterConfig) -> Result<ClusterConfig, String> {
+/// `config` with durable logs on disk (in `data` under each server's directory), for a run
+/// of `fault`.
+///
+/// Links are authenticated, as every deployment's are by default (a fresh secret for the run,
+/// at an absolute path: the servers run in `dir`, the client node in this process), except
+/// for `partial-frames`: it attacks the one case where a stranger gets past the handshake, a
+/// cluster run with `--insecure`, where only the inbound byte budget bounds what partial
+/// frames pin (with a secret, a stranger's frames are cut at the handshake's few KiB).
+pub(crate) fn durable(
+    config: &ClusterConfig,
+    dir: &Path,
+    fault: Fault,
+) -> Result<ClusterConfig, String> {
     let durability =
         Durability::from_words("disk", Some("data")).map_err(|e| format!("durability: {e}"))?;
-    config
+    let config = config
         .clone()
         .with_durability(durability)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if fault == Fault::PartialFrames {
+        return Ok(config.with_insecure(true));
+    }
+    let secret = std::path::absolute(dir.join("cluster.secret")).map_err(|e| e.to_string())?;
+    groups::credentials::with_new_secret(config, &secret).map_err(|e| e.to_string())
+}
+
+/// The flags every server of a deployment on `config` gets: `--insecure` when it runs
+/// without authentication (see [`durable`]).
+pub(crate) fn server_flags(config: &ClusterConfig) -> Vec<String> {
+    if config.insecure {
+        vec!["--insecure".into()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A port of `ip` free right now, from 12000-19999: below the kernel's ephemeral range, so
@@ -255,13 +328,14 @@ pub(crate) struct Network {
 }
 
 impl Network {
-    /// Sets up the network `plan` asks for, for the `servers` and the client node `me`
-    /// (run `index` of this process).
+    /// Sets up the network `plan` asks for, for the `servers` and the client nodes `clients`
+    /// (run `index` of this process, whose relays draw their losses from `seed`).
     pub(crate) fn new(
         plan: &Plan,
         index: usize,
+        seed: u64,
         servers: &[u32],
-        me: u32,
+        clients: &[u32],
     ) -> Result<Network, String> {
         let tag = std::process::id()
             .wrapping_mul(31)
@@ -270,7 +344,7 @@ impl Network {
         let mut listen: BTreeMap<u32, SocketAddr> = BTreeMap::new();
         let mut metrics: BTreeMap<u32, SocketAddr> = BTreeMap::new();
         let mut all_nodes: Vec<u32> = servers.to_vec();
-        all_nodes.push(me);
+        all_nodes.extend_from_slice(clients);
         let net = match plan.net_kind {
             NetKind::Fabric => {
                 let f = Fabric::new(tag, servers)?;
@@ -280,7 +354,9 @@ impl Network {
                     metrics.insert(n, sock(&ip, NS_METRICS_PORT)?);
                 }
                 let host = f.host_ip();
-                listen.insert(me, sock(&host, free_port(&host)?)?);
+                for &c in clients {
+                    listen.insert(c, sock(&host, free_port(&host)?)?);
+                }
                 Net::Fabric(f)
             }
             NetKind::Loopback | NetKind::Relays => {
@@ -295,7 +371,8 @@ impl Network {
                     for &a in &all_nodes {
                         for &b in &all_nodes {
                             if a != b {
-                                relays.insert((a, b), Relay::start(listen[&b])?);
+                                let link = seed ^ (u64::from(a) << 32 | u64::from(b));
+                                relays.insert((a, b), Relay::start(listen[&b], link)?);
                             }
                         }
                     }
@@ -312,6 +389,14 @@ impl Network {
         })
     }
 
+    /// Where node `n` listens for its peers.
+    pub(crate) fn listen_addr(&self, n: u32) -> Result<SocketAddr, String> {
+        self.listen
+            .get(&n)
+            .copied()
+            .ok_or_else(|| format!("node {n} has no address"))
+    }
+
     /// `base` with the addresses node `viewer` reaches every node at.
     pub(crate) fn view(&self, base: &ClusterConfig, viewer: u32) -> ClusterConfig {
         let mut c = base.clone();
@@ -325,12 +410,13 @@ impl Network {
         c
     }
 
-    /// Starts a server process of `binary` for each of `nodes` in `dir`, with the deployment
-    /// file `file(n)` renders for node `n`.
+    /// Starts a server process of `binary` (with `flags`) for each of `nodes` in `dir`, with
+    /// the deployment file `file(n)` renders for node `n`.
     pub(crate) fn start_servers(
         &self,
         nodes: &[u32],
         binary: &Path,
+        flags: &[String],
         dir: &Path,
         file: impl Fn(u32) -> Result<String, String>,
     ) -> Result<Servers, String> {
@@ -349,6 +435,7 @@ impl Network {
                 metrics: self.metrics[&n],
                 cwd: dir.to_path_buf(),
                 log: dir.join(format!("node-{n}.log")),
+                flags: flags.to_vec(),
             })?;
         }
         Ok(servers)
@@ -599,6 +686,10 @@ pub(crate) struct Target {
     pub(crate) fault: Fault,
     pub(crate) victim: u32,
     pub(crate) hold: Duration,
+    /// The deployment's cluster id (the hostile frames of `partial-frames` carry it).
+    pub(crate) cluster_id: u64,
+    /// Configured client ids no process uses (see [`SPARE_CLIENTS`]).
+    pub(crate) spare_clients: Vec<u32>,
 }
 
 /// Records the victim and the logs it leads (per `led`) in `r`.
@@ -634,19 +725,21 @@ pub(crate) fn inject(
     o: &Options,
     r: &mut RunReport,
     target: &Target,
-    net: &Net,
+    network: &Network,
     servers: &mut Servers,
     nodes: &[u32],
     dir: &Path,
 ) -> Result<Injected, String> {
+    let net = &network.net;
     let Target {
         fault,
         victim,
         hold,
+        ..
     } = *target;
     let mut note = String::new();
     let fault_at;
-    let elected;
+    let mut elected = None;
     match fault {
         Fault::KillLeader | Fault::KillFollower | Fault::KillOracle => {
             fault_at = Some(Instant::now());
@@ -660,25 +753,34 @@ pub(crate) fn inject(
             elected = watch(servers, victim, &r.victim_led_logs, hold);
             servers.pause(victim, false)?;
         }
-        Fault::Partition => {
-            let Net::Fabric(f) = net else {
-                return Err("partition without a fabric".into());
-            };
-            fault_at = Some(Instant::now());
-            f.set_isolated(victim, true)?;
-            elected = watch(servers, victim, &r.victim_led_logs, hold);
-            f.set_isolated(victim, false)?;
-        }
-        Fault::Loss => {
-            let Net::Fabric(f) = net else {
-                return Err("loss without a fabric".into());
-            };
-            if r.mechanism.starts_with("tc netem") {
+        Fault::Partition => match net {
+            Net::Fabric(f) => {
+                fault_at = Some(Instant::now());
+                f.set_isolated(victim, true)?;
+                elected = watch(servers, victim, &r.victim_led_logs, hold);
+                f.set_isolated(victim, false)?;
+            }
+            Net::Relays(relays) => {
+                let touching = relays_of(relays, victim);
+                fault_at = Some(Instant::now());
+                for rl in &touching {
+                    rl.set_blocked(true);
+                }
+                elected = watch(servers, victim, &r.victim_led_logs, hold);
+                for rl in &touching {
+                    rl.set_blocked(false);
+                }
+            }
+            Net::Loopback => return Err("partition without relays or a fabric".into()),
+        },
+        Fault::Loss => match net {
+            Net::Fabric(f) if r.mechanism.starts_with("tc netem") => {
                 fault_at = Some(Instant::now());
                 f.netem(victim, &["loss", &format!("{}%", o.loss_percent)])?;
                 elected = watch(servers, victim, &r.victim_led_logs, hold);
                 f.clear_netem(victim)?;
-            } else {
+            }
+            Net::Fabric(f) => {
                 fault_at = Some(Instant::now());
                 f.nft_loss(victim, o.loss_percent)?;
                 elected = watch(servers, victim, &r.victim_led_logs, hold);
@@ -689,7 +791,29 @@ pub(crate) fn inject(
                         .push("the loss rule dropped no packet: the fault was not injected".into());
                 }
             }
-        }
+            Net::Relays(relays) => {
+                let touching = relays_of(relays, victim);
+                fault_at = Some(Instant::now());
+                for rl in &touching {
+                    rl.set_loss(Some(LossModel::tcp(o.loss_percent)));
+                }
+                elected = watch(servers, victim, &r.victim_led_logs, hold);
+                for rl in &touching {
+                    rl.set_loss(None);
+                }
+                let stalls: u64 = touching.iter().map(|rl| rl.stalls()).sum();
+                let resets: u64 = touching.iter().map(|rl| rl.resets()).sum();
+                note = format!("; {stalls} stalls, {resets} connections closed");
+                if stalls + resets == 0 {
+                    r.problems.push(
+                        "the relays imitated no loss (no stall, no closed connection): the fault \
+                         was not injected"
+                            .into(),
+                    );
+                }
+            }
+            Net::Loopback => return Err("loss without relays or a fabric".into()),
+        },
         Fault::Delay => match net {
             Net::Fabric(f) => {
                 fault_at = Some(Instant::now());
@@ -698,11 +822,7 @@ pub(crate) fn inject(
                 f.clear_netem(victim)?;
             }
             Net::Relays(relays) => {
-                let touching: Vec<&Relay> = relays
-                    .iter()
-                    .filter(|((a, b), _)| *a == victim || *b == victim)
-                    .map(|(_, rl)| rl)
-                    .collect();
+                let touching = relays_of(relays, victim);
                 let before: u64 = touching.iter().map(|rl| rl.forwarded()).sum();
                 fault_at = Some(Instant::now());
                 for rl in &touching {
@@ -723,6 +843,132 @@ pub(crate) fn inject(
             }
             Net::Loopback => return Err("delay without relays or a fabric".into()),
         },
+        Fault::PartialFrames => {
+            let addr = network.listen_addr(victim)?;
+            let before = servers.rss_kib(victim)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let hostile = partial_frames(addr, target, stop.clone())?;
+            fault_at = Some(Instant::now());
+            let mut peak = before;
+            while fault_at.is_some_and(|t| t.elapsed() < hold) {
+                if let Ok(kib) = servers.rss_kib(victim) {
+                    peak = peak.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, Ordering::Relaxed);
+            let pushed = hostile
+                .join()
+                .map_err(|_| "the partial-frame thread panicked")??;
+            r.victim_rss_kib = Some((before, peak));
+            note = format!(
+                "; {} connections opened, {} sent all but the last byte, {} closed by node \
+                 {victim} before the end, {} MiB sent; node {victim}'s resident set {} -> at \
+                 most {} MiB",
+                pushed.opened,
+                pushed.completed,
+                pushed.closed_by_victim,
+                pushed.bytes >> 20,
+                before >> 10,
+                peak >> 10
+            );
+            if peak.saturating_sub(before) > RSS_GROWTH_MAX_KIB {
+                r.problems.push(format!(
+                    "node {victim}'s resident set grew from {} to {} MiB under {PARTIAL_CONNS} \
+                     partial frames, by more than the bound of {} MiB (the default inbound \
+                     byte budget of 128 MiB plus 64 MiB)",
+                    before >> 10,
+                    peak >> 10,
+                    RSS_GROWTH_MAX_KIB >> 10
+                ));
+            }
+        }
+        Fault::FdExhaust => {
+            let addr = network.listen_addr(victim)?;
+            raise_own_open_file_limit(FLOOD_CONNS_MAX as u64 + 1024)?;
+            servers.set_open_file_limit(victim, FD_LIMIT)?;
+            fault_at = Some(Instant::now());
+            let mut flood = Vec::new();
+            let (mut timeouts, mut consecutive, mut other) = (0usize, 0usize, None);
+            let mut peak = servers.open_fds(victim).unwrap_or(0);
+            while flood.len() < FLOOD_CONNS_MAX && consecutive < 3 {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(250)) {
+                    Ok(c) => {
+                        flood.push(c);
+                        consecutive = 0;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        timeouts += 1;
+                        consecutive += 1;
+                    }
+                    Err(e) => {
+                        other = Some(e.to_string());
+                        break;
+                    }
+                }
+                if flood.len() % 16 == 0 {
+                    peak = peak.max(servers.open_fds(victim).unwrap_or(0));
+                }
+            }
+            while fault_at.is_some_and(|t| t.elapsed() < hold) {
+                peak = peak.max(servers.open_fds(victim).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let closed = flood.iter().filter(|c| closed_by_peer(c)).count();
+            let opened = flood.len();
+            let queued = listen_queue(addr);
+            drop(flood);
+            // Nothing connects now: the listener must drain its backlog (the closed
+            // connections queued in it) on its own.
+            let closed_at = Instant::now();
+            let drained = loop {
+                match listen_queue(addr) {
+                    Some(0) => break Some(closed_at.elapsed()),
+                    _ if closed_at.elapsed() > RECOVERY_BOUND => break None,
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            r.victim_fds = Some((peak, FD_LIMIT));
+            let show = |q: Option<u64>| q.map_or("?".into(), |q| q.to_string());
+            note = format!(
+                "; {opened} connections opened, {timeouts} connects timed out (a full backlog), \
+                 {closed} closed by node {victim} before the end{}; node {victim} held at most \
+                 {peak} descriptors of its limit of {FD_LIMIT}; its listen queue held {} \
+                 connections at the end, {}",
+                other.map_or(String::new(), |e| format!(", then a connect failed: {e}")),
+                show(queued),
+                match drained {
+                    Some(d) => format!("drained {:.0} ms after", d.as_secs_f64() * 1e3),
+                    None => format!(
+                        "still {} after {:.0} s",
+                        show(listen_queue(addr)),
+                        RECOVERY_BOUND.as_secs_f64()
+                    ),
+                }
+            );
+            if drained.is_none() {
+                r.problems.push(format!(
+                    "node {victim}'s listener did not drain its backlog within {:.0} s of the \
+                     pressure's end ({} connections still queued): it accepts nothing more",
+                    RECOVERY_BOUND.as_secs_f64(),
+                    show(listen_queue(addr))
+                ));
+            }
+            if peak + 1 < FD_LIMIT {
+                r.problems.push(format!(
+                    "node {victim} held at most {peak} descriptors, never its limit of \
+                     {FD_LIMIT}: the fault was not injected"
+                ));
+            }
+        }
+        Fault::WipeData => {
+            fault_at = Some(Instant::now());
+            servers.kill(victim)?;
+            let data = dir.join("data").join(format!("node-{victim}"));
+            std::fs::remove_dir_all(&data).map_err(|e| format!("wipe {}: {e}", data.display()))?;
+            elected = watch(servers, victim, &r.victim_led_logs, hold);
+            note = wipe_and_recover(r, servers, victim)?;
+        }
         Fault::ControlWipeAll => {
             fault_at = Some(Instant::now());
             for &n in nodes {
@@ -741,6 +987,333 @@ pub(crate) fn inject(
         fault_at,
         healed_at: Instant::now(),
     })
+}
+
+/// The relays of every link to and from `victim`.
+fn relays_of(relays: &BTreeMap<(u32, u32), Relay>, victim: u32) -> Vec<&Relay> {
+    relays
+        .iter()
+        .filter(|((a, b), _)| *a == victim || *b == victim)
+        .map(|(_, rl)| rl)
+        .collect()
+}
+
+/// `wipe-data`, once the victim's data directory is gone: restarts it without
+/// [`RECOVER_FLAG`] (it must exit with a message within [`REFUSAL_PATIENCE`]), then with it
+/// (it must keep running). Problems go to `r`; returns a note for the mechanism.
+fn wipe_and_recover(
+    r: &mut RunReport,
+    servers: &mut Servers,
+    victim: u32,
+) -> Result<String, String> {
+    let mut note = String::new();
+    let from = servers.log_len(victim);
+    servers.restart(victim)?;
+    let started = Instant::now();
+    match servers.wait_exit(victim, REFUSAL_PATIENCE) {
+        Some(status) if !status.success() => {
+            let said = servers.log_since(victim, from);
+            let last = said.lines().rev().find(|l| !l.trim().is_empty());
+            match last {
+                Some(line) => {
+                    note = format!(
+                        "; without {RECOVER_FLAG} refused after {:.1} s ({status}): {}",
+                        started.elapsed().as_secs_f64(),
+                        line.trim()
+                    );
+                }
+                None => r.problems.push(format!(
+                    "node {victim}, restarted on a wiped data directory without \
+                     {RECOVER_FLAG}, exited ({status}) without saying why"
+                )),
+            }
+        }
+        Some(status) => r.problems.push(format!(
+            "node {victim}, restarted on a wiped data directory without {RECOVER_FLAG}, exited \
+             successfully ({status}) instead of refusing with an error"
+        )),
+        None => {
+            r.problems.push(format!(
+                "node {victim}, restarted on a wiped data directory without {RECOVER_FLAG}, was \
+                 not refused: still running after {:.0} s (an acceptor with no memory of its \
+                 promises and accepts voting again: the Paxos amnesia hazard)",
+                REFUSAL_PATIENCE.as_secs_f64()
+            ));
+            servers.kill(victim)?;
+        }
+    }
+    let from = servers.log_len(victim);
+    servers.restart_with(victim, &[RECOVER_FLAG])?;
+    if let Some(status) = servers.wait_exit(victim, Duration::from_secs(1)) {
+        let said = servers.log_since(victim, from);
+        let tail: Vec<&str> = said
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .rev()
+            .take(3)
+            .collect();
+        r.problems.push(format!(
+            "node {victim}, restarted with {RECOVER_FLAG}, exited ({status}): {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    Ok(note)
+}
+
+/// What the hostile connections of `partial-frames` did.
+struct Pushed {
+    opened: usize,
+    /// Connections that sent their frame but its last byte.
+    completed: usize,
+    /// Connections the victim closed before the end.
+    closed_by_victim: usize,
+    bytes: u64,
+}
+
+/// One hostile connection of `partial-frames`: what it still has to send.
+struct PartialFrame {
+    stream: std::net::TcpStream,
+    head: Vec<u8>,
+    head_sent: usize,
+    body_left: usize,
+    closed: bool,
+}
+
+/// The bytes that open hostile connection `i`: a frame header announcing a frame of
+/// [`FRAME_BYTES_MAX`] bytes (a `Hello` on even connections, the first frame; a `Msg` after
+/// a real `Hello` claiming one of the spare client ids on odd ones), and how many body bytes
+/// follow (all but the frame's last).
+fn partial_head(i: usize, t: &Target) -> Result<(Vec<u8>, usize), String> {
+    let mut head = Vec::new();
+    let kind = if i % 2 == 1 && !t.spare_clients.is_empty() {
+        let node = groups::ids::NodeId(t.spare_clients[(i / 2) % t.spare_clients.len()]);
+        frame::encode(
+            &Bitcode,
+            t.cluster_id,
+            &Frame::Hello(Hello { node, nonce: None }),
+            &mut head,
+        )
+        .map_err(|e| format!("hello: {e}"))?;
+        FrameKind::Msg
+    } else {
+        FrameKind::Hello
+    };
+    const HEADER: usize = 10;
+    head.extend_from_slice(&(FRAME_BYTES_MAX as u32).to_le_bytes());
+    head.push(PROTOCOL_VERSION);
+    head.push(kind as u8);
+    head.extend_from_slice(&t.cluster_id.to_le_bytes());
+    Ok((head, FRAME_BYTES_MAX - HEADER - 1))
+}
+
+/// Opens the hostile connections of `partial-frames` to `addr` and, in a thread, sends each
+/// its partial frame as fast as the victim takes it, holding them until `stop`, then closes
+/// them.
+fn partial_frames(
+    addr: SocketAddr,
+    t: &Target,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<Pushed, String>>, String> {
+    let mut conns = Vec::new();
+    for i in 0..PARTIAL_CONNS {
+        let (head, body_left) = partial_head(i, t)?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .map_err(|e| format!("partial-frames: connect {addr}: {e}"))?;
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("partial-frames: {e}"))?;
+        conns.push(PartialFrame {
+            stream,
+            head,
+            head_sent: 0,
+            body_left,
+            closed: false,
+        });
+    }
+    std::thread::Builder::new()
+        .name("partial-frames".into())
+        .spawn(move || {
+            use std::io::Write;
+            let zeros = vec![0u8; 64 << 10];
+            let mut bytes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut progress = false;
+                for c in conns.iter_mut().filter(|c| !c.closed) {
+                    loop {
+                        let chunk = if c.head_sent < c.head.len() {
+                            &c.head[c.head_sent..]
+                        } else if c.body_left > 0 {
+                            &zeros[..c.body_left.min(zeros.len())]
+                        } else {
+                            break;
+                        };
+                        match c.stream.write(chunk) {
+                            Ok(n) => {
+                                progress = true;
+                                bytes += n as u64;
+                                let from_head = n.min(c.head.len() - c.head_sent);
+                                c.head_sent += from_head;
+                                c.body_left -= n - from_head;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                c.closed = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !progress {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let completed = conns
+                .iter()
+                .filter(|c| c.head_sent == c.head.len() && c.body_left == 0)
+                .count();
+            let closed_by_victim = conns
+                .iter()
+                .filter(|c| c.closed || closed_by_peer(&c.stream))
+                .count();
+            Ok(Pushed {
+                opened: conns.len(),
+                completed,
+                closed_by_victim,
+                bytes,
+            })
+        })
+        .map_err(|e| format!("partial-frames thread: {e}"))
+}
+
+/// How many connections wait in the accept queue of the loopback listener at `addr` (the
+/// `rx_queue` of its LISTEN line in /proc/net/tcp), if it is there.
+fn listen_queue(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(a) = addr else {
+        return None;
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(a.ip().octets()),
+        a.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.get(1) != Some(&local.as_str()) || w.get(3) != Some(&"0A") {
+            return None;
+        }
+        let (_, rx) = w.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
+/// Whether the other side has closed `c` (a read without blocking sees the end or an error).
+fn closed_by_peer(c: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    if c.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 64];
+    let mut reader: &std::net::TcpStream = c;
+    match reader.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Raises this process's soft open-file limit to `want` (or its hard limit, if lower), so
+/// that it can hold the connections of `fd-exhaust`.
+fn raise_own_open_file_limit(want: u64) -> Result<(), String> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if l.rlim_cur >= want {
+        return Ok(());
+    }
+    l.rlim_cur = want.min(l.rlim_max);
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Counts the operations completed while the fault was on in `r`; for the faults that must
+/// not stop service (`partial-frames`, `fd-exhaust`), none is a problem.
+pub(crate) fn served_during<C, R>(r: &mut RunReport, recs: &[Rec<C, R>], t: &Target, i: &Injected) {
+    let Some(at) = i.fault_at else {
+        return;
+    };
+    let n = recs
+        .iter()
+        .filter_map(|rec| rec.ret.as_ref())
+        .filter(|(done, _)| *done >= at && *done <= i.healed_at)
+        .count();
+    r.ops_during_fault = Some(n);
+    if n == 0 && matches!(t.fault, Fault::PartialFrames | Fault::FdExhaust) {
+        r.problems.push(format!(
+            "no operation completed during the {} fault ({:.1} s): the cluster stopped serving",
+            t.fault.name(),
+            i.healed_at.duration_since(at).as_secs_f64()
+        ));
+    }
+}
+
+/// `fd-exhaust`, once the flood is closed: a client node that connects only now (the spare
+/// client `id` of `cluster`, with `proxy`) sends `probe` through a log the victim leads; the
+/// reply must come within [`RECOVERY_BOUND`] of the end of the pressure (`i.healed_at`).
+pub(crate) fn probe_fresh_client<P>(
+    r: &mut RunReport,
+    cluster: Arc<ClusterConfig>,
+    id: NodeId,
+    proxy: P,
+    probe: P::Command,
+    t: &Target,
+    i: &Injected,
+) -> Result<(), String>
+where
+    P: Proxy,
+    P::Command: Clone + Send + 'static,
+    P::Reply: Send + 'static,
+{
+    let fresh = ClientNode::start(cluster, id, vec![proxy])?;
+    let by = i.healed_at + RECOVERY_PATIENCE;
+    let mut answered = None;
+    while Instant::now() < by {
+        let left = by.saturating_duration_since(Instant::now());
+        if let Some(Ok(_)) = fresh.handle.call(0, probe.clone(), left) {
+            answered = Some(i.healed_at.elapsed());
+            break;
+        }
+    }
+    drop(fresh);
+    r.recovery_ms = answered.map(|d| d.as_secs_f64() * 1e3);
+    match answered {
+        Some(d) if d <= RECOVERY_BOUND => {}
+        Some(d) => r.problems.push(format!(
+            "node {} served a client that connected after the pressure only {:.1} s after it \
+             ended (bound {:.0} s)",
+            t.victim,
+            d.as_secs_f64(),
+            RECOVERY_BOUND.as_secs_f64()
+        )),
+        None => r.problems.push(format!(
+            "node {} did not serve a client that connected after the pressure (a command \
+             through log(s) {:?} it leads): no reply within {:.0} s of the pressure's end \
+             (bound {:.0} s)",
+            t.victim,
+            r.victim_led_logs,
+            RECOVERY_PATIENCE.as_secs_f64(),
+            RECOVERY_BOUND.as_secs_f64()
+        )),
+    }
+    Ok(())
 }
 
 /// Records the final replica state hashes in `r`.

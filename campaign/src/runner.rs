@@ -168,13 +168,26 @@ fn write_json(path: &Path, s: &Summary) -> Result<(), String> {
 pub fn line(r: &RunReport) -> String {
     if r.skipped {
         return format!(
-            "run {:>3} seed {:>20} {:<7} {:<13} SKIPPED ({})",
+            "run {:>3} seed {:>20} {:<7} {:<14} SKIPPED ({})",
             r.index, r.seed, r.service, r.fault, r.mechanism
         );
     }
+    let mut extra = String::new();
+    if let Some(n) = r.ops_during_fault {
+        extra.push_str(&format!(" ops during fault {n}"));
+    }
+    if let Some((before, peak)) = r.victim_rss_kib {
+        extra.push_str(&format!(" victim rss {}->{} MiB", before >> 10, peak >> 10));
+    }
+    if let Some((peak, limit)) = r.victim_fds {
+        extra.push_str(&format!(" victim fds {peak}/{limit}"));
+    }
+    if let Some(ms) = r.recovery_ms {
+        extra.push_str(&format!(" served a new client after {ms:.0} ms"));
+    }
     format!(
-        "run {:>3} seed {:>20} {:<7} {:<13} {} {:<8} victim {} ops {} (+{} unknown) \
-         lin {} states {} lost {} failover {} (new leader seen {}) [{:.1} s] via {}",
+        "run {:>3} seed {:>20} {:<7} {:<14} {} {:<8} victim {} ops {} (+{} unknown) \
+         lin {} states {} lost {} failover {} (new leader seen {}){extra} [{:.1} s] via {}",
         r.index,
         r.seed,
         r.service,

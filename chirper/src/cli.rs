@@ -181,6 +181,10 @@ impl ConfigFile for DeploymentFile {
     fn cluster(&self) -> &ClusterConfig {
         &self.cluster
     }
+
+    fn cluster_mut(&mut self) -> &mut ClusterConfig {
+        &mut self.cluster
+    }
 }
 
 impl DeploymentFile {

@@ -410,10 +410,13 @@ pub fn run_tcp(
     .and_then(|l| l.with_loopback_addresses(base_port))
     .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let secret = std::path::absolute(dir.join("cluster.secret")).map_err(|e| e.to_string())?;
+    let cluster = groups::credentials::with_new_secret(layout.config.clone(), &secret)
+        .map_err(|e| e.to_string())?;
     let file = DeploymentFile {
         section: spec.section.clone(),
         scheme,
-        cluster: layout.config.clone(),
+        cluster: cluster.clone(),
     };
     let path: PathBuf = dir.join("deployment.toml");
     std::fs::write(&path, file.render()?).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -438,7 +441,7 @@ pub fn run_tcp(
         servers.0.push(child);
     }
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let cfg = Arc::new(layout.config.clone());
+    let cfg = Arc::new(cluster);
     let mut shared = Vec::new();
     let mut threads = Vec::new();
     let mut stops = Vec::new();

@@ -13,8 +13,8 @@
 //! - `submit name=t1 cmd=transfer:0:1:5 [attempt=optimistic] [retry=t0]`: a client's command
 //!   (`get:K`, `put:K:V`, `insert:K:V`, `transfer:A:B:N`, `sum`, `len`), ordered on the log its
 //!   command map routes it to and merged by the workers that read that log; the log leaders
-//!   pad idle logs until no merge waits. `retry=t0`: a retry of request `t0` (same sequence
-//!   number; replies are named after `t0`).
+//!   pad idle logs until no merge waits. `retry=t0`: the next try of request `t0` (same
+//!   sequence number, the try's round one up; replies are named after `t0`).
 //! - `checkpoint name=c1 round=1`: a checkpoint request (to every worker).
 //! - `step w=N`: one step of worker N: what it did, where it stands after, what it produced.
 //! - `run [order=2,0,1]`: steps workers that can move, the first of `order` (default: by id)
@@ -46,6 +46,8 @@ struct World {
     next_index: BTreeMap<LogId, u64>,
     names: BTreeMap<MsgId, String>,
     by_seq: BTreeMap<u64, String>,
+    /// The latest try of each request.
+    tries: BTreeMap<u64, u32>,
 }
 
 fn client() -> ClientId {
@@ -103,6 +105,7 @@ impl World {
             next_index: BTreeMap::new(),
             names: BTreeMap::new(),
             by_seq: BTreeMap::new(),
+            tries: BTreeMap::new(),
         }
     }
 
@@ -251,10 +254,12 @@ impl World {
                         seq
                     }
                 };
+                let round = *self.tries.entry(seq).and_modify(|r| *r += 1).or_insert(0);
                 let req = Request {
                     client: client(),
                     seq,
                     attempt,
+                    round,
                     floor: 0,
                     command: wire::encode(&cmd).into(),
                 };

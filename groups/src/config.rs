@@ -15,6 +15,9 @@
 //! configuration naming a secret file still loads in the in-process runtime and the simulator,
 //! which ignore it.
 //!
+//! The optional `[limits]` table bounds what a TCP node accepts from the network (connections,
+//! inbound buffer bytes, handshake and frame deadlines): [`Limits`].
+//!
 //! The optional top-level keys `durability = "memory" | "disk"` and `data_dir = "path"` choose
 //! where the acceptors of the consensus logs keep their state ([`Durability`]; default
 //! `"memory"`). `"disk"` needs `data_dir` and, until the services have checkpoints,
@@ -22,6 +25,7 @@
 
 use crate::groupset::{GroupSet, MAX_GROUP_ID};
 use crate::ids::{GroupId, LogId, NodeId};
+pub use crate::limits::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -60,6 +64,8 @@ pub enum ConfigError {
     UncoveredGroup(GroupId),
     #[error("node {0} has an empty subscription")]
     EmptySubscription(NodeId),
+    #[error("limit {name} in [limits] must be {rule}")]
+    Limit { name: &'static str, rule: String },
     #[error("tuning value {name} must be {rule}")]
     Tuning {
         name: &'static str,
@@ -319,6 +325,61 @@ impl Durability {
     }
 }
 
+/// Mutual TLS between the nodes (the `[tls]` table of the cluster file; see
+/// [`crate::runtime::tcp`], "TLS"). Paths are PEM files, resolved like `secret_file` (a
+/// relative path against the node's working directory); `{node}` in `cert_file` and `key_file`
+/// stands for the node's id, so one cluster file serves every member:
+///
+/// ```toml
+/// [tls]
+/// ca_file = "d.tls/ca.crt"
+/// cert_file = "d.tls/node-{node}.crt"
+/// key_file = "d.tls/node-{node}.key"
+/// ```
+///
+/// Every member's certificate must chain to the CA and name the member as a DNS subject
+/// alternative name [`crate::credentials::member_name`] (`node-<id>.cluster-<cluster id in
+/// hex>.chorus`). `btree-server --write-config --tls` and `chirper-server --write-config --tls`
+/// write such a CA and one certificate and key per node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate(s).
+    pub ca_file: String,
+    /// This node's certificate chain (`{node}`: its id).
+    pub cert_file: String,
+    /// This node's private key (`{node}`: its id).
+    pub key_file: String,
+}
+
+impl TlsFiles {
+    /// `cert_file` for node `id`.
+    pub fn cert_of(&self, id: NodeId) -> String {
+        self.cert_file.replace("{node}", &id.0.to_string())
+    }
+
+    /// `key_file` for node `id`.
+    pub fn key_of(&self, id: NodeId) -> String {
+        self.key_file.replace("{node}", &id.0.to_string())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if v.trim().is_empty() {
+                return Err(ConfigError::File {
+                    path: "<text>".into(),
+                    reason: format!("[tls] {key} is empty; name a PEM file"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A validated cluster configuration. Build with [`ClusterConfig::new`] or [`ClusterConfig::from_toml`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
@@ -344,6 +405,17 @@ pub struct ClusterConfig {
     /// and after a whole-cluster restart a trimmed prefix would be gone. With trimming off, the
     /// logs (in memory and on disk) grow without bound until checkpoints exist.
     pub durability: Durability,
+    /// What a TCP node accepts from the network (the `[limits]` table; default
+    /// [`Limits::default`]). Set with [`ClusterConfig::with_limits`], which validates it.
+    pub limits: Limits,
+    /// Whether the TCP runtime may run without authentication when the configuration names
+    /// neither a `secret_file` nor TLS certificates ([`crate::runtime::tcp::TcpNode::bind`]
+    /// refuses to otherwise). Set by a binary's `--insecure` flag; never read from or written
+    /// to the cluster file, so a file cannot turn authentication off by itself.
+    pub insecure: bool,
+    /// Mutual TLS between the nodes (the `[tls]` table; `None`: plain TCP). Set with
+    /// [`ClusterConfig::with_tls`].
+    pub tls: Option<TlsFiles>,
     derived: Arc<Derived>,
 }
 
@@ -428,6 +500,9 @@ impl ClusterConfig {
             tuning,
             secret_file: None,
             durability: Durability::Memory,
+            limits: Limits::default(),
+            insecure: false,
+            tls: None,
             derived: Arc::default(),
         };
         let mut d = Derived::default();
@@ -490,6 +565,27 @@ impl ClusterConfig {
     pub fn with_secret_file(mut self, path: impl Into<String>) -> Self {
         self.secret_file = Some(path.into());
         self
+    }
+
+    /// This configuration, allowed (`true`) or not to run unauthenticated TCP links when it
+    /// names no secret and no TLS (see [`ClusterConfig::insecure`]).
+    pub fn with_insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
+        self
+    }
+
+    /// This configuration with mutual TLS between its nodes (see [`TlsFiles`]).
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// This configuration with these limits on inbound connections (see [`Limits`]), validated
+    /// against it.
+    pub fn with_limits(mut self, limits: Limits) -> Result<Self, ConfigError> {
+        limits.validate(self.nodes.len())?;
+        self.limits = limits;
+        Ok(self)
     }
 
     /// This configuration with its acceptors' state kept as `durability` says (see
@@ -625,6 +721,10 @@ mod toml_form {
         logs: Vec<Log>,
         #[serde(default)]
         tuning: Tuning,
+        #[serde(default, skip_serializing_if = "Limits::is_default")]
+        limits: Limits,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<TlsFiles>,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -724,7 +824,11 @@ mod toml_form {
             )?;
             let mut cfg = ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)?;
             cfg.secret_file = self.secret_file;
-            cfg.with_durability(durability)
+            if let Some(t) = &self.tls {
+                t.check()?;
+            }
+            cfg.tls = self.tls;
+            cfg.with_durability(durability)?.with_limits(self.limits)
         }
 
         pub(super) fn from_config(c: &ClusterConfig) -> File {
@@ -760,6 +864,8 @@ mod toml_form {
                     })
                     .collect(),
                 tuning: c.tuning.clone(),
+                limits: c.limits.clone(),
+                tls: c.tls.clone(),
             }
         }
     }
@@ -827,6 +933,36 @@ mod tests {
         let text = c.to_toml();
         assert!(text.contains("covers = \"all\""), "{text}");
         assert_eq!(ClusterConfig::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn limits_round_trip_default_and_are_validated() {
+        let c = three_groups();
+        assert!(!c.to_toml().contains("[limits]"));
+        let c = c
+            .with_limits(Limits {
+                frame_deadline_ms: 750,
+                inbound_connections_max: 40,
+                inbound_connections_per_ip_max: 20,
+                ..Limits::default()
+            })
+            .unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("[limits]") && text.contains("frame_deadline_ms = 750"));
+        let back = ClusterConfig::from_toml(&text).unwrap();
+        assert_eq!(back.limits.frame_deadline_ms, 750);
+        assert_eq!(back.limits.handshake_deadline_ms, 5000, "default kept");
+        assert_eq!(back, c);
+        let bad = text.replace("frame_deadline_ms = 750", "frame_deadline_ms = 0");
+        assert!(matches!(
+            ClusterConfig::from_toml(&bad),
+            Err(ConfigError::Limit {
+                name: "frame_deadline_ms",
+                ..
+            })
+        ));
+        let unknown = text.replace("frame_deadline_ms", "frame_deadline_s");
+        assert!(ClusterConfig::from_toml(&unknown).is_err());
     }
 
     #[test]

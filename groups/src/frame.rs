@@ -172,9 +172,56 @@ impl<C: Codec> FrameDecoder<C> {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Appends received bytes, growing the buffer's capacity to at most `capacity_max` bytes
+    /// (or exactly to what the bytes need, if that is more): the caller bounds the memory a
+    /// connection holds by what it reads and by this, and the buffer grows with the bytes that
+    /// arrive, never to a frame's declared length up front.
+    pub fn extend_bounded(&mut self, bytes: &[u8], capacity_max: usize) {
+        self.compact();
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        let need = self.buf.len() + bytes.len();
+        if need > self.buf.capacity() {
+            let target = (self.buf.capacity() * 2)
+                .max(need)
+                .min(capacity_max.max(need));
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Bytes of memory the buffer holds (its capacity).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives back buffer memory beyond what is buffered and `keep` bytes.
+    pub fn shrink_to(&mut self, keep: usize) {
+        self.compact();
+        if self.buf.capacity() > keep.max(self.buf.len()) {
+            self.buf.shrink_to(keep.max(self.buf.len()));
+        }
+    }
+
+    /// The size of the frame that starts the buffered bytes (its 4-byte length field included),
+    /// once its length field has arrived.
+    pub fn head_frame_bytes(&self) -> Option<usize> {
+        let avail = &self.buf[self.pos..];
+        (avail.len() >= 4)
+            .then(|| 4 + u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize)
+    }
+
+    /// Changes the largest frame accepted from now on (the TCP runtime allows only small frames
+    /// before a connection's handshake is complete).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed.

@@ -43,11 +43,13 @@
 pub mod checker;
 pub mod codec;
 pub mod config;
+pub mod credentials;
 pub mod dedup;
 pub mod feed;
 pub mod frame;
 pub mod groupset;
 pub mod ids;
+pub mod limits;
 pub mod log;
 pub mod merge;
 pub mod message;

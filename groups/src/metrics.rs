@@ -412,10 +412,11 @@ pub fn render_node(s: &NodeSnapshot, e: &mut Exposition) {
     }
 }
 
-/// Renders a TCP node's link counters (`chorus_link_*_total`): refused frames and the
-/// outcomes of authentication handshakes ([`crate::runtime::tcp::LinkStats`]).
+/// Renders a TCP node's link counters and gauges (`chorus_link_*_total`, `chorus_link_*`):
+/// refused frames, the outcomes of handshakes, refusals under the [`crate::config::Limits`]
+/// and accept failures ([`crate::runtime::tcp::LinkStats`]).
 pub fn render_links(c: &crate::runtime::tcp::LinkCounts, e: &mut Exposition) {
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "chorus_link_frame_errors_total",
             "Frames from peers refused as malformed or out of turn.",
@@ -443,7 +444,7 @@ pub fn render_links(c: &crate::runtime::tcp::LinkCounts, e: &mut Exposition) {
         ),
         (
             "chorus_link_handshake_timeouts_total",
-            "Connections closed because their handshake took too long.",
+            "Connections closed because their handshake took longer than the deadline.",
             c.handshake_timeouts,
         ),
         (
@@ -451,9 +452,74 @@ pub fn render_links(c: &crate::runtime::tcp::LinkCounts, e: &mut Exposition) {
             "Handshakes completed, as dialer or acceptor.",
             c.handshakes,
         ),
+        (
+            "chorus_link_frame_timeouts_total",
+            "Connections closed because a frame was not complete within the frame deadline.",
+            c.frame_timeouts,
+        ),
+        (
+            "chorus_link_connections_refused_total",
+            "Inbound connections closed at once: caps reached, nothing to evict.",
+            c.connections_refused,
+        ),
+        (
+            "chorus_link_connections_evicted_total",
+            "Inbound connections in their handshake evicted under the connection caps.",
+            c.connections_evicted,
+        ),
+        (
+            "chorus_link_budget_waits_total",
+            "Times a connection stopped being read for want of inbound budget.",
+            c.budget_waits,
+        ),
+        (
+            "chorus_link_accept_errors_total",
+            "Failed accepts (out of descriptors, buffers or memory, or other errors).",
+            c.accept_errors,
+        ),
+        (
+            "chorus_link_tls_failures_total",
+            "TLS handshakes refused or broken (certificate, plaintext stranger).",
+            c.tls_failures,
+        ),
+        (
+            "chorus_link_tls_identity_mismatches_total",
+            "Hellos claiming another node than the dialer's TLS certificate names.",
+            c.tls_identity_mismatches,
+        ),
+        (
+            "chorus_link_accept_shed_total",
+            "Pending connections accepted and closed at once while out of descriptors.",
+            c.accept_shed,
+        ),
     ];
     for (name, help, v) in counters {
         e.counter(name, help, &[], v);
+    }
+    let gauges: [(&str, &str, u64); 4] = [
+        (
+            "chorus_link_inbound_connections",
+            "Inbound connections held.",
+            c.inbound_connections,
+        ),
+        (
+            "chorus_link_inbound_bytes",
+            "Bytes of the inbound budget reserved by frame buffers.",
+            c.inbound_bytes,
+        ),
+        (
+            "chorus_link_inbound_waiting",
+            "Connections waiting for room in the inbound budget.",
+            c.inbound_waiting,
+        ),
+        (
+            "chorus_link_accept_paused",
+            "1 while accepting is paused after a resource error, else 0.",
+            c.accept_paused,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        e.gauge(name, help, &[], v as f64);
     }
 }
 

@@ -491,6 +491,7 @@ fn whole_cluster_crash(durable: bool) -> Result<String, String> {
         tuning,
     )
     .unwrap();
+    let cfg = groups::credentials::with_new_secret(cfg, &dir.join("cluster.secret")).unwrap();
     let cfg_path = dir.join("cluster.toml");
     std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
     let rec = |n: u32, inc: u32| Delivered::read(&dir.join(format!("n{n}-{inc}.log")));
@@ -691,7 +692,8 @@ mod bench {
                 vec![NodeId(1), NodeId(2), NodeId(3)],
                 Tuning::default(),
             )
-            .unwrap(),
+            .unwrap()
+            .with_insecure(true),
         );
         let counters: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
         let mut stops = Vec::new();

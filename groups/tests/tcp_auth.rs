@@ -8,41 +8,21 @@
 //! observable effects: deliveries, application messages, closed sockets and the nodes' link
 //! counters (`LinkStats`), never on log text.
 
-use bytes::Bytes;
+mod common;
+
+use common::*;
 use groups::codec::Bitcode;
 use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
-use groups::frame::{self, Frame, FrameDecoder, Hello, Proof};
-use groups::runtime::inproc::App;
-use groups::runtime::tcp::{LinkCounts, LinkStats, Secret, TcpError, TcpNode};
-use groups::{GroupId, GroupSet, GroupsNode, LogId, MsgId, NetMsg, NodeId, NodeOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use groups::frame::{Frame, FrameDecoder, Hello, Proof};
+use groups::runtime::tcp::{LinkCounts, Secret, TcpError, TcpNode};
+use groups::{GroupId, GroupSet, GroupsNode, LogId, MsgId, NodeId, NodeOptions};
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CLUSTER: u64 = 0xA17;
 const SECRET: &str = "c2VjcmV0IHNoYXJlZCBieSB0aGUgaG9uZXN0IG5vZGVz";
 const OTHER_SECRET: &str = "YSBkaWZmZXJlbnQgc2VjcmV0LCBzYW1lIGxlbmd0aA==";
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .try_init();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("chorus-auth-{}-{name}", std::process::id()));
@@ -67,188 +47,8 @@ fn cluster(n: u32, acceptors: &[u32]) -> ClusterConfig {
     ClusterConfig::new(CLUSTER, 1, nodes, logs, Tuning::default()).unwrap()
 }
 
-fn addr(cfg: &ClusterConfig, id: u32) -> String {
-    cfg.node(NodeId(id)).unwrap().addr.clone().unwrap()
-}
-
-#[derive(Default)]
-struct Seen {
-    delivered: Vec<MsgId>,
-    app: Vec<(NodeId, Bytes)>,
-}
-
-/// Multicasts `total` messages to group 0 and records deliveries and application messages.
-struct Recorder {
-    total: u64,
-    sent: u64,
-    seen: Arc<Mutex<Seen>>,
-    deliveries: Vec<(usize, groups::merge::Delivery)>,
-    app: Vec<(NodeId, Bytes)>,
-}
-
-impl App for Recorder {
-    fn step(&mut self, node: &mut GroupsNode) {
-        node.take_delivered(&mut self.deliveries);
-        node.take_app(&mut self.app);
-        if !self.deliveries.is_empty() || !self.app.is_empty() {
-            let mut seen = self.seen.lock().unwrap();
-            seen.delivered
-                .extend(self.deliveries.drain(..).map(|(_, d)| d.msg.id));
-            seen.app.append(&mut self.app);
-        }
-        while self.sent < self.total && node.multicasts_in_flight() < 64 {
-            let payload = Bytes::from(format!("{}:{}", node.id().0, self.sent));
-            if node
-                .multicast(GroupSet::singleton(GroupId(0)), payload)
-                .is_err()
-            {
-                break;
-            }
-            self.sent += 1;
-        }
-    }
-}
-
-struct Running {
-    seen: Arc<Mutex<Seen>>,
-    stats: Arc<LinkStats>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    fn delivered(&self) -> Vec<MsgId> {
-        self.seen.lock().unwrap().delivered.clone()
-    }
-    fn app(&self) -> Vec<(NodeId, Bytes)> {
-        self.seen.lock().unwrap().app.clone()
-    }
-    fn counts(&self) -> LinkCounts {
-        self.stats.get()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-enum Key {
-    /// `TcpNode::bind`: whatever the configuration's `secret_file` says.
-    FromConfig,
-    /// `TcpNode::bind_with_secret`.
-    Given(Option<Secret>),
-}
-
-fn start(
-    cfg: &ClusterConfig,
-    id: u32,
-    key: Key,
-    messages: u64,
-    timeout: Option<Duration>,
-) -> Running {
-    let node = GroupsNode::in_memory(Arc::new(cfg.clone()), NodeId(id), NodeOptions::fresh());
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let app = Recorder {
-        total: messages,
-        sent: 0,
-        seen: seen.clone(),
-        deliveries: Vec::new(),
-        app: Vec::new(),
-    };
-    let mut tcp = match key {
-        Key::FromConfig => TcpNode::bind(node, app),
-        Key::Given(s) => TcpNode::bind_with_secret(node, app, s),
-    }
-    .unwrap_or_else(|e| panic!("node {id} does not start: {e}"));
-    if let Some(t) = timeout {
-        tcp.set_handshake_timeout(t);
-    }
-    let stats = tcp.stats();
-    let stop = tcp.stop_flag();
-    let thread = std::thread::spawn(move || {
-        tcp.run(None).expect("node loop");
-    });
-    Running {
-        seen,
-        stats,
-        stop,
-        thread: Some(thread),
-    }
-}
-
 fn secret(s: &str) -> Option<Secret> {
     Some(Secret::new(s).unwrap())
-}
-
-/// Polls `done` every 20 ms until it holds or `within` passes; returns whether it held.
-fn wait_for(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn encode(f: &Frame) -> Vec<u8> {
-    let mut v = Vec::new();
-    frame::encode(&Bitcode, CLUSTER, f, &mut v).unwrap();
-    v
-}
-
-fn forged_app_msg(text: &'static str) -> Vec<u8> {
-    encode(&Frame::Msg(NetMsg::App {
-        payload: Bytes::from_static(text.as_bytes()),
-    }))
-}
-
-/// Reads until the peer closes the connection (read returns 0 or an error) or `within`
-/// passes. Returns the frames received and whether the connection was closed.
-fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<Frame>, bool) {
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let deadline = Instant::now() + within;
-    let mut d = FrameDecoder::new(Bitcode, CLUSTER);
-    let mut frames = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => {
-                d.extend(&buf[..n]);
-                while let Some(f) = d.next_frame().expect("the node writes valid frames") {
-                    frames.push(f);
-                }
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if Instant::now() > deadline {
-                    break false;
-                }
-            }
-            Err(_) => break true,
-        }
-    };
-    (frames, closed)
-}
-
-fn connect(cfg: &ClusterConfig, id: u32) -> TcpStream {
-    let a = addr(cfg, id);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match TcpStream::connect(&a) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("cannot connect to {a}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 /// (a) Three nodes sharing a secret, read from the file that the cluster file names, form a
@@ -615,4 +415,26 @@ fn bad_secrets_are_typed_errors() {
     let s = Secret::new(SECRET).unwrap();
     assert!(!format!("{s:?}").contains(SECRET), "Debug shows the secret");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Secure by default: `bind` refuses a configuration with no secret (a typed error that says
+/// how to get one), unless the configuration allows insecure links (`--insecure`).
+#[test]
+fn no_secret_is_refused_unless_insecure() {
+    let cfg = cluster(1, &[1]);
+    let bind = |cfg: ClusterConfig| {
+        let node = GroupsNode::in_memory(Arc::new(cfg), NodeId(1), NodeOptions::fresh());
+        TcpNode::bind(node, groups::runtime::inproc::Idle).map(|t| t.authenticates())
+    };
+    match bind(cfg.clone()) {
+        Err(e @ TcpError::Unauthenticated) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("--write-config") && text.contains("--insecure"),
+                "{text}"
+            );
+        }
+        other => panic!("no secret: {other:?}"),
+    }
+    assert!(!bind(cfg.with_insecure(true)).expect("--insecure"));
 }

@@ -69,6 +69,7 @@ fn tcp_cluster_survives_a_killed_process() {
         Tuning::default(),
     )
     .unwrap();
+    let cfg = groups::credentials::with_new_secret(cfg, &dir.join("cluster.secret")).unwrap();
     let cfg_path = dir.join("cluster.toml");
     std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
 

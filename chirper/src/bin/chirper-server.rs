@@ -5,9 +5,14 @@
 //! chirper-server --config FILE --node N           one node of a TCP deployment
 //!                [--metrics-addr 127.0.0.1:9100]  ... serving Prometheus metrics at /metrics
 //!                [--checkpoint-every N]           ... checkpointing every N commands
+//!                [--insecure]                     ... without authentication (no secret_file)
 //! chirper-server --write-config FILE [--scheme ds-smr --partitions 2 --replicas 3 ...]
-//!                [--durability memory|disk --data-dir DIR]
+//!                [--durability memory|disk --data-dir DIR] [--tls]
 //! ```
+//!
+//! `--write-config` also writes a random cluster secret beside FILE (mode 0600), so the nodes
+//! authenticate their links; `--tls` adds a cluster CA and a certificate per node for mutual
+//! TLS. A node of a file that names no secret refuses to start unless given `--insecure`.
 //!
 //! A TCP node keeps its consensus logs as the deployment file's `durability` says (see
 //! [`groups::config::Durability`]): in memory (the default), or with `durability = "disk"` in

@@ -38,6 +38,8 @@ pub struct ClientStats {
     pub resends: u64,
     /// opt-PSMR attempts a worker refused (each retried conservatively once).
     pub aborts: u64,
+    /// Tries refused as misrouted (stale routes), each tried again with the routes learnt.
+    pub misroutes: u64,
     /// Replies from two replicas that disagree on the state hash after the same command.
     pub divergences: u64,
     /// Scale-out: oracle consultations (DS-SMR).
@@ -59,6 +61,7 @@ impl std::ops::AddAssign<&ClientStats> for ClientStats {
         self.completed += o.completed;
         self.resends += o.resends;
         self.aborts += o.aborts;
+        self.misroutes += o.misroutes;
         self.divergences += o.divergences;
         self.consults += o.consults;
         self.moves += o.moves;

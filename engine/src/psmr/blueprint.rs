@@ -101,6 +101,7 @@ impl<S: Service> SimCore for PsmrCore<S, Scheduled<S>> {
                     s.multi,
                     s.parked,
                     s.aborts,
+                    s.misrouted,
                     s.duplicates,
                     s.rejected,
                 ]

@@ -82,6 +82,14 @@ pub struct ServerFlags {
     /// takes part in those others ask for).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub checkpoint_every: u64,
+    /// With --write-config: also write a cluster CA and a certificate and key per node (in
+    /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
+    #[arg(long)]
+    pub tls: bool,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The flags of every client binary.
@@ -95,6 +103,10 @@ pub struct ClientArgs {
     /// Seconds to wait for the reply.
     #[arg(long, default_value_t = 10.0)]
     pub timeout_s: f64,
+    /// Run without authentication when the deployment file names no secret_file (a TCP node
+    /// refuses to start without one otherwise): any process that can reach the ports can join.
+    #[arg(long)]
+    pub insecure: bool,
     /// The command.
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<String>,
@@ -121,6 +133,13 @@ impl ServerFlags {
         if self.checkpoint_every > 0 && !node {
             return Err(
                 "--checkpoint-every needs --config and --node (a node of a TCP deployment)".into(),
+            );
+        }
+        if self.tls && self.write_config.is_none() {
+            return Err(
+                "--tls goes with --write-config (it writes the deployment's certificates; \
+                        a TCP node reads its [tls] table from its deployment file)"
+                    .into(),
             );
         }
         if (self.durability.is_some() || self.data_dir.is_some()) && self.write_config.is_none() {
@@ -184,6 +203,7 @@ pub trait ConfigFile: Sized {
     fn parse(text: &str) -> Result<Self, String>;
     fn render(&self) -> Result<String, String>;
     fn cluster(&self) -> &ClusterConfig;
+    fn cluster_mut(&mut self) -> &mut ClusterConfig;
 
     fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -239,6 +259,37 @@ pub fn exit(name: &str, result: Result<(), String>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The credentials of a new deployment file written to `config_path` (`--write-config`): a
+/// fresh random cluster secret beside it (`d.toml` -> `d.secret`, mode 0600), named as the
+/// returned configuration's `secret_file`, so nodes of the deployment authenticate their links
+/// by default; with `tls` (`--write-config --tls`) also a cluster CA and one certificate and key
+/// per node, clients included, in `d.tls/` (mode 0600 each), named in its `[tls]` table, so
+/// links are mutual TLS and each member proves which member it is. Says on stderr what it
+/// wrote.
+pub fn with_credentials(
+    cluster: ClusterConfig,
+    config_path: &Path,
+    tls: bool,
+) -> Result<ClusterConfig, String> {
+    use groups::credentials;
+    let secret = credentials::beside(config_path, "secret");
+    let mut cluster = credentials::with_new_secret(cluster, &secret).map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote {} (the cluster secret, mode 0600; keep it with the deployment file)",
+        secret.display()
+    );
+    if tls {
+        let dir = credentials::beside(config_path, "tls");
+        cluster = credentials::with_new_tls(cluster, &dir).map_err(|e| e.to_string())?;
+        eprintln!(
+            "wrote {}/: a cluster CA (ca.crt) and a certificate and key per node \
+             (node-N.crt, node-N.key), mode 0600; give each node its own key",
+            dir.display()
+        );
+    }
+    Ok(cluster)
 }
 
 /// Writes a deployment file and says what is in it.
@@ -377,7 +428,8 @@ fn client_main<F: ConfigFile, P: Proxy>(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let cmd = parse(&words, fresh)?;
-        let file = F::read(&args.config)?;
+        let mut file = F::read(&args.config)?;
+        file.cluster_mut().insecure = args.insecure;
         let me = NodeId(args.node);
         let cluster = file.cluster();
         let n = cluster
@@ -492,5 +544,13 @@ mod tests {
             .unwrap_err()
             .contains("--config needs --node"));
         assert!(task(&["--scheme", "s-smr"]).is_ok(), "--scheme is --mode");
+        assert_eq!(task(&["--write-config", "f", "--tls"]), Ok("write"));
+        assert!(task(&["--config", "f", "--node", "1", "--tls"])
+            .unwrap_err()
+            .contains("--tls goes with --write-config"));
+        assert_eq!(
+            task(&["--config", "f", "--node", "1", "--insecure"]),
+            Ok("node")
+        );
     }
 }

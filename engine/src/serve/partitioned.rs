@@ -150,6 +150,7 @@ fn write_config<S: ScaleOutApp>(
         .clone()
         .with_durability(durability)
         .map_err(|e| e.to_string())?;
+    let cluster = super::with_credentials(cluster, path, f.tls)?;
     let file = S::file(s, &plan, cluster)?;
     let ids = |ids: &mut dyn Iterator<Item = NodeId>| {
         ids.map(|n| n.0.to_string()).collect::<Vec<_>>().join(" ")
@@ -227,7 +228,8 @@ fn serve_node<S: ScaleOutApp>(
     me: NodeId,
 ) -> Result<(), String> {
     let metrics = f.metrics_addr()?;
-    let file = S::File::read(path)?;
+    let mut file = S::File::read(path)?;
+    file.cluster_mut().insecure = f.insecure;
     let plan = S::plan(&file);
     let cluster = file.cluster();
     let role = role(cluster, plan.partitions, me)?;

@@ -115,6 +115,10 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Clone> ConfigFile for P
     fn cluster(&self) -> &ClusterConfig {
         &self.cluster
     }
+
+    fn cluster_mut(&mut self) -> &mut ClusterConfig {
+        &mut self.cluster
+    }
 }
 
 /// What a P-SMR service tells the kit (see [`super`]).
@@ -213,6 +217,7 @@ fn write_config<S: ScaleUpApp>(
         .clone()
         .with_durability(durability)
         .map_err(|e| e.to_string())?;
+    let cluster = super::with_credentials(cluster, path, f.tls)?;
     let file = S::file(s, &plan, cluster)?;
     let summary = format!(
         "replicas {:?}, acceptors {:?}, client nodes {:?}",
@@ -228,7 +233,8 @@ fn serve_node<S: ScaleUpApp>(
     me: NodeId,
 ) -> Result<(), String> {
     let metrics = f.metrics_addr()?;
-    let file = S::File::read(path)?;
+    let mut file = S::File::read(path)?;
+    file.cluster_mut().insecure = f.insecure;
     let cluster = file.cluster();
     let node_cfg = cluster
         .node(me)

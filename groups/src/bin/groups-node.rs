@@ -3,8 +3,11 @@
 //! ```text
 //! groups-node --config cluster.toml --node 2 [--messages 1000 --rate 500 --multi 0.3]
 //!             [--record deliveries.log] [--duration-s 10] [--data-dir DIR]
-//!             [--metrics-addr 127.0.0.1:9100]
+//!             [--metrics-addr 127.0.0.1:9100] [--insecure]
 //! ```
+//!
+//! The node refuses to start when the cluster file names no `secret_file`, unless
+//! `--insecure` is given ([`TcpNode::bind`]).
 //!
 //! With `--metrics-addr`, the node serves Prometheus text at `http://ADDR/metrics`: its
 //! counters, per-log positions and leadership ([`groups::metrics::render_node`]) and its link
@@ -77,6 +80,10 @@ struct Args {
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Run without authentication when the cluster file names no secret_file (by default
+    /// such a node refuses to start): any process that can reach the port can join.
+    #[arg(long)]
+    insecure: bool,
 }
 
 struct Workload {
@@ -166,7 +173,7 @@ fn main() -> ExitCode {
         }
     };
     let cfg = match ClusterConfig::from_toml_file(&args.config) {
-        Ok(c) => c,
+        Ok(c) => c.with_insecure(args.insecure),
         Err(e) => {
             eprintln!("groups-node: {e}");
             return ExitCode::from(2);
