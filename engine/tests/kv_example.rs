@@ -6,7 +6,10 @@
 //! 2 to 4 workers, 3 acceptors, 2 client nodes of 2 clients, a lossy, duplicating, reordering
 //! network and a fault campaign (crashes and restarts, pauses, partitions). Gets, puts, copies
 //! across workers and lengths over all workers. The history is checked against the service
-//! itself run sequentially (`lincheck::Sequential`), the replicas' state hashes compared.
+//! itself run sequentially (`lincheck::Sequential`), the replicas' state hashes compared. Half
+//! the seeds checkpoint every few commands with the logs trimmed below the checkpoints (a
+//! replica that crashed recovers by state transfer, through the example's `restore_shard`);
+//! over the seeds, checkpoints must be taken.
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
@@ -14,6 +17,7 @@
 #[path = "../examples/kv.rs"]
 mod kv;
 
+use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::{self, Budget, Sequential};
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
@@ -23,9 +27,14 @@ use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetu
 use kv::{Cmd, Kv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const KEYS: u64 = 10;
+
+/// Checkpoints completed, and installed by state transfer, over the seeds run.
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+static INSTALLED: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -35,8 +44,12 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     } else {
         Mode::OptPsmr
     };
+    // Half the seeds checkpoint (the example's snapshot_shard / restore_shard) with the logs
+    // trimmed below the checkpoints, so a replica that crashed and finds its logs trimmed
+    // recovers by state transfer; the other half replay the untrimmed logs.
+    let checkpoints = rng.random_bool(0.5);
     let tuning = groups::config::Tuning {
-        trim: false,
+        trim: checkpoints,
         ..Default::default()
     };
     let d = Deployment::new(2, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
@@ -62,7 +75,15 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         state_hashes: true,
     };
     let service = Arc::new(Kv);
-    let mut sim = EngineSim::new(Psmr::new(service.clone(), d, mode, exec, 100), setup);
+    let mut blueprint = Psmr::new(service.clone(), d, mode, exec, 100);
+    if checkpoints {
+        blueprint.checkpoints = Some(CheckpointPolicy {
+            every_commands: rng.random_range(5..=20),
+            every_ticks: 100,
+            resend_ticks: 50,
+        });
+    }
+    let mut sim = EngineSim::new(blueprint, setup);
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
@@ -80,6 +101,14 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         problems.push(format!(
             "{divergences} state-hash disagreements seen by clients"
         ));
+    }
+    for (_, x) in sim.replicas() {
+        let c = x.checkpoint_stats();
+        TAKEN.fetch_add(c.taken, Ordering::Relaxed);
+        INSTALLED.fetch_add(c.installed, Ordering::Relaxed);
+        if c.refused > 0 {
+            problems.push(format!("{} checkpoints from peers refused", c.refused));
+        }
     }
     let history = lincheck_history(&sim.history());
     let model = Sequential::new(service, kv::keys);
@@ -105,7 +134,31 @@ fn the_example_kv_service_is_linearizable_under_faults() {
         40,
         run,
     );
+    let (taken, installed) = (
+        TAKEN.load(Ordering::Relaxed),
+        INSTALLED.load(Ordering::Relaxed),
+    );
     if std::env::var("CHORUS_SEED").is_err() {
-        eprintln!("kv_example: {} seeds passed", passed.len());
+        eprintln!(
+            "kv_example: {} seeds passed; {taken} checkpoints completed, {installed} installed by state transfer",
+            passed.len()
+        );
+        assert!(taken > 0, "no seed took a checkpoint");
     }
+}
+
+/// The example's checkpoint format: a shard restores to itself at its own worker; a shard
+/// holding another worker's key, or bytes that are not a shard, are refused with an error.
+#[test]
+fn the_example_checkpoints_restore_and_refuse_what_is_not_theirs() {
+    use engine::Service;
+    let kv = Kv;
+    let mut shards = kv.shards(2);
+    shards[1].insert(3, "three".into());
+    shards[1].insert(5, "five".into());
+    let bytes = kv.snapshot_shard(1, &shards[1]);
+    assert_eq!(kv.restore_shard(1, 2, &bytes), Ok(shards[1].clone()));
+    let refused = kv.restore_shard(0, 2, &bytes).unwrap_err();
+    assert!(refused.0.contains("key 3 is not worker 0's"), "{refused:?}");
+    assert!(kv.restore_shard(1, 2, &[0xff, 0x01]).is_err());
 }

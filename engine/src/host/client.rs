@@ -100,7 +100,7 @@ pub trait Proxy: Send + 'static {
     /// Submits a command; returns its sequence number.
     fn submit(&mut self, command: Self::Command) -> u64;
     /// Handles the body of a message a replica addressed to this client
-    /// ([`wire::AppMsg::ToClient`]); returns a completion if a command finished.
+    /// ([`crate::wire::AppMsg::ToClient`]); returns a completion if a command finished.
     fn on_message(&mut self, body: &[u8]) -> Option<Completion<Self::Command, Self::Reply>>;
     /// Advances time to `now` (ticks): resends overdue messages.
     fn tick(&mut self, now: u64);

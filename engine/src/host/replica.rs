@@ -4,7 +4,7 @@
 //! workers, an S-SMR / DS-SMR partition, the DS-SMR oracle) and performs the core's outputs,
 //! and it owns everything a replica does around its protocol (see [`crate::checkpoint`]):
 //!
-//! - asking for checkpoints by its [`Trigger`] (a [`FeedMsg::Checkpoint`] to every group);
+//! - asking for checkpoints by its [`Trigger`] (a [`crate::wire::FeedMsg::Checkpoint`] to every group);
 //! - keeping the latest checkpoints the core took ([`Store`]) and reporting their positions to
 //!   the log acceptors, which trim below them;
 //! - answering peers' [`Transfer`] requests, and, when a log was trimmed past this replica,

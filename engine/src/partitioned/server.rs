@@ -18,7 +18,7 @@
 //!   In S-SMR both run locally and the partition answers.
 //!
 //! Exchanges travel by reliable multicast from one designated replica of each partition (the
-//! lowest node id). Every replica keeps what it would have sent ([`Outbox`]); a replica that
+//! lowest node id). Every replica keeps what it would have sent (`Outbox`); a replica that
 //! waits longer than `pull_ticks` for an exchange asks every replica of the partition it waits
 //! for, so a crashed designated sender or a restarted receiver (which replays the logs from
 //! the start and needs every exchange again) still makes progress.

@@ -3,7 +3,7 @@
 //! A [`Worker`] is data: its merger (it merges the logs of its own group, so no thread merges
 //! for everyone), the deliveries it has merged and not yet handled, its shard, its replicated
 //! bookkeeping ([`WorkerState`]: client table, counters, checkpoint round) and where it stands
-//! in a multi-worker command ([`Stage`]). [`Worker::step`] advances it by one delivery, or by
+//! in a multi-worker command (`Stage`). [`Worker::step`] advances it by one delivery, or by
 //! one move of the rendezvous: a command for this worker alone runs on its shard (no lock); a
 //! command for several workers runs on the lowest involved one, which collects the others'
 //! shards through the [`Lending`] seam, runs it and gives them back; a checkpoint request makes
