@@ -10,9 +10,9 @@
 //! at each of them; with `record_views` it records that view for the tests to compare.
 
 use super::attempts::{AttemptTable, Seen};
+use super::common::PartitionCore;
 use super::common::{Outbox, Output};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
-use super::replica::PartitionCore;
 use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService};
 use super::ServerOptions;
 use crate::checkpoint::CheckpointError;

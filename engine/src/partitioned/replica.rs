@@ -37,6 +37,7 @@
 //!   [`crate::checkpoint::Store`]), installs it and restarts its feeds at its positions.
 
 use super::common::Output;
+pub use super::common::PartitionCore;
 use super::oracle::{OracleServer, OracleStats};
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
@@ -60,45 +61,6 @@ use std::sync::Arc;
 pub enum Role {
     Partition(PartitionId),
     Oracle,
-}
-
-/// The protocol logic of one replica of a scale-out group (see the module docs).
-///
-/// The host delivers the group's commands in delivery order ([`PartitionCore::deliver`]),
-/// marks where checkpoint requests lie in that order ([`PartitionCore::mark_checkpoint`]),
-/// hands over exchanges and peer messages, ticks it and lets it run, then performs its
-/// [`Output`]s. A core records a snapshot for a mark once everything delivered before it is
-/// handled and nothing after it has begun.
-pub trait PartitionCore: Send + Sized + 'static {
-    /// The group whose replicas run this core (a partition, or the oracle's group).
-    fn group(&self) -> u32;
-    /// A delivered command ([`FeedMsg::Command`]'s body).
-    fn deliver(&mut self, id: MsgId, body: &[u8]);
-    /// A reliably delivered exchange from another group.
-    fn exchange(&mut self, _payload: &[u8]) {}
-    /// A message from another replica ([`crate::wire::AppMsg::Peer`]'s body).
-    fn peer(&mut self, body: &[u8]);
-    /// Advances time (ticks).
-    fn tick(&mut self, _now: u64) {}
-    /// Handles delivered commands until one must wait.
-    fn run(&mut self) {}
-    /// What to perform.
-    fn take_outputs(&mut self, out: &mut Vec<Output>);
-    /// Marks the place of checkpoint request `round` in the delivery order.
-    fn mark_checkpoint(&mut self, round: u64);
-    /// Snapshots recorded at marks since the last call: round, state hash, bytes.
-    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>);
-    /// A core like this one rebuilt from a snapshot of this group's (refused, with a typed
-    /// error, if it is not this group's or does not restore to its own hash).
-    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError>;
-    /// Delivered commands fully handled (equal at replicas that handled the same stream).
-    fn handled(&self) -> u64;
-    /// Delivered commands waiting.
-    fn backlog(&self) -> usize {
-        0
-    }
-    /// A hash of the replicated state.
-    fn state_hash(&self) -> u64;
 }
 
 /// A replica's own merge of its group's logs, with checkpoint marks (a replica that takes

@@ -36,9 +36,9 @@
 //! per partition can drive it the same way.
 
 use super::attempts::{AttemptTable, Seen};
+use super::common::PartitionCore;
 use super::common::{Outbox, Output, Recent};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
-use super::replica::PartitionCore;
 use super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };

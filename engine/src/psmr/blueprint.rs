@@ -4,8 +4,9 @@
 use super::deployment::Deployment;
 use super::executor::ExecOptions;
 use super::proxy::{ClientProxy, Mode};
-use super::replica::{PsmrCore, ReplicaOptions, SimulatedReplica};
+use super::replica::{PsmrCore, ReplicaOptions};
 use super::scheduled::Scheduled;
+use super::scheduled::SimulatedReplica;
 use super::service::Service;
 use crate::checkpoint::CheckpointPolicy;
 use crate::host::ReplicaHost;

@@ -13,14 +13,12 @@
 //! run the same [`super::workers::Worker::step`].
 
 use super::executor::{ExecOptions, Executor, WorkerStats};
-use super::scheduled::Scheduled;
 use super::service::Service;
 use super::snapshot::{self, Assembly, Checkpoint};
-use super::threaded::Threads;
 use super::workers::{Lent, WorkerEvent, WorkerSet};
 use crate::checkpoint::CheckpointError;
 use crate::host::replica::{CoreOut, Installed, ReplicaCore, Taken};
-use crate::host::{Action, Attached, ReplicaHost};
+use crate::host::{Action, Attached};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
@@ -279,50 +277,5 @@ impl<S: Service, D: Driver<S>> ReplicaCore for PsmrCore<S, D> {
             .filter(|a| !a.is_empty())
             .map(|a| self.service.state_hash(&a));
         self.report = Some(report);
-    }
-}
-
-/// A P-SMR replica as production runs it: a thread per worker.
-pub type ThreadedReplica<S> = ReplicaHost<PsmrCore<S, Threads<S>>>;
-
-/// A P-SMR replica as the simulator runs it: a seeded scheduler over the same workers.
-pub type SimulatedReplica<S> = ReplicaHost<PsmrCore<S, Scheduled<S>>>;
-
-impl<S: Service> ReplicaHost<PsmrCore<S, Threads<S>>> {
-    /// A replica whose workers run on their own threads.
-    pub fn threaded(service: Arc<S>, options: ReplicaOptions) -> Self {
-        let driver = Threads::new(options.workers, options.pin_cores);
-        ReplicaHost::new(PsmrCore::new(service, options, driver))
-    }
-
-    /// The workers' live counters and service times (see [`Threads::share_worker_stats`]).
-    pub fn share_worker_stats(&self) -> Vec<crate::metrics::SharedWorkerStats> {
-        self.core.driver.share_worker_stats()
-    }
-}
-
-impl<S: Service> ReplicaHost<PsmrCore<S, Scheduled<S>>> {
-    /// A replica whose workers a scheduler seeded with `seed` runs.
-    pub fn scheduled(service: Arc<S>, options: ReplicaOptions, seed: u64) -> Self {
-        ReplicaHost::new(PsmrCore::new(service, options, Scheduled::new(seed)))
-    }
-
-    /// The workers' shards (`None` while lent).
-    pub fn shards(&self) -> Vec<Option<&S::Shard>> {
-        self.core
-            .driver
-            .workers()
-            .iter()
-            .map(|w| w.shard())
-            .collect()
-    }
-
-    pub fn worker_stats(&self) -> Vec<WorkerStats> {
-        self.core
-            .driver
-            .workers()
-            .iter()
-            .map(|w| w.stats().clone())
-            .collect()
     }
 }

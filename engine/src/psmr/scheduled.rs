@@ -12,15 +12,17 @@
 
 use super::executor::WorkerStats;
 use super::rendezvous::Slots;
-use super::replica::{Driver, Restorer};
+use super::replica::{Driver, PsmrCore, ReplicaOptions, Restorer};
 use super::service::Service;
 use super::workers::{Lent, Progress, Worker, WorkerEvent, WorkerSet};
+use crate::host::ReplicaHost;
 use groups::ids::MsgId;
 use groups::merge::SkipNeed;
 use groups::node::LogEntries;
 use groups::runtime::Waker;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
 
 /// A seeded scheduler over a replica's workers (see the module docs).
 pub struct Scheduled<S: Service> {
@@ -125,5 +127,34 @@ impl<S: Service> Driver<S> for Scheduled<S> {
 
     fn hashes(&mut self, out: &mut Vec<(u64, u64)>) {
         out.append(&mut self.hashes);
+    }
+}
+
+/// A P-SMR replica as the simulator runs it: a seeded scheduler over the same workers.
+pub type SimulatedReplica<S> = ReplicaHost<PsmrCore<S, Scheduled<S>>>;
+
+impl<S: Service> ReplicaHost<PsmrCore<S, Scheduled<S>>> {
+    /// A replica whose workers a scheduler seeded with `seed` runs.
+    pub fn scheduled(service: Arc<S>, options: ReplicaOptions, seed: u64) -> Self {
+        ReplicaHost::new(PsmrCore::new(service, options, Scheduled::new(seed)))
+    }
+
+    /// The workers' shards (`None` while lent).
+    pub fn shards(&self) -> Vec<Option<&S::Shard>> {
+        self.core
+            .driver
+            .workers()
+            .iter()
+            .map(|w| w.shard())
+            .collect()
+    }
+
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.core
+            .driver
+            .workers()
+            .iter()
+            .map(|w| w.stats().clone())
+            .collect()
     }
 }

@@ -10,9 +10,10 @@
 
 use super::executor::WorkerStats;
 use super::rendezvous::Rendezvous;
-use super::replica::{Driver, Restorer};
+use super::replica::{Driver, PsmrCore, ReplicaOptions, Restorer};
 use super::service::Service;
 use super::workers::{Lent, Progress, Worker, WorkerEvent, WorkerSet};
+use crate::host::ReplicaHost;
 use crate::metrics::{service_histogram, SharedWorkerStats};
 use crate::topology::Topology;
 use bytes::Bytes;
@@ -294,5 +295,21 @@ impl<S: Service> WorkerThread<S> {
         let _ = live.service_us.add(&times);
         drop(live);
         w
+    }
+}
+
+/// A P-SMR replica as production runs it: a thread per worker.
+pub type ThreadedReplica<S> = ReplicaHost<PsmrCore<S, Threads<S>>>;
+
+impl<S: Service> ReplicaHost<PsmrCore<S, Threads<S>>> {
+    /// A replica whose workers run on their own threads.
+    pub fn threaded(service: Arc<S>, options: ReplicaOptions) -> Self {
+        let driver = Threads::new(options.workers, options.pin_cores);
+        ReplicaHost::new(PsmrCore::new(service, options, driver))
+    }
+
+    /// The workers' live counters and service times (see [`Threads::share_worker_stats`]).
+    pub fn share_worker_stats(&self) -> Vec<crate::metrics::SharedWorkerStats> {
+        self.core.driver.share_worker_stats()
     }
 }
