@@ -511,6 +511,24 @@ impl Subtree {
     }
 }
 
+/// What is wrong with one replica's shards (worker by worker; `None`: a shard lent at the
+/// moment, which a replica at rest never has), one line per problem: the checks of
+/// [`TreeShard::check`]. Simulated campaigns run it on every replica at the end.
+pub fn shard_problems(
+    replica: impl std::fmt::Display,
+    shards: &[Option<&TreeShard>],
+) -> Vec<String> {
+    shards
+        .iter()
+        .enumerate()
+        .filter_map(|(w, shard)| match shard.map(|s| s.check(w)) {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("replica {replica} worker {w}: {e}")),
+            None => Some(format!("replica {replica} worker {w}: its shard is lent")),
+        })
+        .collect()
+}
+
 /// One worker's part of the tree.
 pub struct TreeShard {
     top: Arc<Top>,

@@ -79,6 +79,7 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
         Ok(TreeReply::Inserted(None))
     );
 
+    inproc::await_level(&cluster, &d.replicas, TIMEOUT).expect("the replicas level up");
     let apps = cluster.stop();
     let client = apps
         .values()

@@ -139,3 +139,39 @@ pub fn start_scaleout_with<S: PartitionedService, C: App>(
         },
     )
 }
+
+/// Waits (up to `timeout`) until the `replicas` of a running in-process cluster have taken in
+/// the same prefix of every log (their feeds stand at the same positions), so that a test that
+/// stops the cluster next compares replicas that saw the same commands: a client's reply comes
+/// from the fastest replica, and the others may still be a few entries behind. Returns the
+/// positions each replica reached if they never agreed in time.
+pub fn await_level<A: App>(
+    cluster: &InProcCluster<A>,
+    replicas: &[NodeId],
+    timeout: std::time::Duration,
+) -> Result<(), Vec<Vec<u64>>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let positions: Vec<Vec<u64>> = replicas
+            .iter()
+            .map(|&r| {
+                cluster
+                    .node(r)
+                    .call(|n| {
+                        let logs: Vec<_> = n.config().logs.iter().map(|l| l.id).collect();
+                        logs.into_iter()
+                            .map(|l| n.feed_next(l).unwrap_or(0))
+                            .collect::<Vec<u64>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        if positions.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(positions);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -529,6 +529,33 @@ impl<B: Blueprint> EngineSim<B> {
         (!bad.is_empty()).then(|| format!("replicas diverged: {}", bad.join("; ")))
     }
 
+    /// What the checks every simulated run ends with find: live replicas of a set in
+    /// different states, clients that saw two replicas disagree on a state hash, and a history
+    /// that `model` does not explain (within `budget`). One line per problem; liveness (a run
+    /// that did not get quiet) is the caller's to judge.
+    pub fn outcome_problems<M>(&self, model: &M, budget: crate::lincheck::Budget) -> Vec<String>
+    where
+        M: crate::lincheck::Model<
+            Input = <B::Proxy as Proxy>::Command,
+            Output = <B::Proxy as Proxy>::Reply,
+        >,
+        <B::Proxy as Proxy>::Reply: Clone,
+    {
+        let mut problems: Vec<String> = self.divergence().into_iter().collect();
+        let divergences = self.client_stats().divergences;
+        if divergences > 0 {
+            problems.push(format!(
+                "{divergences} state-hash disagreements seen by clients"
+            ));
+        }
+        let history = lincheck_history(&self.history());
+        match crate::lincheck::check(model, &history, budget) {
+            crate::lincheck::Verdict::Linearizable => {}
+            v => problems.push(format!("not linearizable: {v}")),
+        }
+        problems
+    }
+
     /// Client counters summed over all client nodes.
     pub fn client_stats(&self) -> ClientStats {
         let mut s = ClientStats::default();

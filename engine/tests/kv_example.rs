@@ -18,12 +18,12 @@
 mod kv;
 
 use engine::checkpoint::CheckpointPolicy;
-use engine::lincheck::{self, Budget, Sequential};
+use engine::lincheck::{Budget, Sequential};
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
 use kv::{Cmd, Kv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -95,13 +95,6 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if !report.quiet {
         problems.push("liveness: not quiet after the faults stopped".to_string());
     }
-    problems.extend(sim.divergence());
-    let divergences = sim.client_stats().divergences;
-    if divergences > 0 {
-        problems.push(format!(
-            "{divergences} state-hash disagreements seen by clients"
-        ));
-    }
     for (_, x) in sim.replicas() {
         let c = x.checkpoint_stats();
         TAKEN.fetch_add(c.taken, Ordering::Relaxed);
@@ -110,14 +103,14 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             problems.push(format!("{} checkpoints from peers refused", c.refused));
         }
     }
-    let history = lincheck_history(&sim.history());
     let model = Sequential::new(service, kv::keys);
-    match lincheck::check(&model, &history, Budget::new(2_000_000)) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems.extend(sim.outcome_problems(&model, Budget::new(2_000_000)));
     if problems.is_empty() {
-        Ok(format!("{} ops, {} crashes", history.len(), report.crashes))
+        Ok(format!(
+            "{} ops, {} crashes",
+            sim.history().len(),
+            report.crashes
+        ))
     } else {
         Err(format!(
             "{mode:?}, {workers} workers:\n  {}",

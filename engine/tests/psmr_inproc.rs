@@ -80,6 +80,7 @@ fn run(mode: Mode) {
         KvReply::Inserted(false)
     );
 
+    inproc::await_level(&cluster, &d.replicas, TIMEOUT).expect("the replicas level up");
     let apps = cluster.stop();
     let reports: Vec<_> = apps
         .values()

@@ -19,13 +19,13 @@
 
 use engine::checkpoint::CheckpointPolicy;
 use engine::hash::Fnv64;
-use engine::lincheck::{self, Budget};
+use engine::lincheck::Budget;
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
 use engine::psmr::workers::Meetings;
-use engine::sim::{lincheck_history, EngineSim, SimSetup};
+use engine::sim::{EngineSim, SimSetup};
 use engine::testing::{KvCommand, KvModel, KvService};
 use engine::{wire, Access, Service, Shards, SnapshotError, Target};
 use groups::sim::NetFaults;
@@ -96,14 +96,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if !quiet {
         problems.push("liveness: not quiet".to_string());
     }
-    problems.extend(sim.divergence());
-    let cs = sim.client_stats();
-    if cs.divergences > 0 {
-        problems.push(format!(
-            "{} state-hash disagreements seen by clients",
-            cs.divergences
-        ));
-    }
+    problems.extend(sim.outcome_problems(&KvModel, Budget::new(2_000_000)));
     // Checkpoints of the same round hash the same at every replica.
     let mut by_round: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut meetings = Vec::new();
@@ -128,11 +121,6 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             ));
         }
     }
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(&KvModel, &history, Budget::new(2_000_000)) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
     for m in &meetings {
         EXECUTOR_FIRST.fetch_add(m.executor_first, Ordering::Relaxed);
         LENDERS_FIRST.fetch_add(m.lenders_first, Ordering::Relaxed);
@@ -144,7 +132,10 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         eprintln!("seed {seed}: {mode:?}, {workers} workers, meetings {meetings:?}, checkpoints {by_round:?}");
     }
     if problems.is_empty() {
-        Ok(format!("{} ops, meetings {meetings:?}", history.len()))
+        Ok(format!(
+            "{} ops, meetings {meetings:?}",
+            sim.history().len()
+        ))
     } else {
         Err(format!(
             "{mode:?}, {workers} workers:\n  {}",
