@@ -14,6 +14,7 @@
 
 pub mod calls;
 pub mod checkpoint;
+pub mod client_records;
 pub mod hash;
 pub mod host;
 pub mod inproc;
