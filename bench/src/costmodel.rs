@@ -24,9 +24,9 @@ use chirper::cli::ServiceSection;
 use chirper::load::{draw, Population, RunResult, Workload};
 use chirper::service::Chirper;
 use engine::load::{histogram, quantile_us};
-use engine::partitioned::client::ClientOptions;
+use engine::partitioned::blueprint::{ScaleOut, WorkCosts};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{ScaleOut, WorkCosts};
+use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{EngineSim, SimSetup};
 use groups::sim::{CpuModel, NetFaults};
@@ -126,7 +126,7 @@ pub fn simulate(
     let measure = (plan.simulated_measure.as_micros() as u64).max(1);
     let moved = |sim: &EngineSim<ScaleOut<Chirper>>| -> u64 {
         sim.replicas()
-            .filter_map(|(_, r)| r.replica.partition().map(|p| p.stats.moves_in))
+            .filter_map(|(_, r)| r.partition().map(|p| p.stats.moves_in))
             .sum::<u64>()
             / plan.replicas as u64
     };
@@ -150,11 +150,11 @@ pub fn simulate(
         }
         if std::env::var("CHORUS_SIM_DEBUG").is_ok() {
             let done = sim.client_stats().completed;
-            let backlog: usize = sim.replicas().map(|(_, r)| r.replica.backlog()).sum();
+            let backlog: usize = sim.replicas().map(|(_, r)| r.backlog()).sum();
             eprintln!("t={t}us completed {done} backlog {backlog} moved {m}");
-            let worst = sim.replicas().max_by_key(|(_, r)| r.replica.backlog());
+            let worst = sim.replicas().max_by_key(|(_, r)| r.backlog());
             if let Some((id, r)) = worst {
-                if let Some(p) = r.replica.partition() {
+                if let Some(p) = r.partition() {
                     eprintln!(
                         "  {id} partition {} backlog {} waiting {:?} head {:?}",
                         p.partition(),

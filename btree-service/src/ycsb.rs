@@ -33,7 +33,7 @@ use crate::keys::{Distribution, ItemChooser, KeyDistribution, ZipfSampler, THETA
 use crate::load::{Sequence, DONE, MEASURE};
 use crate::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;
-use engine::client::{ClientError, Driver};
+use engine::host::client::{ClientError, Completion, Driver};
 use engine::load::{histogram, quantile_us};
 use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
@@ -522,7 +522,7 @@ impl YcsbDriver {
 }
 
 impl Driver<TreeCommand, TreeReply> for YcsbDriver {
-    fn next(&mut self, client: usize) -> Option<TreeCommand> {
+    fn next(&mut self, client: usize, _now_us: u64) -> Option<TreeCommand> {
         if self.phase.load(Ordering::Relaxed) == DONE {
             return None;
         }
@@ -550,10 +550,14 @@ impl Driver<TreeCommand, TreeReply> for YcsbDriver {
     fn complete(
         &mut self,
         client: usize,
-        cmd: TreeCommand,
-        result: Result<TreeReply, ClientError>,
+        done: Completion<TreeCommand, TreeReply>,
         latency: Duration,
     ) {
+        let Completion {
+            command: cmd,
+            result,
+            ..
+        } = done;
         let key = tag_key(&cmd);
         let Some(tag) = self.tags[client]
             .get_mut(&key)
@@ -708,7 +712,7 @@ mod tests {
             let mut kinds: Vec<&str> = Vec::new();
             for scale in [1u32, 4, 16] {
                 let p = crate::load::InProcess {
-                    mode: engine::client::Mode::Psmr,
+                    mode: engine::psmr::proxy::Mode::Psmr,
                     workers: 2,
                     replicas: 2,
                     client_nodes: 1,
