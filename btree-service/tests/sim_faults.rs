@@ -21,7 +21,7 @@ use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,24 +37,13 @@ fn config() -> TreeConfig {
     }
 }
 
-fn exec() -> ExecOptions {
-    ExecOptions {
-        check_conflicts: false,
-        state_hashes: true,
-    }
-}
-
 static ABORTS: AtomicU64 = AtomicU64::new(0);
 static PAUSES: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
-    let mode = if seed.is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed);
     let tuning = Tuning {
         trim: false,
         ..Tuning::default()
@@ -62,31 +51,26 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
     let service = Arc::new(TreeService::new(config()));
     let key_space = config().key_space;
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 30,
-        workload: Arc::new(move |rng: &mut ChaCha8Rng, _| {
-            let k = rng.random_range(0..key_space);
-            let v = Bytes::from(vec![rng.random_range(0..=255u8)]);
-            match rng.random_range(0..100) {
-                0..30 => TreeCommand::Get(k),
-                30..55 => TreeCommand::Insert(k, v),
-                55..70 => TreeCommand::Update(k, v),
-                70..85 => TreeCommand::Delete(k),
-                85..95 => TreeCommand::Scan {
-                    lo: k,
-                    hi: k + rng.random_range(0..12),
-                    limit: rng.random_range(1..8),
-                },
-                _ => TreeCommand::Size,
-            }
-        }),
-        think_us: 20_000,
-    };
-    let mut sim = EngineSim::new(Psmr::new(service.clone(), d, mode, exec(), 100), setup);
+    let workload: Workload<TreeCommand> = Arc::new(move |rng: &mut ChaCha8Rng, _| {
+        let k = rng.random_range(0..key_space);
+        let v = Bytes::from(vec![rng.random_range(0..=255u8)]);
+        match rng.random_range(0..100) {
+            0..30 => TreeCommand::Get(k),
+            30..55 => TreeCommand::Insert(k, v),
+            55..70 => TreeCommand::Update(k, v),
+            70..85 => TreeCommand::Delete(k),
+            85..95 => TreeCommand::Scan {
+                lo: k,
+                hi: k + rng.random_range(0..12),
+                limit: rng.random_range(1..8),
+            },
+            _ => TreeCommand::Size,
+        }
+    });
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 30, 20_000, workload);
+    let blueprint = Psmr::new(service.clone(), d, mode, ExecOptions::hashing(false), 100);
+    let mut sim = EngineSim::new(blueprint, setup);
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
@@ -105,14 +89,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     problems.extend(sim.outcome_problems(&TreeModel::for_config(&config()), Budget::default()));
     ABORTS.fetch_add(stats.aborts, Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(problems, || format!("{mode:?}, {workers} workers"), || ())
 }
 
 #[test]

@@ -28,13 +28,14 @@ use btree_service::model::TreeModel;
 use btree_service::rebalance::RebalancePolicy;
 use btree_service::service::{shard_problems, TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::Budget;
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup, Workload};
+use engine::sim::{
+    checkpoint_every, faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload,
+};
 use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -48,13 +49,6 @@ fn config() -> TreeConfig {
         key_space: 64,
         prefill: 24,
         value_bytes: 2,
-    }
-}
-
-fn exec() -> ExecOptions {
-    ExecOptions {
-        check_conflicts: false,
-        state_hashes: true,
     }
 }
 
@@ -124,30 +118,22 @@ static TOTALS: [AtomicU64; 4] = [
 fn run_faults(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
-    let mode = if seed.is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed);
     let tuning = Tuning {
         trim: false,
         ..Tuning::default()
     };
     let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
     let service = Arc::new(TreeService::new(config()));
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 40,
-        workload: workload(),
-        think_us: 15_000,
-    };
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 40, 15_000, workload());
     // Clients resend after 20 ms (the network's spikes reach 5 ms, pauses 400 ms), so late
     // copies of refused tries are common: a worker must refuse them again even where the range
     // has come back.
-    let mut sim = EngineSim::new(Psmr::new(service, d, mode, exec(), 20), setup);
+    let mut sim = EngineSim::new(
+        Psmr::new(service, d, mode, ExecOptions::hashing(false), 20),
+        setup,
+    );
     let report = sim.campaign(seed, &Campaign::default());
     let history = sim.history();
     let [moves, splits, stripes] = actions(&history);
@@ -167,14 +153,7 @@ fn run_faults(seed: u64, verbose: bool) -> Result<(), String> {
         problems.push("liveness: replicas did not converge after the faults stopped".to_string());
     }
     check(&sim, &mut problems);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(problems, || format!("{mode:?}, {workers} workers"), || ())
 }
 
 #[test]
@@ -199,11 +178,7 @@ fn rebalancing_under_faults_stays_linearizable_in_psmr_and_opt_psmr() {
 fn run_recovery(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=3usize);
-    let mode = if (seed / 2).is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed / 2);
     let tuning = Tuning {
         trim: true,
         trim_every_entries: 8,
@@ -212,70 +187,16 @@ fn run_recovery(seed: u64, verbose: bool) -> Result<(), String> {
     let d = Deployment::new(4, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
     let logs: Vec<LogId> = d.config.logs.iter().map(|l| l.id).collect();
     let service = Arc::new(TreeService::new(config()));
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 80,
-        workload: workload(),
-        think_us: 5_000,
-    };
-    let mut blueprint = Psmr::new(service, d, mode, exec(), 100);
-    blueprint.checkpoints = Some(CheckpointPolicy {
-        every_commands: rng.random_range(5..=25),
-        every_ticks: 100,
-        resend_ticks: 50,
-    });
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 80, 5_000, workload());
+    let mut blueprint = Psmr::new(service, d, mode, ExecOptions::hashing(false), 100);
+    blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=25)));
     let mut sim = EngineSim::new(blueprint, setup);
     let victim = NodeId(4);
     let crash = seed.is_multiple_of(2);
     let crash_at = rng.random_range(60_000..=150_000);
-    sim.run_until(crash_at);
-    let held: Vec<(LogId, u64)> = {
-        let (_, x) = sim
-            .replicas()
-            .find(|(r, _)| *r == victim)
-            .ok_or("victim not up")?;
-        logs.iter()
-            .map(|&l| (l, x.node().feed_next(l).unwrap_or(0)))
-            .collect()
-    };
-    let others: Vec<NodeId> = sim
-        .roles()
-        .config
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&n| n != victim)
-        .collect();
-    if crash {
-        sim.crash(victim);
-    } else {
-        sim.sim.net.partition(&[victim], &others);
-    }
-    let mut t = crash_at;
-    let trimmed_past = |sim: &EngineSim<Psmr<TreeService>>| {
-        sim.replicas().filter(|(r, _)| r.0 <= 3).all(|(_, x)| {
-            held.iter()
-                .all(|&(l, next)| x.node().first_idx(l).is_some_and(|f| f > next))
-        })
-    };
-    while !trimmed_past(&sim) {
-        t += 10_000;
-        if t > crash_at + 3_000_000 {
-            return Err(format!(
-                "logs not trimmed past the victim (held {held:?}) 3 s after the crash"
-            ));
-        }
-        sim.run_until(t);
-    }
-    if crash {
-        sim.restart(victim);
-    } else {
-        sim.sim.net.heal_all();
-        sim.sim.reconnect_all();
-    }
+    sim.isolate_until_trimmed(victim, &logs, crash, crash_at, 3_000_000, verbose)?;
+    sim.rejoin(victim, crash);
     let quiet = sim.run_until_quiet(30_000_000);
     let mut problems = Vec::new();
     if !quiet {
@@ -307,14 +228,7 @@ fn run_recovery(seed: u64, verbose: bool) -> Result<(), String> {
         );
     }
     check(&sim, &mut problems);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(problems, || format!("{mode:?}, {workers} workers"), || ())
 }
 
 #[test]

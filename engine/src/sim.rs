@@ -17,7 +17,7 @@
 //! the linearizability checker.
 
 use crate::host::client::{ClientError, ClientHost, ClientStats, Completion, Driver, Proxy};
-use crate::host::replica::ReplicaCore;
+use crate::host::replica::{CheckpointStats, ReplicaCore};
 use crate::host::{Host, OnNode, ReplicaHost};
 use crate::wire::ClientId;
 use groups::config::ClusterConfig;
@@ -744,6 +744,182 @@ impl<B: Blueprint> EngineSim<B> {
         self.sim.reconnect_all();
         report.quiet = self.run_until_quiet(c.settle_us);
         report
+    }
+}
+
+impl<C> SimSetup<C> {
+    /// The simulated campaigns' clients: 2 per client node, each with a window of 2, running
+    /// `ops_per_client` commands of `workload` with `think_us` between submissions.
+    pub fn two_by_two(
+        seed: u64,
+        net: NetFaults,
+        ops_per_client: usize,
+        think_us: u64,
+        workload: Workload<C>,
+    ) -> Self {
+        SimSetup {
+            seed,
+            net,
+            clients_per_node: 2,
+            window: 2,
+            ops_per_client,
+            workload,
+            think_us,
+        }
+    }
+}
+
+/// The simulated campaigns' checkpoints: one asked for every `every_commands` commands, or
+/// every 100 ticks if any command ran, asked again (and a transfer retried) after 50 ticks.
+pub fn checkpoint_every(every_commands: u64) -> crate::checkpoint::CheckpointPolicy {
+    crate::checkpoint::CheckpointPolicy {
+        every_commands,
+        every_ticks: 100,
+        resend_ticks: 50,
+    }
+}
+
+/// A simulated run's verdict: `Ok(summary())` when the checks found no problem, else the
+/// problems, one a line, under `label()` (what the seed drew).
+pub fn verdict<T>(
+    problems: Vec<String>,
+    label: impl FnOnce() -> String,
+    summary: impl FnOnce() -> T,
+) -> Result<T, String> {
+    if problems.is_empty() {
+        Ok(summary())
+    } else {
+        Err(format!("{}:\n  {}", label(), problems.join("\n  ")))
+    }
+}
+
+/// What [`EngineSim::isolate_until_trimmed`] left behind.
+#[derive(Clone, Debug)]
+pub struct Isolation {
+    /// Per log of the victim, the first entry it had not received when it was taken away.
+    pub held: Vec<(LogId, u64)>,
+    /// When every acceptor had trimmed those logs past it.
+    pub trimmed_by_us: u64,
+}
+
+impl<B: Blueprint> EngineSim<B> {
+    /// The recovery campaigns' scenario, first half: at `at_us` the replica `victim` is
+    /// crashed (`crash`) or cut off from every other node, and the run goes on (the clients
+    /// keep loading) until every live acceptor of each of `logs` has trimmed it past what the
+    /// victim had received. An error if that takes more than `patience_us` (`verbose` prints
+    /// every replica's checkpoints and node then).
+    pub fn isolate_until_trimmed(
+        &mut self,
+        victim: NodeId,
+        logs: &[LogId],
+        crash: bool,
+        at_us: u64,
+        patience_us: u64,
+        verbose: bool,
+    ) -> Result<Isolation, String> {
+        self.run_until(at_us);
+        let held: Vec<(LogId, u64)> = {
+            let (_, x) = self
+                .replicas()
+                .find(|(r, _)| *r == victim)
+                .ok_or("victim not up")?;
+            logs.iter()
+                .map(|&l| (l, x.node().feed_next(l).unwrap_or(0)))
+                .collect()
+        };
+        let others: Vec<NodeId> = self
+            .roles()
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|&n| n != victim)
+            .collect();
+        if crash {
+            self.crash(victim);
+        } else {
+            self.sim.net.partition(&[victim], &others);
+        }
+        let trimmed_past = |sim: &Self| {
+            held.iter().all(|&(l, next)| {
+                let acceptors = &sim.roles().config.log(l).expect("a log").acceptors;
+                sim.replicas()
+                    .filter(|(r, _)| acceptors.contains(r))
+                    .all(|(_, x)| x.node().first_idx(l).is_some_and(|f| f > next))
+            })
+        };
+        let mut t = at_us;
+        while !trimmed_past(self) {
+            t += 10_000;
+            if t > at_us + patience_us {
+                let firsts: Vec<_> = self
+                    .replicas()
+                    .map(|(r, x)| {
+                        (
+                            r,
+                            logs.iter()
+                                .map(|&l| x.node().first_idx(l))
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect();
+                if verbose {
+                    for (r, x) in self.replicas() {
+                        eprintln!("{r}: {:?}\n{}", x.checkpoint_stats(), x.node().describe());
+                    }
+                }
+                return Err(format!(
+                    "logs not trimmed past the victim {victim} (held {held:?}) {} s after the crash: first indexes {firsts:?}",
+                    patience_us as f64 / 1e6
+                ));
+            }
+            self.run_until(t);
+        }
+        Ok(Isolation {
+            held,
+            trimmed_by_us: t,
+        })
+    }
+
+    /// The recovery scenario's second half: the victim restarts empty (`crash`) or the
+    /// network heals.
+    pub fn rejoin(&mut self, victim: NodeId, crash: bool) {
+        if crash {
+            self.restart(victim);
+        } else {
+            self.sim.net.heal_all();
+            self.sim.reconnect_all();
+        }
+    }
+
+    /// The checks a recovery run ends with: the victim installed a checkpoint by state
+    /// transfer, every replica holds one, every replica is up and every command completed.
+    /// The problems, and the victim's checkpoint counters.
+    pub fn recovery_problems(&self, victim: NodeId) -> (Vec<String>, CheckpointStats) {
+        let mut problems = Vec::new();
+        let stats: Vec<(NodeId, CheckpointStats)> = self
+            .replicas()
+            .map(|(r, x)| (r, x.checkpoint_stats()))
+            .collect();
+        let victim_stats = match stats.iter().find(|(r, _)| *r == victim) {
+            Some((_, s)) if s.installed >= 1 => s.clone(),
+            other => {
+                problems.push(format!(
+                    "the victim did not recover by state transfer: {other:?}"
+                ));
+                CheckpointStats::default()
+            }
+        };
+        if stats.iter().any(|(_, s)| s.taken == 0) {
+            problems.push(format!("a replica holds no checkpoint: {stats:?}"));
+        }
+        if self.replicas().count() != self.roles().replicas().count() {
+            problems.push("a replica is down at the end".into());
+        }
+        if self.history().iter().any(|o| o.ret.is_none()) {
+            problems.push("a command never completed".into());
+        }
+        (problems, victim_stats)
     }
 }
 

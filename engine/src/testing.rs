@@ -172,6 +172,24 @@ impl Service for KvService {
     }
 }
 
+/// The P-SMR campaigns' mix over keys `0..keys`: gets and puts (one worker), inserts of new
+/// keys above `keys` (all workers conservatively, refused now and then optimistically),
+/// transfers (two workers), sums and lengths (all workers).
+pub fn kv_workload(keys: u64) -> crate::sim::Workload<KvCommand> {
+    use rand::RngExt;
+    std::sync::Arc::new(move |rng: &mut rand_chacha::ChaCha8Rng, _| {
+        let k = rng.random_range(0..keys);
+        match rng.random_range(0..100) {
+            0..30 => KvCommand::Get(k),
+            30..50 => KvCommand::Put(k, rng.random_range(0..100)),
+            50..70 => KvCommand::Insert(keys + rng.random_range(0..200), rng.random_range(0..100)),
+            70..92 => KvCommand::Transfer(k, rng.random_range(0..keys), 1),
+            92..96 => KvCommand::Sum,
+            _ => KvCommand::Len,
+        }
+    })
+}
+
 /// The sequential specification of [`KvService`] for the linearizability checker.
 pub struct KvModel;
 

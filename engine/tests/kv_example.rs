@@ -17,13 +17,14 @@
 #[path = "../examples/kv.rs"]
 mod kv;
 
-use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::{Budget, Sequential};
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
+use engine::sim::{
+    checkpoint_every, faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload,
+};
 use kv::{Cmd, Kv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -39,11 +40,7 @@ static INSTALLED: AtomicU64 = AtomicU64::new(0);
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
-    let mode = if seed.is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed);
     // Half the seeds checkpoint (the example's snapshot_shard / restore_shard) with the logs
     // trimmed below the checkpoints, so a replica that crashed and finds its logs trimmed
     // recovers by state transfer; the other half replay the untrimmed logs.
@@ -53,35 +50,21 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         ..Default::default()
     };
     let d = Deployment::new(2, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 25,
-        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
-            let k = rng.random_range(0..KEYS);
-            match rng.random_range(0..10) {
-                0..4 => Cmd::Get(k),
-                4..7 => Cmd::Put(k, format!("v{}", rng.random_range(0..100))),
-                7..9 => Cmd::Copy(k, rng.random_range(0..KEYS)),
-                _ => Cmd::Len,
-            }
-        }),
-        think_us: 20_000,
-    };
-    let exec = ExecOptions {
-        check_conflicts: true,
-        state_hashes: true,
-    };
+    let workload: Workload<Cmd> = Arc::new(|rng: &mut ChaCha8Rng, _| {
+        let k = rng.random_range(0..KEYS);
+        match rng.random_range(0..10) {
+            0..4 => Cmd::Get(k),
+            4..7 => Cmd::Put(k, format!("v{}", rng.random_range(0..100))),
+            7..9 => Cmd::Copy(k, rng.random_range(0..KEYS)),
+            _ => Cmd::Len,
+        }
+    });
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 25, 20_000, workload);
     let service = Arc::new(Kv);
-    let mut blueprint = Psmr::new(service.clone(), d, mode, exec, 100);
+    let mut blueprint = Psmr::new(service.clone(), d, mode, ExecOptions::hashing(true), 100);
     if checkpoints {
-        blueprint.checkpoints = Some(CheckpointPolicy {
-            every_commands: rng.random_range(5..=20),
-            every_ticks: 100,
-            resend_ticks: 50,
-        });
+        blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=20)));
     }
     let mut sim = EngineSim::new(blueprint, setup);
     let report = sim.campaign(seed, &Campaign::default());
@@ -105,18 +88,11 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     }
     let model = Sequential::new(service, kv::keys);
     problems.extend(sim.outcome_problems(&model, Budget::new(2_000_000)));
-    if problems.is_empty() {
-        Ok(format!(
-            "{} ops, {} crashes",
-            sim.history().len(),
-            report.crashes
-        ))
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{mode:?}, {workers} workers"),
+        || format!("{} ops, {} crashes", sim.history().len(), report.crashes),
+    )
 }
 
 #[test]

@@ -12,124 +12,38 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::lincheck::{Budget, Keys, Model};
+use engine::lincheck::Budget;
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
-use engine::testing::{KvCommand, KvReply, KvService};
+use engine::sim::{faulty_network, verdict, Campaign, EngineSim, SimSetup};
+use engine::testing::{kv_workload, KvModel, KvService};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const KEYS: u64 = 12;
 
-/// opt-PSMR refusals seen over all seeds of this run.
-fn exec() -> ExecOptions {
-    ExecOptions {
-        check_conflicts: false,
-        state_hashes: true,
-    }
-}
-
+/// opt-PSMR refusals, and pauses, seen over all seeds of this run.
 static ABORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static PAUSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Sequential specification of the test service.
-struct KvModel;
-
-impl Model for KvModel {
-    type State = BTreeMap<u64, i64>;
-    type Input = KvCommand;
-    type Output = KvReply;
-
-    fn init(&self) -> Self::State {
-        BTreeMap::new()
-    }
-
-    fn step(
-        &self,
-        s: &Self::State,
-        input: &KvCommand,
-        output: Option<&KvReply>,
-    ) -> Option<Self::State> {
-        let mut next = s.clone();
-        let reply = match *input {
-            KvCommand::Get(k) => KvReply::Value(s.get(&k).copied()),
-            KvCommand::Put(k, v) => {
-                next.insert(k, v);
-                KvReply::Ok
-            }
-            KvCommand::Insert(k, v) => KvReply::Inserted(
-                next.insert(k, v).is_none() || {
-                    next.insert(k, s[&k]);
-                    false
-                },
-            ),
-            KvCommand::Transfer(a, b, x) => {
-                *next.entry(a).or_insert(0) -= x;
-                *next.entry(b).or_insert(0) += x;
-                KvReply::Ok
-            }
-            KvCommand::Sum => KvReply::Total(s.values().sum()),
-            KvCommand::Len => KvReply::Len(s.len() as u64),
-        };
-        match output {
-            Some(o) if *o != reply => None,
-            _ => Some(next),
-        }
-    }
-
-    fn keys(&self, input: &KvCommand) -> Keys {
-        match *input {
-            KvCommand::Get(k) | KvCommand::Put(k, _) | KvCommand::Insert(k, _) => {
-                Keys::Some(vec![k])
-            }
-            KvCommand::Transfer(a, b, _) => Keys::Some(vec![a, b]),
-            KvCommand::Sum | KvCommand::Len => Keys::All,
-        }
-    }
-}
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
-    let mode = if seed.is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed);
     let tuning = Tuning {
         trim: false,
         ..Tuning::default()
     };
     let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
     let service = Arc::new(KvService { split_every: 3 });
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 30,
-        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
-            let k = rng.random_range(0..KEYS);
-            match rng.random_range(0..100) {
-                0..30 => KvCommand::Get(k),
-                30..50 => KvCommand::Put(k, rng.random_range(0..100)),
-                50..70 => {
-                    KvCommand::Insert(KEYS + rng.random_range(0..200), rng.random_range(0..100))
-                }
-                70..92 => KvCommand::Transfer(k, rng.random_range(0..KEYS), 1),
-                92..96 => KvCommand::Sum,
-                _ => KvCommand::Len,
-            }
-        }),
-        think_us: 20_000,
-    };
-    let mut sim = EngineSim::new(Psmr::new(service, d, mode, exec(), 100), setup);
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 30, 20_000, kv_workload(KEYS));
+    let blueprint = Psmr::new(service, d, mode, ExecOptions::hashing(false), 100);
+    let mut sim = EngineSim::new(blueprint, setup);
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
@@ -158,20 +72,19 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     problems.extend(sim.outcome_problems(&KvModel, Budget::new(2_000_000)));
     ABORTS.fetch_add(stats.aborts, std::sync::atomic::Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, std::sync::atomic::Ordering::Relaxed);
-    if problems.is_empty() {
-        Ok(format!(
-            "{} ops, {} aborts, {} crashes, {} pauses",
-            history.len(),
-            stats.aborts,
-            report.crashes,
-            report.pauses
-        ))
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{mode:?}, {workers} workers"),
+        || {
+            format!(
+                "{} ops, {} aborts, {} crashes, {} pauses",
+                history.len(),
+                stats.aborts,
+                report.crashes,
+                report.pauses
+            )
+        },
+    )
 }
 
 #[test]

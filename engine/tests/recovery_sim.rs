@@ -15,14 +15,13 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::Budget;
 use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, EngineSim, SimSetup};
-use engine::testing::{KvCommand, KvModel, KvService};
+use engine::sim::{checkpoint_every, faulty_network, verdict, EngineSim, SimSetup};
+use engine::testing::{kv_workload, KvModel, KvService};
 use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -34,11 +33,7 @@ const KEYS: u64 = 12;
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
-    let mode = if (seed / 2).is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed / 2);
     let tuning = Tuning {
         trim: true,
         trim_every_entries: 8,
@@ -47,158 +42,51 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let d = Deployment::new(4, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
     let logs: Vec<LogId> = d.config.logs.iter().map(|l| l.id).collect();
     let service = Arc::new(KvService { split_every: 3 });
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 80,
-        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
-            let k = rng.random_range(0..KEYS);
-            match rng.random_range(0..100) {
-                0..30 => KvCommand::Get(k),
-                30..50 => KvCommand::Put(k, rng.random_range(0..100)),
-                50..70 => {
-                    KvCommand::Insert(KEYS + rng.random_range(0..200), rng.random_range(0..100))
-                }
-                70..92 => KvCommand::Transfer(k, rng.random_range(0..KEYS), 1),
-                92..96 => KvCommand::Sum,
-                _ => KvCommand::Len,
-            }
-        }),
-        think_us: 5_000,
-    };
-    let exec = ExecOptions {
-        check_conflicts: false,
-        state_hashes: true,
-    };
-    let mut blueprint = Psmr::new(service, d, mode, exec, 100);
-    blueprint.checkpoints = Some(CheckpointPolicy {
-        every_commands: rng.random_range(5..=25),
-        every_ticks: 100,
-        resend_ticks: 50,
-    });
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 80, 5_000, kv_workload(KEYS));
+    let mut blueprint = Psmr::new(service, d, mode, ExecOptions::hashing(false), 100);
+    blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=25)));
     let mut sim = EngineSim::new(blueprint, setup);
     // Replica 4 is not an acceptor: trimming can go past it (an acceptor's log copy cannot
     // be trimmed while it is down: omnipaxos trims what every acceptor holds).
     let victim = NodeId(4);
     let crash = seed.is_multiple_of(2);
     let crash_at = rng.random_range(60_000..=150_000);
-    sim.run_until(crash_at);
-    let held: Vec<(LogId, u64)> = {
-        let (_, x) = sim
-            .replicas()
-            .find(|(r, _)| *r == victim)
-            .ok_or("victim not up")?;
-        logs.iter()
-            .map(|&l| (l, x.node().feed_next(l).unwrap_or(0)))
-            .collect()
-    };
-    let others: Vec<NodeId> = sim
-        .roles()
-        .config
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&n| n != victim)
-        .collect();
-    if crash {
-        sim.crash(victim);
-    } else {
-        sim.sim.net.partition(&[victim], &others);
-    }
     // Keep loading until every live acceptor trimmed every log past what the victim held.
-    let mut t = crash_at;
-    let trimmed_past = |sim: &EngineSim<Psmr<KvService>>| {
-        sim.replicas().filter(|(r, _)| r.0 <= 3).all(|(_, x)| {
-            held.iter()
-                .all(|&(l, next)| x.node().first_idx(l).is_some_and(|f| f > next))
-        })
-    };
-    while !trimmed_past(&sim) {
-        t += 10_000;
-        if t > crash_at + 3_000_000 {
-            let firsts: Vec<_> = sim
-                .replicas()
-                .map(|(r, x)| {
-                    (
-                        r,
-                        logs.iter()
-                            .map(|&l| x.node().first_idx(l))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .collect();
-            if verbose {
-                for (r, x) in sim.replicas() {
-                    eprintln!("{r}: {:?}\n{}", x.checkpoint_stats(), x.node().describe());
-                }
-            }
-            return Err(format!(
-                "logs not trimmed past the victim {victim} (held {held:?}) 3 s after the crash: first indexes {firsts:?}"
-            ));
-        }
-        sim.run_until(t);
-    }
+    let gone = sim.isolate_until_trimmed(victim, &logs, crash, crash_at, 3_000_000, verbose)?;
     if verbose {
         let what = if crash { "crashed" } else { "cut off" };
-        eprintln!("seed {seed}: {mode:?}, {workers} workers, victim {victim} {what} at {crash_at} us holding {held:?}, trimmed past by {t} us");
+        eprintln!(
+            "seed {seed}: {mode:?}, {workers} workers, victim {victim} {what} at {crash_at} us holding {:?}, trimmed past by {} us",
+            gone.held, gone.trimmed_by_us
+        );
     }
-    if crash {
-        sim.restart(victim);
-    } else {
-        sim.sim.net.heal_all();
-        sim.sim.reconnect_all();
-    }
+    sim.rejoin(victim, crash);
     let quiet = sim.run_until_quiet(30_000_000);
     let mut problems = Vec::new();
     if !quiet {
         problems.push("liveness: not quiet after the restart".to_string());
     }
-    let stats: Vec<(NodeId, _)> = sim
-        .replicas()
-        .map(|(r, x)| (r, x.checkpoint_stats()))
-        .collect();
     if verbose {
-        for (r, s) in &stats {
-            eprintln!("  {r}: {s:?}");
+        for (r, x) in sim.replicas() {
+            eprintln!("  {r}: {:?}", x.checkpoint_stats());
         }
     }
-    match stats.iter().find(|(r, _)| *r == victim) {
-        Some((_, s)) if s.installed >= 1 => {}
-        other => problems.push(format!(
-            "the victim did not recover by state transfer: {other:?}"
-        )),
-    }
-    if stats.iter().any(|(_, s)| s.taken == 0) {
-        problems.push(format!("a replica holds no checkpoint: {stats:?}"));
-    }
-    if sim.replicas().count() != 4 {
-        problems.push("a replica is down at the end".into());
-    }
-    let history = sim.history();
-    if history.iter().any(|o| o.ret.is_none()) {
-        problems.push("a command never completed".into());
-    }
+    let (recovery, victim_stats) = sim.recovery_problems(victim);
+    problems.extend(recovery);
     problems.extend(sim.outcome_problems(&KvModel, Budget::new(2_000_000)));
-    let victim_stats = stats
-        .iter()
-        .find(|(r, _)| *r == victim)
-        .map(|(_, s)| s.clone())
-        .unwrap_or_default();
-    if problems.is_empty() {
-        Ok(format!(
-            "{} ops, victim installed round {} ({} bytes)",
-            history.len(),
-            victim_stats.round,
-            victim_stats.bytes
-        ))
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers, victim {victim}:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{mode:?}, {workers} workers, victim {victim}"),
+        || {
+            format!(
+                "{} ops, victim installed round {} ({} bytes)",
+                sim.history().len(),
+                victim_stats.round,
+                victim_stats.bytes
+            )
+        },
+    )
 }
 
 #[test]

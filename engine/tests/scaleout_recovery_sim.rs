@@ -23,13 +23,12 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::Budget;
 use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
+use engine::sim::{checkpoint_every, faulty_network, verdict, Campaign, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -38,8 +37,6 @@ use std::sync::Arc;
 
 const PRELOAD: u64 = 16;
 const KEYS: u64 = 24;
-
-type Sim = EngineSim<ScaleOut<ObjectKv>>;
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -82,94 +79,25 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         record_views: true,
         ..ServerOptions::new(scheme)
     };
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 70,
-        workload: workload(KEYS),
-        think_us: 5_000,
-    };
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 70, 5_000, workload(KEYS));
     let mut blueprint = ScaleOut::new(service, layout, client, server);
-    blueprint.checkpoints = Some(CheckpointPolicy {
-        every_commands: rng.random_range(5..=20),
-        every_ticks: 100,
-        resend_ticks: 50,
-    });
+    blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=20)));
     let mut sim = EngineSim::new(blueprint, setup);
     let crash = (seed / 4).is_multiple_of(2);
     let crash_at = rng.random_range(60_000..=150_000);
-    sim.run_until(crash_at);
-    let held: Vec<(LogId, u64)> = {
-        let (_, x) = sim
-            .replicas()
-            .find(|(r, _)| *r == victim)
-            .ok_or("victim not up")?;
-        victim_logs
-            .iter()
-            .map(|&l| (l, x.node().feed_next(l).unwrap_or(0)))
-            .collect()
-    };
-    let others: Vec<NodeId> = sim
-        .roles()
-        .config
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&n| n != victim)
-        .collect();
-    if crash {
-        sim.crash(victim);
-    } else {
-        sim.sim.net.partition(&[victim], &others);
-    }
     // Keep loading until every acceptor of the victim's logs trimmed them past what it held.
-    let trimmed_past = |sim: &Sim| {
-        held.iter().all(|&(l, next)| {
-            let acceptors = &sim.roles().config.log(l).expect("a log").acceptors;
-            sim.replicas()
-                .filter(|(r, _)| acceptors.contains(r))
-                .all(|(_, x)| x.node().first_idx(l).is_some_and(|f| f > next))
-        })
-    };
-    let mut t = crash_at;
-    while !trimmed_past(&sim) {
-        t += 10_000;
-        if t > crash_at + 3_000_000 {
-            let firsts: Vec<_> = sim
-                .replicas()
-                .map(|(r, x)| {
-                    (
-                        r,
-                        victim_logs
-                            .iter()
-                            .map(|&l| x.node().first_idx(l))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .collect();
-            if verbose {
-                for (r, x) in sim.replicas() {
-                    eprintln!("{r}: {:?}\n{}", x.checkpoint_stats(), x.node().describe());
-                }
-            }
-            return Err(format!(
-                "{scheme:?}: logs not trimmed past the victim {victim} (held {held:?}) 3 s after the crash: first indexes {firsts:?}"
-            ));
-        }
-        sim.run_until(t);
-    }
+    let gone = sim
+        .isolate_until_trimmed(victim, &victim_logs, crash, crash_at, 3_000_000, verbose)
+        .map_err(|e| format!("{scheme:?}: {e}"))?;
     if verbose {
         let what = if crash { "crashed" } else { "cut off" };
-        eprintln!("seed {seed}: {scheme:?}, {partitions} partitions x 4, victim {victim} {what} at {crash_at} us holding {held:?}, trimmed past by {t} us");
+        eprintln!(
+            "seed {seed}: {scheme:?}, {partitions} partitions x 4, victim {victim} {what} at {crash_at} us holding {:?}, trimmed past by {} us",
+            gone.held, gone.trimmed_by_us
+        );
     }
-    if crash {
-        sim.restart(victim);
-    } else {
-        sim.sim.net.heal_all();
-        sim.sim.reconnect_all();
-    }
+    sim.rejoin(victim, crash);
     let quiet = sim.run_until_quiet(30_000_000);
     let mut problems = Vec::new();
     if !quiet {
@@ -195,45 +123,29 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             eprintln!("  {r}: {s:?}");
         }
     }
-    let victim_stats = match stats.iter().find(|(r, _)| *r == victim) {
-        Some((_, s)) if s.installed >= 1 => s.clone(),
-        other => {
-            problems.push(format!(
-                "the victim did not recover by state transfer: {other:?}"
-            ));
-            Default::default()
-        }
-    };
+    let (recovery, victim_stats) = sim.recovery_problems(victim);
+    problems.extend(recovery);
     if stats.iter().any(|(_, s)| s.refused > 0) {
         problems.push(format!("a checkpoint was refused: {stats:?}"));
     }
-    if stats.iter().any(|(_, s)| s.taken == 0) {
-        problems.push(format!("a replica holds no checkpoint: {stats:?}"));
-    }
-    if sim.replicas().count() != sim.roles().replicas().count() {
-        problems.push("a replica is down at the end".into());
-    }
     problems.extend(check_ownership(&sim));
-    let history = sim.history();
-    if history.iter().any(|o| o.ret.is_none()) {
-        problems.push("a command never completed".into());
-    }
     problems
         .extend(sim.outcome_problems(&ObjectKvModel { preload: PRELOAD }, Budget::new(2_000_000)));
-    if problems.is_empty() {
-        Ok(format!(
-            "{scheme:?}, {} ops, victim {victim} installed round {} ({} bytes)",
-            history.len(),
-            victim_stats.round,
-            victim_stats.bytes
-        ))
-    } else {
-        Err(format!(
-            "{scheme:?}, {partitions} partitions x 4, victim {victim} {}:\n  {}",
-            if crash { "crashed" } else { "cut off" },
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || {
+            let what = if crash { "crashed" } else { "cut off" };
+            format!("{scheme:?}, {partitions} partitions x 4, victim {victim} {what}")
+        },
+        || {
+            format!(
+                "{scheme:?}, {} ops, victim {victim} installed round {} ({} bytes)",
+                sim.history().len(),
+                victim_stats.round,
+                victim_stats.bytes
+            )
+        },
+    )
 }
 
 #[test]
@@ -275,21 +187,10 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
         record_views: true,
         ..ServerOptions::new(scheme)
     };
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 40,
-        workload: workload(KEYS),
-        think_us: 10_000,
-    };
+    let net = faulty_network(&mut rng);
+    let setup = SimSetup::two_by_two(seed, net, 40, 10_000, workload(KEYS));
     let mut blueprint = ScaleOut::new(service, layout, client, server);
-    blueprint.checkpoints = Some(CheckpointPolicy {
-        every_commands: rng.random_range(5..=20),
-        every_ticks: 100,
-        resend_ticks: 50,
-    });
+    blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=20)));
     let mut sim = EngineSim::new(blueprint, setup);
     let report = sim.campaign(seed, &Campaign::default());
     let stats: Vec<(NodeId, _)> = sim
@@ -313,22 +214,20 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
         problems.push(format!("a checkpoint was refused: {stats:?}"));
     }
     problems.extend(check_ownership(&sim));
-    let history = sim.history();
     problems
         .extend(sim.outcome_problems(&ObjectKvModel { preload: PRELOAD }, Budget::new(2_000_000)));
     let installed: u64 = stats.iter().map(|(_, s)| s.installed).sum();
-    if problems.is_empty() {
-        Ok(format!(
-            "{scheme:?}, {} ops, {} crashes, {installed} checkpoints installed",
-            history.len(),
-            report.crashes
-        ))
-    } else {
-        Err(format!(
-            "{scheme:?}, {partitions} partitions x {replicas}:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{scheme:?}, {partitions} partitions x {replicas}"),
+        || {
+            format!(
+                "{scheme:?}, {} ops, {} crashes, {installed} checkpoints installed",
+                sim.history().len(),
+                report.crashes
+            )
+        },
+    )
 }
 
 #[test]

@@ -25,7 +25,7 @@ use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
 use engine::psmr::workers::Meetings;
-use engine::sim::{EngineSim, SimSetup};
+use engine::sim::{verdict, EngineSim, SimSetup};
 use engine::testing::{KvCommand, KvModel, KvService};
 use engine::{wire, Access, Service, Shards, SnapshotError, Target};
 use groups::sim::NetFaults;
@@ -42,28 +42,17 @@ static LENDERS_FIRST: AtomicU64 = AtomicU64::new(0);
 static ORDERS_DIFFER: AtomicU64 = AtomicU64::new(0);
 
 fn setup<C: 'static>(seed: u64, workload: engine::sim::Workload<C>) -> SimSetup<C> {
-    SimSetup {
-        seed,
-        net: NetFaults {
-            latency_us: (50, 400),
-            ..NetFaults::calm()
-        },
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 25,
-        workload,
-        think_us: 8_000,
-    }
+    let net = NetFaults {
+        latency_us: (50, 400),
+        ..NetFaults::calm()
+    };
+    SimSetup::two_by_two(seed, net, 25, 8_000, workload)
 }
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(3..=4usize);
-    let mode = if seed.is_multiple_of(2) {
-        Mode::Psmr
-    } else {
-        Mode::OptPsmr
-    };
+    let mode = Mode::alternating(seed);
     let tuning = groups::config::Tuning {
         trim: false,
         ..Default::default()
@@ -80,11 +69,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             _ => KvCommand::Len,
         }
     });
-    let exec = ExecOptions {
-        check_conflicts: true,
-        state_hashes: true,
-    };
-    let mut blueprint = Psmr::new(Arc::new(KvService { split_every: 3 }), d, mode, exec, 200);
+    let service = Arc::new(KvService { split_every: 3 });
+    let mut blueprint = Psmr::new(service, d, mode, ExecOptions::hashing(true), 200);
     blueprint.checkpoints = Some(CheckpointPolicy {
         every_commands: rng.random_range(3..=10),
         every_ticks: 50,
@@ -131,17 +117,11 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if verbose {
         eprintln!("seed {seed}: {mode:?}, {workers} workers, meetings {meetings:?}, checkpoints {by_round:?}");
     }
-    if problems.is_empty() {
-        Ok(format!(
-            "{} ops, meetings {meetings:?}",
-            sim.history().len()
-        ))
-    } else {
-        Err(format!(
-            "{mode:?}, {workers} workers:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{mode:?}, {workers} workers"),
+        || format!("{} ops, meetings {meetings:?}", sim.history().len()),
+    )
 }
 
 #[test]

@@ -22,6 +22,16 @@ pub struct ExecOptions {
     pub state_hashes: bool,
 }
 
+impl ExecOptions {
+    /// The state hashed into every reply (clients compare replicas), conflicts checked or not.
+    pub fn hashing(check_conflicts: bool) -> Self {
+        ExecOptions {
+            check_conflicts,
+            state_hashes: true,
+        }
+    }
+}
+
 /// Counters of one worker (replicated: equal at every replica at the same point of the
 /// stream, so they are part of a checkpoint).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

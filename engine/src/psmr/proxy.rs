@@ -35,6 +35,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The simulated campaigns' convention: even numbers P-SMR, odd ones opt-PSMR.
+    pub fn alternating(n: u64) -> Mode {
+        if n.is_multiple_of(2) {
+            Mode::Psmr
+        } else {
+            Mode::OptPsmr
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Smr => "smr",
