@@ -440,10 +440,7 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             .filter(|s| !s.points.is_empty())
             .collect();
         let title = format!("Atomic multicast throughput ({} batching)", b.name());
-        match report::line_chart(&path, &title, "groups", "messages / s", &series) {
-            Ok(()) => println!("wrote {}", path.display()),
-            Err(e) => eprintln!("could not draw {}: {e}", path.display()),
-        }
+        report::draw_chart(&path, &title, "groups", "messages / s", &series);
     }
     rows
 }

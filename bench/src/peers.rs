@@ -695,29 +695,23 @@ fn write_outputs(plan: &Plan, rows: &[Row], versions: &[String], out: &Path, mac
         }
         let path = out.join(format!("peers-writes-{w}.svg"));
         let title = format!("{}: throughput vs requests in flight", load_name(w));
-        match report::line_chart(
+        report::draw_chart(
             &path,
             &title,
             "requests in flight (clients x outstanding)",
             "operations / s",
             &series,
-        ) {
-            Ok(()) => println!("wrote {}", path.display()),
-            Err(e) => eprintln!("peers: {}: {e}", path.display()),
-        }
+        );
         all.extend(series);
     }
     let path = out.join("peers.svg");
-    match report::line_chart(
+    report::draw_chart(
         &path,
         "Chorus vs etcd vs ZooKeeper: throughput vs requests in flight",
         "requests in flight (clients x outstanding)",
         "operations / s",
         &all,
-    ) {
-        Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => eprintln!("peers: {}: {e}", path.display()),
-    }
+    );
 }
 
 /// A row of `peers-ycsb.json`: one system on one YCSB workload, medians over the runs.

@@ -71,6 +71,23 @@ impl Table {
     }
 }
 
+/// `x` with `d` decimals, or `-` where it is not a finite number (a cell of a [`Table`]).
+pub fn decimals(x: f64, d: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.d$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// [`line_chart`], saying on stdout what it wrote, or on stderr why it could not.
+pub fn draw_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) {
+    match line_chart(path, title, x_label, y_label, series) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("could not draw {}: {e}", path.display()),
+    }
+}
+
 /// One line of a chart.
 pub struct Series {
     pub label: String,

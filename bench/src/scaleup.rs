@@ -308,10 +308,7 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             .filter(|s| !s.points.is_empty())
             .collect();
         let title = format!("Replicated B+-tree, {} workload, {label} keys", w.name());
-        match report::line_chart(&path, &title, "workers", "commands / s", &series) {
-            Ok(()) => println!("wrote {}", path.display()),
-            Err(e) => eprintln!("could not draw {}: {e}", path.display()),
-        }
+        report::draw_chart(&path, &title, "workers", "commands / s", &series);
     }
     rows
 }
@@ -329,13 +326,7 @@ pub fn table(rows: &[Row]) -> Table {
         "speed-up",
         "vs unrepl.",
     ]);
-    let f = |x: f64, d: usize| {
-        if x.is_finite() {
-            format!("{x:.d$}")
-        } else {
-            "-".into()
-        }
-    };
+    let f = report::decimals;
     for r in rows {
         t.row(vec![
             r.workload.name().to_string(),

@@ -236,13 +236,7 @@ pub fn table(rows: &[Row]) -> Table {
         "stripes",
         "misroutes",
     ]);
-    let f = |x: f64, d: usize| {
-        if x.is_finite() {
-            format!("{x:.d$}")
-        } else {
-            "-".into()
-        }
-    };
+    let f = report::decimals;
     for r in rows {
         t.row(vec![
             r.distribution.clone(),

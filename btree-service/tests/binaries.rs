@@ -10,31 +10,35 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::{
-    exit_code_and_stderr, free_port, free_ports_from, metric_sum, scrape, start_nodes, Processes,
+    exit_code_and_stderr, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
+    start_nodes, wait_for, write_config, Processes,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
 
 fn client(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(CLIENT)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--node",
-            "1000",
-            "--timeout-s",
-            "20",
-        ])
-        .args(args)
-        .output()
-        .expect("run btree-client");
-    let text = String::from_utf8_lossy(if out.status.success() {
-        &out.stdout
-    } else {
-        &out.stderr
-    });
-    (out.status.success(), text.trim().to_string())
+    run_client(CLIENT, config, 1000, 20, args)
+}
+
+const SECS_30: Duration = Duration::from_secs(30);
+const MS_200: Duration = Duration::from_millis(200);
+const MS_100: Duration = Duration::from_millis(100);
+
+/// A deployment of 3 replicas of 1 worker, 1 client node, 10 keys, ports from `base`.
+fn small_deployment(base: &str) -> [&str; 10] {
+    [
+        "--replicas",
+        "3",
+        "--workers",
+        "1",
+        "--clients",
+        "1",
+        "--prefill",
+        "10",
+        "--base-port",
+        base,
+    ]
 }
 
 #[test]
@@ -64,27 +68,12 @@ fn in_process_repl_answers_commands() {
 
 #[test]
 fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
-    let dir = std::env::temp_dir().join(format!("chorus-btree-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("btree");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(21000, 6);
-    let status = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap()])
-        .args([
-            "--replicas",
-            "3",
-            "--workers",
-            "2",
-            "--clients",
-            "2",
-            "--prefill",
-            "1000",
-        ])
-        .args(["--base-port", &base.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let base = free_ports_from(21000, 6).to_string();
+    let deployment = ["--replicas", "3", "--workers", "2", "--clients", "2"];
+    let size = ["--prefill", "1000", "--base-port", &base];
+    write_config(SERVER, &config, &[&deployment[..], &size].concat());
     // Replica 1 serves its metrics (checked after the commands).
     let metrics_port = free_port();
     let mut servers = start_nodes(SERVER, &config, Path::new("."), 1..=3, |n| {
@@ -95,14 +84,9 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
         }
     });
     // Wait until the deployment answers.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if client(&config, &["size"]) == (true, "1000".to_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the deployment never answered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(SECS_30, MS_200, "the deployment never answered", || {
+        (client(&config, &["size"]) == (true, "1000".to_string())).then_some(())
+    });
     assert_eq!(
         client(&config, &["put", "5", "five"]),
         (true, "ok (new)".into())
@@ -118,8 +102,7 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
     );
     assert_eq!(client(&config, &["size"]), (true, "1001".into()));
 
-    servers.0[2].kill().unwrap(); // SIGKILL replica 3 (an acceptor too)
-    let _ = servers.0[2].wait();
+    servers.kill(2); // SIGKILL replica 3 (an acceptor too)
     assert_eq!(
         client(&config, &["del", "5"]),
         (true, "deleted FIVE".into())
@@ -182,15 +165,8 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
 
 /// Polls `size` until the deployment answers, and returns its first answer.
 fn first_size(config: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out) = client(config, &["size"]);
-        if ok {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "the deployment never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let answer = || Some(client(config, &["size"])).filter(|(ok, _)| *ok);
+    wait_for(SECS_30, MS_100, "the deployment never answered", answer).1
 }
 
 /// Writes a 3-replica deployment with `durability` (and a relative `data_dir` for "disk"),
@@ -198,23 +174,16 @@ fn first_size(config: &Path) -> String {
 /// returns the deployment's first answer to `size`, the values of keys 1-4 and the
 /// configuration, with the restarted replicas.
 fn whole_cluster_restart(durability: &str, ports_from: u16) -> (String, Vec<String>, Scenario) {
-    let dir =
-        std::env::temp_dir().join(format!("chorus-btree-{durability}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir(&format!("btree-{durability}"));
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(ports_from, 5);
-    let mut write = Command::new(SERVER);
-    write
-        .args(["--write-config", config.to_str().unwrap()])
-        .args(["--replicas", "3", "--workers", "2", "--clients", "1"])
-        .args(["--prefill", "10", "--durability", durability])
-        .args(["--base-port", &base.to_string()])
-        .stdout(Stdio::null());
+    let base = free_ports_from(ports_from, 5).to_string();
+    let mut args = vec!["--replicas", "3", "--workers", "2", "--clients", "1"];
+    args.extend(["--prefill", "10", "--durability", durability]);
+    args.extend(["--base-port", &base]);
     if durability == "disk" {
-        write.args(["--data-dir", "data"]);
+        args.extend(["--data-dir", "data"]);
     }
-    assert!(write.status().unwrap().success());
+    write_config(SERVER, &config, &args);
     let text = std::fs::read_to_string(&config).unwrap();
     if durability == "disk" {
         assert!(text.contains("durability = \"disk\""), "{text}");
@@ -235,10 +204,7 @@ fn whole_cluster_restart(durability: &str, ports_from: u16) -> (String, Vec<Stri
     }
     assert_eq!(client(&config, &["update", "4", "V4"]), (true, "ok".into()));
     // SIGKILL every replica (each is also an acceptor of every log).
-    for c in &mut servers.0 {
-        c.kill().unwrap();
-        let _ = c.wait();
-    }
+    servers.kill_all();
     drop(servers);
     let servers = start_nodes(SERVER, &config, &dir, 1..=3, |_| vec![]);
     let size = first_size(&config);
@@ -305,8 +271,7 @@ fn in_memory_deployment_loses_its_puts_in_a_whole_cluster_restart() {
 
 #[test]
 fn write_config_refuses_bad_durability_flags() {
-    let dir = std::env::temp_dir().join(format!("chorus-btree-flags-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("btree-flags");
     let config = dir.join("deployment.toml");
     let run = |args: &[&str]| {
         let out = Command::new(SERVER)
@@ -345,29 +310,10 @@ fn write_config_refuses_bad_durability_flags() {
 /// refuses to start with a clear error unless given `--insecure`, and so does a client.
 #[test]
 fn write_config_writes_a_secret_and_nodes_refuse_to_run_without_one() {
-    let dir = std::env::temp_dir().join(format!("chorus-btree-secure-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("btree-secure");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(43000, 6);
-    let write = |path: &Path| {
-        let out = Command::new(SERVER)
-            .args(["--write-config", path.to_str().unwrap()])
-            .args([
-                "--replicas",
-                "3",
-                "--workers",
-                "1",
-                "--clients",
-                "1",
-                "--prefill",
-                "10",
-            ])
-            .args(["--base-port", &base.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let base = free_ports_from(43000, 6).to_string();
+    let write = |path: &Path| write_config(SERVER, path, &small_deployment(&base));
     let said = write(&config);
     let secret = dir.join("deployment.secret");
     assert!(said.contains("deployment.secret"), "{said}");
@@ -413,19 +359,8 @@ fn write_config_writes_a_secret_and_nodes_refuse_to_run_without_one() {
     assert!(!ok && err.contains("no secret_file"), "{err}");
 
     // With --insecure the servers run and a client (also --insecure) gets its answer.
-    let servers = Processes(
-        (1..=3)
-            .map(|n| {
-                Command::new(SERVER)
-                    .args(["--config", bare.to_str().unwrap(), "--insecure"])
-                    .args(["--node", &n.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
+    let insecure = |_| vec!["--insecure".to_string()];
+    let servers = start_nodes(SERVER, &bare, Path::new("."), 1..=3, insecure);
     let (ok, answer) = client(&bare, &["--insecure", "size"]);
     drop(servers);
     assert!(ok, "{answer}");
@@ -438,27 +373,14 @@ fn write_config_writes_a_secret_and_nodes_refuse_to_run_without_one() {
 /// client, and the client's commands are answered.
 #[test]
 fn write_config_tls_deployment_serves_clients() {
-    let dir = std::env::temp_dir().join(format!("chorus-btree-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("btree-tls");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(44000, 6);
-    let out = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap(), "--tls"])
-        .args([
-            "--replicas",
-            "3",
-            "--workers",
-            "1",
-            "--clients",
-            "1",
-            "--prefill",
-            "10",
-        ])
-        .args(["--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let base = free_ports_from(44000, 6).to_string();
+    write_config(
+        SERVER,
+        &config,
+        &[&["--tls"], &small_deployment(&base)[..]].concat(),
+    );
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("[tls]"), "{text}");
     for f in [
@@ -470,19 +392,7 @@ fn write_config_tls_deployment_serves_clients() {
     ] {
         assert!(dir.join("deployment.tls").join(f).exists(), "{f} missing");
     }
-    let servers = Processes(
-        (1..=3)
-            .map(|n| {
-                Command::new(SERVER)
-                    .args(["--config", config.to_str().unwrap()])
-                    .args(["--node", &n.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
+    let servers = start_nodes(SERVER, &config, Path::new("."), 1..=3, |_| vec![]);
     let (ok, put) = client(&config, &["put", "42", "over-tls"]);
     assert!(ok, "{put}");
     let (ok, got) = client(&config, &["get", "42"]);

@@ -20,24 +20,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{free_port, free_ports_from, metric_sum, scrape, Processes};
+use testkit::{
+    free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape, wait_for, write_config,
+    Processes,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
 
 fn client(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(CLIENT)
-        .args(["--config", config.to_str().unwrap(), "--node", "1000"])
-        .args(["--timeout-s", "20"])
-        .args(args)
-        .output()
-        .expect("run btree-client");
-    let text = String::from_utf8_lossy(if out.status.success() {
-        &out.stdout
-    } else {
-        &out.stderr
-    });
-    (out.status.success(), text.trim().to_string())
+    run_client(CLIENT, config, 1000, 20, args)
 }
 
 /// `btree-server --config CONFIG --node N [extra...]` in `dir`, stderr to `dir/node-N.err`.
@@ -55,11 +47,6 @@ fn server(dir: &Path, config: &Path, n: u32, extra: &[String]) -> Child {
         .expect("start btree-server")
 }
 
-fn kill(c: &mut Child) {
-    c.kill().unwrap(); // SIGKILL
-    let _ = c.wait();
-}
-
 fn put_all(config: &Path, keys: std::ops::RangeInclusive<u32>) {
     for k in keys {
         assert_eq!(
@@ -72,12 +59,11 @@ fn put_all(config: &Path, keys: std::ops::RangeInclusive<u32>) {
 }
 
 /// Polls until `ready` holds, for at most `patience`.
-fn wait_for(what: &str, patience: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + patience;
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what}: not within {patience:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, patience: Duration, mut ready: impl FnMut() -> bool) {
+    let failure = format!("{what}: not within {patience:?}");
+    wait_for(patience, Duration::from_millis(100), &failure, || {
+        ready().then_some(())
+    });
 }
 
 /// Removes the deployment's directory when dropped (after its servers are killed).
@@ -91,29 +77,21 @@ impl Drop for Dir {
 
 #[test]
 fn a_node_that_lost_its_data_directory_refuses_to_vote_until_it_recovers() {
-    let dir = Dir(std::env::temp_dir().join(format!("chorus-btree-lost-{}", std::process::id())));
+    let dir = Dir(fresh_dir("btree-lost"));
     let dir_path = dir.0.clone();
-    let _ = std::fs::remove_dir_all(&dir_path);
-    std::fs::create_dir_all(&dir_path).unwrap();
     let config = dir_path.join("deployment.toml");
-    let base = free_ports_from(47000, 6);
-    let status = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap()])
-        .args(["--replicas", "3", "--workers", "1", "--clients", "1"])
-        .args([
-            "--prefill",
-            "10",
-            "--durability",
-            "disk",
-            "--data-dir",
-            "data",
-        ])
-        .args(["--base-port", &base.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let base = free_ports_from(47000, 6).to_string();
+    let mut args = vec!["--replicas", "3", "--workers", "1", "--clients", "1"];
+    args.extend([
+        "--prefill",
+        "10",
+        "--durability",
+        "disk",
+        "--data-dir",
+        "data",
+    ]);
+    args.extend(["--base-port", &base]);
+    write_config(SERVER, &config, &args);
     let node3 = dir_path.join("data/node-3");
 
     // The cluster's first start creates every directory without any flag.
@@ -122,14 +100,14 @@ fn a_node_that_lost_its_data_directory_refuses_to_vote_until_it_recovers() {
             .map(|n| server(&dir_path, &config, n, &[]))
             .collect(),
     );
-    wait_for("the deployment answers", Duration::from_secs(30), || {
+    wait_until("the deployment answers", Duration::from_secs(30), || {
         client(&config, &["size"]) == (true, "10".into())
     });
     put_all(&config, 1..=10);
     assert!(node3.join("IDENTITY").is_file());
 
     // Replica 3 loses its data directory; the others go on.
-    kill(&mut servers.0[2]);
+    servers.kill(2); // SIGKILL
     std::fs::remove_dir_all(&node3).unwrap();
     put_all(&config, 11..=20);
 
@@ -170,12 +148,12 @@ fn a_node_that_lost_its_data_directory_refuses_to_vote_until_it_recovers() {
         format!("127.0.0.1:{metrics}"),
     ];
     servers.0[2] = server(&dir_path, &config, 3, &extra);
-    wait_for(
+    wait_until(
         "node 3 recovers and writes its data directory",
         Duration::from_secs(60),
         || node3.join("IDENTITY").is_file(),
     );
-    wait_for(
+    wait_until(
         "node 3's replica executes the 20 puts",
         Duration::from_secs(30),
         || {
@@ -187,16 +165,16 @@ fn a_node_that_lost_its_data_directory_refuses_to_vote_until_it_recovers() {
     put_all(&config, 21..=30);
 
     // Without replica 1, only {2, 3} can acknowledge: 3 votes.
-    kill(&mut servers.0[0]);
+    servers.kill(0); // SIGKILL
     put_all(&config, 31..=40);
 
     // Replica 1 back from its own directory, replica 2 gone: {1, 3} still has every
     // acknowledged write, those that only 2 and 3 accepted included.
     servers.0[0] = server(&dir_path, &config, 1, &[]);
-    wait_for("replica 1 answers again", Duration::from_secs(30), || {
+    wait_until("replica 1 answers again", Duration::from_secs(30), || {
         client(&config, &["size"]) == (true, "50".into())
     });
-    kill(&mut servers.0[1]);
+    servers.kill(1); // SIGKILL
     for k in 1..=40 {
         assert_eq!(
             client(&config, &["get", &(1000 + k).to_string()]),

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::{
-    checkpoint_hash, free_port, free_ports_from, metric_sum, sample, scrape, start_nodes,
+    free_port, free_ports_from, fresh_dir, metric_sum, per_log, run_client, sample, scrape,
+    start_nodes, trimmed_past, wait_for, write_config, Agreement,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
@@ -50,44 +51,24 @@ fn size(config: &Path) -> Option<String> {
 }
 
 fn client(config: &Path, command: &str) -> Option<String> {
-    let out = Command::new(CLIENT)
-        .args(["--config", config.to_str().unwrap(), "--node", "1001"])
-        .args(["--timeout-s", "10", command])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let (ok, out) = run_client(CLIENT, config, 1001, 10, &[command]);
+    ok.then_some(out)
 }
 
 fn metrics(port: u16) -> String {
     scrape(port).1
 }
 
-/// Per log id (0..logs), the value of `metric{log="i"}` at the node serving `port`.
-fn per_log(body: &str, metric: &str, logs: u32) -> Vec<Option<f64>> {
-    (0..logs)
-        .map(|l| sample(body, &format!("{metric}{{log=\"{l}\"}}")))
-        .collect()
-}
-
 #[test]
 fn a_killed_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
-    let dir = std::env::temp_dir().join(format!("chorus-btree-recovery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("btree-recovery");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(23000, 6);
-    let status = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap()])
-        .args(["--replicas", "4", "--workers", "2", "--clients", "2"])
-        .args(["--prefill", "2000", "--base-port", &base.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let base = free_ports_from(23000, 6).to_string();
+    let mut args = vec!["--replicas", "4", "--workers", "2", "--clients", "2"];
+    args.extend(["--prefill", "2000", "--base-port", &base]);
+    write_config(SERVER, &config, &args);
     // Two workers: logs 0 and 1 (one per worker) and 2 (all groups).
-    let logs = 3;
+    let logs = 0..3;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let extra = |n: u32| {
         vec![
@@ -98,32 +79,26 @@ fn a_killed_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
         ]
     };
     let mut servers = start_nodes(SERVER, &config, Path::new("."), 1..=4, extra);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while size(&config).as_deref() != Some("2000") {
-        assert!(Instant::now() < deadline, "the deployment never answered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (secs_30, ms_200) = (Duration::from_secs(30), Duration::from_millis(200));
+    wait_for(secs_30, ms_200, "the deployment never answered", || {
+        (size(&config).as_deref() == Some("2000")).then_some(())
+    });
     load(&config, 2.0);
 
     // SIGKILL replica 4, remembering how far it had received each log.
     let body = metrics(ports[3]);
-    let held: Vec<f64> = per_log(&body, "chorus_log_feed_next_index", logs)
+    let held: Vec<f64> = per_log(&body, "chorus_log_feed_next_index", logs.clone())
         .into_iter()
         .map(|v| v.expect("replica 4 shows its feeds"))
         .collect();
-    servers.0[3].kill().unwrap();
-    let _ = servers.0[3].wait();
+    servers.kill(3);
 
     // Load until replica 1 (an acceptor) trimmed every log past that.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         load(&config, 1.5);
-        let firsts = per_log(&metrics(ports[0]), "chorus_log_first_index", logs);
-        if firsts
-            .iter()
-            .zip(&held)
-            .all(|(f, h)| f.is_some_and(|f| f > *h))
-        {
+        let firsts = per_log(&metrics(ports[0]), "chorus_log_first_index", logs.clone());
+        if trimmed_past(&firsts, &held) {
             break;
         }
         assert!(
@@ -154,16 +129,13 @@ fn a_killed_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
     load(&config, 2.0);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let bodies: Vec<String> = ports.iter().map(|&p| metrics(p)).collect();
-        let hashes: Vec<Option<(u64, u64)>> = bodies.iter().map(|b| checkpoint_hash(b)).collect();
-        let own = sample(&bodies[3], "chorus_checkpoints_total{how=\"taken\"}").unwrap_or(0.0);
-        let agree = hashes.iter().all(|h| h.is_some() && *h == hashes[0]);
-        if agree && own >= 1.0 {
+        let a = Agreement::scrape(&ports, 3);
+        if a.reached() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "replicas never agreed on a checkpoint's state hash: {hashes:?}, replica 4 took {own}"
+            "replicas never agreed on a checkpoint's state hash: {a:?}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }

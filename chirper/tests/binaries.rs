@@ -10,30 +10,31 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{exit_code_and_stderr, free_port, free_ports_from, metric_sum, scrape, start_nodes};
+use testkit::{
+    exit_code_and_stderr, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
+    start_nodes, wait_for, write_config,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_chirper-client");
 
 fn client(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(CLIENT)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--node",
-            "1000",
-            "--timeout-s",
-            "20",
-        ])
-        .args(args)
-        .output()
-        .expect("run chirper-client");
-    let text = String::from_utf8_lossy(if out.status.success() {
-        &out.stdout
-    } else {
-        &out.stderr
-    });
-    (out.status.success(), text.trim().to_string())
+    run_client(CLIENT, config, 1000, 20, args)
+}
+
+/// Creates users 7000 and 7001, has 7001 follow 7000 and 7000 post `words`.
+fn first_post(config: &Path, words: &[&str]) {
+    for user in ["7000", "7001"] {
+        assert_eq!(client(config, &["create", user]), (true, "created".into()));
+    }
+    assert_eq!(
+        client(config, &["follow", "7001", "7000"]),
+        (true, "following".into())
+    );
+    assert_eq!(
+        client(config, &[&["post", "7000"], words].concat()),
+        (true, "posted to 1 followers".into())
+    );
 }
 
 fn repl(scheme: &str) -> Vec<String> {
@@ -89,19 +90,12 @@ fn in_process_repl_answers_commands_on_both_schemes() {
 
 #[test]
 fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
-    let dir = std::env::temp_dir().join(format!("chorus-chirper-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("chirper");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(23000, 11);
-    let status = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap()])
-        .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"])
-        .args(["--clients", "2", "--users", "300"])
-        .args(["--base-port", &base.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let base = free_ports_from(23000, 11).to_string();
+    let mut args = vec!["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"];
+    args.extend(["--clients", "2", "--users", "300", "--base-port", &base]);
+    write_config(SERVER, &config, &args);
     // Nodes 1-3: partition 0; 4-6: partition 1; 7-9: the oracle (the last group); 1000, 1001:
     // clients. Nodes 1, 4 and 7 (not killed below) serve their metrics, checked at the end.
     let metrics: Vec<(u32, u16)> = [1, 4, 7].map(|n| (n, free_port())).to_vec();
@@ -113,31 +107,10 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
             .collect()
     });
     // Wait until the deployment answers: a user of the generated graph has a timeline.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let (ok, _) = client(&config, &["timeline", "1"]);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the deployment never answered");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    assert_eq!(
-        client(&config, &["create", "7000"]),
-        (true, "created".into())
-    );
-    assert_eq!(
-        client(&config, &["create", "7001"]),
-        (true, "created".into())
-    );
-    assert_eq!(
-        client(&config, &["follow", "7001", "7000"]),
-        (true, "following".into())
-    );
-    assert_eq!(
-        client(&config, &["post", "7000", "first", "post"]),
-        (true, "posted to 1 followers".into())
-    );
+    let answered = || client(&config, &["timeline", "1"]).0.then_some(());
+    let (secs_40, ms_300) = (Duration::from_secs(40), Duration::from_millis(300));
+    wait_for(secs_40, ms_300, "the deployment never answered", answered);
+    first_post(&config, &["first", "post"]);
     assert_eq!(
         client(&config, &["timeline", "7001"]),
         (true, "@7000: first post".into())
@@ -145,8 +118,7 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
 
     // SIGKILL one replica of the oracle and of each partition (every group keeps a majority).
     for i in [2, 4, 8] {
-        servers.0[i].kill().unwrap();
-        let _ = servers.0[i].wait();
+        servers.kill(i);
     }
     assert_eq!(
         client(&config, &["post", "7000", "second"]),
@@ -246,61 +218,36 @@ fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
 
 /// Polls `timeline user` until the deployment answers, and returns its first answer.
 fn first_timeline(config: &Path, user: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let (ok, out) = client(config, &["timeline", user]);
-        if ok {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "the deployment never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let answer = || Some(client(config, &["timeline", user])).filter(|(ok, _)| *ok);
+    let (secs_40, ms_100) = (Duration::from_secs(40), Duration::from_millis(100));
+    wait_for(secs_40, ms_100, "the deployment never answered", answer).1
 }
 
 #[test]
 fn durable_deployment_keeps_users_follows_and_posts_across_a_whole_cluster_restart() {
-    let dir = std::env::temp_dir().join(format!("chorus-chirper-disk-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("chirper-disk");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(33000, 11);
-    let status = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap()])
-        .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"])
-        .args(["--clients", "1", "--users", "100"])
-        .args(["--durability", "disk", "--data-dir", "data"])
-        .args(["--base-port", &base.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let base = free_ports_from(33000, 11).to_string();
+    let mut args = vec!["--scheme", "ds-smr", "--partitions", "2", "--replicas", "3"];
+    args.extend(["--clients", "1", "--users", "100"]);
+    args.extend([
+        "--durability",
+        "disk",
+        "--data-dir",
+        "data",
+        "--base-port",
+        &base,
+    ]);
+    write_config(SERVER, &config, &args);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("durability = \"disk\""), "{text}");
     assert!(text.contains("trim = false"), "{text}");
 
     let mut servers = start_nodes(SERVER, &config, &dir, 1..=9, |_| vec![]);
     first_timeline(&config, "1");
-    assert_eq!(
-        client(&config, &["create", "7000"]),
-        (true, "created".into())
-    );
-    assert_eq!(
-        client(&config, &["create", "7001"]),
-        (true, "created".into())
-    );
-    assert_eq!(
-        client(&config, &["follow", "7001", "7000"]),
-        (true, "following".into())
-    );
-    assert_eq!(
-        client(&config, &["post", "7000", "before", "the", "crash"]),
-        (true, "posted to 1 followers".into())
-    );
+    first_post(&config, &["before", "the", "crash"]);
     // SIGKILL all nine processes: every replica and acceptor of every group.
-    for c in &mut servers.0 {
-        c.kill().unwrap();
-        let _ = c.wait();
-    }
+    servers.kill_all();
     drop(servers);
     assert!(dir.join("data/node-7/log-2.wal").is_file());
 

@@ -15,26 +15,17 @@
 //! (`chorus_checkpoint_state_hash`). The users' timelines must still answer.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{checkpoint_hash, free_port, free_ports_from, sample, scrape, start_nodes};
+use testkit::{
+    free_port, free_ports_from, fresh_dir, per_log, run_client, sample, scrape, start_nodes,
+    trimmed_past, wait_for, write_config, Agreement,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_chirper-client");
 
 fn client(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(CLIENT)
-        .args(["--config", config.to_str().unwrap(), "--node", "1000"])
-        .args(["--timeout-s", "20"])
-        .args(args)
-        .output()
-        .expect("run chirper-client");
-    let text = String::from_utf8_lossy(if out.status.success() {
-        &out.stdout
-    } else {
-        &out.stderr
-    });
-    (out.status.success(), text.trim().to_string())
+    run_client(CLIENT, config, 1000, 20, args)
 }
 
 /// Posts and follows for `seconds`, one `chirper-client` at a time; returns how many
@@ -66,20 +57,12 @@ fn metrics(port: u16) -> String {
 
 #[test]
 fn a_killed_partition_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
-    let dir = std::env::temp_dir().join(format!("chorus-chirper-recovery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("chirper-recovery");
     let config = dir.join("deployment.toml");
-    let base = free_ports_from(24000, 14);
-    let status = Command::new(SERVER)
-        .args(["--write-config", config.to_str().unwrap()])
-        .args(["--scheme", "ds-smr", "--partitions", "2", "--replicas", "4"])
-        .args(["--clients", "2", "--users", "100"])
-        .args(["--base-port", &base.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let base = free_ports_from(24000, 14).to_string();
+    let mut args = vec!["--scheme", "ds-smr", "--partitions", "2", "--replicas", "4"];
+    args.extend(["--clients", "2", "--users", "100", "--base-port", &base]);
+    write_config(SERVER, &config, &args);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("trim = true") && text.contains("trim_every_entries = 1024"));
     std::fs::write(
@@ -99,40 +82,28 @@ fn a_killed_partition_replica_recovers_by_state_transfer_past_the_trimmed_logs()
         v
     };
     let mut servers = start_nodes(SERVER, &config, Path::new("."), 1..=12, extra);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !client(&config, &["timeline", "1"]).0 {
-        assert!(Instant::now() < deadline, "the deployment never answered");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let (secs_40, ms_300) = (Duration::from_secs(40), Duration::from_millis(300));
+    wait_for(secs_40, ms_300, "the deployment never answered", || {
+        client(&config, &["timeline", "1"]).0.then_some(())
+    });
     let mut step = 0;
     assert!(load(&config, 2.0, &mut step) > 0, "commands succeed");
 
     // SIGKILL replica 4, remembering how far it had received its logs.
     let body = metrics(ports[3]);
-    let held: Vec<f64> = logs
-        .iter()
-        .map(|l| {
-            sample(&body, &format!("chorus_log_feed_next_index{{log=\"{l}\"}}"))
-                .expect("replica 4 shows its feeds")
-        })
+    let held: Vec<f64> = per_log(&body, "chorus_log_feed_next_index", logs)
+        .into_iter()
+        .map(|v| v.expect("replica 4 shows its feeds"))
         .collect();
-    servers.0[3].kill().unwrap();
-    let _ = servers.0[3].wait();
+    servers.kill(3);
 
     // Load until replica 1 (an acceptor of both logs) trimmed them past that.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         load(&config, 1.0, &mut step);
         let body = metrics(ports[0]);
-        let firsts: Vec<Option<f64>> = logs
-            .iter()
-            .map(|l| sample(&body, &format!("chorus_log_first_index{{log=\"{l}\"}}")))
-            .collect();
-        if firsts
-            .iter()
-            .zip(&held)
-            .all(|(f, h)| f.is_some_and(|f| f > *h))
-        {
+        let firsts = per_log(&body, "chorus_log_first_index", logs);
+        if trimmed_past(&firsts, &held) {
             eprintln!("replica 4 held logs {logs:?} up to {held:?}; replica 1 trimmed them to {firsts:?} after {step} commands");
             break;
         }
@@ -165,19 +136,16 @@ fn a_killed_partition_replica_recovers_by_state_transfer_past_the_trimmed_logs()
     load(&config, 2.0, &mut step);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let bodies: Vec<String> = ports.iter().map(|&p| metrics(p)).collect();
-        let hashes: Vec<Option<(u64, u64)>> = bodies.iter().map(|b| checkpoint_hash(b)).collect();
-        let own = sample(&bodies[3], "chorus_checkpoints_total{how=\"taken\"}").unwrap_or(0.0);
-        let agree = hashes.iter().all(|h| h.is_some() && *h == hashes[0]);
-        if agree && own >= 1.0 {
-            eprintln!("partition 0's replicas agree on (round, state hash) {:?}; replica 4 took {own} checkpoints of its own", hashes[0]);
+        let a = Agreement::scrape(&ports, 3);
+        if a.reached() {
+            eprintln!("partition 0's replicas agree on (round, state hash) {:?}; replica 4 took {} checkpoints of its own", a.hashes[0], a.taken_by_newcomer);
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "replicas never agreed on a checkpoint's state hash: {hashes:?}, replica 4 took {own}"
+            "replicas never agreed on a checkpoint's state hash: {a:?}"
         );
-        if own < 1.0 {
+        if a.taken_by_newcomer < 1.0 {
             load(&config, 0.3, &mut step);
         }
         std::thread::sleep(Duration::from_millis(300));

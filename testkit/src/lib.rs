@@ -1,7 +1,8 @@
 //! Test support shared by Chorus's crates (a dev-dependency only): proptest settings, an
 //! allocator that refuses absurd allocations, damage of well-formed text inputs for decoder
 //! property tests, and helpers for tests that start server processes (ports, a kill-on-drop
-//! process guard, scraping `/metrics`), and data-driven test scripts ([`script`]).
+//! process guard, deployment writers, client runs, waiting, scraping `/metrics`), and
+//! data-driven test scripts ([`script`]).
 
 pub mod script;
 
@@ -144,6 +145,22 @@ pub fn free_port() -> u16 {
 /// servers behind.
 pub struct Processes(pub Vec<std::process::Child>);
 
+impl Processes {
+    /// SIGKILLs process `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        let c = &mut self.0[i];
+        c.kill().expect("kill a server process");
+        let _ = c.wait();
+    }
+
+    /// SIGKILLs every process and reaps them.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.0.len() {
+            self.kill(i);
+        }
+    }
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -154,8 +171,8 @@ impl Drop for Processes {
 }
 
 /// Starts `binary --config CONFIG --node N [extra(N)...]` for every node in `nodes`, in the
-/// working directory `cwd` (where relative paths of the deployment file resolve), stderr
-/// discarded; killed when the guard drops.
+/// working directory `cwd` (where relative paths of the deployment file resolve), stdout and
+/// stderr discarded; killed when the guard drops.
 pub fn start_nodes(
     binary: &str,
     config: &std::path::Path,
@@ -173,12 +190,79 @@ pub fn start_nodes(
                     .arg(config)
                     .args(["--node", &n.to_string()])
                     .args(extra(n))
+                    .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .expect("start a server process")
             })
             .collect(),
     )
+}
+
+/// An empty directory `chorus-{name}-{pid}` under the system's temporary directory (what an
+/// earlier run left there removed).
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// Runs `server --write-config CONFIG args...` (a service's deployment writer) and checks that
+/// it succeeded: its stderr, where it names what it wrote.
+pub fn write_config(server: &str, config: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(server)
+        .arg("--write-config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run the deployment writer");
+    assert!(out.status.success(), "--write-config failed: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a service's client binary once, `client --config CONFIG --node NODE --timeout-s
+/// TIMEOUT args...`: whether it succeeded, and its stdout (or, if it failed, its stderr),
+/// trimmed.
+pub fn run_client(
+    client: &str,
+    config: &std::path::Path,
+    node: u32,
+    timeout_s: u32,
+    args: &[&str],
+) -> (bool, String) {
+    let out = std::process::Command::new(client)
+        .arg("--config")
+        .arg(config)
+        .args(["--node", &node.to_string()])
+        .args(["--timeout-s", &timeout_s.to_string()])
+        .args(args)
+        .output()
+        .expect("run the client binary");
+    let text = String::from_utf8_lossy(if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    });
+    (out.status.success(), text.trim().to_string())
+}
+
+/// Calls `probe` every `every` until it returns something, and returns that; panics with the
+/// message `failure` if `limit` passes first.
+pub fn wait_for<T>(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    failure: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(x) = probe() {
+            return x;
+        }
+        assert!(std::time::Instant::now() < deadline, "{failure}");
+        std::thread::sleep(every);
+    }
 }
 
 /// Runs `binary args` to completion: its exit code and its stderr.
@@ -239,6 +323,54 @@ pub fn checkpoint_hash(body: &str) -> Option<(u64, u64)> {
         )
     };
     Some((round, ((half("high")? as u64) << 32) | half("low")? as u64))
+}
+
+/// Per log id in `logs`, the value of the sample `metric{log="id"}` in a `/metrics` body.
+pub fn per_log(body: &str, metric: &str, logs: impl IntoIterator<Item = u32>) -> Vec<Option<f64>> {
+    logs.into_iter()
+        .map(|l| sample(body, &format!("{metric}{{log=\"{l}\"}}")))
+        .collect()
+}
+
+/// Whether every log's first index (`firsts`, as [`per_log`] reads
+/// `chorus_log_first_index`) is past the position `held` of it: the log was trimmed past
+/// what a replica had received.
+pub fn trimmed_past(firsts: &[Option<f64>], held: &[f64]) -> bool {
+    firsts
+        .iter()
+        .zip(held)
+        .all(|(f, h)| f.is_some_and(|f| f > *h))
+}
+
+/// What the replicas serving `/metrics` at some ports say of their latest checkpoints.
+#[derive(Debug)]
+pub struct Agreement {
+    /// Each replica's latest checkpoint round and state hash, if known.
+    pub hashes: Vec<Option<(u64, u64)>>,
+    /// Checkpoints the replica at `ports[newcomer]` took itself.
+    pub taken_by_newcomer: f64,
+}
+
+impl Agreement {
+    /// Scrapes the replicas at `ports`.
+    pub fn scrape(ports: &[u16], newcomer: usize) -> Agreement {
+        let bodies: Vec<String> = ports.iter().map(|&p| scrape(p).1).collect();
+        Agreement {
+            hashes: bodies.iter().map(|b| checkpoint_hash(b)).collect(),
+            taken_by_newcomer: sample(&bodies[newcomer], "chorus_checkpoints_total{how=\"taken\"}")
+                .unwrap_or(0.0),
+        }
+    }
+
+    /// Every replica's latest checkpoint is known and the same (round and state hash), and
+    /// the newcomer took one of its own.
+    pub fn reached(&self) -> bool {
+        let agree = self
+            .hashes
+            .iter()
+            .all(|h| h.is_some() && *h == self.hashes[0]);
+        agree && self.taken_by_newcomer >= 1.0
+    }
 }
 
 #[cfg(test)]

@@ -224,9 +224,18 @@ impl Cluster {
         self.procs.len()
     }
 
-    /// One measured point: `plan.clients` client nodes, each one client with `outstanding`
-    /// commands in flight, warm-up then the measured window.
-    pub fn measure(&mut self, plan: &Plan, point: Point) -> Result<Measured, String> {
+    /// Runs `plan.clients` client nodes against the servers, each one client with `window`
+    /// commands in flight and the driver `driver(i, seed, phase)` makes, through the warm-up
+    /// and the measured window: the drivers, stopped, and the measured window's length.
+    fn run_clients<D>(
+        &mut self,
+        plan: &Plan,
+        window: usize,
+        mut driver: impl FnMut(usize, u64, Arc<AtomicU8>) -> D,
+    ) -> Result<(Vec<D>, Duration), String>
+    where
+        D: Driver<TreeCommand, TreeReply> + Send + 'static,
+    {
         self.procs.check_alive(self.dir.path())?;
         let phase = Arc::new(AtomicU8::new(WARMUP));
         let cfg = Arc::new(self.file.cluster.clone());
@@ -234,16 +243,11 @@ impl Cluster {
         let mut threads = Vec::new();
         let ids: Vec<NodeId> = self.clients.iter().take(plan.clients).copied().collect();
         for (i, id) in ids.into_iter().enumerate() {
-            let driver = MixDriver::new(
-                point.write_pct,
-                plan.keys,
-                plan.value_bytes,
-                0xC0FFEE ^ ((i as u64) << 16) ^ u64::from(self.next_index),
-                phase.clone(),
-            );
+            let seed = 0xC0FFEE ^ ((i as u64) << 16) ^ u64::from(self.next_index);
+            let driver = driver(i, seed, phase.clone());
             let options = ClientOptions {
                 clients: 1,
-                window: point.outstanding,
+                window,
                 mode: self.file.mode,
                 workers: self.file.workers,
                 resend_ticks: 2000,
@@ -264,19 +268,31 @@ impl Cluster {
         for s in &stops {
             s.store(true, Ordering::Relaxed);
         }
-        let mut hist = histogram();
-        let (mut completed, mut errors) = (0, 0);
+        let mut drivers = Vec::new();
         for t in threads {
             let app = t
                 .join()
                 .map_err(|_| "client thread panicked".to_string())?
                 .map_err(|e| e.to_string())?;
-            hist.add(&app.host.driver.latency_ns)
-                .map_err(|e| e.to_string())?;
-            completed += app.host.driver.completed;
-            errors += app.host.driver.errors;
+            drivers.push(app.host.driver);
         }
         self.procs.check_alive(self.dir.path())?;
+        Ok((drivers, elapsed))
+    }
+
+    /// One measured point: `plan.clients` client nodes, each one client with `outstanding`
+    /// commands in flight, warm-up then the measured window.
+    pub fn measure(&mut self, plan: &Plan, point: Point) -> Result<Measured, String> {
+        let (drivers, elapsed) = self.run_clients(plan, point.outstanding, |_, seed, phase| {
+            MixDriver::new(point.write_pct, plan.keys, plan.value_bytes, seed, phase)
+        })?;
+        let mut hist = histogram();
+        let (mut completed, mut errors) = (0, 0);
+        for d in drivers {
+            hist.add(&d.latency_ns).map_err(|e| e.to_string())?;
+            completed += d.completed;
+            errors += d.errors;
+        }
         Ok(Measured {
             throughput_ops_s: completed as f64 / elapsed.as_secs_f64(),
             p50_us: quantile_us(&hist, 0.5),
@@ -293,56 +309,18 @@ impl Cluster {
         plan: &Plan,
         workload: YcsbWorkload,
     ) -> Result<YcsbResult, String> {
-        self.procs.check_alive(self.dir.path())?;
-        let phase = Arc::new(AtomicU8::new(WARMUP));
-        let cfg = Arc::new(self.file.cluster.clone());
-        let mut stops = Vec::new();
-        let mut threads = Vec::new();
-        let ids: Vec<NodeId> = self.clients.iter().take(plan.clients).copied().collect();
-        let slots = ids.len() as u64;
-        for (i, id) in ids.into_iter().enumerate() {
-            let driver = YcsbDriver::new(
-                1,
-                workload,
-                plan.ycsb_params,
-                Sequence::slot(i as u64, slots),
-                0xC0FFEE ^ ((i as u64) << 16) ^ u64::from(self.next_index),
-                phase.clone(),
-            );
-            let options = ClientOptions {
-                clients: 1,
-                window: plan.ycsb_outstanding,
-                mode: self.file.mode,
-                workers: self.file.workers,
-                resend_ticks: 2000,
-                first_index: self.fresh_index(1),
-            };
-            let app = engine::psmr::proxy::client_app(id, self.service.clone(), options, driver);
-            let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
-            let tcp = TcpNode::bind(node, app).map_err(|e| format!("client node {id}: {e}"))?;
-            stops.push(tcp.stop_flag());
-            threads.push(std::thread::spawn(move || tcp.run(None)));
-        }
-        std::thread::sleep(plan.warmup);
-        phase.store(MEASURE, Ordering::Relaxed);
-        let t0 = Instant::now();
-        std::thread::sleep(plan.measure);
-        phase.store(DONE, Ordering::Relaxed);
-        let elapsed = t0.elapsed();
-        for s in &stops {
-            s.store(true, Ordering::Relaxed);
-        }
+        let slots = self.clients.len().min(plan.clients) as u64;
+        let (drivers, elapsed) =
+            self.run_clients(plan, plan.ycsb_outstanding, |i, seed, phase| {
+                let slot = Sequence::slot(i as u64, slots);
+                YcsbDriver::new(1, workload, plan.ycsb_params, slot, seed, phase)
+            })?;
         let mut lat = OpLatencies::default();
         let mut errors = 0;
-        for t in threads {
-            let app = t
-                .join()
-                .map_err(|_| "client thread panicked".to_string())?
-                .map_err(|e| e.to_string())?;
-            lat.add(&app.host.driver.latencies);
-            errors += app.host.driver.errors;
+        for d in drivers {
+            lat.add(&d.latencies);
+            errors += d.errors;
         }
-        self.procs.check_alive(self.dir.path())?;
         Ok(YcsbResult::from_latencies(
             workload,
             &lat,

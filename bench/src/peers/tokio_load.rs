@@ -74,24 +74,49 @@ pub async fn closed_loop<S: Session>(sessions: &[S], plan: &Plan, point: Point) 
                         }
                     }
                 }
-                (hist, completed, errors, first_error)
+                ((hist, completed), errors, first_error)
             }));
         }
     }
+    let (done, errors, elapsed) = measure_tasks(plan, &phase, tasks, "operations").await;
+    let mut hist = histogram();
+    let mut completed = 0;
+    for (h, c) in done {
+        let _ = hist.add(&h);
+        completed += c;
+    }
+    Measured {
+        throughput_ops_s: completed as f64 / elapsed.as_secs_f64(),
+        p50_us: quantile_us(&hist, 0.5),
+        p99_us: quantile_us(&hist, 0.99),
+        completed,
+        errors,
+    }
+}
+
+/// Lets `tasks` (load tasks watching `phase`) run through the warm-up and the measured window,
+/// then gathers what each measured (`T`), its failed operations and its first failure; a task
+/// that failed counts one failed operation. The first failure goes to stderr (`what` names the
+/// operations). The tasks' results, the failed operations, and the measured window's length.
+async fn measure_tasks<T>(
+    plan: &Plan,
+    phase: &AtomicU8,
+    tasks: Vec<tokio::task::JoinHandle<(T, u64, Option<String>)>>,
+    what: &str,
+) -> (Vec<T>, u64, Duration) {
     tokio::time::sleep(plan.warmup).await;
     phase.store(MEASURE, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(plan.measure).await;
     phase.store(DONE, Ordering::Relaxed);
     let elapsed = t0.elapsed();
-    let mut hist = histogram();
-    let (mut completed, mut errors) = (0, 0);
+    let mut done = Vec::new();
+    let mut errors = 0;
     let mut first_error = None;
     for t in tasks {
         match t.await {
-            Ok((h, c, e, f)) => {
-                let _ = hist.add(&h);
-                completed += c;
+            Ok((x, e, f)) => {
+                done.push(x);
                 errors += e;
                 if first_error.is_none() {
                     first_error = f;
@@ -104,15 +129,9 @@ pub async fn closed_loop<S: Session>(sessions: &[S], plan: &Plan, point: Point) 
         }
     }
     if let Some(e) = first_error {
-        eprintln!("peers: {errors} failed operations, the first: {e}");
+        eprintln!("peers: {errors} failed {what}, the first: {e}");
     }
-    Measured {
-        throughput_ops_s: completed as f64 / elapsed.as_secs_f64(),
-        p50_us: quantile_us(&hist, 0.5),
-        p99_us: quantile_us(&hist, 0.99),
-        completed,
-        errors,
-    }
+    (done, errors, elapsed)
 }
 
 /// Runs `make()` until it succeeds or `limit` passes (servers starting up), checking between
@@ -207,32 +226,10 @@ pub async fn ycsb_loop<S: Session>(
             }));
         }
     }
-    tokio::time::sleep(plan.warmup).await;
-    phase.store(MEASURE, Ordering::Relaxed);
-    let t0 = Instant::now();
-    tokio::time::sleep(plan.measure).await;
-    phase.store(DONE, Ordering::Relaxed);
-    let elapsed = t0.elapsed();
+    let (done, errors, elapsed) = measure_tasks(plan, &phase, tasks, "YCSB operations").await;
     let mut lat = OpLatencies::default();
-    let mut errors = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok((l, e, f)) => {
-                lat.add(&l);
-                errors += e;
-                if first_error.is_none() {
-                    first_error = f;
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert(format!("load task failed: {e}"));
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        eprintln!("peers: {errors} failed YCSB operations, the first: {e}");
+    for l in done {
+        lat.add(&l);
     }
     YcsbResult::from_latencies(workload, &lat, elapsed.as_secs_f64(), errors)
 }
