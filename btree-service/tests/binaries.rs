@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::{
-    exit_code_and_stderr, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
+    check_metrics_addr_flag, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
     start_nodes, wait_for, write_config, Processes,
 };
 
@@ -146,21 +146,7 @@ fn check_replica_metrics(port: u16) {
 
 #[test]
 fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
-    let run = |args: &[&str]| exit_code_and_stderr(SERVER, args);
-    let (code, err) = run(&["--metrics-addr", "127.0.0.1:9100"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--metrics-addr needs --config"), "{err}");
-    let (code, err) = run(&[
-        "--config",
-        "/nonexistent/deployment.toml",
-        "--node",
-        "1",
-        "--metrics-addr",
-        "localhost:nope",
-    ]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--metrics-addr \"localhost:nope\""), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    check_metrics_addr_flag(SERVER, "localhost:nope");
 }
 
 /// Polls `size` until the deployment answers, and returns its first answer.

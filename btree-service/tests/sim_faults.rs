@@ -21,7 +21,7 @@ use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload};
+use engine::sim::{faulty_network, verdict, EngineSim, SimSetup, Workload};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -71,17 +71,8 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let setup = SimSetup::two_by_two(seed, net, 30, 20_000, workload);
     let blueprint = Psmr::new(service.clone(), d, mode, ExecOptions::hashing(false), 100);
     let mut sim = EngineSim::new(blueprint, setup);
-    let report = sim.campaign(seed, &Campaign::default());
-    if verbose {
-        eprintln!(
-            "seed {seed}: {mode:?}, {workers} workers, {:?}",
-            report.events
-        );
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: replicas did not converge after the faults stopped".to_string());
-    }
+    let label = format!("{mode:?}, {workers} workers");
+    let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
     for (r, x) in sim.replicas() {
         problems.extend(shard_problems(r, &x.shards()));
     }
@@ -89,7 +80,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     problems.extend(sim.outcome_problems(&TreeModel::for_config(&config()), Budget::default()));
     ABORTS.fetch_add(stats.aborts, Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
-    verdict(problems, || format!("{mode:?}, {workers} workers"), || ())
+    verdict(problems, || label, || ())
 }
 
 #[test]

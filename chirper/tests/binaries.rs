@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::{
-    exit_code_and_stderr, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
+    check_metrics_addr_flag, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
     start_nodes, wait_for, write_config,
 };
 
@@ -199,21 +199,7 @@ fn check_metrics(nodes: &[(u32, u16)]) {
 
 #[test]
 fn metrics_addr_needs_a_tcp_node_and_a_valid_address() {
-    let run = |args: &[&str]| exit_code_and_stderr(SERVER, args);
-    let (code, err) = run(&["--metrics-addr", "127.0.0.1:9100"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--metrics-addr needs --config"), "{err}");
-    let (code, err) = run(&[
-        "--config",
-        "/nonexistent/deployment.toml",
-        "--node",
-        "1",
-        "--metrics-addr",
-        "999.1.1.1:80",
-    ]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--metrics-addr \"999.1.1.1:80\""), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    check_metrics_addr_flag(SERVER, "999.1.1.1:80");
 }
 
 /// Polls `timeline user` until the deployment answers, and returns its first answer.

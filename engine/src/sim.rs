@@ -803,6 +803,26 @@ pub struct Isolation {
 }
 
 impl<B: Blueprint> EngineSim<B> {
+    /// Runs the default fault campaign drawn from `seed` ([`EngineSim::campaign`]), printing
+    /// its events after `label` (what the seed drew) when `verbose`: its report, and the
+    /// problems found so far (the run did not get quiet after the faults stopped).
+    pub fn default_campaign(
+        &mut self,
+        seed: u64,
+        verbose: bool,
+        label: &str,
+    ) -> (CampaignReport, Vec<String>) {
+        let report = self.campaign(seed, &Campaign::default());
+        if verbose {
+            eprintln!("seed {seed}: {label}, {:?}", report.events);
+        }
+        let mut problems = Vec::new();
+        if !report.quiet {
+            problems.push("liveness: not quiet after the faults stopped".to_string());
+        }
+        (report, problems)
+    }
+
     /// The recovery campaigns' scenario, first half: at `at_us` the replica `victim` is
     /// crashed (`crash`) or cut off from every other node, and the run goes on (the clients
     /// keep loading) until every live acceptor of each of `logs` has trimmed it past what the

@@ -22,9 +22,7 @@ use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{
-    checkpoint_every, faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload,
-};
+use engine::sim::{checkpoint_every, faulty_network, verdict, EngineSim, SimSetup, Workload};
 use kv::{Cmd, Kv};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -67,17 +65,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=20)));
     }
     let mut sim = EngineSim::new(blueprint, setup);
-    let report = sim.campaign(seed, &Campaign::default());
-    if verbose {
-        eprintln!(
-            "seed {seed}: {mode:?}, {workers} workers, {:?}",
-            report.events
-        );
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-    }
+    let label = format!("{mode:?}, {workers} workers");
+    let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
     for (_, x) in sim.replicas() {
         let c = x.checkpoint_stats();
         TAKEN.fetch_add(c.taken, Ordering::Relaxed);
@@ -90,7 +79,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     problems.extend(sim.outcome_problems(&model, Budget::new(2_000_000)));
     verdict(
         problems,
-        || format!("{mode:?}, {workers} workers"),
+        || label,
         || format!("{} ops, {} crashes", sim.history().len(), report.crashes),
     )
 }

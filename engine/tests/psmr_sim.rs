@@ -17,7 +17,7 @@ use engine::psmr::blueprint::Psmr;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
-use engine::sim::{faulty_network, verdict, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, verdict, EngineSim, SimSetup};
 use engine::testing::{kv_workload, KvModel, KvService};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
@@ -44,17 +44,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let setup = SimSetup::two_by_two(seed, net, 30, 20_000, kv_workload(KEYS));
     let blueprint = Psmr::new(service, d, mode, ExecOptions::hashing(false), 100);
     let mut sim = EngineSim::new(blueprint, setup);
-    let report = sim.campaign(seed, &Campaign::default());
-    if verbose {
-        eprintln!(
-            "seed {seed}: {mode:?}, {workers} workers, {:?}",
-            report.events
-        );
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-    }
+    let label = format!("{mode:?}, {workers} workers");
+    let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
     if verbose && sim.divergence().is_some() {
         for (r, x) in sim.replicas() {
             eprintln!("{r}: {:?} stats {:?}", x.shards(), x.worker_stats());
@@ -74,7 +65,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     PAUSES.fetch_add(report.pauses as u64, std::sync::atomic::Ordering::Relaxed);
     verdict(
         problems,
-        || format!("{mode:?}, {workers} workers"),
+        || label,
         || {
             format!(
                 "{} ops, {} aborts, {} crashes, {} pauses",
@@ -89,14 +80,13 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
 
 #[test]
 fn psmr_and_opt_psmr_are_linearizable_under_faults() {
-    let passed = groups::sim::seeds::campaign(
+    groups::sim::seeds::campaign(
         "psmr_sim",
         "cargo test --release -p engine --test psmr_sim -- --nocapture",
         60,
         run,
     );
     if std::env::var("CHORUS_SEED").is_err() {
-        eprintln!("psmr_sim: {} seeds passed", passed.len());
         assert!(
             ABORTS.load(std::sync::atomic::Ordering::Relaxed) > 0,
             "opt-PSMR seeds refused and retried some inserts"

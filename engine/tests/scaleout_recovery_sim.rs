@@ -150,15 +150,12 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
 
 #[test]
 fn a_partition_or_oracle_replica_behind_the_trimmed_logs_recovers_by_state_transfer() {
-    let passed = groups::sim::seeds::campaign(
+    groups::sim::seeds::campaign(
         "scaleout_recovery_sim",
         "cargo test --release -p engine --test scaleout_recovery_sim -- --nocapture",
         40,
         run,
     );
-    if std::env::var("CHORUS_SEED").is_err() {
-        eprintln!("scaleout_recovery_sim: {} seeds passed", passed.len());
-    }
 }
 
 /// `scaleout_sim`'s fault campaign with checkpoints and trimming on.
@@ -232,13 +229,10 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
 
 #[test]
 fn scaleout_replicas_with_checkpoints_and_trimming_survive_a_fault_campaign() {
-    let passed = groups::sim::seeds::campaign(
+    groups::sim::seeds::campaign(
         "scaleout_recovery_campaign",
         "cargo test --release -p engine --test scaleout_recovery_sim scaleout_replicas_with_checkpoints -- --nocapture",
         24,
         run_campaign,
     );
-    if std::env::var("CHORUS_SEED").is_err() {
-        eprintln!("scaleout_recovery_campaign: {} seeds passed", passed.len());
-    }
 }

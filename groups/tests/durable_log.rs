@@ -23,7 +23,6 @@ use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Storage, StorageOp};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -434,13 +433,7 @@ impl Drop for Procs {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::free_port;
 
 fn start(cfg: &Path, dir: &Path, n: u32, incarnation: u32, messages: u64, durable: bool) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_groups-node"));

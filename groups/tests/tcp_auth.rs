@@ -12,10 +12,10 @@ mod common;
 
 use common::*;
 use groups::codec::Bitcode;
-use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
+use groups::config::ClusterConfig;
 use groups::frame::{Frame, FrameDecoder, Hello, Proof};
 use groups::runtime::tcp::{LinkCounts, Secret, TcpError, TcpNode};
-use groups::{GroupId, GroupSet, GroupsNode, LogId, MsgId, NodeId, NodeOptions};
+use groups::{GroupsNode, MsgId, NodeId, NodeOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,26 +25,11 @@ const SECRET: &str = "c2VjcmV0IHNoYXJlZCBieSB0aGUgaG9uZXN0IG5vZGVz";
 const OTHER_SECRET: &str = "YSBkaWZmZXJlbnQgc2VjcmV0LCBzYW1lIGxlbmd0aA==";
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("chorus-auth-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir("auth", name)
 }
 
-/// `n` nodes on loopback, one group that every node subscribes to, one log run by `acceptors`.
 fn cluster(n: u32, acceptors: &[u32]) -> ClusterConfig {
-    let nodes = (1..=n)
-        .map(|id| NodeConfig {
-            id: NodeId(id),
-            addr: Some(format!("127.0.0.1:{}", free_port())),
-            subscriptions: vec![GroupSet::singleton(GroupId(0))],
-        })
-        .collect();
-    let logs = vec![LogConfig {
-        id: LogId(0),
-        covers: GroupSet::singleton(GroupId(0)),
-        acceptors: acceptors.iter().map(|&a| NodeId(a)).collect(),
-    }];
-    ClusterConfig::new(CLUSTER, 1, nodes, logs, Tuning::default()).unwrap()
+    one_log_cluster(CLUSTER, n, acceptors)
 }
 
 fn secret(s: &str) -> Option<Secret> {

@@ -14,7 +14,6 @@ use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
 use groups::record::Record;
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,16 +33,24 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::free_port;
 
 fn subscriptions(n: u32) -> GroupSet {
     [GroupId(n - 1), GroupId(n % 3)].into_iter().collect()
+}
+
+/// Nodes 1-3 on loopback, each in groups `subscriptions(n)`, a log per group and a global
+/// one, all run by the three.
+fn three_nodes() -> ClusterConfig {
+    let nodes: Vec<NodeConfig> = (1..=3)
+        .map(|n| NodeConfig {
+            id: NodeId(n),
+            addr: Some(format!("127.0.0.1:{}", free_port())),
+            subscriptions: vec![subscriptions(n)],
+        })
+        .collect();
+    let acceptors = vec![NodeId(1), NodeId(2), NodeId(3)];
+    ClusterConfig::per_group_plus_global(0xC0FFEE, 3, nodes, acceptors, Tuning::default()).unwrap()
 }
 
 #[test]
@@ -54,21 +61,7 @@ fn tcp_cluster_survives_a_killed_process() {
         Instant::now().elapsed().as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let nodes: Vec<NodeConfig> = (1..=3)
-        .map(|n| NodeConfig {
-            id: NodeId(n),
-            addr: Some(format!("127.0.0.1:{}", free_port())),
-            subscriptions: vec![subscriptions(n)],
-        })
-        .collect();
-    let cfg = ClusterConfig::per_group_plus_global(
-        0xC0FFEE,
-        3,
-        nodes,
-        vec![NodeId(1), NodeId(2), NodeId(3)],
-        Tuning::default(),
-    )
-    .unwrap();
+    let cfg = three_nodes();
     let cfg = groups::credentials::with_new_secret(cfg, &dir.join("cluster.secret")).unwrap();
     let cfg_path = dir.join("cluster.toml");
     std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
@@ -197,21 +190,7 @@ fn groups_node_serves_its_metrics() {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("chorus-tcp-metrics-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let nodes: Vec<NodeConfig> = (1..=3)
-        .map(|n| NodeConfig {
-            id: NodeId(n),
-            addr: Some(format!("127.0.0.1:{}", free_port())),
-            subscriptions: vec![subscriptions(n)],
-        })
-        .collect();
-    let cfg = ClusterConfig::per_group_plus_global(
-        0xC0FFEE,
-        3,
-        nodes,
-        vec![NodeId(1), NodeId(2), NodeId(3)],
-        Tuning::default(),
-    )
-    .unwrap();
+    let cfg = three_nodes();
     // Authenticated links, so the handshake counter has something to count.
     let secret = dir.join("cluster.secret");
     std::fs::write(&secret, "metrics-test-secret-0123456789abcdef\n").unwrap();

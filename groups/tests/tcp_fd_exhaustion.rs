@@ -12,39 +12,23 @@
 //! deliveries must go on during the pressure. The node's metrics then show the accept errors,
 //! the connections shed with the spare descriptor, and accepting no longer paused.
 
+mod common;
+
+use common::free_port;
 use groups::codec::Bitcode;
-use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
 use groups::frame::{self, Frame, FrameDecoder, Hello};
 use groups::record::Record;
-use groups::{GroupId, GroupSet, LogId, NodeId};
+use groups::NodeId;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::Processes;
 
 const CLUSTER: u64 = 0xFD5;
 const FD_LIMIT: u64 = 64;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Vec<Child>);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn node(cfg: &Path, id: u32, dir: &Path, extra: &[&str], fd_limit: Option<u64>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_groups-node"));
@@ -131,33 +115,12 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("chorus-fd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn listener_recovers_within_a_second_after_fd_exhaustion() {
-    let dir = temp_dir();
-    let nodes = (1..=3)
-        .map(|id| NodeConfig {
-            id: NodeId(id),
-            addr: Some(format!("127.0.0.1:{}", free_port())),
-            subscriptions: vec![GroupSet::singleton(GroupId(0))],
-        })
-        .collect();
-    let logs = vec![LogConfig {
-        id: LogId(0),
-        covers: GroupSet::singleton(GroupId(0)),
-        acceptors: vec![NodeId(1)],
-    }];
+    let dir = testkit::fresh_dir("fd");
     let secret = dir.join("secret");
     std::fs::write(&secret, "c2VjcmV0IGZvciB0aGUgZmQgdGVzdA==\n").unwrap();
-    let cfg = ClusterConfig::new(CLUSTER, 1, nodes, logs, Tuning::default())
-        .unwrap()
-        .with_secret_file(secret.to_str().unwrap());
+    let cfg = common::one_log_cluster(CLUSTER, 3, &[1]).with_secret_file(secret.to_str().unwrap());
     let cfg_path = dir.join("cluster.toml");
     std::fs::write(&cfg_path, cfg.to_toml()).unwrap();
     let addr1: SocketAddr = cfg
@@ -170,7 +133,7 @@ fn listener_recovers_within_a_second_after_fd_exhaustion() {
         .unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
 
-    let mut procs = Killed(vec![node(
+    let mut procs = Processes(vec![node(
         &cfg_path,
         1,
         &dir,

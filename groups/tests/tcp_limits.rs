@@ -17,7 +17,7 @@ use common::*;
 use groups::config::{ClusterConfig, Limits, LogConfig, NodeConfig, Tuning};
 use groups::frame::{Frame, Hello, FRAME_BYTES_MAX, PROTOCOL_VERSION};
 use groups::{GroupId, GroupSet, LogId, NodeId};
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,21 +78,9 @@ fn frame_header(len: usize) -> Vec<u8> {
 
 /// Whether the node has closed `s` (a read sees the end of the stream or an error), waiting at
 /// most `within`.
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+fn closed(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-    }
+    closed_within(s, within)
 }
 
 /// Samples the process's resident memory and node 1's inbound-bytes gauge until stopped.
@@ -180,7 +168,7 @@ fn partial_frames_stay_within_the_budget_and_are_cut_at_the_deadline() {
                 }
                 // Fails once the node closes the connection.
                 let _ = s.write_all(&partial);
-                let closed = closed_within(&mut s, Duration::from_secs(20));
+                let closed = closed(&mut s, Duration::from_secs(20));
                 (before_hello, closed, started.elapsed())
             })
         })
@@ -267,14 +255,14 @@ fn trickled_frames_and_hellos_are_cut_at_their_deadlines() {
                 if s.write_all(&[b]).is_err() {
                     break;
                 }
-                if closed_within(&mut s, Duration::from_millis(100)) {
+                if closed(&mut s, Duration::from_millis(100)) {
                     break;
                 }
                 if started.elapsed() > Duration::from_secs(6) {
                     break;
                 }
             }
-            let closed = closed_within(&mut s, Duration::from_millis(100));
+            let closed = closed(&mut s, Duration::from_millis(100));
             (closed, started.elapsed())
         })
     };
@@ -328,7 +316,7 @@ fn idle_connections_are_capped_and_peers_still_get_in() {
     std::thread::sleep(Duration::from_millis(300));
     let open = idle
         .iter_mut()
-        .map(|s| closed_within(s, Duration::from_millis(1)))
+        .map(|s| closed(s, Duration::from_millis(1)))
         .filter(|&closed| !closed)
         .count();
     let after_flood = n1.counts();
@@ -376,7 +364,7 @@ fn idle_connections_are_capped_and_peers_still_get_in() {
     let all_closed = idle
         .iter_mut()
         .chain(late.iter_mut())
-        .all(|s| closed_within(s, Duration::from_secs(5)));
+        .all(|s| closed(s, Duration::from_secs(5)));
     let late_closed_after = late_started.elapsed();
     let c = n1.counts();
     drop(n2);

@@ -13,41 +13,25 @@
 mod common;
 
 use common::*;
-use groups::config::{ClusterConfig, LogConfig, NodeConfig, TlsFiles, Tuning};
+use groups::config::{ClusterConfig, TlsFiles};
 use groups::credentials::{member_name, write_tls};
 use groups::frame::{Frame, Hello};
 use groups::runtime::tcp::{TcpError, TcpNode};
-use groups::{GroupId, GroupSet, GroupsNode, LogId, MsgId, NodeId, NodeOptions};
+use groups::{GroupsNode, MsgId, NodeId, NodeOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("chorus-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir("tls", name)
 }
 
-/// `n` nodes on loopback, one group every node subscribes to, one log run by `acceptors`.
 fn cluster(n: u32, acceptors: &[u32]) -> ClusterConfig {
-    let nodes = (1..=n)
-        .map(|id| NodeConfig {
-            id: NodeId(id),
-            addr: Some(format!("127.0.0.1:{}", free_port())),
-            subscriptions: vec![GroupSet::singleton(GroupId(0))],
-        })
-        .collect();
-    let logs = vec![LogConfig {
-        id: LogId(0),
-        covers: GroupSet::singleton(GroupId(0)),
-        acceptors: acceptors.iter().map(|&a| NodeId(a)).collect(),
-    }];
-    ClusterConfig::new(CLUSTER, 1, nodes, logs, Tuning::default()).unwrap()
+    one_log_cluster(CLUSTER, n, acceptors)
 }
 
 /// A TLS client of the test's own, presenting node `as_node`'s certificate from `files`.
@@ -80,23 +64,6 @@ fn tls_stranger(
     sock.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     rustls::StreamOwned::new(conn, sock)
-}
-
-/// Whether the peer closes the TLS stream (end, error or alert) within `within`.
-fn tls_closed(s: &mut impl Read, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    let mut buf = [0u8; 512];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-    }
 }
 
 #[test]
@@ -199,7 +166,7 @@ fn a_member_claiming_another_members_id_is_refused() {
     s.write_all(&forged_app_msg("from 3, really 2")).unwrap();
     s.flush().unwrap();
     assert!(
-        tls_closed(&mut s, Duration::from_secs(3)),
+        closed_within(&mut s, Duration::from_secs(3)),
         "the false claim was kept open"
     );
 
@@ -257,7 +224,7 @@ fn a_plaintext_stranger_is_refused_on_a_tls_port() {
     s.write_all(&forged_app_msg("plain")).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     // The node may answer with a TLS alert before it closes: not frames.
-    let closed = tls_closed(&mut s, Duration::from_secs(3));
+    let closed = closed_within(&mut s, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(100));
     let (app, c) = (node.app(), node.counts());
     drop(node);

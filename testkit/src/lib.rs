@@ -277,6 +277,32 @@ pub fn exit_code_and_stderr(binary: &str, args: &[&str]) -> (Option<i32>, String
     )
 }
 
+/// The service kit's `--metrics-addr` flag on `server`: without `--config` (an in-process
+/// run) it is refused, and so is the address `bad_addr`, each with exit code 2, a message
+/// naming the flag and no panic.
+pub fn check_metrics_addr_flag(server: &str, bad_addr: &str) {
+    let (code, err) = exit_code_and_stderr(server, &["--metrics-addr", "127.0.0.1:9100"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--metrics-addr needs --config"), "{err}");
+    let (code, err) = exit_code_and_stderr(
+        server,
+        &[
+            "--config",
+            "/nonexistent/deployment.toml",
+            "--node",
+            "1",
+            "--metrics-addr",
+            bad_addr,
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("--metrics-addr \"{bad_addr}\"")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
 pub fn scrape(port: u16) -> (String, String) {
     use std::io::{Read, Write};

@@ -12,8 +12,8 @@ fn env(name: &str) -> Option<u64> {
 }
 
 /// Runs `run(seed, verbose)` for the campaign's seeds and returns the results of the seeds that
-/// passed, in seed order. Panics if any seed failed, with the first failure (by seed) and
-/// `replay`, the command that reruns a seed (after `CHORUS_SEED=n`).
+/// passed, in seed order (saying how many on stderr). Panics if any seed failed, with the first
+/// failure (by seed) and `replay`, the command that reruns a seed (after `CHORUS_SEED=n`).
 pub fn campaign<T: Send>(
     name: &str,
     replay: &str,
@@ -60,5 +60,6 @@ pub fn campaign<T: Send>(
             failed.len()
         );
     }
+    eprintln!("{name}: {count} seeds passed");
     results.into_iter().filter_map(|(_, r)| r.ok()).collect()
 }

@@ -1,16 +1,17 @@
-//! Test support shared by the TCP runtime's tests (`tcp_auth`, `tcp_limits`): nodes on
-//! threads of the test process running a recording app, raw-socket strangers, and waiting.
+//! Test support shared by the TCP runtime's tests (`tcp_auth`, `tcp_limits`, `tcp_tls`,
+//! `tcp_fd_exhaustion`): one-log loopback clusters, nodes on threads of the test process
+//! running a recording app, raw-socket strangers, and waiting.
 #![allow(dead_code)]
 
 use bytes::Bytes;
 use groups::codec::Bitcode;
-use groups::config::ClusterConfig;
+use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
 use groups::frame::{self, Frame, FrameDecoder};
 use groups::runtime::inproc::App;
 use groups::runtime::tcp::{LinkCounts, LinkStats, Secret, TcpNode};
-use groups::{GroupId, GroupSet, GroupsNode, MsgId, NetMsg, NodeId, NodeOptions};
+use groups::{GroupId, GroupSet, GroupsNode, LogId, MsgId, NetMsg, NodeId, NodeOptions};
 use std::io::{ErrorKind, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,12 +29,29 @@ pub fn init_logs() {
         .try_init();
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+pub use testkit::free_port;
+
+/// An empty directory for test `name` of the test binary `binary`.
+pub fn temp_dir(binary: &str, name: &str) -> std::path::PathBuf {
+    testkit::fresh_dir(&format!("{binary}-{name}"))
+}
+
+/// `n` nodes on loopback, one group that every node subscribes to, one log run by `acceptors`,
+/// the cluster id `cluster`.
+pub fn one_log_cluster(cluster: u64, n: u32, acceptors: &[u32]) -> ClusterConfig {
+    let nodes = (1..=n)
+        .map(|id| NodeConfig {
+            id: NodeId(id),
+            addr: Some(format!("127.0.0.1:{}", free_port())),
+            subscriptions: vec![GroupSet::singleton(GroupId(0))],
+        })
+        .collect();
+    let logs = vec![LogConfig {
+        id: LogId(0),
+        covers: GroupSet::singleton(GroupId(0)),
+        acceptors: acceptors.iter().map(|&a| NodeId(a)).collect(),
+    }];
+    ClusterConfig::new(cluster, 1, nodes, logs, Tuning::default()).unwrap()
 }
 
 #[derive(Default)]
@@ -235,6 +253,24 @@ pub fn connect(cfg: &ClusterConfig, id: u32) -> TcpStream {
             Ok(s) => return s,
             Err(e) if Instant::now() > deadline => panic!("cannot connect to {a}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Whether the peer closes the stream `s` (end of stream, an error, a TLS alert) within
+/// `within`; `s` must have a short read timeout so that the wait can end.
+pub fn closed_within(s: &mut impl Read, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+        if Instant::now() > deadline {
+            return false;
         }
     }
 }
