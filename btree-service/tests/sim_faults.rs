@@ -22,7 +22,6 @@ use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
 use engine::sim::{faulty_network, verdict, EngineSim, SimSetup, Workload};
-use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,11 +43,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
     let mode = Mode::alternating(seed);
-    let tuning = Tuning {
-        trim: false,
-        ..Tuning::default()
-    };
-    let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
+    let d = Deployment::simulated(2, workers, None).unwrap();
     let service = Arc::new(TreeService::new(config()));
     let key_space = config().key_space;
     let workload: Workload<TreeCommand> = Arc::new(move |rng: &mut ChaCha8Rng, _| {

@@ -36,7 +36,6 @@ use engine::psmr::proxy::Mode;
 use engine::sim::{
     checkpoint_every, faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload,
 };
-use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -119,11 +118,7 @@ fn run_faults(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
     let mode = Mode::alternating(seed);
-    let tuning = Tuning {
-        trim: false,
-        ..Tuning::default()
-    };
-    let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
+    let d = Deployment::simulated(2, workers, None).unwrap();
     let service = Arc::new(TreeService::new(config()));
     let net = faulty_network(&mut rng);
     let setup = SimSetup::two_by_two(seed, net, 40, 15_000, workload());
@@ -179,12 +174,7 @@ fn run_recovery(seed: u64, verbose: bool) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=3usize);
     let mode = Mode::alternating(seed / 2);
-    let tuning = Tuning {
-        trim: true,
-        trim_every_entries: 8,
-        ..Tuning::default()
-    };
-    let d = Deployment::new(4, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
+    let d = Deployment::simulated(4, workers, Some(8)).map_err(|e| e.to_string())?;
     let logs: Vec<LogId> = d.config.logs.iter().map(|l| l.id).collect();
     let service = Arc::new(TreeService::new(config()));
     let net = faulty_network(&mut rng);

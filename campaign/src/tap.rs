@@ -38,6 +38,18 @@ pub struct Tap {
     pub seen: Mutex<BTreeMap<(u64, u64), Seen>>,
 }
 
+impl Tap {
+    /// Client `client`'s command `seq` was submitted now.
+    fn submitted(&self, client: u64, seq: u64) {
+        self.seen.lock().entry((client, seq)).or_default().submitted = Some(Instant::now());
+    }
+
+    /// Client `client`'s command `seq` completed now.
+    fn completed(&self, client: u64, seq: u64) {
+        self.seen.lock().entry((client, seq)).or_default().completed = Some(Instant::now());
+    }
+}
+
 /// The client command a multicast payload carries (a [`wire::FeedMsg::Command`]), if it is
 /// one: the proxies send their commands in the feed's envelope.
 fn command<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
@@ -83,12 +95,7 @@ impl<S: Service> Proxy for Recording<S> {
     }
     fn submit(&mut self, command: S::Command) -> u64 {
         let seq = self.inner.submit(command);
-        self.tap
-            .seen
-            .lock()
-            .entry((self.inner.id().0, seq))
-            .or_default()
-            .submitted = Some(Instant::now());
+        self.tap.submitted(self.inner.id().0, seq);
         seq
     }
     fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, S::Reply>> {
@@ -106,12 +113,7 @@ impl<S: Service> Proxy for Recording<S> {
         }
         let done = Proxy::on_message(&mut self.inner, body);
         if let Some(c) = &done {
-            self.tap
-                .seen
-                .lock()
-                .entry((self.inner.id().0, c.seq))
-                .or_default()
-                .completed = Some(Instant::now());
+            self.tap.completed(self.inner.id().0, c.seq);
         }
         done
     }
@@ -186,12 +188,7 @@ impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
     fn submit(&mut self, command: S::Command) -> u64 {
         let seq = self.inner.submit(command);
         self.current = Some(seq);
-        self.tap
-            .seen
-            .lock()
-            .entry((self.inner.id().0, seq))
-            .or_default()
-            .submitted = Some(Instant::now());
+        self.tap.submitted(self.inner.id().0, seq);
         seq
     }
     fn on_message(&mut self, body: &[u8]) -> Option<Completion<S::Command, Response<S::Reply>>> {
@@ -200,12 +197,7 @@ impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
             if self.current == Some(c.seq) {
                 self.current = None;
             }
-            self.tap
-                .seen
-                .lock()
-                .entry((self.inner.id().0, c.seq))
-                .or_default()
-                .completed = Some(Instant::now());
+            self.tap.completed(self.inner.id().0, c.seq);
         }
         done
     }

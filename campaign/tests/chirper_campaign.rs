@@ -12,58 +12,25 @@
 //! planned run must execute and pass. Takes about 2 minutes on 2 cores (each run also checks
 //! a history of about a thousand operations as one part: a post touches any follower).
 
-use campaign::{runner, Fault, Options, ServiceKind};
+mod common;
+
+use campaign::{Fault, Options, ServiceKind};
 
 #[test]
 fn ci_chirper_campaign_passes_every_run() {
-    let seed = std::env::var("CHORUS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_122);
-    let mut o = Options::new(0, seed);
+    let mut o = Options::new(0, common::seed());
     o.services = vec![ServiceKind::Chirper];
     o.faults.insert(2, Fault::KillOracle);
-    o.runs = std::env::var("CHORUS_CAMPAIGN_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(o.faults.len());
-    println!("chirper campaign seed {seed} (CHORUS_SEED={seed} replays the same plan)");
-    o.work_dir = std::env::temp_dir().join(format!("chorus-chirper-test-{}", std::process::id()));
-    o.json = Some(o.work_dir.with_extension("json"));
-    let s = runner::run(&o).expect("the campaign starts");
-    let _ = std::fs::remove_file(o.work_dir.with_extension("json"));
-    assert_eq!(s.runs.len(), o.runs, "every planned run is reported");
+    let s = common::run_plan(&mut o, "chirper campaign", "chirper-test");
     for (i, r) in s.runs.iter().enumerate() {
-        let (_, fault) = runner::pick(&o, i);
         assert_eq!(r.service, "chirper");
-        assert_eq!(r.fault, fault.name(), "run {i} is the planned fault");
         // Chirper has every fault: no skip has a reason here.
         assert!(!r.skipped, "run {i} skipped: {r:?}");
-        assert!(!r.mechanism.is_empty(), "run {i} names its mechanism");
-        assert!(r.passed(), "run {i} failed: {:?}", r.problems);
-        assert!(r.completed_ops >= 20, "{r:?}");
-        assert!(r.states_equal, "{r:?}");
-        assert_eq!(r.lost_acks, 0, "{r:?}");
         // Two partitions and the oracle, three replicas each.
-        assert_eq!(r.final_hashes.len(), 9, "{r:?}");
-        match r.fault.as_str() {
-            "partial-frames" => {
-                assert!(r.victim_rss_kib.is_some(), "{r:?}");
-                assert!(r.ops_during_fault.is_some_and(|n| n > 0), "{r:?}");
-            }
-            "fd-exhaust" => {
-                assert!(r.victim_fds.is_some(), "{r:?}");
-                assert!(r.recovery_ms.is_some(), "{r:?}");
-            }
-            _ => {}
-        }
+        common::check_executed(i, r, 9);
     }
     assert_eq!(s.failed, 0, "failing runs (see their lines above)");
     assert_eq!(s.skipped, 0);
     assert_eq!(s.passed, o.runs);
-    let kills = s.runs.iter().filter(|r| r.fault == "kill-leader").count();
-    assert_eq!(
-        s.kill_leader_failover.runs, kills,
-        "every leader kill is measured"
-    );
+    common::check_failover_measured(&s);
 }

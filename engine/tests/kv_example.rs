@@ -43,11 +43,9 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     // trimmed below the checkpoints, so a replica that crashed and finds its logs trimmed
     // recovers by state transfer; the other half replay the untrimmed logs.
     let checkpoints = rng.random_bool(0.5);
-    let tuning = groups::config::Tuning {
-        trim: checkpoints,
-        ..Default::default()
-    };
-    let d = Deployment::new(2, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
+    let trim_every = groups::config::Tuning::default().trim_every_entries;
+    let d = Deployment::simulated(2, workers, checkpoints.then_some(trim_every))
+        .map_err(|e| e.to_string())?;
     let workload: Workload<Cmd> = Arc::new(|rng: &mut ChaCha8Rng, _| {
         let k = rng.random_range(0..KEYS);
         match rng.random_range(0..10) {

@@ -19,7 +19,6 @@ use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
 use engine::sim::{faulty_network, verdict, EngineSim, SimSetup};
 use engine::testing::{kv_workload, KvModel, KvService};
-use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -34,11 +33,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
     let mode = Mode::alternating(seed);
-    let tuning = Tuning {
-        trim: false,
-        ..Tuning::default()
-    };
-    let d = Deployment::new(2, 1, workers, 2, tuning).unwrap();
+    let d = Deployment::simulated(2, workers, None).unwrap();
     let service = Arc::new(KvService { split_every: 3 });
     let net = faulty_network(&mut rng);
     let setup = SimSetup::two_by_two(seed, net, 30, 20_000, kv_workload(KEYS));

@@ -22,7 +22,6 @@ use engine::psmr::executor::ExecOptions;
 use engine::psmr::proxy::Mode;
 use engine::sim::{checkpoint_every, faulty_network, verdict, EngineSim, SimSetup};
 use engine::testing::{kv_workload, KvModel, KvService};
-use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,12 +33,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(2..=4usize);
     let mode = Mode::alternating(seed / 2);
-    let tuning = Tuning {
-        trim: true,
-        trim_every_entries: 8,
-        ..Tuning::default()
-    };
-    let d = Deployment::new(4, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
+    let d = Deployment::simulated(4, workers, Some(8)).map_err(|e| e.to_string())?;
     let logs: Vec<LogId> = d.config.logs.iter().map(|l| l.id).collect();
     let service = Arc::new(KvService { split_every: 3 });
     let net = faulty_network(&mut rng);

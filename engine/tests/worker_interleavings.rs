@@ -53,11 +53,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let workers = rng.random_range(3..=4usize);
     let mode = Mode::alternating(seed);
-    let tuning = groups::config::Tuning {
-        trim: false,
-        ..Default::default()
-    };
-    let d = Deployment::new(3, 1, workers, 2, tuning).map_err(|e| e.to_string())?;
+    let d = Deployment::simulated(3, workers, None).map_err(|e| e.to_string())?;
     let workload = Arc::new(|rng: &mut ChaCha8Rng, _| {
         let k = rng.random_range(0..KEYS);
         match rng.random_range(0..100) {

@@ -26,6 +26,23 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The simulated campaigns' deployment: `replicas` replicas of `workers` workers each,
+    /// f = 1, 2 client nodes, default tuning with the logs trimmed every `trim_every_entries`
+    /// entries, or never (`None`: a restarted replica replays them from the start).
+    pub fn simulated(
+        replicas: usize,
+        workers: usize,
+        trim_every_entries: Option<u64>,
+    ) -> Result<Self, ConfigError> {
+        let base = Tuning::default();
+        let tuning = Tuning {
+            trim: trim_every_entries.is_some(),
+            trim_every_entries: trim_every_entries.unwrap_or(base.trim_every_entries),
+            ..base
+        };
+        Deployment::new(replicas, 1, workers, 2, tuning)
+    }
+
     /// `replicas` replicas of `workers` workers each, `2f+1` acceptors, `clients` client nodes.
     pub fn new(
         replicas: usize,
