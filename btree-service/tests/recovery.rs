@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::{
-    free_port, free_ports_from, fresh_dir, metric_sum, per_log, run_client, sample, scrape,
+    free_port, free_ports_from, fresh_dir, metric_sum, metrics, per_log, run_client, sample,
     start_nodes, trimmed_past, wait_for, write_config, Agreement,
 };
 
@@ -53,10 +53,6 @@ fn size(config: &Path) -> Option<String> {
 fn client(config: &Path, command: &str) -> Option<String> {
     let (ok, out) = run_client(CLIENT, config, 1001, 10, &[command]);
     ok.then_some(out)
-}
-
-fn metrics(port: u16) -> String {
-    scrape(port).1
 }
 
 #[test]

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::{
-    free_port, free_ports_from, fresh_dir, per_log, run_client, sample, scrape, start_nodes,
+    free_port, free_ports_from, fresh_dir, metrics, per_log, run_client, sample, start_nodes,
     trimmed_past, wait_for, write_config, Agreement,
 };
 
@@ -49,10 +49,6 @@ fn load(config: &Path, seconds: f64, step: &mut u32) -> u32 {
         }
     }
     ok
-}
-
-fn metrics(port: u16) -> String {
-    scrape(port).1
 }
 
 #[test]

@@ -826,8 +826,10 @@ impl<B: Blueprint> EngineSim<B> {
     /// The recovery campaigns' scenario, first half: at `at_us` the replica `victim` is
     /// crashed (`crash`) or cut off from every other node, and the run goes on (the clients
     /// keep loading) until every live acceptor of each of `logs` has trimmed it past what the
-    /// victim had received. An error if that takes more than `patience_us` (`verbose` prints
-    /// every replica's checkpoints and node then).
+    /// victim had received. An error if that takes more than `patience_us`. `verbose` prints
+    /// what happened after `label` (what the seed drew), or every replica's checkpoints and
+    /// node on an error.
+    #[allow(clippy::too_many_arguments)]
     pub fn isolate_until_trimmed(
         &mut self,
         victim: NodeId,
@@ -836,6 +838,7 @@ impl<B: Blueprint> EngineSim<B> {
         at_us: u64,
         patience_us: u64,
         verbose: bool,
+        label: &str,
     ) -> Result<Isolation, String> {
         self.run_until(at_us);
         let held: Vec<(LogId, u64)> = {
@@ -895,6 +898,10 @@ impl<B: Blueprint> EngineSim<B> {
             }
             self.run_until(t);
         }
+        if verbose {
+            let what = if crash { "crashed" } else { "cut off" };
+            eprintln!("{label}, victim {victim} {what} at {at_us} us holding {held:?}, trimmed past by {t} us");
+        }
         Ok(Isolation {
             held,
             trimmed_by_us: t,
@@ -902,13 +909,19 @@ impl<B: Blueprint> EngineSim<B> {
     }
 
     /// The recovery scenario's second half: the victim restarts empty (`crash`) or the
-    /// network heals.
-    pub fn rejoin(&mut self, victim: NodeId, crash: bool) {
+    /// network heals, and the run goes on until quiet, for at most `settle_us`. The problems
+    /// found (the run did not get quiet).
+    pub fn rejoin(&mut self, victim: NodeId, crash: bool, settle_us: u64) -> Vec<String> {
         if crash {
             self.restart(victim);
         } else {
             self.sim.net.heal_all();
             self.sim.reconnect_all();
+        }
+        if self.run_until_quiet(settle_us) {
+            Vec::new()
+        } else {
+            vec!["liveness: not quiet after the restart".to_string()]
         }
     }
 

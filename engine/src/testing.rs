@@ -284,6 +284,15 @@ pub mod scaleout {
         })
     }
 
+    /// The scale-out campaigns' convention: even seeds S-SMR, odd ones DS-SMR.
+    pub fn scheme_for(seed: u64) -> crate::partitioned::Scheme {
+        if seed.is_multiple_of(2) {
+            crate::partitioned::Scheme::Ssmr
+        } else {
+            crate::partitioned::Scheme::Dssmr
+        }
+    }
+
     /// Client options drawn from `rng` for a simulated campaign: retry threshold 1-4, a cache
     /// or not, moves on cached locations or only after a consult, placement guesses or not.
     pub fn drawn_client_options(

@@ -47,20 +47,9 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let crash = seed.is_multiple_of(2);
     let crash_at = rng.random_range(60_000..=150_000);
     // Keep loading until every live acceptor trimmed every log past what the victim held.
-    let gone = sim.isolate_until_trimmed(victim, &logs, crash, crash_at, 3_000_000, verbose)?;
-    if verbose {
-        let what = if crash { "crashed" } else { "cut off" };
-        eprintln!(
-            "seed {seed}: {mode:?}, {workers} workers, victim {victim} {what} at {crash_at} us holding {:?}, trimmed past by {} us",
-            gone.held, gone.trimmed_by_us
-        );
-    }
-    sim.rejoin(victim, crash);
-    let quiet = sim.run_until_quiet(30_000_000);
-    let mut problems = Vec::new();
-    if !quiet {
-        problems.push("liveness: not quiet after the restart".to_string());
-    }
+    let label = format!("seed {seed}: {mode:?}, {workers} workers");
+    sim.isolate_until_trimmed(victim, &logs, crash, crash_at, 3_000_000, verbose, &label)?;
+    let mut problems = sim.rejoin(victim, crash, 30_000_000);
     if verbose {
         for (r, x) in sim.replicas() {
             eprintln!("  {r}: {:?}", x.checkpoint_stats());

@@ -29,7 +29,9 @@ use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{checkpoint_every, faulty_network, verdict, Campaign, EngineSim, SimSetup};
-use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
+use engine::testing::scaleout::{
+    drawn_client_options, scheme_for, workload, ObjectKv, ObjectKvModel,
+};
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,11 +42,7 @@ const KEYS: u64 = 24;
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let scheme = if seed.is_multiple_of(2) {
-        Scheme::Ssmr
-    } else {
-        Scheme::Dssmr
-    };
+    let scheme = scheme_for(seed);
     let partitions = rng.random_range(2..=3u32);
     let tuning = groups::config::Tuning {
         trim: true,
@@ -87,31 +85,27 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let crash = (seed / 4).is_multiple_of(2);
     let crash_at = rng.random_range(60_000..=150_000);
     // Keep loading until every acceptor of the victim's logs trimmed them past what it held.
-    let gone = sim
-        .isolate_until_trimmed(victim, &victim_logs, crash, crash_at, 3_000_000, verbose)
-        .map_err(|e| format!("{scheme:?}: {e}"))?;
-    if verbose {
-        let what = if crash { "crashed" } else { "cut off" };
-        eprintln!(
-            "seed {seed}: {scheme:?}, {partitions} partitions x 4, victim {victim} {what} at {crash_at} us holding {:?}, trimmed past by {} us",
-            gone.held, gone.trimmed_by_us
-        );
-    }
-    sim.rejoin(victim, crash);
-    let quiet = sim.run_until_quiet(30_000_000);
-    let mut problems = Vec::new();
-    if !quiet {
-        problems.push("liveness: not quiet after the restart".to_string());
-        if verbose {
-            for (id, r) in sim.replicas() {
-                eprintln!(
-                    "  {id}: backlog {} handled {} recovering {} head {:?}",
-                    r.backlog(),
-                    r.handled(),
-                    r.recovering(),
-                    r.partition().and_then(|p| p.head())
-                );
-            }
+    let label = format!("seed {seed}: {scheme:?}, {partitions} partitions x 4");
+    sim.isolate_until_trimmed(
+        victim,
+        &victim_logs,
+        crash,
+        crash_at,
+        3_000_000,
+        verbose,
+        &label,
+    )
+    .map_err(|e| format!("{scheme:?}: {e}"))?;
+    let mut problems = sim.rejoin(victim, crash, 30_000_000);
+    if verbose && !problems.is_empty() {
+        for (id, r) in sim.replicas() {
+            eprintln!(
+                "  {id}: backlog {} handled {} recovering {} head {:?}",
+                r.backlog(),
+                r.handled(),
+                r.recovering(),
+                r.partition().and_then(|p| p.head())
+            );
         }
     }
     let stats: Vec<(NodeId, _)> = sim
@@ -161,11 +155,7 @@ fn a_partition_or_oracle_replica_behind_the_trimmed_logs_recovers_by_state_trans
 /// `scaleout_sim`'s fault campaign with checkpoints and trimming on.
 fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc0ffee);
-    let scheme = if seed.is_multiple_of(2) {
-        Scheme::Ssmr
-    } else {
-        Scheme::Dssmr
-    };
+    let scheme = scheme_for(seed);
     let partitions = rng.random_range(2..=3u32);
     let replicas = rng.random_range(2..=4usize);
     let tuning = groups::config::Tuning {

@@ -21,7 +21,9 @@ use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
-use engine::testing::scaleout::{drawn_client_options, workload, Cmd, ObjectKv, ObjectKvModel};
+use engine::testing::scaleout::{
+    drawn_client_options, scheme_for, workload, Cmd, ObjectKv, ObjectKvModel,
+};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,11 +39,7 @@ static MULTI: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let scheme = if seed.is_multiple_of(2) {
-        Scheme::Ssmr
-    } else {
-        Scheme::Dssmr
-    };
+    let scheme = scheme_for(seed);
     let partitions = rng.random_range(2..=4u32);
     let replicas = rng.random_range(2..=3usize);
     let tuning = groups::config::Tuning {

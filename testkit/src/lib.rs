@@ -303,6 +303,11 @@ pub fn check_metrics_addr_flag(server: &str, bad_addr: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// The body of `GET /metrics` on `127.0.0.1:port` (see [`scrape`]).
+pub fn metrics(port: u16) -> String {
+    scrape(port).1
+}
+
 /// `GET /metrics` on `127.0.0.1:port` over a raw connection: the status line and the body.
 pub fn scrape(port: u16) -> (String, String) {
     use std::io::{Read, Write};
