@@ -415,10 +415,7 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
         ],
         rows: &rows,
     };
-    match report::write_json(out, "multicast.json", &results) {
-        Ok(p) => println!("wrote {}", p.display()),
-        Err(e) => eprintln!("could not write results: {e}"),
-    }
+    results.save(out);
     for &b in &plan.batching {
         let path = out.join(format!("multicast-{}.svg", b.name()));
         let series: Vec<Series> = plan

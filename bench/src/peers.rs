@@ -129,15 +129,7 @@ impl System {
 impl FromStr for System {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        System::ALL
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown system {s:?}; one of {}",
-                    System::ALL.map(System::name).join(", ")
-                )
-            })
+        engine::load::by_name(s, System::ALL, System::name, "system")
     }
 }
 
@@ -673,10 +665,7 @@ fn write_outputs(plan: &Plan, rows: &[Row], versions: &[String], out: &Path, mac
         notes,
         rows,
     };
-    match report::write_json(out, "peers.json", &results) {
-        Ok(p) => println!("wrote {}", p.display()),
-        Err(e) => eprintln!("peers: writing peers.json: {e}"),
-    }
+    results.save(out);
     let mut all = Vec::new();
     for &w in &plan.write_pcts {
         let mut series = Vec::new();
@@ -871,10 +860,7 @@ fn write_ycsb(plan: &Plan, rows: &[YcsbRow], versions: &[String], out: &Path, ma
         notes,
         rows,
     };
-    match report::write_json(out, "peers-ycsb.json", &results) {
-        Ok(p) => println!("wrote {}", p.display()),
-        Err(e) => eprintln!("peers: writing peers-ycsb.json: {e}"),
-    }
+    results.save(out);
 }
 
 #[cfg(test)]

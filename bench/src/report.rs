@@ -14,6 +14,17 @@ pub struct Results<'a, R: Serialize> {
     pub rows: &'a [R],
 }
 
+impl<R: Serialize> Results<'_, R> {
+    /// Writes `dir/{experiment}.json`, saying on stdout where, or on stderr why it could not.
+    pub fn save(&self, dir: &Path) {
+        let name = format!("{}.json", self.experiment);
+        match write_json(dir, &name, self) {
+            Ok(p) => println!("wrote {}", p.display()),
+            Err(e) => eprintln!("could not write {name}: {e}"),
+        }
+    }
+}
+
 /// Writes `dir/name` as pretty JSON and returns its path.
 pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;

@@ -274,10 +274,7 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
         ],
         rows: &rows,
     };
-    match report::write_json(out, "scaleup.json", &results) {
-        Ok(p) => println!("wrote {}", p.display()),
-        Err(e) => eprintln!("could not write results: {e}"),
-    }
+    results.save(out);
     for (&w, d) in plan
         .workloads
         .iter()

@@ -214,10 +214,7 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
         ],
         rows: &rows,
     };
-    match report::write_json(out, "skew.json", &results) {
-        Ok(p) => println!("wrote {}", p.display()),
-        Err(e) => eprintln!("could not write results: {e}"),
-    }
+    results.save(out);
     rows
 }
 

@@ -85,15 +85,7 @@ impl fmt::Display for Distribution {
 impl FromStr for Distribution {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Distribution::ALL
-            .into_iter()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown distribution {s:?}; one of {}",
-                    Distribution::ALL.map(Distribution::name).join(", ")
-                )
-            })
+        engine::load::by_name(s, Distribution::ALL, Distribution::name, "distribution")
     }
 }
 

@@ -46,15 +46,7 @@ impl Workload {
 impl FromStr for Workload {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Workload::ALL
-            .into_iter()
-            .find(|w| w.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown workload {s:?}; one of {}",
-                    Workload::ALL.map(Workload::name).join(", ")
-                )
-            })
+        engine::load::by_name(s, Workload::ALL, Workload::name, "workload")
     }
 }
 

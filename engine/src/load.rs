@@ -8,6 +8,20 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The one of `all` whose `name` is `s`, or an error naming `what` it should be and every
+/// name (how the experiments' and services' named choices parse: workloads, distributions,
+/// systems, faults).
+pub fn by_name<T: Copy, const N: usize>(
+    s: &str,
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, String> {
+    all.into_iter()
+        .find(|x| name(*x) == s)
+        .ok_or_else(|| format!("unknown {what} {s:?}; one of {}", all.map(name).join(", ")))
+}
+
 /// Measurement phases shared by the drivers of one run.
 pub const WARMUP: u8 = 0;
 pub const MEASURE: u8 = 1;
