@@ -12,7 +12,7 @@
 //! rebalancing rounds when `--rebalance-every-ms` is given.
 
 use crate::machine::Machine;
-use crate::report::{self, median, Series, Table};
+use crate::report::{self, decimals, median, Series, Table};
 use btree_service::keys::KeyDistribution;
 use btree_service::load::{run, RebalanceSpec, RunResult, RunSpec, Workload};
 use btree_service::service::TreeConfig;
@@ -323,7 +323,6 @@ pub fn table(rows: &[Row]) -> Table {
         "speed-up",
         "vs unrepl.",
     ]);
-    let f = report::decimals;
     for r in rows {
         t.row(vec![
             r.workload.name().to_string(),
@@ -331,11 +330,11 @@ pub fn table(rows: &[Row]) -> Table {
             r.mode.to_string(),
             r.workers.to_string(),
             report::human(r.throughput_ops_s),
-            f(r.p50_us, 0),
-            f(r.p99_us, 0),
+            decimals(r.p50_us, 0),
+            decimals(r.p99_us, 0),
             format!("{:.2}%", r.abort_rate * 100.0),
-            f(r.speedup, 2),
-            f(r.ratio_to_unreplicated, 2),
+            decimals(r.speedup, 2),
+            decimals(r.ratio_to_unreplicated, 2),
         ]);
     }
     t

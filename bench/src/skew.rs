@@ -13,7 +13,7 @@
 //! run, so a burst of other work on the machine does not land on one point only.
 
 use crate::machine::Machine;
-use crate::report::{self, median, Table};
+use crate::report::{self, decimals, median, Table};
 use btree_service::keys::{Distribution, KeyDistribution};
 use btree_service::load::{self, RebalanceSpec, RunResult, RunSpec, Workload};
 use btree_service::service::TreeConfig;
@@ -233,25 +233,24 @@ pub fn table(rows: &[Row]) -> Table {
         "stripes",
         "misroutes",
     ]);
-    let f = report::decimals;
     for r in rows {
         t.row(vec![
             r.distribution.clone(),
             if r.rebalancing { "on" } else { "off" }.into(),
             report::human(r.throughput_ops_s),
-            format!("{}x", f(r.vs_uniform, 2)),
-            f(r.p50_us, 0),
-            f(r.p99_us, 0),
-            format!("{}%", f(r.busiest_share * 100.0, 0)),
+            format!("{}x", decimals(r.vs_uniform, 2)),
+            decimals(r.p50_us, 0),
+            decimals(r.p99_us, 0),
+            format!("{}%", decimals(r.busiest_share * 100.0, 0)),
             match (r.settled_after_s, r.unsettled_runs) {
                 (_, n) if n > 0 => format!("no ({n} runs)"),
-                (Some(s), _) => f(s, 1),
+                (Some(s), _) => decimals(s, 1),
                 (None, _) => "-".into(),
             },
-            f(r.moves, 0),
-            f(r.splits, 0),
-            f(r.stripes, 0),
-            f(r.misroutes, 0),
+            decimals(r.moves, 0),
+            decimals(r.splits, 0),
+            decimals(r.stripes, 0),
+            decimals(r.misroutes, 0),
         ]);
     }
     t

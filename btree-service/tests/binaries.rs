@@ -8,10 +8,10 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::{
-    check_metrics_addr_flag, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
-    start_nodes, wait_for, write_config, Processes,
+    check_metrics_addr_flag, free_port, free_ports_from, fresh_dir, metric_sum, poll, run_client,
+    scrape, start_nodes, wait_for, write_config, Processes,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
@@ -120,8 +120,7 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
 /// Replica 1's `/metrics` shows the commands it executed and its logs' positions (the
 /// workers publish after each batch: retried briefly).
 fn check_replica_metrics(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll(Duration::from_secs(5), MS_200, || {
         let (status, body) = scrape(port);
         assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
         let executed = metric_sum(&body, "chorus_commands_executed_total{").unwrap_or(0.0);
@@ -133,15 +132,9 @@ fn check_replica_metrics(port: u16) {
             && body.contains("# TYPE chorus_request_service_seconds histogram")
             && metric_sum(&body, "chorus_request_service_seconds_count").unwrap_or(0.0) > 0.0
             && metric_sum(&body, "chorus_optpsmr_aborts_total{").is_some();
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed the commands:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ok.then_some(())
+            .ok_or_else(|| format!("metrics never showed the commands:\n{body}"))
+    })
 }
 
 #[test]

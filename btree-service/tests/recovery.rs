@@ -14,9 +14,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::{
-    free_port, free_ports_from, fresh_dir, metric_sum, metrics, per_log, run_client, sample,
+    free_port, free_ports_from, fresh_dir, metric_sum, metrics, per_log, poll, run_client, sample,
     start_nodes, trimmed_past, wait_for, write_config, Agreement,
 };
 
@@ -90,51 +90,35 @@ fn a_killed_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
     servers.kill(3);
 
     // Load until replica 1 (an acceptor) trimmed every log past that.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    poll(Duration::from_secs(90), Duration::ZERO, || {
         load(&config, 1.5);
-        let firsts = per_log(&metrics(ports[0]), "chorus_log_first_index", logs.clone());
-        if trimmed_past(&firsts, &held) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "logs never trimmed past the killed replica: first {firsts:?}, it held {held:?}\n{}",
-            metrics(ports[0])
-        );
-    }
+        let body = metrics(ports[0]);
+        let firsts = per_log(&body, "chorus_log_first_index", logs.clone());
+        trimmed_past(&firsts, &held).then_some(()).ok_or_else(|| {
+            format!("logs never trimmed past the killed replica: first {firsts:?}, it held {held:?}\n{body}")
+        })
+    });
 
     // Restart replica 4 in memory: it must install a peer's checkpoint.
     let mut restarted = start_nodes(SERVER, &config, Path::new("."), 4..=4, extra);
     servers.0[3] = restarted.0.pop().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(Duration::from_secs(60), Duration::from_millis(200), || {
         let body = std::panic::catch_unwind(|| metrics(ports[3])).unwrap_or_default();
-        if sample(&body, "chorus_checkpoints_total{how=\"installed\"}").unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica 4 never installed a checkpoint:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let installed = sample(&body, "chorus_checkpoints_total{how=\"installed\"}");
+        (installed.unwrap_or(0.0) >= 1.0)
+            .then_some(())
+            .ok_or_else(|| format!("replica 4 never installed a checkpoint:\n{body}"))
+    });
 
     // More load: replica 4 takes checkpoints of its own; then every replica must agree on
     // the latest round's state hash.
     load(&config, 2.0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
         let a = Agreement::scrape(&ports, 3);
-        if a.reached() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas never agreed on a checkpoint's state hash: {a:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        a.reached()
+            .then_some(())
+            .ok_or_else(|| format!("replicas never agreed on a checkpoint's state hash: {a:?}"))
+    });
     let executed = metric_sum(&metrics(ports[3]), "chorus_commands_executed_total{").unwrap_or(0.0);
     assert!(executed > 0.0, "replica 4 executed the log suffix");
     assert!(size(&config).is_some());

@@ -9,10 +9,10 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::{
-    check_metrics_addr_flag, free_port, free_ports_from, fresh_dir, metric_sum, run_client, scrape,
-    start_nodes, wait_for, write_config,
+    check_metrics_addr_flag, free_port, free_ports_from, fresh_dir, metric_sum, poll, run_client,
+    scrape, start_nodes, wait_for, write_config,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chirper-server");
@@ -149,8 +149,7 @@ fn tcp_deployment_serves_clients_and_survives_killed_replicas() {
 /// One replica of each partition (nodes 1, 4) and an oracle replica (node 7) show their
 /// counters and log positions on `/metrics` (published once per tick: retried briefly).
 fn check_metrics(nodes: &[(u32, u16)]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll(Duration::from_secs(5), Duration::from_millis(200), || {
         let bodies: Vec<(u32, String)> = nodes
             .iter()
             .map(|&(n, port)| {
@@ -186,15 +185,9 @@ fn check_metrics(nodes: &[(u32, u16)]) {
                     && metric_sum(b, "chorus_replica_state_hash{half=\"low\"}").is_some()
                     && metric_sum(b, "chorus_replica_state_handled").is_some_and(|v| v > 0.0)
             });
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed the commands:\n{bodies:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ok.then_some(())
+            .ok_or_else(|| format!("metrics never showed the commands:\n{bodies:#?}"))
+    })
 }
 
 #[test]

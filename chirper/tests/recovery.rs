@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::{
-    free_port, free_ports_from, fresh_dir, metrics, per_log, run_client, sample, start_nodes,
+    free_port, free_ports_from, fresh_dir, metrics, per_log, poll, run_client, sample, start_nodes,
     trimmed_past, wait_for, write_config, Agreement,
 };
 
@@ -94,58 +94,47 @@ fn a_killed_partition_replica_recovers_by_state_transfer_past_the_trimmed_logs()
     servers.kill(3);
 
     // Load until replica 1 (an acceptor of both logs) trimmed them past that.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    poll(Duration::from_secs(90), Duration::ZERO, || {
         load(&config, 1.0, &mut step);
         let body = metrics(ports[0]);
         let firsts = per_log(&body, "chorus_log_first_index", logs);
-        if trimmed_past(&firsts, &held) {
-            eprintln!("replica 4 held logs {logs:?} up to {held:?}; replica 1 trimmed them to {firsts:?} after {step} commands");
-            break;
+        if !trimmed_past(&firsts, &held) {
+            return Err(format!("logs never trimmed past the killed replica: first {firsts:?}, it held {held:?}\n{body}"));
         }
-        assert!(
-            Instant::now() < deadline,
-            "logs never trimmed past the killed replica: first {firsts:?}, it held {held:?}\n{body}"
-        );
-    }
+        eprintln!("replica 4 held logs {logs:?} up to {held:?}; replica 1 trimmed them to {firsts:?} after {step} commands");
+        Ok(())
+    });
 
     // Restart replica 4 in memory: it must install a peer's checkpoint.
     let mut restarted = start_nodes(SERVER, &config, Path::new("."), 4..=4, extra);
     servers.0[3] = restarted.0.pop().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(Duration::from_secs(60), Duration::ZERO, || {
         // Scrape only once the restarted process listens (a refused scrape panics).
         let up = std::net::TcpStream::connect(("127.0.0.1", ports[3])).is_ok();
         let body = if up { metrics(ports[3]) } else { String::new() };
         if sample(&body, "chorus_checkpoints_total{how=\"installed\"}").unwrap_or(0.0) >= 1.0 {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "replica 4 never installed a checkpoint:\n{body}"
-        );
         load(&config, 0.3, &mut step);
-    }
+        Err(format!("replica 4 never installed a checkpoint:\n{body}"))
+    });
 
     // More commands: replica 4 takes checkpoints of its own; then every replica of partition
     // 0 must agree on the latest round's state hash.
     load(&config, 2.0, &mut step);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
         let a = Agreement::scrape(&ports, 3);
         if a.reached() {
             eprintln!("partition 0's replicas agree on (round, state hash) {:?}; replica 4 took {} checkpoints of its own", a.hashes[0], a.taken_by_newcomer);
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas never agreed on a checkpoint's state hash: {a:?}"
-        );
         if a.taken_by_newcomer < 1.0 {
             load(&config, 0.3, &mut step);
         }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        Err(format!(
+            "replicas never agreed on a checkpoint's state hash: {a:?}"
+        ))
+    });
     let refused: f64 = ports
         .iter()
         .map(|&p| sample(&metrics(p), "chorus_checkpoints_refused_total").unwrap_or(0.0))

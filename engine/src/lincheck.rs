@@ -1735,25 +1735,31 @@ mod tests {
 
     // ---------------------------------------------------------------- reference comparison
 
-    fn small_register_history() -> impl Strategy<Value = Vec<RegOp>> {
-        let op = (
+    /// Up to 6 operations, one per client, called at 0..10 and lasting 0..5, a quarter of them
+    /// never completed; `op(kind, a, b, flag)` (kind in `0..kinds`, `a` and `b` in `0..3`)
+    /// makes each one's input and the output it claims.
+    fn small_history<I, O>(
+        kinds: u8,
+        op: impl Fn(u8, u64, u64, bool) -> (I, O) + Clone,
+    ) -> impl Strategy<Value = Vec<Operation<I, O>>>
+    where
+        I: Clone + std::fmt::Debug,
+        O: Clone + std::fmt::Debug,
+    {
+        let raw_op = (
             0u64..10,
             0u64..6,
-            0u8..4,
+            0u8..kinds,
             0u8..4,
             0u64..3,
             0u64..3,
             any::<bool>(),
         );
-        prop::collection::vec(op, 0..7).prop_map(|raw| {
+        prop::collection::vec(raw_op, 0..7).prop_map(move |raw| {
             raw.into_iter()
                 .enumerate()
                 .map(|(i, (call, duration, kind, lost, a, b, flag))| {
-                    let (input, output) = match kind {
-                        0 => (RI::Read, RO::Value(a)),
-                        1 => (RI::Write(a), RO::Ok),
-                        _ => (RI::Cas { expect: a, new: b }, RO::Cas(flag)),
-                    };
+                    let (input, output) = op(kind, a, b, flag);
                     Operation {
                         client: i as u64,
                         input,
@@ -1765,39 +1771,28 @@ mod tests {
         })
     }
 
+    fn small_register_history() -> impl Strategy<Value = Vec<RegOp>> {
+        small_history(4, |kind, a, b, flag| match kind {
+            0 => (RI::Read, RO::Value(a)),
+            1 => (RI::Write(a), RO::Ok),
+            _ => (RI::Cas { expect: a, new: b }, RO::Cas(flag)),
+        })
+    }
+
     fn small_kv_history() -> impl Strategy<Value = Vec<KvOp>> {
-        let op = (
-            0u64..10,
-            0u64..6,
-            0u8..6,
-            0u8..4,
-            0u64..3,
-            0u8..3,
-            any::<bool>(),
-        );
-        prop::collection::vec(op, 0..7).prop_map(|raw| {
-            raw.into_iter()
-                .enumerate()
-                .map(|(i, (call, duration, kind, lost, k, v, flag))| {
-                    let (input, output) = match kind {
-                        0 => (KI::Get(k), KO::Value(flag.then_some(bytes(v)))),
-                        1 => (KI::Put(k, bytes(v)), KO::Ok),
-                        2 => (KI::Delete(k), KO::Deleted(flag)),
-                        3 => {
-                            let entries = if flag { vec![(k, bytes(v))] } else { vec![] };
-                            (KI::Scan { lo: k, hi: k + 1 }, KO::Entries(entries))
-                        }
-                        4 => (KI::Scan { lo: 0, hi: 3 }, KO::Entries(vec![])),
-                        _ => (KI::Size, KO::Size(u64::from(v))),
-                    };
-                    Operation {
-                        client: i as u64,
-                        input,
-                        call,
-                        ret: (lost != 0).then_some((call + duration, output)),
-                    }
-                })
-                .collect()
+        small_history(6, |kind, k, v, flag| {
+            let v8 = v as u8;
+            match kind {
+                0 => (KI::Get(k), KO::Value(flag.then_some(bytes(v8)))),
+                1 => (KI::Put(k, bytes(v8)), KO::Ok),
+                2 => (KI::Delete(k), KO::Deleted(flag)),
+                3 => {
+                    let entries = if flag { vec![(k, bytes(v8))] } else { vec![] };
+                    (KI::Scan { lo: k, hi: k + 1 }, KO::Entries(entries))
+                }
+                4 => (KI::Scan { lo: 0, hi: 3 }, KO::Entries(vec![])),
+                _ => (KI::Size, KO::Size(v)),
+            }
         })
     }
 

@@ -203,9 +203,7 @@ pub fn render_partition(s: &ServerStats, e: &mut Exposition) {
             s.double_owned,
         ),
     ];
-    for (name, help, v) in counters {
-        e.counter(name, help, &[], v);
-    }
+    e.counters(&counters);
 }
 
 /// Renders an oracle replica's counters (`chorus_oracle_*_total`).
@@ -250,9 +248,7 @@ pub fn render_oracle(s: &OracleStats, e: &mut Exposition) {
             s.pulls_answered,
         ),
     ];
-    for (name, help, v) in counters {
-        e.counter(name, help, &[], v);
-    }
+    e.counters(&counters);
 }
 
 /// Renders a P-SMR replica's checkpoint counters

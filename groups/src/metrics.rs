@@ -145,6 +145,13 @@ impl Exposition {
         let _ = writeln!(self.out, "{value}");
     }
 
+    /// Unlabelled counters, each `(name, help, value)`.
+    pub fn counters(&mut self, counters: &[(&str, &str, u64)]) {
+        for &(name, help, v) in counters {
+            self.counter(name, help, &[], v);
+        }
+    }
+
     /// A gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         self.header(name, help, "gauge");
@@ -371,9 +378,7 @@ pub fn render_node(s: &NodeSnapshot, e: &mut Exposition) {
             st.rejected,
         ),
     ];
-    for (name, help, v) in counters {
-        e.counter(name, help, &[], v);
-    }
+    e.counters(&counters);
     type Pick = fn(&LogSnapshot) -> Option<f64>;
     let gauges: [(&str, &str, Pick); 5] = [
         (
@@ -493,9 +498,7 @@ pub fn render_links(c: &crate::runtime::tcp::LinkCounts, e: &mut Exposition) {
             c.accept_shed,
         ),
     ];
-    for (name, help, v) in counters {
-        e.counter(name, help, &[], v);
-    }
+    e.counters(&counters);
     let gauges: [(&str, &str, u64); 4] = [
         (
             "chorus_link_inbound_connections",

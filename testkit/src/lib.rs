@@ -255,12 +255,22 @@ pub fn wait_for<T>(
     failure: &str,
     mut probe: impl FnMut() -> Option<T>,
 ) -> T {
+    poll(limit, every, || probe().ok_or_else(|| failure.to_string()))
+}
+
+/// Calls `probe` every `every` until it returns `Ok`, and returns what it holds; panics with
+/// the last `Err`'s message if `limit` passes first.
+pub fn poll<T>(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        if let Some(x) = probe() {
-            return x;
+        match probe() {
+            Ok(x) => return x,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
         }
-        assert!(std::time::Instant::now() < deadline, "{failure}");
         std::thread::sleep(every);
     }
 }
