@@ -152,17 +152,19 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
     let phase = Arc::new(AtomicU8::new(WARMUP));
     // This node's sequential keys get a region of their own above the key space.
+    let sequence = Sequence {
+        base: u64::from(me.0) << 40,
+        slot: 0,
+        slots: args.clients as u64,
+    };
+    let seed = u64::from(me.0);
     let load = load_driver(
         args.clients,
         args.workload,
         &file.tree,
         args.keys.spec()?,
-        Sequence {
-            base: u64::from(me.0) << 40,
-            slot: 0,
-            slots: args.clients as u64,
-        },
-        u64::from(me.0),
+        sequence,
+        seed,
         phase.clone(),
     );
     if let Some(w) = args.ycsb {
@@ -178,12 +180,8 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
             w,
             params,
             &file.tree,
-            Sequence {
-                base: u64::from(me.0) << 40,
-                slot: 0,
-                slots: args.clients as u64,
-            },
-            u64::from(me.0),
+            sequence,
+            seed,
             phase.clone(),
         );
         let (d, secs) = drive(args, &file, me, service, driver, &phase, args.clients)?;
