@@ -658,21 +658,13 @@ impl<B: Blueprint> EngineSim<B> {
         for _ in 0..rng.random_range(0..=c.partitions_max) {
             let at = rng.random_range(0..c.fault_phase_us);
             let until = (at + rng.random_range(30_000..=250_000)).min(c.fault_phase_us);
-            if rng.random_bool(0.5) {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                for &n in &all {
-                    if rng.random_bool(0.5) {
-                        a.push(n)
-                    } else {
-                        b.push(n)
-                    }
-                }
-                plan.push((at, Ev::Cut(a, b)));
-            } else {
-                let x = all[rng.random_range(0..all.len())];
-                let y = all[rng.random_range(0..all.len())];
-                plan.push((at, Ev::OneWay(x, y)));
-            }
+            plan.push((
+                at,
+                match groups::sim::Cut::draw(&mut rng, &all) {
+                    groups::sim::Cut::Partition(a, b) => Ev::Cut(a, b),
+                    groups::sim::Cut::OneWay(x, y) => Ev::OneWay(x, y),
+                },
+            ));
             plan.push((until, Ev::Heal));
         }
         // Pauses are drawn from their own stream, so adding them left the crash and partition

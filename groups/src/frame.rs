@@ -335,14 +335,7 @@ mod tests {
             }),
         );
         bytes.extend(encoded(5, &Frame::Msg(sample())));
-        let mut d = FrameDecoder::new(Bitcode, 5);
-        let mut got = Vec::new();
-        for b in bytes {
-            d.extend(&[b]);
-            while let Some(f) = d.next_frame().unwrap() {
-                got.push(f);
-            }
-        }
+        let (got, d) = byte_by_byte(bytes);
         assert!(matches!(
             &got[0],
             Frame::Hello(Hello {
@@ -424,12 +417,9 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn handshake_frames_round_trip() {
-        let mut bytes = Vec::new();
-        for f in handshake_frames() {
-            encode(&Bitcode, 5, &f, &mut bytes).unwrap();
-        }
+    /// The frames of cluster 5 that `bytes` decode to when fed one byte at a time, and the
+    /// decoder.
+    fn byte_by_byte(bytes: Vec<u8>) -> (Vec<Frame>, FrameDecoder<Bitcode>) {
         let mut d = FrameDecoder::new(Bitcode, 5);
         let mut got = Vec::new();
         for b in bytes {
@@ -438,6 +428,16 @@ mod tests {
                 got.push(f);
             }
         }
+        (got, d)
+    }
+
+    #[test]
+    fn handshake_frames_round_trip() {
+        let mut bytes = Vec::new();
+        for f in handshake_frames() {
+            encode(&Bitcode, 5, &f, &mut bytes).unwrap();
+        }
+        let (got, d) = byte_by_byte(bytes);
         d.finish().unwrap();
         assert_eq!(got.len(), 3);
         for (got, want) in got.iter().zip(handshake_frames()) {

@@ -71,15 +71,7 @@ impl Rmcast {
         now: u64,
         out: &mut Vec<(NodeId, NetMsg)>,
     ) -> Result<MsgId, MulticastError> {
-        if dests.is_empty() {
-            return Err(MulticastError::NoDestinations);
-        }
-        if let Some(g) = dests.last().filter(|g| g.0 >= self.cfg.groups) {
-            return Err(MulticastError::UnknownGroup {
-                group: g,
-                groups: self.cfg.groups,
-            });
-        }
+        MulticastError::check_destinations(&dests, self.cfg.groups)?;
         let max = self.cfg.tuning.payload_bytes_max;
         if payload.len() > max {
             return Err(MulticastError::PayloadTooLarge {

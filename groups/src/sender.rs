@@ -28,6 +28,20 @@ pub enum MulticastError {
     Backpressure { queued: usize },
 }
 
+impl MulticastError {
+    /// Checks a multicast's destinations against the cluster's `groups` groups: at least one,
+    /// every one of them existing.
+    pub fn check_destinations(dests: &GroupSet, groups: u32) -> Result<(), MulticastError> {
+        if dests.is_empty() {
+            return Err(MulticastError::NoDestinations);
+        }
+        match dests.last().filter(|g| g.0 >= groups) {
+            Some(group) => Err(MulticastError::UnknownGroup { group, groups }),
+            None => Ok(()),
+        }
+    }
+}
+
 struct Pending {
     msg: Message,
     log: LogId,
@@ -91,15 +105,7 @@ impl Sender {
 
     /// Validates `dests` and returns the log that orders them.
     pub fn route(&self, dests: &GroupSet) -> Result<LogId, MulticastError> {
-        if dests.is_empty() {
-            return Err(MulticastError::NoDestinations);
-        }
-        if let Some(g) = dests.last().filter(|g| g.0 >= self.cfg.groups) {
-            return Err(MulticastError::UnknownGroup {
-                group: g,
-                groups: self.cfg.groups,
-            });
-        }
+        MulticastError::check_destinations(dests, self.cfg.groups)?;
         self.cfg
             .route(dests)
             .ok_or_else(|| MulticastError::NoCoveringLog(dests.clone()))

@@ -246,21 +246,11 @@ fn draw(seed: u64) -> Scenario {
     for _ in 0..rng.random_range(0..=3) {
         let at = rng.random_range(0..fault_phase_us);
         let until = (at + rng.random_range(50_000..=400_000)).min(fault_phase_us);
-        if rng.random_bool(0.5) {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for &n in &ids {
-                if rng.random_bool(0.5) {
-                    a.push(n)
-                } else {
-                    b.push(n)
-                }
-            }
-            plan.push((at, Action::Partition(a, b)));
-        } else {
-            let x = ids[rng.random_range(0..ids.len())];
-            let y = ids[rng.random_range(0..ids.len())];
-            plan.push((at, Action::CutOneWay(x, y)));
-        }
+        let action = match groups::sim::Cut::draw(&mut rng, &ids) {
+            groups::sim::Cut::Partition(a, b) => Action::Partition(a, b),
+            groups::sim::Cut::OneWay(x, y) => Action::CutOneWay(x, y),
+        };
+        plan.push((at, action));
         plan.push((until, Action::Heal));
     }
     // Stable: actions drawn for one instant keep their order (the trap's wipe, crashes, heal).

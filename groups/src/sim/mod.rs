@@ -107,6 +107,37 @@ impl Actor for crate::GroupsNode {
     }
 }
 
+/// A network fault that fault campaigns draw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The nodes split into two sides that cannot reach each other.
+    Partition(Vec<NodeId>, Vec<NodeId>),
+    /// Messages from the first node to the second are dropped (none if it is the same node).
+    OneWay(NodeId, NodeId),
+}
+
+impl Cut {
+    /// Draws a cut over `nodes` from `rng`: half the time a partition (each node on a side by
+    /// a coin), otherwise a one-way cut between two nodes drawn independently.
+    pub fn draw(rng: &mut ChaCha8Rng, nodes: &[NodeId]) -> Cut {
+        if rng.random_bool(0.5) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for &n in nodes {
+                if rng.random_bool(0.5) {
+                    a.push(n)
+                } else {
+                    b.push(n)
+                }
+            }
+            Cut::Partition(a, b)
+        } else {
+            let x = nodes[rng.random_range(0..nodes.len())];
+            let y = nodes[rng.random_range(0..nodes.len())];
+            Cut::OneWay(x, y)
+        }
+    }
+}
+
 /// The encoded size of a message (what the TCP runtime would send, without framing).
 pub fn wire_bytes(msg: &crate::NetMsg) -> usize {
     use crate::codec::Codec;
