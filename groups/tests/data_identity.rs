@@ -20,22 +20,13 @@ use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Storage, StorageOp};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const CLUSTER_A: ClusterId = ClusterId(0x1111_2222_3333_4444_5555_6666_7777_8888);
 const CLUSTER_B: ClusterId = ClusterId(0x9999_aaaa_bbbb_cccc_dddd_eeee_ffff_0000);
 
 fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "chorus-identity-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::unique_dir(&format!("identity-{name}"))
 }
 
 /// Three nodes accepting a log per group (2 groups) and a global log; the same layout for

@@ -30,15 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "chorus-durable-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::unique_dir(&format!("durable-{name}"))
 }
 
 fn ballot(n: u32, pid: u64) -> Ballot {

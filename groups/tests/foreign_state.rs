@@ -22,7 +22,9 @@
 //! replay. The test watches for that with a wall-clock bound (the run takes about a second).
 //! Seeds: `CHORUS_SEED=n` runs one.
 
-use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
+mod common;
+
+use groups::config::{ClusterConfig, LogConfig, NodeConfig};
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, LogId, MsgId, NodeId};
 use groups::log::storage::MemStorage;
@@ -56,15 +58,7 @@ fn cluster(id: u64) -> ClusterConfig {
             subscriptions: vec![both.clone()],
         })
         .collect();
-    let tuning = Tuning {
-        tick_us: 1000,
-        skip_lambda_per_delta: 200,
-        election_ticks: 20,
-        resend_ticks: 10,
-        fetch_poll_ticks: 10,
-        trim: false,
-        ..Tuning::default()
-    };
+    let tuning = common::quick_tuning();
     ClusterConfig::new(id, 2, nodes, logs, tuning).unwrap()
 }
 

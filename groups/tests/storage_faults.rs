@@ -21,7 +21,9 @@
 //! The two controls must be caught by the checker in at least one seed each; the test prints
 //! how often they are. `CHORUS_SEED=n` replays one seed (of every variant) verbosely.
 
-use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
+mod common;
+
+use groups::config::{ClusterConfig, LogConfig, NodeConfig};
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, LogId, NodeId};
 use groups::sim::{GroupsSim, NetFaults, SimOptions, StepCrash};
@@ -79,15 +81,7 @@ fn cluster(seed: u64) -> ClusterConfig {
             subscriptions,
         });
     }
-    let tuning = Tuning {
-        tick_us: 1000,
-        skip_lambda_per_delta: 200,
-        election_ticks: 20,
-        resend_ticks: 10,
-        fetch_poll_ticks: 10,
-        trim: false,
-        ..Tuning::default()
-    };
+    let tuning = common::quick_tuning();
     ClusterConfig::new(seed, 2, nodes, logs, tuning).expect("valid layout")
 }
 

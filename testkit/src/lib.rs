@@ -208,6 +208,14 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// An empty directory `chorus-{name}-{pid}-{n}` under the system's temporary directory, `n`
+/// counting the calls (for tests, or property-test cases, that each need their own).
+pub fn unique_dir(name: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fresh_dir(&format!("{name}-{}-{n}", std::process::id()))
+}
+
 /// Runs `server --write-config CONFIG args...` (a service's deployment writer) and checks that
 /// it succeeded: its stderr, where it names what it wrote.
 pub fn write_config(server: &str, config: &std::path::Path, args: &[&str]) -> String {

@@ -31,6 +31,20 @@ pub fn init_logs() {
 
 pub use testkit::free_port;
 
+/// The simulated clusters' tuning of the storage tests (`storage_faults`, `foreign_state`):
+/// 1 ms ticks, quick elections, resends and fetches, no trimming.
+pub fn quick_tuning() -> Tuning {
+    Tuning {
+        tick_us: 1000,
+        skip_lambda_per_delta: 200,
+        election_ticks: 20,
+        resend_ticks: 10,
+        fetch_poll_ticks: 10,
+        trim: false,
+        ..Tuning::default()
+    }
+}
+
 /// An empty directory for test `name` of the test binary `binary`.
 pub fn temp_dir(binary: &str, name: &str) -> std::path::PathBuf {
     testkit::fresh_dir(&format!("{binary}-{name}"))
