@@ -309,6 +309,12 @@ pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut E
         c.round as f64,
     );
     e.gauge(
+        "chorus_checkpoint_loaded_round",
+        "Round of the checkpoint this replica loaded from its data directory at start (0: none).",
+        &[],
+        c.loaded_round as f64,
+    );
+    e.gauge(
         "chorus_checkpoint_bytes",
         "Encoded size of the latest checkpoint.",
         &[],

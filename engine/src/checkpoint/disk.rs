@@ -272,7 +272,7 @@ impl CheckpointDir {
                 found.push((round, entry.path()));
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
         Ok(found)
     }
 

@@ -132,6 +132,8 @@ pub struct CheckpointStats {
     /// Durable checkpoints: loaded from disk at start (0 or 1), written, failed writes, and
     /// the microseconds of the latest write and of the load's install.
     pub loaded: u64,
+    /// The round of the checkpoint loaded from disk (0: none).
+    pub loaded_round: u64,
     pub saved: u64,
     pub save_errors: u64,
     pub save_us: u64,
@@ -322,6 +324,7 @@ impl<C: ReplicaCore> ReplicaHost<C> {
                 out.push(Action::SetCheckpointed(i.positions.clone()));
                 let s = &mut self.stats;
                 s.loaded += 1;
+                s.loaded_round = i.round;
                 s.load_us = t0.elapsed().as_micros() as u64;
                 s.round = i.round;
                 s.bytes = file.bytes.len() as u64;
