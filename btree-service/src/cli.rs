@@ -21,10 +21,11 @@
 //!
 //! ```toml
 //! durability = "disk"    # default "memory"
-//! data_dir = "data"      # node N keeps its logs in data/node-N/
-//! [tuning]
-//! trim = false           # required with "disk": replicas replay the logs from the start
+//! data_dir = "data"      # node N keeps its logs in data/node-N/, checkpoints in data/node-N.checkpoints/
 //! ```
+//!
+//! With "disk" the logs are trimmed below the replicas' durable checkpoints only
+//! (`engine::checkpoint::disk`).
 
 use crate::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;

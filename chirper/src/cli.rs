@@ -26,8 +26,9 @@
 //!
 //! The cluster part may keep the acceptors' logs on disk (top-level keys, before `[service]`;
 //! see [`groups::config::Durability`]): `durability = "disk"` (default `"memory"`) with
-//! `data_dir = "DIR"` (node N keeps its logs in `DIR/node-N/`) and `trim = false` in
-//! `[tuning]` (required: replicas rebuild their state by replaying the logs from the start).
+//! `data_dir = "DIR"` (node N keeps its logs in `DIR/node-N/`, a checkpointing replica its
+//! checkpoints in `DIR/node-N.checkpoints/`); the logs are trimmed below durable checkpoints
+//! only (`engine::checkpoint::disk`).
 
 use crate::graph::{generate, place_by_community, read_edge_list, GraphSpec, SocialGraph};
 use crate::service::{Chirper, ChirperConfig, Command, Reply, UserId};

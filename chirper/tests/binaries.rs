@@ -220,7 +220,7 @@ fn durable_deployment_keeps_users_follows_and_posts_across_a_whole_cluster_resta
     write_config(SERVER, &config, &args);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("durability = \"disk\""), "{text}");
-    assert!(text.contains("trim = false"), "{text}");
+    assert!(text.contains("trim = true"), "{text}");
 
     let mut servers = start_nodes(SERVER, &config, &dir, 1..=9, |_| vec![]);
     first_timeline(&config, "1");

@@ -24,6 +24,8 @@
 //! requester tries the next peer. The requester installs the checkpoint and restarts its
 //! feeds at the checkpoint's positions ([`groups::node::GroupsNode::restart_feeds`]).
 
+pub mod disk;
+
 use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;
 use groups::config::ClusterConfig;

@@ -258,15 +258,33 @@ pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut E
     let c = c.lock().clone();
     e.counter(
         "chorus_checkpoints_total",
-        "Checkpoints completed at this replica, by how (taken: from its own workers; installed: received from a peer by state transfer).",
+        "Checkpoints completed at this replica, by how (taken: from its own workers; installed: received from a peer by state transfer; loaded: from the data directory at start).",
         &[("how", "taken")],
         c.taken - c.installed,
     );
     e.counter(
         "chorus_checkpoints_total",
-        "Checkpoints completed at this replica, by how (taken: from its own workers; installed: received from a peer by state transfer).",
+        "Checkpoints completed at this replica, by how (taken: from its own workers; installed: received from a peer by state transfer; loaded: from the data directory at start).",
         &[("how", "installed")],
         c.installed,
+    );
+    e.counter(
+        "chorus_checkpoints_total",
+        "Checkpoints completed at this replica, by how (taken: from its own workers; installed: received from a peer by state transfer; loaded: from the data directory at start).",
+        &[("how", "loaded")],
+        c.loaded,
+    );
+    e.counter(
+        "chorus_checkpoints_written_total",
+        "Checkpoints written to the data directory (durable logs), and writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it).",
+        &[("result", "ok")],
+        c.saved,
+    );
+    e.counter(
+        "chorus_checkpoints_written_total",
+        "Checkpoints written to the data directory (durable logs), and writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it).",
+        &[("result", "failed")],
+        c.save_errors,
     );
     e.counter(
         "chorus_checkpoints_refused_total",
@@ -285,6 +303,12 @@ pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut E
         "Round of the latest checkpoint (equal rounds are the same point of every replica's stream).",
         &[],
         c.round as f64,
+    );
+    e.gauge(
+        "chorus_checkpoint_loaded_round",
+        "Round of the checkpoint this replica loaded from its data directory at start (0: none).",
+        &[],
+        c.loaded_round as f64,
     );
     e.gauge(
         "chorus_checkpoint_bytes",
@@ -334,6 +358,16 @@ pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut E
             "chorus_checkpoint_install_seconds",
             "Time the latest state transfer took to install the checkpoint.",
             c.install_us,
+        ),
+        (
+            "chorus_checkpoint_write_seconds",
+            "Time the latest checkpoint took to be written and synced to the data directory.",
+            c.save_us,
+        ),
+        (
+            "chorus_checkpoint_load_seconds",
+            "Time the checkpoint loaded from the data directory at start took to install.",
+            c.load_us,
         ),
     ] {
         e.gauge(name, help, &[], us as f64 / 1e6);

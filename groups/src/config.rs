@@ -23,8 +23,8 @@
 //!
 //! The optional top-level keys `durability = "memory" | "disk"` and `data_dir = "path"` choose
 //! where the acceptors of the consensus logs keep their state ([`Durability`]; default
-//! `"memory"`). `"disk"` needs `data_dir` and, until the services have checkpoints,
-//! `trim = false` in `[tuning]` (see [`ClusterConfig::durability`]).
+//! `"memory"`). `"disk"` needs `data_dir`; its logs are trimmed only below durable
+//! checkpoints (see [`ClusterConfig::durability`]).
 
 use crate::groupset::{GroupSet, MAX_GROUP_ID};
 use crate::ids::{ClusterId, GroupId, LogId, NodeId};
@@ -85,12 +85,6 @@ pub enum ConfigError {
          on disk, or remove data_dir"
     )]
     DataDirWithoutDisk,
-    #[error(
-        "durability = \"disk\" needs trim = false in [tuning]: the services have no checkpoints \
-         yet, so a restarted replica rebuilds its state by replaying the logs from index 0, and \
-         after a whole-cluster restart a trimmed prefix would be gone for good"
-    )]
-    DiskNeedsNoTrim,
     /// A layout built on top of a configuration (by the engine) is impossible.
     #[error("{0}")]
     Invalid(String),
@@ -168,7 +162,8 @@ pub struct Tuning {
     /// fetching (a restarted node) and does not hold the log.
     pub subscriber_lag_ticks_max: u64,
     pub catch_up_ticks: u64,
-    /// Whether leaders trim entries every subscriber has received.
+    /// Whether leaders trim entries every subscriber has received (with durable logs: every
+    /// subscriber holds in a durable checkpoint; see [`crate::server::LogServer::trim_bound`]).
     pub trim: bool,
     /// A leader trims once at least this many entries can go.
     pub trim_every_entries: u64,
@@ -180,6 +175,10 @@ pub struct Tuning {
     pub rm_relay: bool,
     /// Largest payload accepted by `multicast` and `rmcast`.
     pub payload_bytes_max: usize,
+    /// Durable logs: a write-ahead file larger than this is rewritten without its trimmed
+    /// entries once they are more than half of it (see [`crate::log::disk`], "Compaction"),
+    /// so a trimmed log's file stays below about `max(wal_compact_bytes, 2 x live state)`.
+    pub wal_compact_bytes: u64,
 }
 
 impl Default for Tuning {
@@ -208,6 +207,7 @@ impl Default for Tuning {
             rm_resend_ticks_max: 1000,
             rm_relay: true,
             payload_bytes_max: 4 << 20,
+            wal_compact_bytes: 64 << 20,
         }
     }
 }
@@ -249,6 +249,12 @@ impl Tuning {
                 rule: "greater than subscriber_lag_ticks_max",
             });
         }
+        if self.wal_compact_bytes < 4096 {
+            return Err(ConfigError::Tuning {
+                name: "wal_compact_bytes",
+                rule: "at least 4096",
+            });
+        }
         if self.rm_resend_ticks_max < self.rm_resend_ticks {
             return Err(ConfigError::Tuning {
                 name: "rm_resend_ticks_max",
@@ -281,8 +287,8 @@ pub enum Durability {
     Memory,
     /// Acceptor state in write-ahead files ([`crate::log::disk::DiskStorage`]), synced before
     /// any promise or accept leaves the node: a whole-cluster restart keeps every
-    /// acknowledged entry. Costs one `fsync` per consensus write (batched entries share it)
-    /// and disk space for the whole log (nothing is trimmed; see [`ClusterConfig::durability`]).
+    /// acknowledged entry. Costs one `fsync` per consensus write (batched entries share it);
+    /// logs are trimmed only below durable checkpoints (see [`ClusterConfig::durability`]).
     /// `data_dir` is resolved against the working directory of the process when relative;
     /// node N keeps its files in `<data_dir>/node-N/`.
     Disk { data_dir: String },
@@ -316,14 +322,6 @@ impl Durability {
         match self {
             Durability::Memory => None,
             Durability::Disk { data_dir } => Some(data_dir),
-        }
-    }
-
-    /// Refuses a durable configuration whose logs are trimmed ([`ConfigError::DiskNeedsNoTrim`]).
-    fn check(&self, tuning: &Tuning) -> Result<(), ConfigError> {
-        match self {
-            Durability::Disk { .. } if tuning.trim => Err(ConfigError::DiskNeedsNoTrim),
-            _ => Ok(()),
         }
     }
 }
@@ -404,11 +402,12 @@ pub struct ClusterConfig {
     /// Where the acceptors keep their log state (top-level keys `durability` and `data_dir`;
     /// default [`Durability::Memory`]). Applied by [`crate::node::GroupsNode::from_config`].
     ///
-    /// [`Durability::Disk`] requires `trim = false` in the tuning, and a configuration with
-    /// both is refused ([`ConfigError::DiskNeedsNoTrim`]): the services have no checkpoints
-    /// yet, so a restarted replica rebuilds its state by replaying every log from index 0,
-    /// and after a whole-cluster restart a trimmed prefix would be gone. With trimming off, the
-    /// logs (in memory and on disk) grow without bound until checkpoints exist.
+    /// With [`Durability::Disk`] and `trim` on, a log is trimmed only below positions its
+    /// subscribers reported as covered by a checkpoint (which the engine's replicas write to
+    /// disk before reporting, `engine::checkpoint::disk`); a subscriber that never reports
+    /// one holds the whole log, since after a restart it replays it from index 0
+    /// ([`crate::server::LogServer::trim_bound`]). So a whole-cluster restart finds every
+    /// trimmed prefix inside some replica's durable checkpoint.
     pub durability: Durability,
     /// What a TCP node accepts from the network (the `[limits]` table; default
     /// [`Limits::default`]). Set with [`ClusterConfig::with_limits`], which validates it.
@@ -622,10 +621,8 @@ impl ClusterConfig {
     }
 
     /// This configuration with its acceptors' state kept as `durability` says (see
-    /// [`ClusterConfig::durability`]); [`Durability::Disk`] with `trim` on in the tuning is
-    /// refused ([`ConfigError::DiskNeedsNoTrim`]).
+    /// [`ClusterConfig::durability`]).
     pub fn with_durability(mut self, durability: Durability) -> Result<Self, ConfigError> {
-        durability.check(&self.tuning)?;
         self.durability = durability;
         Ok(self)
     }
@@ -1129,24 +1126,16 @@ mod tests {
             ClusterConfig::from_toml(&file("durability = \"disk\"\ndata_dir = \" \"\n", false)),
             Err(ConfigError::DiskWithoutDataDir)
         );
-        // Trimming on (also the default tuning) with "disk": refused, saying why.
-        let err =
-            ClusterConfig::from_toml(&file("durability = \"disk\"\ndata_dir = \"d\"\n", true))
-                .unwrap_err();
-        assert_eq!(err, ConfigError::DiskNeedsNoTrim);
-        assert!(err.to_string().contains("trim = false"), "{err}");
-        assert!(err.to_string().contains("checkpoints"), "{err}");
-        let default_tuning = "durability = \"disk\"\ndata_dir = \"d\"\ncluster_id = 1\ngroups = 1\n[[node]]\nid = 1\n[[log]]\nid = 0\ncovers = [0]\nacceptors = [1]\n";
-        assert_eq!(
-            ClusterConfig::from_toml(default_tuning),
-            Err(ConfigError::DiskNeedsNoTrim)
-        );
-        assert_eq!(
-            three_groups().with_durability(Durability::Disk {
+        // Trimming on (also the default tuning) with "disk": accepted (logs are trimmed below
+        // durable checkpoints only, see `LogServer::trim_bound`).
+        let on = ClusterConfig::from_toml(&file("durability = \"disk\"\ndata_dir = \"d\"\n", true))
+            .unwrap();
+        assert!(on.tuning.trim && on.durability.data_dir() == Some("d"));
+        assert!(three_groups()
+            .with_durability(Durability::Disk {
                 data_dir: "d".into()
-            }),
-            Err(ConfigError::DiskNeedsNoTrim)
-        );
+            })
+            .is_ok());
         let err = ClusterConfig::from_toml(&file("durability = \"flash\"\n", false)).unwrap_err();
         assert_eq!(err, ConfigError::UnknownDurability("flash".into()));
         assert!(err.to_string().contains("\"memory\""), "{err}");

@@ -396,7 +396,10 @@ impl GroupsNode {
             Durability::Memory => Ok(Self::in_memory(cfg, me, opts)),
             Durability::Disk { data_dir } => {
                 let dir = Path::new(data_dir).to_path_buf();
-                Self::durable(cfg, me, opts, &dir)
+                let disk_opts = DiskOptions {
+                    compact_bytes: cfg.tuning.wal_compact_bytes,
+                };
+                Self::durable_with(cfg, me, opts, &dir, disk_opts)
             }
         }
     }

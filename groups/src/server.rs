@@ -358,11 +358,16 @@ impl LogServer {
     ///   silent for `20 * progress_ticks` (crashed, cut off) does not count: when it comes
     ///   back it recovers by state transfer from a peer whose checkpoint does count;
     /// - for any other subscriber: what it reported received (0 before its first report),
-    ///   whether it is alive or not, since it has no other way to recover.
+    ///   whether it is alive or not, since it has no other way to recover; with durable logs
+    ///   ([`crate::config::Durability::Disk`]) 0 instead: such a subscriber restarted (or
+    ///   the whole cluster) replays the log from index 0, and a checkpointing subscriber not
+    ///   heard from since this acceptor started counts as one, so after an acceptor restart
+    ///   nothing is trimmed until every subscriber reported its (durable) checkpoint again.
     ///
     /// `None` when no subscriber counts.
     pub fn trim_bound(&self, now: u64) -> Option<u64> {
         let silent_after = 20 * self.tuning().progress_ticks;
+        let durable = self.cfg.durability != crate::config::Durability::Memory;
         self.cfg
             .log_subscribers(self.id)
             .iter()
@@ -371,6 +376,7 @@ impl LogServer {
                     let heard = self.progress.get(n).map_or(at, |p| p.1.max(at));
                     (now <= heard + silent_after).then_some(next)
                 }
+                None if durable => Some(0),
                 None => Some(self.progress.get(n).map_or(0, |p| p.0)),
             })
             .min()

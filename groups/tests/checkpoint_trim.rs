@@ -8,9 +8,12 @@
 //! hand step by step (every node ticks, then messages move until none is left; a node that
 //! is "down" neither ticks nor receives). Subscriber 2 multicasts all the time and reports
 //! checkpoints at chosen positions; subscriber 3 never checkpoints.
+//!
+//! With durable logs (`durability = "disk"`) a subscriber that never reported a checkpoint
+//! holds the whole log (it replays it from index 0 after a restart): the second test.
 
 use bytes::Bytes;
-use groups::config::{ClusterConfig, NodeConfig, Tuning};
+use groups::config::{ClusterConfig, Durability, NodeConfig, Tuning};
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, LogId, NodeId};
 use groups::node::{GroupsNode, NodeOptions};
@@ -29,6 +32,12 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
+        Self::with(Durability::Memory)
+    }
+
+    /// The cluster, its configuration saying `durability` (the single-acceptor log keeps its
+    /// state in memory either way; only the trim rule reads it).
+    fn with(durability: Durability) -> Self {
         let node = |id: u32, subs: &[u32]| NodeConfig {
             id: NodeId(id),
             addr: None,
@@ -51,6 +60,7 @@ impl Cluster {
                 vec![ACCEPTOR],
                 tuning,
             )
+            .and_then(|c| c.with_durability(durability))
             .unwrap(),
         );
         let nodes = [ACCEPTOR, CHECKPOINTS, PLAIN]
@@ -120,8 +130,12 @@ impl Cluster {
     }
 
     fn checkpoint(&mut self, at: u64) {
+        self.checkpoint_of(CHECKPOINTS, at);
+    }
+
+    fn checkpoint_of(&mut self, n: NodeId, at: u64) {
         self.nodes
-            .get_mut(&CHECKPOINTS)
+            .get_mut(&n)
             .unwrap()
             .set_checkpointed(&[(LOG, at)]);
     }
@@ -188,4 +202,41 @@ fn logs_are_trimmed_below_the_lowest_checkpoint_only() {
         c.first()
     );
     assert!(c.first() <= c.received(PLAIN));
+}
+
+#[test]
+fn with_durable_logs_only_reported_checkpoints_let_a_log_be_trimmed() {
+    let mut c = Cluster::with(Durability::Disk {
+        data_dir: "unused".into(),
+    });
+    c.run(100);
+    assert!(c.received(PLAIN) > 50, "the log moved");
+    assert_eq!(
+        c.first(),
+        0,
+        "no subscriber reported a checkpoint: nothing trimmed"
+    );
+
+    // One checkpointing subscriber is not enough: the plain one still needs index 0.
+    let ckpt2 = c.received(CHECKPOINTS) - 10;
+    c.checkpoint(ckpt2);
+    c.run(100);
+    assert_eq!(
+        c.first(),
+        0,
+        "a subscriber without checkpoints holds the whole log"
+    );
+
+    // Once it reports a checkpoint too, the log goes to the lower of the two.
+    let ckpt3 = ckpt2 - 20;
+    c.checkpoint_of(PLAIN, ckpt3);
+    c.run(100);
+    assert_eq!(c.first(), ckpt3);
+
+    // A checkpointing subscriber silent for 20 progress periods no longer counts (it
+    // restarts from its durable checkpoint and recovers by state transfer if need be).
+    c.down.insert(PLAIN);
+    let period = c.nodes[&ACCEPTOR].config().tuning.progress_ticks as usize;
+    c.run(25 * period);
+    assert_eq!(c.first(), ckpt2);
 }

@@ -112,11 +112,9 @@ impl Cluster {
             (false, false) => "chorus-memory",
         })?;
         let workers = plan.effective_chorus_workers();
-        let tuning = Tuning {
-            // Durable logs are never trimmed: replicas rebuild by replaying from the start.
-            trim: !durable,
-            ..Tuning::default()
-        };
+        // Trimming on either way: with durable logs, below the replicas' durable checkpoints
+        // (the server's default for disk, `engine::serve::DISK_CHECKPOINT_EVERY`).
+        let tuning = Tuning::default();
         let nodes = 3 + plan.clients.max(1);
         let base = super::procs::free_port_range(nodes as u16)?;
         let d = Deployment::new(3, 1, workers, plan.clients.max(1), tuning)

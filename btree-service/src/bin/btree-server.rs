@@ -17,10 +17,11 @@
 //! A TCP node keeps its consensus logs as the deployment file's `durability` says (see
 //! [`groups::config::Durability`]): in memory (the default), or with `durability = "disk"` in
 //! write-ahead files under `<data_dir>/node-N/`, synced before acknowledging, so that a whole
-//! deployment restarted on the same files still holds every acknowledged command (replicas
-//! rebuild the tree by replaying the logs from the start). `--write-config --durability disk`
-//! therefore also writes `trim = false`: without durable checkpoints a trimmed log could not be
-//! replayed.
+//! deployment restarted on the same files still holds every acknowledged command. With disk,
+//! a replica also writes its checkpoints (every 100 000 commands unless `--checkpoint-every`
+//! says otherwise) to `<data_dir>/node-N.checkpoints/`, the logs are trimmed below them, and
+//! a restarted replica loads its newest valid checkpoint and replays only the suffix after it
+//! (see `engine::checkpoint::disk`).
 //!
 //! Commands on stdin: `get K`, `put K V`, `update K V`, `del K`, `scan LO HI [LIMIT]`, `size`,
 //! `rebalance`, `quit`.

@@ -17,9 +17,11 @@
 //! A TCP node keeps its consensus logs as the deployment file's `durability` says (see
 //! [`groups::config::Durability`]): in memory (the default), or with `durability = "disk"` in
 //! write-ahead files under `<data_dir>/node-N/`, synced before acknowledging, so that a whole
-//! deployment restarted on the same files still holds every acknowledged command (replicas
-//! rebuild their partitions and the oracle by replaying the logs from the start).
-//! `--write-config --durability disk` therefore also writes `trim = false`.
+//! deployment restarted on the same files still holds every acknowledged command. With disk
+//! a replica checkpoints (every 100 000 handled multicasts unless `--checkpoint-every` says
+//! otherwise; `--checkpoint-every 0` turns it off, and then it replays the logs from the
+//! start and nothing is trimmed) and writes its checkpoints to `<data_dir>/node-N.checkpoints/`,
+//! so a restart loads the newest one and replays only the suffix after it.
 //!
 //! With `--checkpoint-every N` a replica merges its logs itself, takes part in checkpoints
 //! (asking for one every N handled multicasts, and at least every 10 s while it handles

@@ -9,12 +9,17 @@
 //!   the log acceptors, which trim below them;
 //! - answering peers' [`Transfer`] requests, and, when a log was trimmed past this replica,
 //!   fetching a peer's checkpoint ([`Recovery`]) and having the core install it;
+//! - with durable checkpoints ([`ReplicaHost::with_durable_checkpoints`]): making every
+//!   checkpoint durable ([`DurableCheckpoints::save`]) before reporting its positions, and
+//!   installing the one loaded from disk when the node starts, so only the log suffix after it
+//!   is replayed;
 //! - routing point-to-point messages ([`AppMsg`]): transfers to itself, peer messages to the
 //!   core.
 //!
 //! A core never sees a transfer message or a trigger; the host never sees a command.
 
 use super::{Action, Attached, Host, Inputs};
+use crate::checkpoint::disk::{CheckpointFile, DurableCheckpoints};
 use crate::checkpoint::{
     self, CheckpointError, CheckpointPolicy, Recovery, Store, Transfer, Trigger,
 };
@@ -124,6 +129,15 @@ pub struct CheckpointStats {
     pub install_us: u64,
     /// Chunks sent to peers recovering from this replica.
     pub chunks_sent: u64,
+    /// Durable checkpoints: loaded from disk at start (0 or 1), written, failed writes, and
+    /// the microseconds of the latest write and of the load's install.
+    pub loaded: u64,
+    /// The round of the checkpoint loaded from disk (0: none).
+    pub loaded_round: u64,
+    pub saved: u64,
+    pub save_errors: u64,
+    pub save_us: u64,
+    pub load_us: u64,
 }
 
 /// A replica's checkpoint counters, readable from other threads.
@@ -146,6 +160,14 @@ pub struct ReplicaHost<C: ReplicaCore> {
     out: CoreOut,
     transfers: Vec<(NodeId, Transfer)>,
     app_out: Vec<(NodeId, Bytes)>,
+    durable: Option<Durable>,
+}
+
+/// Durable checkpoints of a replica: where they go, and the one loaded at start.
+struct Durable {
+    disk: Box<dyn DurableCheckpoints>,
+    loaded: Option<CheckpointFile>,
+    cluster: groups::ids::ClusterId,
 }
 
 impl<C: ReplicaCore> ReplicaHost<C> {
@@ -164,7 +186,26 @@ impl<C: ReplicaCore> ReplicaHost<C> {
             out: CoreOut::default(),
             transfers: Vec::new(),
             app_out: Vec::new(),
+            durable: None,
         }
+    }
+
+    /// Keeps every checkpoint in `disk` before reporting its positions to the acceptors (so
+    /// they trim only below durable checkpoints), and starts from `loaded` (the newest valid
+    /// checkpoint found there, see [`crate::checkpoint::disk::CheckpointDir::load`]): the core
+    /// installs it when the node starts and the feeds restart at its positions. A checkpoint
+    /// that cannot be written is logged and not reported, so nothing is trimmed below it.
+    pub fn with_durable_checkpoints(
+        mut self,
+        disk: Box<dyn DurableCheckpoints>,
+        loaded: Option<CheckpointFile>,
+    ) -> Self {
+        self.durable = Some(Durable {
+            disk,
+            loaded,
+            cluster: groups::ids::ClusterId(0),
+        });
+        self
     }
 
     /// Asks for checkpoints by `policy`, and reports them to the log acceptors, which trim
@@ -208,7 +249,34 @@ impl<C: ReplicaCore> ReplicaHost<C> {
         s.round = round;
         s.bytes = bytes.len() as u64;
         s.positions.clone_from(&positions);
-        out.push(Action::SetCheckpointed(positions));
+        let durable = match self.durable.as_mut() {
+            None => true,
+            Some(d) => {
+                let file = CheckpointFile {
+                    cluster: d.cluster,
+                    node: self.me,
+                    round,
+                    positions: positions.clone(),
+                    bytes: bytes.clone(),
+                };
+                let t0 = std::time::Instant::now();
+                match d.disk.save(&file) {
+                    Ok(()) => {
+                        s.saved += 1;
+                        s.save_us = t0.elapsed().as_micros() as u64;
+                        true
+                    }
+                    Err(e) => {
+                        s.save_errors += 1;
+                        tracing::error!(replica = %self.me, round, error = %e, "checkpoint not written to disk: not reported, so the logs are not trimmed below it");
+                        false
+                    }
+                }
+            }
+        };
+        if durable {
+            out.push(Action::SetCheckpointed(positions));
+        }
         self.store.set(round, bytes);
         let executed = self.core.executed();
         if let Some(t) = self.trigger.as_mut() {
@@ -238,6 +306,42 @@ impl<C: ReplicaCore> ReplicaHost<C> {
                 if let Some((r, _)) = self.recovery.as_mut() {
                     r.next_peer(now, &mut self.app_out);
                 }
+            }
+        }
+    }
+
+    /// Installs the checkpoint loaded from disk at start; the feeds restart at its positions
+    /// (the suffix after it is replayed), and it is kept and reported like a taken one.
+    fn install_loaded(&mut self, file: CheckpointFile, now: u64, out: &mut Vec<Action>) {
+        let t0 = std::time::Instant::now();
+        match self.core.install(&file.bytes) {
+            Ok(i) => {
+                if i.positions != file.positions || i.round != file.round {
+                    // The checkpoint's own bytes (checksummed with the header) decide.
+                    tracing::warn!(replica = %self.me, file_round = file.round, round = i.round, file_positions = ?file.positions, positions = ?i.positions, "checkpoint file's header disagrees with its checkpoint; using the checkpoint's");
+                }
+                out.push(Action::RestartFeeds(i.positions.clone()));
+                out.push(Action::SetCheckpointed(i.positions.clone()));
+                let s = &mut self.stats;
+                s.loaded += 1;
+                s.loaded_round = i.round;
+                s.load_us = t0.elapsed().as_micros() as u64;
+                s.round = i.round;
+                s.bytes = file.bytes.len() as u64;
+                s.positions.clone_from(&i.positions);
+                if let Some(h) = i.state_hash {
+                    s.state_hash = Some((i.round, h));
+                }
+                self.dirty = true;
+                tracing::info!(replica = %self.me, round = i.round, bytes = s.bytes, positions = ?i.positions, load_us = s.load_us, "checkpoint loaded from disk; replaying the logs after it");
+                self.store.set(i.round, file.bytes);
+                let executed = self.core.executed();
+                if let Some(t) = self.trigger.as_mut() {
+                    t.taken(executed, now);
+                }
+            }
+            Err(e) => {
+                tracing::error!(replica = %self.me, round = file.round, error = %e, "checkpoint on disk does not install; starting without it (the replica replays the logs or recovers from a peer)");
             }
         }
     }
@@ -322,6 +426,12 @@ impl<C: ReplicaCore> Host for ReplicaHost<C> {
             ));
         }
         self.core.start(at);
+        if let Some(d) = self.durable.as_mut() {
+            d.cluster = at.config.cluster_id;
+            if let Some(file) = d.loaded.take() {
+                self.install_loaded(file, at.now, out);
+            }
+        }
     }
 
     fn step(&mut self, input: &mut Inputs, out: &mut Vec<Action>) {

@@ -65,12 +65,13 @@ pub struct ServerFlags {
     /// The first port of a written deployment file (default: the service's).
     #[arg(long)]
     pub base_port: Option<u16>,
-    /// memory or disk: where the acceptors keep their logs (--write-config; disk needs
-    /// --data-dir and turns log trimming off).
+    /// memory or disk: where the acceptors keep their logs and the replicas their
+    /// checkpoints (--write-config; disk needs --data-dir).
     #[arg(long, value_name = "memory|disk")]
     pub durability: Option<String>,
-    /// Directory of the durable logs, node N in DIR/node-N/ (--write-config with --durability
-    /// disk; a relative path is resolved against each node's working directory).
+    /// Directory of the durable logs and checkpoints, node N in DIR/node-N/ and
+    /// DIR/node-N.checkpoints/ (--write-config with --durability disk; a relative path is
+    /// resolved against each node's working directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics (with --config).
@@ -79,9 +80,11 @@ pub struct ServerFlags {
     /// Take a checkpoint every N commands (and at least every 10 s while commands run), so
     /// logs are trimmed below the replicas' checkpoints and a replica that lost its state
     /// recovers by state transfer (with --config; 0: none asked for; a P-SMR replica still
-    /// takes part in those others ask for).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub checkpoint_every: u64,
+    /// takes part in those others ask for). Default: 0 in memory; with durability = "disk"
+    /// 100000, and the checkpoints are written to the data directory, so a restarted replica
+    /// replays only the logs after its latest one.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
     /// With durability = "disk" (with --config): if this node's data directory is missing
     /// while its peers hold state (it lost its data), copy that state from them before voting
     /// instead of refusing to start. A node in memory always does this.
@@ -138,7 +141,7 @@ impl ServerFlags {
         if self.recover && !node {
             return Err("--recover needs --config and --node (a node of a TCP deployment)".into());
         }
-        if self.checkpoint_every > 0 && !node {
+        if self.checkpoint_every.is_some() && !node {
             return Err(
                 "--checkpoint-every needs --config and --node (a node of a TCP deployment)".into(),
             );
@@ -166,18 +169,13 @@ impl ServerFlags {
         })
     }
 
-    /// The durability of a written deployment, and the tuning that goes with it: durable
-    /// logs are not trimmed (after a whole-cluster restart replicas rebuild their state from
-    /// the start of the logs; checkpoints are in memory only).
+    /// The durability of a written deployment, and its tuning (trimming on either way: with
+    /// "disk" the logs are trimmed below the replicas' durable checkpoints only).
     pub fn durability(&self, base: Tuning) -> Result<(Durability, Tuning), String> {
         let word = self.durability.as_deref().unwrap_or("memory");
         let durability = Durability::from_words(word, self.data_dir.as_deref())
             .map_err(|e| format!("--durability {word}: {e}"))?;
-        let tuning = Tuning {
-            trim: durability == Durability::Memory,
-            ..base
-        };
-        Ok((durability, tuning))
+        Ok((durability, base))
     }
 
     /// The metrics endpoint's address, if asked for.
@@ -193,17 +191,63 @@ impl ServerFlags {
     }
 
     /// The checkpoint policy of `--checkpoint-every` (every N commands and at least every
-    /// 10 s while commands run; requests resent after 0.5 s), for a cluster ticking every
-    /// `tick_us`.
-    pub fn checkpoints(&self, tick_us: u64) -> Option<CheckpointPolicy> {
-        let tick_us = tick_us.max(1);
-        (self.checkpoint_every > 0).then(|| CheckpointPolicy {
-            every_commands: self.checkpoint_every,
+    /// 10 s while commands run; requests resent after 0.5 s) for a node of `cluster`; without
+    /// the flag, none in memory and every [`DISK_CHECKPOINT_EVERY`] commands with durable
+    /// logs.
+    pub fn checkpoints(&self, cluster: &ClusterConfig) -> Option<CheckpointPolicy> {
+        let tick_us = cluster.tuning.tick_us.max(1);
+        let every = self.checkpoint_every.unwrap_or(match cluster.durability {
+            Durability::Memory => 0,
+            Durability::Disk { .. } => DISK_CHECKPOINT_EVERY,
+        });
+        (every > 0).then(|| CheckpointPolicy {
+            every_commands: every,
             every_ticks: 10_000_000 / tick_us,
             resend_ticks: 500_000 / tick_us,
         })
     }
 }
+
+/// Commands between checkpoints of a replica with durable logs when `--checkpoint-every` is
+/// not given: each checkpoint is written whole to disk on the node's thread, so fewer of them
+/// keep the log's throughput; the logs hold at most about this many commands more than the
+/// oldest live replica's checkpoint.
+pub const DISK_CHECKPOINT_EVERY: u64 = 100_000;
+
+/// A replica's durable checkpoints, if its cluster keeps its state on disk: its checkpoint
+/// directory ([`crate::checkpoint::disk::checkpoint_dir`]) and the newest valid checkpoint in
+/// it. A directory that holds another cluster's or node's checkpoint, or that cannot be read
+/// or created, is an error (the node must not start).
+pub fn durable_checkpoints(
+    cluster: &ClusterConfig,
+    me: NodeId,
+) -> Result<Option<DurableStart>, String> {
+    use crate::checkpoint::disk::{checkpoint_dir, CheckpointDir};
+    let Durability::Disk { data_dir } = &cluster.durability else {
+        return Ok(None);
+    };
+    let path = checkpoint_dir(Path::new(data_dir), me);
+    let mut dir = CheckpointDir::open(path, cluster.cluster_id, me)
+        .map_err(|e| format!("node {me}: checkpoints: {e}"))?;
+    let loaded = dir
+        .load()
+        .map_err(|e| format!("node {me}: checkpoints: {e}"))?;
+    match &loaded {
+        Some(f) => {
+            tracing::info!(node = %me, round = f.round, bytes = f.bytes.len(), dir = %dir.path().display(), "found a durable checkpoint")
+        }
+        None => {
+            tracing::info!(node = %me, dir = %dir.path().display(), "no durable checkpoint yet")
+        }
+    }
+    Ok(Some((Box::new(dir), loaded)))
+}
+
+/// What [`durable_checkpoints`] found: where checkpoints go, and the one to start from.
+pub type DurableStart = (
+    Box<dyn crate::checkpoint::disk::DurableCheckpoints>,
+    Option<crate::checkpoint::disk::CheckpointFile>,
+);
 
 /// A deployment file: a `groups` cluster file plus a service's `[service]` table, with the
 /// checks that tie them together.

@@ -246,7 +246,7 @@ fn serve_node<S: ScaleOutApp>(
         let app: EngineApp<OnNode<ScaleOutReplica<S>>, Idle> = EngineApp::Acceptor;
         return super::run_node(S::SERVER, "acceptor", path, node, app, metrics, |_| {});
     };
-    let policy = f.checkpoints(cluster.tuning.tick_us);
+    let policy = f.checkpoints(cluster);
     // A checkpointing replica merges its logs itself (it must record and move its merge
     // position).
     let node = super::tcp_node(cluster, me, policy.is_some(), f.recover)?;
@@ -261,6 +261,11 @@ fn serve_node<S: ScaleOutApp>(
     );
     if policy.is_some() {
         r = r.checkpointing(&cfg, me, policy);
+        // With durable logs a checkpointing replica writes its checkpoints to disk and
+        // starts from the latest one.
+        if let Some((disk, loaded)) = super::durable_checkpoints(cluster, me)? {
+            r = r.with_durable_checkpoints(disk, loaded);
+        }
     }
     let checkpoints = policy.is_some().then(|| r.share_checkpoints());
     let (partition, oracle, hash) = if metrics.is_some() {

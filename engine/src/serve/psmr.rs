@@ -260,9 +260,13 @@ fn serve_node<S: ScaleUpApp>(
         pin_cores: p.pin,
         ..ReplicaOptions::new(plan.workers)
     };
+    let durable = super::durable_checkpoints(cluster, me)?;
     let mut r = ThreadedReplica::threaded(Arc::new(S::from_file(&file)?), options);
-    if let Some(policy) = f.checkpoints(cluster.tuning.tick_us) {
+    if let Some(policy) = f.checkpoints(cluster) {
         r = r.with_checkpoints(policy);
+    }
+    if let Some((disk, loaded)) = durable {
+        r = r.with_durable_checkpoints(disk, loaded);
     }
     let workers = r.share_worker_stats();
     let checkpoints = r.share_checkpoints();

@@ -49,7 +49,7 @@
 //! # Compaction
 //!
 //! Trimmed entries stay in the file as dead bytes. After a write, once the file is larger than
-//! [`DiskOptions::compact_bytes`] (64 MiB by default) and the encoded current state is less than
+//! [`DiskOptions::compact_bytes`] (64 MiB by default; `wal_compact_bytes` in `[tuning]`) and the encoded current state is less than
 //! half of it, the store writes the header and one `Image` record to `log-<log>.wal.tmp`,
 //! syncs it, renames it over the log file and syncs the directory. A crash at any point leaves
 //! either the old or the new file, both complete; a leftover `.tmp` is deleted at open. A
