@@ -23,6 +23,7 @@
 pub mod checkpoint;
 pub mod client;
 mod common;
+pub mod dynastar;
 pub mod layout;
 pub mod oracle;
 pub mod replica;
