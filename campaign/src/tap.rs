@@ -209,8 +209,12 @@ impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
             for (dests, payload) in &self.scratch {
                 let seq = match wire::decode::<Multicast>(payload) {
                     Ok(Multicast::Consult { seq, .. }) => Some(seq),
-                    Ok(Multicast::Command(m)) => Some(m.seq),
-                    Ok(Multicast::Move { .. }) | Err(_) => self.current,
+                    Ok(Multicast::Command(m)) | Ok(Multicast::Routed { cmd: m, .. }) => Some(m.seq),
+                    Ok(Multicast::Move { .. })
+                    | Ok(Multicast::Plan(_))
+                    | Ok(Multicast::Hints { .. })
+                    | Ok(Multicast::Repartition)
+                    | Err(_) => self.current,
                 };
                 if let (Some(seq), Some(log)) = (seq, self.cluster.route(dests)) {
                     seen.entry((me, seq)).or_default().logs.insert(log.0);

@@ -13,6 +13,8 @@
 
 use super::checkpoint::{self as ckpt, ScaleOutCheckpoint};
 use super::common::Output;
+use super::dynastar::oracle::DynaOracle;
+use super::dynastar::partition::DynaPartition;
 use super::oracle::{OracleServer, OracleStats};
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
@@ -45,6 +47,8 @@ pub enum Role {
 pub enum Core<S: PartitionedService> {
     Partition(Box<PartitionServer<S>>),
     Oracle(Box<OracleServer<S>>),
+    DynaPartition(Box<DynaPartition<S>>),
+    DynaOracle(Box<DynaOracle<S>>),
 }
 
 /// A partition replica's counters, readable from other threads (see
@@ -68,7 +72,23 @@ struct CoreArgs<S: PartitionedService> {
 impl<S: PartitionedService> CoreArgs<S> {
     fn fresh(&self) -> Core<S> {
         let a = self;
+        let dynastar = a.opts.scheme == super::Scheme::Dynastar;
         match a.role {
+            Role::Partition(p) if dynastar => Core::DynaPartition(Box::new(DynaPartition::new(
+                a.service.clone(),
+                a.cfg.clone(),
+                a.node,
+                p,
+                a.partitions,
+                a.opts.clone(),
+            ))),
+            Role::Oracle if dynastar => Core::DynaOracle(Box::new(DynaOracle::new(
+                a.service.clone(),
+                a.cfg.clone(),
+                a.node,
+                a.partitions,
+                a.opts.clone(),
+            ))),
             Role::Partition(p) => Core::Partition(Box::new(PartitionServer::new(
                 a.service.clone(),
                 a.cfg.clone(),
@@ -89,7 +109,27 @@ impl<S: PartitionedService> CoreArgs<S> {
 
     fn restore(&self, bytes: &[u8]) -> Result<Core<S>, CheckpointError> {
         let a = self;
+        let dynastar = a.opts.scheme == super::Scheme::Dynastar;
         Ok(match a.role {
+            Role::Partition(p) if dynastar => {
+                Core::DynaPartition(Box::new(DynaPartition::restore(
+                    a.service.clone(),
+                    a.cfg.clone(),
+                    a.node,
+                    p,
+                    a.partitions,
+                    a.opts.clone(),
+                    bytes,
+                )?))
+            }
+            Role::Oracle if dynastar => Core::DynaOracle(Box::new(DynaOracle::restore(
+                a.service.clone(),
+                a.cfg.clone(),
+                a.node,
+                a.partitions,
+                a.opts.clone(),
+                bytes,
+            )?)),
             Role::Partition(p) => Core::Partition(Box::new(PartitionServer::restore(
                 a.service.clone(),
                 a.cfg.clone(),
@@ -308,6 +348,34 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
                 }
                 o.take_outputs(&mut self.outputs);
             }
+            Core::DynaPartition(s) => {
+                for (_, d) in self.deliveries.drain(..) {
+                    s.deliver(d.msg.id, &d.msg.payload);
+                }
+                for r in self.exchanges.drain(..) {
+                    s.exchange(&r.payload);
+                }
+                for (_, m) in self.inbox.drain(..) {
+                    s.peer(&m);
+                }
+                s.tick(node.now());
+                s.run();
+                s.take_outputs(&mut self.outputs);
+                if let Some(c) = self.ckpt.as_mut() {
+                    s.take_snapshots(&mut c.snaps);
+                }
+            }
+            Core::DynaOracle(o) => {
+                for (_, d) in self.deliveries.drain(..) {
+                    o.deliver(d.msg.id, &d.msg.payload);
+                }
+                self.exchanges.clear();
+                for (_, m) in self.inbox.drain(..) {
+                    o.peer(&m);
+                }
+                o.tick(node.now());
+                o.take_outputs(&mut self.outputs);
+            }
         }
         for out in self.outputs.drain(..) {
             match out {
@@ -318,15 +386,28 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
                     }
                 }
                 Output::Send(to, payload) => node.send_app(to, payload),
+                Output::Multicast(dests, payload) => {
+                    if let Err(e) = node.multicast(dests, payload) {
+                        // Hints are advisory; a plan is multicast again by another replica.
+                        tracing::warn!(error = %e, "multicast not sent");
+                    }
+                }
             }
         }
         if self.ckpt.is_some() {
             self.pump_checkpoints(node, transfers);
         }
-        if let (Some((shared, at)), Core::Partition(s)) = (&mut self.shared, &self.core) {
-            if *at != node.now() {
-                *at = node.now();
-                *shared.lock() = s.stats.clone();
+        if let Some((shared, at)) = &mut self.shared {
+            let stats = match &self.core {
+                Core::Partition(s) => Some(&s.stats),
+                Core::DynaPartition(s) => Some(&s.stats),
+                _ => None,
+            };
+            if let Some(stats) = stats {
+                if *at != node.now() {
+                    *at = node.now();
+                    *shared.lock() = stats.clone();
+                }
             }
         }
         if let (Some((shared, at)), Core::Oracle(o)) = (&mut self.shared_oracle, &self.core) {
@@ -381,10 +462,16 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
                         match core {
                             Core::Partition(s) => s.mark_checkpoint(round),
                             Core::Oracle(o) => c.snaps.push((round, o.state_hash(), o.snapshot())),
+                            Core::DynaPartition(s) => s.mark_checkpoint(round),
+                            Core::DynaOracle(o) => {
+                                c.snaps.push((round, o.state_hash(), o.snapshot()))
+                            }
                         }
                     }
                     (None, Core::Partition(s)) => s.deliver(d.msg.id, &d.msg.payload),
                     (None, Core::Oracle(o)) => o.deliver(d.msg.id, &d.msg.payload),
+                    (None, Core::DynaPartition(s)) => s.deliver(d.msg.id, &d.msg.payload),
+                    (None, Core::DynaOracle(o)) => o.deliver(d.msg.id, &d.msg.payload),
                 }
             }
             if !stopped {
@@ -516,10 +603,7 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
             let merger = Merger::restore(&c.logs, c.sub.clone(), cfg.tuning.merge_m, &ck.merger)
                 .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
             let core = self.args.restore(&ck.core)?;
-            let hash = match &core {
-                Core::Partition(s) => s.state_hash(),
-                Core::Oracle(o) => o.state_hash(),
-            };
+            let hash = core_hash(&core);
             if hash != ck.hash {
                 return Err(CheckpointError::Mismatch(
                     "the restored state's hash is not the checkpoint's".into(),
@@ -554,6 +638,8 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
         let handled = match &self.core {
             Core::Partition(s) => s.stats.handled,
             Core::Oracle(o) => o.stats.handled,
+            Core::DynaPartition(s) => s.stats.handled,
+            Core::DynaOracle(o) => o.stats.handled,
         };
         Self::completed(c, node, &ck, bytes, handled);
         tracing::info!(replica = %node.id(), round = ck.round, bytes = c.stats.bytes, "checkpoint installed");
@@ -562,20 +648,47 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
     pub fn partition(&self) -> Option<&PartitionServer<S>> {
         match &self.core {
             Core::Partition(s) => Some(s),
-            Core::Oracle(_) => None,
+            _ => None,
         }
     }
 
     pub fn oracle(&self) -> Option<&OracleServer<S>> {
         match &self.core {
             Core::Oracle(o) => Some(o),
-            Core::Partition(_) => None,
+            _ => None,
+        }
+    }
+
+    pub fn dyna_partition(&self) -> Option<&DynaPartition<S>> {
+        match &self.core {
+            Core::DynaPartition(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
+        match &self.core {
+            Core::DynaOracle(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A partition replica's counters (S-SMR, DS-SMR or DynaStar).
+    pub fn server_stats(&self) -> Option<&ServerStats> {
+        match &self.core {
+            Core::Partition(s) => Some(&s.stats),
+            Core::DynaPartition(s) => Some(&s.stats),
+            _ => None,
         }
     }
 
     /// Delivered commands waiting.
     pub fn backlog(&self) -> usize {
-        self.partition().map_or(0, PartitionServer::backlog)
+        match &self.core {
+            Core::Partition(s) => s.backlog(),
+            Core::DynaPartition(s) => s.backlog(),
+            _ => 0,
+        }
     }
 
     /// Delivered multicasts handled.
@@ -583,14 +696,22 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
         match &self.core {
             Core::Partition(s) => s.stats.handled,
             Core::Oracle(o) => o.stats.handled,
+            Core::DynaPartition(s) => s.stats.handled,
+            Core::DynaOracle(o) => o.stats.handled,
         }
     }
 
     pub fn state_hash(&self) -> u64 {
-        match &self.core {
-            Core::Partition(s) => s.state_hash(),
-            Core::Oracle(o) => o.state_hash(),
-        }
+        core_hash(&self.core)
+    }
+}
+
+fn core_hash<S: PartitionedService>(core: &Core<S>) -> u64 {
+    match core {
+        Core::Partition(s) => s.state_hash(),
+        Core::Oracle(o) => o.state_hash(),
+        Core::DynaPartition(s) => s.state_hash(),
+        Core::DynaOracle(o) => o.state_hash(),
     }
 }
 

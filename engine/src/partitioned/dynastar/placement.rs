@@ -192,7 +192,9 @@ pub fn place(csr: &Csr, current: &[u32], k: u32, o: &PlacementOptions) -> Placem
     }
 }
 
-/// METIS k-way from scratch (partition ids arbitrary).
+static METIS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// METIS k-way from scratch (partition ids arbitrary; deterministic for a seed).
 pub fn metis(csr: &Csr, k: u32, o: &PlacementOptions) -> Result<Vec<u32>, String> {
     let n = csr.vertices();
     if k == 1 || n == 0 {
@@ -218,6 +220,10 @@ pub fn metis(csr: &Csr, k: u32, o: &PlacementOptions) -> Result<Vec<u32>, String
         .map(|v| ((balance_weight(csr, v) / vw_div) as i32).max(1))
         .collect();
     let mut part = vec![0i32; n];
+    // METIS keeps its random state in process-wide globals (GKlib), reseeded at every call:
+    // calls must not overlap, or two oracle replicas of one process (in-process and simulated
+    // deployments) would draw from each other's state and compute different placements.
+    let _one_at_a_time = METIS.lock();
     metis::Graph::new(1, k as i32, &xadj, &adjncy)
         .map_err(|e| format!("{e:?}"))?
         .set_vwgt(&vwgt)
@@ -449,6 +455,27 @@ mod tests {
             "imbalance {}",
             a.imbalance_percent
         );
+    }
+
+    #[test]
+    fn metis_is_deterministic_under_concurrent_calls() {
+        let (csr, _) = cliques(16, 8);
+        let o = PlacementOptions::default();
+        let alone = metis(&csr, 8, &o).unwrap();
+        let parts: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..5)
+                            .map(|_| metis(&csr, 8, &o).unwrap())
+                            .next_back()
+                            .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(parts.iter().all(|p| *p == alone));
     }
 
     #[test]
