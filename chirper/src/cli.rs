@@ -7,7 +7,7 @@
 //!
 //! ```toml
 //! [service]
-//! scheme = "ds-smr"          # or "s-smr"
+//! scheme = "ds-smr"          # or "s-smr", "dynastar"
 //! partitions = 2
 //! retry_max = 3              # DS-SMR attempts before the S-SMR fallback
 //! timeline_len = 16
@@ -136,7 +136,10 @@ pub fn parse_scheme(s: &str) -> Result<Scheme, String> {
     match s {
         "s-smr" | "ssmr" => Ok(Scheme::Ssmr),
         "ds-smr" | "dssmr" => Ok(Scheme::Dssmr),
-        other => Err(format!("unknown scheme {other:?}: s-smr or ds-smr")),
+        "dynastar" => Ok(Scheme::Dynastar),
+        other => Err(format!(
+            "unknown scheme {other:?}: s-smr, ds-smr or dynastar"
+        )),
     }
 }
 
@@ -169,7 +172,7 @@ impl DeploymentFile {
         }
         let groups = section
             .partitions
-            .checked_add(u32::from(scheme == Scheme::Dssmr))
+            .checked_add(u32::from(scheme.has_oracle()))
             .ok_or_else(|| {
                 format!(
                     "{} partitions and the oracle are more groups than a cluster can have",
