@@ -51,7 +51,7 @@ use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -87,8 +87,13 @@ enum Phase {
 struct Item<C> {
     id: MsgId,
     work: Work,
-    /// The objects it claims (sorted).
+    /// The objects it claims (sorted, distinct).
     claims: Vec<ObjectId>,
+    /// Its place in delivery order (this replica's count of pushed items).
+    seq: u64,
+    /// How many of `claims` (a prefix) it is already the earliest queued claimant of; an
+    /// item stays the earliest once it is (later items have larger `seq`).
+    first_of: usize,
     admitted: bool,
     phase: Phase,
     command: Option<C>,
@@ -145,6 +150,10 @@ pub struct DynaPartition<S: PartitionedService> {
     digest: u64,
     table: AttemptTable<Outcome<S::Reply>>,
     queue: VecDeque<Item<S::Command>>,
+    /// For every object claimed by a queued item, the queued claimants' `seq` in delivery
+    /// order (derived from `queue`; an item may start when it is the front of every claim's).
+    claimants: FxHashMap<ObjectId, VecDeque<u64>>,
+    pushed: u64,
     inbox: BTreeMap<MsgId, Vec<Exchange<S::Value>>>,
     finished: Recent,
     outbox: Outbox<S::Value>,
@@ -194,6 +203,8 @@ impl<S: PartitionedService> DynaPartition<S> {
             digest,
             table: AttemptTable::default(),
             queue: VecDeque::new(),
+            claimants: FxHashMap::default(),
+            pushed: 0,
             inbox: BTreeMap::new(),
             applied: (0, BTreeSet::new()),
             last_hints: 0,
@@ -324,11 +335,20 @@ impl<S: PartitionedService> DynaPartition<S> {
         out.append(&mut self.out);
     }
 
-    fn push(&mut self, id: MsgId, work: Work, claims: Vec<ObjectId>) {
+    fn push(&mut self, id: MsgId, work: Work, mut claims: Vec<ObjectId>) {
+        claims.sort_unstable();
+        claims.dedup();
+        let seq = self.pushed;
+        self.pushed += 1;
+        for o in &claims {
+            self.claimants.entry(*o).or_default().push_back(seq);
+        }
         self.queue.push_back(Item {
             id,
             work,
             claims,
+            seq,
+            first_of: 0,
             admitted: false,
             phase: Phase::New,
             command: None,
@@ -465,11 +485,13 @@ impl<S: PartitionedService> DynaPartition<S> {
         }
     }
 
-    /// Runs every item that can run (see the module docs).
+    /// Runs every item that can run (see the module docs): an item starts when no earlier
+    /// queued item claims one of its objects, i.e. when it is the earliest queued claimant of
+    /// every object it claims ([`DynaPartition::claimants`], kept as items come and go, so
+    /// that a pass costs the queue's length, not the sum of its claims).
     pub fn run(&mut self) {
         let mut queue = std::mem::take(&mut self.queue);
         let mut kept = VecDeque::with_capacity(queue.len());
-        let mut claimed: FxHashSet<ObjectId> = FxHashSet::default();
         let mut barrier = false;
         while let Some(mut item) = queue.pop_front() {
             if barrier {
@@ -480,6 +502,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 if kept.is_empty() {
                     let snap = self.snapshot();
                     self.snapshots.push((round, self.state_hash(), snap));
+                    self.release(&item);
                 } else {
                     barrier = true;
                     kept.push_back(item);
@@ -493,8 +516,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                     continue;
                 }
             }
-            if item.phase == Phase::New && item.claims.iter().any(|o| claimed.contains(o)) {
-                claimed.extend(item.claims.iter().copied());
+            if item.phase == Phase::New && !self.first_claimant(&mut item) {
                 kept.push_back(item);
                 continue;
             }
@@ -504,7 +526,6 @@ impl<S: PartitionedService> DynaPartition<S> {
                     if item.waiting.as_ref().is_none_or(|w| w.0 != groups) {
                         item.waiting = Some((groups, self.now, self.now));
                     }
-                    claimed.extend(item.claims.iter().copied());
                     kept.push_back(item);
                 }
             }
@@ -512,7 +533,33 @@ impl<S: PartitionedService> DynaPartition<S> {
         self.queue = kept;
     }
 
+    /// Whether `item` is the earliest queued claimant of every object it claims.
+    fn first_claimant(&self, item: &mut Item<S::Command>) -> bool {
+        while let Some(o) = item.claims.get(item.first_of) {
+            if self.claimants.get(o).and_then(|q| q.front()) != Some(&item.seq) {
+                return false;
+            }
+            item.first_of += 1;
+        }
+        true
+    }
+
+    /// Takes a finished item out of the claimants.
+    fn release(&mut self, item: &Item<S::Command>) {
+        for o in &item.claims {
+            if let Some(q) = self.claimants.get_mut(o) {
+                if let Some(i) = q.iter().position(|s| *s == item.seq) {
+                    q.remove(i);
+                }
+                if q.is_empty() {
+                    self.claimants.remove(o);
+                }
+            }
+        }
+    }
+
     fn done(&mut self, item: &Item<S::Command>) {
+        self.release(item);
         self.stats.handled += 1;
         self.finished.insert(item.id);
         self.inbox.remove(&item.id);
