@@ -658,6 +658,67 @@ pub fn place_by_community(
         .collect())
 }
 
+/// A static placement computed by METIS from the follow graph (S-SMR with a precomputed
+/// partitioning, the DynaStar paper's S-SMR* baseline): the undirected follow graph, every
+/// edge of weight one, users balanced by count within `imbalance_percent`.
+pub fn place_by_metis(
+    graph: &SocialGraph,
+    partitions: u32,
+    imbalance_percent: u32,
+    seed: u64,
+) -> Result<Vec<u32>, GraphError> {
+    use engine::partitioned::dynastar::placement::{metis, PlacementOptions};
+    use engine::partitioned::dynastar::workload::{Csr, UNIT};
+    if partitions == 0 {
+        return Err(GraphError::InvalidGraph("zero partitions".into()));
+    }
+    let n = graph.users() as usize;
+    let mut xadj = Vec::with_capacity(n + 1);
+    let mut adj = Vec::new();
+    xadj.push(0u32);
+    for u in 0..graph.users() {
+        // Followers and followees, merged (both sorted), without duplicates.
+        let (a, b) = (graph.followers(u), graph.followees(u));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let next = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x == y => {
+                    i += 1;
+                    j += 1;
+                    *x
+                }
+                (Some(x), Some(y)) if x < y => {
+                    i += 1;
+                    *x
+                }
+                (Some(x), None) => {
+                    i += 1;
+                    *x
+                }
+                (_, Some(y)) => {
+                    j += 1;
+                    *y
+                }
+                (None, None) => unreachable!(),
+            };
+            adj.push(next);
+        }
+        xadj.push(adj.len() as u32);
+    }
+    let csr = Csr {
+        weight: vec![UNIT; adj.len()],
+        xadj,
+        adj,
+        vweight: vec![0; n],
+    };
+    let o = PlacementOptions {
+        imbalance_percent,
+        seed,
+        ..PlacementOptions::default()
+    };
+    metis(&csr, partitions, &o).map_err(GraphError::InvalidGraph)
+}
+
 /// Fraction of follow edges whose follower and followee are on the same partition; 1.0 for
 /// a graph without edges (nothing crosses partitions).
 ///
