@@ -12,6 +12,7 @@ mod recovery;
 mod report;
 mod scaleout;
 mod scaleup;
+mod skew;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -77,6 +78,42 @@ enum Experiment {
         /// Do not pin worker threads to cores.
         #[arg(long)]
         no_pin: bool,
+        /// Key distributions (comma separated: uniform, zipf, zipf-unscrambled, latest,
+        /// sequential); every row says which.
+        #[arg(long, value_delimiter = ',', default_value = "uniform")]
+        distribution: Vec<btree_service::keys::Distribution>,
+        /// Zipfian exponent.
+        #[arg(long, default_value_t = btree_service::keys::THETA_DEFAULT)]
+        zipf_theta: f64,
+        /// psmr and opt-psmr: a Rebalance every this many milliseconds (0: none).
+        #[arg(long, default_value_t = 0)]
+        rebalance_every_ms: u64,
+    },
+    /// Skewed keys on opt-PSMR with 2 workers, insert-heavy: Zipf 0.99 (scrambled and not)
+    /// and sequential inserts against uniform keys, with and without rebalancing, side by
+    /// side; time to settle, ranges moved, the busiest worker's share.
+    Skew {
+        /// Runs per point (the table shows medians; points interleaved run by run).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Warm-up seconds per run (the rebalancer must settle in it).
+        #[arg(long, default_value_t = 4.0)]
+        warmup: f64,
+        /// Milliseconds between rebalancing rounds.
+        #[arg(long, default_value_t = 250)]
+        rebalance_every_ms: u64,
+        /// Keys pre-filled into the tree.
+        #[arg(long, default_value_t = 1_000_000)]
+        prefill: u64,
+        /// Workers per replica.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Workload.
+        #[arg(long, default_value = "insert-heavy")]
+        workload: btree_service::load::Workload,
     },
     /// Chorus against etcd and ZooKeeper: three server processes each on loopback, the same
     /// closed-loop load (write shares x outstanding requests), throughput, p50/p99 latency and
@@ -121,6 +158,19 @@ enum Experiment {
         /// medians).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// YCSB core workloads (comma separated, a to f, or none; etcd runs those without
+        /// scans: a, b, c, d, f).
+        #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+        ycsb: Vec<String>,
+        /// Requests each client keeps outstanding in the YCSB runs.
+        #[arg(long, default_value_t = 16)]
+        ycsb_outstanding: usize,
+        /// YCSB records loaded before each workload (YCSB's published recordcount is 1000).
+        #[arg(long, default_value_t = 1000)]
+        ycsb_records: u64,
+        /// Skip the write-share mixes (YCSB only).
+        #[arg(long)]
+        no_mixes: bool,
     },
     /// Chirper on S-SMR against DS-SMR (the DS-SMR paper's Table 1): Timeline, Post,
     /// Follow/unfollow and Mix on 1/2/4/8 partitions measured, 16/32/64 simulated.
@@ -225,12 +275,29 @@ fn main() {
             workloads,
             prefill,
             no_pin,
+            distribution,
+            zipf_theta,
+            rebalance_every_ms,
         }) => {
             let mut plan = scaleup::Plan::full(&machine);
             plan.runs = runs.max(1);
             plan.measure = Duration::from_secs_f64(seconds);
             plan.tree.prefill = prefill;
             plan.pin_cores = !no_pin;
+            plan.distributions = distribution
+                .into_iter()
+                .map(|d| btree_service::keys::KeyDistribution {
+                    theta: zipf_theta,
+                    ..btree_service::keys::KeyDistribution::of(d)
+                })
+                .collect();
+            if let Some(bad) = plan.distributions.iter().find_map(|d| d.validate().err()) {
+                eprintln!("scaleup: {bad}");
+                std::process::exit(2);
+            }
+            plan.rebalance = (rebalance_every_ms > 0).then(|| {
+                btree_service::load::RebalanceSpec::every(Duration::from_millis(rebalance_every_ms))
+            });
             if let Some(w) = workers {
                 plan.workers = w;
             }
@@ -348,7 +415,20 @@ fn main() {
             chorus_workers,
             no_install,
             runs,
+            ycsb,
+            ycsb_outstanding,
+            ycsb_records,
+            no_mixes,
         }) => {
+            let ycsb = if ycsb.iter().any(|w| w == "none") {
+                Ok(Vec::new())
+            } else {
+                ycsb.iter().map(|w| w.parse()).collect()
+            };
+            let ycsb = ycsb.unwrap_or_else(|e: String| {
+                eprintln!("peers: --ycsb: {e}");
+                std::process::exit(2);
+            });
             let mut plan = peers::Plan {
                 clients,
                 runs,
@@ -356,8 +436,17 @@ fn main() {
                 value_bytes,
                 chorus_workers,
                 install: !no_install,
+                ycsb,
+                ycsb_outstanding,
+                ycsb_params: btree_service::ycsb::YcsbParams {
+                    records: ycsb_records,
+                    ..Default::default()
+                },
                 ..peers::Plan::default()
             };
+            if no_mixes {
+                plan.write_pcts.clear();
+            }
             if let Some(s) = systems {
                 plan.systems = s;
             }
@@ -383,6 +472,27 @@ fn main() {
                 eprintln!("peers: {e}");
                 std::process::exit(2);
             }
+        }
+        Some(Experiment::Skew {
+            runs,
+            seconds,
+            warmup,
+            rebalance_every_ms,
+            prefill,
+            workers,
+            workload,
+        }) => {
+            let plan = skew::Plan {
+                runs: runs.max(1),
+                measure: Duration::from_secs_f64(seconds),
+                warmup: Duration::from_secs_f64(warmup),
+                every: Duration::from_millis(rebalance_every_ms.max(1)),
+                prefill,
+                workers: workers.max(2),
+                workload,
+                ..skew::Plan::default()
+            };
+            skew::run(&plan, &cli.out, &machine);
         }
         Some(Experiment::Recovery {
             sizes,

@@ -20,6 +20,14 @@
 //! Output: a table (throughput, p50/p99 latency, Chorus's throughput as a multiple of each
 //! peer's), `peers.json` and SVG plots of throughput against offered load (clients x
 //! outstanding).
+//!
+//! YCSB: the core workloads A-F ([`btree_service::ycsb`], published parameters: 1000 records
+//! of 10 x 100 bytes, Zipfian 0.99 or latest) on Chorus (memory and disk) and, for the
+//! workloads that map onto a key-value API (A, B, C, D, F: no scans), on etcd; each workload
+//! on a freshly loaded cluster, `clients` sessions x `ycsb_outstanding` requests in flight;
+//! reported as YCSB does (throughput, per-operation p50/p95/p99) in a second table and
+//! `peers-ycsb.json`. ZooKeeper is not run on YCSB (its znodes are not a key-value store with
+//! YCSB's records; the mixes above cover it).
 
 mod chorus;
 mod procs;
@@ -33,6 +41,7 @@ mod zk;
 
 use crate::machine::Machine;
 use crate::report::{self, Series, Table};
+use btree_service::ycsb::{OpStats, YcsbParams, YcsbResult, YcsbWorkload};
 use engine::client::Mode;
 use serde::Serialize;
 use std::path::Path;
@@ -150,6 +159,11 @@ pub struct Plan {
     pub install: bool,
     /// Runs of the whole plan (each system restarted per run); rows show medians.
     pub runs: usize,
+    /// YCSB workloads (etcd runs those without scans).
+    pub ycsb: Vec<YcsbWorkload>,
+    pub ycsb_params: YcsbParams,
+    /// Requests each client keeps outstanding in the YCSB runs.
+    pub ycsb_outstanding: usize,
 }
 
 impl Default for Plan {
@@ -167,6 +181,9 @@ impl Default for Plan {
             chorus_workers: 2,
             install: true,
             runs: 3,
+            ycsb: YcsbWorkload::ALL.to_vec(),
+            ycsb_params: YcsbParams::default(),
+            ycsb_outstanding: 16,
         }
     }
 }
@@ -183,8 +200,16 @@ impl Plan {
         if let Some(p) = self.write_pcts.iter().find(|&&p| p > 100) {
             return Err(format!("write share {p}% is above 100%"));
         }
-        if self.write_pcts.is_empty() || self.outstanding.is_empty() {
-            return Err("no loads to measure (--writes and --outstanding need values)".into());
+        if (self.write_pcts.is_empty() || self.outstanding.is_empty()) && self.ycsb.is_empty() {
+            return Err(
+                "no loads to measure (--writes and --outstanding, or --ycsb, need values)".into(),
+            );
+        }
+        if self.ycsb_outstanding == 0 {
+            return Err("YCSB outstanding requests per client must be at least 1".into());
+        }
+        if !self.ycsb.is_empty() {
+            self.ycsb_params.validate()?;
         }
         if self.outstanding.contains(&0) {
             return Err("outstanding requests per client must be at least 1".into());
@@ -434,34 +459,41 @@ fn measure_system(
     plan: &Plan,
     system: System,
     report: &mut dyn FnMut(Point, Result<Measured, String>),
+    report_ycsb: &mut dyn FnMut(YcsbWorkload, Result<YcsbResult, String>),
 ) -> Result<(), String> {
     let points = plan.points();
     match system {
         System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
-            let mut cluster = chorus::Cluster::start(
-                plan,
-                system == System::ChorusDisk,
-                system == System::ChorusMemoryTls,
-            )?;
-            eprintln!(
-                "peers: {} up ({} btree-server processes)",
-                system.name(),
-                cluster.processes()
-            );
-            for p in points {
-                let m = cluster.measure(plan, p);
-                report(p, m);
-            }
-            if system == System::ChorusDisk {
+            let durable = system == System::ChorusDisk;
+            let tls = system == System::ChorusMemoryTls;
+            if !points.is_empty() {
+                let mut cluster = chorus::Cluster::start(plan, durable, tls)?;
                 eprintln!(
-                    "peers: chorus-disk wrote {:.1} MiB of log files",
-                    cluster.disk_bytes() as f64 / (1 << 20) as f64
+                    "peers: {} up ({} btree-server processes)",
+                    system.name(),
+                    cluster.processes()
                 );
+                for p in points {
+                    let m = cluster.measure(plan, p);
+                    report(p, m);
+                }
+                if durable {
+                    eprintln!(
+                        "peers: chorus-disk wrote {:.1} MiB of log files",
+                        cluster.disk_bytes() as f64 / (1 << 20) as f64
+                    );
+                }
+            }
+            for &w in &plan.ycsb {
+                let m = chorus::Cluster::start_ycsb(plan, durable, tls)
+                    .and_then(|mut c| c.measure_ycsb(plan, w));
+                report_ycsb(w, m);
             }
             Ok(())
         }
         #[cfg(feature = "peers")]
-        System::Etcd => etcd::run_system(plan, &points, report),
+        System::Etcd => etcd::run_system(plan, &points, report)
+            .and_then(|()| etcd::run_ycsb(plan, &plan.ycsb, report_ycsb)),
         #[cfg(feature = "peers")]
         System::Zookeeper => zk::run_system(plan, &points, report),
         #[cfg(not(feature = "peers"))]
@@ -479,6 +511,7 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Result<Vec<Row>, Strin
     plan.validate()?;
     procs::install_signal_handler()?;
     let mut samples: Vec<(System, Point, Measured)> = Vec::new();
+    let mut ycsb_samples: Vec<(System, YcsbResult)> = Vec::new();
     let mut failures = Vec::new();
     #[cfg_attr(not(feature = "peers"), allow(unused_mut))]
     let mut versions: Vec<String> = Vec::new();
@@ -514,7 +547,30 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Result<Vec<Row>, Strin
                     failures.push(format!("{} {p:?}: {e}", system.name()));
                 }
             };
-            let result = measure_system(plan, system, &mut report);
+            let mut ycsb_failures = Vec::new();
+            let mut report_ycsb = |w: YcsbWorkload, m: Result<YcsbResult, String>| match m {
+                Ok(m) => {
+                    eprintln!(
+                        "peers: {} {}: {:.0} ops/s{}",
+                        system.name(),
+                        w.name(),
+                        m.throughput_ops_s,
+                        if m.errors > 0 {
+                            format!(", {} errors", m.errors)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    ycsb_samples.push((system, m));
+                }
+                Err(e) => {
+                    procs::stop_if_interrupted();
+                    eprintln!("peers: {} {}: {e}", system.name(), w.name());
+                    ycsb_failures.push(format!("{} {}: {e}", system.name(), w.name()));
+                }
+            };
+            let result = measure_system(plan, system, &mut report, &mut report_ycsb);
+            failures.extend(ycsb_failures);
             procs::stop_if_interrupted();
             if let Err(e) = result {
                 eprintln!("peers: {}: {e}", system.name());
@@ -532,8 +588,15 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Result<Vec<Row>, Strin
     }
     let mut rows = medians(plan, &samples);
     add_ratios(&mut rows);
-    println!("{}", table(&rows).render());
-    write_outputs(plan, &rows, &versions, out, machine);
+    if !rows.is_empty() {
+        println!("{}", table(&rows).render());
+        write_outputs(plan, &rows, &versions, out, machine);
+    }
+    let ycsb_rows = ycsb_medians(plan, &ycsb_samples);
+    if !ycsb_rows.is_empty() {
+        println!("{}", ycsb_table(&ycsb_rows).render());
+        write_ycsb(plan, &ycsb_rows, &versions, out, machine);
+    }
     if failures.is_empty() {
         Ok(rows)
     } else {
@@ -655,6 +718,169 @@ fn write_outputs(plan: &Plan, rows: &[Row], versions: &[String], out: &Path, mac
     }
 }
 
+/// A row of `peers-ycsb.json`: one system on one YCSB workload, medians over the runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct YcsbRow {
+    pub system: &'static str,
+    pub workload: &'static str,
+    pub records: u64,
+    pub record_bytes: usize,
+    pub clients: usize,
+    pub outstanding_per_client: usize,
+    pub throughput_ops_s: f64,
+    /// Per operation type (medians of each figure over the runs).
+    pub operations: Vec<OpStats>,
+    pub errors: u64,
+    pub runs_throughput_ops_s: Vec<f64>,
+    /// Chorus rows: throughput / etcd's on the same workload.
+    pub vs_etcd: Option<f64>,
+}
+
+fn ycsb_medians(plan: &Plan, samples: &[(System, YcsbResult)]) -> Vec<YcsbRow> {
+    let mut rows = Vec::new();
+    for &system in &plan.systems {
+        for &w in &plan.ycsb {
+            let runs: Vec<&YcsbResult> = samples
+                .iter()
+                .filter(|(s, r)| *s == system && r.workload == w)
+                .map(|(_, r)| r)
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let tp: Vec<f64> = runs.iter().map(|r| r.throughput_ops_s).collect();
+            let mut operations: Vec<OpStats> = Vec::new();
+            for name in btree_service::ycsb::OpKind::ALL.map(|k| k.name()) {
+                let per: Vec<&OpStats> = runs
+                    .iter()
+                    .filter_map(|r| r.operations.iter().find(|o| o.operation == name))
+                    .collect();
+                if per.is_empty() {
+                    continue;
+                }
+                let med = |f: fn(&OpStats) -> f64| {
+                    report::median(&per.iter().map(|o| f(o)).collect::<Vec<_>>())
+                };
+                operations.push(OpStats {
+                    operation: name,
+                    count: per.iter().map(|o| o.count).sum(),
+                    ops_s: med(|o| o.ops_s),
+                    p50_us: med(|o| o.p50_us),
+                    p95_us: med(|o| o.p95_us),
+                    p99_us: med(|o| o.p99_us),
+                });
+            }
+            rows.push(YcsbRow {
+                system: system.name(),
+                workload: w.name(),
+                records: plan.ycsb_params.records,
+                record_bytes: plan.ycsb_params.record_bytes(),
+                clients: plan.clients,
+                outstanding_per_client: plan.ycsb_outstanding,
+                throughput_ops_s: report::median(&tp),
+                operations,
+                errors: runs.iter().map(|r| r.errors).sum(),
+                runs_throughput_ops_s: tp,
+                vs_etcd: None,
+            });
+        }
+    }
+    let snapshot = rows.clone();
+    for r in rows.iter_mut().filter(|r| r.system.starts_with("chorus")) {
+        r.vs_etcd = snapshot
+            .iter()
+            .find(|e| e.system == "etcd" && e.workload == r.workload)
+            .filter(|e| e.throughput_ops_s > 0.0)
+            .map(|e| r.throughput_ops_s / e.throughput_ops_s);
+    }
+    rows
+}
+
+pub fn ycsb_table(rows: &[YcsbRow]) -> Table {
+    let mut t = Table::new(&[
+        "workload",
+        "system",
+        "ops/s",
+        "vs etcd",
+        "operation",
+        "p50 us",
+        "p95 us",
+        "p99 us",
+        "errors",
+    ]);
+    for r in rows {
+        for (i, o) in r.operations.iter().enumerate() {
+            let first = i == 0;
+            t.row(vec![
+                if first {
+                    r.workload.into()
+                } else {
+                    String::new()
+                },
+                if first {
+                    r.system.into()
+                } else {
+                    String::new()
+                },
+                if first {
+                    format!("{:.0}", r.throughput_ops_s)
+                } else {
+                    String::new()
+                },
+                match (first, r.vs_etcd) {
+                    (true, Some(x)) => format!("{x:.2}x"),
+                    (true, None) => "-".into(),
+                    _ => String::new(),
+                },
+                o.operation.into(),
+                format!("{:.0}", o.p50_us),
+                format!("{:.0}", o.p95_us),
+                format!("{:.0}", o.p99_us),
+                if first {
+                    r.errors.to_string()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    t
+}
+
+fn write_ycsb(plan: &Plan, rows: &[YcsbRow], versions: &[String], out: &Path, machine: &Machine) {
+    let p = &plan.ycsb_params;
+    let mut notes = vec![
+        format!(
+            "YCSB core workloads, published parameters: {} records of {} fields x {} bytes (one value of {} bytes per key: updates and inserts write the whole record), Zipfian constant {} (scrambled) or latest, scans of 1..={} records (uniform), insertorder ordered",
+            p.records, p.fields, p.field_bytes, p.record_bytes(), p.theta, p.max_scan_len
+        ),
+        format!(
+            "each workload on a freshly loaded cluster (3 server processes on loopback); {} sessions x {} requests in flight from one bench process; warm-up {:.1} s, measured {:.1} s; medians of {} runs",
+            plan.clients,
+            plan.ycsb_outstanding,
+            plan.warmup.as_secs_f64(),
+            plan.measure.as_secs_f64(),
+            plan.runs
+        ),
+        format!(
+            "Chorus: mode {}, {} worker(s) per replica; reads are Get ordered through the logs; read-modify-write: Get then Update; etcd: Range (linearizable) and Put, read-modify-write a Range then a Put; etcd runs A, B, C, D, F (no scans in a key-value API)",
+            plan.chorus_mode.name(),
+            plan.effective_chorus_workers()
+        ),
+    ];
+    notes.extend(versions.iter().cloned());
+    let results = report::Results {
+        experiment: "peers-ycsb",
+        machine,
+        notes,
+        rows,
+    };
+    match report::write_json(out, "peers-ycsb.json", &results) {
+        Ok(p) => println!("wrote {}", p.display()),
+        Err(e) => eprintln!("peers: writing peers-ycsb.json: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,11 +967,31 @@ mod tests {
             keys: 1000,
             value_bytes: 100,
             runs: 2,
+            ycsb: vec![YcsbWorkload::F],
+            ycsb_params: YcsbParams {
+                records: 200,
+                ..YcsbParams::default()
+            },
+            ycsb_outstanding: 2,
             ..Plan::default()
         };
         let out = procs::TempDir::new("test-out").unwrap();
         let machine = Machine::detect();
         let rows = run(&plan, out.path(), &machine).unwrap();
+        let ycsb: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("peers-ycsb.json")).unwrap(),
+        )
+        .unwrap();
+        let y = &ycsb["rows"][0];
+        assert_eq!(y["workload"], "ycsb-f", "{y}");
+        assert_eq!(y["errors"], 0, "{y}");
+        let ops: Vec<&str> = y["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["operation"].as_str().unwrap())
+            .collect();
+        assert_eq!(ops, ["READ", "READ-MODIFY-WRITE"], "{y}");
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert!(r.completed > 10, "{r:?}");

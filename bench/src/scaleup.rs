@@ -7,11 +7,14 @@
 //! 1 M keys. Replicated modes run 2 replicas (f + 1 with f = 1) and 3 acceptors; closed-loop
 //! clients keep enough commands outstanding to saturate. Each point is the median of several
 //! runs; speed-up is over 1 worker of the same mode and workload, and the ratio is against
-//! `unreplicated` with the same number of workers.
+//! `unreplicated` with the same number of workers. Keys are uniform unless `--distribution`
+//! asks for others (zipf, zipf-unscrambled, latest, sequential: every row says which), with
+//! rebalancing rounds when `--rebalance-every-ms` is given.
 
 use crate::machine::Machine;
 use crate::report::{self, median, Series, Table};
-use btree_service::load::{run, RunResult, RunSpec, Workload};
+use btree_service::keys::KeyDistribution;
+use btree_service::load::{run, RebalanceSpec, RunResult, RunSpec, Workload};
 use btree_service::service::TreeConfig;
 use engine::client::Mode;
 use serde::Serialize;
@@ -45,6 +48,9 @@ impl RunMode {
 pub struct Plan {
     pub workers: Vec<usize>,
     pub workloads: Vec<Workload>,
+    pub distributions: Vec<KeyDistribution>,
+    /// Rebalancing rounds in the replicated modes (none: the initial even split throughout).
+    pub rebalance: Option<RebalanceSpec>,
     pub modes: Vec<RunMode>,
     pub tree: TreeConfig,
     pub warmup: Duration,
@@ -72,6 +78,8 @@ impl Plan {
         Plan {
             workers: worker_counts(machine.cores),
             workloads: Workload::ALL.to_vec(),
+            distributions: vec![KeyDistribution::default()],
+            rebalance: None,
             modes: RunMode::ALL.to_vec(),
             tree: TreeConfig::default(),
             warmup: Duration::from_millis(700),
@@ -98,15 +106,17 @@ impl Plan {
     }
 
     /// Points to measure: `smr` only at 1 worker (it has one by definition).
-    fn points(&self) -> Vec<(RunMode, Workload, usize)> {
+    fn points(&self) -> Vec<(RunMode, Workload, KeyDistribution, usize)> {
         let mut v = Vec::new();
-        for &w in &self.workloads {
-            for &m in &self.modes {
-                for &k in &self.workers {
-                    if m == RunMode::Replicated(Mode::Smr) && k != 1 {
-                        continue;
+        for &d in &self.distributions {
+            for &w in &self.workloads {
+                for &m in &self.modes {
+                    for &k in &self.workers {
+                        if m == RunMode::Replicated(Mode::Smr) && k != 1 {
+                            continue;
+                        }
+                        v.push((m, w, d, k));
                     }
-                    v.push((m, w, k));
                 }
             }
         }
@@ -119,11 +129,17 @@ impl Plan {
 pub struct Row {
     pub mode: &'static str,
     pub workload: Workload,
+    /// The key distribution, e.g. `uniform`, `zipf(0.99)`.
+    pub distribution: String,
     pub workers: usize,
     pub throughput_ops_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub abort_rate: f64,
+    /// Tries refused as misrouted (after ranges moved), per run (median).
+    pub misroutes: f64,
+    /// The busiest worker's share of the load (replicated modes with rebalancing rounds).
+    pub busiest_share: f64,
     /// Throughput over this mode's and workload's 1-worker throughput.
     pub speedup: f64,
     /// Throughput over `unreplicated` with the same workers and workload.
@@ -131,7 +147,14 @@ pub struct Row {
     pub runs: Vec<RunResult>,
 }
 
-fn spec(plan: &Plan, mode: RunMode, workload: Workload, workers: usize, seed: u64) -> RunSpec {
+fn spec(
+    plan: &Plan,
+    mode: RunMode,
+    workload: Workload,
+    keys: KeyDistribution,
+    workers: usize,
+    seed: u64,
+) -> RunSpec {
     // Enough outstanding commands to keep every worker busy, without flooding two cores.
     let clients = (4 * workers).clamp(8, 64);
     RunSpec {
@@ -141,6 +164,11 @@ fn spec(plan: &Plan, mode: RunMode, workload: Workload, workers: usize, seed: u6
         },
         workers,
         workload,
+        keys,
+        rebalance: match mode {
+            RunMode::Replicated(Mode::Psmr | Mode::OptPsmr) => plan.rebalance,
+            _ => None,
+        },
         tree: plan.tree.clone(),
         warmup: plan.warmup,
         measure: plan.measure,
@@ -163,19 +191,21 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
         .expect("template"),
     );
     let mut rows: Vec<Row> = Vec::new();
-    for (i, &(mode, workload, workers)) in points.iter().enumerate() {
+    for (i, &(mode, workload, keys, workers)) in points.iter().enumerate() {
         let mut runs = Vec::new();
         for r in 0..plan.runs {
             bar.set_message(format!(
-                "{} {} {} workers",
+                "{} {} {} {} workers",
                 mode.name(),
                 workload.name(),
+                keys.label(),
                 workers
             ));
             runs.push(run(&spec(
                 plan,
                 mode,
                 workload,
+                keys,
                 workers,
                 (i * 10 + r) as u64 + 1,
             )));
@@ -185,11 +215,14 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
         rows.push(Row {
             mode: mode.name(),
             workload,
+            distribution: keys.label(),
             workers,
             throughput_ops_s: m(|r| r.throughput_ops_s),
             p50_us: m(|r| r.p50_us),
             p99_us: m(|r| r.p99_us),
             abort_rate: m(|r| r.abort_rate),
+            misroutes: m(|r| r.misroutes as f64),
+            busiest_share: m(|r| r.rebalance.as_ref().map_or(f64::NAN, |b| b.busiest_share)),
             speedup: f64::NAN,
             ratio_to_unreplicated: f64::NAN,
             runs,
@@ -197,17 +230,28 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
     }
     bar.finish_and_clear();
     // Derived columns, from points measured in this same run.
-    let lookup = |rows: &[Row], mode: &str, workload: Workload, workers: usize| {
+    let lookup = |rows: &[Row], mode: &str, workload: Workload, dist: &str, workers: usize| {
         rows.iter()
-            .find(|r| r.mode == mode && r.workload == workload && r.workers == workers)
+            .find(|r| {
+                r.mode == mode
+                    && r.workload == workload
+                    && r.distribution == dist
+                    && r.workers == workers
+            })
             .map(|r| r.throughput_ops_s)
     };
     let snapshot = rows.clone();
     for r in rows.iter_mut() {
-        if let Some(base) = lookup(&snapshot, r.mode, r.workload, 1) {
+        if let Some(base) = lookup(&snapshot, r.mode, r.workload, &r.distribution, 1) {
             r.speedup = r.throughput_ops_s / base;
         }
-        if let Some(u) = lookup(&snapshot, "unreplicated", r.workload, r.workers) {
+        if let Some(u) = lookup(
+            &snapshot,
+            "unreplicated",
+            r.workload,
+            &r.distribution,
+            r.workers,
+        ) {
             r.ratio_to_unreplicated = r.throughput_ops_s / u;
         }
     }
@@ -223,6 +267,10 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             ),
             format!("medians of {} run(s) of {:?} after {:?} warm-up; workers pinned: {}", plan.runs, plan.measure, plan.warmup, plan.pin_cores),
             "abort_rate: opt-PSMR attempts refused per completed command".into(),
+            match plan.rebalance {
+                Some(r) => format!("psmr and opt-psmr: a Rebalance every {:?} ({:?}); busiest_share: the busiest worker's share of the counted load in the measured window", r.every, r.policy),
+                None => "no rebalancing: the key space stays split evenly over the workers".into(),
+            },
         ],
         rows: &rows,
     };
@@ -230,8 +278,22 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
         Ok(p) => println!("wrote {}", p.display()),
         Err(e) => eprintln!("could not write results: {e}"),
     }
-    for &w in &plan.workloads {
-        let path = out.join(format!("scaleup-{}.svg", w.name()));
+    for (&w, d) in plan
+        .workloads
+        .iter()
+        .flat_map(|w| plan.distributions.iter().map(move |d| (w, d)))
+    {
+        let label = d.label();
+        let uniform = d.distribution == btree_service::keys::Distribution::Uniform;
+        let path = if uniform {
+            out.join(format!("scaleup-{}.svg", w.name()))
+        } else {
+            out.join(format!(
+                "scaleup-{}-{}.svg",
+                w.name(),
+                d.distribution.name()
+            ))
+        };
         let series: Vec<Series> = plan
             .modes
             .iter()
@@ -239,13 +301,13 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
                 label: m.name().to_string(),
                 points: rows
                     .iter()
-                    .filter(|r| r.mode == m.name() && r.workload == w)
+                    .filter(|r| r.mode == m.name() && r.workload == w && r.distribution == label)
                     .map(|r| (r.workers as f64, r.throughput_ops_s))
                     .collect(),
             })
             .filter(|s| !s.points.is_empty())
             .collect();
-        let title = format!("Replicated B+-tree, {} workload", w.name());
+        let title = format!("Replicated B+-tree, {} workload, {label} keys", w.name());
         match report::line_chart(&path, &title, "workers", "commands / s", &series) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => eprintln!("could not draw {}: {e}", path.display()),
@@ -257,6 +319,7 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
 pub fn table(rows: &[Row]) -> Table {
     let mut t = Table::new(&[
         "workload",
+        "keys",
         "mode",
         "workers",
         "cmds/s",
@@ -276,6 +339,7 @@ pub fn table(rows: &[Row]) -> Table {
     for r in rows {
         t.row(vec![
             r.workload.name().to_string(),
+            r.distribution.clone(),
             r.mode.to_string(),
             r.workers.to_string(),
             report::human(r.throughput_ops_s),

@@ -151,7 +151,7 @@ impl DeploymentFile {
 }
 
 /// Parses one command line: `get K`, `put K V`, `update K V`, `del K`,
-/// `scan LO HI [LIMIT]`, `size`.
+/// `scan LO HI [LIMIT]`, `size`, `rebalance` (with the default policy).
 pub fn parse_command(words: &[&str]) -> Result<TreeCommand, String> {
     let key = |i: usize| -> Result<u64, String> {
         words
@@ -180,8 +180,9 @@ pub fn parse_command(words: &[&str]) -> Result<TreeCommand, String> {
             },
         }),
         Some("size") => Ok(TreeCommand::Size),
+        Some("rebalance") => Ok(TreeCommand::Rebalance(Default::default())),
         Some(other) => Err(format!(
-            "unknown command {other:?}: get, put, update, del, scan, size"
+            "unknown command {other:?}: get, put, update, del, scan, size, rebalance"
         )),
         None => Err("empty command".into()),
     }
@@ -205,6 +206,10 @@ pub fn render_reply(r: &TreeReply) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         TreeReply::Size(n) => n.to_string(),
+        TreeReply::Rebalanced(r) => format!(
+            "rebalanced: {} moves, {} splits, {} stripes (range map version {}; worker loads {:?})",
+            r.moves, r.splits, r.stripes, r.version, r.loads
+        ),
     }
 }
 

@@ -6,7 +6,12 @@
 //! whether an insert or delete stays inside its worker's subtree.
 
 pub mod cli;
+pub mod flags;
+pub mod keys;
 pub mod load;
 pub mod model;
+pub mod ranges;
+pub mod rebalance;
 pub mod service;
 pub mod tree;
+pub mod ycsb;

@@ -471,6 +471,31 @@ impl<K: Ord + Clone, V: Clone> BPlusTree<K, V> {
         Some((key, other))
     }
 
+    /// Moves the entries with keys `>= at` into a new tree with the same fanout and returns
+    /// it. When no key is `>= at` this tree is left as it is (the new tree is empty);
+    /// otherwise both are rebuilt (O(len)).
+    pub fn split_off_at(&mut self, at: &K) -> BPlusTree<K, V> {
+        let mut other = BPlusTree {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            root: NIL,
+            head: NIL,
+            height: 1,
+            len: 0,
+            fanout: self.fanout,
+        };
+        if self.last_key().is_none_or(|k| k < at) {
+            other.build(Vec::new());
+            return other;
+        }
+        let mut lower = self.take_entries();
+        let cut = lower.partition_point(|(k, _)| k < at);
+        let upper = lower.split_off(cut);
+        other.build(upper);
+        self.build(lower);
+        other
+    }
+
     /// True if `absorb(other)` would succeed: either tree is empty or every
     /// key of `other` is greater than every key of `self`.
     pub fn can_absorb(&self, other: &BPlusTree<K, V>) -> bool {
@@ -1938,6 +1963,26 @@ mod tests {
                     prop_assert_eq!(tree.content_hash(), hash);
                 }
             }
+        }
+
+        #[test]
+        fn split_off_at_divides_at_the_key(
+            fanout in prop::sample::select(vec![4usize, 5, 8, 64]),
+            keys in prop::collection::btree_set(0u32..5000, 0..700),
+            at in 0u32..5200,
+            seed in any::<u64>(),
+        ) {
+            let mut tree = messy_tree(fanout, &keys, seed);
+            let original = entries(&tree);
+            let upper = tree.split_off_at(&at);
+            check(&tree, &"split_off_at (lower)")?;
+            check(&upper, &"split_off_at (upper)")?;
+            prop_assert_eq!(upper.fanout(), fanout);
+            prop_assert!(entries(&tree).iter().all(|(k, _)| *k < at));
+            prop_assert!(entries(&upper).iter().all(|(k, _)| *k >= at));
+            let mut both = entries(&tree);
+            both.extend(entries(&upper));
+            prop_assert_eq!(both, original);
         }
 
         #[test]

@@ -7,10 +7,13 @@
 //! `fuzz/README.md`); these runs are bounded (a few seconds in release mode).
 
 use btree_service::cli::{parse_command, parse_mode, DeploymentFile};
-use btree_service::service::{TreeCommand, TreeConfig, TreeReply};
+use btree_service::ranges::{RangeMap, Span};
+use btree_service::rebalance::RebalancePolicy;
+use btree_service::service::{RebalanceReport, TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
 use engine::client::Mode;
 use engine::layout::Deployment;
+use engine::service::{Service, Target};
 use engine::wire;
 use groups::config::Tuning;
 use proptest::collection::vec;
@@ -32,7 +35,26 @@ fn tree_command() -> impl Strategy<Value = TreeCommand> {
         any::<u64>().prop_map(TreeCommand::Delete),
         any::<(u64, u64, u32)>().prop_map(|(lo, hi, limit)| TreeCommand::Scan { lo, hi, limit }),
         Just(TreeCommand::Size),
+        any::<(u32, u64, u32, u64, u32)>().prop_map(|(t, o, a, k, m)| TreeCommand::Rebalance(
+            RebalancePolicy {
+                tolerance_pct: t,
+                ops_min: o,
+                actions_max: a,
+                stripe_keys: k,
+                subtrees_max: m,
+            }
+        )),
     ]
+}
+
+fn range_map() -> impl Strategy<Value = RangeMap> {
+    let span =
+        (any::<u64>(), 0u64..8, vec(0u32..6, 0..4)).prop_map(|(low, stripe_keys, owners)| Span {
+            low,
+            stripe_keys,
+            owners,
+        });
+    (any::<u64>(), vec(span, 0..6)).prop_map(|(version, spans)| RangeMap { version, spans })
 }
 
 fn tree_reply() -> impl Strategy<Value = TreeReply> {
@@ -44,6 +66,15 @@ fn tree_reply() -> impl Strategy<Value = TreeReply> {
         value.prop_map(TreeReply::Deleted),
         vec((any::<u64>(), bytes_up_to(8)), 0..6).prop_map(TreeReply::Entries),
         any::<u64>().prop_map(TreeReply::Size),
+        (any::<(u64, u32, u32, u32)>(), vec(any::<u64>(), 0..4)).prop_map(
+            |((version, moves, splits, stripes), loads)| TreeReply::Rebalanced(RebalanceReport {
+                version,
+                moves,
+                splits,
+                stripes,
+                loads,
+            })
+        ),
     ]
 }
 
@@ -123,6 +154,10 @@ fn command_line() -> impl Strategy<Value = (TreeCommand, String)> {
                 }
             }),
         Just((TreeCommand::Size, " size ".to_string())),
+        Just((
+            TreeCommand::Rebalance(RebalancePolicy::default()),
+            "rebalance".to_string()
+        )),
     ]
 }
 
@@ -196,6 +231,40 @@ proptest! {
     ) {
         check_codec(&c, &noise, cut, &flips, &garbage)?;
         check_codec(&r, &noise, cut, &flips, &garbage)?;
+    }
+
+    /// Range maps as clients learn them from replicas' refusals: they round-trip, damaged or
+    /// random ones are refused or, if they decode into a valid map, routed by without panics;
+    /// command maps under any learnt map name only existing workers.
+    #[test]
+    fn learnt_range_maps_round_trip_and_never_misroute_to_missing_workers(
+        m in range_map(),
+        noise in vec(any::<u8>(), 0..96),
+        cut in any::<Index>(),
+        flips in vec((any::<Index>(), 1u8..), 1..4),
+        garbage in vec(any::<u8>(), 1..16),
+        keys in vec(any::<u64>(), 1..8),
+    ) {
+        check_codec(&m, &noise, cut, &flips, &garbage)?;
+        let service = TreeService::new(TreeConfig::default());
+        for bytes in [wire::encode(&m), noise.clone(), [wire::encode(&m), garbage.clone()].concat()] {
+            service.learn_routes(&bytes);
+        }
+        if let Some(l) = service.learnt_routes() {
+            prop_assert!(l.validate(u32::MAX as usize + 1).is_ok(), "learnt a malformed map {:?}", l);
+        }
+        for k in keys {
+            for cmd in [TreeCommand::Get(k), TreeCommand::Scan { lo: k, hi: k.saturating_add(50), limit: 5 }] {
+                for t in [service.conservative(&cmd, 2), service.optimistic(&cmd, 2)] {
+                    let ok = match &t {
+                        Target::One(w) => *w < 2,
+                        Target::Many(ws) => ws.iter().all(|&w| w < 2),
+                        Target::All => true,
+                    };
+                    prop_assert!(ok, "{:?} mapped to {:?}", cmd, t);
+                }
+            }
+        }
     }
 
     /// Valid command lines parse to their command; any line parses or says why, never panics.

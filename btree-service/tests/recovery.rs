@@ -4,11 +4,13 @@
 //! Method: a loopback deployment of four replicas (1-3 also the acceptors; replica 4 only a
 //! replica, so the logs can be trimmed while it is down: omnipaxos trims only what every
 //! acceptor holds) taking a checkpoint every 200 commands, loaded by `btree-load`. Replica
-//! 4 is SIGKILLed; the load goes on until every log's first index at replica 1 (from its
+//! 4 is SIGKILLed; the load (sequential inserts, with a `Rebalance` every 100 ms, so the
+//! rebalancer stripes the tail and the range map changes while replica 4 is down) goes on until every log's first index at replica 1 (from its
 //! `/metrics`) is past what replica 4 had received. Replica 4 restarts with empty state: its
 //! metrics must show an installed checkpoint; after more load, it must take checkpoints of
 //! its own, and once the load stops every replica must report the same latest checkpoint
-//! round with the same state hash (`chorus_checkpoint_state_hash`), and answer `size` alike.
+//! round with the same state hash (`chorus_checkpoint_state_hash`, which covers the range map
+//! and the load counters), and answer `size` alike; the range map must have changed.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -26,6 +28,12 @@ fn load(config: &Path, seconds: f64) {
         .args(["--config", config.to_str().unwrap(), "--node", "1000"])
         .args(["--seconds", &seconds.to_string(), "--warmup-s", "0"])
         .args(["--clients", "8", "--workload", "insert-heavy"])
+        .args([
+            "--distribution",
+            "sequential",
+            "--rebalance-every-ms",
+            "100",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -38,9 +46,13 @@ fn load(config: &Path, seconds: f64) {
 }
 
 fn size(config: &Path) -> Option<String> {
+    client(config, "size")
+}
+
+fn client(config: &Path, command: &str) -> Option<String> {
     let out = Command::new(CLIENT)
         .args(["--config", config.to_str().unwrap(), "--node", "1001"])
-        .args(["--timeout-s", "10", "size"])
+        .args(["--timeout-s", "10", command])
         .output()
         .ok()?;
     out.status
@@ -158,6 +170,11 @@ fn a_killed_replica_recovers_by_state_transfer_past_the_trimmed_logs() {
     let executed = metric_sum(&metrics(ports[3]), "chorus_commands_executed_total{").unwrap_or(0.0);
     assert!(executed > 0.0, "replica 4 executed the log suffix");
     assert!(size(&config).is_some());
+    let report = client(&config, "rebalance").expect("a rebalance answered");
+    assert!(
+        report.contains("stripes") && !report.contains("version 0;"),
+        "the range map changed: {report}"
+    );
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }

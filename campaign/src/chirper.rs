@@ -273,7 +273,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         fault,
         victim,
         hold,
-        cluster_id: lay.config.cluster_id,
+        cluster_id: lay.config.cluster_id.frame_tag(),
         spare_clients: client_ids[1..].to_vec(),
     };
     run::record_victim(o, r, &target, &led);

@@ -685,7 +685,8 @@ pub(crate) struct Target {
     pub(crate) fault: Fault,
     pub(crate) victim: u32,
     pub(crate) hold: Duration,
-    /// The deployment's cluster id (the hostile frames of `partial-frames` carry it).
+    /// The 64-bit tag of the deployment's cluster id that frames carry (the hostile frames of
+    /// `partial-frames` carry it).
     pub(crate) cluster_id: u64,
     /// Configured client ids no process uses (see [`SPARE_CLIENTS`]).
     pub(crate) spare_clients: Vec<u32>,

@@ -1,5 +1,6 @@
 //! What the service binaries (`btree-server`, `chirper-server`) share around their own logic:
-//! logging set-up, the check that flags fit the chosen mode, and the exit convention.
+//! logging set-up, the check that flags fit the chosen mode, a fresh cluster id for
+//! `--write-config`, and the exit convention.
 
 use std::process::ExitCode;
 
@@ -39,6 +40,13 @@ pub fn check_server_flags(f: &ServerFlags) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// A random 128-bit cluster id for a deployment file written now (`--write-config`): two
+/// deployments generated with the same parameters then differ, and a data directory of one is
+/// refused by the other (see `groups::log::identity`).
+pub fn random_cluster_id() -> groups::ids::ClusterId {
+    groups::ids::ClusterId(rand::random())
 }
 
 /// The credentials of a new deployment file written to `config_path` (`--write-config`): a

@@ -81,6 +81,7 @@ pub fn request_payload(round: u64) -> Bytes {
         client: CHECKPOINT_CLIENT,
         seq: round,
         attempt: Attempt::Conservative,
+        round: 0,
         floor: 0,
         command: Bytes::new(),
     })

@@ -4,7 +4,10 @@
 //! (conservatively for P-SMR, optimistically for opt-PSMR), keeps many commands outstanding,
 //! takes the first reply of any replica, resends on timeout (replicas answer a resent command
 //! from their client table, so it takes effect at most once), and on an opt-PSMR
-//! `RetryConservative` multicasts the command again with the conservative map, once.
+//! `RetryConservative` multicasts the command again with the conservative map, once. A try
+//! refused as `Misrouted` (the service's routes moved: key ranges changed workers) teaches the
+//! service the replica's routes and is tried again with the same kind of map; after
+//! [`MISROUTES_MAX`] such refusals the command goes to every worker, which never misses.
 //!
 //! [`ClientApp`] hosts many proxies of any kind ([`Proxy`]: this one, or the scale-out proxy of
 //! [`crate::partitioned`]) on one node of a runtime, fed by a [`Driver`] (a workload generator,
@@ -63,6 +66,8 @@ pub struct ClientStats {
     pub resends: u64,
     /// opt-PSMR attempts a worker refused (each retried conservatively once).
     pub aborts: u64,
+    /// Tries refused as misrouted (stale routes), each tried again with the routes learnt.
+    pub misroutes: u64,
     /// Replies from two replicas that disagree on the state hash after the same command.
     pub divergences: u64,
     /// Scale-out: oracle consultations (DS-SMR).
@@ -87,6 +92,7 @@ impl std::ops::AddAssign<&ClientStats> for ClientStats {
         self.completed += o.completed;
         self.resends += o.resends;
         self.aborts += o.aborts;
+        self.misroutes += o.misroutes;
         self.divergences += o.divergences;
         self.consults += o.consults;
         self.moves += o.moves;
@@ -110,6 +116,9 @@ impl<'a> std::iter::Sum<&'a ClientStats> for ClientStats {
 struct Pending<C> {
     command: C,
     attempt: Attempt,
+    /// The current try ([`Request::round`]) and how many tries were refused as misrouted.
+    round: u32,
+    misroutes: u32,
     dests: GroupSet,
     payload: Bytes,
     sent_at: u64,
@@ -173,6 +182,10 @@ pub trait Proxy: Send + 'static {
 /// Most recent all-worker commands whose replica hashes are kept for comparison.
 const HASHES_KEPT: usize = 4096;
 
+/// Tries of a command refused as misrouted before it is multicast to every worker (which is
+/// never misrouted), so a client whose routes keep lagging behind moving ranges still ends.
+pub const MISROUTES_MAX: u32 = 3;
+
 impl<S: Service> ClientProxy<S> {
     /// A client for a deployment with `workers` workers per replica. `resend_ticks` is the
     /// first resend timeout (doubling per attempt).
@@ -221,7 +234,7 @@ impl<S: Service> ClientProxy<S> {
         }
     }
 
-    fn encode(&self, seq: u64, attempt: Attempt, command: &S::Command) -> Bytes {
+    fn encode(&self, seq: u64, attempt: Attempt, round: u32, command: &S::Command) -> Bytes {
         let floor = self
             .pending
             .keys()
@@ -233,6 +246,7 @@ impl<S: Service> ClientProxy<S> {
             client: self.id,
             seq,
             attempt,
+            round,
             floor,
             command: Bytes::from(wire::encode(command)),
         }))
@@ -242,19 +256,9 @@ impl<S: Service> ClientProxy<S> {
     pub fn submit(&mut self, command: S::Command) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (target, attempt) = match self.mode {
-            Mode::Smr => (Target::One(0), Attempt::Conservative),
-            Mode::Psmr => (
-                self.service.conservative(&command, self.workers),
-                Attempt::Conservative,
-            ),
-            Mode::OptPsmr => match self.service.optimistic(&command, self.workers) {
-                t @ Target::One(_) => (t, Attempt::Optimistic),
-                t => (t, Attempt::Conservative),
-            },
-        };
+        let (target, attempt) = self.map(&command, self.mode == Mode::OptPsmr);
         let dests = self.dests(&target);
-        let payload = self.encode(seq, attempt, &command);
+        let payload = self.encode(seq, attempt, 0, &command);
         self.stats.submitted += 1;
         if payload.len() > self.payload_max {
             // A conservative retry of an optimistic attempt is the same size, so the first
@@ -276,6 +280,8 @@ impl<S: Service> ClientProxy<S> {
             Pending {
                 command,
                 attempt,
+                round: 0,
+                misroutes: 0,
                 dests,
                 payload,
                 sent_at: self.now,
@@ -291,8 +297,8 @@ impl<S: Service> ClientProxy<S> {
             self.audit(reply.seq, h, reply.replica);
         }
         let p = self.pending.get(&reply.seq)?;
-        if p.attempt != reply.attempt {
-            return None; // an answer to an earlier attempt
+        if p.attempt != reply.attempt || p.round != reply.round {
+            return None; // an answer to an earlier try
         }
         let result = match reply.outcome {
             Outcome::Done(r) => Ok(r),
@@ -300,8 +306,26 @@ impl<S: Service> ClientProxy<S> {
             Outcome::RetryConservative => {
                 if p.attempt == Attempt::Optimistic {
                     self.stats.aborts += 1;
-                    self.retry_conservative(reply.seq);
+                    let target = self.service.conservative(&p.command, self.workers);
+                    self.retry(reply.seq, target, Attempt::Conservative);
                 }
+                return None;
+            }
+            Outcome::Misrouted(routes) => {
+                self.stats.misroutes += 1;
+                if !routes.is_empty() {
+                    self.service.learn_routes(&routes);
+                }
+                let p = self.pending.get_mut(&reply.seq).expect("checked");
+                p.misroutes += 1;
+                let (target, attempt) = if p.misroutes > MISROUTES_MAX {
+                    (Target::All, Attempt::Conservative)
+                } else {
+                    let optimistic = p.attempt == Attempt::Optimistic;
+                    let command = p.command.clone();
+                    self.map(&command, optimistic)
+                };
+                self.retry(reply.seq, target, attempt);
                 return None;
             }
         };
@@ -314,15 +338,34 @@ impl<S: Service> ClientProxy<S> {
         })
     }
 
-    fn retry_conservative(&mut self, seq: u64) {
-        let p = self.pending.get(&seq).expect("pending");
-        let target = self.service.conservative(&p.command, self.workers);
+    /// The command's target and attempt kind: optimistic where asked and the optimistic map
+    /// gives one worker, else conservative (one worker in `smr`).
+    fn map(&self, command: &S::Command, optimistic: bool) -> (Target, Attempt) {
+        if self.mode == Mode::Smr {
+            return (Target::One(0), Attempt::Conservative);
+        }
+        if optimistic {
+            if let t @ Target::One(_) = self.service.optimistic(command, self.workers) {
+                return (t, Attempt::Optimistic);
+            }
+        }
+        (
+            self.service.conservative(command, self.workers),
+            Attempt::Conservative,
+        )
+    }
+
+    /// Multicasts the next try of pending command `seq` to `target`.
+    fn retry(&mut self, seq: u64, target: Target, attempt: Attempt) {
         let dests = self.dests(&target);
-        let payload = self.encode(seq, Attempt::Conservative, &p.command);
+        let p = self.pending.get(&seq).expect("pending");
+        let round = p.round + 1;
+        let payload = self.encode(seq, attempt, round, &p.command);
         self.out.push((dests.clone(), payload.clone()));
         let now = self.now;
         let p = self.pending.get_mut(&seq).expect("pending");
-        p.attempt = Attempt::Conservative;
+        p.attempt = attempt;
+        p.round = round;
         p.dests = dests;
         p.payload = payload;
         p.sent_at = now;

@@ -70,8 +70,8 @@ pub fn start<S: Service, C: App>(
     InProcCluster::start_with(
         d.config.clone(),
         |id| NodeOptions {
-            epoch: 0,
             merge_locally: !replicas.contains(&id),
+            ..NodeOptions::default()
         },
         |id| {
             if replicas.contains(&id) {
@@ -108,10 +108,7 @@ pub fn start_scaleout_with<S: crate::partitioned::service::PartitionedService, C
     let cfg = Arc::new(layout.config.clone());
     InProcCluster::start_with(
         layout.config.clone(),
-        |_| NodeOptions {
-            epoch: 0,
-            merge_locally: true,
-        },
+        |_| NodeOptions::default(),
         |id| match layout.role(id) {
             Some(role) => {
                 let mut r = crate::partitioned::replica::ScaleOutReplica::new(

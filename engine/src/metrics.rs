@@ -69,7 +69,7 @@ pub fn render_workers(workers: &[SharedWorkerStats], e: &mut Exposition) {
         }
     }
     type Pick = fn(&WorkerStats) -> u64;
-    let counters: [(&str, &str, Pick); 4] = [
+    let counters: [(&str, &str, Pick); 5] = [
         (
             "chorus_worker_parked_total",
             "Multi-worker commands this worker parked for.",
@@ -79,6 +79,11 @@ pub fn render_workers(workers: &[SharedWorkerStats], e: &mut Exposition) {
             "chorus_optpsmr_aborts_total",
             "Optimistic attempts refused (opt-PSMR aborts).",
             |s| s.aborts,
+        ),
+        (
+            "chorus_misrouted_total",
+            "Tries refused as misrouted (mapped with stale routes after ranges moved).",
+            |s| s.misrouted,
         ),
         (
             "chorus_duplicates_total",

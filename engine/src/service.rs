@@ -94,6 +94,30 @@ pub trait Service: Send + Sync + 'static {
         Ok(self.execute(shards, cmd, access))
     }
 
+    /// For a service whose command map follows replicated state that changes (key ranges
+    /// that move between workers): whether `cmd`, multicast to the workers whose shards are
+    /// in `shards`, must not run here because under the shards' state it needs a worker that
+    /// is not here (the client mapped it with stale routes). Called before
+    /// [`Service::execute`] or [`Service::execute_optimistic`] on every try, with the shards
+    /// of every involved worker. The verdict may depend only on state written by commands
+    /// for all workers (every involved worker holds a copy of it), so every replica reaches
+    /// the same one. `Some(routes)` refuses the try, changing nothing: the client learns
+    /// `routes` (the service's current routing state, possibly empty;
+    /// [`Service::learn_routes`]) and multicasts the command again. A command for every
+    /// worker must never be refused. The default: never.
+    fn misrouted(
+        &self,
+        _shards: &mut Shards<'_, '_, Self::Shard>,
+        _cmd: &Self::Command,
+    ) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Client side: the routes of a [`Service::misrouted`] refusal, so later command maps use
+    /// them. They come from a replica over the network: anything malformed must be ignored,
+    /// never a panic. The default ignores them.
+    fn learn_routes(&self, _routes: &[u8]) {}
+
     /// A hash of the whole state, equal at every replica that executed the same commands.
     fn state_hash(&self, shards: &[&Self::Shard]) -> u64;
 

@@ -419,6 +419,7 @@ impl<S: Service> SimRole for SimReplica<S> {
                     w.multi,
                     w.parked,
                     w.aborts,
+                    w.misrouted,
                     w.duplicates,
                     w.rejected,
                 ]
@@ -803,11 +804,19 @@ impl<B: Blueprint> EngineSim<B> {
         let opts = NodeOptions {
             epoch: incarnation,
             merge_locally: !replica || self.blueprint.replicas_merge_locally(),
+            incarnation: u64::from(incarnation),
+            recover: false,
         };
         let storages = &self.storages;
         let c = cfg.clone();
         let node = GroupsNode::new(cfg, id, opts, |lc| {
-            default_log(&c, lc, id, storages[&(id, lc.id)].clone())
+            default_log(
+                &c,
+                lc,
+                id,
+                u64::from(incarnation),
+                storages[&(id, lc.id)].clone(),
+            )
         });
         let seed = self.setup.seed ^ (u64::from(id.0) << 32) ^ u64::from(incarnation);
         if replica {

@@ -7,9 +7,10 @@
 //! replicated state: every replica's worker `i` sees the same requests in the same order and
 //! reaches the same decisions.
 //!
-//! An optimistic attempt that a worker refused is recorded as aborted, so a late copy of the
-//! same attempt is refused again, even if the worker's state would now allow it (the client
-//! has already moved on to the conservative attempt, which must be the only execution).
+//! A try that a worker refused (an optimistic attempt that would reach beyond its shard, or a
+//! try the service found misrouted) is recorded with its round, so a late copy of that try,
+//! or of an earlier one, is refused again, even if the worker's state would now allow it: the
+//! client has already moved on to a later try, which must be the only execution.
 
 use crate::wire::{ClientId, Outcome};
 use rustc_hash::FxHashMap;
@@ -23,17 +24,26 @@ pub enum Seen<R> {
     New,
     /// Executed before: resend this outcome.
     Done(Outcome<R>, Option<u64>),
-    /// An optimistic attempt refused before: refuse later copies of that attempt (the
-    /// conservative retry is executed).
-    Aborted,
+    /// Tries up to this round were refused, the latest as said: refuse later copies of them
+    /// the same way (a later try is executed).
+    Refused(u32, Refusal),
     /// Below the client's acknowledged floor: the client already has its reply.
     Forgotten,
+}
+
+/// Why a try was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// An optimistic attempt that would reach beyond its worker (opt-PSMR's abort).
+    Unsafe,
+    /// The service found the try mapped to the wrong workers (stale routes).
+    Misrouted,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Record<R> {
     Done(Outcome<R>, Option<u64>),
-    Aborted,
+    Refused(u32, Refusal),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,7 +85,7 @@ impl<R: Clone> ClientTable<R> {
         match e.records.get(&seq) {
             None => Seen::New,
             Some(Record::Done(o, h)) => Seen::Done(o.clone(), *h),
-            Some(Record::Aborted) => Seen::Aborted,
+            Some(Record::Refused(round, why)) => Seen::Refused(*round, *why),
         }
     }
 
@@ -91,9 +101,10 @@ impl<R: Clone> ClientTable<R> {
         }
     }
 
-    pub fn record_aborted(&mut self, client: ClientId, seq: u64) {
+    /// Try `round` of request `seq` was refused (nothing changed).
+    pub fn record_refused(&mut self, client: ClientId, seq: u64, round: u32, why: Refusal) {
         if let Some(e) = self.clients.get_mut(&client) {
-            e.records.insert(seq, Record::Aborted);
+            e.records.insert(seq, Record::Refused(round, why));
         }
     }
 
@@ -137,8 +148,14 @@ mod tests {
         t.record_done(c, 0, Outcome::Done(7), None);
         assert_eq!(t.check(c, 0, 0), Seen::Done(Outcome::Done(7), None));
         assert_eq!(t.check(c, 1, 0), Seen::New);
-        t.record_aborted(c, 1);
-        assert_eq!(t.check(c, 1, 0), Seen::Aborted);
+        t.record_refused(c, 1, 2, Refusal::Misrouted);
+        assert_eq!(t.check(c, 1, 0), Seen::Refused(2, Refusal::Misrouted));
+        t.record_done(c, 1, Outcome::Done(8), None);
+        assert_eq!(
+            t.check(c, 1, 0),
+            Seen::Done(Outcome::Done(8), None),
+            "a later try ran"
+        );
         assert_eq!(t.len(), 2);
         assert_eq!(t.check(c, 2, 1), Seen::New);
         assert_eq!(t.check(c, 0, 1), Seen::Forgotten);

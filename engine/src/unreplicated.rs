@@ -5,8 +5,9 @@
 //! Each shard sits behind its own lock. A command first tries the optimistic map: if that maps
 //! it to one shard, it runs there under that shard's lock unless the service refuses it;
 //! otherwise (or on refusal) it takes the locks of every shard of the conservative map in
-//! worker order (so no deadlock) and runs. `workers` server threads take requests from one
-//! queue.
+//! worker order (so no deadlock) and runs. A command the service finds misrouted under the
+//! locks it took (its routes moved: [`Service::misrouted`]) teaches the service the routes and
+//! runs under every lock. `workers` server threads take requests from one queue.
 
 use crate::service::{Access, Service, Shards, Target};
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -50,22 +51,46 @@ impl<S: Service> LockedState<S> {
         if let Target::One(w) = self.service.optimistic(cmd, k) {
             let mut guard = self.shards[w].lock();
             let mut one = [(w, &mut *guard)];
-            if let Ok(r) =
-                self.service
-                    .execute_optimistic(&mut Shards::new(&mut one, k), cmd, &mut access)
-            {
-                return r;
+            let mut view = Shards::new(&mut one, k);
+            match self.service.misrouted(&mut view, cmd) {
+                Some(routes) => self.service.learn_routes(&routes),
+                None => {
+                    if let Ok(r) = self.service.execute_optimistic(&mut view, cmd, &mut access) {
+                        return r;
+                    }
+                }
             }
         }
-        let workers = self.service.conservative(cmd, k).workers(k);
+        let conservative = self.service.conservative(cmd, k).workers(k);
+        if let Some(r) = self.run_locked(&conservative, cmd, &mut access) {
+            return r;
+        }
+        let all: Vec<usize> = (0..k).collect();
+        self.run_locked(&all, cmd, &mut access)
+            .expect("a command for every worker is never misrouted")
+    }
+
+    /// Runs `cmd` under the locks of `workers` (in order), unless the service finds it
+    /// misrouted there (then it learns the routes and nothing runs).
+    fn run_locked(
+        &self,
+        workers: &[usize],
+        cmd: &S::Command,
+        access: &mut Access,
+    ) -> Option<S::Reply> {
+        let k = self.shards.len();
         let mut guards: Vec<_> = workers.iter().map(|&w| self.shards[w].lock()).collect();
         let mut refs: Vec<(usize, &mut S::Shard)> = workers
             .iter()
             .copied()
             .zip(guards.iter_mut().map(|g| &mut **g))
             .collect();
-        self.service
-            .execute(&mut Shards::new(&mut refs, k), cmd, &mut access)
+        let mut view = Shards::new(&mut refs, k);
+        if let Some(routes) = self.service.misrouted(&mut view, cmd) {
+            self.service.learn_routes(&routes);
+            return None;
+        }
+        Some(self.service.execute(&mut view, cmd, access))
     }
 
     /// Hash of the whole state (takes every lock).

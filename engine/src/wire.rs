@@ -48,6 +48,10 @@ pub struct Request {
     pub client: ClientId,
     pub seq: u64,
     pub attempt: Attempt,
+    /// Which try of the command this is, from 0. The client sends try `n + 1` only after try
+    /// `n` was refused (an optimistic refusal, or [`Outcome::Misrouted`]); a worker that
+    /// refused try `n` refuses every later copy of tries up to `n`.
+    pub round: u32,
     /// Every request of this client below `floor` has its reply: replicas may forget them.
     pub floor: u64,
     pub command: bytes::Bytes,
@@ -60,6 +64,11 @@ pub enum Outcome<R> {
     /// The optimistic attempt would reach beyond its worker: nothing changed; multicast the
     /// command again with the conservative map.
     RetryConservative,
+    /// The workers it was multicast to are not (or no longer) the ones the command needs:
+    /// the client mapped it with stale routes (key ranges moved between workers since).
+    /// Nothing changed. The bytes are the service's current routes (possibly empty), for the
+    /// client to learn before it multicasts the command again.
+    Misrouted(bytes::Bytes),
     /// The request could not be executed (malformed, or not a command of this service).
     Rejected(String),
 }
@@ -70,6 +79,8 @@ pub struct Reply<R> {
     pub client: ClientId,
     pub seq: u64,
     pub attempt: Attempt,
+    /// The try answered ([`Request::round`]).
+    pub round: u32,
     /// The replica that answers.
     pub replica: NodeId,
     pub outcome: Outcome<R>,
@@ -130,6 +141,7 @@ mod tests {
             client: ClientId::new(NodeId(1), 0),
             seq: 9,
             attempt: Attempt::Optimistic,
+            round: 0,
             floor: 0,
             command: encode(&"not a number".to_string()).into(),
         };

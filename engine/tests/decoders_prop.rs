@@ -89,13 +89,15 @@ fn request() -> impl Strategy<Value = Request> {
         client(),
         any::<u64>(),
         attempt(),
+        any::<u32>(),
         any::<u64>(),
         command_bytes(),
     )
-        .prop_map(|(client, seq, attempt, floor, command)| Request {
+        .prop_map(|(client, seq, attempt, round, floor, command)| Request {
             client,
             seq,
             attempt,
+            round,
             floor,
             command,
         })
@@ -105,6 +107,7 @@ fn reply() -> impl Strategy<Value = Reply<KvReply>> {
     let outcome = prop_oneof![
         kv_reply().prop_map(Outcome::Done),
         Just(Outcome::RetryConservative),
+        bytes_up_to(24).prop_map(Outcome::Misrouted),
         "\\PC{0,20}".prop_map(Outcome::Rejected),
     ];
     (
@@ -112,14 +115,16 @@ fn reply() -> impl Strategy<Value = Reply<KvReply>> {
         any::<u64>(),
         attempt(),
         any::<u32>(),
+        any::<u32>(),
         outcome,
         proptest::option::of(any::<u64>()),
     )
         .prop_map(
-            |(client, seq, attempt, replica, outcome, state_hash)| Reply {
+            |(client, seq, attempt, round, replica, outcome, state_hash)| Reply {
                 client,
                 seq,
                 attempt,
+                round,
                 replica: NodeId(replica),
                 outcome,
                 state_hash,

@@ -8,6 +8,9 @@
 //! Every value that counts time is in *ticks*: the runtimes call `tick()` every
 //! [`Tuning::tick_us`] microseconds of real or virtual time.
 //!
+//! `cluster_id` is the cluster's 128-bit identity ([`ClusterId`]): an integer, or a string of
+//! hexadecimal digits such as `"0x5f0c8a...` (32 digits) as `--write-config` draws them.
+//!
 //! The optional top-level key `secret_file = "path"` turns on peer authentication in the TCP
 //! runtime (see [`crate::runtime::tcp`]): every node must then read the same secret from its
 //! file. The file is read and checked when the TCP runtime starts
@@ -24,7 +27,7 @@
 //! `trim = false` in `[tuning]` (see [`ClusterConfig::durability`]).
 
 use crate::groupset::{GroupSet, MAX_GROUP_ID};
-use crate::ids::{GroupId, LogId, NodeId};
+use crate::ids::{ClusterId, GroupId, LogId, NodeId};
 pub use crate::limits::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -383,7 +386,9 @@ impl TlsFiles {
 /// A validated cluster configuration. Build with [`ClusterConfig::new`] or [`ClusterConfig::from_toml`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
-    pub cluster_id: u64,
+    /// The cluster's identity (128 bits; frames carry [`ClusterId::frame_tag`], data
+    /// directories the whole id).
+    pub cluster_id: ClusterId,
     /// Groups are `0..groups`.
     pub groups: u32,
     pub nodes: Vec<NodeConfig>,
@@ -434,7 +439,7 @@ struct Derived {
 impl ClusterConfig {
     /// Validates and builds a configuration.
     pub fn new(
-        cluster_id: u64,
+        cluster_id: impl Into<ClusterId>,
         groups: u32,
         mut nodes: Vec<NodeConfig>,
         mut logs: Vec<LogConfig>,
@@ -493,7 +498,7 @@ impl ClusterConfig {
             }
         }
         let mut cfg = ClusterConfig {
-            cluster_id,
+            cluster_id: cluster_id.into(),
             groups,
             nodes,
             logs,
@@ -537,7 +542,7 @@ impl ClusterConfig {
     /// A common layout: one log per group plus one log covering all groups, every log run by
     /// the same acceptors. Log `g` orders group `g`; log `groups` orders multi-group messages.
     pub fn per_group_plus_global(
-        cluster_id: u64,
+        cluster_id: impl Into<ClusterId>,
         groups: u32,
         nodes: Vec<NodeConfig>,
         acceptors: Vec<NodeId>,
@@ -558,6 +563,13 @@ impl ClusterConfig {
             });
         }
         ClusterConfig::new(cluster_id, groups, nodes, logs, tuning)
+    }
+
+    /// This configuration with another cluster id (a deployment file written for real use draws
+    /// a random one; see [`ClusterId`]).
+    pub fn with_cluster_id(mut self, id: ClusterId) -> Self {
+        self.cluster_id = id;
+        self
     }
 
     /// This configuration with peer authentication read from `path` (see
@@ -707,7 +719,7 @@ mod toml_form {
     #[derive(Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub(super) struct File {
-        cluster_id: u64,
+        cluster_id: Id,
         groups: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret_file: Option<String>,
@@ -743,6 +755,32 @@ mod toml_form {
         id: u32,
         covers: Groups,
         acceptors: Vec<u32>,
+    }
+
+    /// A cluster id as written: an integer (TOML's are below 2^63) or a string of hex digits.
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Int(u64),
+        Text(String),
+    }
+
+    impl Id {
+        fn resolve(self) -> Result<ClusterId, ConfigError> {
+            match self {
+                Id::Int(n) => Ok(ClusterId::from(n)),
+                Id::Text(t) => ClusterId::parse(&t).map_err(|reason| ConfigError::File {
+                    path: "<text>".into(),
+                    reason,
+                }),
+            }
+        }
+        fn of(id: ClusterId) -> Id {
+            match u64::try_from(id.0) {
+                Ok(n) if n <= i64::MAX as u64 => Id::Int(n),
+                _ => Id::Text(id.to_string()),
+            }
+        }
     }
 
     #[derive(Serialize, Deserialize)]
@@ -822,7 +860,8 @@ mod toml_form {
                 self.durability.as_deref().unwrap_or("memory"),
                 self.data_dir.as_deref(),
             )?;
-            let mut cfg = ClusterConfig::new(self.cluster_id, groups, nodes, logs, self.tuning)?;
+            let mut cfg =
+                ClusterConfig::new(self.cluster_id.resolve()?, groups, nodes, logs, self.tuning)?;
             cfg.secret_file = self.secret_file;
             if let Some(t) = &self.tls {
                 t.check()?;
@@ -833,7 +872,7 @@ mod toml_form {
 
         pub(super) fn from_config(c: &ClusterConfig) -> File {
             File {
-                cluster_id: c.cluster_id,
+                cluster_id: Id::of(c.cluster_id),
                 groups: c.groups,
                 secret_file: c.secret_file.clone(),
                 durability: match c.durability {
@@ -933,6 +972,23 @@ mod tests {
         let text = c.to_toml();
         assert!(text.contains("covers = \"all\""), "{text}");
         assert_eq!(ClusterConfig::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn a_128_bit_cluster_id_round_trips_as_hex_text() {
+        let id = ClusterId(0x5f0c_8a11_0000_0000_dead_beef_0000_0001);
+        let c = three_groups().with_cluster_id(id);
+        let text = c.to_toml();
+        assert!(
+            text.contains("cluster_id = \"0x5f0c8a1100000000deadbeef00000001\""),
+            "{text}"
+        );
+        assert_eq!(ClusterConfig::from_toml(&text).unwrap(), c);
+        // Small ids stay integers (files written before ids were 128 bits read the same).
+        assert!(three_groups().to_toml().contains("cluster_id = 9\n"));
+        let bad = text.replace("0x5f0c8a11", "0xnot-hex");
+        let err = ClusterConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(err.contains("hexadecimal"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! Files holding secrets (the cluster secret, private keys) are created with mode 0600.
 
 use crate::config::{ClusterConfig, TlsFiles};
-use crate::ids::NodeId;
+use crate::ids::{ClusterId, NodeId};
 use rand::TryRng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,8 +79,8 @@ pub fn with_new_secret(cfg: ClusterConfig, path: &Path) -> Result<ClusterConfig,
 /// subject alternative name): `node-<id>.cluster-<cluster id in hex>.chorus`. A dialer checks
 /// the acceptor's certificate for it; an acceptor checks the dialer's for the node its `Hello`
 /// claims.
-pub fn member_name(cluster_id: u64, node: NodeId) -> String {
-    format!("node-{}.cluster-{cluster_id:x}.chorus", node.0)
+pub fn member_name(cluster_id: ClusterId, node: NodeId) -> String {
+    format!("node-{}.cluster-{:x}.chorus", node.0, cluster_id.0)
 }
 
 /// Writes a fresh cluster CA (`ca.crt`) and, for every node of `cfg` (clients included), a
@@ -110,7 +110,7 @@ pub fn write_tls(cfg: &ClusterConfig, dir: &Path) -> Result<TlsFiles, Credential
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(
         DnType::CommonName,
-        format!("Chorus cluster {:x} CA", cfg.cluster_id),
+        format!("Chorus cluster {:x} CA", cfg.cluster_id.0),
     );
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

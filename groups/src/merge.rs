@@ -106,6 +106,38 @@ impl MergerState {
 #[error("merger state does not fit: {0}")]
 pub struct BadMergerState(pub &'static str);
 
+/// At the start of a round: if every lane's head is a skip with at least `m` slots left, takes
+/// as many whole rounds as all of them allow at once (each round takes `m` slots of every lane
+/// and delivers nothing), so a stretch of long skips costs one step instead of one per `m`
+/// slots. Without this, a skip of billions of slots (issue 18: padding inflated by a node that
+/// served another cluster's entries) took minutes of merging at every replay of the log.
+fn skip_whole_rounds(lanes: &mut [Lane], m: u64) {
+    let mut rounds = u64::MAX;
+    for lane in lanes.iter() {
+        match lane.queue.front() {
+            Some(LogEntry::Skip(n)) => {
+                rounds = rounds.min(n.saturating_sub(lane.head_offset) / m);
+            }
+            _ => return,
+        }
+    }
+    if rounds == 0 {
+        return;
+    }
+    let slots = rounds * m;
+    for lane in lanes.iter_mut() {
+        let remaining = lane.queue.front().map_or(0, LogEntry::slots) - lane.head_offset;
+        lane.slots_consumed += slots;
+        if remaining == slots {
+            lane.queue.pop_front();
+            lane.head_index += 1;
+            lane.head_offset = 0;
+        } else {
+            lane.head_offset += slots;
+        }
+    }
+}
+
 /// Merges the decided entries of several logs into one delivery stream.
 pub struct Merger {
     groups: GroupSet,
@@ -211,6 +243,9 @@ impl Merger {
             taken,
         } = self;
         loop {
+            if *taken == 0 {
+                skip_whole_rounds(lanes, *m);
+            }
             let lane = &mut lanes[*cur];
             let Some(head) = lane.queue.front() else {
                 return false;
@@ -522,6 +557,54 @@ mod tests {
             prop_assert!(Merger::restore(&mine, set.clone(), m + 1, &state).is_err());
             prop_assert!(Merger::restore(&[LogId(0)], set, m, &state).is_err());
         });
+    }
+
+    /// Long skips are taken whole rounds at a time (`skip_whole_rounds`); the stream must be
+    /// the one the naive merge gives, which the same logs with every skip cut into skips of one
+    /// slot (never taken more than one slot at a time) stand in for. Also: a skip of 2^40 slots
+    /// on every log is merged at once.
+    #[test]
+    fn long_skips_merge_like_unit_skips() {
+        proptest!(|(shape in proptest::collection::vec((0usize..3, 0u64..4, 1u64..300), 1..40),
+                    m in 1u64..9)| {
+            let mut long: [Vec<LogEntry>; 3] = Default::default();
+            let mut unit: [Vec<LogEntry>; 3] = Default::default();
+            let mut seq = 0;
+            for &(log, n, skip) in &shape {
+                let dests: &[u32] = [&[0u32][..], &[1], &[0, 1, 2]][log];
+                if n == 0 {
+                    long[log].push(LogEntry::Skip(skip));
+                    unit[log].extend((0..skip).map(|_| LogEntry::Skip(1)));
+                } else {
+                    let b = batch((0..n).map(|_| { seq += 1; msg(seq, dests) }).collect());
+                    long[log].push(b.clone());
+                    unit[log].push(b);
+                }
+            }
+            let set: GroupSet = [GroupId(0), GroupId(1)].into_iter().collect();
+            let logs = [LogId(0), LogId(1), LogId(2)];
+            let run = |entries: &[Vec<LogEntry>; 3]| {
+                let mut mg = Merger::new(&logs, set.clone(), m);
+                for (i, es) in entries.iter().enumerate() {
+                    mg.push(LogId(i as u32), 0, es).unwrap();
+                }
+                let mut out = vec![];
+                mg.poll(&mut out);
+                (seqs(&out), mg.lanes.iter().map(|l| l.slots_consumed).collect::<Vec<_>>())
+            };
+            prop_assert_eq!(run(&long), run(&unit));
+        });
+        let mut mg = Merger::new(&[LogId(0), LogId(1)], GroupSet::singleton(GroupId(0)), 64);
+        mg.push(
+            LogId(0),
+            0,
+            &[LogEntry::Skip(1 << 40), batch(vec![msg(1, &[0])])],
+        )
+        .unwrap();
+        mg.push(LogId(1), 0, &[LogEntry::Skip(1 << 40)]).unwrap();
+        let mut out = vec![];
+        mg.poll(&mut out);
+        assert_eq!(seqs(&out), vec![1]);
     }
 
     /// Log `i` carries messages to group `i` (logs 0, 1) or to all groups (log 2), mixed with

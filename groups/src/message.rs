@@ -56,7 +56,92 @@ impl omnipaxos::storage::Entry for LogEntry {
 /// leak a particular implementation into the rest of the crate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum LogMsg {
-    OmniPaxos(omnipaxos::messages::Message<LogEntry>),
+    /// An omnipaxos message from the sender's `incarnation` (see [`crate::log::recovery`]:
+    /// acceptors drop messages of a peer's earlier incarnations once they saw a later one).
+    OmniPaxos {
+        incarnation: u64,
+        msg: omnipaxos::messages::Message<LogEntry>,
+    },
+    /// The recovery of an acceptor that lost its state ([`crate::log::recovery`]).
+    Recovery(RecoveryMsg),
+}
+
+/// Which recovery attempt a [`RecoveryMsg`] belongs to: the recovering acceptor's incarnation
+/// and its attempt number in that incarnation. Answers to another attempt are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub incarnation: u64,
+    pub attempt: u32,
+}
+
+/// What an acceptor holds of one log, as it answers a recovering peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The highest ballot it promised (`None`: it never promised anything).
+    pub promise: Option<omnipaxos::ballot_leader_election::Ballot>,
+    /// The round of the entries it accepted last (`None`: it never accepted any).
+    pub accepted_round: Option<omnipaxos::ballot_leader_election::Ballot>,
+    /// One past its last entry.
+    pub accepted_idx: u64,
+    pub decided_idx: u64,
+    /// Its first entry still held (entries below were trimmed).
+    pub first_idx: u64,
+}
+
+impl Summary {
+    /// Whether the acceptor ever voted (promised, accepted, or learned a decision).
+    pub fn has_state(&self) -> bool {
+        self.promise.is_some()
+            || self.accepted_round.is_some()
+            || self.accepted_idx > 0
+            || self.decided_idx > 0
+    }
+}
+
+/// How an acceptor answers a recovering peer's query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerStatus {
+    /// It votes, holding this state. `floors`: per other acceptor of the log, the highest
+    /// incarnation it has seen (it drops consensus messages of lower ones). `bootstrapped`:
+    /// if it started empty with a confirmed majority of recovering acceptors, those (with
+    /// their incarnations), all of them recovering at one instant.
+    Voting {
+        summary: Summary,
+        floors: Vec<(NodeId, u64)>,
+        bootstrapped: Vec<(NodeId, u64)>,
+    },
+    /// It does not vote (it is recovering too); `incarnation` is its own.
+    Recovering { incarnation: u64 },
+    /// It already saw incarnation `floor` of the querying node, at or above the query's: the
+    /// query comes from an older process, or the node's clock went back.
+    Stale { floor: u64 },
+}
+
+/// The recovery protocol of one log (see [`crate::log::recovery`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RecoveryMsg {
+    /// A recovering acceptor asks for every other acceptor's state.
+    Query { attempt: Attempt },
+    /// The answer to a query.
+    Status {
+        attempt: Attempt,
+        status: PeerStatus,
+    },
+    /// The recovering acceptor copies up to `max` entries from index `from` of the source's log.
+    Fetch {
+        attempt: Attempt,
+        from: u64,
+        max: u32,
+    },
+    /// Entries of the source's log from index `from`, with the round and first index the
+    /// source holds now (the copy restarts if they changed).
+    Chunk {
+        attempt: Attempt,
+        round: Option<omnipaxos::ballot_leader_election::Ballot>,
+        first_idx: u64,
+        from: u64,
+        entries: Vec<LogEntry>,
+    },
 }
 
 /// Every message one node sends another.
@@ -108,7 +193,7 @@ impl NetMsg {
     /// a busy leader's heartbeats do not queue behind the entries it is replicating (a busy
     /// leader must not look dead).
     pub fn is_control(&self) -> bool {
-        matches!(self, NetMsg::Log { msg, .. } if matches!(**msg, LogMsg::OmniPaxos(omnipaxos::messages::Message::BLE(_))))
+        matches!(self, NetMsg::Log { msg, .. } if matches!(**msg, LogMsg::OmniPaxos { msg: omnipaxos::messages::Message::BLE(_), .. }))
     }
 
     /// A short name for logs and metrics.

@@ -17,9 +17,13 @@ use crate::feed::{Feed, FeedEvent};
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
 use crate::log::disk::{self, DiskError, DiskOptions, DiskStorage};
+use crate::log::identity;
 use crate::log::omni::{OmniPaxosLog, OmniTiming};
+use crate::log::recovery::{
+    Completion, LogName, Policy, RecoveringLog, RecoverySettings, RecoveryState, Voter,
+};
 use crate::log::solo::SoloLog;
-use crate::log::storage::{MemStorage, Shared};
+use crate::log::storage::{self, MemStorage, Shared};
 use crate::log::OrderedLog;
 use crate::merge::{Delivery, Merger, SkipNeed};
 use crate::message::{LogEntry, NetMsg};
@@ -43,6 +47,16 @@ pub fn fresh_epoch() -> u32 {
     (ms as u32) ^ std::process::id().rotate_left(16)
 }
 
+/// A number larger at every start of a process (the wall clock in microseconds): the
+/// incarnation that a real process's acceptors stamp on their consensus messages
+/// ([`NodeOptions::incarnation`]). A clock that goes back across a restart is caught and
+/// corrected by the recovery protocol ([`crate::log::recovery`]).
+pub fn fresh_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
 /// How a node is started.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -53,6 +67,14 @@ pub struct NodeOptions {
     /// [`GroupsNode::take_entries`], and the caller runs its own [`Merger`]s (a P-SMR replica
     /// gives each worker thread its own, so no single thread merges for everyone).
     pub merge_locally: bool,
+    /// The acceptors' incarnation: larger than at any earlier start of this node (the simulator
+    /// counts restarts; real processes use [`fresh_incarnation`]). Peers drop consensus
+    /// messages of a node's earlier incarnations once they have seen a later one.
+    pub incarnation: u64,
+    /// A durable node whose data directory is missing while its peers hold state recovers its
+    /// state from them (`--recover`) instead of stopping with an error. See
+    /// [`GroupsNode::durable`].
+    pub recover: bool,
 }
 
 impl Default for NodeOptions {
@@ -60,17 +82,21 @@ impl Default for NodeOptions {
         NodeOptions {
             epoch: 0,
             merge_locally: true,
+            incarnation: 0,
+            recover: false,
         }
     }
 }
 
 impl NodeOptions {
-    /// Options for a node hosted by a process that starts now: a [`fresh_epoch`], merging
-    /// locally.
+    /// Options for a node hosted by a process that starts now: a [`fresh_epoch`] and a
+    /// [`fresh_incarnation`], merging locally.
     pub fn fresh() -> Self {
         NodeOptions {
             epoch: fresh_epoch(),
             merge_locally: true,
+            incarnation: fresh_incarnation(),
+            recover: false,
         }
     }
 }
@@ -83,15 +109,16 @@ pub struct LogEntries {
     pub entries: Vec<LogEntry>,
 }
 
-/// The default consensus log for acceptor `me` of `lc`: omnipaxos over `storage`, or a
-/// [`SoloLog`] when the log has a single acceptor.
+/// The default consensus log for acceptor `me` of `lc`, voting at once over `storage` (its
+/// state is trusted): omnipaxos, or a [`SoloLog`] when the log has a single acceptor.
 pub fn default_log(
     cfg: &ClusterConfig,
     lc: &LogConfig,
     me: NodeId,
+    incarnation: u64,
     storage: Shared<MemStorage>,
 ) -> Box<dyn OrderedLog> {
-    log_over(cfg, lc, me, storage)
+    log_over(cfg, lc, me, incarnation, storage)
 }
 
 /// Like [`default_log`], over any omnipaxos storage (a single-acceptor log ignores it).
@@ -99,11 +126,72 @@ pub(crate) fn log_over<B: Storage<LogEntry> + Send + 'static>(
     cfg: &ClusterConfig,
     lc: &LogConfig,
     me: NodeId,
+    incarnation: u64,
     storage: B,
 ) -> Box<dyn OrderedLog> {
     if lc.acceptors.len() == 1 {
         return Box::new(SoloLog::new(me));
     }
+    Box::new(RecoveringLog::voting(
+        log_name(cfg, lc, me),
+        lc.acceptors.clone(),
+        incarnation,
+        recovery_settings(cfg),
+        omni_voter(cfg, lc, me, storage),
+    ))
+}
+
+/// The consensus log of acceptor `me` of `lc` when its state was lost (or never existed): it
+/// recovers first ([`crate::log::recovery`]) and then votes over the storage `completion`
+/// builds. A single-acceptor log has nothing to recover from and starts empty.
+pub(crate) fn recovering_log(
+    cfg: &ClusterConfig,
+    lc: &LogConfig,
+    me: NodeId,
+    incarnation: u64,
+    policy: Policy,
+    completion: Completion,
+) -> Box<dyn OrderedLog> {
+    if lc.acceptors.len() == 1 {
+        return Box::new(SoloLog::new(me));
+    }
+    Box::new(RecoveringLog::recovering(
+        log_name(cfg, lc, me),
+        lc.acceptors.clone(),
+        incarnation,
+        recovery_settings(cfg),
+        policy,
+        completion,
+    ))
+}
+
+/// A recovering log of a node in memory: its recovered state goes into a [`MemStorage`].
+fn recovering_in_memory(
+    cfg: &Arc<ClusterConfig>,
+    lc: &LogConfig,
+    me: NodeId,
+    incarnation: u64,
+) -> Box<dyn OrderedLog> {
+    let (c, l) = (cfg.clone(), lc.clone());
+    let build =
+        Box::new(move |image| omni_voter(&c, &l, me, Shared::new(MemStorage::from_image(image))));
+    recovering_log(
+        cfg,
+        lc,
+        me,
+        incarnation,
+        Policy::InMemory,
+        Completion::Build(build),
+    )
+}
+
+/// The omnipaxos acceptor `me` of `lc` over `storage`.
+pub(crate) fn omni_voter<B: Storage<LogEntry> + Send + 'static>(
+    cfg: &ClusterConfig,
+    lc: &LogConfig,
+    me: NodeId,
+    storage: B,
+) -> Box<dyn Voter> {
     let preferred = lc.acceptors[lc.id.0 as usize % lc.acceptors.len()];
     let timing = OmniTiming {
         election_ticks: cfg.tuning.election_ticks,
@@ -116,6 +204,75 @@ pub(crate) fn log_over<B: Storage<LogEntry> + Send + 'static>(
         timing,
         storage,
     ))
+}
+
+fn log_name(cfg: &ClusterConfig, lc: &LogConfig, me: NodeId) -> LogName {
+    LogName {
+        cluster: cfg.cluster_id,
+        log: lc.id,
+        me,
+    }
+}
+
+fn recovery_settings(cfg: &ClusterConfig) -> RecoverySettings {
+    RecoverySettings {
+        resend_ticks: cfg.tuning.resend_ticks,
+        chunk_entries: cfg.tuning.fetch_entries_max,
+    }
+}
+
+/// A durable node's directory that does not exist yet: it is written once every log has
+/// recovered (or bootstrapped), before any of them votes. See [`GroupsNode::durable`].
+struct PendingDir {
+    data_dir: std::path::PathBuf,
+    identity: identity::Identity,
+    disk_opts: DiskOptions,
+}
+
+/// What [`check_node_dir`] found.
+enum NodeDir {
+    /// This node's directory; its identity was rewritten with the incarnation counted up.
+    Known,
+    /// No directory yet (any leftover of a creation cut short was removed).
+    Fresh(identity::Identity),
+}
+
+/// Checks node `me`'s data directory under `data_dir` against its identity (cluster, node, the
+/// `logs` it keeps durably) before anything in it is touched. See [`GroupsNode::durable`].
+fn check_node_dir(
+    cfg: &ClusterConfig,
+    me: NodeId,
+    data_dir: &Path,
+    logs: &[&LogConfig],
+) -> Result<NodeDir, DiskError> {
+    let dir = disk::node_dir(data_dir, me);
+    let expected = identity::Identity::new(cfg.cluster_id, me, logs.iter().map(|l| l.id).collect());
+    match identity::check_dir(&dir, &expected)? {
+        identity::Verdict::Fresh => {
+            let creating = creating_dir(data_dir, me);
+            if creating.exists() {
+                // A creation cut short: nothing in it ever voted.
+                std::fs::remove_dir_all(&creating).map_err(|source| DiskError::Io {
+                    path: creating.clone(),
+                    source,
+                })?;
+            }
+            Ok(NodeDir::Fresh(expected))
+        }
+        identity::Verdict::Known(found) => {
+            let id = identity::Identity {
+                incarnation: found.incarnation + 1,
+                ..found
+            };
+            identity::write(&dir, &id)?;
+            Ok(NodeDir::Known)
+        }
+    }
+}
+
+/// Where a fresh node directory is assembled before it is renamed into place.
+fn creating_dir(data_dir: &Path, me: NodeId) -> std::path::PathBuf {
+    data_dir.join(format!("node-{}.creating", me.0))
 }
 
 /// Counters of one node since it started (for metrics, benchmarks and tests).
@@ -160,6 +317,10 @@ pub struct GroupsNode {
     /// Peer messages refused as malformed or misrouted.
     rejected: u64,
     delivered_total: u64,
+    /// A durable node's directory to write once every log has recovered.
+    pending_dir: Option<PendingDir>,
+    /// Why the node must stop (its logs' recovery, or its directory), once it must.
+    stopped: Option<String>,
 }
 
 impl GroupsNode {
@@ -208,15 +369,18 @@ impl GroupsNode {
             hinted: BTreeMap::new(),
             rejected: 0,
             delivered_total: 0,
+            pending_dir: None,
+            stopped: None,
         }
     }
 
-    /// A node whose logs keep their state in memory (lost on a real crash).
+    /// A node whose logs keep their state in memory (lost on a real crash). Every log starts
+    /// without state, so it recovers its acceptor state from its peers before it votes, or
+    /// starts empty together with them when nobody has any ([`crate::log::recovery`]).
     pub fn in_memory(cfg: Arc<ClusterConfig>, me: NodeId, opts: NodeOptions) -> Self {
         let c = cfg.clone();
-        Self::new(cfg, me, opts, |lc| {
-            default_log(&c, lc, me, Shared::default())
-        })
+        let inc = opts.incarnation;
+        Self::new(cfg, me, opts, |lc| recovering_in_memory(&c, lc, me, inc))
     }
 
     /// The node the configuration asks for ([`ClusterConfig::durability`]):
@@ -244,6 +408,21 @@ impl GroupsNode {
     /// omnipaxos's fail-recovery path; its subscriptions replay the decided entries it still
     /// holds. Logs with a single acceptor (f = 0, [`SoloLog`]) stay in memory.
     ///
+    /// Before it opens anything, it checks the directory's identity file
+    /// ([`crate::log::identity`]): a directory of another cluster, node or set of logs, one
+    /// with files but no identity, or an identity it cannot read is refused
+    /// ([`DiskError::Identity`]) and left exactly as it was (`opts.recover` does not change
+    /// that). A known directory gets its incarnation counted up and its logs vote at once.
+    ///
+    /// A missing (or empty) directory means a brand-new node, or one that lost its data. Its
+    /// logs start without state and ask their peers ([`crate::log::recovery`]): when nobody
+    /// holds state (the cluster's first start) they start empty; when a peer does, the node
+    /// stops ([`GroupsNode::stopped`]: "it lost its data; restart with --recover") unless
+    /// `opts.recover` is set, in which case they recover their state from their peers. Only
+    /// then, before any log votes, the directory is written: assembled as
+    /// `<data_dir>/node-<id>.creating/` (log files, then the identity), synced, and renamed
+    /// into place, so a crash leaves either no directory or a complete one.
+    ///
     /// Fails if a log file cannot be created or read, or is corrupt (a torn last write is
     /// not an error: it is cut off; see [`crate::log::disk`]).
     pub fn durable(
@@ -263,20 +442,161 @@ impl GroupsNode {
         data_dir: &Path,
         disk_opts: DiskOptions,
     ) -> Result<Self, DiskError> {
-        let mut stores = BTreeMap::new();
-        for lc in cfg
+        let durable_logs: Vec<&LogConfig> = cfg
             .logs
             .iter()
             .filter(|l| l.acceptors.len() > 1 && l.acceptors.contains(&me))
-        {
-            let path = disk::log_path(data_dir, me, lc.id);
-            stores.insert(lc.id, DiskStorage::open_with(path, disk_opts)?);
-        }
+            .collect();
+        let inc = opts.incarnation;
         let c = cfg.clone();
-        Ok(Self::new(cfg, me, opts, |lc| match stores.remove(&lc.id) {
-            Some(store) => log_over(&c, lc, me, store),
-            None => default_log(&c, lc, me, Shared::default()),
-        }))
+        match check_node_dir(&cfg, me, data_dir, &durable_logs)? {
+            NodeDir::Fresh(id) if durable_logs.is_empty() => {
+                let dir = disk::node_dir(data_dir, me);
+                disk::create_dir_durable(&dir)?;
+                identity::write(&dir, &id)?;
+                Ok(Self::in_memory(cfg, me, opts))
+            }
+            NodeDir::Fresh(identity) => {
+                let policy = Policy::Durable {
+                    recover: opts.recover,
+                };
+                let mut node = Self::new(cfg, me, opts, |lc| {
+                    if lc.acceptors.len() > 1 {
+                        recovering_log(&c, lc, me, inc, policy, Completion::Hold)
+                    } else {
+                        Box::new(SoloLog::new(me))
+                    }
+                });
+                node.pending_dir = Some(PendingDir {
+                    data_dir: data_dir.to_path_buf(),
+                    identity,
+                    disk_opts,
+                });
+                Ok(node)
+            }
+            NodeDir::Known => {
+                let mut stores = BTreeMap::new();
+                for lc in durable_logs {
+                    let path = disk::log_path(data_dir, me, lc.id);
+                    stores.insert(lc.id, DiskStorage::open_with(path, disk_opts)?);
+                }
+                Ok(Self::new(cfg, me, opts, |lc| match stores.remove(&lc.id) {
+                    Some(store) => log_over(&c, lc, me, inc, store),
+                    None => Box::new(SoloLog::new(me)),
+                }))
+            }
+        }
+    }
+
+    /// Why the node must stop, if it must: a log found that this node lost its data (see
+    /// [`GroupsNode::durable`]), or its data directory could not be written. Runtimes stop the
+    /// node and report it.
+    pub fn stopped(&self) -> Option<String> {
+        if let Some(why) = &self.stopped {
+            return Some(why.clone());
+        }
+        self.servers
+            .values()
+            .find_map(|s| match s.log().recovery() {
+                RecoveryState::Stopped(why) => Some(why),
+                _ => None,
+            })
+    }
+
+    /// The logs whose acceptor here does not vote yet (still recovering its state).
+    pub fn recovering(&self) -> Vec<LogId> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| s.log().recovery() != RecoveryState::Voting)
+            .map(|(l, _)| *l)
+            .collect()
+    }
+
+    /// A durable node without a directory: once every log has its state, writes the directory
+    /// and lets the logs vote over it (see [`GroupsNode::durable`]).
+    fn settle_pending_dir(&mut self) {
+        if self.pending_dir.is_none() || self.stopped.is_some() {
+            return;
+        }
+        let all_ready = self.servers.values().all(|s| {
+            matches!(
+                s.log().recovery(),
+                RecoveryState::Recovered | RecoveryState::Voting
+            )
+        });
+        if !all_ready {
+            return;
+        }
+        let pending = self.pending_dir.take().expect("checked");
+        if let Err(e) = self.write_node_dir(&pending) {
+            let why = format!(
+                "node {}: cannot create its data directory under {}: {e}",
+                self.me,
+                pending.data_dir.display()
+            );
+            tracing::error!("{why}");
+            for s in self.servers.values_mut() {
+                s.log_mut().stop(why.clone());
+            }
+            self.stopped = Some(why);
+        }
+    }
+
+    fn write_node_dir(&mut self, pending: &PendingDir) -> Result<(), DiskError> {
+        let me = self.me;
+        let creating = creating_dir(&pending.data_dir, me);
+        let dir = disk::node_dir(&pending.data_dir, me);
+        disk::create_dir_durable(&creating)?;
+        let mut images = Vec::new();
+        for (log, s) in self.servers.iter_mut() {
+            if let Some(image) = s.log_mut().take_recovered() {
+                let file = creating.join(format!("log-{}.wal", log.0));
+                let mut store = DiskStorage::open_with(&file, pending.disk_opts)?;
+                store
+                    .write_atomically(storage::image_ops(image))
+                    .map_err(|e| DiskError::Io {
+                        path: file.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                images.push(*log);
+            }
+        }
+        identity::write(&creating, &pending.identity)?;
+        // An empty directory (or one holding only a temporary identity) was checked to be
+        // fresh at start; make room for the rename, after checking again.
+        if dir.exists() {
+            if identity::check_dir(&dir, &pending.identity)? != identity::Verdict::Fresh {
+                return Err(DiskError::Io {
+                    path: dir,
+                    source: std::io::Error::other("the directory appeared while the node started"),
+                });
+            }
+            std::fs::remove_dir_all(&dir).map_err(|source| DiskError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        std::fs::rename(&creating, &dir).map_err(|source| DiskError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        disk::sync_dir(&pending.data_dir)?;
+        tracing::info!(node = %me, dir = %dir.display(), logs = images.len(), "data directory created");
+        let cfg = self.cfg.clone();
+        for log in images {
+            let store = DiskStorage::open_with(
+                disk::log_path(&pending.data_dir, me, log),
+                pending.disk_opts,
+            )?;
+            let lc = cfg.log(log).expect("a log of the configuration");
+            let voter = omni_voter(&cfg, lc, me, store);
+            self.servers
+                .get_mut(&log)
+                .expect("listed")
+                .log_mut()
+                .activate(voter);
+        }
+        Ok(())
     }
 
     pub fn id(&self) -> NodeId {
@@ -556,6 +876,7 @@ impl GroupsNode {
     /// After consensus activity on `log`: push and acknowledge what was decided, and feed the
     /// node's own subscriptions.
     fn after_log_activity(&mut self, log: LogId) {
+        self.settle_pending_dir();
         let Some(s) = self.servers.get_mut(&log) else {
             return;
         };

@@ -17,7 +17,7 @@ use groups::frame::{
     NONCE_BYTES, PROTOCOL_VERSION,
 };
 use groups::groupset::MAX_GROUP_ID;
-use groups::message::LogMsg;
+use groups::message::{Attempt, LogMsg, PeerStatus, RecoveryMsg, Summary};
 use groups::{GroupId, GroupSet, LogEntry, LogId, Message, MsgId, NetMsg, NodeId};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -203,16 +203,77 @@ fn log_msg() -> impl Strategy<Value = LogMsg> {
             })
         ),
     ];
+    let omni =
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), paxos).prop_map(|(from, to, msg)| {
+                OpMessage::SequencePaxos(PaxosMessage { from, to, msg })
+            }),
+            (any::<u64>(), any::<u64>(), ble)
+                .prop_map(|(from, to, msg)| OpMessage::BLE(BLEMessage { from, to, msg })),
+        ];
+    let attempt = (any::<u64>(), any::<u32>()).prop_map(|(incarnation, attempt)| Attempt {
+        incarnation,
+        attempt,
+    });
+    let summary = (
+        proptest::option::of(ballot()),
+        proptest::option::of(ballot()),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(promise, accepted_round, accepted_idx, decided_idx, first_idx)| Summary {
+                promise,
+                accepted_round,
+                accepted_idx,
+                decided_idx,
+                first_idx,
+            },
+        );
+    let status = prop_oneof![
+        (
+            summary,
+            vec((any::<u32>(), any::<u64>()), 0..5),
+            vec((any::<u32>(), any::<u64>()), 0..3)
+        )
+            .prop_map(|(summary, floors, with)| PeerStatus::Voting {
+                summary,
+                floors: floors.into_iter().map(|(n, i)| (NodeId(n), i)).collect(),
+                bootstrapped: with.into_iter().map(|(n, i)| (NodeId(n), i)).collect(),
+            }),
+        any::<u64>().prop_map(|incarnation| PeerStatus::Recovering { incarnation }),
+        any::<u64>().prop_map(|floor| PeerStatus::Stale { floor }),
+    ];
+    let recovery = prop_oneof![
+        attempt
+            .clone()
+            .prop_map(|attempt| RecoveryMsg::Query { attempt }),
+        (attempt.clone(), status)
+            .prop_map(|(attempt, status)| RecoveryMsg::Status { attempt, status }),
+        (attempt.clone(), any::<u64>(), any::<u32>())
+            .prop_map(|(attempt, from, max)| RecoveryMsg::Fetch { attempt, from, max }),
+        (
+            attempt,
+            proptest::option::of(ballot()),
+            any::<u64>(),
+            any::<u64>(),
+            vec(log_entry(), 0..4)
+        )
+            .prop_map(
+                |(attempt, round, first_idx, from, entries)| RecoveryMsg::Chunk {
+                    attempt,
+                    round,
+                    first_idx,
+                    from,
+                    entries
+                }
+            ),
+    ];
     prop_oneof![
-        (any::<u64>(), any::<u64>(), paxos)
-            .prop_map(|(from, to, msg)| OpMessage::SequencePaxos(PaxosMessage { from, to, msg })),
-        (any::<u64>(), any::<u64>(), ble).prop_map(|(from, to, msg)| OpMessage::BLE(BLEMessage {
-            from,
-            to,
-            msg
-        })),
+        (any::<u64>(), omni).prop_map(|(incarnation, msg)| LogMsg::OmniPaxos { incarnation, msg }),
+        recovery.prop_map(LogMsg::Recovery),
     ]
-    .prop_map(LogMsg::OmniPaxos)
 }
 
 fn net_msg() -> impl Strategy<Value = NetMsg> {

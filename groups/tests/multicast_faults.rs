@@ -7,11 +7,19 @@
 //! multi-group multicasts and reliable multicasts, and a fault plan: crashes of up to f
 //! acceptors per log at a time (most restart, recovering their acceptor state from the
 //! simulated disk; about half of them hit in the middle of a step, losing the step's last
-//! writes, as a torn record, and every message the step produced), symmetric partitions, one-way cuts, and message loss, duplication and
-//! delay spikes (reordering) throughout. After the fault phase the network heals, every node
+//! writes, as a torn record, and every message the step produced; about 30 % wipe the disk
+//! instead, as a deleted data directory or a restart in memory mode does, and the restarted
+//! node copies its acceptor state from its peers before it votes, `groups::log::recovery`),
+//! symmetric partitions, one-way cuts, and message loss, duplication and delay spikes
+//! (reordering) throughout. After the fault phase the network heals, every node
 //! restarts, and the run must get quiet: every message from a correct sender, and every
 //! message anyone delivered, reaches every correct subscriber it is addressed to. Then the
-//! checker runs on every delivery stream of every incarnation.
+//! checker runs on every delivery stream of every incarnation. A second campaign runs the
+//! same plans in memory mode: the cluster starts without state, every crash loses the node's
+//! state (at most f acceptors of a log down or recovering at once; a crash beyond that is not
+//! done), so every restart recovers from its peers or bootstraps with them. With recovery
+//! disabled (every log votes at once) 29 of the memory campaign's 150 seeds break atomic
+//! multicast.
 //!
 //! `CHORUS_SEED=n` replays one seed with a trace of its plan; `CHORUS_SEEDS=k` runs k seeds
 //! (default 300) from `CHORUS_SEED_BASE` (default 0).
@@ -44,6 +52,11 @@ enum Action {
     Crash(NodeId),
     /// Crash in the middle of the node's next step that writes to its storage.
     CrashMidStep(NodeId),
+    /// Crash and lose everything stored (a deleted data directory); restarted, the node
+    /// recovers its acceptor state from its peers before it votes. Done as a plain crash if
+    /// f other acceptors of one of its logs have not recovered from a wipe yet (at most f
+    /// acceptors of a log without state at once: the fault model of `groups::log::recovery`).
+    Wipe(NodeId),
     Restart(NodeId),
     Partition(Vec<NodeId>, Vec<NodeId>),
     CutOneWay(NodeId, NodeId),
@@ -192,7 +205,9 @@ fn draw(seed: u64) -> Scenario {
     // Crashes, respecting at most f crashed acceptors per log at any time. Which of them hit
     // mid-step is drawn from a stream of its own, so the rest of the plan is unchanged by it.
     let mut mid_step = ChaCha8Rng::seed_from_u64(seed ^ 0x6d1d_57e9);
+    let mut wipes = ChaCha8Rng::seed_from_u64(seed ^ 0x3719_e5a1);
     let mut down: BTreeMap<NodeId, (u64, Option<u64>)> = BTreeMap::new();
+    amnesia_trap(seed, &cfg, &ids, fault_phase_us, &mut plan, &mut down);
     for _ in 0..rng.random_range(0..=4) {
         let at = rng.random_range(0..fault_phase_us);
         let victim = ids[rng.random_range(0..ids.len())];
@@ -216,7 +231,9 @@ fn draw(seed: u64) -> Scenario {
         });
         if ok {
             down.insert(victim, (at, restart));
-            if mid_step.random_bool(MID_STEP_CRASHES) {
+            if wipes.random_bool(WIPES) {
+                plan.push((at, Action::Wipe(victim)));
+            } else if mid_step.random_bool(MID_STEP_CRASHES) {
                 plan.push((at, Action::CrashMidStep(victim)));
             } else {
                 plan.push((at, Action::Crash(victim)));
@@ -246,6 +263,7 @@ fn draw(seed: u64) -> Scenario {
         }
         plan.push((until, Action::Heal));
     }
+    // Stable: actions drawn for one instant keep their order (the trap's wipe, crashes, heal).
     plan.sort_by_key(|(t, _)| *t);
     Scenario {
         cfg,
@@ -255,17 +273,102 @@ fn draw(seed: u64) -> Scenario {
     }
 }
 
+/// The share of seeds that set the issue-16 trap (see [`amnesia_trap`]).
+const AMNESIA_TRAPS: f64 = 0.4;
+
+/// The interleaving of the Paxos amnesia hazard (issue 16), on a drawn log with acceptors
+/// split into f *lagging*, f *keepers* and a *victim*: the lagging ones are cut off for 150 to
+/// 300 ms, so the log goes on with the keepers and the victim alone (a quorum); then the
+/// victim's storage is wiped and the keepers crash together, the cut heals and the victim
+/// restarts at once, the keepers 200 to 400 ms later. An acceptor that voted without its state
+/// would give the lagging ones a quorum that never saw the entries decided meanwhile; a
+/// recovering one waits for the keepers. Drawn from a stream of its own (the rest of the plan
+/// is unchanged by it); its nodes count as down for the other crashes, the victim until 300 ms
+/// after the keepers are back.
+fn amnesia_trap(
+    seed: u64,
+    cfg: &ClusterConfig,
+    ids: &[NodeId],
+    fault_phase_us: u64,
+    plan: &mut Vec<(u64, Action)>,
+    down: &mut BTreeMap<NodeId, (u64, Option<u64>)>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xa3e5_1a00);
+    if !rng.random_bool(AMNESIA_TRAPS) {
+        return;
+    }
+    let log = &cfg.logs[rng.random_range(0..cfg.logs.len())];
+    let mut acceptors = log.acceptors.clone();
+    for i in (1..acceptors.len()).rev() {
+        acceptors.swap(i, rng.random_range(0..=i));
+    }
+    let f = (acceptors.len() - 1) / 2;
+    let (lagging, rest) = acceptors.split_at(f);
+    let (keepers, victim) = (&rest[..f], rest[f]);
+    let cut_at = rng.random_range(50_000..fault_phase_us / 2);
+    let strike = cut_at + rng.random_range(150_000..=300_000);
+    let back = strike + rng.random_range(200_000..=400_000);
+    let others: Vec<NodeId> = ids
+        .iter()
+        .copied()
+        .filter(|n| !lagging.contains(n))
+        .collect();
+    plan.push((cut_at, Action::Partition(lagging.to_vec(), others)));
+    plan.push((strike, Action::Wipe(victim)));
+    for &k in keepers {
+        plan.push((strike, Action::Crash(k)));
+        plan.push((back, Action::Restart(k)));
+        down.insert(k, (strike, Some(back)));
+    }
+    plan.push((strike, Action::Heal));
+    plan.push((strike + 1000, Action::Restart(victim)));
+    down.insert(victim, (strike, Some(back + 300_000)));
+}
+
 /// The share of crashes that hit in the middle of a step.
 const MID_STEP_CRASHES: f64 = 0.5;
+/// The share of crashes that also wipe the node's storage.
+const WIPES: f64 = 0.3;
+
+/// Whether wiping `victim` now keeps every log it accepts for within the fault model: fewer
+/// than f of its other acceptors without state (wiped and not recovered yet). Acceptors that
+/// are merely down keep their state; a recovering node waits for them.
+fn may_wipe(s: &GroupsSim, cfg: &ClusterConfig, victim: NodeId) -> bool {
+    cfg.logs
+        .iter()
+        .filter(|l| l.acceptors.contains(&victim))
+        .all(|l| {
+            let f = (l.acceptors.len() - 1) / 2;
+            let out = l
+                .acceptors
+                .iter()
+                .filter(|&&a| a != victim && s.is_wiped(a))
+                .count();
+            out < f
+        })
+}
 
 struct Outcome {
     sent: usize,
     crashes: u64,
+    wipes: usize,
     mid_step_crashes: usize,
     lost_writes: usize,
 }
 
-fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
+/// How the nodes keep their acceptor state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// On a simulated disk that survives crashes (wipes lose it: a deleted data directory,
+    /// restarted with `--recover`).
+    Disk,
+    /// In memory (`GroupsSim::with_lost_state`): the cluster starts without state and every
+    /// crash loses it. A crash (of any kind) is a wipe; one that would leave f other
+    /// acceptors of a log without state at once (down or still recovering) is not done.
+    Memory,
+}
+
+fn run(seed: u64, verbose: bool, mode: Mode) -> Result<Outcome, String> {
     let sc = draw(seed);
     if verbose {
         eprintln!(
@@ -284,13 +387,14 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         }
         eprintln!("  net {:?}\n  tuning {:?}", sc.net, sc.cfg.tuning);
     }
-    let mut s = GroupsSim::new(
-        sc.cfg.clone(),
-        SimOptions {
-            seed,
-            net: sc.net.clone(),
-        },
-    );
+    let opts = SimOptions {
+        seed,
+        net: sc.net.clone(),
+    };
+    let mut s = match mode {
+        Mode::Disk => GroupsSim::new(sc.cfg.clone(), opts),
+        Mode::Memory => GroupsSim::with_lost_state(sc.cfg.clone(), opts),
+    };
     if verbose {
         // Every copy of a log entry that travels must be identical (consensus safety).
         let mut seen: BTreeMap<(u32, u64), (groups::LogEntry, u64, NodeId)> = BTreeMap::new();
@@ -338,6 +442,7 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
     }
     let mut payload = 0u32;
     let mut reported = 0;
+    let mut wipes = 0;
     // CHORUS_WATCH=node:log:from_us:to_us prints that acceptor's log indexes after every step.
     let watch: Option<(u32, u32, u64, u64)> = std::env::var("CHORUS_WATCH").ok().map(|w| {
         let v: Vec<u64> = w
@@ -401,6 +506,14 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
             eprintln!("  t={at}us {action:?}");
         }
         match action {
+            Action::Crash(n) | Action::CrashMidStep(n) | Action::Wipe(n)
+                if mode == Mode::Memory =>
+            {
+                if s.sim.is_up(*n) && may_wipe(&s, &sc.cfg, *n) {
+                    wipes += 1;
+                    s.wipe(*n)
+                }
+            }
             Action::Multicast { from, dests } => {
                 payload += 1;
                 s.multicast(*from, dests.clone(), payload.to_le_bytes().to_vec().into());
@@ -409,6 +522,11 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
                 s.rmcast(*from, dests.clone(), bytes::Bytes::from_static(b"r"));
             }
             Action::Crash(n) => s.crash(*n),
+            Action::Wipe(n) if may_wipe(&s, &sc.cfg, *n) => {
+                wipes += 1;
+                s.wipe(*n)
+            }
+            Action::Wipe(n) => s.crash(*n),
             Action::CrashMidStep(n) => s.arm_step_crash(*n, StepCrash::MidStep),
             Action::Restart(n) => {
                 s.disarm_step_crash(*n);
@@ -491,6 +609,11 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         problems
             .push("liveness: not quiet 30 virtual seconds after the faults stopped".to_string());
     }
+    for n in sc.cfg.nodes.iter().map(|n| n.id) {
+        if s.is_wiped(n) {
+            problems.push(format!("liveness: {n} did not recover from its wipe"));
+        }
+    }
     if let Err(v) = atomic {
         problems.extend(v.iter().map(|x| format!("atomic multicast {x}")));
     }
@@ -501,6 +624,7 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
         Ok(Outcome {
             sent: s.sent_count(),
             crashes: s.sim.stats.crashes,
+            wipes,
             mid_step_crashes: s.step_crashes().len(),
             lost_writes: s.lost_writes(),
         })
@@ -513,22 +637,52 @@ fn run(seed: u64, verbose: bool) -> Result<Outcome, String> {
 fn multicast_properties_hold_under_faults() {
     let passed = groups::sim::seeds::campaign(
         "multicast_faults",
-        "cargo test --release -p groups --test multicast_faults -- --nocapture",
+        "cargo test --release -p groups --test multicast_faults -- --nocapture multicast_properties_hold_under_faults",
         300,
-        run,
+        |seed, verbose| run(seed, verbose, Mode::Disk),
     );
     let sent: usize = passed.iter().map(|o| o.sent).sum();
     let crashes: u64 = passed.iter().map(|o| o.crashes).sum();
     let mid_step: usize = passed.iter().map(|o| o.mid_step_crashes).sum();
     let mid_step_seeds = passed.iter().filter(|o| o.mid_step_crashes > 0).count();
     let lost: usize = passed.iter().map(|o| o.lost_writes).sum();
+    let wipes: usize = passed.iter().map(|o| o.wipes).sum();
+    let wipe_seeds = passed.iter().filter(|o| o.wipes > 0).count();
     eprintln!(
-        "multicast_faults: {} seeds passed: {sent} multicasts, {crashes} crashes ({mid_step} mid-step, in {mid_step_seeds} seeds, losing {lost} writes)",
+        "multicast_faults: {} seeds passed: {sent} multicasts, {crashes} crashes ({mid_step} mid-step, in {mid_step_seeds} seeds, losing {lost} writes; {wipes} wiped their storage, in {wipe_seeds} seeds)",
         passed.len()
+    );
+    assert!(
+        passed.len() < 20 || wipe_seeds > 0,
+        "no seed wiped a node's storage"
     );
     // A single replayed seed may have none; a campaign must have some.
     assert!(
         passed.len() < 20 || (mid_step_seeds > 0 && lost > 0),
         "no seed crashed a node mid-step losing a write"
+    );
+}
+
+/// Memory mode: every node starts without state and loses it at every crash, so every
+/// restart recovers from its peers or bootstraps with them (`Policy::InMemory`), with at most
+/// f acceptors of a log down or recovering at once.
+#[test]
+fn multicast_properties_hold_in_memory_mode() {
+    let passed = groups::sim::seeds::campaign(
+        "multicast_faults (memory)",
+        "cargo test --release -p groups --test multicast_faults -- --nocapture multicast_properties_hold_in_memory_mode",
+        150,
+        |seed, verbose| run(seed, verbose, Mode::Memory),
+    );
+    let sent: usize = passed.iter().map(|o| o.sent).sum();
+    let wipes: usize = passed.iter().map(|o| o.wipes).sum();
+    let wipe_seeds = passed.iter().filter(|o| o.wipes > 0).count();
+    eprintln!(
+        "multicast_faults (memory): {} seeds passed: {sent} multicasts, {wipes} crashes losing the node's state, in {wipe_seeds} seeds",
+        passed.len()
+    );
+    assert!(
+        passed.len() < 20 || wipe_seeds > passed.len() / 4,
+        "too few seeds crashed a node in memory mode"
     );
 }

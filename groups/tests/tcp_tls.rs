@@ -74,7 +74,7 @@ fn tls_stranger(
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
         .unwrap();
-    let name = ServerName::try_from(member_name(CLUSTER, NodeId(to))).unwrap();
+    let name = ServerName::try_from(member_name(CLUSTER.into(), NodeId(to))).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let sock = connect(cfg, to);
     sock.set_read_timeout(Some(Duration::from_millis(50)))

@@ -9,7 +9,9 @@
 use super::procs::{Group, TempDir};
 use super::{Measured, Plan, Point};
 use btree_service::cli::DeploymentFile;
+use btree_service::load::Sequence;
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use btree_service::ycsb::{OpLatencies, YcsbDriver, YcsbResult, YcsbWorkload};
 use bytes::Bytes;
 use engine::client::{ClientApp, ClientError, ClientOptions, ClientProxy, Driver};
 use engine::layout::Deployment;
@@ -88,6 +90,20 @@ impl Cluster {
     /// Starts three replicas (memory or disk logs; mutual TLS on every link with `tls`) and
     /// waits until one `Get` is answered.
     pub fn start(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
+        Self::start_tree(plan, durable, tls, tree_config(plan))
+    }
+
+    /// Like [`Cluster::start`], with the records of a YCSB run loaded.
+    pub fn start_ycsb(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
+        Self::start_tree(plan, durable, tls, plan.ycsb_params.tree())
+    }
+
+    fn start_tree(
+        plan: &Plan,
+        durable: bool,
+        tls: bool,
+        tree: TreeConfig,
+    ) -> Result<Cluster, String> {
         let bin = server_binary()?;
         let dir = TempDir::new(match (durable, tls) {
             (true, _) => "chorus-disk",
@@ -116,7 +132,7 @@ impl Cluster {
             mode: plan.chorus_mode,
             workers,
             replicas: d.replicas.clone(),
-            tree: tree_config(plan),
+            tree,
             cluster: groups::credentials::with_new_secret(
                 d.config
                     .clone()
@@ -267,6 +283,71 @@ impl Cluster {
             completed,
             errors,
         })
+    }
+
+    /// One YCSB run of `workload`: `plan.clients` client nodes, each one client with
+    /// `plan.ycsb_outstanding` commands in flight, warm-up then the measured window.
+    pub fn measure_ycsb(
+        &mut self,
+        plan: &Plan,
+        workload: YcsbWorkload,
+    ) -> Result<YcsbResult, String> {
+        self.procs.check_alive(self.dir.path())?;
+        let phase = Arc::new(AtomicU8::new(WARMUP));
+        let cfg = Arc::new(self.file.cluster.clone());
+        let mut stops = Vec::new();
+        let mut threads = Vec::new();
+        let ids: Vec<NodeId> = self.clients.iter().take(plan.clients).copied().collect();
+        let slots = ids.len() as u64;
+        for (i, id) in ids.into_iter().enumerate() {
+            let driver = YcsbDriver::new(
+                1,
+                workload,
+                plan.ycsb_params,
+                Sequence::slot(i as u64, slots),
+                0xC0FFEE ^ ((i as u64) << 16) ^ u64::from(self.next_index),
+                phase.clone(),
+            );
+            let options = ClientOptions {
+                clients: 1,
+                window: plan.ycsb_outstanding,
+                mode: self.file.mode,
+                workers: self.file.workers,
+                resend_ticks: 2000,
+                first_index: self.fresh_index(1),
+            };
+            let app = ClientApp::new(id, self.service.clone(), options, driver);
+            let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
+            let tcp = TcpNode::bind(node, app).map_err(|e| format!("client node {id}: {e}"))?;
+            stops.push(tcp.stop_flag());
+            threads.push(std::thread::spawn(move || tcp.run(None)));
+        }
+        std::thread::sleep(plan.warmup);
+        phase.store(MEASURE, Ordering::Relaxed);
+        let t0 = Instant::now();
+        std::thread::sleep(plan.measure);
+        phase.store(DONE, Ordering::Relaxed);
+        let elapsed = t0.elapsed();
+        for s in &stops {
+            s.store(true, Ordering::Relaxed);
+        }
+        let mut lat = OpLatencies::default();
+        let mut errors = 0;
+        for t in threads {
+            let app = t
+                .join()
+                .map_err(|_| "client thread panicked".to_string())?
+                .map_err(|e| e.to_string())?;
+            lat.add(&app.driver.latencies);
+            errors += app.driver.errors;
+        }
+        self.procs.check_alive(self.dir.path())?;
+        Ok(YcsbResult::from_latencies(
+            workload,
+            &lat,
+            elapsed.as_secs_f64(),
+            errors,
+        ))
     }
 
     /// Bytes of durable log files under the data directory (0 in memory mode).

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! btree-load [--mode opt-psmr] [--workers 2] [--workload insert-heavy] [--seconds 5]
+//!            [--distribution uniform|zipf|zipf-unscrambled|latest|sequential] [--zipf-theta 0.99]
+//!            [--rebalance-every-ms 250] [--ycsb a|b|c|d|e|f [--ycsb-records 1000]]
 //! btree-load --config FILE --node C [--workload ...] [--seconds 5]    (one TCP client node)
 //! ```
 //!
@@ -9,10 +11,14 @@
 //! `--mode unreplicated`); prints throughput, latency percentiles and the opt-PSMR abort rate.
 
 use btree_service::cli::{parse_mode, DeploymentFile};
-use btree_service::load::{driver, run, RunSpec, Workload, DONE, MEASURE, WARMUP};
-use btree_service::service::{TreeConfig, TreeService};
+use btree_service::flags::{KeyFlags, RebalanceFlags};
+use btree_service::load::{
+    load_driver, run, Rebalancer, RunSpec, Sequence, TreeDriver, Workload, DONE, MEASURE, WARMUP,
+};
+use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use btree_service::ycsb::{YcsbDriver, YcsbParams, YcsbResult, YcsbWorkload};
 use clap::Parser;
-use engine::client::{ClientApp, ClientOptions};
+use engine::client::{ClientApp, ClientOptions, Driver};
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::tcp::TcpNode;
@@ -47,6 +53,17 @@ struct Args {
     config: Option<PathBuf>,
     #[arg(long)]
     node: Option<u32>,
+    #[command(flatten)]
+    keys: KeyFlags,
+    #[command(flatten)]
+    rebalance: RebalanceFlags,
+    /// Run a YCSB core workload (a to f) instead of --workload, reported as YCSB does.
+    #[arg(long)]
+    ycsb: Option<YcsbWorkload>,
+    /// YCSB records loaded before the run (in-process; over TCP the deployment's pre-filled
+    /// keys are the records).
+    #[arg(long, default_value_t = YcsbParams::default().records)]
+    ycsb_records: u64,
     /// Run without authentication when the deployment file names no secret_file (a TCP node
     /// refuses to start without one otherwise): any process that can reach the ports can join.
     #[arg(long)]
@@ -58,10 +75,33 @@ fn in_process(args: &Args) -> Result<String, String> {
         "unreplicated" => None,
         m => Some(parse_mode(m)?),
     };
+    if let Some(w) = args.ycsb {
+        let mode = mode.ok_or("--ycsb runs on a replicated mode")?;
+        let params = YcsbParams {
+            records: args.ycsb_records,
+            ..YcsbParams::default()
+        };
+        params.validate()?;
+        let p = btree_service::load::InProcess {
+            mode,
+            workers: args.workers,
+            replicas: 2,
+            client_nodes: 2,
+            window: args.window,
+            tree: &params.tree(),
+            warmup: Duration::from_secs_f64(args.warmup_s),
+            measure: Duration::from_secs_f64(args.seconds),
+            pin_cores: true,
+        };
+        let r = btree_service::ycsb::run_in_process(&p, w, params, args.clients.div_ceil(2), 1);
+        return Ok(format!("{} on {}:\n{}", w.name(), args.mode, r.render()));
+    }
     let spec = RunSpec {
         mode,
         workers: args.workers,
         workload: args.workload,
+        keys: args.keys.spec()?,
+        rebalance: args.rebalance.spec()?,
         tree: TreeConfig {
             prefill: args.prefill,
             ..TreeConfig::default()
@@ -76,15 +116,28 @@ fn in_process(args: &Args) -> Result<String, String> {
         seed: 1,
     };
     let r = run(&spec);
+    let rebalanced = r.rebalance.map_or(String::new(), |b| {
+        format!(
+            "; rebalancing: {} rounds, {} moves, {} splits, {} stripes, last change at {}, busiest worker {:.0}% of the load",
+            b.rounds,
+            b.moves,
+            b.splits,
+            b.stripes,
+            b.settled_after_s.map_or("-".into(), |t| format!("{t:.1} s")),
+            b.busiest_share * 100.0
+        )
+    });
     Ok(format!(
-        "{} {} workers {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, aborts {:.3}%",
+        "{} {} workers {} {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, aborts {:.3}%, misroutes {}{rebalanced}",
         args.mode,
         args.workers,
         args.workload.name(),
+        spec.keys.label(),
         r.throughput_ops_s,
         r.p50_us,
         r.p99_us,
-        r.abort_rate * 100.0
+        r.abort_rate * 100.0,
+        r.misroutes
     ))
 }
 
@@ -97,15 +150,75 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
     }
     let service = Arc::new(TreeService::try_new(file.tree.clone())?);
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let driver = driver(
+    // This node's sequential keys get a region of their own above the key space.
+    let load = load_driver(
         args.clients,
         args.workload,
         &file.tree,
+        args.keys.spec()?,
+        Sequence {
+            base: u64::from(me.0) << 40,
+            slot: 0,
+            slots: args.clients as u64,
+        },
         u64::from(me.0),
         phase.clone(),
     );
+    if let Some(w) = args.ycsb {
+        let params = YcsbParams {
+            records: file.tree.prefill,
+            fields: 1,
+            field_bytes: file.tree.value_bytes,
+            ..YcsbParams::default()
+        };
+        params.validate()?;
+        let driver = YcsbDriver::on_tree(
+            args.clients,
+            w,
+            params,
+            &file.tree,
+            Sequence {
+                base: u64::from(me.0) << 40,
+                slot: 0,
+                slots: args.clients as u64,
+            },
+            u64::from(me.0),
+            phase.clone(),
+        );
+        let (d, secs) = drive(args, &file, me, service, driver, &phase, args.clients)?;
+        let r = YcsbResult::from_latencies(w, &d.latencies, secs, d.errors);
+        return Ok(format!("node {me}, {}:\n{}", w.name(), r.render()));
+    }
+    let rebalancer = args.rebalance.spec()?.map(Rebalancer::new);
+    let driver = TreeDriver::new(load, args.clients, rebalancer);
+    let clients = driver.clients();
+    let (driver, secs) = drive(args, &file, me, service, driver, &phase, clients)?;
+    let d = &driver.load;
+    let elapsed = Duration::from_secs_f64(secs);
+    let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
+    Ok(format!(
+        "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",
+        args.workload.name(),
+        d.completed as f64 / elapsed.as_secs_f64(),
+        q(0.5),
+        q(0.99),
+        d.errors
+    ))
+}
+
+/// Runs `driver`'s clients as client node `me` of the deployment over TCP: warm-up, the
+/// measured window; the driver back, and the measured seconds.
+fn drive<D: Driver<TreeCommand, TreeReply>>(
+    args: &Args,
+    file: &DeploymentFile,
+    me: NodeId,
+    service: Arc<TreeService>,
+    driver: D,
+    phase: &Arc<AtomicU8>,
+    clients: usize,
+) -> Result<(D, f64), String> {
     let options = ClientOptions {
-        clients: args.clients,
+        clients,
         window: args.window,
         mode: file.mode,
         workers: file.workers,
@@ -128,16 +241,7 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
         .join()
         .map_err(|_| "client thread panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    let d = &app.driver;
-    let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
-    Ok(format!(
-        "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",
-        args.workload.name(),
-        d.completed as f64 / elapsed.as_secs_f64(),
-        q(0.5),
-        q(0.99),
-        d.errors
-    ))
+    Ok((app.driver, elapsed.as_secs_f64()))
 }
 
 fn main() -> ExitCode {

@@ -87,6 +87,11 @@ struct Args {
     /// replica still takes part in those others ask for and recovers by transfer).
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_every: u64,
+    /// With durability = "disk" (with --config): if this node's data directory is missing
+    /// while its peers hold state (it lost its data), copy that state from them before voting
+    /// instead of refusing to start. A node in memory always does this.
+    #[arg(long)]
+    recover: bool,
     /// With --write-config: also write a cluster CA and a certificate and key per node (in
     /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
     #[arg(long)]
@@ -107,6 +112,9 @@ fn main() -> ExitCode {
         durability: args.durability.is_some() || args.data_dir.is_some(),
     };
     let result = engine::binary::check_server_flags(&flags).and_then(|()| {
+        if args.recover && (args.config.is_none() || args.write_config.is_some()) {
+            return Err("--recover needs --config and --node (a node of a TCP deployment)".into());
+        }
         match (&args.write_config, &args.config) {
             (Some(path), _) => write_config(&args, path),
             (None, Some(path)) => serve_tcp(&args, path),
@@ -153,6 +161,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
         tree: tree(args),
         cluster: engine::binary::with_credentials(
             d.config
+                .with_cluster_id(engine::binary::random_cluster_id())
                 .with_durability(durability)
                 .map_err(|e| e.to_string())?,
             path,
@@ -224,6 +233,7 @@ fn serve_tcp(args: &Args, path: &std::path::Path) -> Result<(), String> {
         me,
         NodeOptions {
             merge_locally: !replica,
+            recover: args.recover,
             ..NodeOptions::fresh()
         },
     )

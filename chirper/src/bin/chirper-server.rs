@@ -102,6 +102,11 @@ struct Args {
     /// the replica replays the logs).
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_every: u64,
+    /// With durability = "disk" (with --config): if this node's data directory is missing
+    /// while its peers hold state (it lost its data), copy that state from them before voting
+    /// instead of refusing to start. A node in memory always does this.
+    #[arg(long)]
+    recover: bool,
     /// With --write-config: also write a cluster CA and a certificate and key per node (in
     /// FILE's stem .tls/) and turn on mutual TLS between the nodes.
     #[arg(long)]
@@ -236,6 +241,7 @@ fn write_config(args: &Args, path: &std::path::Path) -> Result<(), String> {
             layout
                 .config
                 .clone()
+                .with_cluster_id(engine::binary::random_cluster_id())
                 .with_durability(durability)
                 .map_err(|e| e.to_string())?,
             path,
@@ -289,6 +295,7 @@ fn serve_node(args: &Args, path: &std::path::Path) -> Result<(), String> {
             // A checkpointing replica merges its logs itself (it must record and move its
             // merge position).
             merge_locally: !checkpointing,
+            recover: args.recover,
             ..NodeOptions::fresh()
         },
     )
@@ -455,6 +462,11 @@ fn main() -> ExitCode {
     };
     let result = engine::binary::check_server_flags(&flags)
         .and_then(|()| {
+            if args.recover && (args.config.is_none() || args.write_config.is_some()) {
+                return Err(
+                    "--recover needs --config and --node (a node of a TCP deployment)".into(),
+                );
+            }
             if args.checkpoint_every > 0 && (args.config.is_none() || args.write_config.is_some()) {
                 Err(
                     "--checkpoint-every needs --config and --node (a node of a TCP deployment)"

@@ -2,7 +2,7 @@
 //! in [`crate::psmr::replica`], one deterministic scheduler in [`crate::sim`]).
 
 use crate::service::{Access, Service, Shards};
-use crate::table::{ClientTable, Seen};
+use crate::table::{ClientTable, Refusal, Seen};
 use crate::wire::{self, Attempt, Outcome, Reply, Request};
 use bytes::Bytes;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -33,6 +33,8 @@ pub struct WorkerStats {
     pub parked: u64,
     /// Optimistic attempts refused (opt-PSMR aborts).
     pub aborts: u64,
+    /// Tries refused as misrouted (mapped with stale routes: see [`Service::misrouted`]).
+    pub misrouted: u64,
     /// Retried requests answered from the client table.
     pub duplicates: u64,
     /// Requests that could not be decoded.
@@ -169,6 +171,7 @@ impl<S: Service> Executor<S> {
                 client: req.client,
                 seq: req.seq,
                 attempt: req.attempt,
+                round: req.round,
                 replica: self.replica,
                 outcome,
                 state_hash: hash,
@@ -191,13 +194,13 @@ impl<S: Service> Executor<S> {
                 w.stats.duplicates += 1;
                 return reply(o, h);
             }
-            // A refused optimistic attempt binds later copies of that attempt only; the
-            // conservative retry of the same command is its one real execution.
-            Seen::Aborted if req.attempt == Attempt::Optimistic => {
+            // A refused try binds later copies of it (and of earlier tries) only; the client
+            // has moved on to a later try, which is the command's one real execution.
+            Seen::Refused(round, why) if req.round <= round => {
                 w.stats.duplicates += 1;
-                return reply(Outcome::RetryConservative, None);
+                return reply(refusal(why), None);
             }
-            Seen::Aborted => {}
+            Seen::Refused(..) => {}
             Seen::Forgotten => {
                 w.stats.duplicates += 1;
                 return None;
@@ -207,12 +210,24 @@ impl<S: Service> Executor<S> {
         let token = self.detector.as_ref().map(|d| d.begin());
         let single = job.involved.len() == 1;
         let mut view = Shards::new(shards, self.workers);
+        // Before anything runs: does the command still belong to the workers it reached?
+        // (Judged from the shards' replicated state, like the optimistic check.)
+        if let Some(routes) = self.service.misrouted(&mut view, cmd) {
+            w.stats.misrouted += 1;
+            w.table
+                .record_refused(req.client, req.seq, req.round, Refusal::Misrouted);
+            if let (Some(d), Some(t)) = (&self.detector, token) {
+                d.end(t, &job.involved, cmd, access);
+            }
+            return reply(Outcome::Misrouted(routes.into()), None);
+        }
         let outcome = if single && req.attempt == Attempt::Optimistic {
             match self.service.execute_optimistic(&mut view, cmd, &mut access) {
                 Ok(r) => Outcome::Done(r),
                 Err(_) => {
                     w.stats.aborts += 1;
-                    w.table.record_aborted(req.client, req.seq);
+                    w.table
+                        .record_refused(req.client, req.seq, req.round, Refusal::Unsafe);
                     if let (Some(d), Some(t)) = (&self.detector, token) {
                         d.end(t, &job.involved, cmd, access);
                     }
@@ -238,6 +253,15 @@ impl<S: Service> Executor<S> {
         w.table
             .record_done(req.client, req.seq, outcome.clone(), hash);
         reply(outcome, hash)
+    }
+}
+
+/// The answer to a late copy of a refused try: the same refusal (a misrouted one without
+/// routes; the client's next try falls back to every worker if it keeps missing).
+fn refusal<R>(why: Refusal) -> Outcome<R> {
+    match why {
+        Refusal::Unsafe => Outcome::RetryConservative,
+        Refusal::Misrouted => Outcome::Misrouted(Bytes::new()),
     }
 }
 

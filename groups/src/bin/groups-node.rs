@@ -79,6 +79,11 @@ struct Args {
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// With durable logs: if this node's data directory is missing while its peers hold
+    /// state (it lost its data), copy that state from them before voting instead of refusing
+    /// to start.
+    #[arg(long)]
+    recover: bool,
     /// Run without authentication when the cluster file names no secret_file (by default
     /// such a node refuses to start): any process that can reach the port can join.
     #[arg(long)]
@@ -199,9 +204,13 @@ fn main() -> ExitCode {
     };
     let groups = cfg.groups;
     let cfg = std::sync::Arc::new(cfg);
+    let opts = NodeOptions {
+        recover: args.recover,
+        ..NodeOptions::fresh()
+    };
     let node = match &args.data_dir {
-        Some(dir) => GroupsNode::durable(cfg, me, NodeOptions::fresh(), dir),
-        None => GroupsNode::from_config(cfg, me, NodeOptions::fresh()),
+        Some(dir) => GroupsNode::durable(cfg, me, opts, dir),
+        None => GroupsNode::from_config(cfg, me, opts),
     };
     let node = match node {
         Ok(n) => n,

@@ -15,6 +15,9 @@
 //!                                first record of a rewritten file)
 //! ```
 //!
+//! The node's directory also holds an identity file ([`super::identity`]), which the node
+//! checks before it opens any log file: a store never opens a file of another cluster or node.
+//!
 //! At open the records are replayed in order into a [`MemStorage`], which then serves every
 //! read; the file is only ever appended to, truncated back, or replaced by compaction.
 //!
@@ -80,11 +83,14 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: [u8; 8] = *b"CHORWAL\x01";
 const RECORD_HEADER: usize = 12;
 
+/// The directory where node `node` keeps its logs under `data_dir`: `<data_dir>/node-<id>`.
+pub fn node_dir(data_dir: &Path, node: NodeId) -> PathBuf {
+    data_dir.join(format!("node-{}", node.0))
+}
+
 /// Where node `node` keeps log `log` under `data_dir`.
 pub fn log_path(data_dir: &Path, node: NodeId, log: LogId) -> PathBuf {
-    data_dir
-        .join(format!("node-{}", node.0))
-        .join(format!("log-{}.wal", log.0))
+    node_dir(data_dir, node).join(format!("log-{}.wal", log.0))
 }
 
 /// Why a durable store could not be opened or written.
@@ -113,6 +119,15 @@ pub enum DiskError {
     Encode { path: PathBuf, reason: String },
     #[error("{}: an earlier failed write could not be rolled back; reopen the store", path.display())]
     Poisoned { path: PathBuf },
+    /// The data directory belongs to someone else, or cannot be told to be this node's.
+    #[error(transparent)]
+    Identity(Box<super::identity::IdentityError>),
+}
+
+impl From<super::identity::IdentityError> for DiskError {
+    fn from(e: super::identity::IdentityError) -> Self {
+        DiskError::Identity(Box::new(e))
+    }
 }
 
 /// Tuning of a [`DiskStorage`].
@@ -220,6 +235,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Syncs the directory `dir` itself, so an entry created or renamed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Syncs the directory holding `path`, so a file created or renamed in it survives a crash.

@@ -16,7 +16,9 @@
 //! [`disk::DiskStorage`] (a write-ahead file, synced before every acknowledgement).
 
 pub mod disk;
+pub mod identity;
 pub mod omni;
+pub mod recovery;
 pub mod solo;
 pub mod storage;
 
@@ -43,6 +45,8 @@ pub enum LogError {
     Misaddressed(u64),
     #[error("message carries an empty batch or skip")]
     InvalidEntry,
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
 }
 
 /// Why a trim did not happen.
@@ -92,5 +96,23 @@ pub trait OrderedLog: Send {
     /// Protocol state in words, for debugging.
     fn status(&self) -> String {
         String::new()
+    }
+    /// Whether this acceptor votes, or is still recovering its state
+    /// ([`recovery::RecoveringLog`]); a log that never loses its state always votes.
+    fn recovery(&self) -> recovery::RecoveryState {
+        recovery::RecoveryState::Voting
+    }
+    /// The recovered state of a log in [`recovery::RecoveryState::Recovered`], once.
+    fn take_recovered(&mut self) -> Option<storage::StorageImage> {
+        None
+    }
+    /// Makes a [`recovery::RecoveryState::Recovered`] log vote through `voter`, built over a
+    /// storage that holds the recovered state.
+    fn activate(&mut self, voter: Box<dyn recovery::Voter>) {
+        drop(voter);
+    }
+    /// Stops a log for good (its node could not persist its recovered state).
+    fn stop(&mut self, reason: String) {
+        tracing::error!("{reason}");
     }
 }

@@ -25,14 +25,18 @@
 //! (neither moves during the Prepare phase), so [`OmniPaxosLog::handle`] drops any other; the
 //! follower's periodic Promise resend then gets a current one.
 
+use super::recovery::Voter;
 use super::{LogError, OrderedLog, Read, TrimError};
 use crate::ids::NodeId;
-use crate::message::{LogEntry, LogMsg};
+use crate::message::{LogEntry, LogMsg, Summary};
+use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message as OpMessage;
-use omnipaxos::storage::Storage;
+use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp, StorageResult};
 use omnipaxos::util::LogEntry as OpEntry;
 use omnipaxos::{ClusterConfig as OpClusterConfig, CompactionErr, OmniPaxos, ServerConfig};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// Timing of one omnipaxos instance, in ticks.
 #[derive(Clone, Copy, Debug)]
@@ -43,7 +47,10 @@ pub struct OmniTiming {
 
 /// One acceptor's omnipaxos instance for one log.
 pub struct OmniPaxosLog<B: Storage<LogEntry>> {
-    op: OmniPaxos<LogEntry, B>,
+    op: OmniPaxos<LogEntry, Tracked<B>>,
+    /// The accepted round in the storage (omnipaxos does not expose it; a recovering peer
+    /// asks for it).
+    accepted_round: Arc<Mutex<Option<Ballot>>>,
     acceptors: Vec<NodeId>,
     me: u64,
     /// Next index `take_decided` returns.
@@ -63,9 +70,12 @@ impl<B: Storage<LogEntry> + Send> OmniPaxosLog<B> {
         me: NodeId,
         preferred_leader: NodeId,
         timing: OmniTiming,
-        storage: B,
+        mut storage: B,
     ) -> Self {
         assert!(acceptors.len() >= 2, "omnipaxos needs at least 2 acceptors");
+        repair_decided_beyond_end(&mut storage);
+        let storage = Tracked::new(storage);
+        let accepted_round = storage.round.clone();
         let pos = acceptors
             .iter()
             .position(|&a| a == me)
@@ -93,6 +103,7 @@ impl<B: Storage<LogEntry> + Send> OmniPaxosLog<B> {
         let cursor = op.get_compacted_idx() as u64;
         OmniPaxosLog {
             op,
+            accepted_round,
             acceptors,
             me: me_pid,
             cursor,
@@ -145,6 +156,32 @@ impl<B: Storage<LogEntry> + Send> OmniPaxosLog<B> {
     }
 }
 
+/// A stored decided index beyond the stored log's end (left by a leader that took a decided
+/// index from a promise whose log it did not adopt, e.g. one from another cluster's state) is
+/// cut back to the end before omnipaxos sees it: omnipaxos never lowers a decided index, and
+/// reads of a decided suffix that runs past the log return nothing, so such a log would deliver
+/// nothing more until it grew that far. Lowering the local mark is safe: the entries below it
+/// are unchanged, and the acceptor learns the decided index again from its leader.
+fn repair_decided_beyond_end<B: Storage<LogEntry>>(storage: &mut B) {
+    let (Ok(decided), Ok(compacted), Ok(len)) = (
+        storage.get_decided_idx(),
+        storage.get_compacted_idx(),
+        storage.get_log_len(),
+    ) else {
+        return;
+    };
+    // `get_log_len` counts the entries held, from the compacted index on.
+    let end = compacted + len;
+    if decided > end {
+        tracing::warn!(
+            decided,
+            end,
+            "stored decided index beyond the log's end; cutting it back"
+        );
+        let _ = storage.set_decided_idx(end);
+    }
+}
+
 fn entries_valid(msg: &OpMessage<LogEntry>) -> bool {
     let all = |es: &[LogEntry]| es.iter().all(LogEntry::is_valid);
     match msg {
@@ -171,7 +208,9 @@ impl<B: Storage<LogEntry> + Send> OrderedLog for OmniPaxosLog<B> {
     }
 
     fn handle(&mut self, from: NodeId, msg: LogMsg) -> Result<(), LogError> {
-        let LogMsg::OmniPaxos(msg) = msg;
+        let LogMsg::OmniPaxos { msg, .. } = msg else {
+            return Err(LogError::Unexpected("a recovery message"));
+        };
         let claimed = msg.get_sender();
         match self.pid_of(from) {
             None => return Err(LogError::UnknownPeer(from)),
@@ -219,7 +258,14 @@ impl<B: Storage<LogEntry> + Send> OrderedLog for OmniPaxosLog<B> {
                 .get((m.get_receiver() as usize).wrapping_sub(1))
                 .copied()
             {
-                out.push((to, LogMsg::OmniPaxos(m)));
+                out.push((
+                    to,
+                    // The incarnation is stamped by the recovery layer around the log.
+                    LogMsg::OmniPaxos {
+                        incarnation: 0,
+                        msg: m,
+                    },
+                ));
             }
         }
     }
@@ -355,5 +401,113 @@ impl<B: Storage<LogEntry> + Send> OrderedLog for OmniPaxosLog<B> {
             ui.current_ballot,
             ui.heartbeats
         )
+    }
+}
+
+impl<B: Storage<LogEntry> + Send> Voter for OmniPaxosLog<B> {
+    fn summary(&self) -> Summary {
+        let promise = self.op.get_promise();
+        Summary {
+            promise: (promise != Ballot::default()).then_some(promise),
+            accepted_round: *self.accepted_round.lock(),
+            accepted_idx: self.accepted_idx(),
+            decided_idx: self.decided_idx(),
+            first_idx: self.first_idx(),
+        }
+    }
+}
+
+/// A storage that remembers its accepted round where the log can read it (omnipaxos keeps the
+/// storage and does not say).
+struct Tracked<B> {
+    inner: B,
+    round: Arc<Mutex<Option<Ballot>>>,
+}
+
+impl<B: Storage<LogEntry>> Tracked<B> {
+    fn new(inner: B) -> Self {
+        let round = inner.get_accepted_round().ok().flatten();
+        Tracked {
+            inner,
+            round: Arc::new(Mutex::new(round)),
+        }
+    }
+
+    fn note(&self, result: &StorageResult<()>) {
+        if result.is_ok() {
+            *self.round.lock() = self.inner.get_accepted_round().ok().flatten();
+        }
+    }
+}
+
+impl<B: Storage<LogEntry>> Storage<LogEntry> for Tracked<B> {
+    fn write_atomically(&mut self, ops: Vec<StorageOp<LogEntry>>) -> StorageResult<()> {
+        let sets_round = ops
+            .iter()
+            .any(|op| matches!(op, StorageOp::SetAcceptedRound(_)));
+        let r = self.inner.write_atomically(ops);
+        if sets_round {
+            self.note(&r);
+        }
+        r
+    }
+    fn append_entry(&mut self, entry: LogEntry) -> StorageResult<()> {
+        self.inner.append_entry(entry)
+    }
+    fn append_entries(&mut self, entries: Vec<LogEntry>) -> StorageResult<()> {
+        self.inner.append_entries(entries)
+    }
+    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> StorageResult<()> {
+        self.inner.append_on_prefix(from_idx, entries)
+    }
+    fn set_promise(&mut self, n_prom: Ballot) -> StorageResult<()> {
+        self.inner.set_promise(n_prom)
+    }
+    fn set_decided_idx(&mut self, ld: usize) -> StorageResult<()> {
+        self.inner.set_decided_idx(ld)
+    }
+    fn get_decided_idx(&self) -> StorageResult<usize> {
+        self.inner.get_decided_idx()
+    }
+    fn set_accepted_round(&mut self, na: Ballot) -> StorageResult<()> {
+        let r = self.inner.set_accepted_round(na);
+        self.note(&r);
+        r
+    }
+    fn get_accepted_round(&self) -> StorageResult<Option<Ballot>> {
+        self.inner.get_accepted_round()
+    }
+    fn get_entries(&self, from: usize, to: usize) -> StorageResult<Vec<LogEntry>> {
+        self.inner.get_entries(from, to)
+    }
+    fn get_log_len(&self) -> StorageResult<usize> {
+        self.inner.get_log_len()
+    }
+    fn get_suffix(&self, from: usize) -> StorageResult<Vec<LogEntry>> {
+        self.inner.get_suffix(from)
+    }
+    fn get_promise(&self) -> StorageResult<Option<Ballot>> {
+        self.inner.get_promise()
+    }
+    fn set_stopsign(&mut self, s: Option<StopSign>) -> StorageResult<()> {
+        self.inner.set_stopsign(s)
+    }
+    fn get_stopsign(&self) -> StorageResult<Option<StopSign>> {
+        self.inner.get_stopsign()
+    }
+    fn trim(&mut self, idx: usize) -> StorageResult<()> {
+        self.inner.trim(idx)
+    }
+    fn set_compacted_idx(&mut self, idx: usize) -> StorageResult<()> {
+        self.inner.set_compacted_idx(idx)
+    }
+    fn get_compacted_idx(&self) -> StorageResult<usize> {
+        self.inner.get_compacted_idx()
+    }
+    fn set_snapshot(&mut self, snapshot: Option<NoSnapshot>) -> StorageResult<()> {
+        self.inner.set_snapshot(snapshot)
+    }
+    fn get_snapshot(&self) -> StorageResult<Option<NoSnapshot>> {
+        self.inner.get_snapshot()
     }
 }

@@ -40,6 +40,29 @@ pub struct StorageImage {
     pub stopsign: Option<StopSign>,
 }
 
+/// The operations that turn an empty store into one holding exactly `image` (written as one
+/// `write_atomically` call, so a crash keeps all of it or none of it).
+pub fn image_ops(image: StorageImage) -> Vec<StorageOp<LogEntry>> {
+    let mut ops = vec![
+        StorageOp::Trim(image.trimmed as usize),
+        StorageOp::SetCompactedIdx(image.compacted as usize),
+    ];
+    if !image.entries.is_empty() {
+        ops.push(StorageOp::AppendEntries(image.entries));
+    }
+    if let Some(p) = image.promise {
+        ops.push(StorageOp::SetPromise(p));
+    }
+    if let Some(r) = image.accepted_round {
+        ops.push(StorageOp::SetAcceptedRound(r));
+    }
+    ops.push(StorageOp::SetDecidedIndex(image.decided as usize));
+    if image.stopsign.is_some() {
+        ops.push(StorageOp::SetStopsign(image.stopsign));
+    }
+    ops
+}
+
 impl MemStorage {
     /// A copy of the whole state.
     pub fn image(&self) -> StorageImage {

@@ -21,9 +21,11 @@ use crate::checker::{self, Sent, Stream, StreamId, Violation};
 use crate::config::ClusterConfig;
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
+use crate::log::recovery::Policy;
 use crate::node::{GroupsNode, NodeOptions};
 use crate::rmcast::RDelivery;
 use bytes::Bytes;
+use omnipaxos::storage::Storage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,6 +91,13 @@ pub struct GroupsSim {
     armed: BTreeMap<NodeId, StepCrash>,
     /// Nodes whose disk lies (see [`GroupsSim::set_lying_disk`]).
     lying: BTreeSet<NodeId>,
+    /// Nodes whose stored state was lost ([`GroupsSim::wipe`]) and not yet recovered: their
+    /// logs with nothing stored start recovering, as a real node that lost its data does.
+    wiped: BTreeSet<NodeId>,
+    /// How those logs recover: as nodes in memory ([`GroupsSim::with_lost_state`]) or as
+    /// durable nodes restarted with `--recover` ([`GroupsSim::wipe`] on a cluster built by
+    /// [`GroupsSim::new`]).
+    lost_state: Policy,
     step_crashes: Vec<StepCrashRecord>,
     /// Writes lost by storage faults so far.
     lost_writes: usize,
@@ -110,6 +119,27 @@ pub struct GroupsSim {
 impl GroupsSim {
     pub fn new(cfg: ClusterConfig, opts: SimOptions) -> Self {
         let cfg = Arc::new(cfg);
+        Self::build(
+            cfg,
+            opts,
+            BTreeSet::new(),
+            Policy::Durable { recover: true },
+        )
+    }
+
+    /// A cluster whose acceptors all start without state, as a cluster in memory mode does:
+    /// their logs must bootstrap together ([`crate::log::recovery`]).
+    pub fn with_lost_state(cfg: ClusterConfig, opts: SimOptions) -> Self {
+        let all = cfg.nodes.iter().map(|n| n.id).collect();
+        Self::build(Arc::new(cfg), opts, all, Policy::InMemory)
+    }
+
+    fn build(
+        cfg: Arc<ClusterConfig>,
+        opts: SimOptions,
+        wiped: BTreeSet<NodeId>,
+        lost_state: Policy,
+    ) -> Self {
         let clock = StepClock::default();
         let mut storages = BTreeMap::new();
         let mut writers = BTreeSet::new();
@@ -123,7 +153,10 @@ impl GroupsSim {
         }
         let mut sim = Sim::new(opts.seed, cfg.tuning.tick_us, Network::new(opts.net));
         for n in &cfg.nodes {
-            sim.add(n.id, make_node(&cfg, &storages, n.id, 0));
+            sim.add(
+                n.id,
+                make_node(&cfg, &storages, &wiped, lost_state, n.id, 0),
+            );
         }
         GroupsSim {
             sim,
@@ -133,6 +166,8 @@ impl GroupsSim {
             writers,
             armed: BTreeMap::new(),
             lying: BTreeSet::new(),
+            wiped,
+            lost_state,
             step_crashes: Vec::new(),
             lost_writes: 0,
             fault_rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x70a2_d15c_c2a5_4ed0),
@@ -149,6 +184,12 @@ impl GroupsSim {
 
     pub fn config(&self) -> &Arc<ClusterConfig> {
         &self.cfg
+    }
+
+    /// The storage that acceptor `node` keeps for `log` across its crashes (its "disk"), for
+    /// inspection and for faults that replace what is on it.
+    pub fn storage(&self, node: NodeId, log: LogId) -> Option<&SimStorage> {
+        self.storages.get(&(node, log))
     }
 
     /// Multicasts from `from` now; `None` if the node is down or the multicast was refused.
@@ -235,13 +276,47 @@ impl GroupsSim {
         self.lost_writes
     }
 
+    /// Crashes `node` (if it is up) and loses everything its acceptors stored, as a deleted
+    /// data directory does. Restarted, its logs recover their state from their peers before
+    /// they vote ([`crate::log::recovery`]).
+    pub fn wipe(&mut self, node: NodeId) {
+        if self.sim.is_up(node) {
+            self.crash(node);
+        }
+        self.armed.remove(&node);
+        for s in node_storages(&self.storages, node) {
+            s.wipe();
+        }
+        self.wiped.insert(node);
+    }
+
+    /// Whether `node` lost its state ([`GroupsSim::wipe`]) and has not recovered it yet: it is
+    /// down, or some log of it does not vote yet.
+    pub fn is_wiped(&self, node: NodeId) -> bool {
+        self.wiped.contains(&node)
+            && self
+                .sim
+                .actor(node)
+                .is_none_or(|n| !self.sim.is_up(node) || !n.recovering().is_empty())
+    }
+
     pub fn restart(&mut self, node: NodeId) {
         if self.sim.is_up(node) {
             return;
         }
         let inc = self.sim.incarnation(node) + 1;
         self.clock.begin_step();
-        let fresh = make_node(&self.cfg, &self.storages, node, inc);
+        if node_storages(&self.storages, node).all(|s| !s.is_empty()) {
+            self.wiped.remove(&node);
+        }
+        let fresh = make_node(
+            &self.cfg,
+            &self.storages,
+            &self.wiped,
+            self.lost_state,
+            node,
+            inc,
+        );
         self.started.insert((node, inc), self.sim.now_us());
         self.sim.restart(node, |_| fresh);
     }
@@ -383,10 +458,13 @@ impl GroupsSim {
 
     fn is_quiet(&self) -> bool {
         let up = self.sim.up_nodes();
+        // A node still recovering an acceptor's state is not done either.
         let busy = up.iter().any(|&n| {
-            self.sim
-                .actor(n)
-                .is_some_and(|a| a.multicasts_in_flight() > 0 || a.rmcasts_in_flight() > 0)
+            self.sim.actor(n).is_some_and(|a| {
+                a.multicasts_in_flight() > 0
+                    || a.rmcasts_in_flight() > 0
+                    || !a.recovering().is_empty()
+            })
         });
         if busy {
             return false;
@@ -595,18 +673,44 @@ fn node_storages(
         .map(|(_, s)| s)
 }
 
-/// Builds incarnation `incarnation` of `id`, its acceptors over the storage that outlives it.
+/// Builds incarnation `incarnation` of `id`, its acceptors over the storage that outlives it. A
+/// log of a node in `wiped` with nothing stored recovers first; its recovered state is written
+/// to the storage in one write (kept or lost whole by a crash) before it votes.
 fn make_node(
     cfg: &Arc<ClusterConfig>,
     storages: &BTreeMap<(NodeId, LogId), SimStorage>,
+    wiped: &BTreeSet<NodeId>,
+    policy: Policy,
     id: NodeId,
     incarnation: u32,
 ) -> GroupsNode {
     let opts = NodeOptions {
         epoch: incarnation,
         merge_locally: true,
+        incarnation: u64::from(incarnation),
+        recover: false,
     };
+    let inc = opts.incarnation;
     GroupsNode::new(cfg.clone(), id, opts, |lc| {
-        crate::node::log_over(cfg, lc, id, storages[&(id, lc.id)].clone())
+        let storage = storages[&(id, lc.id)].clone();
+        if !wiped.contains(&id) || !storage.is_empty() {
+            return crate::node::log_over(cfg, lc, id, inc, storage);
+        }
+        let (c, l) = (cfg.clone(), lc.clone());
+        let build = Box::new(move |image| {
+            let mut storage = storage;
+            storage
+                .write_atomically(crate::log::storage::image_ops(image))
+                .expect("the simulated storage never fails");
+            crate::node::omni_voter(&c, &l, id, storage)
+        });
+        crate::node::recovering_log(
+            cfg,
+            lc,
+            id,
+            inc,
+            policy,
+            crate::log::recovery::Completion::Build(build),
+        )
     })
 }

@@ -88,6 +88,19 @@ impl SimStorage {
         f(&mut self.journal.lock().mem)
     }
 
+    /// Loses everything stored, as a wiped disk does (nothing can be rolled back afterwards).
+    pub fn wipe(&self) {
+        let mut j = self.journal.lock();
+        j.mem = MemStorage::default();
+        j.writes.clear();
+        j.lying = false;
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.journal.lock().mem.image() == crate::log::storage::StorageImage::default()
+    }
+
     /// The numbers of the writes made in the current step, oldest first.
     pub fn step_writes(&self) -> Vec<u64> {
         let now = self.clock.step();

@@ -191,6 +191,9 @@ pub enum TcpError {
     Config(#[from] ConfigError),
     #[error("io: {0}")]
     Io(#[from] io::Error),
+    /// The node refused to go on ([`GroupsNode::stopped`]): for example it lost its data.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// Why a frame was refused.
@@ -778,6 +781,11 @@ impl<A: App> TcpNode<A> {
             }
             self.app.step(&mut self.node);
             self.send_outgoing();
+            if let Some(why) = self.node.stopped() {
+                self.app.detach(&mut self.node);
+                self.send_outgoing();
+                return Err(TcpError::Stopped(why));
+            }
             self.redial(now);
             self.expire(now);
             self.update_gauges();
@@ -930,7 +938,7 @@ impl<A: App> TcpNode<A> {
                 role: Role::Inbound(Inbound::AwaitHello),
                 decoder: FrameDecoder::with_max(
                     Bitcode,
-                    self.cfg.cluster_id,
+                    self.cfg.cluster_id.frame_tag(),
                     HANDSHAKE_FRAME_BYTES_MAX,
                 ),
                 wbuf: Vec::new(),
@@ -1176,7 +1184,7 @@ impl<A: App> TcpNode<A> {
 
     fn on_frame(&mut self, t: Token, f: Frame) -> Result<(), Refusal> {
         let me = self.node.id();
-        let cluster = self.cfg.cluster_id;
+        let cluster = self.cfg.cluster_id.frame_tag();
         let Some(c) = self.conns.get_mut(&t) else {
             return Ok(());
         };
@@ -1537,7 +1545,7 @@ impl<A: App> TcpNode<A> {
 
     fn send_outgoing(&mut self) {
         self.node.take_outgoing(&mut self.out);
-        let cluster = self.cfg.cluster_id;
+        let cluster = self.cfg.cluster_id.frame_tag();
         let mut touched = Vec::new();
         for (to, msg) in std::mem::take(&mut self.out) {
             let Some(peer) = self.peers.get_mut(&to) else {
@@ -1595,7 +1603,7 @@ impl<A: App> TcpNode<A> {
 
     fn redial(&mut self, now: Instant) {
         let me = self.node.id();
-        let cluster = self.cfg.cluster_id;
+        let cluster = self.cfg.cluster_id.frame_tag();
         let due: Vec<NodeId> = self
             .peers
             .iter()

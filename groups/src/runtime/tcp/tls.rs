@@ -5,7 +5,7 @@
 use super::TcpError;
 use crate::config::TlsFiles;
 use crate::credentials::member_name;
-use crate::ids::NodeId;
+use crate::ids::{ClusterId, NodeId};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -22,7 +22,7 @@ static VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 pub(super) struct TlsContext {
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
-    cluster_id: u64,
+    cluster_id: ClusterId,
 }
 
 fn bad(what: String) -> TcpError {
@@ -32,7 +32,11 @@ fn bad(what: String) -> TcpError {
 impl TlsContext {
     /// Loads the CA, this node's certificate and key, and checks that the certificate names
     /// this node.
-    pub(super) fn load(files: &TlsFiles, cluster_id: u64, me: NodeId) -> Result<Self, TcpError> {
+    pub(super) fn load(
+        files: &TlsFiles,
+        cluster_id: ClusterId,
+        me: NodeId,
+    ) -> Result<Self, TcpError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         let ca = CertificateDer::pem_file_iter(&files.ca_file)
@@ -117,7 +121,11 @@ impl TlsContext {
 }
 
 /// Whether `cert` names node `node` of the cluster.
-fn check_names(cert: &CertificateDer<'_>, cluster_id: u64, node: NodeId) -> Result<(), String> {
+fn check_names(
+    cert: &CertificateDer<'_>,
+    cluster_id: ClusterId,
+    node: NodeId,
+) -> Result<(), String> {
     let name = member_name(cluster_id, node);
     let server_name = ServerName::try_from(name.as_str()).map_err(|e| e.to_string())?;
     webpki::EndEntityCert::try_from(cert)
