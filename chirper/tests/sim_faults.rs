@@ -12,7 +12,7 @@
 //! (crashes and restarts, pauses, partitions, loss, duplication, reordering). Then the run must get
 //! quiet, and the history must satisfy Chirper's specification.
 //!
-//! A second test runs 60 seeds of the same campaign on DynaStar, with repartitions every 2 to
+//! A second test runs 100 seeds of the same campaign on DynaStar, with repartitions every 2 to
 //! 6 hint batches (placement method drawn: incremental, METIS, the cheaper).
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
@@ -234,7 +234,7 @@ fn chirper_on_dynastar_is_linearizable_while_repartitioning_under_faults() {
     groups::sim::seeds::campaign(
         "chirper sim_faults dynastar",
         "cargo test --release -p chirper --test sim_faults dynastar -- --nocapture",
-        60,
+        100,
         |seed, verbose| run_scheme(seed, verbose, Scheme::Dynastar),
     );
     if std::env::var("CHORUS_SEED").is_err() {
