@@ -23,9 +23,9 @@ use bytes::Bytes;
 use chirper::load::{draw, Celebrity, RunResult, Workload};
 use chirper::service::Chirper;
 use engine::load::{histogram, quantile_us};
-use engine::partitioned::client::ClientOptions;
+use engine::partitioned::blueprint::{ScaleOut, WorkCosts};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{ScaleOut, WorkCosts};
+use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::ServerOptions;
 use engine::sim::{EngineSim, SimSetup};
 use groups::sim::{CpuModel, NetFaults};
@@ -219,13 +219,13 @@ pub fn simulate_with(
     // Per replica: objects moved in (one replica per partition counts).
     let moved = |sim: &EngineSim<ScaleOut<Chirper>>| -> u64 {
         sim.replicas()
-            .filter_map(|(_, r)| r.replica.server_stats().map(|s| s.moves_in))
+            .filter_map(|(_, r)| r.server_stats().map(|s| s.moves_in))
             .sum::<u64>()
             / plan.replicas as u64
     };
     let oracle = |sim: &EngineSim<ScaleOut<Chirper>>| -> Option<(u64, u64, u64)> {
         sim.replicas().find_map(|(_, r)| {
-            r.replica.dyna_oracle().map(|o| {
+            r.dyna_oracle().map(|o| {
                 (
                     o.stats.repartitions,
                     o.stats.plans_completed,
@@ -282,10 +282,10 @@ pub fn simulate_with(
             oracle_last = (reps, plans);
         }
         if std::env::var("CHORUS_SIM_DEBUG").is_ok() {
-            let backlog: usize = sim.replicas().map(|(_, r)| r.replica.backlog()).sum();
+            let backlog: usize = sim.replicas().map(|(_, r)| r.backlog()).sum();
             let waiting = sim
                 .replicas()
-                .filter_map(|(id, r)| r.replica.dyna_partition().map(|p| (id, p)))
+                .filter_map(|(id, r)| r.dyna_partition().map(|p| (id, p)))
                 .max_by_key(|(_, p)| p.backlog())
                 .map(|(id, p)| {
                     format!("{id} backlog {} waiting {:?}", p.backlog(), p.waiting_on())
@@ -331,11 +331,11 @@ pub fn simulate_with(
     };
     let dynastar = (variant == Variant::Dynastar)
         .then(|| {
-            let o = sim.replicas().find_map(|(_, r)| r.replica.dyna_oracle())?;
+            let o = sim.replicas().find_map(|(_, r)| r.dyna_oracle())?;
             let (mut single, mut multi, mut lent) = (0u64, 0u64, 0u64);
             for (_, r) in sim.replicas() {
-                if r.replica.dyna_partition().is_some() {
-                    let s = r.replica.server_stats().expect("a partition");
+                if r.dyna_partition().is_some() {
+                    let s = r.server_stats().expect("a partition");
                     single += s.single;
                     multi += s.multi;
                     lent += s.lent;

@@ -42,7 +42,7 @@ mod zk;
 use crate::machine::Machine;
 use crate::report::{self, Series, Table};
 use btree_service::ycsb::{OpStats, YcsbParams, YcsbResult, YcsbWorkload};
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
 use serde::Serialize;
 use std::path::Path;
 use std::str::FromStr;
@@ -99,8 +99,10 @@ impl System {
 
     pub fn client_library(self) -> &'static str {
         match self {
-            System::ChorusMemory | System::ChorusDisk => "engine::client over groups TCP",
-            System::ChorusMemoryTls => "engine::client over groups TCP, mutual TLS 1.3 (rustls)",
+            System::ChorusMemory | System::ChorusDisk => "engine::psmr::proxy over groups TCP",
+            System::ChorusMemoryTls => {
+                "engine::psmr::proxy over groups TCP, mutual TLS 1.3 (rustls)"
+            }
             System::Etcd => "etcd-client 0.21 (tonic gRPC)",
             System::Zookeeper => "zookeeper-client 0.11 (kezhuw, tokio)",
         }

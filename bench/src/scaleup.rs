@@ -16,7 +16,7 @@ use crate::report::{self, median, Series, Table};
 use btree_service::keys::KeyDistribution;
 use btree_service::load::{run, RebalanceSpec, RunResult, RunSpec, Workload};
 use btree_service::service::TreeConfig;
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

@@ -17,7 +17,7 @@ use crate::report::{self, median, Table};
 use btree_service::keys::{Distribution, KeyDistribution};
 use btree_service::load::{self, RebalanceSpec, RunResult, RunSpec, Workload};
 use btree_service::service::TreeConfig;
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

@@ -26,13 +26,15 @@
 //! trim = false           # required with "disk": replicas replay the logs from the start
 //! ```
 
-use crate::service::{TreeCommand, TreeConfig, TreeReply};
+use crate::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::Mode;
+use engine::psmr::proxy::Mode;
+use engine::serve::psmr::{Plan, ScaleUpApp};
+pub use engine::serve::ConfigFile;
+use engine::serve::{join_file, split_file};
 use groups::config::ClusterConfig;
 use groups::ids::NodeId;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// The `[service]` table.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -57,33 +59,12 @@ pub struct DeploymentFile {
     pub cluster: ClusterConfig,
 }
 
-pub fn parse_mode(s: &str) -> Result<Mode, String> {
-    match s {
-        "smr" => Ok(Mode::Smr),
-        "psmr" => Ok(Mode::Psmr),
-        "opt-psmr" => Ok(Mode::OptPsmr),
-        other => Err(format!(
-            "unknown mode {other:?}: one of smr, psmr, opt-psmr"
-        )),
-    }
-}
+pub use engine::serve::psmr::parse_mode;
 
-impl DeploymentFile {
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let service = table.remove("service").ok_or("missing [service] table")?;
-        let service: ServiceSection = service
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
-        let cluster =
-            ClusterConfig::from_toml(&toml::to_string(&table).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        let mode = parse_mode(&service.mode)?;
+impl ConfigFile for DeploymentFile {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (service, cluster): (ServiceSection, ClusterConfig) = split_file(text)?;
+        let plan = Plan::from_words(&service.mode, service.workers, &service.replicas)?;
         let tree = TreeConfig {
             fanout: service.fanout,
             key_space: service.key_space,
@@ -91,40 +72,17 @@ impl DeploymentFile {
             value_bytes: service.value_bytes,
         };
         tree.validate()?;
-        if mode == Mode::Smr && service.workers != 1 {
-            return Err("mode smr runs exactly one worker".into());
-        }
-        if cluster.groups as usize != service.workers {
-            return Err(format!(
-                "the cluster has {} groups but the service runs {} workers (one group per worker)",
-                cluster.groups, service.workers
-            ));
-        }
-        let replicas: Vec<NodeId> = service.replicas.iter().map(|&r| NodeId(r)).collect();
-        for r in &replicas {
-            let n = cluster
-                .node(*r)
-                .ok_or_else(|| format!("replica {r} is not a node of the cluster"))?;
-            if n.subscriptions.len() != service.workers {
-                return Err(format!(
-                    "replica {r} must subscribe to one group per worker ({}), it has {}",
-                    service.workers,
-                    n.subscriptions.len()
-                ));
-            }
-        }
+        plan.check(&cluster)?;
         Ok(DeploymentFile {
-            mode,
-            workers: service.workers,
-            replicas,
+            mode: plan.mode,
+            workers: plan.workers,
+            replicas: plan.replicas,
             tree,
             cluster,
         })
     }
 
-    /// The text of a deployment file; an error if a value cannot be written in TOML (integers
-    /// above `i64::MAX`).
-    pub fn render(&self) -> Result<String, String> {
+    fn render(&self) -> Result<String, String> {
         let section = ServiceSection {
             mode: self.mode.name().to_string(),
             workers: self.workers,
@@ -134,19 +92,15 @@ impl DeploymentFile {
             prefill: self.tree.prefill,
             value_bytes: self.tree.value_bytes,
         };
-        let mut table = toml::Table::new();
-        table.insert(
-            "service".into(),
-            toml::Value::try_from(section)
-                .map_err(|e| format!("the [service] section cannot be written: {e}"))?,
-        );
-        // Top-level keys first: in TOML, keys after a `[table]` header belong to that table.
-        Ok(format!(
-            "{}\n{}",
-            self.cluster.to_toml(),
-            toml::to_string(&table)
-                .map_err(|e| format!("the deployment cannot be written: {e}"))?
-        ))
+        join_file(&section, &self.cluster)
+    }
+
+    fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+
+    fn cluster_mut(&mut self) -> &mut ClusterConfig {
+        &mut self.cluster
     }
 }
 
@@ -213,6 +167,77 @@ pub fn render_reply(r: &TreeReply) -> String {
     }
 }
 
+/// The tree's own flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TreeFlags {
+    /// Keys pre-filled into the tree (in-process or --write-config).
+    #[arg(long, default_value_t = 100_000)]
+    pub prefill: u64,
+}
+
+impl TreeFlags {
+    fn tree(&self) -> TreeConfig {
+        TreeConfig {
+            prefill: self.prefill,
+            ..TreeConfig::default()
+        }
+    }
+}
+
+/// The replicated B+-tree's binaries (`btree-server`, `btree-client`).
+impl ScaleUpApp for TreeService {
+    const SERVER: &'static str = "btree-server";
+    const CLIENT: &'static str = "btree-client";
+    const ABOUT: &'static str = "Serve the replicated B+-tree";
+    const BASE_PORT: u16 = 7300;
+    const COMMANDS: &'static str =
+        "get K | put K V | update K V | del K | scan LO HI [LIMIT] | size";
+    type Flags = TreeFlags;
+    type File = DeploymentFile;
+
+    fn from_flags(flags: &TreeFlags) -> Result<Self, String> {
+        TreeService::try_new(flags.tree())
+    }
+
+    fn file(
+        flags: &TreeFlags,
+        plan: &Plan,
+        cluster: ClusterConfig,
+    ) -> Result<DeploymentFile, String> {
+        Ok(DeploymentFile {
+            mode: plan.mode,
+            workers: plan.workers,
+            replicas: plan.replicas.clone(),
+            tree: flags.tree(),
+            cluster,
+        })
+    }
+
+    fn plan(file: &DeploymentFile) -> Plan {
+        Plan {
+            mode: file.mode,
+            workers: file.workers,
+            replicas: file.replicas.clone(),
+        }
+    }
+
+    fn from_file(file: &DeploymentFile) -> Result<Self, String> {
+        TreeService::try_new(file.tree.clone())
+    }
+
+    fn describe(flags: &TreeFlags) -> String {
+        format!("{} keys pre-filled", flags.prefill)
+    }
+
+    fn parse(words: &[&str], _fresh: u64) -> Result<TreeCommand, String> {
+        parse_command(words)
+    }
+
+    fn render(reply: &TreeReply) -> String {
+        render_reply(reply)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,10 +264,16 @@ mod tests {
 
     #[test]
     fn deployment_file_round_trips_and_is_validated() {
-        let d = engine::layout::Deployment::new(3, 1, 2, 1, groups::config::Tuning::default())
-            .unwrap()
-            .with_loopback_addresses(7300)
-            .unwrap();
+        let d = engine::psmr::deployment::Deployment::new(
+            3,
+            1,
+            2,
+            1,
+            groups::config::Tuning::default(),
+        )
+        .unwrap()
+        .with_loopback_addresses(7300)
+        .unwrap();
         let f = DeploymentFile {
             mode: Mode::OptPsmr,
             workers: 2,

@@ -220,7 +220,7 @@ impl Generator {
     }
 }
 
-use engine::client::Driver;
+use engine::host::client::{Completion, Driver};
 use engine::load::{histogram, quantile_us, ClosedLoop, Source};
 pub use engine::load::{DONE, MEASURE, WARMUP};
 
@@ -361,7 +361,7 @@ impl Rebalancer {
         Some(TreeCommand::Rebalance(self.spec.policy))
     }
 
-    pub fn complete(&mut self, result: Result<TreeReply, engine::client::ClientError>) {
+    pub fn complete(&mut self, result: Result<TreeReply, engine::host::client::ClientError>) {
         self.outstanding = false;
         if let Ok(TreeReply::Rebalanced(r)) = result {
             let t = self.started.elapsed().as_secs_f64();
@@ -394,9 +394,9 @@ impl TreeDriver {
 }
 
 impl Driver<TreeCommand, TreeReply> for TreeDriver {
-    fn next(&mut self, client: usize) -> Option<TreeCommand> {
+    fn next(&mut self, client: usize, now_us: u64) -> Option<TreeCommand> {
         if client < self.clients {
-            return Driver::<TreeCommand, TreeReply>::next(&mut self.load, client);
+            return Driver::<TreeCommand, TreeReply>::next(&mut self.load, client, now_us);
         }
         self.rebalancer.as_mut()?.due()
     }
@@ -404,14 +404,13 @@ impl Driver<TreeCommand, TreeReply> for TreeDriver {
     fn complete(
         &mut self,
         client: usize,
-        cmd: TreeCommand,
-        result: Result<TreeReply, engine::client::ClientError>,
+        done: Completion<TreeCommand, TreeReply>,
         latency: Duration,
     ) {
         if client < self.clients {
-            self.load.complete(client, cmd, result, latency);
+            self.load.complete(client, done, latency);
         } else if let Some(r) = self.rebalancer.as_mut() {
-            r.complete(result);
+            r.complete(done.result);
         }
     }
 }
@@ -420,7 +419,7 @@ impl Driver<TreeCommand, TreeReply> for TreeDriver {
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     /// `None`: the unreplicated baseline.
-    pub mode: Option<engine::client::Mode>,
+    pub mode: Option<engine::psmr::proxy::Mode>,
     pub workers: usize,
     pub workload: Workload,
     pub keys: KeyDistribution,
@@ -509,7 +508,7 @@ fn rebalance_stats(log: &RebalanceLog, from_s: f64, to_s: f64) -> RebalanceStats
 
 /// An in-process deployment for a measured run: what [`run_in_process`] needs.
 pub struct InProcess<'a> {
-    pub mode: engine::client::Mode,
+    pub mode: engine::psmr::proxy::Mode,
     pub workers: usize,
     pub replicas: usize,
     pub client_nodes: usize,
@@ -523,7 +522,7 @@ pub struct InProcess<'a> {
 /// What [`run_in_process`] hands back: each client node's driver, its clients' counters, the
 /// measured window (seconds since the start) and its length.
 pub struct Measured<D> {
-    pub drivers: Vec<(D, engine::client::ClientStats)>,
+    pub drivers: Vec<(D, engine::host::client::ClientStats)>,
     pub window_s: (f64, f64),
     pub elapsed: Duration,
 }
@@ -537,10 +536,10 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
     phase: &Arc<AtomicU8>,
     mut make_driver: impl FnMut(u64, groups::ids::NodeId) -> (D, usize),
 ) -> Measured<D> {
-    use engine::client::{ClientApp, ClientOptions};
-    use engine::layout::Deployment;
+    use engine::psmr::deployment::Deployment;
+    use engine::psmr::proxy::ClientOptions;
     use engine::psmr::replica::ReplicaOptions;
-    let workers = if p.mode == engine::client::Mode::Smr {
+    let workers = if p.mode == engine::psmr::proxy::Mode::Smr {
         1
     } else {
         p.workers
@@ -571,7 +570,7 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
             resend_ticks: 2000,
             first_index: 0,
         };
-        ClientApp::new(id, service.clone(), options, driver)
+        engine::psmr::proxy::client_app(id, service.clone(), options, driver)
     });
     std::thread::sleep(p.warmup);
     phase.store(MEASURE, Ordering::Relaxed);
@@ -588,8 +587,8 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
         .into_values()
         .filter_map(|app| match app {
             engine::inproc::EngineApp::Client(c) => {
-                let stats = c.stats();
-                Some((c.driver, stats))
+                let stats = c.host.stats();
+                Some((c.host.driver, stats))
             }
             _ => None,
         })
@@ -601,7 +600,7 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
     }
 }
 
-fn run_replicated(spec: &RunSpec, mode: engine::client::Mode) -> RunResult {
+fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult {
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let slots = (spec.client_nodes * spec.clients_per_node) as u64;
     let mut log = None;

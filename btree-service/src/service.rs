@@ -47,7 +47,7 @@ use crate::ranges::{stripe_classes, RangeMap, RouteView, Span};
 use crate::rebalance::{self, Action, PartLoad, RebalancePolicy};
 use crate::tree::{BPlusTree, TreeImage};
 use bytes::Bytes;
-use engine::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
+use engine::psmr::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -509,6 +509,24 @@ impl Subtree {
         self.load.record(key, append);
         self.tree.insert(key, value)
     }
+}
+
+/// What is wrong with one replica's shards (worker by worker; `None`: a shard lent at the
+/// moment, which a replica at rest never has), one line per problem: the checks of
+/// [`TreeShard::check`]. Simulated campaigns run it on every replica at the end.
+pub fn shard_problems(
+    replica: impl std::fmt::Display,
+    shards: &[Option<&TreeShard>],
+) -> Vec<String> {
+    shards
+        .iter()
+        .enumerate()
+        .filter_map(|(w, shard)| match shard.map(|s| s.check(w)) {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("replica {replica} worker {w}: {e}")),
+            None => Some(format!("replica {replica} worker {w}: its shard is lent")),
+        })
+        .collect()
 }
 
 /// One worker's part of the tree.
@@ -1246,23 +1264,25 @@ impl Service for TreeService {
     }
 
     fn state_hash(&self, shards: &[&TreeShard]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut mix = |x: u64| h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+        let mut h = engine::hash::Fnv64::new();
         let top = &shards[0].top;
-        mix(top.version);
-        mix(top.next_id);
+        h.words([top.version, top.next_id]);
         for e in &top.entries {
-            mix(e.low);
-            mix(e.id);
-            mix(e.owner as u64);
-            mix(e.stripe.keys);
-            mix(u64::from(e.stripe.index) << 32 | u64::from(e.stripe.count));
             let t = &shards[e.owner].subtrees[&e.id];
-            mix(t.tree.len() as u64);
-            mix(t.tree.content_hash());
-            t.load.hash_into(&mut mix);
+            h.words([
+                e.low,
+                e.id,
+                e.owner as u64,
+                e.stripe.keys,
+                u64::from(e.stripe.index) << 32 | u64::from(e.stripe.count),
+                t.tree.len() as u64,
+                t.tree.content_hash(),
+            ]);
+            t.load.hash_into(&mut |x| {
+                h.word(x);
+            });
         }
-        h
+        h.get()
     }
 }
 
@@ -1305,7 +1325,7 @@ mod tests {
         let mut access = Access::recording(true);
         let (mut refused, mut misses, mut opt) = (false, 0, optimistic);
         loop {
-            let target = if misses > engine::client::MISROUTES_MAX {
+            let target = if misses > engine::psmr::proxy::MISROUTES_MAX {
                 Target::All
             } else if opt {
                 service.optimistic(cmd, k)

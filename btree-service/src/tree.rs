@@ -546,7 +546,7 @@ impl<K: Ord + Clone, V: Clone> BPlusTree<K, V> {
         K: Hash,
         V: Hash,
     {
-        let mut h = Fnv1a::new();
+        let mut h = engine::hash::Fnv64::new();
         h.write_u64(self.len as u64);
         for (k, v) in self.iter() {
             k.hash(&mut h);
@@ -1491,72 +1491,6 @@ impl<K, V> Clone for Range<'_, K, V> {
             end_leaf: self.end_leaf,
             end_idx: self.end_idx,
         }
-    }
-}
-
-/// 64-bit FNV-1a; integers are fed little-endian so the result does not
-/// depend on the platform's byte order or pointer width.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Self {
-        Fnv1a(Self::OFFSET)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn write_u16(&mut self, i: u16) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_u128(&mut self, i: u128) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-
-    fn write_i16(&mut self, i: i16) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_i32(&mut self, i: i32) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_i64(&mut self, i: i64) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_i128(&mut self, i: i128) {
-        self.write(&i.to_le_bytes());
-    }
-
-    fn write_isize(&mut self, i: isize) {
-        self.write_i64(i as i64);
     }
 }
 

@@ -33,7 +33,7 @@ use crate::keys::{Distribution, ItemChooser, KeyDistribution, ZipfSampler, THETA
 use crate::load::{Sequence, DONE, MEASURE};
 use crate::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;
-use engine::client::{ClientError, Driver};
+use engine::host::client::{ClientError, Completion, Driver};
 use engine::load::{histogram, quantile_us};
 use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
@@ -522,7 +522,7 @@ impl YcsbDriver {
 }
 
 impl Driver<TreeCommand, TreeReply> for YcsbDriver {
-    fn next(&mut self, client: usize) -> Option<TreeCommand> {
+    fn next(&mut self, client: usize, _now_us: u64) -> Option<TreeCommand> {
         if self.phase.load(Ordering::Relaxed) == DONE {
             return None;
         }
@@ -550,10 +550,14 @@ impl Driver<TreeCommand, TreeReply> for YcsbDriver {
     fn complete(
         &mut self,
         client: usize,
-        cmd: TreeCommand,
-        result: Result<TreeReply, ClientError>,
+        done: Completion<TreeCommand, TreeReply>,
         latency: Duration,
     ) {
+        let Completion {
+            command: cmd,
+            result,
+            ..
+        } = done;
         let key = tag_key(&cmd);
         let Some(tag) = self.tags[client]
             .get_mut(&key)
@@ -700,14 +704,15 @@ mod tests {
             .filter(|(share, _)| *share >= 50)
             .map(|(_, k)| k.name())
             .collect();
-            // The windows are wall-clock: on a loaded machine the first one may end before
-            // the records are loaded and any operation is measured, so a run that measured
-            // nothing is repeated with windows four times longer (at most three times). Every
-            // run must be free of wrong answers; the last must have measured the main kinds.
+            // The windows are wall-clock: on a loaded machine (load 9 on 2 cores) a 300 ms
+            // window once measured no operation of B at all, so a run that did not measure
+            // the workload's main kinds is repeated with windows four times longer (three
+            // runs at most). Every run must be free of wrong answers; one must have measured
+            // the main kinds.
             let mut kinds: Vec<&str> = Vec::new();
             for scale in [1u32, 4, 16] {
                 let p = crate::load::InProcess {
-                    mode: engine::client::Mode::Psmr,
+                    mode: engine::psmr::proxy::Mode::Psmr,
                     workers: 2,
                     replicas: 2,
                     client_nodes: 1,

@@ -6,14 +6,14 @@
 //! The same inputs are fuzzed without bounds by the cargo-fuzz targets in `fuzz/` (see
 //! `fuzz/README.md`); these runs are bounded (a few seconds in release mode).
 
-use btree_service::cli::{parse_command, parse_mode, DeploymentFile};
+use btree_service::cli::{parse_command, parse_mode, ConfigFile, DeploymentFile};
 use btree_service::ranges::{RangeMap, Span};
 use btree_service::rebalance::RebalancePolicy;
 use btree_service::service::{RebalanceReport, TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::Mode;
-use engine::layout::Deployment;
-use engine::service::{Service, Target};
+use engine::psmr::deployment::Deployment;
+use engine::psmr::proxy::Mode;
+use engine::psmr::service::{Service, Target};
 use engine::wire;
 use groups::config::Tuning;
 use proptest::collection::vec;

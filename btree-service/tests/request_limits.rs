@@ -9,10 +9,11 @@
 
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::{ClientError, HandleApp, Mode};
+use engine::host::client::ClientError;
 use engine::inproc::{self, EngineApp};
-use engine::layout::Deployment;
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::psmr::replica::ReplicaOptions;
 use groups::config::Tuning;
 use std::sync::Arc;
@@ -44,7 +45,8 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
     };
     let mut handle = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) = HandleApp::new(id, 1, service.clone(), Mode::Psmr, workers, 200);
+        let (app, h) =
+            engine::psmr::proxy::handle_app(id, 1, service.clone(), Mode::Psmr, workers, 200);
         handle = Some(h);
         app
     });
@@ -77,12 +79,13 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
         Ok(TreeReply::Inserted(None))
     );
 
+    inproc::await_level(&cluster, &d.replicas, TIMEOUT).expect("the replicas level up");
     let apps = cluster.stop();
     let client = apps
         .values()
         .find_map(EngineApp::as_client)
         .expect("client app")
-        .app
+        .host
         .stats();
     assert_eq!(client.too_large, 1);
     assert_eq!(client.submitted, 5);
@@ -90,7 +93,14 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
     let hashes: Vec<_> = apps
         .values()
         .filter_map(EngineApp::as_replica)
-        .map(|r| r.report.clone().expect("replica reported").state_hash)
+        .map(|r| {
+            r.host
+                .core
+                .report
+                .clone()
+                .expect("replica reported")
+                .state_hash
+        })
         .collect();
     assert_eq!(hashes.len(), 2);
     assert!(hashes[0].is_some() && hashes[0] == hashes[1], "{hashes:?}");

@@ -14,13 +14,14 @@
 //! `CHORUS_SEED=n` replays one seed (even: P-SMR, odd: opt-PSMR) with its fault events.
 
 use btree_service::model::TreeModel;
-use btree_service::service::{TreeCommand, TreeConfig, TreeService};
+use btree_service::service::{shard_problems, TreeCommand, TreeConfig, TreeService};
 use bytes::Bytes;
-use engine::client::Mode;
-use engine::layout::Deployment;
-use engine::lincheck::{self, Budget};
-use engine::psmr::core::ExecOptions;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
+use engine::lincheck::Budget;
+use engine::psmr::blueprint::Psmr;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -97,29 +98,11 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     if !report.quiet {
         problems.push("liveness: replicas did not converge after the faults stopped".to_string());
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     for (r, x) in sim.replicas() {
-        for (w, shard) in x.shards().iter().enumerate() {
-            if let Err(e) = shard.check(w) {
-                problems.push(format!("replica {r} worker {w}: {e}"));
-            }
-        }
+        problems.extend(shard_problems(r, &x.shards()));
     }
     let stats = sim.client_stats();
-    if stats.divergences > 0 {
-        problems.push(format!(
-            "{} state-hash disagreements seen by clients",
-            stats.divergences
-        ));
-    }
-    let model = TreeModel::for_config(&config());
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(&model, &history, Budget::default()) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems.extend(sim.outcome_problems(&TreeModel::for_config(&config()), Budget::default()));
     ABORTS.fetch_add(stats.aborts, Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
     if problems.is_empty() {

@@ -26,16 +26,15 @@
 
 use btree_service::model::TreeModel;
 use btree_service::rebalance::RebalancePolicy;
-use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use btree_service::service::{shard_problems, TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
 use engine::checkpoint::CheckpointPolicy;
-use engine::client::Mode;
-use engine::layout::Deployment;
-use engine::lincheck::{self, Budget};
-use engine::psmr::core::ExecOptions;
-use engine::sim::{
-    faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimRole, SimSetup, Workload,
-};
+use engine::lincheck::Budget;
+use engine::psmr::blueprint::Psmr;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup, Workload};
 use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -108,29 +107,11 @@ fn actions(history: &[engine::sim::Op<TreeCommand, TreeReply>]) -> [u64; 3] {
 
 /// The checks every run ends with.
 fn check(sim: &EngineSim<Psmr<TreeService>>, problems: &mut Vec<String>) {
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     for (r, x) in sim.replicas() {
-        for (w, shard) in x.shards().iter().enumerate() {
-            if let Err(e) = shard.check(w) {
-                problems.push(format!("replica {r} worker {w}: {e}"));
-            }
-        }
+        problems.extend(shard_problems(r, &x.shards()));
     }
-    let stats = sim.client_stats();
-    if stats.divergences > 0 {
-        problems.push(format!(
-            "{} state-hash disagreements seen by clients",
-            stats.divergences
-        ));
-    }
-    let model = TreeModel::for_config(&config());
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(&model, &history, Budget::new(2_000_000)) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems
+        .extend(sim.outcome_problems(&TreeModel::for_config(&config()), Budget::new(2_000_000)));
 }
 
 static TOTALS: [AtomicU64; 4] = [
@@ -317,7 +298,7 @@ fn run_recovery(seed: u64, verbose: bool) -> Result<(), String> {
     let version = sim
         .replicas()
         .next()
-        .map(|(_, x)| x.shards()[0].top().version());
+        .and_then(|(_, x)| x.shards()[0].map(|s| s.top().version()));
     if verbose {
         eprintln!(
             "seed {seed}: {mode:?}, {workers} workers, victim {} at {crash_at} us, {} ops, {moves} moves, {splits} splits, {stripes} stripes, range map version {version:?}",

@@ -3,8 +3,8 @@
 //! opt-PSMR (optimistic map, then conservative); and a split, which moves no key, changes no
 //! route.
 //!
-//! Method: the real client proxy (`engine::client::ClientProxy`) and the real executor of a
-//! replica's workers (`engine::psmr::core::Executor`, with each worker's client table), wired
+//! Method: the real client proxy (`engine::psmr::proxy::ClientProxy`) and the real executor of a
+//! replica's workers (`engine::psmr::executor::Executor`, with each worker's client table), wired
 //! by hand: every multicast the proxy makes is delivered to the executor as the worker(s) it
 //! names would run it, and every reply goes back to the proxy. A range changes owner between
 //! the client's submission and the delivery (`TreeService::apply_action`, the step a
@@ -15,15 +15,25 @@
 use btree_service::rebalance::Action;
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService, TreeShard};
 use bytes::Bytes;
-use engine::client::{ClientProxy, Completion, Mode, MISROUTES_MAX};
-use engine::psmr::core::{ExecOptions, Executor, Job, WorkerState};
-use engine::service::Service;
-use engine::wire::{self, Attempt, ClientId, Outcome, Reply, Request};
+use engine::host::client::Completion;
+use engine::psmr::executor::{ExecOptions, Executor, Job, JobKind, WorkerState};
+use engine::psmr::msg::{Attempt, Outcome, Reply, Request};
+use engine::psmr::proxy::{ClientProxy, Mode, MISROUTES_MAX};
+use engine::psmr::service::Service;
+use engine::wire::{self, AppMsg, ClientId, FeedMsg};
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
 use std::sync::Arc;
 
 const WORKERS: usize = 2;
+
+/// The request a client multicast.
+fn request(payload: &Bytes) -> Request {
+    let Ok(FeedMsg::Command(body)) = FeedMsg::parse(payload) else {
+        panic!("a client's multicast is a command");
+    };
+    wire::decode(body).expect("a request")
+}
 
 fn config() -> TreeConfig {
     TreeConfig {
@@ -75,7 +85,7 @@ impl Replica {
 
     /// Delivers a multicast to the workers it names; the reply, if any.
     fn deliver(&mut self, dests: &GroupSet, payload: &Bytes) -> Option<Reply<TreeReply>> {
-        let request: Request = wire::decode(payload).expect("a request");
+        let request = request(payload);
         let involved: Vec<usize> = dests.iter().map(|GroupId(g)| g as usize).collect();
         self.next_msg += 1;
         let job = Job {
@@ -84,9 +94,11 @@ impl Replica {
                 epoch: 0,
                 seq: self.next_msg,
             },
-            command: wire::decode(&request.command).map_err(|e| e.to_string()),
-            request,
             involved: involved.clone(),
+            kind: JobKind::Command {
+                command: wire::decode(&request.command).map_err(|e| e.to_string()),
+                request,
+            },
         };
         let w = involved[0];
         let out = if involved.len() == 1 {
@@ -102,7 +114,9 @@ impl Replica {
             self.exec.run_multi(&mut self.states[w], &mut refs, &job)
         };
         let (_, bytes) = out?;
-        let (_, body) = wire::addressee(&bytes).expect("addressed");
+        let Ok(AppMsg::ToClient { body, .. }) = AppMsg::parse(&bytes) else {
+            panic!("a reply is addressed to a client");
+        };
         Some(wire::decode(body).expect("a reply"))
     }
 }
@@ -173,7 +187,7 @@ fn opt_psmr_insert_routed_by_a_stale_map_is_refused_then_runs_once_at_the_new_ow
     let second = client.multicasts();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].0, groups(&[0]));
-    let r: Request = wire::decode(&second[0].1).unwrap();
+    let r = request(&second[0].1);
     assert_eq!((r.attempt, r.round), (Attempt::Optimistic, 1));
     let done = replica.deliver(&second[0].0, &second[0].1).unwrap();
     let c = client.on_reply(done).expect("completed");
@@ -210,7 +224,7 @@ fn psmr_get_and_update_routed_by_a_stale_map_are_refused_and_run_at_the_new_owne
         while completion.is_none() {
             let m = client.multicasts();
             assert_eq!(m.len(), 1);
-            let r: Request = wire::decode(&m[0].1).unwrap();
+            let r = request(&m[0].1);
             assert_eq!(r.attempt, Attempt::Conservative);
             tries.push(m[0].0.clone());
             let reply = replica.deliver(&m[0].0, &m[0].1).unwrap();

@@ -5,12 +5,13 @@ use crate::net::Capabilities;
 use crate::run::{self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target};
 use crate::tap::{Recording, Tap};
 use crate::{Fault, Options, RunReport};
-use btree_service::cli::DeploymentFile;
+use btree_service::cli::{ConfigFile, DeploymentFile};
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
-use engine::client::{incarnation_index, ClientProxy, Mode};
-use engine::layout::Deployment;
+use engine::host::client::incarnation_index;
 use engine::lincheck::{self, Budget, Operation};
+use engine::psmr::deployment::Deployment;
+use engine::psmr::proxy::{ClientProxy, Mode};
 use groups::config::{ClusterConfig, Tuning};
 use groups::groupset::GroupSet;
 use groups::ids::GroupId;
@@ -354,14 +355,16 @@ mod tests {
             for mode in [Mode::Psmr, Mode::OptPsmr] {
                 let target = match mode {
                     Mode::OptPsmr => {
-                        engine::service::Service::optimistic(&service, &probe, WORKERS)
+                        engine::psmr::service::Service::optimistic(&service, &probe, WORKERS)
                     }
-                    _ => engine::service::Service::conservative(&service, &probe, WORKERS),
+                    _ => engine::psmr::service::Service::conservative(&service, &probe, WORKERS),
                 };
                 let groups: Vec<u32> = match target {
-                    engine::service::Target::One(w) => vec![w as u32],
-                    engine::service::Target::All => (0..WORKERS as u32).collect(),
-                    engine::service::Target::Many(ws) => ws.iter().map(|&w| w as u32).collect(),
+                    engine::psmr::service::Target::One(w) => vec![w as u32],
+                    engine::psmr::service::Target::All => (0..WORKERS as u32).collect(),
+                    engine::psmr::service::Target::Many(ws) => {
+                        ws.iter().map(|&w| w as u32).collect()
+                    }
                 };
                 let dests: GroupSet = groups.iter().map(|&g| GroupId(g)).collect();
                 assert_eq!(

@@ -30,7 +30,7 @@
 //! bounded), `fd-exhaust` (the leader's open-file limit lowered and exhausted by idle
 //! connections; its listener must recover and serve a new client), and `wipe-data` (a node's
 //! data directory deleted under it: it must refuse to restart without [`RECOVER_FLAG`] and
-//! rejoin with it; not a default fault until [`WIPE_DATA_IN_DEFAULT`]). Every run says which
+//! rejoin with it; a default fault since [`WIPE_DATA_IN_DEFAULT`]). Every run says which
 //! mechanism it used. `kill-oracle` needs Chirper on DS-SMR: B+-tree runs report it as
 //! skipped, the only skip there is.
 //!
@@ -155,10 +155,11 @@ impl Fault {
     }
 }
 
-/// Whether `wipe-data` is among the default faults (and so in the CI tests). Off until the
-/// servers refuse to start on a wiped data directory and rejoin with [`RECOVER_FLAG`]: on
-/// code without that, the run fails (by design: it reports the missing refusal).
-pub const WIPE_DATA_IN_DEFAULT: bool = false;
+/// Whether `wipe-data` is among the default faults (and so in the CI tests). On since the
+/// servers refuse to start on a wiped data directory and rejoin with [`RECOVER_FLAG`]
+/// (`groups::log::recovery`); on code without that, the run fails (by design: it reports the
+/// missing refusal).
+pub const WIPE_DATA_IN_DEFAULT: bool = true;
 
 /// The server flag that restarts a node whose data directory is gone: it catches up from a
 /// majority before it votes again. `wipe-data` first restarts the node without it (and expects

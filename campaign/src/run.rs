@@ -13,7 +13,8 @@ use crate::procs::{per_log, scrape, Scratch, Servers, Spec};
 use crate::relay::{LossModel, Relay};
 use crate::tap::Tap;
 use crate::{Fault, Options, RunReport, RECOVER_FLAG};
-use engine::client::{ClientHandle, HandleApp, Proxy};
+use engine::calls::ClientHandle;
+use engine::host::client::Proxy;
 use engine::lincheck::Operation;
 use groups::codec::Bitcode;
 use groups::config::{ClusterConfig, Durability};
@@ -461,7 +462,7 @@ impl<C, R> ClientNode<C, R> {
         C: Send + 'static,
         R: Send + 'static,
     {
-        let (app, handle) = HandleApp::from_proxies(proxies);
+        let (app, handle) = engine::calls::handle_app(proxies);
         let node = GroupsNode::in_memory(cluster, me, NodeOptions::fresh());
         let tcp = TcpNode::bind(node, app).map_err(|e| format!("client node: {e}"))?;
         let stop = tcp.stop_flag();

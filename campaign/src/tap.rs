@@ -4,12 +4,14 @@
 //! P-SMR proxy ([`Recording`]) and the scale-out one ([`ScaleOutRecording`]).
 
 use bytes::Bytes;
-use engine::client::{ClientProxy, ClientStats, Completion, Proxy};
-use engine::partitioned::client::ScaleOutClient;
+use engine::host::client::{ClientStats, Completion, Proxy};
+use engine::partitioned::msg::{Multicast, Response};
+use engine::partitioned::proxy::ScaleOutClient;
 use engine::partitioned::service::PartitionedService;
-use engine::partitioned::wire::{Multicast, Response};
-use engine::service::Service;
-use engine::wire::{self, ClientId, Reply, Request};
+use engine::psmr::msg::{Reply, Request};
+use engine::psmr::proxy::ClientProxy;
+use engine::psmr::service::Service;
+use engine::wire::{self, ClientId};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use parking_lot::Mutex;
@@ -36,8 +38,17 @@ pub struct Tap {
     pub seen: Mutex<BTreeMap<(u64, u64), Seen>>,
 }
 
+/// The client command a multicast payload carries (a [`wire::FeedMsg::Command`]), if it is
+/// one: the proxies send their commands in the feed's envelope.
+fn command<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
+    match wire::FeedMsg::parse(payload) {
+        Ok(wire::FeedMsg::Command(body)) => wire::decode::<T>(body).ok(),
+        _ => None,
+    }
+}
+
 /// A hash of a reply's outcome (of its wire encoding).
-fn outcome_hash<R: serde::Serialize>(outcome: &engine::wire::Outcome<R>) -> u64 {
+fn outcome_hash<R: serde::Serialize>(outcome: &engine::psmr::msg::Outcome<R>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     wire::encode(outcome).hash(&mut h);
@@ -112,8 +123,8 @@ impl<S: Service> Proxy for Recording<S> {
         if !self.scratch.is_empty() {
             let mut seen = self.tap.seen.lock();
             for (dests, payload) in &self.scratch {
-                if let (Ok(req), Some(log)) =
-                    (wire::decode::<Request>(payload), self.cluster.route(dests))
+                if let (Some(req), Some(log)) =
+                    (command::<Request>(payload), self.cluster.route(dests))
                 {
                     seen.entry((req.client.0, req.seq))
                         .or_default()
@@ -138,7 +149,7 @@ impl<S: Service> Proxy for Recording<S> {
     }
 }
 
-/// [`ScaleOutClient`] with a [`Tap`]: when each
+/// [`ScaleOutClient`](engine::partitioned::proxy::ScaleOutClient) with a [`Tap`]: when each
 /// command was submitted and completed, and which logs its multicasts went through (its
 /// consults, the moves it asked for, its attempts and their resends). Scale-out replies carry
 /// no replica id nor state hash: `replies` stays empty (replica states are compared through
@@ -207,14 +218,16 @@ impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
             let me = self.inner.id().0;
             let mut seen = self.tap.seen.lock();
             for (dests, payload) in &self.scratch {
-                let seq = match wire::decode::<Multicast>(payload) {
-                    Ok(Multicast::Consult { seq, .. }) => Some(seq),
-                    Ok(Multicast::Command(m)) | Ok(Multicast::Routed { cmd: m, .. }) => Some(m.seq),
-                    Ok(Multicast::Move { .. })
-                    | Ok(Multicast::Plan(_))
-                    | Ok(Multicast::Hints { .. })
-                    | Ok(Multicast::Repartition)
-                    | Err(_) => self.current,
+                let seq = match command::<Multicast>(payload) {
+                    Some(Multicast::Consult { seq, .. }) => Some(seq),
+                    Some(Multicast::Command(m)) | Some(Multicast::Routed { cmd: m, .. }) => {
+                        Some(m.seq)
+                    }
+                    Some(Multicast::Move { .. })
+                    | Some(Multicast::Plan(_))
+                    | Some(Multicast::Hints { .. })
+                    | Some(Multicast::Repartition)
+                    | None => self.current,
                 };
                 if let (Some(seq), Some(log)) = (seq, self.cluster.route(dests)) {
                     seen.entry((me, seq)).or_default().logs.insert(log.0);
@@ -234,5 +247,43 @@ impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
     }
     fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, Response<S::Reply>>>) {
         Proxy::take_refused(&mut self.inner, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::psmr::deployment::Deployment;
+    use engine::psmr::proxy::Mode;
+    use engine::testing::{KvCommand, KvService};
+
+    /// The tap learns which log a command went through from the proxy's multicasts (in the
+    /// feed's envelope): the campaign's failover figure and its kill-leader check rest on it.
+    #[test]
+    fn a_recorded_command_names_the_log_it_went_through() {
+        let d = Deployment::new(2, 1, 2, 1, groups::config::Tuning::default()).unwrap();
+        let cluster = Arc::new(d.config.clone());
+        let tap = Arc::new(Tap::default());
+        let inner = ClientProxy::new(
+            ClientId(7),
+            Arc::new(KvService::default()),
+            Mode::Psmr,
+            2,
+            100,
+        );
+        let mut rec = Recording::new(inner, tap.clone(), cluster);
+        let seq = rec.submit(KvCommand::Put(1, 10));
+        let mut out = Vec::new();
+        rec.take_multicasts(&mut out);
+        assert_eq!(out.len(), 1);
+        let seen = tap.seen.lock();
+        let s = &seen[&(7, seq)];
+        assert!(s.submitted.is_some());
+        assert_eq!(
+            s.logs.len(),
+            1,
+            "the log of the command's multicast: {:?}",
+            s.logs
+        );
     }
 }

@@ -32,13 +32,15 @@
 use crate::graph::{generate, place_by_community, read_edge_list, GraphSpec, SocialGraph};
 use crate::service::{Chirper, ChirperConfig, Command, Reply, UserId};
 use bytes::Bytes;
+use engine::partitioned::msg::Response;
 use engine::partitioned::replica::Role;
-use engine::partitioned::wire::Response;
 use engine::partitioned::Scheme;
+use engine::serve::partitioned::{Plan, ScaleOutApp};
+pub use engine::serve::ConfigFile;
+use engine::serve::{join_file, split_file};
 use groups::config::ClusterConfig;
-use groups::ids::{GroupId, NodeId};
+use groups::ids::NodeId;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::sync::Arc;
 
 /// The `[service]` table.
@@ -132,16 +134,7 @@ impl ServiceSection {
     }
 }
 
-pub fn parse_scheme(s: &str) -> Result<Scheme, String> {
-    match s {
-        "s-smr" | "ssmr" => Ok(Scheme::Ssmr),
-        "ds-smr" | "dssmr" => Ok(Scheme::Dssmr),
-        "dynastar" => Ok(Scheme::Dynastar),
-        other => Err(format!(
-            "unknown scheme {other:?}: s-smr, ds-smr or dynastar"
-        )),
-    }
-}
+pub use engine::serve::partitioned::parse_scheme;
 
 /// A parsed deployment file.
 #[derive(Clone, Debug)]
@@ -151,21 +144,9 @@ pub struct DeploymentFile {
     pub cluster: ClusterConfig,
 }
 
-impl DeploymentFile {
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let section = table.remove("service").ok_or("missing [service] table")?;
-        let section: ServiceSection = section
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
-        let cluster =
-            ClusterConfig::from_toml(&toml::to_string(&table).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+impl ConfigFile for DeploymentFile {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (section, cluster): (ServiceSection, ClusterConfig) = split_file(text)?;
         let scheme = section.scheme()?;
         if section.partitions == 0 {
             return Err("partitions must be at least 1".into());
@@ -193,48 +174,108 @@ impl DeploymentFile {
     }
 
     /// The role of node `id`: from its one subscription (none: an acceptor or a client).
-    pub fn role(&self, id: NodeId) -> Result<Option<Role>, String> {
-        let n = self
-            .cluster
-            .node(id)
-            .ok_or_else(|| format!("node {id} is not in the deployment"))?;
-        match n.subscriptions.as_slice() {
-            [] => Ok(None),
-            [g] if g.len() == 1 => {
-                let GroupId(g) = g.first().expect("one group");
-                if g < self.section.partitions {
-                    Ok(Some(Role::Partition(g)))
-                } else {
-                    Ok(Some(Role::Oracle))
-                }
-            }
-            _ => Err(format!(
-                "node {id}: a scale-out replica subscribes to exactly one group"
-            )),
-        }
+    fn render(&self) -> Result<String, String> {
+        join_file(&self.section, &self.cluster)
     }
 
-    /// The text of a deployment file; an error if a value cannot be written in TOML (integers
-    /// above `i64::MAX`).
-    pub fn render(&self) -> Result<String, String> {
-        let mut table = toml::Table::new();
-        table.insert(
-            "service".into(),
-            toml::Value::try_from(self.section.clone())
-                .map_err(|e| format!("the [service] section cannot be written: {e}"))?,
-        );
-        // Top-level keys first: in TOML, keys after a `[table]` header belong to that table.
-        Ok(format!(
-            "{}\n{}",
-            self.cluster.to_toml(),
-            toml::to_string(&table)
-                .map_err(|e| format!("the deployment cannot be written: {e}"))?
+    fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+
+    fn cluster_mut(&mut self) -> &mut ClusterConfig {
+        &mut self.cluster
+    }
+}
+
+impl DeploymentFile {
+    /// The role of node `id`: a partition or the oracle, or `None` (an acceptor or client).
+    pub fn role(&self, id: NodeId) -> Result<Option<Role>, String> {
+        engine::serve::partitioned::role(&self.cluster, self.section.partitions, id)
+    }
+}
+
+/// Chirper's own flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChirperFlags {
+    /// Users of the generated social graph.
+    #[arg(long, default_value_t = 1000)]
+    pub users: u32,
+    #[arg(long, default_value_t = 10)]
+    pub communities: u32,
+    /// How well the initial placement follows communities (1: perfectly, 0: random).
+    #[arg(long, default_value_t = 1.0)]
+    pub placement_quality: f64,
+}
+
+impl ChirperFlags {
+    fn section(&self, plan: &Plan) -> Result<ServiceSection, String> {
+        let spec = GraphSpec {
+            users: self.users,
+            communities: self.communities,
+            ..GraphSpec::default()
+        };
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(ServiceSection::generated(
+            plan.scheme,
+            plan.partitions,
+            &spec,
+            self.placement_quality,
         ))
     }
 }
 
-/// Parses one command: `create U`, `post U TEXT...`, `follow A B`, `unfollow A B`,
-/// `timeline U`. Post ids come from `next_id`.
+/// Chirper's binaries (`chirper-server`, `chirper-client`).
+impl ScaleOutApp for Chirper {
+    const SERVER: &'static str = "chirper-server";
+    const CLIENT: &'static str = "chirper-client";
+    const ABOUT: &'static str = "Serve Chirper on S-SMR or DS-SMR";
+    const BASE_PORT: u16 = 7400;
+    const COMMANDS: &'static str =
+        "create U | post U TEXT | follow A B | unfollow A B | timeline U";
+    type Flags = ChirperFlags;
+    type File = DeploymentFile;
+
+    fn from_flags(flags: &ChirperFlags, plan: &Plan) -> Result<Self, String> {
+        flags.section(plan)?.service()
+    }
+
+    fn file(
+        flags: &ChirperFlags,
+        plan: &Plan,
+        cluster: ClusterConfig,
+    ) -> Result<DeploymentFile, String> {
+        Ok(DeploymentFile {
+            section: flags.section(plan)?,
+            scheme: plan.scheme,
+            cluster,
+        })
+    }
+
+    fn plan(file: &DeploymentFile) -> Plan {
+        Plan {
+            scheme: file.scheme,
+            partitions: file.section.partitions,
+            retry_max: file.section.retry_max,
+        }
+    }
+
+    fn from_file(file: &DeploymentFile) -> Result<Self, String> {
+        file.section.service()
+    }
+
+    fn describe(flags: &ChirperFlags) -> String {
+        format!("{} users (ids 0..{})", flags.users, flags.users)
+    }
+
+    fn parse(words: &[&str], fresh: u64) -> Result<Command, String> {
+        parse_command(words, fresh)
+    }
+
+    fn render(reply: &Response<Reply>) -> String {
+        render_response(reply)
+    }
+}
+
 pub fn parse_command(words: &[&str], next_id: u64) -> Result<Command, String> {
     let user = |i: usize| -> Result<UserId, String> {
         words

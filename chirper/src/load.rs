@@ -1,14 +1,14 @@
 //! Chirper workloads (the DS-SMR paper's Table 1) and measured runs, in-process or with every
 //! replica a process on loopback.
 
-use crate::cli::{DeploymentFile, ServiceSection};
+use crate::cli::{ConfigFile, DeploymentFile, ServiceSection};
 use crate::graph::SocialGraph;
 use crate::service::{Chirper, Command, UserId};
 use bytes::Bytes;
-use engine::client::ClientApp;
+use engine::host::{ClientHost, OnNode};
 use engine::load::{histogram, quantile_us, ClosedLoop, Source, DONE, MEASURE, WARMUP};
-use engine::partitioned::client::{ClientOptions, LocationCache, ScaleOutClient};
 use engine::partitioned::layout::{self, ScaleOutLayout};
+use engine::partitioned::proxy::{ClientOptions, LocationCache, ScaleOutClient};
 use engine::partitioned::replica::SharedServerStats;
 use engine::partitioned::ServerOptions;
 use engine::wire::ClientId;
@@ -362,7 +362,7 @@ fn client_app(
     population: &Arc<Population>,
     phase: &Arc<AtomicU8>,
     first_index: u32,
-) -> ClientApp<ScaleOutClient<Chirper>, LoadDriver> {
+) -> OnNode<ClientHost<ScaleOutClient<Chirper>, LoadDriver>> {
     let scheme = spec.section.scheme().expect("validated");
     let options = ClientOptions {
         retry_max: spec.section.retry_max,
@@ -393,11 +393,11 @@ fn client_app(
             )
         })
         .collect();
-    ClientApp::from_proxies(
+    OnNode::new(ClientHost::new(
         proxies,
         spec.window,
         ClosedLoop::new(sources, phase.clone()),
-    )
+    ))
 }
 
 /// Samples a move counter while the run goes through warm-up and measurement; returns the
@@ -434,19 +434,19 @@ fn sample(
 }
 
 fn result(
-    apps: Vec<&ClientApp<ScaleOutClient<Chirper>, LoadDriver>>,
+    apps: Vec<&OnNode<ClientHost<ScaleOutClient<Chirper>, LoadDriver>>>,
     series: Vec<(f64, f64)>,
     moves: u64,
     elapsed: Duration,
 ) -> RunResult {
     let mut hist = histogram();
     let (mut completed, mut errors) = (0, 0);
-    let mut all = engine::client::ClientStats::default();
+    let mut all = engine::host::client::ClientStats::default();
     for c in apps {
-        hist.add(&c.driver.latency_ns).expect("same bounds");
-        completed += c.driver.completed;
-        errors += c.driver.errors;
-        all += &c.stats();
+        hist.add(&c.host.driver.latency_ns).expect("same bounds");
+        completed += c.host.driver.completed;
+        errors += c.host.driver.errors;
+        all += &c.host.stats();
     }
     let per = |x: u64| x as f64 / all.completed.max(1) as f64;
     RunResult {
@@ -589,9 +589,9 @@ pub fn run_tcp(
             &service,
             &population,
             &phase,
-            engine::client::incarnation_index(),
+            engine::host::client::incarnation_index(),
         );
-        shared.push(app.share_stats());
+        shared.push(app.host.share_stats());
         let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
         let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
         stops.push(tcp.stop_flag());

@@ -5,7 +5,7 @@
 
 use crate::service::{Command, Post, Reply, UserId};
 use engine::lincheck::{Keys, Model};
-use engine::partitioned::wire::Response;
+use engine::partitioned::msg::Response;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// One user in the specification.

@@ -8,11 +8,11 @@
 //! `fuzz/README.md`); these runs are bounded (a few seconds in release mode).
 
 use bytes::Bytes;
-use chirper::cli::{parse_command, parse_scheme, DeploymentFile, ServiceSection};
+use chirper::cli::{parse_command, parse_scheme, ConfigFile, DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
 use chirper::service::{Command, Post, Reply, User};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::wire::{Exchange, Outcome, Peer, Prophecy, Response, ToClient};
+use engine::partitioned::msg::{Exchange, Outcome, Peer, Prophecy, Response, ToClient};
 use engine::partitioned::Scheme;
 use engine::wire;
 use groups::{MsgId, NodeId};

@@ -21,12 +21,12 @@ use bytes::Bytes;
 use chirper::graph::{generate, place_by_community, GraphSpec};
 use chirper::model::{ChirperModel, SpecUser};
 use chirper::service::{Chirper, ChirperConfig, Command};
-use engine::lincheck::{self, Budget};
-use engine::partitioned::client::ClientOptions;
+use engine::lincheck::Budget;
+use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{check_ownership, ScaleOut};
+use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,9 +146,6 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
     if !report.quiet {
         problems.push("liveness: not quiet after the faults stopped".to_string());
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     problems.extend(check_ownership(&sim));
     let model = ChirperModel {
         initial: (0..USERS)
@@ -165,16 +162,13 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
             .collect(),
         timeline_len: TIMELINE,
     };
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(&model, &history, Budget::new(5_000_000)) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems.extend(sim.outcome_problems(&model, Budget::new(5_000_000)));
+    let history = engine::sim::lincheck_history(&sim.history());
     let stats = sim.client_stats();
     MOVES.fetch_add(stats.moves, Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.replica.server_stats() {
+        if let Some(p) = r.server_stats() {
             GATHERS.fetch_add(p.gathers, Ordering::Relaxed);
             PLAN_MOVES.fetch_add(
                 p.moves_in * u64::from(scheme == Scheme::Dynastar),

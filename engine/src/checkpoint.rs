@@ -1,50 +1,36 @@
-//! Checkpoints and state transfer of P-SMR / opt-PSMR replicas (sans-IO parts).
+//! Checkpoints and state transfer, whatever the protocol (sans-IO parts).
 //!
 //! **Where a checkpoint lies.** A replica asks for a checkpoint by multicasting a checkpoint
-//! request ([`request_payload`], a [`Request`] from the reserved client [`CHECKPOINT_CLIENT`]
-//! whose `seq` is the round) to *every* group, so it has one place in every worker's stream,
-//! and, the streams being projections of one total order, a command before it in one
-//! worker's stream is before it in every stream that has both. Each worker, when the request
-//! reaches the head of its stream, records its part ([`WorkerPart`]): its shard
-//! ([`crate::service::Service::snapshot_shard`]), its client table, its counters, and its
-//! merger's position right after the request ([`groups::merge::Merger::poll_until`] stops
-//! there). The parts of one round together are the [`Checkpoint`]: a consistent cut, without
-//! parking any worker (a multi-worker command after the request is after it at every
-//! involved worker, one before it is before it at every involved worker).
+//! request ([`request`]) to *every* group, so it has one place in every stream that
+//! the replica's workers (P-SMR) or partitions (S-SMR, DS-SMR) read, and, the streams being
+//! projections of one total order, a command before it in one stream is before it in every
+//! stream that has both. What each protocol records at that point is its own business
+//! ([`crate::psmr::snapshot`], [`crate::partitioned::replica`]).
 //!
 //! Every replica may ask (each on its own trigger, see [`CheckpointPolicy`]); the requests
-//! carry the round the asker wants next, and a worker takes part only in a round above the
+//! carry the round the asker wants next, and a replica takes part only in a round above the
 //! last one it took, so duplicates are ignored the same way everywhere.
 //!
 //! **Positions and trimming.** A checkpoint covers, per log, the entries below the one its
-//! mergers read next ([`Checkpoint::positions`]); the replica reports that to the log's
-//! acceptors ([`groups::node::GroupsNode::set_checkpointed`]), which trim below the lowest
-//! position of the live checkpointing subscribers.
+//! mergers read next; the replica reports that to the log's acceptors
+//! ([`groups::node::GroupsNode::set_checkpointed`]), which trim below the lowest position of
+//! the live checkpointing subscribers.
 //!
 //! **State transfer.** A replica whose log was trimmed past what it holds (or that starts
 //! empty after the logs were trimmed) asks a peer of the same role (same subscriptions) for
 //! its latest checkpoint with application messages ([`Transfer`]): the checkpoint travels in
 //! chunks of [`CHUNK_BYTES`] (well below the frame cap), a few in flight at a time
 //! ([`Recovery`] asks, [`Store`] answers). A peer without a checkpoint says so and the
-//! requester tries the next peer. The requester installs the checkpoint ([`restore`]) and
-//! restarts its feeds at the checkpoint's positions
-//! ([`groups::node::GroupsNode::restart_feeds`]).
+//! requester tries the next peer. The requester installs the checkpoint and restarts its
+//! feeds at the checkpoint's positions ([`groups::node::GroupsNode::restart_feeds`]).
 
-use crate::psmr::core::{WorkerState, WorkerStats};
-use crate::service::Service;
-use crate::table::ClientTable;
-use crate::wire::{self, Attempt, ClientId, Request};
+use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
-use groups::ids::{LogId, NodeId};
-use groups::merge::{Merger, MergerState};
+use groups::ids::NodeId;
 use groups::message::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// The client id of checkpoint requests (no real client has it: its node would be
-/// `u32::MAX`).
-pub const CHECKPOINT_CLIENT: ClientId = ClientId(u64::MAX);
 
 /// A chunk of a checkpoint in transfer (frames are capped at 16 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -75,24 +61,22 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// The multicast payload of a checkpoint request for `round`.
-pub fn request_payload(round: u64) -> Bytes {
-    wire::encode(&Request {
-        client: CHECKPOINT_CLIENT,
-        seq: round,
-        attempt: Attempt::Conservative,
-        round: 0,
-        floor: 0,
-        command: Bytes::new(),
-    })
-    .into()
+/// The multicast payload of a checkpoint request for `round` (multicast to every group).
+pub fn request(round: u64) -> Bytes {
+    FeedMsg::checkpoint(round)
 }
 
-/// Whether a delivered message is a checkpoint request (it goes to every worker's group;
-/// only such messages are decoded).
-pub fn is_request(msg: &Message, workers: usize) -> bool {
-    msg.dests.len() >= workers
-        && wire::decode::<Request>(&msg.payload).is_ok_and(|r| r.client == CHECKPOINT_CLIENT)
+/// The round of a delivered checkpoint request, if `msg` is one. A request must be addressed
+/// to all the cluster's `groups` groups (only then does it lie in every stream); one that is
+/// not is no checkpoint request.
+pub fn round_of(msg: &Message, groups: usize) -> Option<u64> {
+    if msg.dests.len() < groups {
+        return None;
+    }
+    match FeedMsg::parse(&msg.payload) {
+        Ok(FeedMsg::Checkpoint { round }) => Some(round),
+        _ => None,
+    }
 }
 
 /// Why a checkpoint cannot be used.
@@ -105,155 +89,9 @@ pub enum CheckpointError {
     #[error("worker {worker}'s part: {what}")]
     Part { worker: usize, what: String },
     /// A scale-out replica's checkpoint that does not fit the replica (another group, a
-    /// state that does not restore to its own hash; see `crate::partitioned::checkpoint`).
+    /// state that does not restore to its own hash; see `crate::partitioned::replica`).
     #[error("checkpoint does not fit this replica: {0}")]
     Mismatch(String),
-}
-
-/// One worker's part of a checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WorkerPart {
-    pub worker: u32,
-    /// The merger's position right after the checkpoint request.
-    pub merger: MergerState,
-    /// The encoded client table.
-    pub table: Vec<u8>,
-    pub stats: WorkerStats,
-    /// [`Service::snapshot_shard`]'s bytes.
-    pub shard: Vec<u8>,
-}
-
-impl WorkerPart {
-    /// Worker `state.id`'s part, taken when the request of `round` is at the head of its
-    /// stream (everything before it executed) and its merger was at `merger`.
-    pub fn take<S: Service>(
-        service: &S,
-        state: &WorkerState<S>,
-        shard: &S::Shard,
-        merger: MergerState,
-    ) -> Self {
-        WorkerPart {
-            worker: state.id as u32,
-            merger,
-            table: wire::encode(&state.table),
-            stats: state.stats.clone(),
-            shard: service.snapshot_shard(state.id, shard),
-        }
-    }
-}
-
-/// A replica's checkpoint: every worker's part of one round.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub round: u64,
-    pub parts: Vec<WorkerPart>,
-}
-
-impl Checkpoint {
-    /// Per log, the first entry the checkpoint does not cover (the lowest over the workers
-    /// that read the log; they agree, as they all stopped at the same request).
-    pub fn positions(&self) -> Vec<(LogId, u64)> {
-        let mut at: BTreeMap<LogId, u64> = BTreeMap::new();
-        for p in &self.parts {
-            for (log, next) in p.merger.resume_at() {
-                at.entry(log)
-                    .and_modify(|n| *n = (*n).min(next))
-                    .or_insert(next);
-            }
-        }
-        at.into_iter().collect()
-    }
-
-    pub fn encode(&self) -> Bytes {
-        wire::encode(self).into()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
-        wire::decode(bytes).map_err(|e| CheckpointError::Decode(e.to_string()))
-    }
-}
-
-/// A replica's state rebuilt from a checkpoint.
-pub struct Restored<S: Service> {
-    pub shards: Vec<S::Shard>,
-    pub states: Vec<WorkerState<S>>,
-    pub mergers: Vec<Merger>,
-}
-
-/// Rebuilds the workers of a replica subscribed to `subs` (one group set per worker) from
-/// `ckpt`.
-pub fn restore<S: Service>(
-    service: &S,
-    ckpt: &Checkpoint,
-    cfg: &ClusterConfig,
-    subs: &[groups::GroupSet],
-) -> Result<Restored<S>, CheckpointError> {
-    let k = subs.len();
-    if ckpt.parts.len() != k {
-        return Err(CheckpointError::Workers {
-            got: ckpt.parts.len(),
-            want: k,
-        });
-    }
-    let mut out = Restored {
-        shards: Vec::with_capacity(k),
-        states: Vec::with_capacity(k),
-        mergers: Vec::with_capacity(k),
-    };
-    for (i, (part, sub)) in ckpt.parts.iter().zip(subs).enumerate() {
-        let bad = |what: String| CheckpointError::Part { worker: i, what };
-        if part.worker as usize != i {
-            return Err(bad(format!("labelled worker {}", part.worker)));
-        }
-        let shard = service
-            .restore_shard(i, k, &part.shard)
-            .map_err(|e| bad(e.to_string()))?;
-        let table: ClientTable<S::Reply> =
-            wire::decode(&part.table).map_err(|e| bad(format!("client table: {e}")))?;
-        let merger = Merger::restore(
-            &cfg.logs_for(sub),
-            sub.clone(),
-            cfg.tuning.merge_m,
-            &part.merger,
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        let mut state = WorkerState::new(i);
-        state.table = table;
-        state.stats = part.stats.clone();
-        state.checkpoint_round = ckpt.round;
-        out.shards.push(shard);
-        out.states.push(state);
-        out.mergers.push(merger);
-    }
-    Ok(out)
-}
-
-/// Collects the workers' parts into checkpoints.
-#[derive(Default)]
-pub struct Assembly {
-    rounds: BTreeMap<u64, Vec<Option<WorkerPart>>>,
-}
-
-impl Assembly {
-    /// Adds worker `part.worker`'s part of `round` (out of `workers`); returns the checkpoint
-    /// once every worker's part of the round is in (older incomplete rounds are dropped:
-    /// every worker takes part in the same rounds, in order).
-    pub fn add(&mut self, round: u64, workers: usize, part: WorkerPart) -> Option<Checkpoint> {
-        let slots = self
-            .rounds
-            .entry(round)
-            .or_insert_with(|| vec![None; workers]);
-        let w = part.worker as usize;
-        if w < slots.len() {
-            slots[w] = Some(part);
-        }
-        if !slots.iter().all(Option::is_some) {
-            return None;
-        }
-        let parts = self.rounds.remove(&round)?.into_iter().flatten().collect();
-        self.rounds = self.rounds.split_off(&round);
-        Some(Checkpoint { round, parts })
-    }
 }
 
 /// When to ask for the next checkpoint.
@@ -320,12 +158,14 @@ pub enum Transfer {
 }
 
 impl Transfer {
+    /// The message, in its envelope ([`AppMsg::Transfer`]).
     pub fn encode(&self) -> Bytes {
-        wire::encode(self).into()
+        AppMsg::transfer(self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Transfer, groups::codec::CodecError> {
-        wire::decode(bytes)
+    /// The message in the body of an [`AppMsg::Transfer`].
+    pub fn decode(body: &[u8]) -> Result<Transfer, groups::codec::CodecError> {
+        wire::decode(body)
     }
 }
 
@@ -604,7 +444,10 @@ mod tests {
                 if drop_every > 0 && n % drop_every == 0 {
                     continue;
                 }
-                let Ok(Transfer::Get { round, offset }) = Transfer::decode(&bytes) else {
+                let Ok(AppMsg::Transfer(body)) = AppMsg::parse(&bytes) else {
+                    panic!("requester sends transfer messages");
+                };
+                let Ok(Transfer::Get { round, offset }) = Transfer::decode(body) else {
                     panic!("requester sends gets");
                 };
                 let s = if to == peer { &mut *store } else { &mut empty };
@@ -637,7 +480,7 @@ mod tests {
         store.set(1, Bytes::from_static(b"x"));
         assert_eq!(run_transfer(&mut store, 0).as_deref(), Some(&b"x"[..]));
         assert!(Transfer::decode(b"\xff\xff\xff").is_err());
-        assert!(Checkpoint::decode(b"\x01\x02").is_err());
+        assert!(crate::psmr::snapshot::Checkpoint::decode(b"\x01\x02").is_err());
     }
 
     #[test]

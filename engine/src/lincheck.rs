@@ -1011,6 +1011,58 @@ pub mod models {
     }
 }
 
+/// The sequential specification of a P-SMR service: the service itself, executing each
+/// command alone on the whole state (one worker). A history linearizable against it is what
+/// the engine promises: replicated, parallel execution equivalent to executing the commands one
+/// at a time, in an order that respects real time. (It cannot catch a bug of the service's own
+/// `execute`: for that, write an independent model.) `keys` splits histories into independent
+/// parts, as [`Model::keys`].
+pub struct Sequential<S: crate::Service> {
+    service: std::sync::Arc<S>,
+    keys: fn(&S::Command) -> Keys,
+}
+
+impl<S: crate::Service> Sequential<S> {
+    pub fn new(service: std::sync::Arc<S>, keys: fn(&S::Command) -> Keys) -> Self {
+        Sequential { service, keys }
+    }
+}
+
+impl<S: crate::Service> Model for Sequential<S>
+where
+    S::Shard: Clone + Eq + Hash + fmt::Debug,
+{
+    type State = S::Shard;
+    type Input = S::Command;
+    type Output = S::Reply;
+
+    fn init(&self) -> S::Shard {
+        self.service
+            .shards(1)
+            .pop()
+            .expect("one shard for one worker")
+    }
+
+    fn step(
+        &self,
+        state: &S::Shard,
+        input: &S::Command,
+        output: Option<&S::Reply>,
+    ) -> Option<S::Shard> {
+        let mut next = state.clone();
+        let mut one = [(0, &mut next)];
+        let mut shards = crate::Shards::new(&mut one, 1);
+        let reply = self
+            .service
+            .execute(&mut shards, input, &mut crate::Access::recording(false));
+        output.is_none_or(|o| *o == reply).then_some(next)
+    }
+
+    fn keys(&self, input: &S::Command) -> Keys {
+        (self.keys)(input)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::models::{

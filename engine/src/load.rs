@@ -1,7 +1,7 @@
 //! Closed-loop load for measured runs: a [`Driver`] that keeps every client's window full
 //! with commands from a [`Source`], and records latencies while the shared phase says so.
 
-use crate::client::{ClientError, Driver};
+use crate::host::client::{Completion, Driver};
 use hdrhistogram::Histogram;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -59,24 +59,18 @@ impl<C, G: Source<C>> ClosedLoop<C, G> {
 }
 
 impl<C: 'static, R, G: Source<C>> Driver<C, R> for ClosedLoop<C, G> {
-    fn next(&mut self, client: usize) -> Option<C> {
+    fn next(&mut self, client: usize, _now_us: u64) -> Option<C> {
         if self.phase.load(Ordering::Relaxed) == DONE {
             return None;
         }
         Some(self.sources[client].next_command())
     }
 
-    fn complete(
-        &mut self,
-        _client: usize,
-        _cmd: C,
-        result: Result<R, ClientError>,
-        latency: Duration,
-    ) {
+    fn complete(&mut self, _client: usize, done: Completion<C, R>, latency: Duration) {
         if self.phase.load(Ordering::Relaxed) != MEASURE {
             return;
         }
-        if result.is_err() {
+        if done.result.is_err() {
             self.errors += 1;
         }
         self.completed += 1;

@@ -3,7 +3,7 @@
 //! module adds the engine's renderers.
 //!
 //! - [`render_workers`] and [`render_partition`] / [`render_oracle`] render the live counters
-//!   of a P-SMR replica ([`crate::psmr::replica::ReplicaApp::share_worker_stats`]) and of a
+//!   of a P-SMR replica ([`crate::psmr::threaded::Threads::share_worker_stats`]) and of a
 //!   scale-out replica ([`crate::partitioned::replica::ScaleOutReplica::share_stats`]).
 //!
 //! Counters are totals since the process started (names end in `_total`); commands per second
@@ -14,7 +14,7 @@ pub use groups::metrics::*;
 
 use crate::partitioned::oracle::OracleStats;
 use crate::partitioned::server::ServerStats;
-use crate::psmr::core::WorkerStats;
+use crate::psmr::executor::WorkerStats;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -266,9 +266,9 @@ pub fn render_oracle(s: &OracleStats, e: &mut Exposition) {
 }
 
 /// Renders a P-SMR replica's checkpoint counters
-/// ([`crate::psmr::replica::ReplicaApp::share_checkpoints`]): checkpoints taken and installed,
+/// ([`crate::host::ReplicaHost::share_checkpoints`]): checkpoints taken and installed,
 /// the latest round, its size, the log positions it covers, and its state hash once known.
-pub fn render_checkpoints(c: &crate::psmr::replica::SharedCheckpoints, e: &mut Exposition) {
+pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut Exposition) {
     let c = c.lock().clone();
     e.counter(
         "chorus_checkpoints_total",

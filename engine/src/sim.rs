@@ -2,454 +2,104 @@
 //!
 //! [`EngineSim`] runs any deployment described by a [`Blueprint`]: which nodes are replicas
 //! (in sets that must reach identical states), acceptors and clients, how to build a replica
-//! ([`SimRole`]) and a client proxy ([`Proxy`]). [`Psmr`] is the blueprint of P-SMR and
-//! opt-PSMR deployments; the scale-out blueprints live in [`crate::partitioned::sim`].
+//! (a [`ReplicaHost`] with the blueprint's core) and a client proxy ([`Proxy`]). The
+//! blueprints of P-SMR and of S-SMR / DS-SMR deployments are [`crate::psmr::blueprint`] and
+//! [`crate::partitioned::blueprint`].
 //!
-//! [`SimReplica`] runs a replica's workers without threads: each worker merges its own logs
-//! into its own queue exactly as a threaded worker does, and a seeded scheduler repeatedly
-//! picks one worker that can proceed: one whose next command involves only itself, or whose
-//! next command is a multi-worker command that every involved worker has reached (the
-//! rendezvous). Different replicas draw different interleavings, as threads would; if the
-//! service's command map let dependent commands run in parallel, replicas would end in
-//! different states, which the tests compare. The execution code is the same as the threaded
-//! replica's ([`Executor`]).
+//! The simulator hosts what production hosts: every replica node runs the one
+//! [`ReplicaHost`] through the same [`OnNode`] adapter the in-process and TCP runtimes drive,
+//! with the production cores; only the P-SMR workers' driver differs (a seeded scheduler,
+//! [`crate::psmr::scheduled`], instead of a thread per worker), so worker interleavings are
+//! explored by seeds.
 //!
-//! [`SimClient`]s (hosting any [`Proxy`]) record a history: call time, command, and completion time and result (or
-//! none, if the command was still outstanding at the end), for the linearizability checker.
+//! [`SimClient`]s (hosting any [`Proxy`]) record a history: call time, command, and
+//! completion time and result (or none, if the command was still outstanding at the end), for
+//! the linearizability checker.
 
-use crate::checkpoint::{
-    self, Assembly, Checkpoint, CheckpointPolicy, Recovery, Store, Transfer, Trigger, WorkerPart,
-};
-use crate::client::{ClientError, ClientProxy, ClientStats, Mode, Proxy};
-use crate::layout::Deployment;
-use crate::psmr::core::{ExecOptions, Executor, Job, WorkerState, WorkerStats};
-use crate::service::Service;
-use crate::wire::{self, ClientId};
-use bytes::Bytes;
+use crate::host::client::{ClientError, ClientHost, ClientStats, Completion, Driver, Proxy};
+use crate::host::replica::ReplicaCore;
+use crate::host::{Host, OnNode, ReplicaHost};
+use crate::wire::ClientId;
 use groups::config::ClusterConfig;
 use groups::ids::{LogId, NodeId};
 use groups::log::storage::{MemStorage, Shared};
-use groups::merge::{Merger, MergerState};
-use groups::node::{default_log, GroupsNode, LogEntries, NodeOptions};
+use groups::node::{default_log, GroupsNode, NodeOptions};
+use groups::runtime::inproc::App;
+use groups::runtime::Waker;
 use groups::sim::{Actor, NetFaults, Network, Sim};
 use groups::NetMsg;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// A replica whose workers are scheduled by a seeded RNG.
-pub struct SimReplica<S: Service> {
-    node: GroupsNode,
-    executor: Executor<S>,
-    mergers: Vec<Merger>,
-    readers: BTreeMap<LogId, Vec<usize>>,
-    queues: Vec<VecDeque<Job<S::Command>>>,
-    shards: Vec<S::Shard>,
-    states: Vec<WorkerState<S>>,
-    rng: ChaCha8Rng,
-    entries: Vec<LogEntries>,
-    /// Checkpoints and state transfer ([`crate::checkpoint`]).
-    ckpt: SimCheckpoints,
-}
-
-/// A simulated replica's checkpoint machinery.
-struct SimCheckpoints {
-    subs: Vec<groups::GroupSet>,
-    all_groups: groups::GroupSet,
-    /// Asking for checkpoints (`None`: this replica never asks, but still takes part in the
-    /// rounds others ask for, and answers and asks for transfers).
-    trigger: Option<Trigger>,
-    /// Per worker, its merger's position at each checkpoint request still in its queue.
-    marks: Vec<VecDeque<MergerState>>,
-    assembly: Assembly,
-    store: Store,
-    recovery: Option<Recovery>,
-    resend_ticks: u64,
-    /// Commands this incarnation ran (not replicated: the trigger's count).
-    executed: u64,
-    stats: CheckpointStats,
-    app_in: Vec<(NodeId, Bytes)>,
-    app_out: Vec<(NodeId, Bytes)>,
-}
-
-/// What a replica's checkpointing did (this incarnation).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CheckpointStats {
-    /// Checkpoints completed here (taken, or installed by a transfer).
-    pub taken: u64,
-    /// Checkpoints installed from a peer (state transfers).
-    pub installed: u64,
-    /// The latest checkpoint's round and size in bytes.
-    pub round: u64,
-    pub bytes: u64,
-    /// Checkpoints received that could not be installed.
-    pub refused: u64,
-}
-
-impl<S: Service> SimReplica<S> {
-    fn new(
-        node: GroupsNode,
-        service: Arc<S>,
-        workers: usize,
-        exec: ExecOptions,
-        seed: u64,
-        checkpoints: Option<CheckpointPolicy>,
-    ) -> Self {
-        let cfg = node.config().clone();
-        let me = node.id();
-        let subs = cfg
-            .node(me)
-            .expect("replica in config")
-            .subscriptions
-            .clone();
-        assert_eq!(subs.len(), workers);
-        let mut readers: BTreeMap<LogId, Vec<usize>> = BTreeMap::new();
-        let mergers = subs
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                let logs = cfg.logs_for(g);
-                for &l in &logs {
-                    readers.entry(l).or_default().push(i);
-                }
-                Merger::new(&logs, g.clone(), cfg.tuning.merge_m)
-            })
-            .collect();
-        let resend_ticks = checkpoints.map_or(500, |p| p.resend_ticks);
-        let ckpt = SimCheckpoints {
-            all_groups: subs.iter().flat_map(|g| g.iter()).collect(),
-            subs: subs.clone(),
-            trigger: checkpoints.map(Trigger::new),
-            marks: (0..workers).map(|_| VecDeque::new()).collect(),
-            assembly: Assembly::default(),
-            store: Store::default(),
-            recovery: None,
-            resend_ticks,
-            executed: 0,
-            stats: CheckpointStats::default(),
-            app_in: Vec::new(),
-            app_out: Vec::new(),
-        };
-        let mut node = node;
-        if checkpoints.is_some() {
-            // A replica that checkpoints says so from the start (its initial state is a
-            // checkpoint at position 0), so the acceptors hold it to the checkpoint rule, not
-            // the received-position rule, even before its first checkpoint.
-            let start: Vec<(LogId, u64)> = cfg.logs.iter().map(|l| (l.id, 0)).collect();
-            node.set_checkpointed(&start);
-        }
-        SimReplica {
-            ckpt,
-            executor: Executor::new(service.clone(), workers, me, exec),
-            shards: service.shards(workers),
-            states: (0..workers).map(WorkerState::new).collect(),
-            queues: (0..workers).map(|_| VecDeque::new()).collect(),
-            mergers,
-            readers,
-            node,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            entries: Vec::new(),
-        }
-    }
-
-    /// Feeds decided entries to the workers' merges and runs every command that can run.
-    fn pump(&mut self) {
-        self.node.take_entries(&mut self.entries);
-
-        let mut delivered = Vec::new();
-        for e in self.entries.drain(..) {
-            for &w in self.readers.get(&e.log).map(Vec::as_slice).unwrap_or(&[]) {
-                self.mergers[w]
-                    .push(e.log, e.start, &e.entries)
-                    .expect("contiguous entries");
-            }
-        }
-        let k = self.mergers.len();
-        for (w, m) in self.mergers.iter_mut().enumerate() {
-            loop {
-                let stopped = m.poll_until(&mut delivered, |msg| checkpoint::is_request(msg, k));
-                for d in delivered.drain(..) {
-                    if let Some(job) = self.executor.decode(&d) {
-                        self.queues[w].push_back(job);
-                    }
-                }
-                if !stopped {
-                    break;
-                }
-                self.ckpt.marks[w].push_back(m.state());
-            }
-        }
-        loop {
-            let runnable: Vec<usize> = (0..self.queues.len())
-                .filter(|&w| self.can_run(w))
-                .collect();
-            if runnable.is_empty() {
-                break;
-            }
-            let w = runnable[self.rng.random_range(0..runnable.len())];
-            self.run_head(w);
-        }
-        for m in &self.mergers {
-            if let Some(need) = m.blocked_on() {
-                self.node.request_skip(need);
-            }
-        }
-        self.pump_checkpoints();
-    }
-
-    /// Asks for checkpoints when due, answers peers' transfer requests, and recovers by state
-    /// transfer when a log was trimmed past this replica.
-    fn pump_checkpoints(&mut self) {
-        let now = self.node.now();
-        let latest = self.ckpt.store.latest().map_or(0, |(r, _)| r);
-        let executed = self.ckpt.executed;
-        let round = self
-            .ckpt
-            .trigger
-            .as_mut()
-            .and_then(|t| t.poll(latest, executed, now));
-        if let (Some(round), None) = (round, &self.ckpt.recovery) {
-            let _ = self.node.multicast(
-                self.ckpt.all_groups.clone(),
-                checkpoint::request_payload(round),
-            );
-        }
-        let mut events = Vec::new();
-        self.node.take_events(&mut events);
-        if !events.is_empty() && self.ckpt.recovery.is_none() {
-            let peers = checkpoint::peers_of(self.node.config(), self.node.id());
-            self.ckpt.recovery = Some(Recovery::start(
-                peers,
-                self.ckpt.resend_ticks,
-                now,
-                &mut self.ckpt.app_out,
-            ));
-        }
-        self.node.take_app(&mut self.ckpt.app_in);
-        let inbox = std::mem::take(&mut self.ckpt.app_in);
-        for (from, bytes) in inbox {
-            let Ok(msg) = Transfer::decode(&bytes) else {
-                continue;
-            };
-            match msg {
-                Transfer::Get { round, offset } => {
-                    let answer = self.ckpt.store.answer(round, offset);
-                    self.ckpt.app_out.push((from, answer.encode()));
-                }
-                other => {
-                    let Some(r) = self.ckpt.recovery.as_mut() else {
-                        continue;
-                    };
-                    if let Some(whole) = r.on_message(from, other, now, &mut self.ckpt.app_out) {
-                        self.install(whole);
-                    }
-                }
-            }
-        }
-        if let Some(r) = self.ckpt.recovery.as_mut() {
-            r.tick(now, &mut self.ckpt.app_out);
-        }
-        for (to, bytes) in self.ckpt.app_out.drain(..) {
-            self.node.send_app(to, bytes);
-        }
-    }
-
-    /// Installs a checkpoint received from a peer: every worker's shard, table, counters and
-    /// merger; the feeds restart at the checkpoint's positions.
-    fn install(&mut self, bytes: Bytes) {
-        let cfg = self.node.config().clone();
-        let restored = Checkpoint::decode(&bytes).and_then(|c| {
-            checkpoint::restore(&*self.executor.service, &c, &cfg, &self.ckpt.subs).map(|r| (c, r))
-        });
-        let (ck, r) = match restored {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(replica = %self.node.id(), error = %e, "checkpoint refused");
-                self.ckpt.stats.refused += 1;
-                if let Some(rec) = self.ckpt.recovery.as_mut() {
-                    rec.next_peer(self.node.now(), &mut self.ckpt.app_out);
-                }
-                return;
-            }
-        };
-        self.shards = r.shards;
-        self.states = r.states;
-        self.mergers = r.mergers;
-        for q in &mut self.queues {
-            q.clear();
-        }
-        for m in &mut self.ckpt.marks {
-            m.clear();
-        }
-        self.entries.clear();
-        self.ckpt.assembly = Assembly::default();
-        self.ckpt.recovery = None;
-        self.ckpt.stats.installed += 1;
-        let positions = ck.positions();
-        self.node.restart_feeds(&positions);
-        self.completed(ck.round, bytes, &positions);
-    }
-
-    fn completed(&mut self, round: u64, bytes: Bytes, positions: &[(LogId, u64)]) {
-        self.ckpt.stats.taken += 1;
-        self.ckpt.stats.round = round;
-        self.ckpt.stats.bytes = bytes.len() as u64;
-        self.ckpt.store.set(round, bytes);
-        self.node.set_checkpointed(positions);
-        let now = self.node.now();
-        let executed = self.ckpt.executed;
-        if let Some(t) = self.ckpt.trigger.as_mut() {
-            t.taken(executed, now);
-        }
-    }
-
-    /// What checkpointing did at this replica.
-    pub fn checkpoint_stats(&self) -> CheckpointStats {
-        self.ckpt.stats.clone()
-    }
-
-    /// Whether a state transfer is in progress.
-    pub fn recovering(&self) -> bool {
-        self.ckpt.recovery.is_some()
-    }
-
-    fn can_run(&self, w: usize) -> bool {
-        let Some(job) = self.queues[w].front() else {
-            return false;
-        };
-        // A checkpoint request needs no rendezvous: each worker records its own part.
-        job.involved.len() == 1
-            || job.checkpoint_round().is_some()
-            || (job.executor() == w
-                && job
-                    .involved
-                    .iter()
-                    .all(|&o| self.queues[o].front().is_some_and(|j| j.id == job.id)))
-    }
-
-    fn run_head(&mut self, w: usize) {
-        let job = self.queues[w].pop_front().expect("runnable");
-        if let Some(round) = job.checkpoint_round() {
-            let mark = self.ckpt.marks[w].pop_front();
-            if round <= self.states[w].checkpoint_round {
-                return;
-            }
-            self.states[w].checkpoint_round = round;
-            let Some(mark) = mark else {
-                return;
-            };
-            let part = WorkerPart::take(
-                &*self.executor.service,
-                &self.states[w],
-                &self.shards[w],
-                mark,
-            );
-            if let Some(ck) = self.ckpt.assembly.add(round, self.shards.len(), part) {
-                let positions = ck.positions();
-                self.completed(round, ck.encode(), &positions);
-            }
-            return;
-        }
-        self.ckpt.executed += 1;
-        let out = if job.involved.len() == 1 {
-            self.executor
-                .run_single(&mut self.states[w], &mut self.shards[w], &job)
-        } else {
-            for &o in &job.involved[1..] {
-                self.queues[o].pop_front();
-            }
-            let mut refs: Vec<(usize, &mut S::Shard)> = self
-                .shards
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| job.involved.contains(i))
-                .collect();
-            self.executor
-                .run_multi(&mut self.states[w], &mut refs, &job)
-        };
-        if let Some((to, bytes)) = out {
-            self.node.send_app(to, bytes);
-        }
-    }
-
-    /// Hash of the replica's state.
-    pub fn state_hash(&self) -> u64 {
-        let all: Vec<&S::Shard> = self.shards.iter().collect();
-        self.executor.service.state_hash(&all)
-    }
-
-    /// The workers' shards (tests and debugging).
-    pub fn shards(&self) -> &[S::Shard] {
-        &self.shards
-    }
-
-    /// Commands waiting in the workers' queues.
-    pub fn backlog(&self) -> usize {
-        self.queues.iter().map(VecDeque::len).sum()
-    }
-
-    pub fn worker_stats(&self) -> Vec<WorkerStats> {
-        self.states.iter().map(|s| s.stats.clone()).collect()
-    }
-}
-
-impl<S: Service> SimRole for SimReplica<S> {
-    fn node(&self) -> &GroupsNode {
-        &self.node
-    }
-    fn node_mut(&mut self) -> &mut GroupsNode {
-        &mut self.node
-    }
-    fn pump(&mut self) {
-        SimReplica::pump(self)
-    }
-    fn backlog(&self) -> usize {
-        SimReplica::backlog(self)
-    }
-    /// Every worker's counters: a replica's workers see the same streams as every other
-    /// replica's, so equal counters mean a replica has caught up.
-    fn progress(&self) -> Vec<u64> {
-        self.states
-            .iter()
-            .flat_map(|s| {
-                let w = &s.stats;
-                [
-                    w.single,
-                    w.multi,
-                    w.parked,
-                    w.aborts,
-                    w.misrouted,
-                    w.duplicates,
-                    w.rejected,
-                ]
-            })
-            .collect()
-    }
-    fn state_hash(&self) -> u64 {
-        SimReplica::state_hash(self)
-    }
-}
-
-/// A replica the simulator can run.
-pub trait SimRole: Send + 'static {
-    fn node(&self) -> &GroupsNode;
-    fn node_mut(&mut self) -> &mut GroupsNode;
-    /// Takes what the node delivered and executes whatever can run.
-    fn pump(&mut self);
+/// What the simulator asks of a replica core besides driving it.
+pub trait SimCore: ReplicaCore {
     /// Delivered commands not yet finished (waiting on something).
     fn backlog(&self) -> usize;
     /// Counters that are equal at every replica of a set once they have handled the same
     /// delivered commands (how [`EngineSim::quiet`] tells that a restarted replica caught up).
     fn progress(&self) -> Vec<u64>;
-    /// A hash of the replicated state.
-    fn state_hash(&self) -> u64;
-    /// Application work (CPU microseconds) since the last call, for the simulator's cost
-    /// model. Default none.
-    fn take_work_us(&mut self) -> f64 {
-        0.0
+    /// A hash of the replicated state (`None` while it cannot be computed: a P-SMR shard
+    /// lent in a multi-worker command).
+    fn state_hash(&self) -> Option<u64>;
+    /// Work done so far, for the simulator's cost model: commands handled and objects
+    /// executed on (see [`Blueprint::work_costs`]). Default none.
+    fn work_done(&self) -> [u64; 2] {
+        [0, 0]
     }
 }
+
+/// A host on a simulated node, and its node.
+pub struct Hosted<H> {
+    pub node: GroupsNode,
+    pub app: OnNode<H>,
+}
+
+impl<H: Host> Hosted<H> {
+    fn new(mut node: GroupsNode, host: H) -> Self {
+        let mut app = OnNode::simulated(host);
+        app.attach(&mut node, Waker::noop());
+        Hosted { node, app }
+    }
+
+    fn pump(&mut self) {
+        self.app.step(&mut self.node);
+    }
+
+    pub fn node(&self) -> &GroupsNode {
+        &self.node
+    }
+
+    pub fn host(&self) -> &H {
+        &self.app.host
+    }
+}
+
+impl<H> std::ops::Deref for Hosted<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.app.host
+    }
+}
+
+/// Charges a replica's work to the cost model.
+pub struct Meter {
+    costs: [f64; 2],
+    charged: [u64; 2],
+}
+
+impl Meter {
+    fn charge(&mut self, done: [u64; 2]) -> f64 {
+        let d = [done[0] - self.charged[0], done[1] - self.charged[1]];
+        self.charged = done;
+        d[0] as f64 * self.costs[0] + d[1] as f64 * self.costs[1]
+    }
+}
+
+/// A simulated replica: the replica host with the blueprint's core.
+pub type SimReplica<C> = Hosted<ReplicaHost<C>>;
 
 /// The nodes of a simulated deployment, by role.
 #[derive(Clone, Debug)]
@@ -486,85 +136,22 @@ impl Roles {
 
 /// What a simulated deployment is made of.
 pub trait Blueprint: Send + Sync + 'static {
-    type Replica: SimRole;
+    type Core: SimCore;
     type Proxy: Proxy;
     fn roles(&self) -> &Roles;
-    /// Replica nodes merge their subscriptions inside the node (see
-    /// [`NodeOptions::merge_locally`]) rather than in the replica.
-    fn replicas_merge_locally(&self) -> bool;
-    /// A (re)started replica on `node`; `seed` differs per node and incarnation.
-    fn replica(&self, node: GroupsNode, seed: u64) -> Self::Replica;
+    /// A (re)started replica for node `id`; `seed` differs per node and incarnation.
+    fn replica(
+        &self,
+        id: NodeId,
+        config: &Arc<ClusterConfig>,
+        seed: u64,
+    ) -> ReplicaHost<Self::Core>;
     /// A client proxy.
     fn proxy(&self, id: ClientId) -> Self::Proxy;
-}
-
-/// The blueprint of P-SMR and opt-PSMR deployments.
-pub struct Psmr<S: Service> {
-    pub service: Arc<S>,
-    pub deployment: Deployment,
-    pub mode: Mode,
-    pub exec: ExecOptions,
-    /// Clients' first resend timeout, in ticks.
-    pub resend_ticks: u64,
-    /// Replicas ask for checkpoints by this policy (`None`, the default: never; replicas
-    /// still take part in rounds, serve and ask for state transfers).
-    pub checkpoints: Option<CheckpointPolicy>,
-    roles: Roles,
-}
-
-impl<S: Service> Psmr<S> {
-    pub fn new(
-        service: Arc<S>,
-        deployment: Deployment,
-        mode: Mode,
-        exec: ExecOptions,
-        resend_ticks: u64,
-    ) -> Self {
-        let roles = Roles {
-            config: deployment.config.clone(),
-            replica_sets: vec![deployment.replicas.clone()],
-            acceptors: deployment.acceptors.clone(),
-            clients: deployment.clients.clone(),
-        };
-        Psmr {
-            service,
-            deployment,
-            mode,
-            exec,
-            resend_ticks,
-            checkpoints: None,
-            roles,
-        }
-    }
-}
-
-impl<S: Service> Blueprint for Psmr<S> {
-    type Replica = SimReplica<S>;
-    type Proxy = ClientProxy<S>;
-    fn roles(&self) -> &Roles {
-        &self.roles
-    }
-    fn replicas_merge_locally(&self) -> bool {
-        false
-    }
-    fn replica(&self, node: GroupsNode, seed: u64) -> SimReplica<S> {
-        SimReplica::new(
-            node,
-            self.service.clone(),
-            self.deployment.workers,
-            self.exec.clone(),
-            seed,
-            self.checkpoints,
-        )
-    }
-    fn proxy(&self, id: ClientId) -> ClientProxy<S> {
-        ClientProxy::new(
-            id,
-            self.service.clone(),
-            self.mode,
-            self.deployment.workers,
-            self.resend_ticks,
-        )
+    /// CPU microseconds charged per command handled and per object executed on
+    /// ([`SimCore::work_done`]), under the simulator's cost model. Default none.
+    fn work_costs(&self) -> [f64; 2] {
+        [0.0, 0.0]
     }
 }
 
@@ -584,98 +171,80 @@ pub struct Op<C, R> {
 /// The operations of proxies `P`.
 pub type OpOf<P> = Op<<P as Proxy>::Command, <P as Proxy>::Reply>;
 
-/// Simulated client proxies with a workload, recording their history.
-pub struct SimClient<P: Proxy> {
-    node: GroupsNode,
-    proxies: Vec<P>,
+/// The simulator's clients' driver: each client submits `ops_per_client` commands drawn
+/// from the workload with a seeded RNG, pausing a random think time between submissions, and
+/// every invocation and response is recorded with its virtual time.
+pub struct SimDriver<C, R> {
+    clients: Vec<ClientId>,
     budget: Vec<usize>,
-    open: Vec<BTreeMap<u64, usize>>,
-    window: usize,
-    workload: Workload<P::Command>,
+    workload: Workload<C>,
     rng: ChaCha8Rng,
-    now_us: u64,
     /// Mean pause between a client's submissions, and when each client may submit next.
     think_us: u64,
     next_at: Vec<u64>,
-    pub history: Vec<OpOf<P>>,
-    inbox: Vec<(NodeId, Bytes)>,
-    out: Vec<(groups::GroupSet, Bytes)>,
-    /// The tick the proxies last saw (their timers only need each new tick).
-    ticked: u64,
+    /// The command `next` returned, until it is submitted.
+    drawn: Option<(C, u64)>,
+    /// Per client, the history index of each outstanding command.
+    open: Vec<BTreeMap<u64, usize>>,
+    pub history: Vec<Op<C, R>>,
 }
 
+impl<C, R> SimDriver<C, R> {
+    /// Whether every client submitted its whole budget.
+    pub fn exhausted(&self) -> bool {
+        self.budget.iter().all(|&b| b == 0)
+    }
+}
+
+impl<C: Clone + Send + 'static, R: Send + 'static> Driver<C, R> for SimDriver<C, R> {
+    fn next(&mut self, client: usize, now_us: u64) -> Option<C> {
+        if self.budget[client] == 0 || now_us < self.next_at[client] {
+            return None;
+        }
+        self.budget[client] -= 1;
+        if self.think_us > 0 {
+            self.next_at[client] = now_us + self.rng.random_range(0..2 * self.think_us);
+        }
+        let cmd = (self.workload)(&mut self.rng, client);
+        self.drawn = Some((cmd.clone(), now_us));
+        Some(cmd)
+    }
+
+    fn submitted(&mut self, client: usize, seq: u64, _now_us: u64) {
+        let Some((command, call_us)) = self.drawn.take() else {
+            return;
+        };
+        self.open[client].insert(seq, self.history.len());
+        self.history.push(Op {
+            client: self.clients[client],
+            command,
+            call_us,
+            ret: None,
+        });
+    }
+
+    fn complete(&mut self, client: usize, done: Completion<C, R>, latency: Duration) {
+        if let Some(op) = self.open[client].remove(&done.seq) {
+            let op = &mut self.history[op];
+            op.ret = Some((op.call_us + latency.as_micros() as u64, done.result));
+        }
+    }
+}
+
+/// A simulated client node: the client host with the recording driver.
+pub type SimClient<P> =
+    Hosted<ClientHost<P, SimDriver<<P as Proxy>::Command, <P as Proxy>::Reply>>>;
+
 impl<P: Proxy> SimClient<P> {
+    /// Whether every client submitted its workload and got every answer.
     pub fn done(&self) -> bool {
-        self.budget.iter().all(|&b| b == 0) && self.proxies.iter().all(|p| p.outstanding() == 0)
-    }
-
-    pub fn stats(&self) -> ClientStats {
-        self.proxies.iter().map(|p| p.stats()).sum()
-    }
-
-    fn pump(&mut self) {
-        let max = self.node.config().tuning.payload_bytes_max;
-        self.node.take_app(&mut self.inbox);
-        for (_, bytes) in self.inbox.drain(..) {
-            let Some((client, body)) = wire::addressee(&bytes) else {
-                continue;
-            };
-            let i = client.index() as usize;
-            let Some(p) = self.proxies.get_mut(i).filter(|p| p.id() == client) else {
-                continue;
-            };
-            if let Some(c) = p.on_message(body) {
-                if let Some(op) = self.open[i].remove(&c.seq) {
-                    self.history[op].ret = Some((self.now_us, c.result));
-                }
-            }
-        }
-        let tick = self.node.now();
-        let new_tick = tick != self.ticked;
-        self.ticked = tick;
-        for i in 0..self.proxies.len() {
-            if new_tick {
-                self.proxies[i].tick(tick);
-            }
-            while self.budget[i] > 0
-                && self.proxies[i].outstanding() < self.window
-                && self.now_us >= self.next_at[i]
-            {
-                self.budget[i] -= 1;
-                if self.think_us > 0 {
-                    self.next_at[i] = self.now_us + self.rng.random_range(0..2 * self.think_us);
-                }
-                let cmd = (self.workload)(&mut self.rng, i);
-                self.proxies[i].set_payload_limit(max);
-                let seq = self.proxies[i].submit(cmd.clone());
-                self.open[i].insert(seq, self.history.len());
-                self.history.push(Op {
-                    client: self.proxies[i].id(),
-                    command: cmd,
-                    call_us: self.now_us,
-                    ret: None,
-                });
-                let mut refused = Vec::new();
-                self.proxies[i].take_refused(&mut refused);
-                for c in refused {
-                    if let Some(op) = self.open[i].remove(&c.seq) {
-                        self.history[op].ret = Some((self.now_us, c.result));
-                    }
-                }
-            }
-            self.proxies[i].take_multicasts(&mut self.out);
-        }
-        for (dests, payload) in self.out.drain(..) {
-            // Backpressure cannot persist here: windows are small; a refused multicast is
-            // resent by the proxy's timer.
-            let _ = self.node.multicast(dests, payload);
-        }
+        self.driver.exhausted() && self.outstanding() == 0
     }
 }
 
 /// A node of a simulated deployment.
 pub enum SimNode<B: Blueprint> {
-    Replica(Box<B::Replica>),
+    Replica(Box<SimReplica<B::Core>>, Meter),
     Client(Box<SimClient<B::Proxy>>),
     Acceptor(Box<GroupsNode>),
 }
@@ -683,21 +252,21 @@ pub enum SimNode<B: Blueprint> {
 impl<B: Blueprint> SimNode<B> {
     fn node_mut(&mut self) -> &mut GroupsNode {
         match self {
-            SimNode::Replica(r) => r.node_mut(),
+            SimNode::Replica(r, _) => &mut r.node,
             SimNode::Client(c) => &mut c.node,
             SimNode::Acceptor(n) => n,
         }
     }
     fn pump(&mut self) {
         match self {
-            SimNode::Replica(r) => r.pump(),
+            SimNode::Replica(r, _) => r.pump(),
             SimNode::Client(c) => c.pump(),
             SimNode::Acceptor(_) => {}
         }
     }
-    pub fn as_replica(&self) -> Option<&B::Replica> {
+    pub fn as_replica(&self) -> Option<&SimReplica<B::Core>> {
         match self {
-            SimNode::Replica(r) => Some(r),
+            SimNode::Replica(r, _) => Some(r),
             _ => None,
         }
     }
@@ -729,8 +298,10 @@ impl<B: Blueprint> Actor for SimNode<B> {
         self.node_mut().reconnected(peer);
     }
     fn set_time(&mut self, now_us: u64) {
-        if let SimNode::Client(c) = self {
-            c.now_us = now_us;
+        match self {
+            SimNode::Replica(r, _) => r.app.set_time_us(now_us),
+            SimNode::Client(c) => c.app.set_time_us(now_us),
+            SimNode::Acceptor(_) => {}
         }
     }
     fn msg_bytes(msg: &NetMsg) -> usize {
@@ -738,7 +309,7 @@ impl<B: Blueprint> Actor for SimNode<B> {
     }
     fn take_work_us(&mut self) -> f64 {
         match self {
-            SimNode::Replica(r) => r.take_work_us(),
+            SimNode::Replica(r, m) => m.charge(r.core.work_done()),
             _ => 0.0,
         }
     }
@@ -800,10 +371,13 @@ impl<B: Blueprint> EngineSim<B> {
     fn make(&self, id: NodeId, incarnation: u32) -> SimNode<B> {
         let roles = self.blueprint.roles();
         let cfg = Arc::new(roles.config.clone());
-        let replica = roles.is_replica(id);
+        let seed = self.setup.seed ^ (u64::from(id.0) << 32) ^ u64::from(incarnation);
+        let replica = roles
+            .is_replica(id)
+            .then(|| self.blueprint.replica(id, &cfg, seed));
         let opts = NodeOptions {
             epoch: incarnation,
-            merge_locally: !replica || self.blueprint.replicas_merge_locally(),
+            merge_locally: !replica.as_ref().is_some_and(Host::reads_entries),
             incarnation: u64::from(incarnation),
             recover: false,
         };
@@ -818,30 +392,31 @@ impl<B: Blueprint> EngineSim<B> {
                 storages[&(id, lc.id)].clone(),
             )
         });
-        let seed = self.setup.seed ^ (u64::from(id.0) << 32) ^ u64::from(incarnation);
-        if replica {
-            SimNode::Replica(Box::new(self.blueprint.replica(node, seed)))
+        if let Some(host) = replica {
+            let meter = Meter {
+                costs: self.blueprint.work_costs(),
+                charged: [0, 0],
+            };
+            SimNode::Replica(Box::new(Hosted::new(node, host)), meter)
         } else if roles.is_client(id) {
             assert_eq!(incarnation, 0, "simulated clients do not restart");
             let n = self.setup.clients_per_node;
-            SimNode::Client(Box::new(SimClient {
-                node,
-                proxies: (0..n)
-                    .map(|i| self.blueprint.proxy(ClientId::new(id, i as u32)))
-                    .collect(),
+            let proxies: Vec<B::Proxy> = (0..n)
+                .map(|i| self.blueprint.proxy(ClientId::new(id, i as u32)))
+                .collect();
+            let driver = SimDriver {
+                clients: proxies.iter().map(Proxy::id).collect(),
                 budget: vec![self.setup.ops_per_client; n],
-                open: vec![BTreeMap::new(); n],
-                window: self.setup.window,
                 workload: self.setup.workload.clone(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
-                now_us: 0,
                 think_us: self.setup.think_us,
                 next_at: vec![0; n],
+                drawn: None,
+                open: vec![BTreeMap::new(); n],
                 history: Vec::new(),
-                inbox: Vec::new(),
-                out: Vec::new(),
-                ticked: u64::MAX,
-            }))
+            };
+            let host = ClientHost::new(proxies, self.setup.window, driver);
+            SimNode::Client(Box::new(Hosted::new(node, host)))
         } else {
             SimNode::Acceptor(Box::new(node))
         }
@@ -876,7 +451,7 @@ impl<B: Blueprint> EngineSim<B> {
     }
 
     /// The live replicas, with their node ids.
-    pub fn replicas(&self) -> impl Iterator<Item = (NodeId, &B::Replica)> + '_ {
+    pub fn replicas(&self) -> impl Iterator<Item = (NodeId, &SimReplica<B::Core>)> + '_ {
         self.roles().replicas().filter_map(|r| {
             self.sim
                 .actor(r)
@@ -896,12 +471,12 @@ impl<B: Blueprint> EngineSim<B> {
                 .is_some_and(SimClient::done)
         });
         clients_done
-            && self.replicas().all(|(_, r)| r.backlog() == 0)
+            && self.replicas().all(|(_, r)| r.core.backlog() == 0)
             && self.roles().replica_sets.iter().all(|set| {
                 let progress: Vec<Vec<u64>> = set
                     .iter()
                     .filter_map(|r| self.sim.actor(*r).and_then(SimNode::as_replica))
-                    .map(SimRole::progress)
+                    .map(|r| r.core.progress())
                     .collect();
                 progress.windows(2).all(|w| w[0] == w[1])
             })
@@ -926,13 +501,15 @@ impl<B: Blueprint> EngineSim<B> {
             .clients
             .iter()
             .filter_map(|c| self.sim.actor(*c).and_then(SimNode::as_client))
-            .flat_map(|c| c.history.iter().cloned())
+            .flat_map(|c| c.driver.history.iter().cloned())
             .collect()
     }
 
     /// State hashes of the live replicas.
-    pub fn replica_hashes(&self) -> Vec<(NodeId, u64)> {
-        self.replicas().map(|(r, x)| (r, x.state_hash())).collect()
+    pub fn replica_hashes(&self) -> Vec<(NodeId, Option<u64>)> {
+        self.replicas()
+            .map(|(r, x)| (r, x.core.state_hash()))
+            .collect()
     }
 
     /// A description of the replica sets whose live replicas' states differ, if any.
@@ -942,13 +519,13 @@ impl<B: Blueprint> EngineSim<B> {
             .replica_sets
             .iter()
             .filter_map(|set| {
-                let hashes: Vec<(NodeId, u64)> = set
+                let hashes: Vec<(NodeId, Option<u64>)> = set
                     .iter()
                     .filter_map(|r| {
                         self.sim
                             .actor(*r)
                             .and_then(SimNode::as_replica)
-                            .map(|x| (*r, x.state_hash()))
+                            .map(|x| (*r, x.core.state_hash()))
                     })
                     .collect();
                 hashes
@@ -958,6 +535,33 @@ impl<B: Blueprint> EngineSim<B> {
             })
             .collect();
         (!bad.is_empty()).then(|| format!("replicas diverged: {}", bad.join("; ")))
+    }
+
+    /// What the checks every simulated run ends with find: live replicas of a set in
+    /// different states, clients that saw two replicas disagree on a state hash, and a history
+    /// that `model` does not explain (within `budget`). One line per problem; liveness (a run
+    /// that did not get quiet) is the caller's to judge.
+    pub fn outcome_problems<M>(&self, model: &M, budget: crate::lincheck::Budget) -> Vec<String>
+    where
+        M: crate::lincheck::Model<
+            Input = <B::Proxy as Proxy>::Command,
+            Output = <B::Proxy as Proxy>::Reply,
+        >,
+        <B::Proxy as Proxy>::Reply: Clone,
+    {
+        let mut problems: Vec<String> = self.divergence().into_iter().collect();
+        let divergences = self.client_stats().divergences;
+        if divergences > 0 {
+            problems.push(format!(
+                "{divergences} state-hash disagreements seen by clients"
+            ));
+        }
+        let history = lincheck_history(&self.history());
+        match crate::lincheck::check(model, &history, budget) {
+            crate::lincheck::Verdict::Linearizable => {}
+            v => problems.push(format!("not linearizable: {v}")),
+        }
+        problems
     }
 
     /// Client counters summed over all client nodes.

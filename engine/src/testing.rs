@@ -7,7 +7,7 @@
 //! optimistically it goes to the owner, which refuses it when its shard would reach a multiple
 //! of `split_every` entries (the "structural change" that would need the other workers).
 
-use crate::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
+use crate::psmr::service::{Access, Service, Shards, SnapshotError, Target, Unsafe};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -141,16 +141,14 @@ impl Service for KvService {
     }
 
     fn state_hash(&self, shards: &[&Self::Shard]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = crate::hash::Fnv64::new();
         for s in shards {
             for (k, v) in s.iter() {
-                for x in [*k, *v as u64] {
-                    h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-                }
+                h.word(*k).word(*v as u64);
             }
-            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+            h.word(0xff);
         }
-        h
+        h.get()
     }
 
     fn snapshot_shard(&self, _worker: usize, shard: &Self::Shard) -> Vec<u8> {
@@ -242,10 +240,10 @@ impl crate::lincheck::Model for KvModel {
 /// from the start with value 100; key `k` is placed in partition `k % partitions`.
 pub mod scaleout {
     use crate::lincheck::{Keys, Model};
+    use crate::partitioned::msg::Response;
     use crate::partitioned::service::{
         Kind, Need, ObjectId, Objects, PartitionId, PartitionedService,
     };
-    use crate::partitioned::wire::Response;
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
 
@@ -275,9 +273,9 @@ pub mod scaleout {
         partitions: u32,
         seed: u64,
         rng: &mut rand_chacha::ChaCha8Rng,
-    ) -> crate::partitioned::client::ClientOptions {
+    ) -> crate::partitioned::proxy::ClientOptions {
         use rand::RngExt;
-        let mut client = crate::partitioned::client::ClientOptions::new(scheme, partitions);
+        let mut client = crate::partitioned::proxy::ClientOptions::new(scheme, partitions);
         client.retry_max = rng.random_range(1..=4);
         client.cache = rng.random_bool(0.7);
         client.move_on_cached = rng.random_bool(0.5);

@@ -9,7 +9,7 @@
 //! locks it took (its routes moved: [`Service::misrouted`]) teaches the service the routes and
 //! runs under every lock. `workers` server threads take requests from one queue.
 
-use crate::service::{Access, Service, Shards, Target};
+use crate::psmr::service::{Access, Service, Shards, Target};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 use std::sync::Arc;

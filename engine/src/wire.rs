@@ -1,5 +1,5 @@
-//! What clients and replicas send each other: a [`Request`] is the payload of an atomic
-//! multicast; a [`Reply`] travels back point to point as an application message.
+//! What travels between the engine's nodes, whatever the protocol: logical client ids, the
+//! encoding, and (point to point) messages addressed to a client.
 
 use groups::codec::{Bitcode, Codec, CodecError};
 use groups::ids::NodeId;
@@ -31,77 +31,138 @@ impl fmt::Debug for ClientId {
     }
 }
 
-/// How a command was mapped to workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Attempt {
-    /// The conservative (P-SMR) map: always executed.
-    Conservative,
-    /// opt-PSMR's optimistic map: a single worker may refuse it (then the client retries
-    /// conservatively, once).
-    Optimistic,
+/// Why bytes are not an envelope ([`FeedMsg`], [`AppMsg`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("empty message")]
+    Empty,
+    #[error("unknown message kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("a {kind} message needs {need} bytes, got {got}")]
+    Truncated {
+        kind: &'static str,
+        need: usize,
+        got: usize,
+    },
 }
 
-/// A command as multicast by a client proxy. The command itself is encoded separately, so a
-/// replica that cannot decode it can still tell the client ([`Outcome::Rejected`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Request {
-    pub client: ClientId,
-    pub seq: u64,
-    pub attempt: Attempt,
-    /// Which try of the command this is, from 0. The client sends try `n + 1` only after try
-    /// `n` was refused (an optimistic refusal, or [`Outcome::Misrouted`]); a worker that
-    /// refused try `n` refuses every later copy of tries up to `n`.
-    pub round: u32,
-    /// Every request of this client below `floor` has its reply: replicas may forget them.
-    pub floor: u64,
-    pub command: bytes::Bytes,
+/// Every payload the engine multicasts, as a replica reads it from its feed: one kind byte,
+/// then the kind's body. The engine's own requests (checkpoints) cannot be mistaken for a
+/// client's command, whatever the command's encoding, and a replica tells them apart without
+/// decoding the command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedMsg<'a> {
+    /// A client's command in its protocol's format: [`crate::psmr::msg::Request`] for P-SMR,
+    /// [`crate::partitioned::msg::Multicast`] for S-SMR and DS-SMR.
+    Command(&'a [u8]),
+    /// A checkpoint request for `round` (see [`crate::checkpoint`]).
+    Checkpoint { round: u64 },
 }
 
-/// The outcome of a request at one replica.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Outcome<R> {
-    Done(R),
-    /// The optimistic attempt would reach beyond its worker: nothing changed; multicast the
-    /// command again with the conservative map.
-    RetryConservative,
-    /// The workers it was multicast to are not (or no longer) the ones the command needs:
-    /// the client mapped it with stale routes (key ranges moved between workers since).
-    /// Nothing changed. The bytes are the service's current routes (possibly empty), for the
-    /// client to learn before it multicasts the command again.
-    Misrouted(bytes::Bytes),
-    /// The request could not be executed (malformed, or not a command of this service).
-    Rejected(String),
+const FEED_COMMAND: u8 = 0xC1;
+const FEED_CHECKPOINT: u8 = 0xC2;
+
+impl<'a> FeedMsg<'a> {
+    /// The multicast payload of a command.
+    pub fn command<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(FEED_COMMAND, None, body)
+    }
+
+    /// The multicast payload of a checkpoint request.
+    pub fn checkpoint(round: u64) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(9);
+        out.push(FEED_CHECKPOINT);
+        out.extend_from_slice(&round.to_le_bytes());
+        out.into()
+    }
+
+    pub fn parse(bytes: &'a [u8]) -> Result<FeedMsg<'a>, EnvelopeError> {
+        let (&kind, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        match kind {
+            FEED_COMMAND => Ok(FeedMsg::Command(body)),
+            FEED_CHECKPOINT => {
+                let round = body.try_into().map_err(|_| EnvelopeError::Truncated {
+                    kind: "checkpoint request",
+                    need: 9,
+                    got: bytes.len(),
+                })?;
+                Ok(FeedMsg::Checkpoint {
+                    round: u64::from_le_bytes(round),
+                })
+            }
+            other => Err(EnvelopeError::UnknownKind(other)),
+        }
+    }
 }
 
-/// A replica's answer to a request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Reply<R> {
-    pub client: ClientId,
-    pub seq: u64,
-    pub attempt: Attempt,
-    /// The try answered ([`Request::round`]).
-    pub round: u32,
-    /// The replica that answers.
-    pub replica: NodeId,
-    pub outcome: Outcome<R>,
-    /// For commands for all workers: the hash of the replica's whole state right after the
-    /// command. Clients compare the hashes of different replicas' replies.
-    pub state_hash: Option<u64>,
+/// Every point-to-point message between the engine's nodes: one kind byte, then the kind's
+/// body. A client node hosting many clients routes a reply by its addressee without knowing
+/// the body's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppMsg<'a> {
+    /// For client `client` of the receiving node: a reply (or a DS-SMR prophecy) in the
+    /// protocol's format.
+    ToClient { client: ClientId, body: &'a [u8] },
+    /// State transfer between replicas ([`crate::checkpoint::Transfer`]).
+    Transfer(&'a [u8]),
+    /// Between the protocol cores of two replicas (S-SMR and DS-SMR pulls and their answers,
+    /// [`crate::partitioned::msg::Peer`]).
+    Peer(&'a [u8]),
 }
 
-/// Encodes a message for a client: the client id (8 bytes, little-endian), then `body`. A client
-/// node hosting many clients routes the message by the prefix without knowing the body's type
-/// ([`addressee`]).
-pub fn to_client<T: Serialize>(client: ClientId, body: &T) -> bytes::Bytes {
-    let mut out = client.0.to_le_bytes().to_vec();
-    out.extend_from_slice(&encode(body));
+const APP_TO_CLIENT: u8 = 0xA1;
+const APP_TRANSFER: u8 = 0xA2;
+const APP_PEER: u8 = 0xA3;
+
+impl<'a> AppMsg<'a> {
+    /// A message for `client`.
+    pub fn to_client<T: Serialize>(client: ClientId, body: &T) -> bytes::Bytes {
+        tagged(APP_TO_CLIENT, Some(client), body)
+    }
+
+    /// A state-transfer message.
+    pub fn transfer<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(APP_TRANSFER, None, body)
+    }
+
+    /// A message between protocol cores.
+    pub fn peer<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(APP_PEER, None, body)
+    }
+
+    pub fn parse(bytes: &'a [u8]) -> Result<AppMsg<'a>, EnvelopeError> {
+        let (&kind, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        match kind {
+            APP_TO_CLIENT => {
+                let (id, body) = body
+                    .split_first_chunk::<8>()
+                    .ok_or(EnvelopeError::Truncated {
+                        kind: "client",
+                        need: 9,
+                        got: bytes.len(),
+                    })?;
+                Ok(AppMsg::ToClient {
+                    client: ClientId(u64::from_le_bytes(*id)),
+                    body,
+                })
+            }
+            APP_TRANSFER => Ok(AppMsg::Transfer(body)),
+            APP_PEER => Ok(AppMsg::Peer(body)),
+            other => Err(EnvelopeError::UnknownKind(other)),
+        }
+    }
+}
+
+/// `kind`, the client id if any (8 bytes, little-endian), then `body` encoded.
+fn tagged<T: Serialize>(kind: u8, client: Option<ClientId>, body: &T) -> bytes::Bytes {
+    let body = encode(body);
+    let mut out = Vec::with_capacity(9 + body.len());
+    out.push(kind);
+    if let Some(c) = client {
+        out.extend_from_slice(&c.0.to_le_bytes());
+    }
+    out.extend_from_slice(&body);
     out.into()
-}
-
-/// The client a message from [`to_client`] is for, and its body.
-pub fn addressee(bytes: &[u8]) -> Option<(ClientId, &[u8])> {
-    let (id, body) = bytes.split_first_chunk::<8>()?;
-    Some((ClientId(u64::from_le_bytes(*id)), body))
 }
 
 /// Encodes a wire value.
@@ -126,27 +187,35 @@ mod tests {
     }
 
     #[test]
-    fn client_messages_carry_their_addressee() {
+    fn envelopes_round_trip_and_bad_ones_say_why() {
         let c = ClientId::new(NodeId(1000), 42);
-        let m = to_client(c, &(7u64, "x".to_string()));
-        let (to, body) = addressee(&m).unwrap();
-        assert_eq!(to, c);
-        assert_eq!(decode::<(u64, String)>(body).unwrap(), (7, "x".to_string()));
-        assert!(addressee(&m[..5]).is_none());
-    }
-
-    #[test]
-    fn a_request_with_a_foreign_command_still_decodes_its_envelope() {
-        let r = Request {
-            client: ClientId::new(NodeId(1), 0),
-            seq: 9,
-            attempt: Attempt::Optimistic,
-            round: 0,
-            floor: 0,
-            command: encode(&"not a number".to_string()).into(),
+        let m = AppMsg::to_client(c, &(7u64, "x".to_string()));
+        let AppMsg::ToClient { client, body } = AppMsg::parse(&m).unwrap() else {
+            panic!("a client message");
         };
-        let back: Request = decode(&encode(&r)).unwrap();
-        assert_eq!((back.client, back.seq), (r.client, 9));
-        assert!(decode::<(u64, u64)>(&back.command).is_err());
+        assert_eq!(client, c);
+        assert_eq!(decode::<(u64, String)>(body).unwrap(), (7, "x".to_string()));
+        assert!(matches!(
+            AppMsg::parse(&m[..5]),
+            Err(EnvelopeError::Truncated { .. })
+        ));
+        assert_eq!(AppMsg::parse(&[]), Err(EnvelopeError::Empty));
+        assert_eq!(
+            AppMsg::parse(&AppMsg::peer(&5u8)),
+            Ok(AppMsg::Peer(&encode(&5u8)[..]))
+        );
+        assert_eq!(
+            FeedMsg::parse(&FeedMsg::checkpoint(9)),
+            Ok(FeedMsg::Checkpoint { round: 9 })
+        );
+        let cmd = FeedMsg::command(&"not a round".to_string());
+        assert!(matches!(FeedMsg::parse(&cmd), Ok(FeedMsg::Command(_))));
+        assert!(matches!(
+            FeedMsg::parse(&FeedMsg::checkpoint(9)[..5]),
+            Err(EnvelopeError::Truncated { .. })
+        ));
+        // A client message is not a feed message and the other way round.
+        assert_eq!(FeedMsg::parse(&m), Err(EnvelopeError::UnknownKind(m[0])));
+        assert!(AppMsg::parse(&cmd).is_err());
     }
 }

@@ -1,6 +1,6 @@
-//! Property-based runs over every decoder of network input in `engine`: the request and reply
-//! envelopes of [`engine::wire`] and the client-message framing ([`wire::to_client`] /
-//! [`wire::addressee`]), the scale-out messages of [`engine::partitioned::wire`], the command
+//! Property-based runs over every decoder of network input in `engine`: the envelopes of
+//! [`engine::wire`] ([`FeedMsg`], [`AppMsg`]), the P-SMR requests and replies of
+//! [`engine::psmr::msg`], the scale-out messages of [`engine::partitioned::msg`], the command
 //! and reply types of the test services ([`engine::testing`]), a P-SMR replica's decoding of
 //! a delivery ([`Executor::decode`]), and the sysfs CPU-list parser.
 //!
@@ -11,15 +11,16 @@
 //! round trips for valid encodings (same debug form, same bytes when re-encoded).
 
 use bytes::Bytes;
-use engine::partitioned::service::Kind;
-use engine::partitioned::wire::{
+use engine::partitioned::msg::{
     CommandMsg, Exchange, Multicast, Outcome as POutcome, Peer, Prophecy, Response, ToClient,
 };
-use engine::psmr::core::{ExecOptions, Executor};
+use engine::partitioned::service::Kind;
+use engine::psmr::executor::{ExecOptions, Executor, JobKind};
+use engine::psmr::msg::{Attempt, Outcome, Reply, Request};
 use engine::testing::scaleout::{Cmd, Reply as SReply};
 use engine::testing::{KvCommand, KvReply, KvService};
 use engine::topology::parse_cpu_list;
-use engine::wire::{self, Attempt, ClientId, Outcome, Reply, Request};
+use engine::wire::{self, AppMsg, ClientId, FeedMsg};
 use groups::codec::CodecError;
 use groups::merge::Delivery;
 use groups::{GroupId, GroupSet, LogId, Message, MsgId, NodeId};
@@ -361,35 +362,51 @@ proptest! {
         stable::<Cmd>(&req.command)?;
     }
 
-    /// Client messages: the 8-byte client id, then the body. Any input of at least 8 bytes
-    /// has an addressee, the rest is the body; shorter input has none.
+    /// Point-to-point messages: a kind byte, for clients the 8-byte client id, then the body.
+    /// Any input parses to an envelope or a typed error; a client message's body is the rest.
     #[test]
-    fn client_messages_carry_their_addressee(
+    fn app_messages_carry_their_kind_and_addressee(
         c in client(),
         rep in reply(),
         tc in to_client_msg(),
         noise in vec(any::<u8>(), 0..40),
     ) {
-        let m = wire::to_client(c, &rep);
-        let (to, body) = wire::addressee(&m).expect("a client message has an addressee");
+        let m = AppMsg::to_client(c, &rep);
+        let Ok(AppMsg::ToClient { client: to, body }) = AppMsg::parse(&m) else {
+            panic!("a client message has an addressee");
+        };
         prop_assert_eq!(to, c);
         let back: Reply<KvReply> = wire::decode(body).unwrap();
         prop_assert_eq!(format!("{back:?}"), format!("{rep:?}"));
 
-        let m = wire::to_client(c, &tc);
-        let (to, body) = wire::addressee(&m).unwrap();
+        let m = AppMsg::to_client(c, &tc);
+        let Ok(AppMsg::ToClient { client: to, body }) = AppMsg::parse(&m) else {
+            panic!("a client message has an addressee");
+        };
         prop_assert_eq!(to, c);
         let back: ToClient<SReply> = wire::decode(body).unwrap();
         prop_assert_eq!(format!("{back:?}"), format!("{tc:?}"));
 
-        match wire::addressee(&noise) {
-            None => prop_assert!(noise.len() < 8),
-            Some((ClientId(id), body)) => {
-                prop_assert!(noise.len() >= 8);
-                prop_assert_eq!(id, u64::from_le_bytes(noise[..8].try_into().unwrap()));
-                prop_assert_eq!(body, &noise[8..]);
+        match AppMsg::parse(&noise) {
+            Err(_) => {}
+            Ok(AppMsg::ToClient { client: ClientId(id), body }) => {
+                prop_assert!(noise.len() >= 9);
+                prop_assert_eq!(id, u64::from_le_bytes(noise[1..9].try_into().unwrap()));
+                prop_assert_eq!(body, &noise[9..]);
                 stable::<Reply<KvReply>>(body)?;
                 stable::<ToClient<SReply>>(body)?;
+            }
+            Ok(AppMsg::Transfer(body) | AppMsg::Peer(body)) => {
+                prop_assert_eq!(body, &noise[1..]);
+                stable::<engine::checkpoint::Transfer>(body)?;
+            }
+        }
+        match FeedMsg::parse(&noise) {
+            Err(_) => {}
+            Ok(FeedMsg::Command(body)) => prop_assert_eq!(body, &noise[1..]),
+            Ok(FeedMsg::Checkpoint { round }) => {
+                prop_assert_eq!(noise.len(), 9);
+                prop_assert_eq!(round, u64::from_le_bytes(noise[1..9].try_into().unwrap()));
             }
         }
     }
@@ -427,9 +444,10 @@ proptest! {
         which in 0..3u8,
         d in damage(),
     ) {
-        use engine::checkpoint::{self, Checkpoint, Transfer, WorkerPart};
-        use engine::psmr::core::WorkerState;
-        use engine::service::Service;
+        use engine::checkpoint::Transfer;
+        use engine::psmr::snapshot::{Checkpoint, WorkerPart};
+        use engine::psmr::executor::WorkerState;
+        use engine::psmr::service::Service;
         let t = match which {
             0 => Transfer::Get { round: (offset % 2 == 0).then_some(round), offset },
             1 => Transfer::Chunk { round, total: offset, offset, data },
@@ -438,7 +456,7 @@ proptest! {
         check_codec(&t, &d)?;
         let _ = Transfer::decode(&d.noise);
 
-        let dep = engine::layout::Deployment::new(2, 1, 2, 1, groups::config::Tuning::default())
+        let dep = engine::psmr::deployment::Deployment::new(2, 1, 2, 1, groups::config::Tuning::default())
             .unwrap();
         let subs = dep.config.node(NodeId(1)).unwrap().subscriptions.clone();
         let svc = KvService::default();
@@ -458,7 +476,7 @@ proptest! {
             .collect();
         let ck = Checkpoint { round, parts };
         check_codec(&ck, &d)?;
-        let restored = checkpoint::restore(&svc, &ck, &dep.config, &subs).unwrap();
+        let restored = engine::psmr::snapshot::restore(&svc, &ck, &dep.config, &subs).unwrap();
         prop_assert_eq!(&restored.shards, &shards);
         let mut bad = ck.encode().to_vec();
         for (i, mask) in &d.flips {
@@ -466,7 +484,7 @@ proptest! {
             bad[at] ^= mask;
         }
         if let Ok(c) = Checkpoint::decode(&bad) {
-            let _ = checkpoint::restore(&svc, &c, &dep.config, &subs);
+            let _ = engine::psmr::snapshot::restore(&svc, &c, &dep.config, &subs);
         }
     }
 
@@ -503,9 +521,9 @@ proptest! {
         id in msg_id(),
     ) {
         let payload = match which {
-            0 => wire::encode(&req),
+            0 => FeedMsg::command(&req).to_vec(),
             1 => {
-                let mut v = wire::encode(&req);
+                let mut v = FeedMsg::command(&req).to_vec();
                 for (i, mask) in &flips {
                     let at = i.index(v.len());
                     v[at] ^= mask;
@@ -532,16 +550,23 @@ proptest! {
             .map(|g| g.0 as usize)
             .filter(|&g| g < workers)
             .collect();
-        match wire::decode::<Request>(&payload) {
-            Err(_) => prop_assert!(job.is_none()),
-            Ok(r) => match job {
+        let request = match FeedMsg::parse(&payload) {
+            Ok(FeedMsg::Command(body)) => wire::decode::<Request>(body).ok(),
+            _ => None,
+        };
+        match request {
+            None => prop_assert!(job.is_none() || job.as_ref().is_some_and(|j| j.checkpoint_round().is_some())),
+            Some(r) => match job {
                 None => prop_assert!(involved.is_empty()),
                 Some(job) => {
                     prop_assert_eq!(job.id, id);
                     prop_assert_eq!(&job.involved, &involved);
                     prop_assert_eq!(job.executor(), involved[0]);
-                    prop_assert_eq!((job.request.client, job.request.seq), (r.client, r.seq));
-                    match (wire::decode::<KvCommand>(&r.command), &job.command) {
+                    let JobKind::Command { request, command } = &job.kind else {
+                        panic!("a command");
+                    };
+                    prop_assert_eq!((request.client, request.seq), (r.client, r.seq));
+                    match (wire::decode::<KvCommand>(&r.command), command) {
                         (Ok(want), Ok(got)) => prop_assert_eq!(&want, got),
                         (Err(e), Err(why)) => prop_assert_eq!(&e.to_string(), why),
                         (want, got) => prop_assert!(false, "{:?} vs {:?}", want, got),

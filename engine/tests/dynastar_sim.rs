@@ -18,9 +18,9 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use engine::lincheck::{self, Budget};
+use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::dynastar::placement::Method;
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{check_ownership, ScaleOut};
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
@@ -89,12 +89,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         problems.push("liveness: not quiet after the faults stopped".to_string());
         if verbose {
             for (id, r) in sim.replicas() {
-                eprintln!(
-                    "  {id}: backlog {} handled {}",
-                    r.replica.backlog(),
-                    r.replica.handled()
-                );
-                if let Some(p) = r.replica.dyna_partition() {
+                eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
+                if let Some(p) = r.dyna_partition() {
                     eprintln!("    {:?} waiting on {:?}", p.stats, p.waiting_on());
                 }
             }
@@ -116,13 +112,13 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     }
     let mut plans = 0;
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.replica.dyna_partition() {
+        if let Some(p) = r.dyna_partition() {
             MOVED.fetch_add(p.stats.moves_in, Ordering::Relaxed);
             LENT.fetch_add(p.stats.lent, Ordering::Relaxed);
             GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
             RETRIES.fetch_add(p.stats.retries, Ordering::Relaxed);
         }
-        if let Some(o) = r.replica.dyna_oracle() {
+        if let Some(o) = r.dyna_oracle() {
             plans = plans.max(o.stats.plans_completed);
         }
     }

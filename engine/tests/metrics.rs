@@ -5,7 +5,8 @@
 //! wrong method, garbage, an oversized head, and a silent client followed by a good request
 //! (which must still be served, after the silent one times out).
 
-use engine::metrics::{render_workers, Exposition, MetricsServer, SharedWorkerStats};
+use engine::metrics::{render_workers, Exposition, SharedWorkerStats};
+use groups::runtime::metrics_http::MetricsServer;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,10 +8,11 @@
 //! both replicas end in the same state, the conflict detector (on) saw no two dependent
 //! commands run at once, and opt-PSMR really aborted and retried.
 
-use engine::client::{ClientHandle, HandleApp, Mode};
+use engine::calls::ClientHandle;
 use engine::inproc::{self, EngineApp};
-use engine::layout::Deployment;
-use engine::psmr::core::ExecOptions;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
 use engine::psmr::replica::ReplicaOptions;
 use engine::testing::{KvCommand, KvReply, KvService};
 use groups::config::Tuning;
@@ -35,7 +36,8 @@ fn run(mode: Mode) {
     };
     let mut handle: Option<ClientHandle<KvCommand, KvReply>> = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) = HandleApp::new(id, CLIENTS, service.clone(), mode, workers, 200);
+        let (app, h) =
+            engine::psmr::proxy::handle_app(id, CLIENTS, service.clone(), mode, workers, 200);
         handle = Some(h);
         app
     });
@@ -78,11 +80,12 @@ fn run(mode: Mode) {
         KvReply::Inserted(false)
     );
 
+    inproc::await_level(&cluster, &d.replicas, TIMEOUT).expect("the replicas level up");
     let apps = cluster.stop();
     let reports: Vec<_> = apps
         .values()
         .filter_map(EngineApp::as_replica)
-        .map(|r| r.report.clone().expect("replica reported"))
+        .map(|r| r.host.core.report.clone().expect("replica reported"))
         .collect();
     assert_eq!(reports.len(), 2);
     let hashes: Vec<_> = reports.iter().map(|r| r.state_hash).collect();
@@ -97,7 +100,7 @@ fn run(mode: Mode) {
         .values()
         .find_map(EngineApp::as_client)
         .expect("client app")
-        .app
+        .host
         .stats();
     assert_eq!(client.divergences, 0);
     match mode {

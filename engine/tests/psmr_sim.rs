@@ -12,11 +12,12 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::client::Mode;
-use engine::layout::Deployment;
-use engine::lincheck::{self, Budget, Keys, Model};
-use engine::psmr::core::ExecOptions;
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, Psmr, SimSetup};
+use engine::lincheck::{Budget, Keys, Model};
+use engine::psmr::blueprint::Psmr;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
 use engine::testing::{KvCommand, KvReply, KvService};
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
@@ -145,17 +146,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             eprintln!("{r}: {:?} stats {:?}", x.shards(), x.worker_stats());
         }
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     let stats = sim.client_stats();
-    if stats.divergences > 0 {
-        problems.push(format!(
-            "{} state-hash disagreements seen by clients",
-            stats.divergences
-        ));
-    }
-    let history = lincheck_history(&sim.history());
+    let history = sim.history();
     if verbose {
         let unknown = history.iter().filter(|o| o.ret.is_none()).count();
         eprintln!(
@@ -163,10 +155,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             history.len()
         );
     }
-    match lincheck::check(&KvModel, &history, Budget::new(2_000_000)) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems.extend(sim.outcome_problems(&KvModel, Budget::new(2_000_000)));
     ABORTS.fetch_add(stats.aborts, std::sync::atomic::Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, std::sync::atomic::Ordering::Relaxed);
     if problems.is_empty() {

@@ -16,11 +16,12 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use engine::checkpoint::CheckpointPolicy;
-use engine::client::Mode;
-use engine::layout::Deployment;
-use engine::lincheck::{self, Budget};
-use engine::psmr::core::ExecOptions;
-use engine::sim::{faulty_network, lincheck_history, EngineSim, Psmr, SimRole, SimSetup};
+use engine::lincheck::Budget;
+use engine::psmr::blueprint::Psmr;
+use engine::psmr::deployment::Deployment;
+use engine::psmr::executor::ExecOptions;
+use engine::psmr::proxy::Mode;
+use engine::sim::{faulty_network, EngineSim, SimSetup};
 use engine::testing::{KvCommand, KvModel, KvService};
 use groups::config::Tuning;
 use groups::ids::{LogId, NodeId};
@@ -175,24 +176,11 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if sim.replicas().count() != 4 {
         problems.push("a replica is down at the end".into());
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
-    let cs = sim.client_stats();
-    if cs.divergences > 0 {
-        problems.push(format!(
-            "{} state-hash disagreements seen by clients",
-            cs.divergences
-        ));
-    }
-    let history = lincheck_history(&sim.history());
+    let history = sim.history();
     if history.iter().any(|o| o.ret.is_none()) {
         problems.push("a command never completed".into());
     }
-    match lincheck::check(&KvModel, &history, Budget::new(2_000_000)) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems.extend(sim.outcome_problems(&KvModel, Budget::new(2_000_000)));
     let victim_stats = stats
         .iter()
         .find(|(r, _)| *r == victim)

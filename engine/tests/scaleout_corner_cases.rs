@@ -11,22 +11,30 @@
 //! gathering target.
 
 use bytes::Bytes;
-use engine::client::{ClientError, Proxy};
-use engine::partitioned::client::{ClientOptions, ScaleOutClient};
+use engine::host::client::{ClientError, Proxy};
 use engine::partitioned::layout::{self, ScaleOutLayout};
+use engine::partitioned::msg::{Multicast, Response};
 use engine::partitioned::oracle::OracleServer;
+use engine::partitioned::proxy::{ClientOptions, ScaleOutClient};
 use engine::partitioned::server::PartitionServer;
 use engine::partitioned::service::{
     Kind, Need, ObjectId, Objects, PartitionId, PartitionedService,
 };
-use engine::partitioned::wire::{Multicast, Response};
 use engine::partitioned::{Output, Scheme, ServerOptions};
 use engine::testing::scaleout::{Cmd, ObjectKv, Reply};
-use engine::wire::{self, ClientId};
+use engine::wire::{self, AppMsg, ClientId, FeedMsg};
 use groups::ids::{GroupId, MsgId, NodeId};
 use groups::GroupSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+/// The multicast a client sent.
+fn multicast(payload: &[u8]) -> Multicast {
+    match FeedMsg::parse(payload) {
+        Ok(FeedMsg::Command(body)) => wire::decode(body).expect("a multicast"),
+        other => panic!("not a command: {other:?}"),
+    }
+}
 
 /// The key-value service with a gathering target the test can force.
 struct Steer {
@@ -140,14 +148,14 @@ impl World {
     /// Index of the first multicast after `after` that `pred` accepts.
     fn find(&self, after: usize, pred: impl Fn(&Multicast) -> bool) -> usize {
         (after..self.sent.len())
-            .find(|&i| pred(&wire::decode::<Multicast>(&self.sent[i].2).unwrap()))
+            .find(|&i| pred(&multicast(&self.sent[i].2)))
             .unwrap_or_else(|| panic!("no such multicast after {after}: {:?}", self.kinds()))
     }
 
     fn kinds(&self) -> Vec<String> {
         self.sent
             .iter()
-            .map(|(_, d, p)| format!("{d:?} {:?}", wire::decode::<Multicast>(p).unwrap()))
+            .map(|(_, d, p)| format!("{d:?} {:?}", multicast(p)))
             .collect()
     }
 
@@ -158,10 +166,13 @@ impl World {
             dests.contains(GroupId(g)),
             "multicast {m} is not for group {g}"
         );
+        let Ok(FeedMsg::Command(body)) = FeedMsg::parse(&payload) else {
+            panic!("clients multicast commands");
+        };
         if g == self.k {
-            self.oracle.deliver(id, &payload);
+            self.oracle.deliver(id, body);
         } else {
-            self.parts[g as usize].deliver(id, &payload);
+            self.parts[g as usize].deliver(id, body);
         }
         self.pump();
     }
@@ -190,7 +201,9 @@ impl World {
                         }
                     }
                     Output::Send(NodeId(1000), payload) => {
-                        let (client, body) = wire::addressee(&payload).unwrap();
+                        let Ok(AppMsg::ToClient { client, body }) = AppMsg::parse(&payload) else {
+                            panic!("a message for a client");
+                        };
                         let i = client.index() as usize;
                         if let Some(c) = self.clients[i].on_message(body) {
                             self.done.push((i, c.seq, c.result));
@@ -375,7 +388,7 @@ fn by_default_cached_locations_that_span_partitions_are_checked_with_the_oracle(
     }
     let before = w.sent.len();
     let t = w.submit(0, Cmd::Transfer(0, 1, 1));
-    let first = wire::decode::<Multicast>(&w.sent[before].2).unwrap();
+    let first = multicast(&w.sent[before].2);
     assert!(World::is_consult(&first, 0), "consulted first: {first:?}");
     assert_eq!(w.clients[0].stats().consults, 3);
     consult(&mut w, 0, before);
@@ -535,7 +548,7 @@ fn the_published_oracle_loses_created_objects() {
         };
         let mut oracle =
             OracleServer::new(service.clone(), cfg, layout.oracle_replicas[0], 2, opts);
-        let create = Multicast::Command(engine::partitioned::wire::CommandMsg {
+        let create = Multicast::Command(engine::partitioned::msg::CommandMsg {
             client: ClientId::new(NodeId(1000), 0),
             seq: 0,
             attempt: 1,

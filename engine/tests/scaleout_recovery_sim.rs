@@ -24,12 +24,12 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use engine::checkpoint::CheckpointPolicy;
-use engine::lincheck::{self, Budget};
-use engine::partitioned::client::ClientOptions;
+use engine::lincheck::Budget;
+use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{check_ownership, ScaleOut};
+use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimRole, SimSetup};
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
 use groups::ids::{LogId, NodeId};
 use rand::{RngExt, SeedableRng};
@@ -151,11 +151,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
                 .collect();
             if verbose {
                 for (r, x) in sim.replicas() {
-                    eprintln!(
-                        "{r}: {:?}\n{}",
-                        x.replica.checkpoint_stats(),
-                        x.node().describe()
-                    );
+                    eprintln!("{r}: {:?}\n{}", x.checkpoint_stats(), x.node().describe());
                 }
             }
             return Err(format!(
@@ -182,17 +178,17 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             for (id, r) in sim.replicas() {
                 eprintln!(
                     "  {id}: backlog {} handled {} recovering {} head {:?}",
-                    r.replica.backlog(),
-                    r.replica.handled(),
-                    r.replica.recovering(),
-                    r.replica.partition().and_then(|p| p.head())
+                    r.backlog(),
+                    r.handled(),
+                    r.recovering(),
+                    r.partition().and_then(|p| p.head())
                 );
             }
         }
     }
     let stats: Vec<(NodeId, _)> = sim
         .replicas()
-        .map(|(r, x)| (r, x.replica.checkpoint_stats()))
+        .map(|(r, x)| (r, x.checkpoint_stats()))
         .collect();
     if verbose {
         for (r, s) in &stats {
@@ -217,22 +213,13 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if sim.replicas().count() != sim.roles().replicas().count() {
         problems.push("a replica is down at the end".into());
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     problems.extend(check_ownership(&sim));
-    let history = lincheck_history(&sim.history());
+    let history = sim.history();
     if history.iter().any(|o| o.ret.is_none()) {
         problems.push("a command never completed".into());
     }
-    match lincheck::check(
-        &ObjectKvModel { preload: PRELOAD },
-        &history,
-        Budget::new(2_000_000),
-    ) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    problems
+        .extend(sim.outcome_problems(&ObjectKvModel { preload: PRELOAD }, Budget::new(2_000_000)));
     if problems.is_empty() {
         Ok(format!(
             "{scheme:?}, {} ops, victim {victim} installed round {} ({} bytes)",
@@ -307,7 +294,7 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
     let report = sim.campaign(seed, &Campaign::default());
     let stats: Vec<(NodeId, _)> = sim
         .replicas()
-        .map(|(r, x)| (r, x.replica.checkpoint_stats()))
+        .map(|(r, x)| (r, x.checkpoint_stats()))
         .collect();
     if verbose {
         eprintln!(
@@ -325,19 +312,10 @@ fn run_campaign(seed: u64, verbose: bool) -> Result<String, String> {
     if stats.iter().any(|(_, s)| s.refused > 0) {
         problems.push(format!("a checkpoint was refused: {stats:?}"));
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     problems.extend(check_ownership(&sim));
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(
-        &ObjectKvModel { preload: PRELOAD },
-        &history,
-        Budget::new(2_000_000),
-    ) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    let history = sim.history();
+    problems
+        .extend(sim.outcome_problems(&ObjectKvModel { preload: PRELOAD }, Budget::new(2_000_000)));
     let installed: u64 = stats.iter().map(|(_, s)| s.installed).sum();
     if problems.is_empty() {
         Ok(format!(

@@ -15,12 +15,12 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::lincheck::{self, Budget};
-use engine::partitioned::client::ClientOptions;
+use engine::lincheck::Budget;
+use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::sim::{check_ownership, ScaleOut};
+use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, Cmd, ObjectKv, ObjectKvModel};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -80,33 +80,20 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         problems.push("liveness: not quiet after the faults stopped".to_string());
         if verbose {
             for (id, r) in sim.replicas() {
-                eprintln!(
-                    "  {id}: backlog {} handled {}",
-                    r.replica.backlog(),
-                    r.replica.handled()
-                );
-                if let Some(p) = r.replica.partition() {
+                eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
+                if let Some(p) = r.partition() {
                     eprintln!("    {:?}", p.stats);
                 }
             }
         }
     }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
-    }
     problems.extend(check_ownership(&sim));
     let stats = sim.client_stats();
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(
-        &ObjectKvModel { preload: PRELOAD },
-        &history,
-        Budget::new(2_000_000),
-    ) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    let history = sim.history();
+    problems
+        .extend(sim.outcome_problems(&ObjectKvModel { preload: PRELOAD }, Budget::new(2_000_000)));
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.replica.partition() {
+        if let Some(p) = r.partition() {
             MULTI.fetch_add(p.stats.multi, Ordering::Relaxed);
             GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
         }

@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    use engine::serve::ConfigFile;
     if let Ok(f) = btree_service::cli::DeploymentFile::parse(text) {
         if let Ok(t) = f.render() {
             let _ = btree_service::cli::DeploymentFile::parse(&t);

@@ -1,14 +1,16 @@
-//! P-SMR client/replica messages: `Request` envelopes and the command inside, `Reply`
-//! envelopes, the client-id prefix of messages to clients (`addressee`), and a replica
-//! decoding a delivered payload (`Executor::decode`) for a delivery to arbitrary groups.
+//! P-SMR client/replica messages: `Request`s and the command inside, `Reply`s, the envelope of
+//! point-to-point messages (`AppMsg`, with the addressee of messages to clients), and a
+//! replica decoding a delivered payload (`Executor::decode`, through the `FeedMsg` envelope)
+//! for a delivery to arbitrary groups.
 //!
 //! Input layout: byte 0 picks the decoder (and the delivery's groups), the rest is the input.
 #![no_main]
 
 use bytes::Bytes;
-use engine::psmr::core::{ExecOptions, Executor};
+use engine::psmr::executor::{ExecOptions, Executor};
 use engine::testing::{KvCommand, KvReply, KvService};
-use engine::wire::{self, Reply, Request};
+use engine::wire::{self, AppMsg};
+use engine::psmr::msg::{Reply, Request};
 use groups::merge::Delivery;
 use groups::{GroupId, GroupSet, LogId, Message, MsgId, NodeId};
 use libfuzzer_sys::fuzz_target;
@@ -32,10 +34,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            if let Some((client, rest)) = wire::addressee(body) {
+            if let Ok(AppMsg::ToClient { client, body: rest }) = AppMsg::parse(body) {
                 let _ = client.node();
                 if let Ok(r) = wire::decode::<Reply<KvReply>>(rest) {
-                    let _ = wire::to_client(client, &r);
+                    let _ = AppMsg::to_client(client, &r);
                 }
             }
         }

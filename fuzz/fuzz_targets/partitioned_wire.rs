@@ -1,15 +1,15 @@
 //! Scale-out (S-SMR / DS-SMR) messages: the atomically multicast `Multicast`, the exchanges
 //! between partitions (`Exchange<V>`, for the test service's `i64` objects and Chirper's
-//! `User` objects), point-to-point `Peer<V>`, and messages to clients (`ToClient<R>`, after
-//! the client-id prefix).
+//! `User` objects), point-to-point `Peer<V>`, and messages to clients (`ToClient<R>`, inside
+//! their `AppMsg` envelope).
 //!
 //! Input layout: byte 0 picks the type, the rest is the body.
 #![no_main]
 
 use chirper::service::{Reply as ChirperReply, User};
-use engine::partitioned::wire::{Exchange, Multicast, Peer, Prophecy, ToClient};
+use engine::partitioned::msg::{Exchange, Multicast, Peer, Prophecy, ToClient};
 use engine::testing::scaleout::Reply as KvReply;
-use engine::wire;
+use engine::wire::{self, AppMsg};
 use libfuzzer_sys::fuzz_target;
 
 fn check<T: serde::Serialize + serde::de::DeserializeOwned>(body: &[u8]) {
@@ -46,12 +46,12 @@ fuzz_target!(|data: &[u8]| {
         5 => check::<Peer<User>>(body),
         6 => check::<Prophecy>(body),
         7 => {
-            if let Some((_, rest)) = wire::addressee(body) {
+            if let Ok(AppMsg::ToClient { body: rest, .. }) = AppMsg::parse(body) {
                 check::<ToClient<KvReply>>(rest);
             }
         }
         _ => {
-            if let Some((_, rest)) = wire::addressee(body) {
+            if let Ok(AppMsg::ToClient { body: rest, .. }) = AppMsg::parse(body) {
                 check::<ToClient<ChirperReply>>(rest);
             }
         }

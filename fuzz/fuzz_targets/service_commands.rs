@@ -7,7 +7,7 @@
 #![no_main]
 
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
-use engine::service::Service;
+use engine::psmr::service::Service;
 use chirper::service::{Command as ChirperCommand, Post, Reply as ChirperReply, User};
 use engine::testing::scaleout::{Cmd, Reply as ObjectReply};
 use engine::testing::{KvCommand, KvReply};

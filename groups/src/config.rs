@@ -579,6 +579,27 @@ impl ClusterConfig {
         self
     }
 
+    /// This configuration with every node at a loopback address, from `base_port` on in node
+    /// order (a TCP deployment on one machine); validated again.
+    pub fn with_loopback_addresses(self, base_port: u16) -> Result<Self, ConfigError> {
+        let mut nodes = self.nodes.clone();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.addr = Some(format!("127.0.0.1:{}", base_port as usize + i));
+        }
+        let checked = ClusterConfig::new(
+            self.cluster_id,
+            self.groups,
+            nodes,
+            self.logs.clone(),
+            self.tuning.clone(),
+        )?;
+        Ok(ClusterConfig {
+            nodes: checked.nodes,
+            derived: checked.derived,
+            ..self
+        })
+    }
+
     /// This configuration, allowed (`true`) or not to run unauthenticated TCP links when it
     /// names no secret and no TLS (see [`ClusterConfig::insecure`]).
     pub fn with_insecure(mut self, insecure: bool) -> Self {

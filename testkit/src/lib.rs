@@ -1,7 +1,9 @@
 //! Test support shared by Chorus's crates (a dev-dependency only): proptest settings, an
 //! allocator that refuses absurd allocations, damage of well-formed text inputs for decoder
 //! property tests, and helpers for tests that start server processes (ports, a kill-on-drop
-//! process guard, scraping `/metrics`).
+//! process guard, scraping `/metrics`), and data-driven test scripts ([`script`]).
+
+pub mod script;
 
 use bytes::Bytes;
 use proptest::collection::vec;

@@ -8,14 +8,15 @@
 
 use super::procs::{Group, TempDir};
 use super::{Measured, Plan, Point};
-use btree_service::cli::DeploymentFile;
+use btree_service::cli::{ConfigFile, DeploymentFile};
 use btree_service::load::Sequence;
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use btree_service::ycsb::{OpLatencies, YcsbDriver, YcsbResult, YcsbWorkload};
 use bytes::Bytes;
-use engine::client::{ClientApp, ClientError, ClientOptions, ClientProxy, Driver};
-use engine::layout::Deployment;
+use engine::host::client::{Completion, Driver};
 use engine::load::{histogram, quantile_us, DONE, MEASURE, WARMUP};
+use engine::psmr::deployment::Deployment;
+use engine::psmr::proxy::{ClientOptions, ClientProxy};
 use engine::wire::ClientId;
 use groups::config::{Durability, Tuning};
 use groups::ids::NodeId;
@@ -169,7 +170,7 @@ impl Cluster {
             file,
             service,
             clients: d.clients.clone(),
-            next_index: engine::client::incarnation_index(),
+            next_index: engine::host::client::incarnation_index(),
             procs,
             dir,
         };
@@ -195,7 +196,7 @@ impl Cluster {
                 self.file.workers,
                 500,
             );
-            let reply = engine::binary::call_once(
+            let reply = engine::serve::call_once(
                 &self.file.cluster,
                 self.clients[0],
                 proxy,
@@ -248,7 +249,7 @@ impl Cluster {
                 resend_ticks: 2000,
                 first_index: self.fresh_index(1),
             };
-            let app = ClientApp::new(id, self.service.clone(), options, driver);
+            let app = engine::psmr::proxy::client_app(id, self.service.clone(), options, driver);
             let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
             let tcp = TcpNode::bind(node, app).map_err(|e| format!("client node {id}: {e}"))?;
             stops.push(tcp.stop_flag());
@@ -270,10 +271,10 @@ impl Cluster {
                 .join()
                 .map_err(|_| "client thread panicked".to_string())?
                 .map_err(|e| e.to_string())?;
-            hist.add(&app.driver.latency_ns)
+            hist.add(&app.host.driver.latency_ns)
                 .map_err(|e| e.to_string())?;
-            completed += app.driver.completed;
-            errors += app.driver.errors;
+            completed += app.host.driver.completed;
+            errors += app.host.driver.errors;
         }
         self.procs.check_alive(self.dir.path())?;
         Ok(Measured {
@@ -316,7 +317,7 @@ impl Cluster {
                 resend_ticks: 2000,
                 first_index: self.fresh_index(1),
             };
-            let app = ClientApp::new(id, self.service.clone(), options, driver);
+            let app = engine::psmr::proxy::client_app(id, self.service.clone(), options, driver);
             let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
             let tcp = TcpNode::bind(node, app).map_err(|e| format!("client node {id}: {e}"))?;
             stops.push(tcp.stop_flag());
@@ -338,8 +339,8 @@ impl Cluster {
                 .join()
                 .map_err(|_| "client thread panicked".to_string())?
                 .map_err(|e| e.to_string())?;
-            lat.add(&app.driver.latencies);
-            errors += app.driver.errors;
+            lat.add(&app.host.driver.latencies);
+            errors += app.host.driver.errors;
         }
         self.procs.check_alive(self.dir.path())?;
         Ok(YcsbResult::from_latencies(
@@ -414,7 +415,7 @@ impl MixDriver {
 }
 
 impl Driver<TreeCommand, TreeReply> for MixDriver {
-    fn next(&mut self, _client: usize) -> Option<TreeCommand> {
+    fn next(&mut self, _client: usize, _now_us: u64) -> Option<TreeCommand> {
         if self.phase.load(Ordering::Relaxed) == DONE {
             return None;
         }
@@ -424,10 +425,10 @@ impl Driver<TreeCommand, TreeReply> for MixDriver {
     fn complete(
         &mut self,
         _client: usize,
-        _cmd: TreeCommand,
-        result: Result<TreeReply, ClientError>,
+        done: Completion<TreeCommand, TreeReply>,
         latency: Duration,
     ) {
+        let result = done.result;
         if self.phase.load(Ordering::Relaxed) != MEASURE {
             return;
         }

@@ -10,7 +10,7 @@
 //! In-process by default (a whole deployment, or the `unreplicated` baseline with
 //! `--mode unreplicated`); prints throughput, latency percentiles and the opt-PSMR abort rate.
 
-use btree_service::cli::{parse_mode, DeploymentFile};
+use btree_service::cli::{parse_mode, ConfigFile, DeploymentFile};
 use btree_service::flags::{KeyFlags, RebalanceFlags};
 use btree_service::load::{
     load_driver, run, Rebalancer, RunSpec, Sequence, TreeDriver, Workload, DONE, MEASURE, WARMUP,
@@ -18,7 +18,8 @@ use btree_service::load::{
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use btree_service::ycsb::{YcsbDriver, YcsbParams, YcsbResult, YcsbWorkload};
 use clap::Parser;
-use engine::client::{ClientApp, ClientOptions, Driver};
+use engine::host::client::Driver;
+use engine::psmr::proxy::ClientOptions;
 use groups::ids::NodeId;
 use groups::node::{GroupsNode, NodeOptions};
 use groups::runtime::tcp::TcpNode;
@@ -223,9 +224,9 @@ fn drive<D: Driver<TreeCommand, TreeReply>>(
         mode: file.mode,
         workers: file.workers,
         resend_ticks: 2000,
-        first_index: engine::client::incarnation_index(),
+        first_index: engine::host::client::incarnation_index(),
     };
-    let app = ClientApp::new(me, service, options, driver);
+    let app = engine::psmr::proxy::client_app(me, service, options, driver);
     let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());
     let tcp = TcpNode::bind(node, app).map_err(|e| e.to_string())?;
     let stop = tcp.stop_flag();
@@ -241,7 +242,7 @@ fn drive<D: Driver<TreeCommand, TreeReply>>(
         .join()
         .map_err(|_| "client thread panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok((app.driver, elapsed.as_secs_f64()))
+    Ok((app.host.driver, elapsed.as_secs_f64()))
 }
 
 fn main() -> ExitCode {

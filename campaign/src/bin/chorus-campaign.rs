@@ -27,9 +27,8 @@ struct Args {
     seed: Option<u64>,
     /// Faults, in turn: kill-leader, kill-follower, kill-oracle, pause, partition, loss, delay,
     /// partial-frames, fd-exhaust, wipe-data (and control-wipe-all, a negative control the
-    /// checks must flag). Default: all but wipe-data (until the servers refuse a wiped data
-    /// directory) and kill-oracle, which is added when chirper is among the services (the
-    /// B+-tree has no oracle: its kill-oracle runs are reported as skipped).
+    /// checks must flag). Default: all but kill-oracle, which is added when chirper is among
+    /// the services (the B+-tree has no oracle: its kill-oracle runs are reported as skipped).
     #[arg(long)]
     faults: Option<String>,
     /// Services, in turn: btree (three btree-server processes), chirper (Chirper on DS-SMR:

@@ -1,6 +1,7 @@
-//! Bookkeeping shared by partition and oracle replicas.
+//! What partition and oracle replicas share: the [`PartitionCore`] seam the replica host drives, its [`Output`]s, and their bookkeeping.
 
-use super::wire::{Exchange, Peer};
+use super::msg::{Exchange, Peer};
+use crate::checkpoint::CheckpointError;
 use bytes::Bytes;
 use groups::groupset::GroupSet;
 use groups::ids::{MsgId, NodeId};
@@ -66,10 +67,7 @@ impl<V: Clone + Serialize> Outbox<V> {
         };
         for (_, ex) in list {
             let body = Peer::Answer(ex.clone());
-            out.push(Output::Send(
-                requester,
-                Bytes::from(crate::wire::encode(&body)),
-            ));
+            out.push(Output::Send(requester, crate::wire::AppMsg::peer(&body)));
         }
         true
     }
@@ -107,4 +105,43 @@ impl Recent {
     pub fn contains(&self, msg: &MsgId) -> bool {
         self.set.contains(msg)
     }
+}
+
+/// The protocol logic of one replica of a scale-out group (see [`super::replica`]).
+///
+/// The host delivers the group's commands in delivery order ([`PartitionCore::deliver`]),
+/// marks where checkpoint requests lie in that order ([`PartitionCore::mark_checkpoint`]),
+/// hands over exchanges and peer messages, ticks it and lets it run, then performs its
+/// [`Output`]s. A core records a snapshot for a mark once everything delivered before it is
+/// handled and nothing after it has begun.
+pub trait PartitionCore: Send + Sized + 'static {
+    /// The group whose replicas run this core (a partition, or the oracle's group).
+    fn group(&self) -> u32;
+    /// A delivered command ([`crate::wire::FeedMsg::Command`]'s body).
+    fn deliver(&mut self, id: MsgId, body: &[u8]);
+    /// A reliably delivered exchange from another group.
+    fn exchange(&mut self, _payload: &[u8]) {}
+    /// A message from another replica ([`crate::wire::AppMsg::Peer`]'s body).
+    fn peer(&mut self, body: &[u8]);
+    /// Advances time (ticks).
+    fn tick(&mut self, _now: u64) {}
+    /// Handles delivered commands until one must wait.
+    fn run(&mut self) {}
+    /// What to perform.
+    fn take_outputs(&mut self, out: &mut Vec<Output>);
+    /// Marks the place of checkpoint request `round` in the delivery order.
+    fn mark_checkpoint(&mut self, round: u64);
+    /// Snapshots recorded at marks since the last call: round, state hash, bytes.
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>);
+    /// A core like this one rebuilt from a snapshot of this group's (refused, with a typed
+    /// error, if it is not this group's or does not restore to its own hash).
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError>;
+    /// Delivered commands fully handled (equal at replicas that handled the same stream).
+    fn handled(&self) -> u64;
+    /// Delivered commands waiting.
+    fn backlog(&self) -> usize {
+        0
+    }
+    /// A hash of the replicated state.
+    fn state_hash(&self) -> u64;
 }

@@ -13,7 +13,7 @@
 use super::replica::Role;
 use super::service::PartitionId;
 use super::Scheme;
-use crate::layout::FIRST_CLIENT;
+use crate::psmr::deployment::FIRST_CLIENT;
 use crate::sim::Roles;
 use groups::config::{ClusterConfig, ConfigError, LogConfig, NodeConfig, Tuning};
 use groups::groupset::GroupSet;
@@ -148,17 +148,7 @@ impl ScaleOutLayout {
 
     /// Gives every node a loopback address from `base_port` on (for the TCP runtime).
     pub fn with_loopback_addresses(mut self, base_port: u16) -> Result<Self, ConfigError> {
-        let mut nodes = self.config.nodes.clone();
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.addr = Some(format!("127.0.0.1:{}", base_port as usize + i));
-        }
-        self.config = ClusterConfig::new(
-            self.config.cluster_id,
-            self.config.groups,
-            nodes,
-            self.config.logs.clone(),
-            self.config.tuning.clone(),
-        )?;
+        self.config = self.config.with_loopback_addresses(base_port)?;
         Ok(self)
     }
 

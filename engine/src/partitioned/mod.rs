@@ -11,27 +11,26 @@
 //!   their location cache), move the objects of a multi-partition access into one partition,
 //!   and send the access there. After `retry_max` attempts a command falls back to S-SMR.
 //!
-//! Modules: [`service`] (the contract), [`wire`], [`table`] (at-most-once across attempts),
-//! [`server`] (a partition replica), [`oracle`], [`client`], [`replica`] (hosting the cores
-//! on a node), [`checkpoint`] (checkpoints and state transfer), [`layout`], [`sim`]
+//! Modules: [`service`] (the contract), [`msg`], [`attempts`] (at-most-once across attempts),
+//! [`server`] (a partition replica), [`oracle`], [`proxy`] (the client), [`replica`] (hosting
+//! the cores on a node, with checkpoints and state transfer), [`layout`], [`blueprint`]
 //! (simulated deployments and their invariants).
 //!
 //! The partition logic ([`server`]) is a sans-IO core apart from how it is executed
 //! ([`replica`] runs it on one thread), so a partition replica can later run several P-SMR
 //! workers.
 
-pub mod checkpoint;
-pub mod client;
+pub mod attempts;
+pub mod blueprint;
 mod common;
 pub mod dynastar;
 pub mod layout;
+pub mod msg;
 pub mod oracle;
+pub mod proxy;
 pub mod replica;
 pub mod server;
 pub mod service;
-pub mod sim;
-pub mod table;
-pub mod wire;
 
 pub use common::Output;
 

@@ -9,13 +9,15 @@
 //! order as the partitions they involve, so its view of a partition equals the partition's own
 //! at each of them; with `record_views` it records that view for the tests to compare.
 
+use super::attempts::{AttemptTable, Seen};
+use super::common::PartitionCore;
 use super::common::{Outbox, Output};
+use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService};
-use super::table::{AttemptTable, Seen};
-use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::ServerOptions;
 use crate::checkpoint::CheckpointError;
-use crate::wire::{self, ClientId};
+use crate::hash::Fnv64;
+use crate::wire::{self, AppMsg, ClientId};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -71,6 +73,8 @@ struct SnapshotRef<'a, V, R> {
 /// One replica of the oracle.
 pub struct OracleServer<S: PartitionedService> {
     service: Arc<S>,
+    cfg: Arc<ClusterConfig>,
+    node: NodeId,
     opts: ServerOptions,
     partitions: u32,
     sender: bool,
@@ -81,6 +85,8 @@ pub struct OracleServer<S: PartitionedService> {
     out: Vec<Output>,
     pub stats: OracleStats,
     views: Vec<(MsgId, PartitionId, u64)>,
+    /// Snapshots taken at checkpoint marks, not yet taken by the host.
+    snapshots: Vec<(u64, u64, Vec<u8>)>,
 }
 
 impl<S: PartitionedService> OracleServer<S> {
@@ -105,6 +111,8 @@ impl<S: PartitionedService> OracleServer<S> {
         OracleServer {
             outbox: Outbox::new(opts.outbox_max),
             service,
+            cfg,
+            node,
             opts,
             partitions,
             sender,
@@ -114,6 +122,7 @@ impl<S: PartitionedService> OracleServer<S> {
             out: Vec::new(),
             stats: OracleStats::default(),
             views: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -192,13 +201,12 @@ impl<S: PartitionedService> OracleServer<S> {
     }
 
     pub fn state_hash(&self) -> u64 {
-        let mut h: u64 = 0x84222325cbf29ce4;
+        let mut h = Fnv64::new();
+        h.word(u64::from(self.partitions) << 32 | 0x0ac1e);
         for (o, p) in &self.location {
-            for x in [*o, u64::from(*p)] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.word(*o).word(u64::from(*p));
         }
-        h ^ self.table.digest().rotate_left(17)
+        h.get() ^ self.table.digest().rotate_left(17)
     }
 
     pub fn take_outputs(&mut self, out: &mut Vec<Output>) {
@@ -221,8 +229,10 @@ impl<S: PartitionedService> OracleServer<S> {
     }
 
     fn send(&mut self, client: ClientId, body: ToClient<S::Reply>) {
-        self.out
-            .push(Output::Send(client.node(), wire::to_client(client, &body)));
+        self.out.push(Output::Send(
+            client.node(),
+            AppMsg::to_client(client, &body),
+        ));
     }
 
     fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
@@ -236,7 +246,8 @@ impl<S: PartitionedService> OracleServer<S> {
         );
     }
 
-    /// An atomically delivered multicast; handled at once.
+    /// An atomically delivered command ([`crate::wire::FeedMsg::Command`]'s body); handled at
+    /// once.
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
         let msg = match wire::decode::<Multicast>(payload) {
             Ok(m) => m,
@@ -423,5 +434,43 @@ impl<S: PartitionedService> OracleServer<S> {
         {
             self.out.push(o);
         }
+    }
+}
+impl<S: PartitionedService> PartitionCore for OracleServer<S> {
+    fn group(&self) -> u32 {
+        self.partitions
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        OracleServer::deliver(self, id, body)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        OracleServer::peer(self, body)
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        OracleServer::take_outputs(self, out)
+    }
+    /// The oracle handles every delivery at once: its state at the mark is its state now.
+    fn mark_checkpoint(&mut self, round: u64) {
+        self.snapshots
+            .push((round, self.state_hash(), self.snapshot()));
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        out.append(&mut self.snapshots);
+    }
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
+        Self::restore(
+            self.service.clone(),
+            self.cfg.clone(),
+            self.node,
+            self.partitions,
+            self.opts.clone(),
+            snapshot,
+        )
+    }
+    fn handled(&self) -> u64 {
+        self.stats.handled
+    }
+    fn state_hash(&self) -> u64 {
+        OracleServer::state_hash(self)
     }
 }

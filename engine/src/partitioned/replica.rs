@@ -1,38 +1,60 @@
-//! A partition or oracle replica on a `groups` node: the host of the sans-IO cores.
+//! Partition and oracle replicas: the scale-out cores behind the one replica host.
 //!
-//! The node merges the replica's one subscription (its partition's group, or the oracle's)
-//! and hands over deliveries, reliable-multicast exchanges and point-to-point messages; the
-//! host feeds them to the core and performs the core's outputs. One thread runs a replica
-//! (execution within a partition is sequential here; the combined mode will host several
-//! workers per partition the same way).
+//! A [`PartitionCore`] is the protocol logic of one replica of a group, as a sans-IO state
+//! machine that executes its group's deliveries in order: [`PartitionServer`] (an S-SMR or
+//! DS-SMR partition) and [`OracleServer`] (the DS-SMR oracle) implement it, and so can a
+//! future core (a DynaStar oracle; a partition whose execution is a P-SMR worker set).
+//! [`PartitionedCore`] turns any of them into a [`ReplicaCore`] for the
+//! [`crate::host::ReplicaHost`]: it feeds the core the node's merged deliveries (or, when the
+//! replica takes part in checkpoints, merges the group's logs itself), its exchanges and peer
+//! messages, ticks it, performs its outputs, and turns its snapshots into checkpoints.
+//! [`ScaleOutServer`] is the core of a node that is either (the binaries and deployments
+//! build one type of replica for every role).
 //!
-//! With checkpoints ([`ScaleOutReplica::with_checkpoints`]) the node hands out decided
-//! entries instead (`merge_locally = false`) and the replica merges them itself, so that it
-//! can record its merger's position at a checkpoint request, restore it, and move its feeds
-//! after a state transfer (see [`super::checkpoint`]).
+//! **Checkpoints and state transfer** (partition and oracle replicas).
+//!
+//! The same scheme as P-SMR replicas' ([`crate::checkpoint`]), with one merge per replica:
+//!
+//! - **Where a checkpoint lies.** A replica that checkpoints runs its own merge of its group's
+//!   logs (its node hands out decided entries, `merge_locally = false`). A checkpoint request
+//!   ([`crate::checkpoint::request`]) is multicast to *every* group (the layout's
+//!   global log covers them all), so it has one place in every partition's and the oracle's
+//!   stream, and the streams being projections of one total order, a command before it at one
+//!   partition is before it at every partition that delivers both. A replica takes part in a
+//!   round above the last one it took (duplicates are ignored the same way everywhere).
+//! - **What it holds.** The merger's position right after the request, and the core's state
+//!   once everything delivered before the request was handled and nothing after it begun:
+//!   a partition's objects, client table, the exchanges that already arrived for later
+//!   commands, its outbox (what it sent, so it can still answer pulls), recent deliveries,
+//!   counters and views ([`super::server::PartitionServer::snapshot`]); the oracle's map,
+//!   digests, client table, outbox, counters and views
+//!   ([`super::oracle::OracleServer::snapshot`]). Exchanges for later commands that had not
+//!   arrived yet, and the ones a restored replica misses while it installs, are pulled from
+//!   the sending partition's replicas as always (`pull_ticks`).
+//! - **Trimming and transfer.** As for P-SMR: the replica reports the checkpoint's positions
+//!   ([`groups::node::GroupsNode::set_checkpointed`]); a replica whose log was trimmed past it
+//!   fetches a peer's checkpoint in chunks ([`crate::checkpoint::Recovery`],
+//!   [`crate::checkpoint::Store`]), installs it and restarts its feeds at its positions.
 
-use super::checkpoint::{self as ckpt, ScaleOutCheckpoint};
 use super::common::Output;
+pub use super::common::PartitionCore;
 use super::dynastar::oracle::DynaOracle;
 use super::dynastar::partition::DynaPartition;
 use super::oracle::{OracleServer, OracleStats};
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
 use super::ServerOptions;
-use crate::checkpoint::{
-    self, CheckpointError, CheckpointPolicy, Recovery, Store, Transfer, Trigger,
-};
-use crate::psmr::replica::SharedCheckpoints;
-use crate::sim::CheckpointStats;
+use crate::checkpoint::{CheckpointError, CheckpointPolicy};
+use crate::host::replica::{CoreOut, Installed, ReplicaCore, Taken};
+use crate::host::{Action, ReplicaHost};
+use crate::wire::{self, FeedMsg};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
-use groups::ids::{GroupId, LogId, NodeId};
+use groups::ids::{GroupId, LogId, MsgId, NodeId};
 use groups::merge::{Delivery, Merger, MergerState};
-use groups::node::{GroupsNode, LogEntries};
-use groups::rmcast::RDelivery;
-use groups::runtime::inproc::App;
-use groups::runtime::Waker;
+use groups::node::LogEntries;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -43,162 +65,244 @@ pub enum Role {
     Oracle,
 }
 
-/// The core a replica runs.
-pub enum Core<S: PartitionedService> {
-    Partition(Box<PartitionServer<S>>),
-    Oracle(Box<OracleServer<S>>),
-    DynaPartition(Box<DynaPartition<S>>),
-    DynaOracle(Box<DynaOracle<S>>),
-}
-
-/// A partition replica's counters, readable from other threads (see
-/// [`ScaleOutReplica::share_stats`]).
-pub type SharedServerStats = Arc<parking_lot::Mutex<ServerStats>>;
-
-/// An oracle replica's counters, readable from other threads (see
-/// [`ScaleOutReplica::share_oracle_stats`]).
-pub type SharedOracleStats = Arc<parking_lot::Mutex<OracleStats>>;
-
-/// What a replica needs to build (or rebuild) its core.
-struct CoreArgs<S: PartitionedService> {
-    service: Arc<S>,
-    cfg: Arc<ClusterConfig>,
-    node: NodeId,
-    role: Role,
-    partitions: u32,
-    opts: ServerOptions,
-}
-
-impl<S: PartitionedService> CoreArgs<S> {
-    fn fresh(&self) -> Core<S> {
-        let a = self;
-        let dynastar = a.opts.scheme == super::Scheme::Dynastar;
-        match a.role {
-            Role::Partition(p) if dynastar => Core::DynaPartition(Box::new(DynaPartition::new(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                p,
-                a.partitions,
-                a.opts.clone(),
-            ))),
-            Role::Oracle if dynastar => Core::DynaOracle(Box::new(DynaOracle::new(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                a.partitions,
-                a.opts.clone(),
-            ))),
-            Role::Partition(p) => Core::Partition(Box::new(PartitionServer::new(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                p,
-                a.partitions,
-                a.opts.clone(),
-            ))),
-            Role::Oracle => Core::Oracle(Box::new(OracleServer::new(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                a.partitions,
-                a.opts.clone(),
-            ))),
-        }
-    }
-
-    fn restore(&self, bytes: &[u8]) -> Result<Core<S>, CheckpointError> {
-        let a = self;
-        let dynastar = a.opts.scheme == super::Scheme::Dynastar;
-        Ok(match a.role {
-            Role::Partition(p) if dynastar => {
-                Core::DynaPartition(Box::new(DynaPartition::restore(
-                    a.service.clone(),
-                    a.cfg.clone(),
-                    a.node,
-                    p,
-                    a.partitions,
-                    a.opts.clone(),
-                    bytes,
-                )?))
-            }
-            Role::Oracle if dynastar => Core::DynaOracle(Box::new(DynaOracle::restore(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                a.partitions,
-                a.opts.clone(),
-                bytes,
-            )?)),
-            Role::Partition(p) => Core::Partition(Box::new(PartitionServer::restore(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                p,
-                a.partitions,
-                a.opts.clone(),
-                bytes,
-            )?)),
-            Role::Oracle => Core::Oracle(Box::new(OracleServer::restore(
-                a.service.clone(),
-                a.cfg.clone(),
-                a.node,
-                a.partitions,
-                a.opts.clone(),
-                bytes,
-            )?)),
-        })
-    }
-
-    /// The replica's group.
-    fn group(&self) -> u32 {
-        match self.role {
-            Role::Partition(p) => p,
-            Role::Oracle => self.partitions,
-        }
-    }
-}
-
-/// A replica's own merge and checkpoint machinery (see [`super::checkpoint`]).
-struct Checkpointing {
+/// A replica's own merge of its group's logs, with checkpoint marks (a replica that takes
+/// part in checkpoints).
+struct OwnMerge {
     sub: GroupSet,
     logs: Vec<LogId>,
     merger: Merger,
-    /// Every group: where checkpoint requests go.
-    all: GroupSet,
+    /// Every group: a checkpoint request goes to all of them.
     groups: usize,
-    started: bool,
+    merge_m: u64,
     /// The latest round whose request this replica's stream delivered.
     stream_round: u64,
-    /// Rounds marked in the stream and not yet recorded by the core, with the merger's
-    /// position right after each request.
+    /// Rounds marked in the stream and not yet recorded by the core, with the merger's state
+    /// right after each request.
     marks: BTreeMap<u64, MergerState>,
-    trigger: Option<Trigger>,
-    store: Store,
-    recovery: Option<Recovery>,
-    resend_ticks: u64,
-    stats: CheckpointStats,
-    entries: Vec<LogEntries>,
     merged: Vec<Delivery>,
-    snaps: Vec<(u64, u64, Vec<u8>)>,
-    app_out: Vec<(NodeId, Bytes)>,
-    live: SharedCheckpoints,
 }
 
-/// A scale-out replica.
-pub struct ScaleOutReplica<S: PartitionedService> {
-    pub core: Core<S>,
-    args: CoreArgs<S>,
-    ckpt: Option<Box<Checkpointing>>,
-    deliveries: Vec<(usize, Delivery)>,
-    exchanges: Vec<RDelivery>,
-    inbox: Vec<(NodeId, Bytes)>,
+/// Publishes a core's counters for other threads (see [`PartitionedCore::share_with`]).
+type Publish<C> = Box<dyn FnMut(&C) + Send>;
+
+/// A [`PartitionCore`] as a replica host's core (see the module docs).
+pub struct PartitionedCore<C: PartitionCore> {
+    pub server: C,
+    merge: Option<Box<OwnMerge>>,
     outputs: Vec<Output>,
-    shared: Option<(SharedServerStats, u64)>,
-    shared_oracle: Option<(SharedOracleStats, u64)>,
+    snaps: Vec<(u64, u64, Vec<u8>)>,
+    /// Publishers of the core's counters, and the tick they last ran.
+    publish: Vec<Publish<C>>,
+    published_at: u64,
 }
 
-impl<S: PartitionedService> ScaleOutReplica<S> {
+impl<C: PartitionCore> PartitionedCore<C> {
+    /// A core whose node merges the group's logs (it takes no part in checkpoints).
+    pub fn new(server: C) -> Self {
+        PartitionedCore {
+            server,
+            merge: None,
+            outputs: Vec::new(),
+            snaps: Vec::new(),
+            publish: Vec::new(),
+            published_at: u64::MAX,
+        }
+    }
+
+    /// A core that merges its group's logs itself, so that it takes part in every checkpoint
+    /// round, records its merger's position at the request, restores it and moves its feeds
+    /// after a state transfer (its node must hand out entries).
+    pub fn merging(server: C, cfg: &ClusterConfig, node: NodeId) -> Self {
+        let sub = cfg
+            .node(node)
+            .and_then(|n| n.subscriptions.first().cloned())
+            .unwrap_or_else(|| GroupSet::singleton(GroupId(server.group())));
+        let logs = cfg.logs_for(&sub);
+        PartitionedCore {
+            merge: Some(Box::new(OwnMerge {
+                merger: Merger::new(&logs, sub.clone(), cfg.tuning.merge_m),
+                sub,
+                logs,
+                groups: cfg.groups as usize,
+                merge_m: cfg.tuning.merge_m,
+                stream_round: 0,
+                marks: BTreeMap::new(),
+                merged: Vec::new(),
+            })),
+            ..PartitionedCore::new(server)
+        }
+    }
+
+    /// Calls `publish` with the core at most once per tick (a benchmark or the metrics
+    /// endpoint samples the counters while the replica runs).
+    pub fn share_with(&mut self, publish: impl FnMut(&C) + Send + 'static) {
+        self.publish.push(Box::new(publish));
+    }
+
+    fn deliver(server: &mut C, d: &Delivery) {
+        match FeedMsg::parse(&d.msg.payload) {
+            Ok(FeedMsg::Command(body)) => server.deliver(d.msg.id, body),
+            // Only replicas that merge themselves take part in checkpoints.
+            Ok(FeedMsg::Checkpoint { .. }) => {}
+            Err(e) => tracing::warn!(id = %d.msg.id, error = %e, "delivered payload dropped"),
+        }
+    }
+}
+
+impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
+    fn reads_entries(&self) -> bool {
+        self.merge.is_some()
+    }
+
+    fn entries(&mut self, batch: &mut Vec<LogEntries>) {
+        let Some(m) = self.merge.as_mut() else {
+            batch.clear();
+            return;
+        };
+        for e in batch.drain(..) {
+            if let Err(gap) = m.merger.push(e.log, e.start, &e.entries) {
+                // Cannot happen: feeds hand out contiguous entries, restarted with the merger.
+                tracing::error!(error = %gap, "entries dropped");
+            }
+        }
+        let groups = m.groups;
+        loop {
+            let stopped = m.merger.poll_until(&mut m.merged, |msg| {
+                crate::checkpoint::round_of(msg, groups).is_some()
+            });
+            for d in m.merged.drain(..) {
+                match crate::checkpoint::round_of(&d.msg, groups) {
+                    // The request is the last delivery of the batch: the merger's state is
+                    // the state right after it.
+                    Some(round) if round > m.stream_round => {
+                        m.stream_round = round;
+                        m.marks.insert(round, m.merger.state());
+                        self.server.mark_checkpoint(round);
+                    }
+                    Some(_) => {}
+                    None => Self::deliver(&mut self.server, &d),
+                }
+            }
+            if !stopped {
+                break;
+            }
+        }
+    }
+
+    fn delivered(&mut self, d: Delivery) {
+        Self::deliver(&mut self.server, &d);
+    }
+
+    fn exchange(&mut self, payload: &[u8]) {
+        self.server.exchange(payload);
+    }
+
+    fn peer(&mut self, _from: NodeId, body: &[u8]) {
+        self.server.peer(body);
+    }
+
+    fn step(&mut self, now: u64, out: &mut CoreOut) {
+        if let Some(need) = self.merge.as_ref().and_then(|m| m.merger.blocked_on()) {
+            out.actions.push(Action::RequestSkip(need));
+        }
+        self.server.tick(now);
+        self.server.run();
+        self.server.take_outputs(&mut self.outputs);
+        out.actions.extend(self.outputs.drain(..).map(|o| match o {
+            Output::Rmcast(dests, payload) => Action::Rmcast(dests, payload),
+            Output::Send(to, payload) => Action::Send(to, payload),
+            Output::Multicast(dests, payload) => Action::Multicast(dests, payload),
+        }));
+        if let Some(m) = self.merge.as_mut() {
+            self.server.take_snapshots(&mut self.snaps);
+            for (round, hash, core) in self.snaps.drain(..) {
+                let Some(merger) = m.marks.remove(&round) else {
+                    continue;
+                };
+                m.marks = m.marks.split_off(&round);
+                let ck = ScaleOutCheckpoint {
+                    round,
+                    group: self.server.group(),
+                    merger,
+                    hash,
+                    core,
+                };
+                out.taken.push(Taken {
+                    round,
+                    positions: ck.positions(),
+                    bytes: ck.encode(),
+                    state_hash: Some(hash),
+                    take_us: 0,
+                    assemble_us: 0,
+                });
+            }
+        }
+        if self.published_at != now && !self.publish.is_empty() {
+            self.published_at = now;
+            for publish in &mut self.publish {
+                publish(&self.server);
+            }
+        }
+    }
+
+    fn install(&mut self, bytes: &Bytes) -> Result<Installed, CheckpointError> {
+        let Some(m) = self.merge.as_mut() else {
+            return Err(CheckpointError::Mismatch(
+                "this replica does not merge its logs: it cannot install a checkpoint".into(),
+            ));
+        };
+        let ck = ScaleOutCheckpoint::decode(bytes)?;
+        let group = self.server.group();
+        if ck.group != group {
+            return Err(CheckpointError::Mismatch(format!(
+                "a checkpoint of group {}, this replica is in group {group}",
+                ck.group
+            )));
+        }
+        let merger = Merger::restore(&m.logs, m.sub.clone(), m.merge_m, &ck.merger)
+            .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
+        let server = self.server.restored(&ck.core)?;
+        if server.state_hash() != ck.hash {
+            return Err(CheckpointError::Mismatch(
+                "the restored state's hash is not the checkpoint's".into(),
+            ));
+        }
+        self.server = server;
+        m.merger = merger;
+        m.stream_round = ck.round;
+        m.marks.clear();
+        self.snaps.clear();
+        Ok(Installed {
+            round: ck.round,
+            positions: ck.positions(),
+            state_hash: Some(ck.hash),
+            install_us: 0,
+        })
+    }
+
+    fn executed(&self) -> u64 {
+        self.server.handled()
+    }
+
+    fn stream_round(&self) -> u64 {
+        self.merge.as_ref().map_or(0, |m| m.stream_round)
+    }
+}
+
+/// The core of a scale-out node, whichever its role and scheme.
+pub enum ScaleOutServer<S: PartitionedService> {
+    /// An S-SMR or DS-SMR partition.
+    Partition(Box<PartitionServer<S>>),
+    /// The DS-SMR oracle.
+    Oracle(Box<OracleServer<S>>),
+    /// A DynaStar partition.
+    DynaPartition(Box<DynaPartition<S>>),
+    /// The DynaStar oracle.
+    DynaOracle(Box<DynaOracle<S>>),
+}
+
+impl<S: PartitionedService> ScaleOutServer<S> {
+    /// Replica `node` of `role` (of a deployment of `partitions` partitions).
     pub fn new(
         service: Arc<S>,
         cfg: Arc<ClusterConfig>,
@@ -207,518 +311,413 @@ impl<S: PartitionedService> ScaleOutReplica<S> {
         partitions: u32,
         opts: ServerOptions,
     ) -> Self {
-        let args = CoreArgs {
-            service,
-            cfg,
-            node,
-            role,
-            partitions,
-            opts,
-        };
-        ScaleOutReplica {
-            core: args.fresh(),
-            args,
-            ckpt: None,
-            deliveries: Vec::new(),
-            exchanges: Vec::new(),
-            inbox: Vec::new(),
-            outputs: Vec::new(),
-            shared: None,
-            shared_oracle: None,
+        let dynastar = opts.scheme == super::Scheme::Dynastar;
+        match role {
+            Role::Partition(p) if dynastar => ScaleOutServer::DynaPartition(Box::new(
+                DynaPartition::new(service, cfg, node, p, partitions, opts),
+            )),
+            Role::Oracle if dynastar => ScaleOutServer::DynaOracle(Box::new(DynaOracle::new(
+                service, cfg, node, partitions, opts,
+            ))),
+            Role::Partition(p) => ScaleOutServer::Partition(Box::new(PartitionServer::new(
+                service, cfg, node, p, partitions, opts,
+            ))),
+            Role::Oracle => ScaleOutServer::Oracle(Box::new(OracleServer::new(
+                service, cfg, node, partitions, opts,
+            ))),
         }
     }
 
-    /// Runs the replica's own merge and takes part in checkpoints: it records its part of
-    /// every checkpoint round any replica asks for, serves its checkpoints to peers, reports
-    /// them to the log acceptors (which may then trim below them), and recovers by state
-    /// transfer when a log was trimmed past it. With a `policy` it also asks for checkpoints.
-    /// The replica's node must hand out entries (`NodeOptions::merge_locally = false`).
-    pub fn with_checkpoints(mut self, policy: Option<CheckpointPolicy>) -> Self {
-        let cfg = self.args.cfg.clone();
-        let sub = cfg
-            .node(self.args.node)
-            .and_then(|n| n.subscriptions.first().cloned())
-            .unwrap_or_else(|| GroupSet::singleton(GroupId(self.args.group())));
-        let logs = cfg.logs_for(&sub);
-        self.ckpt = Some(Box::new(Checkpointing {
-            merger: Merger::new(&logs, sub.clone(), cfg.tuning.merge_m),
-            sub,
-            logs,
-            all: GroupSet::all(cfg.groups),
-            groups: cfg.groups as usize,
-            started: false,
-            stream_round: 0,
-            marks: BTreeMap::new(),
-            trigger: policy.map(Trigger::new),
-            store: Store::default(),
-            recovery: None,
-            resend_ticks: policy
-                .map_or(CheckpointPolicy::default().resend_ticks, |p| p.resend_ticks),
-            stats: CheckpointStats::default(),
-            entries: Vec::new(),
-            merged: Vec::new(),
-            snaps: Vec::new(),
-            app_out: Vec::new(),
-            live: SharedCheckpoints::default(),
-        }));
-        self
+    /// An S-SMR or DS-SMR partition.
+    pub fn partition(&self) -> Option<&PartitionServer<S>> {
+        match self {
+            ScaleOutServer::Partition(s) => Some(s),
+            _ => None,
+        }
     }
 
-    /// What checkpointing did at this replica (this incarnation); default if it does not
-    /// checkpoint.
-    pub fn checkpoint_stats(&self) -> CheckpointStats {
-        self.ckpt
-            .as_ref()
-            .map(|c| c.stats.clone())
-            .unwrap_or_default()
+    /// The DS-SMR oracle.
+    pub fn oracle(&self) -> Option<&OracleServer<S>> {
+        match self {
+            ScaleOutServer::Oracle(o) => Some(o),
+            _ => None,
+        }
     }
 
-    /// The replica's checkpoint counters, readable from other threads (see
-    /// [`crate::metrics::render_checkpoints`]; the timings stay 0); `None` if it does not
-    /// checkpoint.
-    pub fn share_checkpoints(&self) -> Option<SharedCheckpoints> {
-        self.ckpt.as_ref().map(|c| c.live.clone())
+    /// A DynaStar partition.
+    pub fn dyna_partition(&self) -> Option<&DynaPartition<S>> {
+        match self {
+            ScaleOutServer::DynaPartition(s) => Some(s),
+            _ => None,
+        }
     }
 
-    /// Whether a state transfer is in progress.
-    pub fn recovering(&self) -> bool {
-        self.ckpt.as_ref().is_some_and(|c| c.recovery.is_some())
+    /// The DynaStar oracle.
+    pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
+        match self {
+            ScaleOutServer::DynaOracle(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A partition's counters, whichever the scheme.
+    pub fn server_stats(&self) -> Option<&ServerStats> {
+        match self {
+            ScaleOutServer::Partition(s) => Some(&s.stats),
+            ScaleOutServer::DynaPartition(s) => Some(&s.stats),
+            _ => None,
+        }
+    }
+
+    fn core(&self) -> &dyn DynCore {
+        match self {
+            ScaleOutServer::Partition(s) => &**s,
+            ScaleOutServer::Oracle(o) => &**o,
+            ScaleOutServer::DynaPartition(s) => &**s,
+            ScaleOutServer::DynaOracle(o) => &**o,
+        }
+    }
+
+    fn core_mut(&mut self) -> &mut dyn DynCore {
+        match self {
+            ScaleOutServer::Partition(s) => &mut **s,
+            ScaleOutServer::Oracle(o) => &mut **o,
+            ScaleOutServer::DynaPartition(s) => &mut **s,
+            ScaleOutServer::DynaOracle(o) => &mut **o,
+        }
+    }
+}
+
+/// The object-safe part of [`PartitionCore`], through which [`ScaleOutServer`] delegates.
+trait DynCore {
+    fn group(&self) -> u32;
+    fn deliver(&mut self, id: MsgId, body: &[u8]);
+    fn exchange(&mut self, payload: &[u8]);
+    fn peer(&mut self, body: &[u8]);
+    fn tick(&mut self, now: u64);
+    fn run(&mut self);
+    fn take_outputs(&mut self, out: &mut Vec<Output>);
+    fn mark_checkpoint(&mut self, round: u64);
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>);
+    fn handled(&self) -> u64;
+    fn backlog(&self) -> usize;
+    fn state_hash(&self) -> u64;
+}
+
+impl<C: PartitionCore> DynCore for C {
+    fn group(&self) -> u32 {
+        PartitionCore::group(self)
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        PartitionCore::deliver(self, id, body)
+    }
+    fn exchange(&mut self, payload: &[u8]) {
+        PartitionCore::exchange(self, payload)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        PartitionCore::peer(self, body)
+    }
+    fn tick(&mut self, now: u64) {
+        PartitionCore::tick(self, now)
+    }
+    fn run(&mut self) {
+        PartitionCore::run(self)
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        PartitionCore::take_outputs(self, out)
+    }
+    fn mark_checkpoint(&mut self, round: u64) {
+        PartitionCore::mark_checkpoint(self, round)
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        PartitionCore::take_snapshots(self, out)
+    }
+    fn handled(&self) -> u64 {
+        PartitionCore::handled(self)
+    }
+    fn backlog(&self) -> usize {
+        PartitionCore::backlog(self)
+    }
+    fn state_hash(&self) -> u64 {
+        PartitionCore::state_hash(self)
+    }
+}
+
+impl<S: PartitionedService> PartitionCore for ScaleOutServer<S> {
+    fn group(&self) -> u32 {
+        self.core().group()
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        self.core_mut().deliver(id, body)
+    }
+    fn exchange(&mut self, payload: &[u8]) {
+        self.core_mut().exchange(payload)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        self.core_mut().peer(body)
+    }
+    fn tick(&mut self, now: u64) {
+        self.core_mut().tick(now)
+    }
+    fn run(&mut self) {
+        self.core_mut().run()
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        self.core_mut().take_outputs(out)
+    }
+    fn mark_checkpoint(&mut self, round: u64) {
+        self.core_mut().mark_checkpoint(round)
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        self.core_mut().take_snapshots(out)
+    }
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
+        Ok(match self {
+            ScaleOutServer::Partition(s) => {
+                ScaleOutServer::Partition(Box::new(s.restored(snapshot)?))
+            }
+            ScaleOutServer::Oracle(o) => ScaleOutServer::Oracle(Box::new(o.restored(snapshot)?)),
+            ScaleOutServer::DynaPartition(s) => {
+                ScaleOutServer::DynaPartition(Box::new(s.restored(snapshot)?))
+            }
+            ScaleOutServer::DynaOracle(o) => {
+                ScaleOutServer::DynaOracle(Box::new(o.restored(snapshot)?))
+            }
+        })
+    }
+    fn handled(&self) -> u64 {
+        self.core().handled()
+    }
+    fn backlog(&self) -> usize {
+        self.core().backlog()
+    }
+    fn state_hash(&self) -> u64 {
+        self.core().state_hash()
+    }
+}
+
+/// A partition's counters, readable from other threads (see [`ScaleOutReplica::share_stats`]).
+pub type SharedServerStats = Arc<parking_lot::Mutex<ServerStats>>;
+
+/// An oracle's counters, readable from other threads (see
+/// [`ScaleOutReplica::share_oracle_stats`]).
+pub type SharedOracleStats = Arc<parking_lot::Mutex<OracleStats>>;
+
+/// A scale-out replica: the one replica host with a partition or oracle core.
+pub type ScaleOutReplica<S> = ReplicaHost<PartitionedCore<ScaleOutServer<S>>>;
+
+impl<S: PartitionedService> ReplicaHost<PartitionedCore<ScaleOutServer<S>>> {
+    /// Replica `node` of `role`; its node merges the logs, and it takes no part in
+    /// checkpoints (see [`ScaleOutReplica::checkpointing`]).
+    pub fn scaleout(
+        service: Arc<S>,
+        cfg: Arc<ClusterConfig>,
+        node: NodeId,
+        role: Role,
+        partitions: u32,
+        opts: ServerOptions,
+    ) -> Self {
+        let server = ScaleOutServer::new(service, cfg, node, role, partitions, opts);
+        ReplicaHost::new(PartitionedCore::new(server))
+    }
+
+    /// Merges the logs itself and takes part in checkpoints: it records its part of every
+    /// round any replica asks for, serves its checkpoints to peers, reports them to the log
+    /// acceptors (which may then trim below them), and recovers by state transfer when a
+    /// log was trimmed past it. With a `policy` it also asks for checkpoints. Its node must
+    /// hand out entries (`NodeOptions::merge_locally = false`).
+    pub fn checkpointing(
+        mut self,
+        cfg: &ClusterConfig,
+        node: NodeId,
+        policy: Option<CheckpointPolicy>,
+    ) -> Self {
+        let PartitionedCore {
+            server, publish, ..
+        } = self.core;
+        self.core = PartitionedCore::merging(server, cfg, node);
+        self.core.publish = publish;
+        match policy {
+            Some(p) => self.with_checkpoints(p),
+            None => self,
+        }
+    }
+
+    pub fn partition(&self) -> Option<&PartitionServer<S>> {
+        self.core.server.partition()
+    }
+
+    pub fn oracle(&self) -> Option<&OracleServer<S>> {
+        self.core.server.oracle()
+    }
+
+    pub fn dyna_partition(&self) -> Option<&DynaPartition<S>> {
+        self.core.server.dyna_partition()
+    }
+
+    pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
+        self.core.server.dyna_oracle()
+    }
+
+    /// A partition replica's counters (S-SMR, DS-SMR or DynaStar).
+    pub fn server_stats(&self) -> Option<&ServerStats> {
+        self.core.server.server_stats()
+    }
+
+    /// Delivered commands waiting.
+    pub fn backlog(&self) -> usize {
+        PartitionCore::backlog(&self.core.server)
+    }
+
+    /// Delivered multicasts handled.
+    pub fn handled(&self) -> u64 {
+        PartitionCore::handled(&self.core.server)
+    }
+
+    pub fn state_hash(&self) -> u64 {
+        PartitionCore::state_hash(&self.core.server)
     }
 
     /// Publishes a partition replica's counters to a shared copy, refreshed once per tick, so
     /// a benchmark can sample them (moves over time) while the replica runs.
     pub fn share_stats(&mut self) -> SharedServerStats {
         let s = SharedServerStats::default();
-        self.shared = Some((s.clone(), u64::MAX));
+        let shared = s.clone();
+        self.core.share_with(move |c: &ScaleOutServer<S>| {
+            if let Some(stats) = c.server_stats() {
+                shared.lock().clone_from(stats);
+            }
+        });
         s
     }
 
-    /// Publishes an oracle replica's counters to a shared copy, refreshed once per tick (as
-    /// [`Self::share_stats`] does for a partition replica).
+    /// Publishes an oracle replica's counters to a shared copy, refreshed once per tick.
     pub fn share_oracle_stats(&mut self) -> SharedOracleStats {
         let s = SharedOracleStats::default();
-        self.shared_oracle = Some((s.clone(), u64::MAX));
+        let shared = s.clone();
+        self.core.share_with(move |c: &ScaleOutServer<S>| {
+            if let Some(o) = c.oracle() {
+                shared.lock().clone_from(&o.stats);
+            }
+        });
         s
     }
+}
 
-    /// Takes what `node` delivered, runs the core, and performs its outputs.
-    pub fn step(&mut self, node: &mut GroupsNode) {
-        if self.ckpt.is_some() {
-            self.merge(node);
-        } else {
-            node.take_delivered(&mut self.deliveries);
-        }
-        node.take_rdelivered(&mut self.exchanges);
-        node.take_app(&mut self.inbox);
-        let mut transfers = Vec::new();
-        if self.ckpt.is_some() {
-            self.inbox.retain(|(from, m)| match ckpt::untag(m) {
-                Some(t) => {
-                    transfers.push((*from, t));
-                    false
-                }
-                None => true,
-            });
-        }
-        match &mut self.core {
-            Core::Partition(s) => {
-                for (_, d) in self.deliveries.drain(..) {
-                    s.deliver(d.msg.id, &d.msg.payload);
-                }
-                for r in self.exchanges.drain(..) {
-                    s.exchange(&r.payload);
-                }
-                for (_, m) in self.inbox.drain(..) {
-                    s.peer(&m);
-                }
-                s.tick(node.now());
-                s.run();
-                s.take_outputs(&mut self.outputs);
-                if let Some(c) = self.ckpt.as_mut() {
-                    s.take_snapshots(&mut c.snaps);
-                }
-            }
-            Core::Oracle(o) => {
-                for (_, d) in self.deliveries.drain(..) {
-                    o.deliver(d.msg.id, &d.msg.payload);
-                }
-                self.exchanges.clear();
-                for (_, m) in self.inbox.drain(..) {
-                    o.peer(&m);
-                }
-                o.take_outputs(&mut self.outputs);
-            }
-            Core::DynaPartition(s) => {
-                for (_, d) in self.deliveries.drain(..) {
-                    s.deliver(d.msg.id, &d.msg.payload);
-                }
-                for r in self.exchanges.drain(..) {
-                    s.exchange(&r.payload);
-                }
-                for (_, m) in self.inbox.drain(..) {
-                    s.peer(&m);
-                }
-                s.tick(node.now());
-                s.run();
-                s.take_outputs(&mut self.outputs);
-                if let Some(c) = self.ckpt.as_mut() {
-                    s.take_snapshots(&mut c.snaps);
-                }
-            }
-            Core::DynaOracle(o) => {
-                for (_, d) in self.deliveries.drain(..) {
-                    o.deliver(d.msg.id, &d.msg.payload);
-                }
-                self.exchanges.clear();
-                for (_, m) in self.inbox.drain(..) {
-                    o.peer(&m);
-                }
-                o.tick(node.now());
-                o.take_outputs(&mut self.outputs);
-            }
-        }
-        for out in self.outputs.drain(..) {
-            match out {
-                Output::Rmcast(dests, payload) => {
-                    if let Err(e) = node.rmcast(dests, payload) {
-                        // Receivers pull what they miss.
-                        tracing::warn!(error = %e, "exchange not sent");
-                    }
-                }
-                Output::Send(to, payload) => node.send_app(to, payload),
-                Output::Multicast(dests, payload) => {
-                    if let Err(e) = node.multicast(dests, payload) {
-                        // Hints are advisory; a plan is multicast again by another replica.
-                        tracing::warn!(error = %e, "multicast not sent");
-                    }
-                }
-            }
-        }
-        if self.ckpt.is_some() {
-            self.pump_checkpoints(node, transfers);
-        }
-        if let Some((shared, at)) = &mut self.shared {
-            let stats = match &self.core {
-                Core::Partition(s) => Some(&s.stats),
-                Core::DynaPartition(s) => Some(&s.stats),
-                _ => None,
-            };
-            if let Some(stats) = stats {
-                if *at != node.now() {
-                    *at = node.now();
-                    *shared.lock() = stats.clone();
-                }
-            }
-        }
-        if let (Some((shared, at)), Core::Oracle(o)) = (&mut self.shared_oracle, &self.core) {
-            if *at != node.now() {
-                *at = node.now();
-                *shared.lock() = o.stats.clone();
-            }
-        }
+/// A scale-out replica's checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScaleOutCheckpoint {
+    pub round: u64,
+    /// The group whose replicas took it (a partition, or the oracle's group).
+    pub group: u32,
+    /// The replica's merger right after the checkpoint request.
+    pub merger: MergerState,
+    /// The core's state hash when it was taken (equal at every replica of the group for
+    /// the same round).
+    pub hash: u64,
+    /// The core's snapshot.
+    pub core: Vec<u8>,
+}
+
+impl ScaleOutCheckpoint {
+    /// Per log, the first entry the checkpoint does not cover.
+    pub fn positions(&self) -> Vec<(LogId, u64)> {
+        self.merger.resume_at().collect()
     }
 
-    /// Feeds the decided entries to the replica's merge and its deliveries to the core,
-    /// marking checkpoint requests in the stream.
-    fn merge(&mut self, node: &mut GroupsNode) {
-        let Some(c) = self.ckpt.as_mut() else {
-            return;
-        };
-        if !c.started {
-            c.started = true;
-            if c.trigger.is_some() {
-                // A replica that checkpoints says so from the start (its initial state is a
-                // checkpoint at position 0), so acceptors hold it to the checkpoint rule.
-                let start: Vec<(LogId, u64)> = c.logs.iter().map(|l| (*l, 0)).collect();
-                node.set_checkpointed(&start);
-            }
-        }
-        node.take_entries(&mut c.entries);
-        for e in c.entries.drain(..) {
-            if let Err(gap) = c.merger.push(e.log, e.start, &e.entries) {
-                // Cannot happen: feeds hand out contiguous entries, restarted with the merger.
-                tracing::error!(replica = %node.id(), error = %gap, "entries dropped");
-            }
-        }
-        loop {
-            let groups = c.groups;
-            let stopped = c
-                .merger
-                .poll_until(&mut c.merged, |m| checkpoint::is_request(m, groups));
-            for d in c.merged.drain(..) {
-                let round = checkpoint::is_request(&d.msg, groups)
-                    .then(|| crate::wire::decode::<crate::wire::Request>(&d.msg.payload))
-                    .and_then(Result::ok)
-                    .map(|r| r.seq);
-                match (round, &mut self.core) {
-                    (Some(round), core) => {
-                        // The request is the last delivery of the batch: the merger's state
-                        // is the state right after it.
-                        if round <= c.stream_round {
-                            continue;
-                        }
-                        c.stream_round = round;
-                        c.marks.insert(round, c.merger.state());
-                        match core {
-                            Core::Partition(s) => s.mark_checkpoint(round),
-                            Core::Oracle(o) => c.snaps.push((round, o.state_hash(), o.snapshot())),
-                            Core::DynaPartition(s) => s.mark_checkpoint(round),
-                            Core::DynaOracle(o) => {
-                                c.snaps.push((round, o.state_hash(), o.snapshot()))
-                            }
-                        }
-                    }
-                    (None, Core::Partition(s)) => s.deliver(d.msg.id, &d.msg.payload),
-                    (None, Core::Oracle(o)) => o.deliver(d.msg.id, &d.msg.payload),
-                    (None, Core::DynaPartition(s)) => s.deliver(d.msg.id, &d.msg.payload),
-                    (None, Core::DynaOracle(o)) => o.deliver(d.msg.id, &d.msg.payload),
-                }
-            }
-            if !stopped {
-                break;
-            }
-        }
-        if let Some(need) = c.merger.blocked_on() {
-            node.request_skip(need);
-        }
+    pub fn encode(&self) -> Bytes {
+        wire::encode(self).into()
     }
 
-    /// Assembles recorded snapshots into checkpoints, asks for checkpoints when due, answers
-    /// peers' transfer requests, and recovers by state transfer when a log was trimmed past
-    /// this replica.
-    fn pump_checkpoints(&mut self, node: &mut GroupsNode, transfers: Vec<(NodeId, Transfer)>) {
-        let now = node.now();
-        let handled = self.handled();
-        let group = self.args.group();
-        let Some(c) = self.ckpt.as_mut() else {
-            return;
-        };
-        for (round, hash, core) in std::mem::take(&mut c.snaps) {
-            let Some(merger) = c.marks.remove(&round) else {
-                continue;
-            };
-            c.marks = c.marks.split_off(&round);
-            let ck = ScaleOutCheckpoint {
-                round,
-                group,
-                merger,
-                hash,
-                core,
-            };
-            let bytes = ck.encode();
-            Self::completed(c, node, &ck, bytes, handled);
-        }
-        let latest = c.store.latest().map_or(0, |(r, _)| r);
-        let round = c
-            .trigger
-            .as_mut()
-            .and_then(|t| t.poll(latest.max(c.stream_round), handled, now));
-        if let (Some(round), None) = (round, &c.recovery) {
-            if let Err(e) = node.multicast(c.all.clone(), checkpoint::request_payload(round)) {
-                tracing::debug!(error = %e, "checkpoint request not sent");
-            }
-        }
-        let mut events = Vec::new();
-        node.take_events(&mut events);
-        if !events.is_empty() && c.recovery.is_none() {
-            tracing::warn!(replica = %node.id(), ?events, "log trimmed past this replica: recovering by state transfer");
-            let peers = checkpoint::peers_of(node.config(), node.id());
-            c.recovery = Some(Recovery::start(peers, c.resend_ticks, now, &mut c.app_out));
-        }
-        let mut installs = Vec::new();
-        for (from, msg) in transfers {
-            match msg {
-                Transfer::Get { round, offset } => {
-                    let answer = c.store.answer(round, offset);
-                    c.app_out.push((from, answer.encode()));
-                    c.live.lock().chunks_sent = c.store.chunks_sent;
-                }
-                other => {
-                    let Some(r) = c.recovery.as_mut() else {
-                        continue;
-                    };
-                    if let Some(whole) = r.on_message(from, other, now, &mut c.app_out) {
-                        installs.push(whole);
-                    }
-                }
-            }
-        }
-        for whole in installs {
-            self.install(node, whole);
-        }
-        let Some(c) = self.ckpt.as_mut() else {
-            return;
-        };
-        if let Some(r) = c.recovery.as_mut() {
-            r.tick(now, &mut c.app_out);
-        }
-        for (to, bytes) in c.app_out.drain(..) {
-            node.send_app(to, ckpt::tag(&bytes));
-        }
-    }
-
-    /// A checkpoint is complete here (taken, or installed): keep it and report its
-    /// positions.
-    fn completed(
-        c: &mut Checkpointing,
-        node: &mut GroupsNode,
-        ck: &ScaleOutCheckpoint,
-        bytes: Bytes,
-        handled: u64,
-    ) {
-        let positions = ck.positions();
-        node.set_checkpointed(&positions);
-        {
-            let mut live = c.live.lock();
-            live.taken += 1;
-            live.round = ck.round;
-            live.bytes = bytes.len() as u64;
-            live.positions = positions;
-            live.state_hash = Some((ck.round, ck.hash));
-        }
-        c.stats.taken += 1;
-        c.stats.round = ck.round;
-        c.stats.bytes = bytes.len() as u64;
-        c.store.set(ck.round, bytes);
-        if let Some(t) = c.trigger.as_mut() {
-            t.taken(handled, node.now());
-        }
-    }
-
-    /// Installs a checkpoint received from a peer: the core and the merger are rebuilt from
-    /// it, and the feeds restart at its positions.
-    fn install(&mut self, node: &mut GroupsNode, bytes: Bytes) {
-        let group = self.args.group();
-        let Some(c) = self.ckpt.as_mut() else {
-            return;
-        };
-        let cfg = self.args.cfg.clone();
-        let restored = ScaleOutCheckpoint::decode(&bytes).and_then(|ck| {
-            if ck.group != group {
-                return Err(CheckpointError::Mismatch(format!(
-                    "a checkpoint of group {}, this replica is in group {group}",
-                    ck.group
-                )));
-            }
-            let merger = Merger::restore(&c.logs, c.sub.clone(), cfg.tuning.merge_m, &ck.merger)
-                .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
-            let core = self.args.restore(&ck.core)?;
-            let hash = core_hash(&core);
-            if hash != ck.hash {
-                return Err(CheckpointError::Mismatch(
-                    "the restored state's hash is not the checkpoint's".into(),
-                ));
-            }
-            Ok((ck, merger, core))
-        });
-        let (ck, merger, core) = match restored {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(replica = %node.id(), error = %e, "checkpoint from a peer refused");
-                c.stats.refused += 1;
-                c.live.lock().refused += 1;
-                if let Some(r) = c.recovery.as_mut() {
-                    r.next_peer(node.now(), &mut c.app_out);
-                }
-                return;
-            }
-        };
-        self.core = core;
-        c.merger = merger;
-        c.stream_round = ck.round;
-        c.marks.clear();
-        c.snaps.clear();
-        c.entries.clear();
-        let mut stale = Vec::new();
-        node.take_entries(&mut stale);
-        c.recovery = None;
-        c.stats.installed += 1;
-        c.live.lock().installed += 1;
-        node.restart_feeds(&ck.positions());
-        let handled = match &self.core {
-            Core::Partition(s) => s.stats.handled,
-            Core::Oracle(o) => o.stats.handled,
-            Core::DynaPartition(s) => s.stats.handled,
-            Core::DynaOracle(o) => o.stats.handled,
-        };
-        Self::completed(c, node, &ck, bytes, handled);
-        tracing::info!(replica = %node.id(), round = ck.round, bytes = c.stats.bytes, "checkpoint installed");
-    }
-
-    pub fn partition(&self) -> Option<&PartitionServer<S>> {
-        match &self.core {
-            Core::Partition(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn oracle(&self) -> Option<&OracleServer<S>> {
-        match &self.core {
-            Core::Oracle(o) => Some(o),
-            _ => None,
-        }
-    }
-
-    pub fn dyna_partition(&self) -> Option<&DynaPartition<S>> {
-        match &self.core {
-            Core::DynaPartition(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
-        match &self.core {
-            Core::DynaOracle(o) => Some(o),
-            _ => None,
-        }
-    }
-
-    /// A partition replica's counters (S-SMR, DS-SMR or DynaStar).
-    pub fn server_stats(&self) -> Option<&ServerStats> {
-        match &self.core {
-            Core::Partition(s) => Some(&s.stats),
-            Core::DynaPartition(s) => Some(&s.stats),
-            _ => None,
-        }
-    }
-
-    /// Delivered commands waiting.
-    pub fn backlog(&self) -> usize {
-        match &self.core {
-            Core::Partition(s) => s.backlog(),
-            Core::DynaPartition(s) => s.backlog(),
-            _ => 0,
-        }
-    }
-
-    /// Delivered multicasts handled.
-    pub fn handled(&self) -> u64 {
-        match &self.core {
-            Core::Partition(s) => s.stats.handled,
-            Core::Oracle(o) => o.stats.handled,
-            Core::DynaPartition(s) => s.stats.handled,
-            Core::DynaOracle(o) => o.stats.handled,
-        }
-    }
-
-    pub fn state_hash(&self) -> u64 {
-        core_hash(&self.core)
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        wire::decode(bytes).map_err(|e| CheckpointError::Decode(e.to_string()))
     }
 }
 
-fn core_hash<S: PartitionedService>(core: &Core<S>) -> u64 {
-    match core {
-        Core::Partition(s) => s.state_hash(),
-        Core::Oracle(o) => o.state_hash(),
-        Core::DynaPartition(s) => s.state_hash(),
-        Core::DynaOracle(o) => o.state_hash(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<S: PartitionedService> App for ScaleOutReplica<S> {
-    fn attach(&mut self, _node: &mut GroupsNode, _waker: Waker) {}
+    #[test]
+    fn cores_restore_their_own_snapshots_and_refuse_others_with_typed_errors() {
+        use crate::partitioned::layout::{self, ScaleOutLayout};
+        use crate::partitioned::oracle::OracleServer;
+        use crate::partitioned::server::PartitionServer;
+        use crate::partitioned::{Scheme, ServerOptions};
+        use crate::testing::scaleout::ObjectKv;
+        use groups::ids::NodeId;
+        use std::sync::Arc;
 
-    fn step(&mut self, node: &mut GroupsNode) {
-        ScaleOutReplica::step(self, node)
+        let l = ScaleOutLayout::new(Scheme::Dssmr, 2, 3, 1, 1, layout::tuning()).unwrap();
+        let cfg = Arc::new(l.config.clone());
+        let service = Arc::new(ObjectKv { preload: 10 });
+        let opts = ServerOptions::new(Scheme::Dssmr);
+        let p0 = PartitionServer::new(service.clone(), cfg.clone(), NodeId(1), 0, 2, opts.clone());
+        assert!(p0.objects().count() > 0, "preloaded objects");
+        let snap = p0.snapshot();
+        let back = PartitionServer::restore(
+            service.clone(),
+            cfg.clone(),
+            NodeId(2),
+            0,
+            2,
+            opts.clone(),
+            &snap,
+        )
+        .unwrap();
+        assert_eq!(back.state_hash(), p0.state_hash());
+        assert_eq!(back.digest(), p0.digest());
+        assert!(matches!(
+            PartitionServer::restore(
+                service.clone(),
+                cfg.clone(),
+                NodeId(4),
+                1,
+                2,
+                opts.clone(),
+                &snap
+            ),
+            Err(CheckpointError::Mismatch(_))
+        ));
+        assert!(matches!(
+            PartitionServer::restore(
+                service.clone(),
+                cfg.clone(),
+                NodeId(2),
+                0,
+                2,
+                opts.clone(),
+                &snap[..snap.len() / 2]
+            ),
+            Err(CheckpointError::Decode(_))
+        ));
+        let o = OracleServer::new(service.clone(), cfg.clone(), NodeId(7), 2, opts.clone());
+        let snap = o.snapshot();
+        let back = OracleServer::restore(
+            service.clone(),
+            cfg.clone(),
+            NodeId(8),
+            2,
+            opts.clone(),
+            &snap,
+        )
+        .unwrap();
+        assert_eq!(back.state_hash(), o.state_hash());
+        assert_eq!(
+            back.locations().collect::<Vec<_>>(),
+            o.locations().collect::<Vec<_>>()
+        );
+        assert!(matches!(
+            OracleServer::restore(
+                service.clone(),
+                cfg.clone(),
+                NodeId(8),
+                3,
+                opts.clone(),
+                &snap
+            ),
+            Err(CheckpointError::Mismatch(_))
+        ));
+        assert!(OracleServer::restore(service, cfg, NodeId(8), 2, opts, b"junk").is_err());
     }
 }

@@ -18,7 +18,7 @@
 //!   In S-SMR both run locally and the partition answers.
 //!
 //! Exchanges travel by reliable multicast from one designated replica of each partition (the
-//! lowest node id). Every replica keeps what it would have sent ([`Outbox`]); a replica that
+//! lowest node id). Every replica keeps what it would have sent (`Outbox`); a replica that
 //! waits longer than `pull_ticks` for an exchange asks every replica of the partition it waits
 //! for, so a crashed designated sender or a restarted receiver (which replays the logs from
 //! the start and needs every exchange again) still makes progress.
@@ -29,21 +29,23 @@
 //! server records its state ([`PartitionServer::snapshot`]): objects, client table, the
 //! exchanges that already arrived for later commands, what it sent (its outbox, for pulls),
 //! recent deliveries, counters and views. [`PartitionServer::restore`] rebuilds a replica
-//! from those bytes (see [`super::checkpoint`]).
+//! from those bytes (see [`super::replica`]).
 //!
 //! The partition logic knows nothing about threads: a host delivers messages and ticks and
 //! performs the [`Output`]s (see [`super::replica`]); a P-SMR-style host with several workers
 //! per partition can drive it the same way.
 
+use super::attempts::{AttemptTable, Seen};
+use super::common::PartitionCore;
 use super::common::{Outbox, Output, Recent};
+use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
 use super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
-use super::table::{AttemptTable, Seen};
-use super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
 use super::{Scheme, ServerOptions};
 use crate::checkpoint::CheckpointError;
-use crate::wire;
+use crate::hash::Fnv64;
+use crate::wire::{self, AppMsg};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -293,7 +295,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         self.me
     }
 
-    /// An atomically delivered multicast.
+    /// An atomically delivered command ([`crate::wire::FeedMsg::Command`]'s body).
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
         match wire::decode::<Multicast>(payload) {
             Ok(msg) => self.queue.push_back(Item {
@@ -351,10 +353,10 @@ impl<S: PartitionedService> PartitionServer<S> {
         if let Some((msg, groups, _, last)) = &mut self.blocked {
             if now >= *last + self.opts.pull_ticks {
                 *last = now;
-                let pull = bytes::Bytes::from(wire::encode(&Peer::<S::Value>::Pull {
+                let pull = AppMsg::peer(&Peer::<S::Value>::Pull {
                     msg: *msg,
                     requester: self.node,
-                }));
+                });
                 for g in groups.iter() {
                     for &n in self.cfg.members(*g) {
                         if n != self.node {
@@ -444,13 +446,12 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     /// A hash of the replicated state: objects and client table.
     pub fn state_hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(self.me);
+        let mut h = Fnv64::new();
+        h.word(u64::from(self.me));
         for (k, v) in &self.store {
-            for x in [*k, value_hash(v)] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+            h.word(*k).word(value_hash(v));
         }
-        h ^ self.table.digest().rotate_left(17)
+        h.get() ^ self.table.digest().rotate_left(17)
     }
 
     fn view(&mut self, id: MsgId) {
@@ -488,7 +489,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         };
         self.out.push(Output::Send(
             c.client.node(),
-            wire::to_client(c.client, &body),
+            AppMsg::to_client(c.client, &body),
         ));
     }
 
@@ -868,6 +869,56 @@ impl<S: PartitionedService> PartitionServer<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: PartitionedService> PartitionCore for PartitionServer<S> {
+    fn group(&self) -> u32 {
+        self.me
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        PartitionServer::deliver(self, id, body)
+    }
+    fn exchange(&mut self, payload: &[u8]) {
+        PartitionServer::exchange(self, payload)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        PartitionServer::peer(self, body)
+    }
+    fn tick(&mut self, now: u64) {
+        PartitionServer::tick(self, now)
+    }
+    fn run(&mut self) {
+        PartitionServer::run(self)
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        PartitionServer::take_outputs(self, out)
+    }
+    fn mark_checkpoint(&mut self, round: u64) {
+        PartitionServer::mark_checkpoint(self, round)
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        PartitionServer::take_snapshots(self, out)
+    }
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
+        Self::restore(
+            self.service.clone(),
+            self.cfg.clone(),
+            self.node,
+            self.me,
+            self.partitions,
+            self.opts.clone(),
+            snapshot,
+        )
+    }
+    fn handled(&self) -> u64 {
+        self.stats.handled
+    }
+    fn backlog(&self) -> usize {
+        PartitionServer::backlog(self)
+    }
+    fn state_hash(&self) -> u64 {
+        PartitionServer::state_hash(self)
     }
 }
 

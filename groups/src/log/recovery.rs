@@ -258,7 +258,13 @@ struct Recovery {
     /// ended without a holder of state and with fewer than f + 1 voting answers: a bootstrap
     /// needs f of them still recovering in the same incarnation (module docs, "Bootstrap").
     confirming: BTreeMap<NodeId, u64>,
+    /// Queries resent without a decision, to say now and then whom it waits for.
+    resends: u64,
 }
+
+/// A recovering log names the acceptors it still waits for every this many resends of its
+/// queries (about 5 s with the default tuning).
+const WAITING_LOG_RESENDS: u64 = 250;
 
 impl Recovery {
     /// The peers that answered `Recovering` in this attempt, with their incarnations.
@@ -332,6 +338,7 @@ impl RecoveringLog {
             last_sent: 0,
             warned: false,
             confirming: BTreeMap::new(),
+            resends: 0,
         };
         let mut log = Self::with_state(
             name,
@@ -401,6 +408,29 @@ impl RecoveringLog {
         for a in others {
             self.out
                 .push((a, LogMsg::Recovery(RecoveryMsg::Query { attempt })));
+        }
+    }
+
+    /// Every [`WAITING_LOG_RESENDS`] resends, logs the acceptors that have not answered the
+    /// current attempt (recovery needs every one of them; one may be down).
+    fn say_whom_it_waits_for(&mut self) {
+        let others: Vec<NodeId> = self.others().collect();
+        let State::Recovering(r) = &mut self.state else {
+            return;
+        };
+        r.resends += 1;
+        if r.resends % WAITING_LOG_RESENDS != 0 {
+            return;
+        }
+        let silent: Vec<String> = others
+            .iter()
+            .filter(|a| !r.answers.contains_key(a))
+            .map(|a| a.to_string())
+            .collect();
+        if !silent.is_empty() {
+            tracing::warn!(log = %self.name.log, node = %self.name.me, attempt = r.attempt,
+                "recovering: does not vote until every other acceptor of the log answered; waiting for {}",
+                silent.join(", "));
         }
     }
 
@@ -816,7 +846,10 @@ impl OrderedLog for RecoveringLog {
         match resend {
             Some(Resend::Fetch) => self.send_fetch(),
             Some(Resend::Confirm) => self.confirm_recovering(),
-            Some(Resend::Query) => self.send_queries(),
+            Some(Resend::Query) => {
+                self.say_whom_it_waits_for();
+                self.send_queries()
+            }
             None => {}
         }
     }

@@ -1,7 +1,9 @@
 //! Runtimes that drive [`crate::GroupsNode`]: threads and channels in one process, or one
-//! process per node over TCP. (The third, the deterministic simulator, is [`crate::sim`].)
+//! process per node over TCP (the third, the deterministic simulator, is [`crate::sim`]); and
+//! the metrics endpoint of a running process ([`metrics_http`]).
 
 pub mod inproc;
+pub mod metrics_http;
 pub mod tcp;
 
 use std::sync::Arc;

@@ -25,7 +25,7 @@ pub struct DynaOptions {
     pub hint_entries_max: usize,
     /// The oracle repartitions after this many hint batches (with hints every `hint_ticks`
     /// from each partition, a timer of about `repartition_hints * hint_ticks / partitions`
-    /// ticks); 0: only on a [`super::wire::Multicast::Repartition`] request.
+    /// ticks); 0: only on a [`super::msg::Multicast::Repartition`] request.
     pub repartition_hints: u64,
     /// Moves per placement chunk at most.
     pub plan_chunk_moves: usize,

@@ -16,18 +16,17 @@
 //!   changes there, exactly where the partitions hand the objects over. A plan is computed
 //!   only when the previous one is fully delivered.
 
-use super::super::common::{Outbox, Output};
-use super::super::service::{Kind, ObjectId, PartitionId, PartitionedService};
-use super::super::table::{AttemptTable, Seen};
-use super::super::wire::{
+use super::super::attempts::{AttemptTable, Seen};
+use super::super::common::{Outbox, Output, PartitionCore};
+use super::super::msg::{
     CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk, Prophecy, ToClient,
 };
+use super::super::service::{Kind, ObjectId, PartitionId, PartitionedService};
 use super::super::ServerOptions;
 use super::placement::{self, Method};
 use super::workload::WorkloadGraph;
 use crate::checkpoint::CheckpointError;
-use crate::wire::{self, ClientId};
-use bytes::Bytes;
+use crate::wire::{self, AppMsg, ClientId, FeedMsg};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -122,6 +121,8 @@ pub type OracleView = (MsgId, ObjectId, Option<PartitionId>, Option<PartitionId>
 /// One replica of the DynaStar oracle.
 pub struct DynaOracle<S: PartitionedService> {
     service: Arc<S>,
+    cfg: Arc<ClusterConfig>,
+    node: NodeId,
     opts: ServerOptions,
     partitions: u32,
     sender: bool,
@@ -142,6 +143,8 @@ pub struct DynaOracle<S: PartitionedService> {
     /// When this replica last multicast the pending plan's chunks (its own clock).
     plan_sent_at: Option<u64>,
     now: u64,
+    /// Snapshots taken at checkpoint marks, for the host.
+    snapshots: Vec<(u64, u64, Vec<u8>)>,
 }
 
 impl<S: PartitionedService> DynaOracle<S> {
@@ -161,6 +164,8 @@ impl<S: PartitionedService> DynaOracle<S> {
             outbox: Outbox::new(opts.outbox_max),
             graph: WorkloadGraph::new(opts.dynastar.graph),
             service,
+            cfg,
+            node,
             opts,
             partitions,
             sender,
@@ -176,6 +181,7 @@ impl<S: PartitionedService> DynaOracle<S> {
             report: None,
             plan_sent_at: None,
             now: 0,
+            snapshots: Vec::new(),
         }
     }
 
@@ -323,10 +329,8 @@ impl<S: PartitionedService> DynaOracle<S> {
         let all = GroupSet::all(self.partitions + 1);
         for c in chunks {
             let m = Multicast::Plan(c.clone());
-            self.out.push(Output::Multicast(
-                all.clone(),
-                Bytes::from(wire::encode(&m)),
-            ));
+            self.out
+                .push(Output::Multicast(all.clone(), FeedMsg::command(&m)));
         }
     }
 
@@ -337,8 +341,10 @@ impl<S: PartitionedService> DynaOracle<S> {
     }
 
     fn send(&mut self, client: ClientId, body: ToClient<S::Reply>) {
-        self.out
-            .push(Output::Send(client.node(), wire::to_client(client, &body)));
+        self.out.push(Output::Send(
+            client.node(),
+            AppMsg::to_client(client, &body),
+        ));
     }
 
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
@@ -617,5 +623,47 @@ impl<S: PartitionedService> DynaOracle<S> {
             },
             Kind::Access(_) => unreachable!("accesses never reach decide"),
         }
+    }
+}
+
+impl<S: PartitionedService> PartitionCore for DynaOracle<S> {
+    fn group(&self) -> u32 {
+        self.partitions
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        DynaOracle::deliver(self, id, body)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        DynaOracle::peer(self, body)
+    }
+    fn tick(&mut self, now: u64) {
+        DynaOracle::tick(self, now)
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        DynaOracle::take_outputs(self, out)
+    }
+    /// The oracle handles every delivery at once: its state at the mark is its state now.
+    fn mark_checkpoint(&mut self, round: u64) {
+        self.snapshots
+            .push((round, self.state_hash(), self.snapshot()));
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        out.append(&mut self.snapshots);
+    }
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
+        Self::restore(
+            self.service.clone(),
+            self.cfg.clone(),
+            self.node,
+            self.partitions,
+            self.opts.clone(),
+            snapshot,
+        )
+    }
+    fn handled(&self) -> u64 {
+        self.stats.handled
+    }
+    fn state_hash(&self) -> u64 {
+        DynaOracle::state_hash(self)
     }
 }

@@ -36,18 +36,17 @@
 //! replicas. The designated replica also collects hints (objects executed together) and
 //! multicasts them to the oracle every `hint_ticks`.
 
-use super::super::common::{Outbox, Output, Recent};
+use super::super::attempts::{AttemptTable, Seen};
+use super::super::common::{Outbox, Output, PartitionCore, Recent};
+use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk, ToClient};
 use super::super::server::{same_slot, ServerStats};
 use super::super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
-use super::super::table::{AttemptTable, Seen};
-use super::super::wire::{CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk, ToClient};
 use super::super::ServerOptions;
 use super::workload::HintBuffer;
 use crate::checkpoint::CheckpointError;
-use crate::wire;
-use bytes::Bytes;
+use crate::wire::{self, AppMsg, FeedMsg};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -458,10 +457,10 @@ impl<S: PartitionedService> DynaPartition<S> {
             }
         }
         for (msg, groups) in pulls {
-            let pull = Bytes::from(wire::encode(&Peer::<S::Value>::Pull {
+            let pull = AppMsg::peer(&Peer::<S::Value>::Pull {
                 msg,
                 requester: self.node,
-            }));
+            });
             for g in groups {
                 for &n in self.cfg.members(g) {
                     if n != self.node {
@@ -480,7 +479,7 @@ impl<S: PartitionedService> DynaPartition<S> {
             };
             self.out.push(Output::Multicast(
                 GroupSet::singleton(GroupId(self.partitions)),
-                Bytes::from(wire::encode(&msg)),
+                FeedMsg::command(&msg),
             ));
         }
     }
@@ -1014,7 +1013,7 @@ impl<S: PartitionedService> DynaPartition<S> {
         };
         self.out.push(Output::Send(
             c.client.node(),
-            wire::to_client(c.client, &body),
+            AppMsg::to_client(c.client, &body),
         ));
     }
 
@@ -1058,5 +1057,55 @@ impl<S: PartitionedService> DynaPartition<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: PartitionedService> PartitionCore for DynaPartition<S> {
+    fn group(&self) -> u32 {
+        self.me
+    }
+    fn deliver(&mut self, id: MsgId, body: &[u8]) {
+        DynaPartition::deliver(self, id, body)
+    }
+    fn exchange(&mut self, payload: &[u8]) {
+        DynaPartition::exchange(self, payload)
+    }
+    fn peer(&mut self, body: &[u8]) {
+        DynaPartition::peer(self, body)
+    }
+    fn tick(&mut self, now: u64) {
+        DynaPartition::tick(self, now)
+    }
+    fn run(&mut self) {
+        DynaPartition::run(self)
+    }
+    fn take_outputs(&mut self, out: &mut Vec<Output>) {
+        DynaPartition::take_outputs(self, out)
+    }
+    fn mark_checkpoint(&mut self, round: u64) {
+        DynaPartition::mark_checkpoint(self, round)
+    }
+    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+        DynaPartition::take_snapshots(self, out)
+    }
+    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
+        Self::restore(
+            self.service.clone(),
+            self.cfg.clone(),
+            self.node,
+            self.me,
+            self.partitions,
+            self.opts.clone(),
+            snapshot,
+        )
+    }
+    fn handled(&self) -> u64 {
+        self.stats.handled
+    }
+    fn backlog(&self) -> usize {
+        DynaPartition::backlog(self)
+    }
+    fn state_hash(&self) -> u64 {
+        DynaPartition::state_hash(self)
     }
 }

@@ -89,17 +89,7 @@ impl Deployment {
 
     /// Gives every node a loopback address from `base_port` on (for the TCP runtime).
     pub fn with_loopback_addresses(mut self, base_port: u16) -> Result<Self, ConfigError> {
-        let mut nodes = self.config.nodes.clone();
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.addr = Some(format!("127.0.0.1:{}", base_port as usize + i));
-        }
-        self.config = ClusterConfig::new(
-            self.config.cluster_id,
-            self.config.groups,
-            nodes,
-            self.config.logs.clone(),
-            self.config.tuning.clone(),
-        )?;
+        self.config = self.config.with_loopback_addresses(base_port)?;
         Ok(self)
     }
 

@@ -17,11 +17,11 @@
 //! Many commands may be outstanding; replies of older attempts are ignored; an attempt is
 //! resent on timeout (replicas answer a resent attempt from their tables).
 
+use super::msg::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
 use super::service::{Kind, ObjectId, PartitionId, PartitionedService};
-use super::wire::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
 use super::Scheme;
-use crate::client::{ClientError, ClientStats, Completion, Proxy};
-use crate::wire::{self, ClientId};
+use crate::host::client::{ClientError, ClientStats, Completion, Proxy};
+use crate::wire::{self, ClientId, FeedMsg};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
 use groups::ids::GroupId;
@@ -187,7 +187,7 @@ impl<S: PartitionedService> ScaleOutClient<S> {
     /// sent: the command ends with [`ClientError::TooLarge`] (an attempt whose objects grew
     /// after `retry(gamma)` can get there; earlier attempts were refused, so nothing ran).
     fn send(&mut self, seq: u64, phase: Phase, dests: GroupSet, msg: &Multicast) {
-        let payload = Bytes::from(wire::encode(msg));
+        let payload = FeedMsg::command(msg);
         if payload.len() > self.payload_max {
             let p = self.pending.remove(&seq).expect("pending");
             self.stats.too_large += 1;
@@ -362,7 +362,7 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                         from,
                         to: target,
                     };
-                    self.out.push((dests, Bytes::from(wire::encode(&m))));
+                    self.out.push((dests, FeedMsg::command(&m)));
                     self.stats.moves += 1;
                     self.remember(object, target);
                 }

@@ -10,10 +10,9 @@
 //! partitions of a multi-partition command all deliver all its copies (same destinations), so
 //! they agree with each other too.
 
+use crate::client_records::{ClientRecords, Lookup};
 use crate::wire::ClientId;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// What the table knows about a copy of an attempt.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,22 +27,18 @@ pub enum Seen<O> {
     Forgotten,
 }
 
+/// One replica's table (part of a replica's checkpoint): per request, the latest attempt
+/// handled and its outcome.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Entry<O> {
-    floor: u64,
-    records: BTreeMap<u64, (u32, Option<O>)>,
-}
-
-/// One replica's table (part of a replica's checkpoint).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "O: Serialize", deserialize = "O: Deserialize<'de>"))]
 pub struct AttemptTable<O> {
-    clients: FxHashMap<ClientId, Entry<O>>,
+    records: ClientRecords<(u32, Option<O>)>,
 }
 
 impl<O> Default for AttemptTable<O> {
     fn default() -> Self {
         AttemptTable {
-            clients: FxHashMap::default(),
+            records: ClientRecords::default(),
         }
     }
 }
@@ -52,69 +47,38 @@ impl<O: Clone> AttemptTable<O> {
     /// Looks up attempt `attempt` of request `seq` of `client`, first forgetting everything
     /// below the client's acknowledged `floor`.
     pub fn check(&mut self, client: ClientId, seq: u64, attempt: u32, floor: u64) -> Seen<O> {
-        let e = self.clients.entry(client).or_insert_with(|| Entry {
-            floor: 0,
-            records: BTreeMap::new(),
-        });
-        if floor > e.floor {
-            e.floor = floor;
-            e.records = e.records.split_off(&floor);
-        }
-        if seq < e.floor {
-            return Seen::Forgotten;
-        }
-        match e.records.get(&seq) {
-            None => Seen::New,
-            Some((a, _)) if attempt < *a => Seen::Stale,
-            Some((a, o)) if attempt == *a => Seen::Again(o.clone()),
-            Some(_) => Seen::New,
+        match self.records.lookup(client, seq, floor) {
+            Lookup::Forgotten => Seen::Forgotten,
+            Lookup::Absent => Seen::New,
+            Lookup::Found((a, _)) if attempt < *a => Seen::Stale,
+            Lookup::Found((a, o)) if attempt == *a => Seen::Again(o.clone()),
+            Lookup::Found(_) => Seen::New,
         }
     }
 
     /// Records how attempt `attempt` of `seq` was handled (`None`: this replica does not
     /// answer it).
     pub fn record(&mut self, client: ClientId, seq: u64, attempt: u32, outcome: Option<O>) {
-        if let Some(e) = self.clients.get_mut(&client) {
-            if seq >= e.floor {
-                e.records.insert(seq, (attempt, outcome));
-            }
-        }
+        self.records.insert(client, seq, (attempt, outcome));
     }
 
     /// Requests remembered (all clients).
     pub fn len(&self) -> usize {
-        self.clients.values().map(|e| e.records.len()).sum()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.records.is_empty()
     }
 
     /// A deterministic digest of what the table holds (it is replicated state).
     pub fn digest(&self) -> u64 {
-        type Records = Vec<(u64, u32)>;
-        let mut keys: Vec<(ClientId, u64, Records)> = self
-            .clients
-            .iter()
-            .map(|(c, e)| {
-                (
-                    *c,
-                    e.floor,
-                    e.records.iter().map(|(s, (a, _))| (*s, *a)).collect(),
-                )
-            })
-            .collect();
-        keys.sort();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (c, f, rs) in keys {
-            for x in [c.0, f]
-                .into_iter()
-                .chain(rs.into_iter().flat_map(|(s, a)| [s, u64::from(a)]))
-            {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+        let mut h = crate::hash::Fnv64::new();
+        for (c, f, rs) in self.records.sorted() {
+            h.word(c.0).word(f);
+            h.words(rs.iter().flat_map(|(s, (a, _))| [*s, u64::from(*a)]));
         }
-        h
+        h.get()
     }
 }
 

@@ -12,10 +12,10 @@
 //! or of an earlier one, is refused again, even if the worker's state would now allow it: the
 //! client has already moved on to a later try, which must be the only execution.
 
-use crate::wire::{ClientId, Outcome};
-use rustc_hash::FxHashMap;
+use super::msg::Outcome;
+use crate::client_records::{ClientRecords, Lookup};
+use crate::wire::ClientId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// What the table knows about a request.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,23 +46,17 @@ enum Record<R> {
     Refused(u32, Refusal),
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Entry<R> {
-    floor: u64,
-    records: BTreeMap<u64, Record<R>>,
-}
-
 /// One worker's table. Serializable: it is part of a replica's checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(bound(serialize = "R: Serialize", deserialize = "R: Deserialize<'de>"))]
 pub struct ClientTable<R> {
-    clients: FxHashMap<ClientId, Entry<R>>,
+    records: ClientRecords<Record<R>>,
 }
 
 impl<R> Default for ClientTable<R> {
     fn default() -> Self {
         ClientTable {
-            clients: FxHashMap::default(),
+            records: ClientRecords::default(),
         }
     }
 }
@@ -71,21 +65,11 @@ impl<R: Clone> ClientTable<R> {
     /// Looks up request `seq` of `client`, first forgetting everything below the client's
     /// acknowledged `floor`.
     pub fn check(&mut self, client: ClientId, seq: u64, floor: u64) -> Seen<R> {
-        let e = self.clients.entry(client).or_insert_with(|| Entry {
-            floor: 0,
-            records: BTreeMap::new(),
-        });
-        if floor > e.floor {
-            e.floor = floor;
-            e.records = e.records.split_off(&floor);
-        }
-        if seq < e.floor {
-            return Seen::Forgotten;
-        }
-        match e.records.get(&seq) {
-            None => Seen::New,
-            Some(Record::Done(o, h)) => Seen::Done(o.clone(), *h),
-            Some(Record::Refused(round, why)) => Seen::Refused(*round, *why),
+        match self.records.lookup(client, seq, floor) {
+            Lookup::Forgotten => Seen::Forgotten,
+            Lookup::Absent => Seen::New,
+            Lookup::Found(Record::Done(o, h)) => Seen::Done(o.clone(), *h),
+            Lookup::Found(Record::Refused(round, why)) => Seen::Refused(*round, *why),
         }
     }
 
@@ -96,42 +80,32 @@ impl<R: Clone> ClientTable<R> {
         outcome: Outcome<R>,
         hash: Option<u64>,
     ) {
-        if let Some(e) = self.clients.get_mut(&client) {
-            e.records.insert(seq, Record::Done(outcome, hash));
-        }
+        self.records
+            .insert(client, seq, Record::Done(outcome, hash));
     }
 
     /// Try `round` of request `seq` was refused (nothing changed).
     pub fn record_refused(&mut self, client: ClientId, seq: u64, round: u32, why: Refusal) {
-        if let Some(e) = self.clients.get_mut(&client) {
-            e.records.insert(seq, Record::Refused(round, why));
-        }
+        self.records
+            .insert(client, seq, Record::Refused(round, why));
     }
 
     /// Requests remembered (all clients).
     pub fn len(&self) -> usize {
-        self.clients.values().map(|e| e.records.len()).sum()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.records.is_empty()
     }
 
     /// A deterministic digest of the table (it is replicated state).
     pub fn digest(&self) -> u64 {
-        let mut keys: Vec<(&ClientId, u64, usize)> = self
-            .clients
-            .iter()
-            .map(|(c, e)| (c, e.floor, e.records.len()))
-            .collect();
-        keys.sort();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (c, f, n) in keys {
-            for x in [c.0, f, n as u64] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
-            }
+        let mut h = crate::hash::Fnv64::new();
+        for (c, f, records) in self.records.sorted() {
+            h.word(c.0).word(f).word(records.len() as u64);
         }
-        h
+        h.get()
     }
 }
 

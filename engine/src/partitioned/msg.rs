@@ -5,7 +5,7 @@
 //!   oracle): S-SMR's signals with variables, DS-SMR's moved values and create outcomes.
 //!   Every exchange names the delivered multicast it belongs to (its [`MsgId`]), so the
 //!   receiver matches it with the right delivery even if the same command was delivered twice.
-//! - [`ToClient`]: replies and prophecies, sent point to point with [`crate::wire::to_client`].
+//! - [`ToClient`]: replies and prophecies, sent point to point in [`crate::wire::AppMsg::ToClient`].
 //! - [`Peer`]: point-to-point messages between replicas (pulling a missed exchange).
 
 use super::service::{Kind, ObjectId, PartitionId};

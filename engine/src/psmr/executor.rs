@@ -1,9 +1,10 @@
 //! What a worker does with a delivered request, independent of how workers are run (threads
-//! in [`crate::psmr::replica`], one deterministic scheduler in [`crate::sim`]).
+//! in [`super::replica`], one deterministic scheduler in [`crate::sim`]).
 
-use crate::service::{Access, Service, Shards};
-use crate::table::{ClientTable, Refusal, Seen};
-use crate::wire::{self, Attempt, Outcome, Reply, Request};
+use super::msg::{Attempt, Outcome, Reply, Request};
+use crate::psmr::client_table::{ClientTable, Refusal, Seen};
+use crate::psmr::service::{Access, Service, Shards};
+use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;
 use groups::ids::{GroupId, MsgId, NodeId};
 use groups::merge::Delivery;
@@ -74,11 +75,20 @@ pub struct Executor<S: Service> {
 /// A delivered request, decoded.
 pub struct Job<C> {
     pub id: MsgId,
-    pub request: Request,
-    /// The command, or why it did not decode.
-    pub command: Result<C, String>,
     /// The workers involved, sorted.
     pub involved: Vec<usize>,
+    pub kind: JobKind<C>,
+}
+
+/// What a delivery asks of the workers.
+pub enum JobKind<C> {
+    /// A client's request, with its command or why the command did not decode.
+    Command {
+        request: Request,
+        command: Result<C, String>,
+    },
+    /// A checkpoint request (see [`crate::checkpoint`]): every worker records its part.
+    Checkpoint { round: u64 },
 }
 
 impl<C> Job<C> {
@@ -90,7 +100,10 @@ impl<C> Job<C> {
     /// The round, if this is a checkpoint request (see [`crate::checkpoint`]) rather than a
     /// client's command.
     pub fn checkpoint_round(&self) -> Option<u64> {
-        (self.request.client == crate::checkpoint::CHECKPOINT_CLIENT).then_some(self.request.seq)
+        match self.kind {
+            JobKind::Checkpoint { round } => Some(round),
+            JobKind::Command { .. } => None,
+        }
     }
 }
 
@@ -111,12 +124,25 @@ impl<S: Service> Executor<S> {
 
     /// Decodes a delivery. `None` for a payload that is not a request at all (logged).
     pub fn decode(&self, d: &Delivery) -> Option<Job<S::Command>> {
-        let request: Request = match wire::decode(&d.msg.payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(replica = %self.replica, id = %d.msg.id, error = %e, "delivered payload is not a request; dropped");
-                return None;
+        let drop = |why: &dyn std::fmt::Display| {
+            tracing::warn!(replica = %self.replica, id = %d.msg.id, error = %why, "delivered payload is not a request; dropped");
+            None
+        };
+        let body = match FeedMsg::parse(&d.msg.payload) {
+            Ok(FeedMsg::Command(body)) => body,
+            Ok(FeedMsg::Checkpoint { .. }) => {
+                let round = crate::checkpoint::round_of(&d.msg, self.workers)?;
+                return Some(Job {
+                    id: d.msg.id,
+                    involved: (0..self.workers).collect(),
+                    kind: JobKind::Checkpoint { round },
+                });
             }
+            Err(e) => return drop(&e),
+        };
+        let request: Request = match wire::decode(body) {
+            Ok(r) => r,
+            Err(e) => return drop(&e),
         };
         let involved: Vec<usize> = d
             .msg
@@ -131,9 +157,8 @@ impl<S: Service> Executor<S> {
         let command = wire::decode(&request.command).map_err(|e| e.to_string());
         Some(Job {
             id: d.msg.id,
-            request,
-            command,
             involved,
+            kind: JobKind::Command { request, command },
         })
     }
 
@@ -165,7 +190,13 @@ impl<S: Service> Executor<S> {
         shards: &mut [(usize, &mut S::Shard)],
         job: &Job<S::Command>,
     ) -> Option<Outgoing> {
-        let req = &job.request;
+        let JobKind::Command {
+            request: req,
+            command,
+        } = &job.kind
+        else {
+            return None;
+        };
         let reply = |outcome, hash| {
             let r = Reply {
                 client: req.client,
@@ -176,9 +207,9 @@ impl<S: Service> Executor<S> {
                 outcome,
                 state_hash: hash,
             };
-            Some((req.client.node(), wire::to_client(req.client, &r)))
+            Some((req.client.node(), AppMsg::to_client(req.client, &r)))
         };
-        let cmd = match &job.command {
+        let cmd = match command {
             Ok(c) => c,
             Err(e) => {
                 w.stats.rejected += 1;

@@ -1,15 +1,15 @@
 //! Scale-out deployments in the deterministic simulator, and the invariants checked on them.
 
-use super::client::{ClientOptions, LocationCache, ScaleOutClient};
 use super::layout::ScaleOutLayout;
-use super::replica::{Core, ScaleOutReplica};
+use super::proxy::{ClientOptions, LocationCache, ScaleOutClient};
+use super::replica::{PartitionCore, PartitionedCore, ScaleOutReplica, ScaleOutServer};
 use super::service::{ObjectId, PartitionId, PartitionedService};
 use super::{Scheme, ServerOptions};
 use crate::checkpoint::CheckpointPolicy;
-use crate::sim::{Blueprint, EngineSim, Roles, SimRole};
+use crate::sim::{Blueprint, EngineSim, Roles, SimCore};
 use crate::wire::ClientId;
+use groups::config::ClusterConfig;
 use groups::ids::NodeId;
-use groups::node::GroupsNode;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ pub struct ScaleOut<S: PartitionedService> {
     /// The clients of a node share one location cache (as one machine's threads would).
     pub cache_per_node: bool,
     /// Replicas merge their logs themselves, take part in checkpoints and ask for them by
-    /// this policy (see [`super::checkpoint`]); `None`, the default: the nodes merge and
+    /// this policy (see [`super::replica`]); `None`, the default: the nodes merge and
     /// nothing is checkpointed.
     pub checkpoints: Option<CheckpointPolicy>,
     caches: parking_lot::Mutex<BTreeMap<NodeId, LocationCache>>,
@@ -63,77 +63,46 @@ impl<S: PartitionedService> ScaleOut<S> {
     }
 }
 
-/// A scale-out replica with its node.
-pub struct ScaleOutNode<S: PartitionedService> {
-    node: GroupsNode,
-    pub replica: ScaleOutReplica<S>,
-    work: WorkCosts,
-    /// Counters at the last `take_work_us`: handled, objects.
-    charged: (u64, u64),
-}
-
-impl<S: PartitionedService> SimRole for ScaleOutNode<S> {
-    fn node(&self) -> &GroupsNode {
-        &self.node
-    }
-    fn node_mut(&mut self) -> &mut GroupsNode {
-        &mut self.node
-    }
-    fn pump(&mut self) {
-        self.replica.step(&mut self.node);
-    }
+impl<S: PartitionedService> SimCore for PartitionedCore<ScaleOutServer<S>> {
     fn backlog(&self) -> usize {
-        self.replica.backlog()
+        PartitionCore::backlog(&self.server)
     }
     fn progress(&self) -> Vec<u64> {
-        vec![self.replica.handled()]
+        vec![PartitionCore::handled(&self.server)]
     }
-    fn state_hash(&self) -> u64 {
-        self.replica.state_hash()
+    fn state_hash(&self) -> Option<u64> {
+        Some(PartitionCore::state_hash(&self.server))
     }
-    fn take_work_us(&mut self) -> f64 {
-        let now = match &self.replica.core {
-            Core::Partition(s) => (s.stats.handled, s.stats.objects),
-            Core::Oracle(o) => (o.stats.handled, 0),
-            Core::DynaPartition(s) => (s.stats.handled, s.stats.objects),
-            Core::DynaOracle(o) => (o.stats.handled, 0),
-        };
-        let (dh, dobj) = (now.0 - self.charged.0, now.1 - self.charged.1);
-        self.charged = now;
-        dh as f64 * self.work.per_command_us + dobj as f64 * self.work.per_object_us
+    fn work_done(&self) -> [u64; 2] {
+        match &self.server {
+            ScaleOutServer::Partition(s) => [s.stats.handled, s.stats.objects],
+            ScaleOutServer::Oracle(o) => [o.stats.handled, 0],
+            ScaleOutServer::DynaPartition(s) => [s.stats.handled, s.stats.objects],
+            ScaleOutServer::DynaOracle(o) => [o.stats.handled, 0],
+        }
     }
 }
 
 impl<S: PartitionedService> Blueprint for ScaleOut<S> {
-    type Replica = ScaleOutNode<S>;
+    type Core = PartitionedCore<ScaleOutServer<S>>;
     type Proxy = ScaleOutClient<S>;
 
     fn roles(&self) -> &Roles {
         &self.roles
     }
-    fn replicas_merge_locally(&self) -> bool {
-        self.checkpoints.is_none()
-    }
-    fn replica(&self, node: GroupsNode, _seed: u64) -> ScaleOutNode<S> {
-        let id = node.id();
+    fn replica(&self, id: NodeId, config: &Arc<ClusterConfig>, _seed: u64) -> ScaleOutReplica<S> {
         let role = self.layout.role(id).expect("a replica node");
-        let replica = ScaleOutReplica::new(
+        let replica = ScaleOutReplica::scaleout(
             self.service.clone(),
-            node.config().clone(),
+            config.clone(),
             id,
             role,
             self.layout.partitions,
             self.server.clone(),
         );
-        let replica = match self.checkpoints {
-            Some(policy) => replica.with_checkpoints(Some(policy)),
+        match self.checkpoints {
+            Some(policy) => replica.checkpointing(config, id, Some(policy)),
             None => replica,
-        };
-        ScaleOutNode {
-            node,
-            replica,
-            work: self.work,
-            charged: (0, 0),
         }
     }
     fn proxy(&self, id: ClientId) -> ScaleOutClient<S> {
@@ -143,6 +112,9 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
             LocationCache::default()
         };
         ScaleOutClient::with_cache(id, self.service.clone(), self.client, cache)
+    }
+    fn work_costs(&self) -> [f64; 2] {
+        [self.work.per_command_us, self.work.per_object_us]
     }
 }
 
@@ -170,7 +142,7 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
         let mut first = true;
         for &id in members {
             let Some(r) = replica(id) else { continue };
-            let stats = r.replica.server_stats().expect("partition replica");
+            let stats = r.server_stats().expect("partition replica");
             if stats.double_owned > 0 {
                 problems.push(format!(
                     "partition {p} replica {id}: {} double ownerships",
@@ -179,10 +151,9 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
             }
             if first {
                 first = false;
-                let objects: Vec<ObjectId> = match r.replica.partition() {
+                let objects: Vec<ObjectId> = match r.partition() {
                     Some(s) => s.objects().map(|(o, _)| o).collect(),
                     None => r
-                        .replica
                         .dyna_partition()
                         .expect("partition replica")
                         .objects()
@@ -209,14 +180,14 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
             .flat_map(|(p, m)| m.iter().map(move |id| (p, *id)))
             .filter_map(|(p, id)| {
                 replica(id).map(|r| {
-                    let s = r.replica.partition().expect("partition replica");
+                    let s = r.partition().expect("partition replica");
                     (id, p as PartitionId, s.views().to_vec())
                 })
             })
             .collect();
         for &id in &layout.oracle_replicas {
             let Some(r) = replica(id) else { continue };
-            let o = r.replica.oracle().expect("oracle replica");
+            let o = r.oracle().expect("oracle replica");
             let map: BTreeMap<ObjectId, PartitionId> = o.locations().collect();
             if map != owner {
                 let wrong: Vec<String> = map
@@ -274,7 +245,7 @@ fn check_dynastar<S: PartitionedService>(
     let record = sim.blueprint.server.record_views;
     for &id in &layout.oracle_replicas {
         let Some(r) = replica(id) else { continue };
-        let o = r.replica.dyna_oracle().expect("oracle replica");
+        let o = r.dyna_oracle().expect("oracle replica");
         let map: BTreeMap<ObjectId, PartitionId> = o.locations().collect();
         if &map != owner {
             let wrong: Vec<String> = map
@@ -309,7 +280,7 @@ fn check_dynastar<S: PartitionedService>(
             }
             for &pid in members {
                 let Some(r) = replica(pid) else { continue };
-                let s = r.replica.dyna_partition().expect("partition replica");
+                let s = r.dyna_partition().expect("partition replica");
                 let mut seen: Events = BTreeMap::new();
                 for (msg, obj, joined) in s.views() {
                     seen.entry(*obj).or_default().push((*msg, *joined));
