@@ -450,7 +450,8 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             ),
             crate::costmodel::describe(),
             format!(
-                "simulated rows: one run per point, {} virtual warm-up, {:?} measured; 4 client nodes x {} clients, window 2, placement guessed on a cache miss; DS-SMR retry_max {}",
+                "simulated rows: medians of {} run(s) per point, {} virtual warm-up, {:?} measured; 4 client nodes x {} clients, window 2, placement guessed on a cache miss; DS-SMR retry_max {}",
+                plan.simulated_runs.max(1),
                 plan.simulated
                     .iter()
                     .map(|&k| format!("{k} partitions {:?}", crate::costmodel::warmup(plan, k)))

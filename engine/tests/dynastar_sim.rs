@@ -15,8 +15,15 @@
 //! get sees the latest acknowledged put), the replicas' state hashes and `check_ownership`
 //! (per-object ownership changes at the oracle and every partition replica) judge it.
 //!
+//! A second test runs 24 seeds of the same campaign with checkpoints and trimming on (every
+//! replica asks for a checkpoint every few commands, the logs are trimmed below them), so
+//! that restarted DynaStar partition and oracle replicas recover by replay or by state
+//! transfer, whichever the trimmed logs allow, through the same replica host as S-SMR and
+//! DS-SMR; the same checks, and no checkpoint refused.
+//!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
+use engine::checkpoint::CheckpointPolicy;
 use engine::lincheck::{self, Budget};
 use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::dynastar::placement::Method;
@@ -37,14 +44,21 @@ static MOVED: AtomicU64 = AtomicU64::new(0);
 static LENT: AtomicU64 = AtomicU64::new(0);
 static GATHERS: AtomicU64 = AtomicU64::new(0);
 static RETRIES: AtomicU64 = AtomicU64::new(0);
+static INSTALLED: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    run_with(seed, verbose, false)
+}
+
+/// One seed; with `checkpoints`, replicas checkpoint and the logs are trimmed.
+fn run_with(seed: u64, verbose: bool, checkpoints: bool) -> Result<String, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(if checkpoints { seed ^ 0xc0ffee } else { seed });
     let scheme = Scheme::Dynastar;
     let partitions = rng.random_range(2..=4u32);
     let replicas = rng.random_range(2..=3usize);
     let tuning = groups::config::Tuning {
-        trim: false,
+        trim: checkpoints,
+        trim_every_entries: 8,
         ..layout::tuning()
     };
     let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
@@ -73,10 +87,15 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         think_us: 20_000,
     };
     let method = server.dynastar.placement.method;
-    let mut sim = EngineSim::new(
-        ScaleOut::new(service, layout, client, server.clone()),
-        setup,
-    );
+    let mut blueprint = ScaleOut::new(service, layout, client, server.clone());
+    if checkpoints {
+        blueprint.checkpoints = Some(CheckpointPolicy {
+            every_commands: rng.random_range(5..=20),
+            every_ticks: 100,
+            resend_ticks: 50,
+        });
+    }
+    let mut sim = EngineSim::new(blueprint, setup);
     let report = sim.campaign(seed, &Campaign::default());
     if verbose {
         eprintln!(
@@ -99,6 +118,27 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if let Some(d) = sim.divergence() {
         problems.push(d);
     }
+    if checkpoints {
+        let stats: Vec<_> = sim
+            .replicas()
+            .map(|(r, x)| (r, x.checkpoint_stats()))
+            .collect();
+        if verbose {
+            for (r, s) in &stats {
+                eprintln!("  {r}: {s:?}");
+            }
+        }
+        if stats.iter().any(|(_, s)| s.refused > 0) {
+            problems.push(format!("a checkpoint was refused: {stats:?}"));
+        }
+        if stats.iter().all(|(_, s)| s.taken == 0) {
+            problems.push("no replica took a checkpoint".into());
+        }
+        INSTALLED.fetch_add(
+            stats.iter().map(|(_, s)| s.installed).sum::<u64>(),
+            Ordering::Relaxed,
+        );
+    }
     problems.extend(check_ownership(&sim));
     let stats = sim.client_stats();
     let history = lincheck_history(&sim.history());
@@ -112,7 +152,8 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     }
     let mut plans = 0;
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.dyna_partition() {
+        // The first test's totals only (the tests run in parallel).
+        if let Some(p) = r.dyna_partition().filter(|_| !checkpoints) {
             MOVED.fetch_add(p.stats.moves_in, Ordering::Relaxed);
             LENT.fetch_add(p.stats.lent, Ordering::Relaxed);
             GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
@@ -122,7 +163,9 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
             plans = plans.max(o.stats.plans_completed);
         }
     }
-    PLANS.fetch_add(plans, Ordering::Relaxed);
+    if !checkpoints {
+        PLANS.fetch_add(plans, Ordering::Relaxed);
+    }
     if verbose {
         eprintln!("clients: {stats:?}; {plans} plans");
     }
@@ -156,5 +199,26 @@ fn dynastar_histories_are_linearizable_while_repartitioning_under_faults() {
         assert!(plans > 0 && moved > 0, "placements changed during the runs");
         assert!(lent > 0, "multi-partition commands borrowed objects");
         assert!(gathers > 0, "retry(gamma) ran");
+    }
+}
+
+#[test]
+fn dynastar_replicas_with_checkpoints_and_trimming_survive_repartitions_under_faults() {
+    let passed = groups::sim::seeds::campaign(
+        "dynastar_recovery_campaign",
+        "cargo test --release -p engine --test dynastar_sim dynastar_replicas_with_checkpoints -- --nocapture",
+        24,
+        |seed, verbose| run_with(seed, verbose, true),
+    );
+    if std::env::var("CHORUS_SEED").is_err() {
+        eprintln!(
+            "dynastar_recovery_campaign: {} seeds passed, {} checkpoints installed",
+            passed.len(),
+            INSTALLED.load(Ordering::Relaxed)
+        );
+        assert!(
+            INSTALLED.load(Ordering::Relaxed) > 0,
+            "some replica recovered by state transfer"
+        );
     }
 }
