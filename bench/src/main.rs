@@ -222,6 +222,33 @@ enum Experiment {
         /// Virtual measured seconds of each simulated run (default 0.3).
         #[arg(long)]
         sim_seconds: Option<f64>,
+        /// The experiment's preset: `full` (the DS-SMR paper's Table 1: s-smr, ds-smr, four
+        /// workloads), `dynastar` (the DynaStar paper's social network: the paper-sized graph,
+        /// Zipf 0.95 active users, Mix 85/15 and Post, s-smr, s-smr*, ds-smr, dynastar, the
+        /// dynamic celebrity phase) or `dynastar-weak` (the same on a random graph without
+        /// communities).
+        #[arg(long, default_value = "full")]
+        preset: String,
+        /// Only these schemes: s-smr, s-smr* (S-SMR with a METIS placement), ds-smr,
+        /// dynastar.
+        #[arg(long, value_delimiter = ',')]
+        schemes: Option<Vec<scaleout::Variant>>,
+        /// Simulated runs per point (default 1; the dynastar presets 3).
+        #[arg(long)]
+        sim_runs: Option<usize>,
+        /// DynaStar: a repartition every this many ms (virtual in simulated runs).
+        #[arg(long)]
+        repartition_ms: Option<u64>,
+        /// DynaStar: placement method (incremental, metis, best).
+        #[arg(long)]
+        placement_method: Option<String>,
+        /// The dynamic phase: a celebrity appears this many (virtual) seconds into the run;
+        /// 0: no dynamic phase (the dynastar presets default to 2).
+        #[arg(long)]
+        celebrity_at: Option<f64>,
+        /// Partition counts of the dynamic phase (default 8).
+        #[arg(long, value_delimiter = ',')]
+        celebrity_partitions: Option<Vec<u32>>,
     },
 }
 
@@ -295,8 +322,47 @@ fn main() {
             sim_seconds,
             sim_clients,
             retry_max,
+            preset,
+            schemes,
+            sim_runs,
+            repartition_ms,
+            placement_method,
+            celebrity_at,
+            celebrity_partitions,
         }) => {
-            let mut plan = scaleout::Plan::full();
+            let mut plan = match preset.as_str() {
+                "full" => scaleout::Plan::full(),
+                "dynastar" => scaleout::Plan::dynastar(),
+                "dynastar-weak" => scaleout::Plan::dynastar_weak(),
+                other => {
+                    eprintln!("unknown preset {other:?}: full, dynastar, dynastar-weak");
+                    std::process::exit(2);
+                }
+            };
+            if let Some(s) = schemes {
+                plan.schemes = s;
+            }
+            if let Some(r) = sim_runs {
+                plan.simulated_runs = r.max(1);
+            }
+            if let Some(r) = repartition_ms {
+                plan.dynastar.repartition_ms = r.max(1);
+            }
+            if let Some(m) = placement_method {
+                match engine::partitioned::dynastar::placement::Method::parse(&m) {
+                    Ok(m) => plan.dynastar.method = m,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            if let Some(c) = celebrity_at {
+                plan.dynastar.celebrity_at = (c > 0.0).then(|| Duration::from_secs_f64(c));
+            }
+            if let Some(c) = celebrity_partitions {
+                plan.celebrity_partitions = c;
+            }
             plan.runs = runs.max(1);
             plan.measure = Duration::from_secs_f64(seconds);
             plan.tcp = tcp;

@@ -1,4 +1,4 @@
-//! One run against Chirper on DS-SMR: two partitions of three replicas and an oracle of
+//! One run against Chirper on DS-SMR (or on DynaStar: [`run_dynastar`]): two partitions of three replicas and an oracle of
 //! three, nine `chirper-server` processes (replicas colocated with the acceptors of their
 //! group's log; the global log's acceptors are one replica of each group), durable logs, one
 //! fault.
@@ -62,8 +62,9 @@ const PROBE_THINK: Duration = Duration::from_millis(5);
 
 type Reply2 = Response<Reply>;
 
-/// The `[service]` table every process builds the same graph and placement from.
-fn section() -> ServiceSection {
+/// The `[service]` table every process builds the same graph and placement from (DS-SMR:
+/// by community; DynaStar: random, for the oracle to repartition).
+fn section(scheme: Scheme) -> ServiceSection {
     let spec = GraphSpec {
         users: USERS,
         communities: 2,
@@ -72,20 +73,20 @@ fn section() -> ServiceSection {
         popularity_exponent: 1.0,
         seed: 11,
     };
-    let mut s = ServiceSection::generated(Scheme::Dssmr, PARTITIONS, &spec, 1.0);
+    let quality = if scheme == Scheme::Dynastar { 0.0 } else { 1.0 };
+    let mut s = ServiceSection::generated(scheme, PARTITIONS, &spec, quality);
     s.timeline_len = TIMELINE_LEN;
     s
 }
 
 /// The layout, with `clients` client nodes (the workload's and spare ones).
-fn layout(clients: usize) -> Result<ScaleOutLayout, String> {
+fn layout(scheme: Scheme, clients: usize) -> Result<ScaleOutLayout, String> {
     let tuning = Tuning {
         // Replicas rebuild their state from the logs: nothing may be trimmed.
         trim: false,
         ..layout::tuning()
     };
-    ScaleOutLayout::new(Scheme::Dssmr, PARTITIONS, REPLICAS, 1, clients, tuning)
-        .map_err(|e| e.to_string())
+    ScaleOutLayout::new(scheme, PARTITIONS, REPLICAS, 1, clients, tuning).map_err(|e| e.to_string())
 }
 
 /// Chirper's process faults.
@@ -96,8 +97,27 @@ const SERVICE: Service = Service {
         follower: "SIGKILL a follower of a random log, restart it from its durable logs",
         oracle: Ok("SIGKILL an oracle replica, restart it from its durable logs"),
     },
-    attempt,
+    attempt: |run, plan, dir, r| attempt(Scheme::Dssmr, run, plan, dir, r),
 };
+
+/// Chirper on DynaStar's process faults.
+const SERVICE_DYNASTAR: Service = Service {
+    name: "chirper-dynastar",
+    kills: SERVICE.kills,
+    attempt: |run, plan, dir, r| attempt(Scheme::Dynastar, run, plan, dir, r),
+};
+
+/// Runs one campaign run of Chirper on DynaStar with `fault`.
+pub fn run_dynastar(
+    o: &Options,
+    caps: &Capabilities,
+    binary: &Path,
+    index: usize,
+    seed: u64,
+    fault: Fault,
+) -> RunReport {
+    run::drive(o, caps, binary, index, seed, fault, &SERVICE_DYNASTAR)
+}
 
 /// Runs one campaign run of Chirper on DS-SMR with `fault`.
 pub fn run(
@@ -136,16 +156,22 @@ pub fn model(section: &ServiceSection) -> Result<ChirperModel, String> {
 }
 
 /// One attempt at a run, in `dir`.
-fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), String> {
+fn attempt(
+    scheme: Scheme,
+    run: &Run,
+    plan: &Plan,
+    dir: &Path,
+    r: &mut RunReport,
+) -> Result<(), String> {
     let (o, binary, seed, fault) = (run.o, run.binary, run.seed, run.fault);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    r.mode = "ds-smr".into();
+    r.mode = scheme.name().into();
     // The hostile faults need configured client ids no process uses (see `SPARE_CLIENTS`).
     let spare = match fault {
         Fault::PartialFrames | Fault::FdExhaust => run::SPARE_CLIENTS,
         _ => 0,
     };
-    let lay = layout(1 + spare)?;
+    let lay = layout(scheme, 1 + spare)?;
     let servers_ids: Vec<u32> = lay
         .config
         .nodes
@@ -156,7 +182,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     let me = lay.clients[0];
     let global_log = run::global_log(&lay.config)?;
     let base = run::durable(&lay.config, dir, fault)?;
-    let section = section();
+    let section = section(scheme);
 
     // Addresses, servers.
     let client_ids: Vec<u32> = lay.clients.iter().map(|c| c.0).collect();
@@ -165,7 +191,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         network.start_servers(&servers_ids, binary, &run::server_flags(&base), dir, |n| {
             DeploymentFile {
                 section: section.clone(),
-                scheme: Scheme::Dssmr,
+                scheme,
                 cluster: network.view(&base, n),
             }
             .render()
@@ -181,7 +207,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     let slots = probe_base + logs_total * SLOTS_PER_THREAD + 1;
     let proxies: Vec<ScaleOutRecording<Chirper>> = (0..slots)
         .map(|i| {
-            let mut opts = ClientOptions::new(Scheme::Dssmr, PARTITIONS);
+            let mut opts = ClientOptions::new(scheme, PARTITIONS);
             opts.seed = seed;
             ScaleOutRecording::new(
                 ScaleOutClient::new(
@@ -323,7 +349,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         } else {
             Command::CreateUser(FRESH_USERS - 1)
         };
-        let mut opts = ClientOptions::new(Scheme::Dssmr, PARTITIONS);
+        let mut opts = ClientOptions::new(scheme, PARTITIONS);
         opts.seed = seed;
         let proxy = ScaleOutClient::new(
             engine::wire::ClientId::new(fresh, first.wrapping_add(slots as u32)),
@@ -407,6 +433,23 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
         );
     }
     run::record_hashes(r, &hashes);
+    if scheme == Scheme::Dynastar {
+        let chunks: u64 = servers_ids
+            .iter()
+            .filter(|&&n| matches!(lay.role(groups::ids::NodeId(n)), Some(Role::Partition(_))))
+            .filter_map(|&n| {
+                let body = scrape(servers.metrics_addr(n)?).ok()?;
+                counter(&body, "chorus_partition_plan_chunks_total")
+            })
+            .sum();
+        r.placement_chunks = Some(chunks);
+        if chunks == 0 {
+            r.problems.push(
+                "DynaStar: no placement chunk was applied during the run (no repartition moved a user)"
+                    .into(),
+            );
+        }
+    }
     r.states_equal = hashes.len() == servers_ids.len() && groups_agree(&groups, &hashes);
     if !r.states_equal {
         r.problems.push(format!(
@@ -462,6 +505,18 @@ pub fn state_hash(body: &str) -> Option<u64> {
         (v >= 0.0 && v <= f64::from(u32::MAX) && v.fract() == 0.0).then_some(v as u64)
     };
     Some(half("high")? << 32 | half("low")?)
+}
+
+/// A counter without labels from a metrics body.
+pub fn counter(body: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name} ");
+    let v: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))?
+        .trim()
+        .parse()
+        .ok()?;
+    (v >= 0.0 && v.fract() == 0.0).then_some(v as u64)
 }
 
 /// Acknowledged posts missing from their author's final timeline (timelines keep every post
@@ -530,6 +585,9 @@ mod tests {
             state_hash("chorus_replica_state_hash{half=\"high\"} 1\n"),
             None
         );
+        let body = "# TYPE chorus_partition_plan_chunks_total counter\nchorus_partition_plan_chunks_total 3\nchorus_partition_plan_chunks_totalx 9\n";
+        assert_eq!(counter(body, "chorus_partition_plan_chunks_total"), Some(3));
+        assert_eq!(counter(body, "chorus_partition_lent_total"), None);
         assert_eq!(
             state_hash("chorus_replica_state_hash{half=\"high\"} 1.5\nchorus_replica_state_hash{half=\"low\"} 2\n"),
             None
@@ -563,7 +621,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_nine_servers_four_logs_and_the_model_knows_the_probe_users() {
-        let lay = layout(1).unwrap();
+        let lay = layout(Scheme::Dssmr, 1).unwrap();
         let servers = lay
             .config
             .nodes
@@ -573,7 +631,7 @@ mod tests {
         assert_eq!(servers, 9);
         assert_eq!(lay.config.logs.len(), 4);
         assert_eq!(lay.oracle_replicas.len(), 3);
-        let s = section();
+        let s = section(Scheme::Dssmr);
         let m = model(&s).unwrap();
         assert!(m.initial.contains_key(&PROBE_USER));
         assert!(m.initial.contains_key(&(PROBE_USER + 1)));

@@ -172,6 +172,9 @@ pub const RECOVER_FLAG: &str = "--recover";
 pub enum ServiceKind {
     Btree,
     Chirper,
+    /// Chirper on DynaStar (the same deployment, a random initial placement that the oracle
+    /// repartitions during the run).
+    ChirperDynastar,
 }
 
 impl ServiceKind {
@@ -179,7 +182,13 @@ impl ServiceKind {
         match self {
             ServiceKind::Btree => "btree",
             ServiceKind::Chirper => "chirper",
+            ServiceKind::ChirperDynastar => "chirper-dynastar",
         }
+    }
+
+    /// Whether the service has an oracle (Chirper on DS-SMR or DynaStar).
+    pub fn is_chirper(self) -> bool {
+        matches!(self, ServiceKind::Chirper | ServiceKind::ChirperDynastar)
     }
 
     pub fn parse_list(s: &str) -> Result<Vec<ServiceKind>, String> {
@@ -189,7 +198,10 @@ impl ServiceKind {
             .map(|w| match w.trim() {
                 "btree" => Ok(ServiceKind::Btree),
                 "chirper" => Ok(ServiceKind::Chirper),
-                other => Err(format!("{other:?} is not a service (btree or chirper)")),
+                "chirper-dynastar" => Ok(ServiceKind::ChirperDynastar),
+                other => Err(format!(
+                    "{other:?} is not a service (btree, chirper or chirper-dynastar)"
+                )),
             })
             .collect::<Result<_, _>>()?;
         if v.is_empty() {
@@ -282,6 +294,9 @@ pub struct RunReport {
     /// From the end of the pressure to the victim's first reply to a client that connected
     /// after it (`fd-exhaust`), or to the restarted node serving again (`wipe-data`).
     pub recovery_ms: Option<f64>,
+    /// DynaStar: placement chunks every partition replica applied by the end, summed (a
+    /// repartition moved users during the run iff above 0).
+    pub placement_chunks: Option<u64>,
     pub seconds: f64,
     pub problems: Vec<String>,
 }

@@ -80,8 +80,7 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     } else {
         None
     };
-    let needs_chirper =
-        (o.first_run..o.first_run + o.runs).any(|i| pick(o, i).0 == ServiceKind::Chirper);
+    let needs_chirper = (o.first_run..o.first_run + o.runs).any(|i| pick(o, i).0.is_chirper());
     let chirper_binary = if needs_chirper {
         Some(crate::chirper_server_binary()?)
     } else {
@@ -95,6 +94,9 @@ pub fn run(o: &Options) -> Result<Summary, String> {
         let report = match (service, &binary, &chirper_binary) {
             (ServiceKind::Btree, Some(bin), _) => btree::run(o, &caps, bin, i, seed, fault),
             (ServiceKind::Chirper, _, Some(bin)) => chirper::run(o, &caps, bin, i, seed, fault),
+            (ServiceKind::ChirperDynastar, _, Some(bin)) => {
+                chirper::run_dynastar(o, &caps, bin, i, seed, fault)
+            }
             _ => return Err(format!("no server binary for {}", service.name())),
         };
         println!("{}", line(&report));

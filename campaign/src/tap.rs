@@ -212,8 +212,14 @@ impl<S: PartitionedService> Proxy for ScaleOutRecording<S> {
             for (dests, payload) in &self.scratch {
                 let seq = match command::<Multicast>(payload) {
                     Some(Multicast::Consult { seq, .. }) => Some(seq),
-                    Some(Multicast::Command(m)) => Some(m.seq),
-                    Some(Multicast::Move { .. }) | None => self.current,
+                    Some(Multicast::Command(m)) | Some(Multicast::Routed { cmd: m, .. }) => {
+                        Some(m.seq)
+                    }
+                    Some(Multicast::Move { .. })
+                    | Some(Multicast::Plan(_))
+                    | Some(Multicast::Hints { .. })
+                    | Some(Multicast::Repartition)
+                    | None => self.current,
                 };
                 if let (Some(seq), Some(log)) = (seq, self.cluster.route(dests)) {
                     seen.entry((me, seq)).or_default().logs.insert(log.0);

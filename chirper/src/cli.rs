@@ -7,7 +7,7 @@
 //!
 //! ```toml
 //! [service]
-//! scheme = "ds-smr"          # or "s-smr"
+//! scheme = "ds-smr"          # or "s-smr", "dynastar"
 //! partitions = 2
 //! retry_max = 3              # DS-SMR attempts before the S-SMR fallback
 //! timeline_len = 16
@@ -154,7 +154,7 @@ impl ConfigFile for DeploymentFile {
         }
         let groups = section
             .partitions
-            .checked_add(u32::from(scheme == Scheme::Dssmr))
+            .checked_add(u32::from(scheme.has_oracle()))
             .ok_or_else(|| {
                 format!(
                     "{} partitions and the oracle are more groups than a cluster can have",

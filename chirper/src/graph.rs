@@ -66,6 +66,9 @@ const DRAW_TRIES_MAX: u32 = 32;
 const COMMUNITY_WEIGHT_MIN_PERMILLE: u64 = 750;
 const COMMUNITY_WEIGHT_MAX_PERMILLE: u64 = 1250;
 
+/// Users of the DynaStar paper's social graph (Higgs Twitter).
+pub const PAPER_USERS: u32 = 456_631;
+
 /// Rounds of label propagation when computing the communities of a loaded graph (fewer when
 /// the labels stop changing).
 pub const LABEL_PROPAGATION_ROUNDS: u32 = 10;
@@ -390,6 +393,33 @@ impl Default for GraphSpec {
 }
 
 impl GraphSpec {
+    /// A graph the size of the DynaStar paper's (the Higgs Twitter graph: 456,631 users and
+    /// about 14 M follow edges): 3,000 communities of about 150 users, a mean of 31 followees,
+    /// locality 0.85, popularity exponent 1.0 (power-law follower counts).
+    pub fn paper(seed: u64) -> Self {
+        GraphSpec {
+            users: PAPER_USERS,
+            communities: 3_000,
+            mean_followees: 31.0,
+            locality: 0.85,
+            popularity_exponent: 1.0,
+            seed,
+        }
+    }
+
+    /// A graph with weak locality: followees drawn from everyone (no communities to find),
+    /// uniformly, so no placement keeps most follows inside a partition.
+    pub fn weak_locality(users: u32, mean_followees: f64, seed: u64) -> Self {
+        GraphSpec {
+            users,
+            communities: 1,
+            mean_followees,
+            locality: 0.0,
+            popularity_exponent: 0.0,
+            seed,
+        }
+    }
+
     /// Checks every field against its documented range.
     pub fn validate(&self) -> Result<(), GraphError> {
         if self.users == 0 {
@@ -626,6 +656,67 @@ pub fn place_by_community(
             }
         })
         .collect())
+}
+
+/// A static placement computed by METIS from the follow graph (S-SMR with a precomputed
+/// partitioning, the DynaStar paper's S-SMR* baseline): the undirected follow graph, every
+/// edge of weight one, users balanced by count within `imbalance_percent`.
+pub fn place_by_metis(
+    graph: &SocialGraph,
+    partitions: u32,
+    imbalance_percent: u32,
+    seed: u64,
+) -> Result<Vec<u32>, GraphError> {
+    use engine::partitioned::dynastar::placement::{metis, PlacementOptions};
+    use engine::partitioned::dynastar::workload::{Csr, UNIT};
+    if partitions == 0 {
+        return Err(GraphError::InvalidGraph("zero partitions".into()));
+    }
+    let n = graph.users() as usize;
+    let mut xadj = Vec::with_capacity(n + 1);
+    let mut adj = Vec::new();
+    xadj.push(0u32);
+    for u in 0..graph.users() {
+        // Followers and followees, merged (both sorted), without duplicates.
+        let (a, b) = (graph.followers(u), graph.followees(u));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let next = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x == y => {
+                    i += 1;
+                    j += 1;
+                    *x
+                }
+                (Some(x), Some(y)) if x < y => {
+                    i += 1;
+                    *x
+                }
+                (Some(x), None) => {
+                    i += 1;
+                    *x
+                }
+                (_, Some(y)) => {
+                    j += 1;
+                    *y
+                }
+                (None, None) => unreachable!(),
+            };
+            adj.push(next);
+        }
+        xadj.push(adj.len() as u32);
+    }
+    let csr = Csr {
+        weight: vec![UNIT; adj.len()],
+        xadj,
+        adj,
+        vweight: vec![0; n],
+    };
+    let o = PlacementOptions {
+        imbalance_percent,
+        seed,
+        ..PlacementOptions::default()
+    };
+    metis(&csr, partitions, &o).map_err(GraphError::InvalidGraph)
 }
 
 /// Fraction of follow edges whose follower and followee are on the same partition; 1.0 for
@@ -1033,6 +1124,32 @@ fn degree_stats(degrees: impl Iterator<Item = u32>) -> DegreeStats {
         p50: nearest_rank(0.50),
         p99: nearest_rank(0.99),
         max,
+    }
+}
+
+#[cfg(test)]
+mod paper_tests {
+    use super::*;
+
+    /// The paper-sized graph generates in seconds in a release build (tests run with
+    /// `--release`), within its memory (two `u32` adjacency arrays), deterministically.
+    #[test]
+    fn the_paper_sized_graph_has_the_papers_size_and_a_power_law() {
+        let g = generate(&GraphSpec::paper(7)).unwrap();
+        assert_eq!(g.users(), PAPER_USERS);
+        let edges = g.edges();
+        assert!((13_000_000..=15_000_000).contains(&edges), "{edges} edges");
+        let max_followers = (0..g.users()).map(|u| g.followers(u).len()).max().unwrap();
+        assert!(
+            max_followers > 5_000,
+            "most followed user has {max_followers}"
+        );
+        let placement = place_by_community(&g, 8, 1.0, 7).unwrap();
+        assert!(edge_locality(&g, &placement) > 0.8);
+        // Weak locality: a balanced placement keeps about 1/partitions of the edges.
+        let w = generate(&GraphSpec::weak_locality(20_000, 20.0, 7)).unwrap();
+        let p: Vec<u32> = (0..w.users()).map(|u| u % 8).collect();
+        assert!(edge_locality(&w, &p) < 0.2);
     }
 }
 

@@ -17,7 +17,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ pub enum Workload {
     FollowUnfollow,
     /// 85% getTimeline, 7.5% post, 3.75% follow, 3.75% unfollow.
     Mix,
+    /// 85% getTimeline, 15% post (the DynaStar paper's mix).
+    Mix15,
 }
 
 impl Workload {
@@ -49,6 +51,7 @@ impl Workload {
             Workload::Post => "post",
             Workload::FollowUnfollow => "follow-unfollow",
             Workload::Mix => "mix",
+            Workload::Mix15 => "mix-85-15",
         }
     }
 }
@@ -58,11 +61,13 @@ impl FromStr for Workload {
     fn from_str(s: &str) -> Result<Self, String> {
         Workload::ALL
             .into_iter()
+            .chain([Workload::Mix15])
             .find(|w| w.name() == s || (s == "follow" && *w == Workload::FollowUnfollow))
             .ok_or_else(|| {
                 format!(
-                    "unknown workload {s:?}; one of {}",
-                    Workload::ALL.map(Workload::name).join(", ")
+                    "unknown workload {s:?}; one of {}, {}",
+                    Workload::ALL.map(Workload::name).join(", "),
+                    Workload::Mix15.name()
                 )
             })
     }
@@ -75,6 +80,23 @@ pub struct Population {
     members: Vec<Vec<UserId>>,
     /// Probability that a follow stays in the follower's community.
     pub locality: f64,
+    /// Active users by rank (a seeded permutation) and the cumulative Zipf weights of the
+    /// ranks; `None`: users are drawn uniformly.
+    active: Option<(Vec<UserId>, Vec<f64>)>,
+    /// The dynamic phase: once switched on, a share of the commands make a new celebrity.
+    pub celebrity: Option<Celebrity>,
+}
+
+/// The dynamic phase (the DynaStar paper's "a celebrity appears"): from the moment `on` is
+/// set, `follow_per_10k` in 10,000 commands are an acting user (drawn like every other)
+/// following `user`, and `post_per_10k` are posts by `user`, which write every follower's
+/// timeline, followers gathered from every community.
+#[derive(Clone, Debug)]
+pub struct Celebrity {
+    pub user: UserId,
+    pub follow_per_10k: u32,
+    pub post_per_10k: u32,
+    pub on: Arc<AtomicBool>,
 }
 
 impl Population {
@@ -87,6 +109,64 @@ impl Population {
             graph,
             members,
             locality,
+            active: None,
+            celebrity: None,
+        }
+    }
+
+    /// Draws the acting user of every command by a Zipf law of `exponent` over a seeded
+    /// ranking of the users (the DynaStar paper: Zipf 0.95), independent of popularity.
+    pub fn with_active_zipf(mut self, exponent: f64, seed: u64) -> Self {
+        use rand::seq::SliceRandom;
+        let mut order: Vec<UserId> = (0..self.graph.users()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x2_1bf));
+        let mut total = 0.0;
+        let cumulative = (0..order.len())
+            .map(|r| {
+                total += ((r + 1) as f64).powf(-exponent);
+                total
+            })
+            .collect();
+        self.active = Some((order, cumulative));
+        self
+    }
+
+    /// The mean number of followers of an acting user (the timelines a post writes besides
+    /// the poster's), weighted by how often each user acts, and the most followed of the 100
+    /// most active users.
+    pub fn post_fanout(&self) -> (f64, usize) {
+        let n = self.graph.users();
+        match &self.active {
+            None => {
+                let total: usize = (0..n).map(|u| self.graph.followers(u).len()).sum();
+                let top = (0..n.min(100)).map(|u| self.graph.followers(u).len()).max();
+                (total as f64 / f64::from(n.max(1)), top.unwrap_or(0))
+            }
+            Some((order, cumulative)) => {
+                let mut prev = 0.0;
+                let mut mean = 0.0;
+                for (u, c) in order.iter().zip(cumulative) {
+                    mean += (c - prev) * self.graph.followers(*u).len() as f64;
+                    prev = *c;
+                }
+                let top = order
+                    .iter()
+                    .take(100)
+                    .map(|u| self.graph.followers(*u).len());
+                (mean / prev.max(f64::MIN_POSITIVE), top.max().unwrap_or(0))
+            }
+        }
+    }
+
+    /// A user acting in a command (uniform, or by the Zipf ranking).
+    pub fn user(&self, rng: &mut ChaCha8Rng) -> UserId {
+        match &self.active {
+            None => rng.random_range(0..self.graph.users().max(1)),
+            Some((order, cumulative)) => {
+                let target = rng.random::<f64>() * cumulative[cumulative.len() - 1];
+                let r = cumulative.partition_point(|&w| w <= target);
+                order[r.min(order.len() - 1)]
+            }
         }
     }
 }
@@ -94,8 +174,7 @@ impl Population {
 /// Draws one command of `workload`: users uniformly, follows mostly inside the follower's
 /// community, unfollows among the follower's original followees, posts of `text`.
 pub fn draw(workload: Workload, p: &Population, rng: &mut ChaCha8Rng, text: &Bytes) -> Command {
-    let users = p.graph.users().max(1);
-    let user = |rng: &mut ChaCha8Rng| rng.random_range(0..users);
+    let user = |rng: &mut ChaCha8Rng| p.user(rng);
     let follow = |rng: &mut ChaCha8Rng| {
         let a = user(rng);
         let community = &p.members[p.graph.community(a) as usize];
@@ -127,6 +206,26 @@ pub fn draw(workload: Workload, p: &Population, rng: &mut ChaCha8Rng, text: &Byt
         id: rng.random(),
         text: text.clone(),
     };
+    if let Some(c) = p
+        .celebrity
+        .as_ref()
+        .filter(|c| c.on.load(Ordering::Relaxed))
+    {
+        let x = rng.random_range(0..10_000u32);
+        if x < c.follow_per_10k {
+            return Command::Follow {
+                follower: user(rng),
+                followee: c.user,
+            };
+        }
+        if x < c.follow_per_10k + c.post_per_10k {
+            return Command::Post {
+                user: c.user,
+                id: rng.random(),
+                text: text.clone(),
+            };
+        }
+    }
     match workload {
         Workload::Timeline => Command::GetTimeline(user(rng)),
         Workload::Post => post(rng),
@@ -142,6 +241,10 @@ pub fn draw(workload: Workload, p: &Population, rng: &mut ChaCha8Rng, text: &Byt
             8500..9250 => post(rng),
             9250..9625 => follow(rng),
             _ => unfollow(rng),
+        },
+        Workload::Mix15 => match rng.random_range(0..10_000) {
+            0..8500 => Command::GetTimeline(user(rng)),
+            _ => post(rng),
         },
     }
 }
@@ -198,6 +301,39 @@ pub struct RunSpec {
     pub seed: u64,
     /// Interval of the moves-per-second series.
     pub sample_every: Duration,
+    /// A static placement instead of the section's (S-SMR with a precomputed partitioning).
+    pub placement: Option<Arc<Vec<u32>>>,
+    /// Acting users drawn by a Zipf law of this exponent (else uniformly).
+    pub active_zipf: Option<f64>,
+    /// Replica options instead of the scheme's defaults (DynaStar's repartitioning).
+    pub server: Option<ServerOptions>,
+}
+
+impl RunSpec {
+    /// The service: the section's, or its graph with [`RunSpec::placement`].
+    pub fn service(&self) -> Result<Chirper, String> {
+        let service = self.section.service()?;
+        match &self.placement {
+            None => Ok(service),
+            Some(p) => Chirper::with_graph(
+                crate::service::ChirperConfig {
+                    timeline_len: self.section.timeline_len,
+                },
+                service.graph().expect("a graph").clone(),
+                self.section.partitions,
+                p.as_ref().clone(),
+            ),
+        }
+    }
+
+    /// The users commands act on.
+    pub fn population(&self, graph: Arc<SocialGraph>) -> Population {
+        let p = Population::new(graph, self.section.locality);
+        match self.active_zipf {
+            Some(e) => p.with_active_zipf(e, self.seed),
+            None => p,
+        }
+    }
 }
 
 /// What a run measured.
@@ -330,11 +466,8 @@ fn result(
 /// Runs one measurement in-process: every replica, acceptor and client node a thread.
 pub fn run(spec: &RunSpec) -> Result<RunResult, String> {
     let scheme = spec.section.scheme()?;
-    let service = Arc::new(spec.section.service()?);
-    let population = Arc::new(Population::new(
-        service.graph().expect("a graph").clone(),
-        spec.section.locality,
-    ));
+    let service = Arc::new(spec.service()?);
+    let population = Arc::new(spec.population(service.graph().expect("a graph").clone()));
     let layout = ScaleOutLayout::new(
         scheme,
         spec.section.partitions,
@@ -349,10 +482,12 @@ pub fn run(spec: &RunSpec) -> Result<RunResult, String> {
     let cluster = engine::inproc::start_scaleout_with(
         &layout,
         service.clone(),
-        ServerOptions::new(scheme),
+        spec.server
+            .clone()
+            .unwrap_or_else(|| ServerOptions::new(scheme)),
         |id| client_app(id, spec, &service, &population, &phase, 0),
         |r| {
-            if r.partition().is_some() {
+            if r.server_stats().is_some() {
                 servers.push(r.share_stats());
             }
         },
@@ -394,11 +529,13 @@ pub fn run_tcp(
     use groups::node::{GroupsNode, NodeOptions};
     use groups::runtime::tcp::TcpNode;
     let scheme = spec.section.scheme()?;
+    if spec.placement.is_some() || spec.server.is_some() {
+        return Err(
+            "a TCP run takes its placement and replica options from the deployment file".into(),
+        );
+    }
     let service = Arc::new(spec.section.service()?);
-    let population = Arc::new(Population::new(
-        service.graph().expect("a graph").clone(),
-        spec.section.locality,
-    ));
+    let population = Arc::new(spec.population(service.graph().expect("a graph").clone()));
     let layout = ScaleOutLayout::new(
         scheme,
         spec.section.partitions,

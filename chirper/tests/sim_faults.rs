@@ -12,6 +12,9 @@
 //! (crashes and restarts, pauses, partitions, loss, duplication, reordering). Then the run must get
 //! quiet, and the history must satisfy Chirper's specification.
 //!
+//! A second test runs 100 seeds of the same campaign on DynaStar, with repartitions every 2 to
+//! 6 hint batches (placement method drawn: incremental, METIS, the cheaper).
+//!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use bytes::Bytes;
@@ -36,14 +39,20 @@ static MOVES: AtomicU64 = AtomicU64::new(0);
 static GATHERS: AtomicU64 = AtomicU64::new(0);
 static POSTS: AtomicU64 = AtomicU64::new(0);
 static PAUSES: AtomicU64 = AtomicU64::new(0);
+static PLAN_MOVES: AtomicU64 = AtomicU64::new(0);
+static LENT: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let scheme = if seed.is_multiple_of(2) {
         Scheme::Ssmr
     } else {
         Scheme::Dssmr
     };
+    run_scheme(seed, verbose, scheme)
+}
+
+fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let partitions = rng.random_range(2..=3u32);
     let replicas = rng.random_range(2..=3usize);
     let graph = Arc::new(
@@ -80,10 +89,23 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     client.guess_placement = rng.random_bool(0.5);
     client.resend_ticks = 100;
     client.seed = seed;
-    let server = ServerOptions {
+    let mut server = ServerOptions {
         record_views: true,
         ..ServerOptions::new(scheme)
     };
+    if scheme == Scheme::Dynastar {
+        use engine::partitioned::dynastar::placement::Method;
+        let d = &mut server.dynastar;
+        d.hint_ticks = rng.random_range(10..=40);
+        d.repartition_hints = rng.random_range(2..=6);
+        d.plan_chunk_moves = rng.random_range(1..=8);
+        d.placement.method =
+            [Method::Incremental, Method::Metis, Method::Best][rng.random_range(0..3)];
+        d.placement.min_gain = 1;
+        d.placement.move_cost = 0;
+        d.placement.seed = seed;
+        client.cache = rng.random_bool(0.7);
+    }
     let setup = SimSetup {
         seed,
         net: faulty_network(&mut rng),
@@ -146,8 +168,13 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     MOVES.fetch_add(stats.moves, Ordering::Relaxed);
     PAUSES.fetch_add(report.pauses as u64, Ordering::Relaxed);
     for (_, r) in sim.replicas() {
-        if let Some(p) = r.partition() {
-            GATHERS.fetch_add(p.stats.gathers, Ordering::Relaxed);
+        if let Some(p) = r.server_stats() {
+            GATHERS.fetch_add(p.gathers, Ordering::Relaxed);
+            PLAN_MOVES.fetch_add(
+                p.moves_in * u64::from(scheme == Scheme::Dynastar),
+                Ordering::Relaxed,
+            );
+            LENT.fetch_add(p.lent, Ordering::Relaxed);
         }
     }
     POSTS.fetch_add(
@@ -190,5 +217,26 @@ fn chirper_on_ssmr_and_dssmr_is_linearizable_under_faults() {
             PAUSES.load(Ordering::Relaxed) > 0,
             "some replicas were paused"
         );
+    }
+}
+
+/// DynaStar: the same campaign while the oracle repartitions every few hint batches (reference
+/// notes, e.7): users change partitions many times during the faults, posts borrow their
+/// followers and return them.
+#[test]
+fn chirper_on_dynastar_is_linearizable_while_repartitioning_under_faults() {
+    groups::sim::seeds::campaign(
+        "chirper sim_faults dynastar",
+        "cargo test --release -p chirper --test sim_faults dynastar -- --nocapture",
+        100,
+        |seed, verbose| run_scheme(seed, verbose, Scheme::Dynastar),
+    );
+    if std::env::var("CHORUS_SEED").is_err() {
+        let (moved, lent) = (
+            PLAN_MOVES.load(Ordering::Relaxed),
+            LENT.load(Ordering::Relaxed),
+        );
+        eprintln!("chirper sim_faults dynastar: {moved} users moved by placements, {lent} lent");
+        assert!(moved > 0 && lent > 0);
     }
 }

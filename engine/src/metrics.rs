@@ -116,7 +116,7 @@ pub fn render_workers(workers: &[SharedWorkerStats], e: &mut Exposition) {
 
 /// Renders a scale-out partition replica's counters (`chorus_partition_*_total`).
 pub fn render_partition(s: &ServerStats, e: &mut Exposition) {
-    let counters: [(&str, &str, u64); 17] = [
+    let counters: [(&str, &str, u64); 19] = [
         (
             "chorus_partition_handled_total",
             "Delivered multicasts fully handled.",
@@ -201,6 +201,16 @@ pub fn render_partition(s: &ServerStats, e: &mut Exposition) {
             "chorus_partition_double_owned_total",
             "Broken single-ownership events (must stay 0).",
             s.double_owned,
+        ),
+        (
+            "chorus_partition_lent_total",
+            "DynaStar: objects lent to a command's target.",
+            s.lent,
+        ),
+        (
+            "chorus_partition_plan_chunks_total",
+            "DynaStar: placement chunks applied (a repartition's moves).",
+            s.plan_chunks,
         ),
     ];
     e.counters(&counters);

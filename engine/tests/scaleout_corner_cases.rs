@@ -209,7 +209,8 @@ impl World {
                             self.done.push((i, c.seq, c.result));
                         }
                     }
-                    Output::Send(..) => {}
+                    // DS-SMR cores never multicast (only DynaStar's do).
+                    Output::Send(..) | Output::Multicast(..) => {}
                 }
             }
             for c in &mut self.clients {

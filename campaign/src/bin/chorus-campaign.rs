@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! chorus-campaign [--runs 12] [--seed S] [--faults kill-leader,kill-follower,kill-oracle,pause,partition,loss,delay,partial-frames,fd-exhaust,wipe-data]
-//!                 [--services btree,chirper] [--json FILE] [--verbose]
+//!                 [--services btree,chirper,chirper-dynastar] [--json FILE] [--verbose]
 //! ```
 //!
 //! Exit status 0 when every run passed (skipped runs are listed with their reason), 1 when a
@@ -32,7 +32,8 @@ struct Args {
     #[arg(long)]
     faults: Option<String>,
     /// Services, in turn: btree (three btree-server processes), chirper (Chirper on DS-SMR:
-    /// 2 partitions x 3 replicas and an oracle of 3, nine chirper-server processes).
+    /// 2 partitions x 3 replicas and an oracle of 3, nine chirper-server processes),
+    /// chirper-dynastar (the same on DynaStar, repartitioning from a random placement).
     #[arg(long, default_value = "btree")]
     services: String,
     /// Client threads per run.
@@ -70,7 +71,7 @@ fn options(a: &Args) -> Result<Options, String> {
     o.services = ServiceKind::parse_list(&a.services)?;
     match &a.faults {
         Some(f) => o.faults = Fault::parse_list(f)?,
-        None if o.services.contains(&ServiceKind::Chirper) => {
+        None if o.services.iter().any(|s| s.is_chirper()) => {
             o.faults.insert(2, Fault::KillOracle);
         }
         None => {}

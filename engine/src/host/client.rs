@@ -53,6 +53,9 @@ pub struct ClientStats {
     pub fallbacks: u64,
     /// Commands refused before sending, as too large ([`ClientError::TooLarge`]).
     pub too_large: u64,
+    /// Scale-out: times the location cache was emptied for a newer placement epoch
+    /// (DynaStar).
+    pub cache_epochs: u64,
 }
 
 impl std::ops::AddAssign<&ClientStats> for ClientStats {
@@ -65,6 +68,7 @@ impl std::ops::AddAssign<&ClientStats> for ClientStats {
         self.divergences += o.divergences;
         self.consults += o.consults;
         self.moves += o.moves;
+        self.cache_epochs += o.cache_epochs;
         self.retries += o.retries;
         self.fallbacks += o.fallbacks;
         self.too_large += o.too_large;

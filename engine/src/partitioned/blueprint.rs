@@ -77,6 +77,8 @@ impl<S: PartitionedService> SimCore for PartitionedCore<ScaleOutServer<S>> {
         match &self.server {
             ScaleOutServer::Partition(s) => [s.stats.handled, s.stats.objects],
             ScaleOutServer::Oracle(o) => [o.stats.handled, 0],
+            ScaleOutServer::DynaPartition(s) => [s.stats.handled, s.stats.objects],
+            ScaleOutServer::DynaOracle(o) => [o.stats.handled, 0],
         }
     }
 }
@@ -116,15 +118,21 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
     }
 }
 
-/// Checks the DS-SMR and S-SMR invariants on a quiet simulated deployment; returns the
-/// violations found:
+/// Checks the S-SMR, DS-SMR and DynaStar invariants on a quiet simulated deployment; returns
+/// the violations found:
 ///
 /// - every replica's `double_owned` counter is 0 (no object ever arrived where it was owned,
 ///   and no two partitions sent the same object for one command);
 /// - no object is owned by two partitions (at the end);
 /// - DS-SMR: every oracle replica's map equals the partitions' ownership, and the oracle's
 ///   view of each partition equals the partition's own view after every move, create and
-///   delete both delivered (when `record_views` is on).
+///   delete both delivered (when `record_views` is on);
+/// - DynaStar: every oracle replica's map equals the partitions' ownership, and (when
+///   `record_views` is on) for every object, the sequence of deliveries at which it joined or
+///   left each partition is the same at the oracle and at every replica of the partition.
+///   The oracle's map moves an object from exactly one owner to exactly one at each of those
+///   positions, so every object is owned by exactly one partition at every position of the
+///   streams, by the oracle's account and by every partition's.
 pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> Vec<String> {
     let mut problems = Vec::new();
     let layout = &sim.blueprint.layout;
@@ -134,22 +142,34 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
         let mut first = true;
         for &id in members {
             let Some(r) = replica(id) else { continue };
-            let s = r.partition().expect("partition replica");
-            if s.stats.double_owned > 0 {
+            let stats = r.server_stats().expect("partition replica");
+            if stats.double_owned > 0 {
                 problems.push(format!(
                     "partition {p} replica {id}: {} double ownerships",
-                    s.stats.double_owned
+                    stats.double_owned
                 ));
             }
             if first {
                 first = false;
-                for (o, _) in s.objects() {
+                let objects: Vec<ObjectId> = match r.partition() {
+                    Some(s) => s.objects().map(|(o, _)| o).collect(),
+                    None => r
+                        .dyna_partition()
+                        .expect("partition replica")
+                        .objects()
+                        .map(|(o, _)| o)
+                        .collect(),
+                };
+                for o in objects {
                     if let Some(q) = owner.insert(o, p as PartitionId) {
                         problems.push(format!("object {o} is owned by partitions {q} and {p}"));
                     }
                 }
             }
         }
+    }
+    if layout.scheme == Scheme::Dynastar {
+        problems.extend(check_dynastar(sim, &owner));
     }
     if layout.scheme == Scheme::Dssmr {
         type Views = Vec<(groups::MsgId, u64)>;
@@ -206,6 +226,82 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
                             expected.len()
                         ));
                     }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// DynaStar's part of [`check_ownership`].
+fn check_dynastar<S: PartitionedService>(
+    sim: &EngineSim<ScaleOut<S>>,
+    owner: &BTreeMap<ObjectId, PartitionId>,
+) -> Vec<String> {
+    type Events = BTreeMap<ObjectId, Vec<(groups::MsgId, bool)>>;
+    let mut problems = Vec::new();
+    let layout = &sim.blueprint.layout;
+    let replica = |id: NodeId| sim.sim.actor(id).and_then(|a| a.as_replica());
+    let record = sim.blueprint.server.record_views;
+    for &id in &layout.oracle_replicas {
+        let Some(r) = replica(id) else { continue };
+        let o = r.dyna_oracle().expect("oracle replica");
+        let map: BTreeMap<ObjectId, PartitionId> = o.locations().collect();
+        if &map != owner {
+            let wrong: Vec<String> = map
+                .iter()
+                .filter(|(k, v)| owner.get(k) != Some(v))
+                .map(|(k, v)| format!("{k}@{v} (owner {:?})", owner.get(k)))
+                .chain(
+                    owner
+                        .iter()
+                        .filter(|(k, _)| !map.contains_key(k))
+                        .map(|(k, v)| format!("{k} owned by {v}, unknown to the oracle")),
+                )
+                .take(8)
+                .collect();
+            problems.push(format!(
+                "oracle {id} disagrees with the partitions: {wrong:?}"
+            ));
+        }
+        if !record {
+            continue;
+        }
+        for (p, members) in layout.partition_replicas.iter().enumerate() {
+            let p = p as PartitionId;
+            let mut expected: Events = BTreeMap::new();
+            for (msg, obj, from, to) in o.views() {
+                if *from == Some(p) {
+                    expected.entry(*obj).or_default().push((*msg, false));
+                }
+                if *to == Some(p) {
+                    expected.entry(*obj).or_default().push((*msg, true));
+                }
+            }
+            for &pid in members {
+                let Some(r) = replica(pid) else { continue };
+                let s = r.dyna_partition().expect("partition replica");
+                let mut seen: Events = BTreeMap::new();
+                for (msg, obj, joined) in s.views() {
+                    seen.entry(*obj).or_default().push((*msg, *joined));
+                }
+                if seen != expected {
+                    let bad: Vec<String> = expected
+                        .keys()
+                        .chain(seen.keys())
+                        .filter(|k| seen.get(k) != expected.get(k))
+                        .take(4)
+                        .map(|k| {
+                            format!(
+                                "object {k}: partition {:?}, oracle {:?}",
+                                seen.get(k),
+                                expected.get(k)
+                            )
+                        })
+                        .collect();
+                    problems.push(format!(
+                        "partition {p} replica {pid} and oracle {id} disagree on ownership changes: {bad:?}"
+                    ));
                 }
             }
         }

@@ -16,6 +16,8 @@ pub enum Output {
     Rmcast(GroupSet, Bytes),
     /// Send point to point (to a client, or to another replica).
     Send(NodeId, Bytes),
+    /// Atomically multicast (DynaStar: hints to the oracle, placements from it).
+    Multicast(GroupSet, Bytes),
 }
 
 /// The exchanges a replica produced, kept so that replicas that missed them can pull them

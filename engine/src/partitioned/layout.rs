@@ -64,12 +64,13 @@ impl ScaleOutLayout {
         let partition_replicas: Vec<Vec<NodeId>> = (0..partitions)
             .map(|p| (1..=r).map(|i| NodeId(p * r + i)).collect())
             .collect();
-        let oracle_replicas: Vec<NodeId> = match scheme {
-            Scheme::Dssmr => (1..=r).map(|i| NodeId(partitions * r + i)).collect(),
-            Scheme::Ssmr => Vec::new(),
+        let oracle_replicas: Vec<NodeId> = if scheme.has_oracle() {
+            (1..=r).map(|i| NodeId(partitions * r + i)).collect()
+        } else {
+            Vec::new()
         };
         let mut groups: Vec<Vec<NodeId>> = partition_replicas.clone();
-        if scheme == Scheme::Dssmr {
+        if scheme.has_oracle() {
             groups.push(oracle_replicas.clone());
         }
         let quorum = 2 * f + 1;

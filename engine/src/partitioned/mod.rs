@@ -23,6 +23,7 @@
 pub mod attempts;
 pub mod blueprint;
 mod common;
+pub mod dynastar;
 pub mod layout;
 pub mod msg;
 pub mod oracle;
@@ -40,6 +41,9 @@ pub enum Scheme {
     Ssmr,
     /// An oracle, moves, a client location cache, and the S-SMR fallback.
     Dssmr,
+    /// An oracle with a workload graph that repartitions; multi-partition commands borrow
+    /// the objects they need and return them.
+    Dynastar,
 }
 
 impl Scheme {
@@ -47,7 +51,25 @@ impl Scheme {
         match self {
             Scheme::Ssmr => "s-smr",
             Scheme::Dssmr => "ds-smr",
+            Scheme::Dynastar => "dynastar",
         }
+    }
+
+    /// Parses a scheme's name.
+    pub fn parse(s: &str) -> Result<Scheme, String> {
+        match s {
+            "s-smr" => Ok(Scheme::Ssmr),
+            "ds-smr" => Ok(Scheme::Dssmr),
+            "dynastar" => Ok(Scheme::Dynastar),
+            other => Err(format!(
+                "unknown scheme {other:?} (s-smr, ds-smr, dynastar)"
+            )),
+        }
+    }
+
+    /// Whether the scheme has an oracle (group `partitions`).
+    pub fn has_oracle(self) -> bool {
+        self != Scheme::Ssmr
     }
 }
 
@@ -66,6 +88,8 @@ pub struct ServerOptions {
     /// but never adds the object to its map or removes it (reference notes, d'.9). Only for
     /// demonstrating that the fix is needed; never enable it otherwise.
     pub oracle_as_published: bool,
+    /// DynaStar: hints, repartitioning and placement.
+    pub dynastar: dynastar::DynaOptions,
 }
 
 impl ServerOptions {
@@ -76,6 +100,7 @@ impl ServerOptions {
             outbox_max: 100_000,
             record_views: false,
             oracle_as_published: false,
+            dynastar: dynastar::DynaOptions::default(),
         }
     }
 }

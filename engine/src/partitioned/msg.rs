@@ -33,6 +33,35 @@ pub enum Multicast {
     },
     /// A client command.
     Command(CommandMsg),
+    /// DynaStar: an access multicast to every partition that holds one of its objects
+    /// (`cmd.partitions`, as the oracle or the client's cache placed them); `target` executes
+    /// it with the objects the others lend it, and returns them (reference notes, e.6, with
+    /// the fix of e.7: the destinations and the target travel in the message).
+    Routed {
+        cmd: CommandMsg,
+        target: PartitionId,
+    },
+    /// DynaStar: one chunk of placement `epoch` (chunks `0..chunks`), multicast by the oracle
+    /// to itself and every partition; the first delivered copy of a chunk counts.
+    Plan(PlanChunk),
+    /// DynaStar: what partition `from` executed lately, for the oracle's workload graph.
+    Hints {
+        from: PartitionId,
+        hints: super::dynastar::workload::Hints,
+    },
+    /// DynaStar: repartition now (an operator's or a test's request to the oracle).
+    Repartition,
+}
+
+/// A chunk of a DynaStar placement: moves applied at one position of every stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanChunk {
+    pub epoch: u64,
+    pub index: u32,
+    pub chunks: u32,
+    /// `(object, from, to)`, sorted by object; a move of an object that is not in `from` any
+    /// more is ignored (the source sends no value).
+    pub moves: Vec<(ObjectId, PartitionId, PartitionId)>,
 }
 
 /// A command as multicast by a client proxy. The command itself is encoded separately, so a
@@ -76,6 +105,28 @@ pub enum Exchange<V> {
     /// partition cannot tell new copies from old ones by its own client table (the client's
     /// floor may already have passed): it follows the oracle.
     Verdict { msg: MsgId, apply: bool },
+    /// DynaStar: partition `from` lends the target the objects of the command it owns.
+    Lend {
+        msg: MsgId,
+        from: PartitionId,
+        values: Vec<(ObjectId, V)>,
+    },
+    /// DynaStar: the target returns the lent objects to partition `to`, with their values
+    /// after the command.
+    Return {
+        msg: MsgId,
+        to: PartitionId,
+        values: Vec<(ObjectId, V)>,
+    },
+    /// DynaStar: partition `from`'s part of a placement chunk for partition `to`: every object
+    /// the chunk moves from `from` to `to`, with its value, or `None` if `from` did
+    /// not own it.
+    Transfer {
+        msg: MsgId,
+        from: PartitionId,
+        to: PartitionId,
+        values: Vec<(ObjectId, Option<V>)>,
+    },
 }
 
 impl<V> Exchange<V> {
@@ -83,7 +134,10 @@ impl<V> Exchange<V> {
         match self {
             Exchange::Values { msg, .. }
             | Exchange::MoveValue { msg, .. }
-            | Exchange::Verdict { msg, .. } => *msg,
+            | Exchange::Verdict { msg, .. }
+            | Exchange::Lend { msg, .. }
+            | Exchange::Return { msg, .. }
+            | Exchange::Transfer { msg, .. } => *msg,
         }
     }
 }
@@ -108,6 +162,12 @@ pub enum Prophecy {
     Nok,
     /// Where each object is (for a create: where it will go).
     Locations(Vec<(ObjectId, PartitionId)>),
+    /// DynaStar: where each object is under placement `epoch` (a client that learns a newer
+    /// epoch forgets its cached locations).
+    Placed {
+        epoch: u64,
+        locations: Vec<(ObjectId, PartitionId)>,
+    },
 }
 
 /// What a replica answers a command.

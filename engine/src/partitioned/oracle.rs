@@ -292,6 +292,11 @@ impl<S: PartitionedService> OracleServer<S> {
                 self.view(id, to);
             }
             Multicast::Command(c) => self.command(id, &c),
+            // DynaStar's messages never reach a DS-SMR oracle.
+            Multicast::Routed { .. }
+            | Multicast::Plan(_)
+            | Multicast::Hints { .. }
+            | Multicast::Repartition => {}
         }
     }
 

@@ -90,13 +90,23 @@ struct Pending<C> {
     sent_at: u64,
     tries: u32,
     fell_back: bool,
+    /// The latest answer was `retry` (a stale location: ask the oracle).
+    stale: bool,
 }
 
 /// A location cache: `object -> partition`. Each client has its own unless several share one
 /// ([`ScaleOutClient::with_cache`]): the clients of one node (one machine's threads) learning
 /// from each other's consults and moves. Only the owning node's thread touches it, so the lock
 /// is uncontended.
-pub type LocationCache = Arc<parking_lot::Mutex<FxHashMap<ObjectId, PartitionId>>>;
+pub type LocationCache = Arc<parking_lot::Mutex<Locations>>;
+
+/// What a location cache holds: `object -> partition`, and (DynaStar) the placement epoch the
+/// entries were learnt under; learning a newer epoch empties the cache.
+#[derive(Debug, Default)]
+pub struct Locations {
+    pub map: FxHashMap<ObjectId, PartitionId>,
+    pub epoch: u64,
+}
 
 /// One logical scale-out client.
 pub struct ScaleOutClient<S: PartitionedService> {
@@ -150,7 +160,7 @@ impl<S: PartitionedService> ScaleOutClient<S> {
 
     /// Where the cache thinks `object` is.
     pub fn cached(&self, object: ObjectId) -> Option<PartitionId> {
-        self.cache.lock().get(&object).copied()
+        self.cache.lock().map.get(&object).copied()
     }
 
     fn remember(&mut self, object: ObjectId, p: PartitionId) {
@@ -158,10 +168,10 @@ impl<S: PartitionedService> ScaleOutClient<S> {
             return;
         }
         let mut cache = self.cache.lock();
-        if cache.len() >= self.o.cache_max {
-            cache.clear();
+        if cache.map.len() >= self.o.cache_max {
+            cache.map.clear();
         }
-        cache.insert(object, p);
+        cache.map.insert(object, p);
     }
 
     fn floor(&self, seq: u64) -> u64 {
@@ -204,7 +214,7 @@ impl<S: PartitionedService> ScaleOutClient<S> {
     fn send_command(&mut self, seq: u64, partitions: Vec<PartitionId>, fallback: bool) {
         let p = &self.pending[&seq];
         let mut dests: GroupSet = partitions.iter().map(|q| GroupId(*q)).collect();
-        if self.o.scheme == Scheme::Dssmr && matches!(p.kind, Kind::Create(_) | Kind::Delete(_)) {
+        if self.o.scheme.has_oracle() && matches!(p.kind, Kind::Create(_) | Kind::Delete(_)) {
             dests.insert(self.oracle());
         }
         let msg = Multicast::Command(CommandMsg {
@@ -238,9 +248,18 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                 parts.dedup();
                 self.send_command(seq, parts, false);
             }
-            Scheme::Dssmr => {
+            Scheme::Dynastar if matches!(p.kind, Kind::Access(_)) => {
+                if !p.stale {
+                    if let Some(locations) = self.cached_locations(&objects) {
+                        return self.route(seq, locations);
+                    }
+                }
+                self.consult(seq);
+            }
+            Scheme::Dssmr | Scheme::Dynastar => {
                 let create = matches!(p.kind, Kind::Create(_));
-                if p.attempt > self.o.retry_max && !create {
+                let dssmr = self.o.scheme == Scheme::Dssmr;
+                if dssmr && p.attempt > self.o.retry_max && !create {
                     let p = self.pending.get_mut(&seq).expect("pending");
                     if !p.fell_back {
                         p.fell_back = true;
@@ -249,39 +268,79 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                     return self.send_command(seq, (0..self.o.partitions).collect(), true);
                 }
                 if p.attempt == 1 && !create {
-                    let cache = self.cache.lock();
-                    let guess = self.o.guess_placement;
-                    let cached: Option<Vec<(ObjectId, PartitionId)>> = objects
-                        .iter()
-                        .map(|o| {
-                            cache
-                                .get(o)
-                                .copied()
-                                .or_else(|| {
-                                    guess.then(|| self.service.place(*o, self.o.partitions))
-                                })
-                                .map(|q| (*o, q))
-                        })
-                        .collect();
-                    drop(cache);
-                    if let Some(locations) = cached {
+                    if let Some(locations) = self.cached_locations(&objects) {
                         let spread = locations.windows(2).any(|w| w[0].1 != w[1].1);
                         if !spread || self.o.move_on_cached {
                             return self.execute_at(seq, locations);
                         }
                     }
                 }
-                self.stats.consults += 1;
-                let msg = Multicast::Consult {
-                    client: self.id,
-                    seq,
-                    attempt: p.attempt,
-                    query: p.kind.clone(),
-                };
-                let oracle = GroupSet::singleton(self.oracle());
-                self.send(seq, Phase::Consulting, oracle, &msg);
+                self.consult(seq);
             }
         }
+    }
+
+    /// Where the cache (or, with `guess_placement`, the placement rule) says every object is.
+    fn cached_locations(&self, objects: &[ObjectId]) -> Option<Vec<(ObjectId, PartitionId)>> {
+        let cache = self.cache.lock();
+        let guess = self.o.guess_placement;
+        objects
+            .iter()
+            .map(|o| {
+                cache
+                    .map
+                    .get(o)
+                    .copied()
+                    .or_else(|| guess.then(|| self.service.place(*o, self.o.partitions)))
+                    .map(|q| (*o, q))
+            })
+            .collect()
+    }
+
+    /// Asks the oracle where the objects of `seq`'s current attempt are.
+    fn consult(&mut self, seq: u64) {
+        let p = &self.pending[&seq];
+        self.stats.consults += 1;
+        let msg = Multicast::Consult {
+            client: self.id,
+            seq,
+            attempt: p.attempt,
+            query: p.kind.clone(),
+        };
+        let oracle = GroupSet::singleton(self.oracle());
+        self.send(seq, Phase::Consulting, oracle, &msg);
+    }
+
+    /// DynaStar: multicasts the access to every partition holding one of its objects, naming
+    /// the target: the partition holding most of them (the lowest on a tie), as every client
+    /// and the oracle compute it (reference notes, e.5).
+    fn route(&mut self, seq: u64, locations: Vec<(ObjectId, PartitionId)>) {
+        let mut count: BTreeMap<PartitionId, usize> = BTreeMap::new();
+        for (_, q) in &locations {
+            *count.entry(*q).or_default() += 1;
+        }
+        let target = count
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(q, _)| *q)
+            .unwrap_or(0);
+        let partitions: Vec<PartitionId> = count.keys().copied().collect();
+        let p = &self.pending[&seq];
+        let dests: GroupSet = partitions.iter().map(|q| GroupId(*q)).collect();
+        let msg = Multicast::Routed {
+            cmd: CommandMsg {
+                client: self.id,
+                seq,
+                attempt: p.attempt,
+                floor: self.floor(seq),
+                kind: p.kind.clone(),
+                partitions,
+                fallback: false,
+                command: Bytes::from(wire::encode(&p.command)),
+            },
+            target,
+        };
+        self.send(seq, Phase::Executing, dests, &msg);
     }
 
     /// DS-SMR: sends the command where its objects are, gathering an access's objects first.
@@ -317,11 +376,12 @@ impl<S: PartitionedService> ScaleOutClient<S> {
         self.stats.retries += 1;
         let p = self.pending.get_mut(&seq).expect("pending");
         p.attempt += 1;
+        p.stale = more.is_empty();
         if let Kind::Access(objects) = &mut p.kind {
             if more.is_empty() {
                 let mut cache = self.cache.lock();
                 for o in objects.iter() {
-                    cache.remove(o);
+                    cache.map.remove(o);
                 }
             } else {
                 objects.extend(more);
@@ -329,7 +389,7 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                 objects.dedup();
             }
         } else if let Kind::Delete(o) = p.kind {
-            self.cache.lock().remove(&o);
+            self.cache.lock().map.remove(&o);
         }
         self.advance(seq);
     }
@@ -360,6 +420,27 @@ impl<S: PartitionedService> ScaleOutClient<S> {
                 Some(self.complete(seq, Ok(Response::AlreadyExists)))
             }
             (Prophecy::Nok, _) => Some(self.complete(seq, Ok(Response::NotFound))),
+            (Prophecy::Placed { epoch, locations }, Kind::Access(objects))
+                if objects.iter().all(|o| {
+                    locations
+                        .iter()
+                        .any(|(x, q)| x == o && *q < self.o.partitions)
+                }) =>
+            {
+                {
+                    let mut cache = self.cache.lock();
+                    if epoch > cache.epoch {
+                        cache.epoch = epoch;
+                        cache.map.clear();
+                        self.stats.cache_epochs += 1;
+                    }
+                }
+                for (o, q) in &locations {
+                    self.remember(*o, *q);
+                }
+                self.route(seq, locations);
+                None
+            }
             (Prophecy::Locations(locations), kind)
                 if kind.objects().iter().all(|o| {
                     locations
@@ -431,6 +512,7 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
                 sent_at: self.now,
                 tries: 0,
                 fell_back: false,
+                stale: false,
             },
         );
         self.stats.submitted += 1;

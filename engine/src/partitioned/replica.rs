@@ -38,6 +38,8 @@
 
 use super::common::Output;
 pub use super::common::PartitionCore;
+use super::dynastar::oracle::DynaOracle;
+use super::dynastar::partition::DynaPartition;
 use super::oracle::{OracleServer, OracleStats};
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
@@ -209,6 +211,7 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
         out.actions.extend(self.outputs.drain(..).map(|o| match o {
             Output::Rmcast(dests, payload) => Action::Rmcast(dests, payload),
             Output::Send(to, payload) => Action::Send(to, payload),
+            Output::Multicast(dests, payload) => Action::Multicast(dests, payload),
         }));
         if let Some(m) = self.merge.as_mut() {
             self.server.take_snapshots(&mut self.snaps);
@@ -286,10 +289,16 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
     }
 }
 
-/// The core of a scale-out node, whichever its role.
+/// The core of a scale-out node, whichever its role and scheme.
 pub enum ScaleOutServer<S: PartitionedService> {
+    /// An S-SMR or DS-SMR partition.
     Partition(Box<PartitionServer<S>>),
+    /// The DS-SMR oracle.
     Oracle(Box<OracleServer<S>>),
+    /// A DynaStar partition.
+    DynaPartition(Box<DynaPartition<S>>),
+    /// The DynaStar oracle.
+    DynaOracle(Box<DynaOracle<S>>),
 }
 
 impl<S: PartitionedService> ScaleOutServer<S> {
@@ -302,7 +311,14 @@ impl<S: PartitionedService> ScaleOutServer<S> {
         partitions: u32,
         opts: ServerOptions,
     ) -> Self {
+        let dynastar = opts.scheme == super::Scheme::Dynastar;
         match role {
+            Role::Partition(p) if dynastar => ScaleOutServer::DynaPartition(Box::new(
+                DynaPartition::new(service, cfg, node, p, partitions, opts),
+            )),
+            Role::Oracle if dynastar => ScaleOutServer::DynaOracle(Box::new(DynaOracle::new(
+                service, cfg, node, partitions, opts,
+            ))),
             Role::Partition(p) => ScaleOutServer::Partition(Box::new(PartitionServer::new(
                 service, cfg, node, p, partitions, opts,
             ))),
@@ -312,17 +328,44 @@ impl<S: PartitionedService> ScaleOutServer<S> {
         }
     }
 
+    /// An S-SMR or DS-SMR partition.
     pub fn partition(&self) -> Option<&PartitionServer<S>> {
         match self {
             ScaleOutServer::Partition(s) => Some(s),
-            ScaleOutServer::Oracle(_) => None,
+            _ => None,
         }
     }
 
+    /// The DS-SMR oracle.
     pub fn oracle(&self) -> Option<&OracleServer<S>> {
         match self {
             ScaleOutServer::Oracle(o) => Some(o),
-            ScaleOutServer::Partition(_) => None,
+            _ => None,
+        }
+    }
+
+    /// A DynaStar partition.
+    pub fn dyna_partition(&self) -> Option<&DynaPartition<S>> {
+        match self {
+            ScaleOutServer::DynaPartition(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The DynaStar oracle.
+    pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
+        match self {
+            ScaleOutServer::DynaOracle(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A partition's counters, whichever the scheme.
+    pub fn server_stats(&self) -> Option<&ServerStats> {
+        match self {
+            ScaleOutServer::Partition(s) => Some(&s.stats),
+            ScaleOutServer::DynaPartition(s) => Some(&s.stats),
+            _ => None,
         }
     }
 
@@ -330,6 +373,8 @@ impl<S: PartitionedService> ScaleOutServer<S> {
         match self {
             ScaleOutServer::Partition(s) => &**s,
             ScaleOutServer::Oracle(o) => &**o,
+            ScaleOutServer::DynaPartition(s) => &**s,
+            ScaleOutServer::DynaOracle(o) => &**o,
         }
     }
 
@@ -337,6 +382,8 @@ impl<S: PartitionedService> ScaleOutServer<S> {
         match self {
             ScaleOutServer::Partition(s) => &mut **s,
             ScaleOutServer::Oracle(o) => &mut **o,
+            ScaleOutServer::DynaPartition(s) => &mut **s,
+            ScaleOutServer::DynaOracle(o) => &mut **o,
         }
     }
 }
@@ -430,6 +477,12 @@ impl<S: PartitionedService> PartitionCore for ScaleOutServer<S> {
                 ScaleOutServer::Partition(Box::new(s.restored(snapshot)?))
             }
             ScaleOutServer::Oracle(o) => ScaleOutServer::Oracle(Box::new(o.restored(snapshot)?)),
+            ScaleOutServer::DynaPartition(s) => {
+                ScaleOutServer::DynaPartition(Box::new(s.restored(snapshot)?))
+            }
+            ScaleOutServer::DynaOracle(o) => {
+                ScaleOutServer::DynaOracle(Box::new(o.restored(snapshot)?))
+            }
         })
     }
     fn handled(&self) -> u64 {
@@ -498,6 +551,19 @@ impl<S: PartitionedService> ReplicaHost<PartitionedCore<ScaleOutServer<S>>> {
         self.core.server.oracle()
     }
 
+    pub fn dyna_partition(&self) -> Option<&DynaPartition<S>> {
+        self.core.server.dyna_partition()
+    }
+
+    pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
+        self.core.server.dyna_oracle()
+    }
+
+    /// A partition replica's counters (S-SMR, DS-SMR or DynaStar).
+    pub fn server_stats(&self) -> Option<&ServerStats> {
+        self.core.server.server_stats()
+    }
+
     /// Delivered commands waiting.
     pub fn backlog(&self) -> usize {
         PartitionCore::backlog(&self.core.server)
@@ -518,8 +584,8 @@ impl<S: PartitionedService> ReplicaHost<PartitionedCore<ScaleOutServer<S>>> {
         let s = SharedServerStats::default();
         let shared = s.clone();
         self.core.share_with(move |c: &ScaleOutServer<S>| {
-            if let Some(p) = c.partition() {
-                shared.lock().clone_from(&p.stats);
+            if let Some(stats) = c.server_stats() {
+                shared.lock().clone_from(stats);
             }
         });
         s

@@ -83,6 +83,10 @@ pub struct ServerStats {
     /// Times an object arrived that this partition already owned, or two partitions sent the
     /// same object for one command: a broken single-ownership invariant (must stay 0).
     pub double_owned: u64,
+    /// DynaStar: objects lent to a command's target.
+    pub lent: u64,
+    /// DynaStar: placement chunks applied.
+    pub plan_chunks: u64,
 }
 
 #[derive(Debug)]
@@ -514,7 +518,12 @@ impl<S: PartitionedService> PartitionServer<S> {
             command,
         } = item;
         match msg {
-            Work::Mark(_) | Work::Msg(Multicast::Consult { .. }) => Step::Done,
+            Work::Mark(_)
+            | Work::Msg(Multicast::Consult { .. })
+            | Work::Msg(Multicast::Routed { .. })
+            | Work::Msg(Multicast::Plan(_))
+            | Work::Msg(Multicast::Hints { .. })
+            | Work::Msg(Multicast::Repartition) => Step::Done,
             Work::Msg(Multicast::Move { object, from, to }) => {
                 self.on_move(*id, *object, *from, *to)
             }
@@ -914,11 +923,14 @@ impl<S: PartitionedService> PartitionCore for PartitionServer<S> {
 }
 
 /// Whether two exchanges fill the same slot (a duplicate copy).
-fn same_slot<V>(a: &Exchange<V>, b: &Exchange<V>) -> bool {
+pub(crate) fn same_slot<V>(a: &Exchange<V>, b: &Exchange<V>) -> bool {
     match (a, b) {
         (Exchange::Values { from: x, .. }, Exchange::Values { from: y, .. }) => x == y,
         (Exchange::MoveValue { .. }, Exchange::MoveValue { .. }) => true,
         (Exchange::Verdict { .. }, Exchange::Verdict { .. }) => true,
+        (Exchange::Lend { from: x, .. }, Exchange::Lend { from: y, .. }) => x == y,
+        (Exchange::Return { to: x, .. }, Exchange::Return { to: y, .. }) => x == y,
+        (Exchange::Transfer { from: x, .. }, Exchange::Transfer { from: y, .. }) => x == y,
         _ => false,
     }
 }

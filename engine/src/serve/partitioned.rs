@@ -76,7 +76,10 @@ pub fn parse_scheme(s: &str) -> Result<Scheme, String> {
     match s {
         "s-smr" | "ssmr" => Ok(Scheme::Ssmr),
         "ds-smr" | "dssmr" => Ok(Scheme::Dssmr),
-        other => Err(format!("unknown scheme {other:?}: s-smr or ds-smr")),
+        "dynastar" => Ok(Scheme::Dynastar),
+        other => Err(format!(
+            "unknown scheme {other:?}: s-smr, ds-smr or dynastar"
+        )),
     }
 }
 
