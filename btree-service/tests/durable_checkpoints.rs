@@ -19,7 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{checkpoint_hash, free_port, free_ports_from, sample, scrape, start_nodes};
+use testkit::{
+    checkpoint_hash, free_port, free_ports_from, run_client, run_load, sample, scrape, start_nodes,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
@@ -29,30 +31,13 @@ const WAL_COMPACT_BYTES: u64 = 256 << 10;
 const LOGS: u32 = 3;
 
 fn load(config: &Path, seconds: f64) {
-    let out = Command::new(LOAD)
-        .args(["--config", config.to_str().unwrap(), "--node", "1000"])
-        .args(["--seconds", &seconds.to_string(), "--warmup-s", "0"])
-        .args(["--clients", "8", "--workload", "read-update"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run btree-load");
-    assert!(
-        out.status.success(),
-        "btree-load failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = ["--clients", "8", "--workload", "read-update"];
+    run_load(LOAD, config, seconds, &args);
 }
 
 fn size(config: &Path) -> Option<String> {
-    let out = Command::new(CLIENT)
-        .args(["--config", config.to_str().unwrap(), "--node", "1001"])
-        .args(["--timeout-s", "10", "size"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let (ok, out) = run_client(CLIENT, config, 1001, 10, &["size"]);
+    ok.then_some(out)
 }
 
 /// The node's metrics, or nothing while it does not listen (starting, killed).

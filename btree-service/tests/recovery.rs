@@ -13,11 +13,10 @@
 //! and the load counters), and answer `size` alike; the range map must have changed.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use testkit::{
-    free_port, free_ports_from, fresh_dir, metric_sum, metrics, per_log, poll, run_client, sample,
-    start_nodes, trimmed_past, wait_for, write_config, Agreement,
+    free_port, free_ports_from, fresh_dir, metric_sum, metrics, per_log, poll, run_client,
+    run_load, sample, start_nodes, trimmed_past, wait_for, write_config, Agreement,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_btree-server");
@@ -25,24 +24,18 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_btree-client");
 const LOAD: &str = env!("CARGO_BIN_EXE_btree-load");
 
 fn load(config: &Path, seconds: f64) {
-    let out = Command::new(LOAD)
-        .args(["--config", config.to_str().unwrap(), "--node", "1000"])
-        .args(["--seconds", &seconds.to_string(), "--warmup-s", "0"])
-        .args(["--clients", "8", "--workload", "insert-heavy"])
-        .args([
-            "--distribution",
-            "sequential",
-            "--rebalance-every-ms",
-            "100",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run btree-load");
-    assert!(
-        out.status.success(),
-        "btree-load failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let workload = ["--clients", "8", "--workload", "insert-heavy"];
+    let rebalancing = [
+        "--distribution",
+        "sequential",
+        "--rebalance-every-ms",
+        "100",
+    ];
+    run_load(
+        LOAD,
+        config,
+        seconds,
+        &[&workload[..], &rebalancing[..]].concat(),
     );
 }
 

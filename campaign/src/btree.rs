@@ -1,10 +1,9 @@
 //! One run against the replicated B+-tree: three `btree-server` processes, one fault.
 
 use crate::model::{lost_acks, TreeModel};
-use crate::net::Capabilities;
 use crate::run::{self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target};
 use crate::tap::{Recording, Tap};
-use crate::{Fault, Options, RunReport};
+use crate::{Fault, RunReport};
 use btree_service::cli::{ConfigFile, DeploymentFile};
 use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
 use bytes::Bytes;
@@ -38,7 +37,7 @@ fn tree() -> TreeConfig {
 }
 
 /// The B+-tree's process faults: it has no oracle.
-const SERVICE: Service = Service {
+pub(crate) const SERVICE: Service = Service {
     name: "btree",
     kills: Kills {
         leader: "SIGKILL the global log's leader, restart it from its durable logs",
@@ -47,18 +46,6 @@ const SERVICE: Service = Service {
     },
     attempt,
 };
-
-/// Runs one campaign run of the B+-tree with `fault`.
-pub fn run(
-    o: &Options,
-    caps: &Capabilities,
-    binary: &Path,
-    index: usize,
-    seed: u64,
-    fault: Fault,
-) -> RunReport {
-    run::drive(o, caps, binary, index, seed, fault, &SERVICE)
-}
 
 /// One attempt at a run, in `dir`.
 fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), String> {

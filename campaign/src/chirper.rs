@@ -1,4 +1,4 @@
-//! One run against Chirper on DS-SMR (or on DynaStar: [`run_dynastar`]): two partitions of three replicas and an oracle of
+//! One run against Chirper on DS-SMR (or on DynaStar: [`SERVICE_DYNASTAR`]): two partitions of three replicas and an oracle of
 //! three, nine `chirper-server` processes (replicas colocated with the acceptors of their
 //! group's log; the global log's acceptors are one replica of each group), durable logs, one
 //! fault.
@@ -12,13 +12,12 @@
 //! timeline (read for every user once the clients stopped, part of the history); no server
 //! died except the victim.
 
-use crate::net::Capabilities;
 use crate::procs::scrape;
 use crate::run::{
     self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target, STARTUP,
 };
 use crate::tap::{ScaleOutRecording, Tap};
-use crate::{Fault, Options, RunReport};
+use crate::{Fault, RunReport};
 use bytes::Bytes;
 use chirper::cli::{ConfigFile, DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
@@ -90,7 +89,7 @@ fn layout(scheme: Scheme, clients: usize) -> Result<ScaleOutLayout, String> {
 }
 
 /// Chirper's process faults.
-const SERVICE: Service = Service {
+pub(crate) const SERVICE: Service = Service {
     name: "chirper",
     kills: Kills {
         leader: "SIGKILL the leader of the global log or of a partition's log, restart it from its durable logs",
@@ -101,35 +100,11 @@ const SERVICE: Service = Service {
 };
 
 /// Chirper on DynaStar's process faults.
-const SERVICE_DYNASTAR: Service = Service {
+pub(crate) const SERVICE_DYNASTAR: Service = Service {
     name: "chirper-dynastar",
     kills: SERVICE.kills,
     attempt: |run, plan, dir, r| attempt(Scheme::Dynastar, run, plan, dir, r),
 };
-
-/// Runs one campaign run of Chirper on DynaStar with `fault`.
-pub fn run_dynastar(
-    o: &Options,
-    caps: &Capabilities,
-    binary: &Path,
-    index: usize,
-    seed: u64,
-    fault: Fault,
-) -> RunReport {
-    run::drive(o, caps, binary, index, seed, fault, &SERVICE_DYNASTAR)
-}
-
-/// Runs one campaign run of Chirper on DS-SMR with `fault`.
-pub fn run(
-    o: &Options,
-    caps: &Capabilities,
-    binary: &Path,
-    index: usize,
-    seed: u64,
-    fault: Fault,
-) -> RunReport {
-    run::drive(o, caps, binary, index, seed, fault, &SERVICE)
-}
 
 /// The specification's initial state: the graph's users and the probe users.
 pub fn model(section: &ServiceSection) -> Result<ChirperModel, String> {

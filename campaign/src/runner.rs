@@ -1,7 +1,7 @@
 //! The campaign: runs, per-run lines, the aggregate and the JSON summary.
 
 use crate::net::Capabilities;
-use crate::{btree, chirper, Fault, Options, RunReport, ServiceKind};
+use crate::{btree, chirper, run, Fault, Options, RunReport, ServiceKind};
 use serde::Serialize;
 use std::path::Path;
 
@@ -91,14 +91,13 @@ pub fn run(o: &Options) -> Result<Summary, String> {
     for i in o.first_run..o.first_run + o.runs {
         let (service, fault) = pick(o, i);
         let seed = o.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-        let report = match (service, &binary, &chirper_binary) {
-            (ServiceKind::Btree, Some(bin), _) => btree::run(o, &caps, bin, i, seed, fault),
-            (ServiceKind::Chirper, _, Some(bin)) => chirper::run(o, &caps, bin, i, seed, fault),
-            (ServiceKind::ChirperDynastar, _, Some(bin)) => {
-                chirper::run_dynastar(o, &caps, bin, i, seed, fault)
-            }
+        let (bin, runs_as) = match (service, &binary, &chirper_binary) {
+            (ServiceKind::Btree, Some(bin), _) => (bin, &btree::SERVICE),
+            (ServiceKind::Chirper, _, Some(bin)) => (bin, &chirper::SERVICE),
+            (ServiceKind::ChirperDynastar, _, Some(bin)) => (bin, &chirper::SERVICE_DYNASTAR),
             _ => return Err(format!("no server binary for {}", service.name())),
         };
+        let report = run::drive(o, &caps, bin, i, seed, fault, runs_as);
         println!("{}", line(&report));
         for p in &report.problems {
             println!("    problem: {p}");

@@ -26,7 +26,7 @@ use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, verdict, EngineSim, SimSetup};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,13 +106,12 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
         d.placement.seed = seed;
         client.cache = rng.random_bool(0.7);
     }
-    let setup = SimSetup {
+    let setup = SimSetup::two_by_two(
         seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 25,
-        workload: Arc::new(|rng: &mut ChaCha8Rng, _| {
+        faulty_network(&mut rng),
+        25,
+        20_000,
+        Arc::new(|rng: &mut ChaCha8Rng, _| {
             let u = |rng: &mut ChaCha8Rng| rng.random_range(0..USERS + 2);
             match rng.random_range(0..100) {
                 0..35 => Command::GetTimeline(u(rng)),
@@ -132,20 +131,13 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
                 _ => Command::CreateUser(USERS + rng.random_range(0..2)),
             }
         }),
-        think_us: 20_000,
-    };
+    );
     let mut sim = EngineSim::new(ScaleOut::new(service, layout, client, server), setup);
-    let report = sim.campaign(seed, &Campaign::default());
-    if verbose {
-        eprintln!(
-            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, quality {quality:.2}, retry_max {}, move_on_cached {}, guess_placement {}, {:?}",
-            client.retry_max, client.move_on_cached, client.guess_placement, report.events
-        );
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-    }
+    let label = format!(
+        "{scheme:?}, {partitions} partitions x {replicas}, quality {quality:.2}, retry_max {}, move_on_cached {}, guess_placement {}",
+        client.retry_max, client.move_on_cached, client.guess_placement
+    );
+    let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
     problems.extend(check_ownership(&sim));
     let model = ChirperModel {
         initial: (0..USERS)
@@ -187,14 +179,11 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
     if verbose {
         eprintln!("clients: {stats:?}");
     }
-    if problems.is_empty() {
-        Ok(format!("{} ops, {stats:?}", history.len()))
-    } else {
-        Err(format!(
-            "{scheme:?}, {partitions} partitions x {replicas}:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{scheme:?}, {partitions} partitions x {replicas}"),
+        || format!("{} ops, {stats:?}", history.len()),
+    )
 }
 
 #[test]

@@ -23,13 +23,12 @@
 //!
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
-use engine::checkpoint::CheckpointPolicy;
-use engine::lincheck::{self, Budget};
+use engine::lincheck::Budget;
 use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::dynastar::placement::Method;
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, lincheck_history, Campaign, EngineSim, SimSetup};
+use engine::sim::{checkpoint_every, faulty_network, verdict, EngineSim, SimSetup};
 use engine::testing::scaleout::{drawn_client_options, workload, ObjectKv, ObjectKvModel};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -77,46 +76,25 @@ fn run_with(seed: u64, verbose: bool, checkpoints: bool) -> Result<String, Strin
     d.placement.min_gain = 1;
     d.placement.move_cost = 0;
     d.placement.seed = seed;
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 25,
-        workload: workload(KEYS),
-        think_us: 20_000,
-    };
+    let setup = SimSetup::two_by_two(seed, faulty_network(&mut rng), 25, 20_000, workload(KEYS));
     let method = server.dynastar.placement.method;
     let mut blueprint = ScaleOut::new(service, layout, client, server.clone());
     if checkpoints {
-        blueprint.checkpoints = Some(CheckpointPolicy {
-            every_commands: rng.random_range(5..=20),
-            every_ticks: 100,
-            resend_ticks: 50,
-        });
+        blueprint.checkpoints = Some(checkpoint_every(rng.random_range(5..=20)));
     }
     let mut sim = EngineSim::new(blueprint, setup);
-    let report = sim.campaign(seed, &Campaign::default());
-    if verbose {
-        eprintln!(
-            "seed {seed}: {partitions} partitions x {replicas}, cache {}, guess_placement {}, {method:?}, {:?}",
-            client.cache, client.guess_placement, report.events
-        );
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-        if verbose {
-            for (id, r) in sim.replicas() {
-                eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
-                if let Some(p) = r.dyna_partition() {
-                    eprintln!("    {:?} waiting on {:?}", p.stats, p.waiting_on());
-                }
+    let label = format!(
+        "{partitions} partitions x {replicas}, cache {}, guess_placement {}, {method:?}",
+        client.cache, client.guess_placement
+    );
+    let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
+    if !report.quiet && verbose {
+        for (id, r) in sim.replicas() {
+            eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
+            if let Some(p) = r.dyna_partition() {
+                eprintln!("    {:?} waiting on {:?}", p.stats, p.waiting_on());
             }
         }
-    }
-    if let Some(d) = sim.divergence() {
-        problems.push(d);
     }
     if checkpoints {
         let stats: Vec<_> = sim
@@ -141,15 +119,9 @@ fn run_with(seed: u64, verbose: bool, checkpoints: bool) -> Result<String, Strin
     }
     problems.extend(check_ownership(&sim));
     let stats = sim.client_stats();
-    let history = lincheck_history(&sim.history());
-    match lincheck::check(
-        &ObjectKvModel { preload: PRELOAD },
-        &history,
-        Budget::new(2_000_000),
-    ) {
-        lincheck::Verdict::Linearizable => {}
-        v => problems.push(format!("not linearizable: {v}")),
-    }
+    let ops = sim.history().len();
+    problems
+        .extend(sim.outcome_problems(&ObjectKvModel { preload: PRELOAD }, Budget::new(2_000_000)));
     let mut plans = 0;
     for (_, r) in sim.replicas() {
         // The first test's totals only (the tests run in parallel).
@@ -169,14 +141,11 @@ fn run_with(seed: u64, verbose: bool, checkpoints: bool) -> Result<String, Strin
     if verbose {
         eprintln!("clients: {stats:?}; {plans} plans");
     }
-    if problems.is_empty() {
-        Ok(format!("{} ops, {plans} plans, {stats:?}", history.len()))
-    } else {
-        Err(format!(
-            "{partitions} partitions x {replicas}, {method:?}:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{partitions} partitions x {replicas}, {method:?}"),
+        || format!("{ops} ops, {plans} plans, {stats:?}"),
+    )
 }
 
 #[test]

@@ -20,7 +20,7 @@ use engine::partitioned::blueprint::{check_ownership, ScaleOut};
 use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
-use engine::sim::{faulty_network, Campaign, EngineSim, SimSetup};
+use engine::sim::{faulty_network, verdict, EngineSim, SimSetup};
 use engine::testing::scaleout::{
     drawn_client_options, scheme_for, workload, Cmd, ObjectKv, ObjectKvModel,
 };
@@ -53,35 +53,21 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         record_views: true,
         ..ServerOptions::new(scheme)
     };
-    let setup = SimSetup {
-        seed,
-        net: faulty_network(&mut rng),
-        clients_per_node: 2,
-        window: 2,
-        ops_per_client: 25,
-        workload: workload(KEYS),
-        think_us: 20_000,
-    };
+    let setup = SimSetup::two_by_two(seed, faulty_network(&mut rng), 25, 20_000, workload(KEYS));
     let mut sim = EngineSim::new(
         ScaleOut::new(service, layout, client, server.clone()),
         setup,
     );
-    let report = sim.campaign(seed, &Campaign::default());
-    if verbose {
-        eprintln!(
-            "seed {seed}: {scheme:?}, {partitions} partitions x {replicas}, retry_max {}, cache {}, move_on_cached {}, guess_placement {}, {:?}",
-            client.retry_max, client.cache, client.move_on_cached, client.guess_placement, report.events
-        );
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-        if verbose {
-            for (id, r) in sim.replicas() {
-                eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
-                if let Some(p) = r.partition() {
-                    eprintln!("    {:?}", p.stats);
-                }
+    let label = format!(
+        "{scheme:?}, {partitions} partitions x {replicas}, retry_max {}, cache {}, move_on_cached {}, guess_placement {}",
+        client.retry_max, client.cache, client.move_on_cached, client.guess_placement
+    );
+    let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
+    if !report.quiet && verbose {
+        for (id, r) in sim.replicas() {
+            eprintln!("  {id}: backlog {} handled {}", r.backlog(), r.handled());
+            if let Some(p) = r.partition() {
+                eprintln!("    {:?}", p.stats);
             }
         }
     }
@@ -101,14 +87,11 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     if verbose {
         eprintln!("clients: {stats:?}");
     }
-    if problems.is_empty() {
-        Ok(format!("{} ops, {stats:?}", history.len()))
-    } else {
-        Err(format!(
-            "{scheme:?}, {partitions} partitions x {replicas}:\n  {}",
-            problems.join("\n  ")
-        ))
-    }
+    verdict(
+        problems,
+        || format!("{scheme:?}, {partitions} partitions x {replicas}"),
+        || format!("{} ops, {stats:?}", history.len()),
+    )
 }
 
 #[test]

@@ -255,6 +255,27 @@ pub fn run_client(
     (out.status.success(), text.trim().to_string())
 }
 
+/// Runs a service's load generator once from node 1000, `load --config CONFIG --node 1000
+/// --seconds SECONDS --warmup-s 0 args...` (its stdout dropped), and panics with its stderr if
+/// it fails.
+pub fn run_load(load: &str, config: &std::path::Path, seconds: f64, args: &[&str]) {
+    let out = std::process::Command::new(load)
+        .arg("--config")
+        .arg(config)
+        .args(["--node", "1000"])
+        .args(["--seconds", &seconds.to_string(), "--warmup-s", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run the load generator");
+    assert!(
+        out.status.success(),
+        "{load} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Calls `probe` every `every` until it returns something, and returns that; panics with the
 /// message `failure` if `limit` passes first.
 pub fn wait_for<T>(

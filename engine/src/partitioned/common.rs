@@ -1,10 +1,12 @@
 //! What partition and oracle replicas share: the [`PartitionCore`] seam the replica host drives, its [`Output`]s, and their bookkeeping.
 
 use super::msg::{Exchange, Peer};
+use super::service::{member_mix, ObjectId, PartitionId, PartitionedService};
 use crate::checkpoint::CheckpointError;
 use bytes::Bytes;
+use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
-use groups::ids::{MsgId, NodeId};
+use groups::ids::{GroupId, MsgId, NodeId};
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -145,3 +147,210 @@ pub trait PartitionCore: Send + Sized + 'static {
     /// A hash of the replicated state.
     fn state_hash(&self) -> u64;
 }
+
+/// Decodes a reliably delivered exchange for a replica of partition `me`; an undecodable one
+/// is logged and dropped.
+pub(crate) fn decode_exchange<V: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    me: PartitionId,
+) -> Option<Exchange<V>> {
+    match crate::wire::decode::<Exchange<V>>(payload) {
+        Ok(ex) => Some(ex),
+        Err(e) => {
+            tracing::warn!(partition = me, error = %e, "undecodable exchange dropped");
+            None
+        }
+    }
+}
+
+/// A point-to-point message from another replica of partition `me`: a pull is answered from
+/// `outbox` into `out` (counted in `answered`); an answer's exchange is returned for the
+/// replica to take in; an undecodable message is logged and dropped.
+pub(crate) fn on_peer<V: Clone + Serialize + serde::de::DeserializeOwned>(
+    payload: &[u8],
+    me: PartitionId,
+    outbox: &Outbox<V>,
+    out: &mut Vec<Output>,
+    answered: &mut u64,
+) -> Option<Exchange<V>> {
+    match crate::wire::decode::<Peer<V>>(payload) {
+        Ok(Peer::Pull { msg, requester }) => {
+            if outbox.answer(msg, requester, out) {
+                *answered += 1;
+            }
+            None
+        }
+        Ok(Peer::Answer(ex)) => Some(ex),
+        Err(e) => {
+            tracing::warn!(partition = me, error = %e, "undecodable peer message dropped");
+            None
+        }
+    }
+}
+
+/// A partition replica's start: whether `node` is its partition's designated sender (the
+/// lowest member of group `me`), and the service's preloaded objects that
+/// [`PartitionedService::place`] puts at partition `me` (of `partitions`), with their digest.
+pub(crate) fn partition_start<S: PartitionedService>(
+    service: &S,
+    cfg: &ClusterConfig,
+    node: NodeId,
+    me: PartitionId,
+    partitions: u32,
+) -> (bool, BTreeMap<ObjectId, S::Value>, u64) {
+    let sender = cfg.members(GroupId(me)).iter().min() == Some(&node);
+    let mut store = BTreeMap::new();
+    let mut digest = 0;
+    for (id, v) in service.preload() {
+        if service.place(id, partitions) == me && store.insert(id, v).is_none() {
+            digest ^= member_mix(id);
+        }
+    }
+    (sender, store, digest)
+}
+
+/// Decodes a core's snapshot; `what` names it in the error ("partition snapshot").
+pub(crate) fn decode_snapshot<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, CheckpointError> {
+    crate::wire::decode(bytes).map_err(|e| CheckpointError::Decode(format!("{what}: {e}")))
+}
+
+/// Refuses a partition replica's snapshot that another partition's replica took.
+pub(crate) fn check_partition_snapshot(snapshot_of: u32, me: u32) -> Result<(), CheckpointError> {
+    if snapshot_of == me {
+        Ok(())
+    } else {
+        Err(CheckpointError::Mismatch(format!(
+            "the snapshot is partition {snapshot_of}'s, this replica is partition {me}'s"
+        )))
+    }
+}
+
+/// Refuses an oracle snapshot taken for another number of partitions (`fits`: whatever else
+/// the snapshot sizes by them matches too), or one that locates an object out of range.
+pub(crate) fn check_oracle_snapshot(
+    snapshot_partitions: u32,
+    fits: bool,
+    location: &BTreeMap<ObjectId, PartitionId>,
+    partitions: u32,
+) -> Result<(), CheckpointError> {
+    if snapshot_partitions != partitions || !fits {
+        return Err(CheckpointError::Mismatch(format!(
+            "the snapshot is of an oracle of {snapshot_partitions} partitions, this one has {partitions}"
+        )));
+    }
+    if let Some((o, p)) = location.iter().find(|(_, p)| **p >= partitions) {
+        return Err(CheckpointError::Mismatch(format!(
+            "object {o} is located at partition {p}, out of range"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a restored core whose state hash is not the one its snapshot recorded.
+pub(crate) fn check_restored_hash(restored: u64, recorded: u64) -> Result<(), CheckpointError> {
+    if restored == recorded {
+        Ok(())
+    } else {
+        Err(CheckpointError::Mismatch(
+            "the restored state's hash differs from the snapshot's".into(),
+        ))
+    }
+}
+
+/// Implements [`PartitionCore`] for a partition or oracle core by forwarding to the core's
+/// inherent methods of the same names, so that the four cores (S-SMR/DS-SMR partition and
+/// oracle, DynaStar partition and oracle) share one statement of the seam.
+///
+/// - `partition T`: the core's group is its `me`; it handles exchanges, runs its queue, marks
+///   checkpoints itself and is rebuilt by `T::restore(service, cfg, node, me, partitions,
+///   opts, snapshot)`.
+/// - `oracle T` (optionally `, tick`): the group is the oracle's (`partitions`); it handles
+///   every delivery at once, so its state at a mark is its state now, and it is rebuilt by
+///   `T::restore(service, cfg, node, partitions, opts, snapshot)`. Its snapshots wait in a
+///   `snapshots` field.
+macro_rules! partition_core {
+    (partition $ty:ident) => {
+        impl<S: $crate::partitioned::service::PartitionedService>
+            $crate::partitioned::common::PartitionCore for $ty<S>
+        {
+            fn group(&self) -> u32 {
+                self.me
+            }
+            fn exchange(&mut self, payload: &[u8]) {
+                $ty::exchange(self, payload)
+            }
+            fn tick(&mut self, now: u64) {
+                $ty::tick(self, now)
+            }
+            fn run(&mut self) {
+                $ty::run(self)
+            }
+            fn mark_checkpoint(&mut self, round: u64) {
+                $ty::mark_checkpoint(self, round)
+            }
+            fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+                $ty::take_snapshots(self, out)
+            }
+            fn backlog(&self) -> usize {
+                $ty::backlog(self)
+            }
+            $crate::partitioned::common::partition_core!(@shared $ty, me, partitions);
+        }
+    };
+    (oracle $ty:ident $(, $tick:ident)?) => {
+        impl<S: $crate::partitioned::service::PartitionedService>
+            $crate::partitioned::common::PartitionCore for $ty<S>
+        {
+            fn group(&self) -> u32 {
+                self.partitions
+            }
+            $(
+                fn $tick(&mut self, now: u64) {
+                    $ty::$tick(self, now)
+                }
+            )?
+            /// The oracle handles every delivery at once: its state at the mark is its state now.
+            fn mark_checkpoint(&mut self, round: u64) {
+                self.snapshots
+                    .push((round, $ty::state_hash(self), self.snapshot()));
+            }
+            fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
+                out.append(&mut self.snapshots);
+            }
+            $crate::partitioned::common::partition_core!(@shared $ty, partitions);
+        }
+    };
+    // What every core forwards alike; `restore` takes the fields named after `$ty`
+    // (the group's place) between the node and the options.
+    (@shared $ty:ident, $($place:ident),+) => {
+        fn deliver(&mut self, id: ::groups::ids::MsgId, body: &[u8]) {
+            $ty::deliver(self, id, body)
+        }
+        fn peer(&mut self, body: &[u8]) {
+            $ty::peer(self, body)
+        }
+        fn take_outputs(&mut self, out: &mut Vec<$crate::partitioned::common::Output>) {
+            $ty::take_outputs(self, out)
+        }
+        fn restored(&self, snapshot: &[u8]) -> Result<Self, $crate::checkpoint::CheckpointError> {
+            Self::restore(
+                self.service.clone(),
+                self.cfg.clone(),
+                self.node,
+                $(self.$place,)+
+                self.opts.clone(),
+                snapshot,
+            )
+        }
+        fn handled(&self) -> u64 {
+            self.stats.handled
+        }
+        fn state_hash(&self) -> u64 {
+            $ty::state_hash(self)
+        }
+    };
+}
+pub(crate) use partition_core;

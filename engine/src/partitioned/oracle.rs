@@ -10,7 +10,7 @@
 //! at each of them; with `record_views` it records that view for the tests to compare.
 
 use super::attempts::{AttemptTable, Seen};
-use super::common::PartitionCore;
+use super::common::{check_oracle_snapshot, check_restored_hash, decode_snapshot, partition_core};
 use super::common::{Outbox, Output};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService};
@@ -151,19 +151,9 @@ impl<S: PartitionedService> OracleServer<S> {
         opts: ServerOptions,
         bytes: &[u8],
     ) -> Result<Self, CheckpointError> {
-        let snap: Snapshot<S::Value, S::Reply> = wire::decode(bytes)
-            .map_err(|e| CheckpointError::Decode(format!("oracle snapshot: {e}")))?;
-        if snap.partitions != partitions || snap.digests.len() != partitions as usize {
-            return Err(CheckpointError::Mismatch(format!(
-                "the snapshot is of an oracle of {} partitions, this one has {partitions}",
-                snap.partitions
-            )));
-        }
-        if let Some((o, p)) = snap.location.iter().find(|(_, p)| **p >= partitions) {
-            return Err(CheckpointError::Mismatch(format!(
-                "object {o} is located at partition {p}, out of range"
-            )));
-        }
+        let snap: Snapshot<S::Value, S::Reply> = decode_snapshot(bytes, "oracle snapshot")?;
+        let fits = snap.digests.len() == partitions as usize;
+        check_oracle_snapshot(snap.partitions, fits, &snap.location, partitions)?;
         let mut o = Self::new(service, cfg, node, partitions, opts);
         o.location = snap.location;
         o.digests = snap.digests;
@@ -171,11 +161,7 @@ impl<S: PartitionedService> OracleServer<S> {
         o.outbox = snap.outbox;
         o.stats = snap.stats;
         o.views = snap.views;
-        if o.state_hash() != snap.hash {
-            return Err(CheckpointError::Mismatch(
-                "the restored state's hash differs from the snapshot's".into(),
-            ));
-        }
+        check_restored_hash(o.state_hash(), snap.hash)?;
         Ok(o)
     }
 
@@ -215,11 +201,12 @@ impl<S: PartitionedService> OracleServer<S> {
 
     /// A point-to-point message from another replica (a pull for a create verdict).
     pub fn peer(&mut self, payload: &[u8]) {
-        if let Ok(Peer::Pull { msg, requester }) = wire::decode::<Peer<S::Value>>(payload) {
-            if self.outbox.answer(msg, requester, &mut self.out) {
-                self.stats.pulls_answered += 1;
-            }
-        }
+        answer_pull(
+            payload,
+            &self.outbox,
+            &mut self.out,
+            &mut self.stats.pulls_answered,
+        );
     }
 
     fn view(&mut self, id: MsgId, p: PartitionId) {
@@ -249,13 +236,8 @@ impl<S: PartitionedService> OracleServer<S> {
     /// An atomically delivered command ([`crate::wire::FeedMsg::Command`]'s body); handled at
     /// once.
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
-        let msg = match wire::decode::<Multicast>(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.rejected += 1;
-                tracing::warn!(error = %e, "oracle: undecodable multicast dropped");
-                return;
-            }
+        let Some(msg) = decode_multicast(payload, &mut self.stats.rejected) else {
+            return;
         };
         self.stats.handled += 1;
         match msg {
@@ -301,26 +283,8 @@ impl<S: PartitionedService> OracleServer<S> {
     }
 
     fn prophecy(&self, query: &Kind) -> Prophecy {
-        match query {
-            Kind::Access(objects) => {
-                let found: Option<Vec<(ObjectId, PartitionId)>> = objects
-                    .iter()
-                    .map(|o| self.location.get(o).map(|p| (*o, *p)))
-                    .collect();
-                match found {
-                    Some(locations) if !locations.is_empty() => Prophecy::Locations(locations),
-                    _ => Prophecy::Nok,
-                }
-            }
-            Kind::Create(o) => match self.location.get(o) {
-                Some(_) => Prophecy::Nok,
-                None => Prophecy::Locations(vec![(*o, self.service.place(*o, self.partitions))]),
-            },
-            Kind::Delete(o) => match self.location.get(o) {
-                Some(p) => Prophecy::Locations(vec![(*o, *p)]),
-                None => Prophecy::Ok,
-            },
-        }
+        let place = |o| self.service.place(o, self.partitions);
+        locate(&self.location, query, place, Prophecy::Locations)
     }
 
     fn valid(&self, c: &CommandMsg) -> Result<S::Command, String> {
@@ -366,15 +330,7 @@ impl<S: PartitionedService> OracleServer<S> {
             }
         };
         // Every partition the message names waits for a verdict on every copy.
-        let mut named: Vec<PartitionId> = c
-            .partitions
-            .iter()
-            .copied()
-            .filter(|p| *p < self.partitions)
-            .collect();
-        named.sort_unstable();
-        named.dedup();
-        for p in named {
+        for p in named_partitions(c, self.partitions) {
             self.verdict(id, p, apply);
             self.view(id, p);
         }
@@ -436,41 +392,77 @@ impl<S: PartitionedService> OracleServer<S> {
         }
     }
 }
-impl<S: PartitionedService> PartitionCore for OracleServer<S> {
-    fn group(&self) -> u32 {
-        self.partitions
+partition_core!(oracle OracleServer);
+
+/// An oracle's delivered multicast, decoded; an undecodable one is counted in `rejected`,
+/// logged and dropped.
+pub(crate) fn decode_multicast(payload: &[u8], rejected: &mut u64) -> Option<Multicast> {
+    match wire::decode::<Multicast>(payload) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            *rejected += 1;
+            tracing::warn!(error = %e, "oracle: undecodable multicast dropped");
+            None
+        }
     }
-    fn deliver(&mut self, id: MsgId, body: &[u8]) {
-        OracleServer::deliver(self, id, body)
+}
+
+/// Answers a replica's pull for an exchange of the oracle's from `outbox` into `out` (counted
+/// in `answered`); anything else a peer sends an oracle is dropped.
+pub(crate) fn answer_pull<V: Clone + Serialize + serde::de::DeserializeOwned>(
+    payload: &[u8],
+    outbox: &Outbox<V>,
+    out: &mut Vec<Output>,
+    answered: &mut u64,
+) {
+    if let Ok(Peer::Pull { msg, requester }) = wire::decode::<Peer<V>>(payload) {
+        if outbox.answer(msg, requester, out) {
+            *answered += 1;
+        }
     }
-    fn peer(&mut self, body: &[u8]) {
-        OracleServer::peer(self, body)
+}
+
+/// The oracle's answer to a consult about `query` from `location`: an access's objects'
+/// partitions (as `placed` words them) or `Nok` if one is unknown; a create's partition by
+/// `place` or `Nok` if it exists; a delete's object's partition, or `Ok` if it is unknown.
+pub(crate) fn locate(
+    location: &BTreeMap<ObjectId, PartitionId>,
+    query: &Kind,
+    place: impl FnOnce(ObjectId) -> PartitionId,
+    placed: impl FnOnce(Vec<(ObjectId, PartitionId)>) -> Prophecy,
+) -> Prophecy {
+    match query {
+        Kind::Access(objects) => {
+            let found: Option<Vec<(ObjectId, PartitionId)>> = objects
+                .iter()
+                .map(|o| location.get(o).map(|p| (*o, *p)))
+                .collect();
+            match found {
+                Some(locations) if !locations.is_empty() => placed(locations),
+                _ => Prophecy::Nok,
+            }
+        }
+        Kind::Create(o) => match location.get(o) {
+            Some(_) => Prophecy::Nok,
+            None => Prophecy::Locations(vec![(*o, place(*o))]),
+        },
+        Kind::Delete(o) => match location.get(o) {
+            Some(p) => Prophecy::Locations(vec![(*o, *p)]),
+            None => Prophecy::Ok,
+        },
     }
-    fn take_outputs(&mut self, out: &mut Vec<Output>) {
-        OracleServer::take_outputs(self, out)
-    }
-    /// The oracle handles every delivery at once: its state at the mark is its state now.
-    fn mark_checkpoint(&mut self, round: u64) {
-        self.snapshots
-            .push((round, self.state_hash(), self.snapshot()));
-    }
-    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
-        out.append(&mut self.snapshots);
-    }
-    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
-        Self::restore(
-            self.service.clone(),
-            self.cfg.clone(),
-            self.node,
-            self.partitions,
-            self.opts.clone(),
-            snapshot,
-        )
-    }
-    fn handled(&self) -> u64 {
-        self.stats.handled
-    }
-    fn state_hash(&self) -> u64 {
-        OracleServer::state_hash(self)
-    }
+}
+
+/// The partitions a command names that exist (of `partitions`), sorted, each once: every one
+/// waits for the oracle's verdict.
+pub(crate) fn named_partitions(c: &CommandMsg, partitions: u32) -> Vec<PartitionId> {
+    let mut named: Vec<PartitionId> = c
+        .partitions
+        .iter()
+        .copied()
+        .filter(|p| *p < partitions)
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
 }

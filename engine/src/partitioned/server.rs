@@ -36,7 +36,10 @@
 //! per partition can drive it the same way.
 
 use super::attempts::{AttemptTable, Seen};
-use super::common::PartitionCore;
+use super::common::{
+    check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot, on_peer,
+    partition_core, partition_start,
+};
 use super::common::{Outbox, Output, Recent};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
 use super::service::{
@@ -185,14 +188,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         partitions: u32,
         opts: ServerOptions,
     ) -> Self {
-        let sender = cfg.members(GroupId(me)).iter().min() == Some(&node);
-        let mut store = BTreeMap::new();
-        let mut digest = 0;
-        for (id, v) in service.preload() {
-            if service.place(id, partitions) == me && store.insert(id, v).is_none() {
-                digest ^= member_mix(id);
-            }
-        }
+        let (sender, store, digest) = partition_start(&*service, &cfg, node, me, partitions);
         PartitionServer {
             outbox: Outbox::new(opts.outbox_max),
             finished: Recent::new(opts.outbox_max),
@@ -228,14 +224,8 @@ impl<S: PartitionedService> PartitionServer<S> {
         opts: ServerOptions,
         bytes: &[u8],
     ) -> Result<Self, CheckpointError> {
-        let snap: Snapshot<S::Value, S::Reply> = wire::decode(bytes)
-            .map_err(|e| CheckpointError::Decode(format!("partition snapshot: {e}")))?;
-        if snap.partition != me {
-            return Err(CheckpointError::Mismatch(format!(
-                "the snapshot is partition {}'s, this replica is partition {me}'s",
-                snap.partition
-            )));
-        }
+        let snap: Snapshot<S::Value, S::Reply> = decode_snapshot(bytes, "partition snapshot")?;
+        check_partition_snapshot(snap.partition, me)?;
         let mut s = Self::new(service, cfg, node, me, partitions, opts);
         s.digest = snap.store.keys().fold(0, |d, id| d ^ member_mix(*id));
         s.store = snap.store;
@@ -245,11 +235,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         s.outbox = snap.outbox;
         s.stats = snap.stats;
         s.views = snap.views;
-        if s.state_hash() != snap.hash {
-            return Err(CheckpointError::Mismatch(
-                "the restored state's hash differs from the snapshot's".into(),
-            ));
-        }
+        check_restored_hash(s.state_hash(), snap.hash)?;
         Ok(s)
     }
 
@@ -313,26 +299,16 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     /// A reliably delivered exchange (from another partition's replica or the oracle).
     pub fn exchange(&mut self, payload: &[u8]) {
-        match wire::decode::<Exchange<S::Value>>(payload) {
-            Ok(ex) => self.on_exchange(ex),
-            Err(e) => {
-                tracing::warn!(partition = self.me, error = %e, "undecodable exchange dropped")
-            }
+        if let Some(ex) = decode_exchange(payload, self.me) {
+            self.on_exchange(ex);
         }
     }
 
     /// A point-to-point message from another replica.
     pub fn peer(&mut self, payload: &[u8]) {
-        match wire::decode::<Peer<S::Value>>(payload) {
-            Ok(Peer::Pull { msg, requester }) => {
-                if self.outbox.answer(msg, requester, &mut self.out) {
-                    self.stats.pulls_answered += 1;
-                }
-            }
-            Ok(Peer::Answer(ex)) => self.on_exchange(ex),
-            Err(e) => {
-                tracing::warn!(partition = self.me, error = %e, "undecodable peer message dropped")
-            }
+        let (outbox, out, answered) = (&self.outbox, &mut self.out, &mut self.stats.pulls_answered);
+        if let Some(ex) = on_peer(payload, self.me, outbox, out, answered) {
+            self.on_exchange(ex);
         }
     }
 
@@ -803,7 +779,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             self.store.insert(o, v);
         }
         self.stats.single += 1;
-        self.outcome(result, objects)
+        gather_outcome(result, objects)
     }
 
     fn multi(
@@ -842,83 +818,35 @@ impl<S: PartitionedService> PartitionServer<S> {
                 }
             }
         }
-        self.outcome(result, objects)
-    }
-
-    fn outcome(
-        &self,
-        result: Result<S::Reply, super::service::Need>,
-        objects: &[ObjectId],
-    ) -> Outcome<S::Reply> {
-        match result {
-            Ok(r) => Outcome::Done(r),
-            Err(need) => {
-                let mut more: Vec<ObjectId> = need
-                    .0
-                    .into_iter()
-                    .filter(|o| objects.binary_search(o).is_err())
-                    .collect();
-                more.sort_unstable();
-                more.dedup();
-                if more.is_empty() {
-                    Outcome::Rejected(
-                        "the service asked for objects the command already has".into(),
-                    )
-                } else {
-                    Outcome::Gather(more)
-                }
-            }
-        }
+        gather_outcome(result, objects)
     }
 }
 
-impl<S: PartitionedService> PartitionCore for PartitionServer<S> {
-    fn group(&self) -> u32 {
-        self.me
-    }
-    fn deliver(&mut self, id: MsgId, body: &[u8]) {
-        PartitionServer::deliver(self, id, body)
-    }
-    fn exchange(&mut self, payload: &[u8]) {
-        PartitionServer::exchange(self, payload)
-    }
-    fn peer(&mut self, body: &[u8]) {
-        PartitionServer::peer(self, body)
-    }
-    fn tick(&mut self, now: u64) {
-        PartitionServer::tick(self, now)
-    }
-    fn run(&mut self) {
-        PartitionServer::run(self)
-    }
-    fn take_outputs(&mut self, out: &mut Vec<Output>) {
-        PartitionServer::take_outputs(self, out)
-    }
-    fn mark_checkpoint(&mut self, round: u64) {
-        PartitionServer::mark_checkpoint(self, round)
-    }
-    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
-        PartitionServer::take_snapshots(self, out)
-    }
-    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
-        Self::restore(
-            self.service.clone(),
-            self.cfg.clone(),
-            self.node,
-            self.me,
-            self.partitions,
-            self.opts.clone(),
-            snapshot,
-        )
-    }
-    fn handled(&self) -> u64 {
-        self.stats.handled
-    }
-    fn backlog(&self) -> usize {
-        PartitionServer::backlog(self)
-    }
-    fn state_hash(&self) -> u64 {
-        PartitionServer::state_hash(self)
+partition_core!(partition PartitionServer);
+
+/// What a command's execution comes to: its reply, or the further objects it needs (those it
+/// does not have yet, sorted and without repeats), or a rejection if it asks again for objects
+/// it already has.
+pub(crate) fn gather_outcome<R>(
+    result: Result<R, super::service::Need>,
+    objects: &[ObjectId],
+) -> Outcome<R> {
+    match result {
+        Ok(r) => Outcome::Done(r),
+        Err(need) => {
+            let mut more: Vec<ObjectId> = need
+                .0
+                .into_iter()
+                .filter(|o| objects.binary_search(o).is_err())
+                .collect();
+            more.sort_unstable();
+            more.dedup();
+            if more.is_empty() {
+                Outcome::Rejected("the service asked for objects the command already has".into())
+            } else {
+                Outcome::Gather(more)
+            }
+        }
     }
 }
 

@@ -17,10 +17,11 @@
 //!   only when the previous one is fully delivered.
 
 use super::super::attempts::{AttemptTable, Seen};
-use super::super::common::{Outbox, Output, PartitionCore};
-use super::super::msg::{
-    CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk, Prophecy, ToClient,
+use super::super::common::{
+    check_oracle_snapshot, check_restored_hash, decode_snapshot, partition_core, Outbox, Output,
 };
+use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, PlanChunk, Prophecy, ToClient};
+use super::super::oracle::{answer_pull, decode_multicast, locate, named_partitions};
 use super::super::service::{Kind, ObjectId, PartitionId, PartitionedService};
 use super::super::ServerOptions;
 use super::placement::{self, Method};
@@ -211,19 +212,9 @@ impl<S: PartitionedService> DynaOracle<S> {
         opts: ServerOptions,
         bytes: &[u8],
     ) -> Result<Self, CheckpointError> {
-        let snap: Snapshot<S::Value, S::Reply> = wire::decode(bytes)
-            .map_err(|e| CheckpointError::Decode(format!("dynastar oracle snapshot: {e}")))?;
-        if snap.partitions != partitions {
-            return Err(CheckpointError::Mismatch(format!(
-                "the snapshot is of an oracle of {} partitions, this one has {partitions}",
-                snap.partitions
-            )));
-        }
-        if let Some((o, p)) = snap.location.iter().find(|(_, p)| **p >= partitions) {
-            return Err(CheckpointError::Mismatch(format!(
-                "object {o} is located at partition {p}, out of range"
-            )));
-        }
+        let snap: Snapshot<S::Value, S::Reply> =
+            decode_snapshot(bytes, "dynastar oracle snapshot")?;
+        check_oracle_snapshot(snap.partitions, true, &snap.location, partitions)?;
         let mut o = Self::new(service, cfg, node, partitions, opts);
         o.location = snap.location;
         o.table = snap.table;
@@ -236,11 +227,7 @@ impl<S: PartitionedService> DynaOracle<S> {
         o.planned = snap.planned;
         o.hint_batches = snap.hint_batches;
         o.report = snap.report;
-        if o.state_hash() != snap.hash {
-            return Err(CheckpointError::Mismatch(
-                "the restored state's hash differs from the snapshot's".into(),
-            ));
-        }
+        check_restored_hash(o.state_hash(), snap.hash)?;
         Ok(o)
     }
 
@@ -299,11 +286,12 @@ impl<S: PartitionedService> DynaOracle<S> {
     }
 
     pub fn peer(&mut self, payload: &[u8]) {
-        if let Ok(Peer::Pull { msg, requester }) = wire::decode::<Peer<S::Value>>(payload) {
-            if self.outbox.answer(msg, requester, &mut self.out) {
-                self.stats.pulls_answered += 1;
-            }
-        }
+        answer_pull(
+            payload,
+            &self.outbox,
+            &mut self.out,
+            &mut self.stats.pulls_answered,
+        );
     }
 
     /// Advances time: multicasts a pending plan's undelivered chunks when the designated
@@ -348,13 +336,8 @@ impl<S: PartitionedService> DynaOracle<S> {
     }
 
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
-        let msg = match wire::decode::<Multicast>(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.rejected += 1;
-                tracing::warn!(error = %e, "oracle: undecodable multicast dropped");
-                return;
-            }
+        let Some(msg) = decode_multicast(payload, &mut self.stats.rejected) else {
+            return;
         };
         self.stats.handled += 1;
         match msg {
@@ -399,29 +382,12 @@ impl<S: PartitionedService> DynaOracle<S> {
     }
 
     fn prophecy(&self, query: &Kind) -> Prophecy {
-        match query {
-            Kind::Access(objects) => {
-                let found: Option<Vec<(ObjectId, PartitionId)>> = objects
-                    .iter()
-                    .map(|o| self.location.get(o).map(|p| (*o, *p)))
-                    .collect();
-                match found {
-                    Some(locations) if !locations.is_empty() => Prophecy::Placed {
-                        epoch: self.applied.0,
-                        locations,
-                    },
-                    _ => Prophecy::Nok,
-                }
-            }
-            Kind::Create(o) => match self.location.get(o) {
-                Some(_) => Prophecy::Nok,
-                None => Prophecy::Locations(vec![(*o, self.service.place(*o, self.partitions))]),
-            },
-            Kind::Delete(o) => match self.location.get(o) {
-                Some(p) => Prophecy::Locations(vec![(*o, *p)]),
-                None => Prophecy::Ok,
-            },
-        }
+        let place = |o| self.service.place(o, self.partitions);
+        let epoch = self.applied.0;
+        locate(&self.location, query, place, |locations| Prophecy::Placed {
+            epoch,
+            locations,
+        })
     }
 
     /// Computes a placement and, if it moves anything, the plan of the next epoch.
@@ -563,15 +529,7 @@ impl<S: PartitionedService> DynaOracle<S> {
                 (None, false)
             }
         };
-        let mut named: Vec<PartitionId> = c
-            .partitions
-            .iter()
-            .copied()
-            .filter(|p| *p < self.partitions)
-            .collect();
-        named.sort_unstable();
-        named.dedup();
-        for p in named {
+        for p in named_partitions(c, self.partitions) {
             let ex = Exchange::Verdict { msg: id, apply };
             if let Some(o) = self
                 .outbox
@@ -626,44 +584,4 @@ impl<S: PartitionedService> DynaOracle<S> {
     }
 }
 
-impl<S: PartitionedService> PartitionCore for DynaOracle<S> {
-    fn group(&self) -> u32 {
-        self.partitions
-    }
-    fn deliver(&mut self, id: MsgId, body: &[u8]) {
-        DynaOracle::deliver(self, id, body)
-    }
-    fn peer(&mut self, body: &[u8]) {
-        DynaOracle::peer(self, body)
-    }
-    fn tick(&mut self, now: u64) {
-        DynaOracle::tick(self, now)
-    }
-    fn take_outputs(&mut self, out: &mut Vec<Output>) {
-        DynaOracle::take_outputs(self, out)
-    }
-    /// The oracle handles every delivery at once: its state at the mark is its state now.
-    fn mark_checkpoint(&mut self, round: u64) {
-        self.snapshots
-            .push((round, self.state_hash(), self.snapshot()));
-    }
-    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
-        out.append(&mut self.snapshots);
-    }
-    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
-        Self::restore(
-            self.service.clone(),
-            self.cfg.clone(),
-            self.node,
-            self.partitions,
-            self.opts.clone(),
-            snapshot,
-        )
-    }
-    fn handled(&self) -> u64 {
-        self.stats.handled
-    }
-    fn state_hash(&self) -> u64 {
-        DynaOracle::state_hash(self)
-    }
-}
+partition_core!(oracle DynaOracle, tick);

@@ -37,9 +37,12 @@
 //! multicasts them to the oracle every `hint_ticks`.
 
 use super::super::attempts::{AttemptTable, Seen};
-use super::super::common::{Outbox, Output, PartitionCore, Recent};
+use super::super::common::{
+    check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot, on_peer,
+    partition_core, partition_start, Outbox, Output, Recent,
+};
 use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk, ToClient};
-use super::super::server::{same_slot, ServerStats};
+use super::super::server::{gather_outcome, same_slot, ServerStats};
 use super::super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
@@ -179,14 +182,7 @@ impl<S: PartitionedService> DynaPartition<S> {
         partitions: u32,
         opts: ServerOptions,
     ) -> Self {
-        let sender = cfg.members(GroupId(me)).iter().min() == Some(&node);
-        let mut store = BTreeMap::new();
-        let mut digest = 0;
-        for (id, v) in service.preload() {
-            if service.place(id, partitions) == me && store.insert(id, v).is_none() {
-                digest ^= member_mix(id);
-            }
-        }
+        let (sender, store, digest) = partition_start(&*service, &cfg, node, me, partitions);
         DynaPartition {
             outbox: Outbox::new(opts.outbox_max),
             finished: Recent::new(opts.outbox_max),
@@ -225,14 +221,9 @@ impl<S: PartitionedService> DynaPartition<S> {
         opts: ServerOptions,
         bytes: &[u8],
     ) -> Result<Self, CheckpointError> {
-        let snap: Snapshot<S::Value, S::Reply> = wire::decode(bytes)
-            .map_err(|e| CheckpointError::Decode(format!("dynastar partition snapshot: {e}")))?;
-        if snap.partition != me {
-            return Err(CheckpointError::Mismatch(format!(
-                "the snapshot is partition {}'s, this replica is partition {me}'s",
-                snap.partition
-            )));
-        }
+        let snap: Snapshot<S::Value, S::Reply> =
+            decode_snapshot(bytes, "dynastar partition snapshot")?;
+        check_partition_snapshot(snap.partition, me)?;
         let mut s = Self::new(service, cfg, node, me, partitions, opts);
         s.digest = snap.store.keys().fold(0, |d, id| d ^ member_mix(*id));
         s.store = snap.store;
@@ -243,11 +234,7 @@ impl<S: PartitionedService> DynaPartition<S> {
         s.stats = snap.stats;
         s.applied = snap.applied;
         s.views = snap.views;
-        if s.state_hash() != snap.hash {
-            return Err(CheckpointError::Mismatch(
-                "the restored state's hash differs from the snapshot's".into(),
-            ));
-        }
+        check_restored_hash(s.state_hash(), snap.hash)?;
         Ok(s)
     }
 
@@ -402,26 +389,16 @@ impl<S: PartitionedService> DynaPartition<S> {
 
     /// A reliably delivered exchange.
     pub fn exchange(&mut self, payload: &[u8]) {
-        match wire::decode::<Exchange<S::Value>>(payload) {
-            Ok(ex) => self.on_exchange(ex),
-            Err(e) => {
-                tracing::warn!(partition = self.me, error = %e, "undecodable exchange dropped")
-            }
+        if let Some(ex) = decode_exchange(payload, self.me) {
+            self.on_exchange(ex);
         }
     }
 
     /// A point-to-point message from another replica.
     pub fn peer(&mut self, payload: &[u8]) {
-        match wire::decode::<Peer<S::Value>>(payload) {
-            Ok(Peer::Pull { msg, requester }) => {
-                if self.outbox.answer(msg, requester, &mut self.out) {
-                    self.stats.pulls_answered += 1;
-                }
-            }
-            Ok(Peer::Answer(ex)) => self.on_exchange(ex),
-            Err(e) => {
-                tracing::warn!(partition = self.me, error = %e, "undecodable peer message dropped")
-            }
+        let (outbox, out, answered) = (&self.outbox, &mut self.out, &mut self.stats.pulls_answered);
+        if let Some(ex) = on_peer(payload, self.me, outbox, out, answered) {
+            self.on_exchange(ex);
         }
     }
 
@@ -750,7 +727,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                     self.store.insert(o, v);
                 }
                 self.record_hints(cmd, &objects, &result);
-                self.outcome(result, &objects)
+                gather_outcome(result, &objects)
             } else {
                 Outcome::Retry
             };
@@ -812,7 +789,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 }
             }
             self.record_hints(cmd, &objects, &result);
-            self.outcome(result, &objects)
+            gather_outcome(result, &objects)
         } else {
             for (o, (from, v)) in all {
                 if let Some(p) = from {
@@ -1032,80 +1009,6 @@ impl<S: PartitionedService> DynaPartition<S> {
             self.table.record(c.client, c.seq, c.attempt, None);
         }
     }
-
-    fn outcome(
-        &self,
-        result: Result<S::Reply, super::super::service::Need>,
-        objects: &[ObjectId],
-    ) -> Outcome<S::Reply> {
-        match result {
-            Ok(r) => Outcome::Done(r),
-            Err(need) => {
-                let mut more: Vec<ObjectId> = need
-                    .0
-                    .into_iter()
-                    .filter(|o| objects.binary_search(o).is_err())
-                    .collect();
-                more.sort_unstable();
-                more.dedup();
-                if more.is_empty() {
-                    Outcome::Rejected(
-                        "the service asked for objects the command already has".into(),
-                    )
-                } else {
-                    Outcome::Gather(more)
-                }
-            }
-        }
-    }
 }
 
-impl<S: PartitionedService> PartitionCore for DynaPartition<S> {
-    fn group(&self) -> u32 {
-        self.me
-    }
-    fn deliver(&mut self, id: MsgId, body: &[u8]) {
-        DynaPartition::deliver(self, id, body)
-    }
-    fn exchange(&mut self, payload: &[u8]) {
-        DynaPartition::exchange(self, payload)
-    }
-    fn peer(&mut self, body: &[u8]) {
-        DynaPartition::peer(self, body)
-    }
-    fn tick(&mut self, now: u64) {
-        DynaPartition::tick(self, now)
-    }
-    fn run(&mut self) {
-        DynaPartition::run(self)
-    }
-    fn take_outputs(&mut self, out: &mut Vec<Output>) {
-        DynaPartition::take_outputs(self, out)
-    }
-    fn mark_checkpoint(&mut self, round: u64) {
-        DynaPartition::mark_checkpoint(self, round)
-    }
-    fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
-        DynaPartition::take_snapshots(self, out)
-    }
-    fn restored(&self, snapshot: &[u8]) -> Result<Self, CheckpointError> {
-        Self::restore(
-            self.service.clone(),
-            self.cfg.clone(),
-            self.node,
-            self.me,
-            self.partitions,
-            self.opts.clone(),
-            snapshot,
-        )
-    }
-    fn handled(&self) -> u64 {
-        self.stats.handled
-    }
-    fn backlog(&self) -> usize {
-        DynaPartition::backlog(self)
-    }
-    fn state_hash(&self) -> u64 {
-        DynaPartition::state_hash(self)
-    }
-}
+partition_core!(partition DynaPartition);
