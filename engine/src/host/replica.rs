@@ -49,7 +49,7 @@ pub trait ReplicaCore: Send + 'static {
     /// A merged delivery (a core that does not).
     fn delivered(&mut self, d: Delivery);
     /// A reliable-multicast delivery.
-    fn exchange(&mut self, _payload: &[u8]) {}
+    fn exchange(&mut self, _dests: &GroupSet, _payload: &[u8]) {}
     /// A message from another replica's core ([`AppMsg::Peer`]'s body).
     fn peer(&mut self, _from: NodeId, _body: &[u8]) {}
     /// Runs what can run at tick `now`; says what to do.
@@ -444,7 +444,7 @@ impl<C: ReplicaCore> Host for ReplicaHost<C> {
             self.core.delivered(d);
         }
         for r in input.exchanges.drain(..) {
-            self.core.exchange(&r.payload);
+            self.core.exchange(&r.dests, &r.payload);
         }
         for (from, m) in input.app.drain(..) {
             match AppMsg::parse(&m) {

@@ -1,8 +1,10 @@
 //! Scale-out deployments in the deterministic simulator, and the invariants checked on them.
 
+use super::combined::WorkerPartition;
 use super::layout::ScaleOutLayout;
 use super::proxy::{ClientOptions, LocationCache, ScaleOutClient};
 use super::replica::{PartitionCore, PartitionedCore, ScaleOutReplica, ScaleOutServer};
+use super::server::PartitionServer;
 use super::service::{ObjectId, PartitionId, PartitionedService};
 use super::{Scheme, ServerOptions};
 use crate::checkpoint::CheckpointPolicy;
@@ -42,13 +44,16 @@ pub struct ScaleOut<S: PartitionedService> {
 }
 
 impl<S: PartitionedService> ScaleOut<S> {
+    /// A deployment of `layout`; `server.workers` follows the layout's workers per
+    /// partition.
     pub fn new(
         service: Arc<S>,
         layout: ScaleOutLayout,
         client: ClientOptions,
-        server: ServerOptions,
+        mut server: ServerOptions,
     ) -> Self {
         let roles = layout.roles();
+        server.workers = layout.workers;
         ScaleOut {
             service,
             layout,
@@ -79,6 +84,7 @@ impl<S: PartitionedService> SimCore for PartitionedCore<ScaleOutServer<S>> {
             ScaleOutServer::Oracle(o) => [o.stats.handled, 0],
             ScaleOutServer::DynaPartition(s) => [s.stats.handled, s.stats.objects],
             ScaleOutServer::DynaOracle(o) => [o.stats.handled, 0],
+            ScaleOutServer::Combined(c) => [c.stats().handled, c.stats().objects],
         }
     }
 }
@@ -151,18 +157,22 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
             }
             if first {
                 first = false;
-                let objects: Vec<ObjectId> = match r.partition() {
-                    Some(s) => s.objects().map(|(o, _)| o).collect(),
-                    None => r
+                // (object, the protocol partition: in combined mode the worker's cell)
+                let objects: Vec<(ObjectId, PartitionId)> = match (r.partition(), r.combined()) {
+                    (Some(s), _) => s.objects().map(|(o, _)| (o, p as PartitionId)).collect(),
+                    (None, Some(c)) => cell_servers(c)
+                        .flat_map(|(cell, w)| w.objects().map(move |(o, _)| (o, cell)))
+                        .collect(),
+                    (None, None) => r
                         .dyna_partition()
                         .expect("partition replica")
                         .objects()
-                        .map(|(o, _)| o)
+                        .map(|(o, _)| (o, p as PartitionId))
                         .collect(),
                 };
-                for o in objects {
-                    if let Some(q) = owner.insert(o, p as PartitionId) {
-                        problems.push(format!("object {o} is owned by partitions {q} and {p}"));
+                for (o, cell) in objects {
+                    if let Some(q) = owner.insert(o, cell) {
+                        problems.push(format!("object {o} is owned by partitions {q} and {cell}"));
                     }
                 }
             }
@@ -178,11 +188,19 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
             .iter()
             .enumerate()
             .flat_map(|(p, m)| m.iter().map(move |id| (p, *id)))
-            .filter_map(|(p, id)| {
-                replica(id).map(|r| {
-                    let s = r.partition().expect("partition replica");
-                    (id, p as PartitionId, s.views().to_vec())
-                })
+            .flat_map(|(p, id)| {
+                let Some(r) = replica(id) else {
+                    return Vec::new();
+                };
+                match r.combined() {
+                    Some(c) => cell_servers(c)
+                        .map(|(cell, w)| (id, cell, w.views().to_vec()))
+                        .collect(),
+                    None => {
+                        let s = r.partition().expect("partition replica");
+                        vec![(id, p as PartitionId, s.views().to_vec())]
+                    }
+                }
             })
             .collect();
         for &id in &layout.oracle_replicas {
@@ -231,6 +249,16 @@ pub fn check_ownership<S: PartitionedService>(sim: &EngineSim<ScaleOut<S>>) -> V
         }
     }
     problems
+}
+
+/// A combined partition's workers with their cells (the simulator runs them inline).
+fn cell_servers<S: PartitionedService>(
+    c: &WorkerPartition<S>,
+) -> impl Iterator<Item = (PartitionId, &PartitionServer<S>)> {
+    c.workers()
+        .expect("simulated workers run inline")
+        .iter()
+        .map(|w| (w.partition(), w))
 }
 
 /// DynaStar's part of [`check_ownership`].

@@ -119,10 +119,24 @@ impl Recent {
 pub trait PartitionCore: Send + Sized + 'static {
     /// The group whose replicas run this core (a partition, or the oracle's group).
     fn group(&self) -> u32;
+    /// Called once, when the node starts, with what wakes the node's loop from another
+    /// thread (a core that runs threads of its own keeps it).
+    fn start(&mut self, _waker: &groups::runtime::Waker) {}
     /// A delivered command ([`crate::wire::FeedMsg::Command`]'s body).
     fn deliver(&mut self, id: MsgId, body: &[u8]);
+    /// A delivered command with the groups it was multicast to (`body` shares the
+    /// delivery's buffer); a core hosting several groups' parts routes by them. By default,
+    /// [`PartitionCore::deliver`].
+    fn deliver_to(&mut self, id: MsgId, _dests: &GroupSet, body: bytes::Bytes) {
+        self.deliver(id, &body)
+    }
     /// A reliably delivered exchange from another group.
     fn exchange(&mut self, _payload: &[u8]) {}
+    /// A reliably delivered exchange with the groups it was sent to. By default,
+    /// [`PartitionCore::exchange`].
+    fn exchange_to(&mut self, _dests: &GroupSet, payload: &[u8]) {
+        self.exchange(payload)
+    }
     /// A message from another replica ([`crate::wire::AppMsg::Peer`]'s body).
     fn peer(&mut self, body: &[u8]);
     /// Advances time (ticks).

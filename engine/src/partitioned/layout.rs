@@ -23,7 +23,11 @@ use groups::ids::{GroupId, LogId, NodeId};
 #[derive(Clone, Debug)]
 pub struct ScaleOutLayout {
     pub scheme: Scheme,
+    /// The protocol's partitions: with one worker per partition the partitions, in combined
+    /// mode the cells (partitions x workers, see [`ScaleOutLayout::combined`]).
     pub partitions: u32,
+    /// Workers per partition replica (1 unless combined).
+    pub workers: u32,
     /// Replicas of each partition (and of the oracle).
     pub replicas: usize,
     pub partition_replicas: Vec<Vec<NodeId>>,
@@ -55,11 +59,39 @@ impl ScaleOutLayout {
         clients: usize,
         tuning: Tuning,
     ) -> Result<Self, ConfigError> {
-        if partitions == 0 || replicas == 0 {
+        Self::combined(scheme, partitions, 1, replicas, f, clients, tuning)
+    }
+
+    /// A combined deployment ([`super::combined`]): `partitions` partitions of `replicas`
+    /// replicas each running `workers` workers, one multicast group per (partition, worker)
+    /// cell. Cell `p * workers + w` is group `p * workers + w`; with an oracle, its group is
+    /// the next. Logs: one per group (the cells', then the oracle's), then the global log
+    /// covering every group, then (with more than one worker) one per partition covering its
+    /// cells. The cells' and partitions' logs are run by the partition's replicas. A
+    /// partition's replicas subscribe to its cells. `partitions` in the result counts the
+    /// cells (the protocol's partitions); `partition_replicas` has one set per partition.
+    /// With one worker this is [`ScaleOutLayout::new`]'s layout.
+    pub fn combined(
+        scheme: Scheme,
+        partitions: u32,
+        workers: u32,
+        replicas: usize,
+        f: usize,
+        clients: usize,
+        tuning: Tuning,
+    ) -> Result<Self, ConfigError> {
+        if partitions == 0 || replicas == 0 || workers == 0 {
             return Err(ConfigError::Invalid(
-                "a scale-out deployment needs at least one partition and one replica each".into(),
+                "a scale-out deployment needs at least one partition, one replica each and one worker".into(),
             ));
         }
+        if workers > 1 && scheme == Scheme::Dynastar {
+            return Err(ConfigError::Invalid(
+                "combined mode (more than one worker per partition) runs S-SMR or DS-SMR, not DynaStar".into(),
+            ));
+        }
+        let k = workers;
+        let cells = partitions * k;
         let r = replicas as u32;
         let partition_replicas: Vec<Vec<NodeId>> = (0..partitions)
             .map(|p| (1..=r).map(|i| NodeId(p * r + i)).collect())
@@ -69,12 +101,19 @@ impl ScaleOutLayout {
         } else {
             Vec::new()
         };
-        let mut groups: Vec<Vec<NodeId>> = partition_replicas.clone();
+        // Replica sets: the partitions', then the oracle's.
+        let mut sets: Vec<Vec<NodeId>> = partition_replicas.clone();
         if scheme.has_oracle() {
-            groups.push(oracle_replicas.clone());
+            sets.push(oracle_replicas.clone());
         }
+        // The replica set running each group's log: cells, then the oracle.
+        let mut group_sets: Vec<usize> = (0..cells).map(|c| (c / k) as usize).collect();
+        if scheme.has_oracle() {
+            group_sets.push(partitions as usize);
+        }
+        let groups = group_sets.len() as u32;
         let quorum = 2 * f + 1;
-        let next = groups.len() as u32 * r + 1;
+        let next = sets.len() as u32 * r + 1;
         let extra_acceptors: Vec<NodeId> = if replicas < quorum {
             (0..(quorum - replicas) as u32)
                 .map(|i| NodeId(next + i))
@@ -87,43 +126,60 @@ impl ScaleOutLayout {
             a.extend(extra_acceptors.iter().copied().take(quorum - a.len()));
             a
         };
-        let mut logs: Vec<LogConfig> = groups
+        let mut logs: Vec<LogConfig> = group_sets
             .iter()
             .enumerate()
-            .map(|(g, members)| LogConfig {
+            .map(|(g, set)| LogConfig {
                 id: LogId(g as u32),
                 covers: GroupSet::singleton(GroupId(g as u32)),
-                acceptors: acceptors_of(members),
+                acceptors: acceptors_of(&sets[*set]),
             })
             .collect();
-        if groups.len() > 1 {
-            // Replicas of different groups, round robin, so the global log's load is spread.
+        if groups > 1 {
+            // Replicas of different sets, round robin, so the global log's load is spread.
             let mut spread = Vec::new();
             for i in 0..replicas {
-                for members in &groups {
+                for members in &sets {
                     if spread.len() < quorum {
                         spread.push(members[i]);
                     }
                 }
             }
             logs.push(LogConfig {
-                id: LogId(groups.len() as u32),
-                covers: GroupSet::all(groups.len() as u32),
+                id: LogId(groups),
+                covers: GroupSet::all(groups),
                 acceptors: acceptors_of(&spread),
             });
+        }
+        let cells_of = |p: u32| -> GroupSet { (p * k..(p + 1) * k).map(GroupId).collect() };
+        if k > 1 && (partitions > 1 || scheme.has_oracle()) {
+            for p in 0..partitions {
+                logs.push(LogConfig {
+                    id: LogId(logs.len() as u32),
+                    covers: cells_of(p),
+                    acceptors: acceptors_of(&partition_replicas[p as usize]),
+                });
+            }
         }
         let clients: Vec<NodeId> = (0..clients as u32)
             .map(|i| NodeId(FIRST_CLIENT + i))
             .collect();
         let mut nodes: Vec<NodeConfig> = Vec::new();
-        for (g, members) in groups.iter().enumerate() {
+        for (p, members) in partition_replicas.iter().enumerate() {
             for &id in members {
                 nodes.push(NodeConfig {
                     id,
                     addr: None,
-                    subscriptions: vec![GroupSet::singleton(GroupId(g as u32))],
+                    subscriptions: vec![cells_of(p as u32)],
                 });
             }
+        }
+        for &id in &oracle_replicas {
+            nodes.push(NodeConfig {
+                id,
+                addr: None,
+                subscriptions: vec![GroupSet::singleton(GroupId(cells))],
+            });
         }
         for &id in extra_acceptors.iter().chain(&clients) {
             nodes.push(NodeConfig {
@@ -132,11 +188,15 @@ impl ScaleOutLayout {
                 subscriptions: vec![],
             });
         }
-        let cluster_id = 0x5CA1_E000_0000 + (u64::from(partitions) << 8) + replicas as u64;
-        let config = ClusterConfig::new(cluster_id, groups.len() as u32, nodes, logs, tuning)?;
+        let cluster_id = 0x5CA1_E000_0000
+            + (u64::from(partitions) << 8)
+            + replicas as u64
+            + (u64::from(k - 1) << 24);
+        let config = ClusterConfig::new(cluster_id, groups, nodes, logs, tuning)?;
         Ok(ScaleOutLayout {
             scheme,
-            partitions,
+            partitions: cells,
+            workers: k,
             replicas,
             partition_replicas,
             oracle_replicas,

@@ -22,6 +22,7 @@
 
 pub mod attempts;
 pub mod blueprint;
+pub mod combined;
 mod common;
 pub mod dynastar;
 pub mod layout;
@@ -90,6 +91,12 @@ pub struct ServerOptions {
     pub oracle_as_published: bool,
     /// DynaStar: hints, repartitioning and placement.
     pub dynastar: dynastar::DynaOptions,
+    /// Combined mode (S-SMR and DS-SMR): workers per partition replica, each owning one
+    /// cell of the partition ([`combined`]); 1 (the default) is a plain partition.
+    pub workers: u32,
+    /// Combined mode: run each worker on its own thread (production); otherwise the
+    /// replica's thread steps them in turn (the simulator).
+    pub worker_threads: bool,
 }
 
 impl ServerOptions {
@@ -101,6 +108,8 @@ impl ServerOptions {
             record_views: false,
             oracle_as_published: false,
             dynastar: dynastar::DynaOptions::default(),
+            workers: 1,
+            worker_threads: false,
         }
     }
 }

@@ -36,6 +36,7 @@
 //!   fetches a peer's checkpoint in chunks ([`crate::checkpoint::Recovery`],
 //!   [`crate::checkpoint::Store`]), installs it and restarts its feeds at its positions.
 
+use super::combined::WorkerPartition;
 use super::common::Output;
 pub use super::common::PartitionCore;
 use super::dynastar::oracle::DynaOracle;
@@ -46,7 +47,7 @@ use super::service::{PartitionId, PartitionedService};
 use super::ServerOptions;
 use crate::checkpoint::{CheckpointError, CheckpointPolicy};
 use crate::host::replica::{CoreOut, Installed, ReplicaCore, Taken};
-use crate::host::{Action, ReplicaHost};
+use crate::host::{Action, Attached, ReplicaHost};
 use crate::wire::{self, FeedMsg};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
@@ -54,6 +55,7 @@ use groups::groupset::GroupSet;
 use groups::ids::{GroupId, LogId, MsgId, NodeId};
 use groups::merge::{Delivery, Merger, MergerState};
 use groups::node::LogEntries;
+use groups::runtime::Waker;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,7 +143,10 @@ impl<C: PartitionCore> PartitionedCore<C> {
 
     fn deliver(server: &mut C, d: &Delivery) {
         match FeedMsg::parse(&d.msg.payload) {
-            Ok(FeedMsg::Command(body)) => server.deliver(d.msg.id, body),
+            Ok(FeedMsg::Command(body)) => {
+                let body = d.msg.payload.slice_ref(body);
+                server.deliver_to(d.msg.id, &d.msg.dests, body)
+            }
             // Only replicas that merge themselves take part in checkpoints.
             Ok(FeedMsg::Checkpoint { .. }) => {}
             Err(e) => tracing::warn!(id = %d.msg.id, error = %e, "delivered payload dropped"),
@@ -193,8 +198,12 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
         Self::deliver(&mut self.server, &d);
     }
 
-    fn exchange(&mut self, payload: &[u8]) {
-        self.server.exchange(payload);
+    fn start(&mut self, at: &Attached) {
+        self.server.start(&at.waker);
+    }
+
+    fn exchange(&mut self, dests: &GroupSet, payload: &[u8]) {
+        self.server.exchange_to(dests, payload);
     }
 
     fn peer(&mut self, _from: NodeId, body: &[u8]) {
@@ -299,6 +308,8 @@ pub enum ScaleOutServer<S: PartitionedService> {
     DynaPartition(Box<DynaPartition<S>>),
     /// The DynaStar oracle.
     DynaOracle(Box<DynaOracle<S>>),
+    /// A combined-mode partition: S-SMR or DS-SMR with several workers, one per cell.
+    Combined(Box<WorkerPartition<S>>),
 }
 
 impl<S: PartitionedService> ScaleOutServer<S> {
@@ -319,6 +330,9 @@ impl<S: PartitionedService> ScaleOutServer<S> {
             Role::Oracle if dynastar => ScaleOutServer::DynaOracle(Box::new(DynaOracle::new(
                 service, cfg, node, partitions, opts,
             ))),
+            Role::Partition(p) if opts.workers > 1 => ScaleOutServer::Combined(Box::new(
+                WorkerPartition::new(service, cfg, node, p, partitions, opts),
+            )),
             Role::Partition(p) => ScaleOutServer::Partition(Box::new(PartitionServer::new(
                 service, cfg, node, p, partitions, opts,
             ))),
@@ -365,6 +379,15 @@ impl<S: PartitionedService> ScaleOutServer<S> {
         match self {
             ScaleOutServer::Partition(s) => Some(&s.stats),
             ScaleOutServer::DynaPartition(s) => Some(&s.stats),
+            ScaleOutServer::Combined(c) => Some(c.stats()),
+            _ => None,
+        }
+    }
+
+    /// A combined-mode partition (several workers).
+    pub fn combined(&self) -> Option<&WorkerPartition<S>> {
+        match self {
+            ScaleOutServer::Combined(c) => Some(c),
             _ => None,
         }
     }
@@ -375,6 +398,7 @@ impl<S: PartitionedService> ScaleOutServer<S> {
             ScaleOutServer::Oracle(o) => &**o,
             ScaleOutServer::DynaPartition(s) => &**s,
             ScaleOutServer::DynaOracle(o) => &**o,
+            ScaleOutServer::Combined(c) => &**c,
         }
     }
 
@@ -384,6 +408,7 @@ impl<S: PartitionedService> ScaleOutServer<S> {
             ScaleOutServer::Oracle(o) => &mut **o,
             ScaleOutServer::DynaPartition(s) => &mut **s,
             ScaleOutServer::DynaOracle(o) => &mut **o,
+            ScaleOutServer::Combined(c) => &mut **c,
         }
     }
 }
@@ -391,7 +416,10 @@ impl<S: PartitionedService> ScaleOutServer<S> {
 /// The object-safe part of [`PartitionCore`], through which [`ScaleOutServer`] delegates.
 trait DynCore {
     fn group(&self) -> u32;
+    fn start(&mut self, waker: &Waker);
+    fn deliver_to(&mut self, id: MsgId, dests: &GroupSet, body: Bytes);
     fn deliver(&mut self, id: MsgId, body: &[u8]);
+    fn exchange_to(&mut self, dests: &GroupSet, payload: &[u8]);
     fn exchange(&mut self, payload: &[u8]);
     fn peer(&mut self, body: &[u8]);
     fn tick(&mut self, now: u64);
@@ -408,8 +436,17 @@ impl<C: PartitionCore> DynCore for C {
     fn group(&self) -> u32 {
         PartitionCore::group(self)
     }
+    fn start(&mut self, waker: &Waker) {
+        PartitionCore::start(self, waker)
+    }
+    fn deliver_to(&mut self, id: MsgId, dests: &GroupSet, body: Bytes) {
+        PartitionCore::deliver_to(self, id, dests, body)
+    }
     fn deliver(&mut self, id: MsgId, body: &[u8]) {
         PartitionCore::deliver(self, id, body)
+    }
+    fn exchange_to(&mut self, dests: &GroupSet, payload: &[u8]) {
+        PartitionCore::exchange_to(self, dests, payload)
     }
     fn exchange(&mut self, payload: &[u8]) {
         PartitionCore::exchange(self, payload)
@@ -447,8 +484,17 @@ impl<S: PartitionedService> PartitionCore for ScaleOutServer<S> {
     fn group(&self) -> u32 {
         self.core().group()
     }
+    fn start(&mut self, waker: &Waker) {
+        self.core_mut().start(waker)
+    }
+    fn deliver_to(&mut self, id: MsgId, dests: &GroupSet, body: Bytes) {
+        self.core_mut().deliver_to(id, dests, body)
+    }
     fn deliver(&mut self, id: MsgId, body: &[u8]) {
         self.core_mut().deliver(id, body)
+    }
+    fn exchange_to(&mut self, dests: &GroupSet, payload: &[u8]) {
+        self.core_mut().exchange_to(dests, payload)
     }
     fn exchange(&mut self, payload: &[u8]) {
         self.core_mut().exchange(payload)
@@ -482,6 +528,9 @@ impl<S: PartitionedService> PartitionCore for ScaleOutServer<S> {
             }
             ScaleOutServer::DynaOracle(o) => {
                 ScaleOutServer::DynaOracle(Box::new(o.restored(snapshot)?))
+            }
+            ScaleOutServer::Combined(c) => {
+                ScaleOutServer::Combined(Box::new(c.restored(snapshot)?))
             }
         })
     }
@@ -557,6 +606,11 @@ impl<S: PartitionedService> ReplicaHost<PartitionedCore<ScaleOutServer<S>>> {
 
     pub fn dyna_oracle(&self) -> Option<&DynaOracle<S>> {
         self.core.server.dyna_oracle()
+    }
+
+    /// A combined-mode partition replica's workers.
+    pub fn combined(&self) -> Option<&WorkerPartition<S>> {
+        self.core.server.combined()
     }
 
     /// A partition replica's counters (S-SMR, DS-SMR or DynaStar).

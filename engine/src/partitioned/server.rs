@@ -92,6 +92,52 @@ pub struct ServerStats {
     pub plan_chunks: u64,
 }
 
+impl ServerStats {
+    /// Adds `other`'s counts to these (a combined partition sums its workers').
+    pub fn absorb(&mut self, other: &ServerStats) {
+        let ServerStats {
+            handled,
+            single,
+            multi,
+            fallbacks,
+            retries,
+            gathers,
+            objects,
+            moves_in,
+            moves_out,
+            moves_null,
+            created,
+            deleted,
+            duplicates,
+            rejected,
+            pulls_sent,
+            pulls_answered,
+            double_owned,
+            lent,
+            plan_chunks,
+        } = other;
+        self.handled += handled;
+        self.single += single;
+        self.multi += multi;
+        self.fallbacks += fallbacks;
+        self.retries += retries;
+        self.gathers += gathers;
+        self.objects += objects;
+        self.moves_in += moves_in;
+        self.moves_out += moves_out;
+        self.moves_null += moves_null;
+        self.created += created;
+        self.deleted += deleted;
+        self.duplicates += duplicates;
+        self.rejected += rejected;
+        self.pulls_sent += pulls_sent;
+        self.pulls_answered += pulls_answered;
+        self.double_owned += double_owned;
+        self.lent += lent;
+        self.plan_chunks += plan_chunks;
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     Fresh,
@@ -281,6 +327,18 @@ impl<S: PartitionedService> PartitionServer<S> {
         self.me
     }
 
+    /// Emits every exchange, as the designated sender does (a combined-mode worker: its host
+    /// hands the exchanges for its own partition's other workers over in memory at every
+    /// replica, and sends the others only from the designated replica).
+    pub(crate) fn emit_all_exchanges(&mut self) {
+        self.sender = true;
+    }
+
+    /// Whether delivery `msg` waits in the queue (not yet handled).
+    pub fn expects(&self, msg: &MsgId) -> bool {
+        self.queue.iter().any(|i| i.id == *msg)
+    }
+
     /// An atomically delivered command ([`crate::wire::FeedMsg::Command`]'s body).
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
         match wire::decode::<Multicast>(payload) {
@@ -314,7 +372,11 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     fn on_exchange(&mut self, ex: Exchange<S::Value>) {
         let msg = ex.msg();
-        if self.finished.contains(&msg) {
+        // A partition's own values come back in answers to pulls from a replica that holds
+        // several cells' exchanges for one delivery (combined mode): not an exchange to use.
+        if self.finished.contains(&msg)
+            || matches!(&ex, Exchange::Values { from, .. } if *from == self.me)
+        {
             return;
         }
         let slot = self.inbox.entry(msg).or_default();
