@@ -50,6 +50,10 @@ use std::sync::Arc;
 pub struct ServiceSection {
     pub scheme: String,
     pub partitions: u32,
+    /// Workers per partition replica (combined mode; users are sharded over a partition's
+    /// workers by id).
+    #[serde(default = "default_workers")]
+    pub workers: u32,
     #[serde(default = "default_retry_max")]
     pub retry_max: u32,
     #[serde(default = "default_timeline_len")]
@@ -63,6 +67,10 @@ pub struct ServiceSection {
     pub placement_quality: f64,
     #[serde(default)]
     pub edge_list: String,
+}
+
+fn default_workers() -> u32 {
+    1
 }
 
 fn default_retry_max() -> u32 {
@@ -79,6 +87,7 @@ impl ServiceSection {
         ServiceSection {
             scheme: scheme.name().into(),
             partitions,
+            workers: default_workers(),
             retry_max: default_retry_max(),
             timeline_len: default_timeline_len(),
             users: spec.users,
@@ -125,13 +134,20 @@ impl ServiceSection {
             self.graph_seed,
         )
         .map_err(|e| e.to_string())?;
+        let workers = self.workers.max(1);
+        let placement = crate::graph::shard_over_workers(&placement, workers);
         let config = ChirperConfig {
             timeline_len: self.timeline_len,
         };
         if config.timeline_len == 0 {
             return Err("timeline_len must be at least 1".into());
         }
-        Chirper::with_graph(config, graph, self.partitions, placement)
+        Chirper::with_graph(config, graph, self.partitions * workers, placement)
+    }
+
+    /// The protocol's partitions (partitions x workers).
+    pub fn cells(&self) -> u32 {
+        self.partitions * self.workers.max(1)
     }
 }
 
@@ -149,12 +165,16 @@ impl ConfigFile for DeploymentFile {
     fn parse(text: &str) -> Result<Self, String> {
         let (section, cluster): (ServiceSection, ClusterConfig) = split_file(text)?;
         let scheme = section.scheme()?;
-        if section.partitions == 0 {
-            return Err("partitions must be at least 1".into());
+        if section.partitions == 0 || section.workers == 0 {
+            return Err("partitions and workers must be at least 1".into());
+        }
+        if section.workers > 1 && scheme == Scheme::Dynastar {
+            return Err("workers above 1 (combined mode) need s-smr or ds-smr".into());
         }
         let groups = section
             .partitions
-            .checked_add(u32::from(scheme.has_oracle()))
+            .checked_mul(section.workers)
+            .and_then(|c| c.checked_add(u32::from(scheme.has_oracle())))
             .ok_or_else(|| {
                 format!(
                     "{} partitions and the oracle are more groups than a cluster can have",
@@ -163,8 +183,8 @@ impl ConfigFile for DeploymentFile {
             })?;
         if cluster.groups != groups {
             return Err(format!(
-                "the cluster has {} groups; {} with {} partitions needs {groups}",
-                cluster.groups, section.scheme, section.partitions
+                "the cluster has {} groups; {} with {} partitions x {} workers needs {groups}",
+                cluster.groups, section.scheme, section.partitions, section.workers
             ));
         }
         Ok(DeploymentFile {
@@ -191,7 +211,7 @@ impl ConfigFile for DeploymentFile {
 impl DeploymentFile {
     /// The role of node `id`: a partition or the oracle, or `None` (an acceptor or client).
     pub fn role(&self, id: NodeId) -> Result<Option<Role>, String> {
-        engine::serve::partitioned::role(&self.cluster, self.section.partitions, id)
+        engine::serve::partitioned::role(&self.cluster, self.section.cells(), id)
     }
 }
 
@@ -216,12 +236,10 @@ impl ChirperFlags {
             ..GraphSpec::default()
         };
         spec.validate().map_err(|e| e.to_string())?;
-        Ok(ServiceSection::generated(
-            plan.scheme,
-            plan.partitions,
-            &spec,
-            self.placement_quality,
-        ))
+        Ok(ServiceSection {
+            workers: plan.workers,
+            ..ServiceSection::generated(plan.scheme, plan.partitions, &spec, self.placement_quality)
+        })
     }
 }
 
@@ -256,6 +274,7 @@ impl ScaleOutApp for Chirper {
         Plan {
             scheme: file.scheme,
             partitions: file.section.partitions,
+            workers: file.section.workers,
             retry_max: file.section.retry_max,
         }
     }

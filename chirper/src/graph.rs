@@ -627,6 +627,17 @@ pub fn assign_communities(graph: &SocialGraph, partitions: u32) -> Result<Vec<u3
     Ok(home)
 }
 
+/// Shards a placement over `workers` workers per partition (combined mode): user `u` of
+/// partition `p` goes to cell `p * workers + u % workers`.
+pub fn shard_over_workers(placement: &[u32], workers: u32) -> Vec<u32> {
+    let k = workers.max(1);
+    placement
+        .iter()
+        .enumerate()
+        .map(|(u, p)| p * k + (u as u32) % k)
+        .collect()
+}
+
 /// The partition of every user: each stays on its community's partition (see
 /// [`assign_communities`]) with probability `quality`, else goes to a uniformly random one.
 ///

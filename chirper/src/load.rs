@@ -320,8 +320,8 @@ impl RunSpec {
                     timeline_len: self.section.timeline_len,
                 },
                 service.graph().expect("a graph").clone(),
-                self.section.partitions,
-                p.as_ref().clone(),
+                self.section.cells(),
+                crate::graph::shard_over_workers(p, self.section.workers),
             ),
         }
     }
@@ -370,7 +370,7 @@ fn client_app(
         cache: spec.cache,
         guess_placement: spec.cache,
         seed: spec.seed ^ u64::from(id.0),
-        ..ClientOptions::new(scheme, spec.section.partitions)
+        ..ClientOptions::new(scheme, spec.section.cells())
     };
     let cache = LocationCache::default();
     let proxies = (0..spec.clients_per_node)
@@ -468,9 +468,10 @@ pub fn run(spec: &RunSpec) -> Result<RunResult, String> {
     let scheme = spec.section.scheme()?;
     let service = Arc::new(spec.service()?);
     let population = Arc::new(spec.population(service.graph().expect("a graph").clone()));
-    let layout = ScaleOutLayout::new(
+    let layout = ScaleOutLayout::combined(
         scheme,
         spec.section.partitions,
+        spec.section.workers,
         spec.replicas,
         1,
         spec.client_nodes,
@@ -482,9 +483,11 @@ pub fn run(spec: &RunSpec) -> Result<RunResult, String> {
     let cluster = engine::inproc::start_scaleout_with(
         &layout,
         service.clone(),
-        spec.server
-            .clone()
-            .unwrap_or_else(|| ServerOptions::new(scheme)),
+        spec.server.clone().unwrap_or_else(|| ServerOptions {
+            workers: spec.section.workers,
+            worker_threads: true,
+            ..ServerOptions::new(scheme)
+        }),
         |id| client_app(id, spec, &service, &population, &phase, 0),
         |r| {
             if r.server_stats().is_some() {
@@ -536,9 +539,10 @@ pub fn run_tcp(
     }
     let service = Arc::new(spec.section.service()?);
     let population = Arc::new(spec.population(service.graph().expect("a graph").clone()));
-    let layout = ScaleOutLayout::new(
+    let layout = ScaleOutLayout::combined(
         scheme,
         spec.section.partitions,
+        spec.section.workers,
         spec.replicas,
         1,
         spec.client_nodes,

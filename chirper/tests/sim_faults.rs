@@ -18,7 +18,7 @@
 //! `CHORUS_SEED=n` replays one seed verbosely; `CHORUS_SEEDS=k` runs k seeds.
 
 use bytes::Bytes;
-use chirper::graph::{generate, place_by_community, GraphSpec};
+use chirper::graph::{generate, place_by_community, shard_over_workers, GraphSpec};
 use chirper::model::{ChirperModel, SpecUser};
 use chirper::service::{Chirper, ChirperConfig, Command};
 use engine::lincheck::Budget;
@@ -48,12 +48,18 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     } else {
         Scheme::Dssmr
     };
-    run_scheme(seed, verbose, scheme)
+    run_scheme(seed, verbose, scheme, 1)
 }
 
-fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String> {
+/// One seed of `scheme` with `workers` workers per partition replica (combined mode when
+/// above 1: users sharded over a partition's workers by id).
+fn run_scheme(seed: u64, verbose: bool, scheme: Scheme, workers: u32) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let partitions = rng.random_range(2..=3u32);
+    let partitions = if workers > 1 {
+        rng.random_range(1..=3u32)
+    } else {
+        rng.random_range(2..=3u32)
+    };
     let replicas = rng.random_range(2..=3usize);
     let graph = Arc::new(
         generate(&GraphSpec {
@@ -67,23 +73,27 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
         .map_err(|e| e.to_string())?,
     );
     let quality = rng.random_range(0.0..=1.0);
-    let placement =
-        place_by_community(&graph, partitions, quality, seed).map_err(|e| e.to_string())?;
+    let placement = shard_over_workers(
+        &place_by_community(&graph, partitions, quality, seed).map_err(|e| e.to_string())?,
+        workers,
+    );
+    let cells = partitions * workers;
     let config = ChirperConfig {
         timeline_len: TIMELINE,
     };
     let service = Arc::new(Chirper::with_graph(
         config,
         graph.clone(),
-        partitions,
+        cells,
         placement,
     )?);
     let tuning = groups::config::Tuning {
         trim: false,
         ..layout::tuning()
     };
-    let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
-    let mut client = ClientOptions::new(scheme, partitions);
+    let layout =
+        ScaleOutLayout::combined(scheme, partitions, workers, replicas, 1, 2, tuning).unwrap();
+    let mut client = ClientOptions::new(scheme, cells);
     client.retry_max = rng.random_range(2..=5);
     client.move_on_cached = rng.random_bool(0.5);
     client.guess_placement = rng.random_bool(0.5);
@@ -134,7 +144,7 @@ fn run_scheme(seed: u64, verbose: bool, scheme: Scheme) -> Result<String, String
     );
     let mut sim = EngineSim::new(ScaleOut::new(service, layout, client, server), setup);
     let label = format!(
-        "{scheme:?}, {partitions} partitions x {replicas}, quality {quality:.2}, retry_max {}, move_on_cached {}, guess_placement {}",
+        "{scheme:?}, {partitions} partitions x {replicas} x {workers} workers, quality {quality:.2}, retry_max {}, move_on_cached {}, guess_placement {}",
         client.retry_max, client.move_on_cached, client.guess_placement
     );
     let (report, mut problems) = sim.default_campaign(seed, verbose, &label);
@@ -218,7 +228,7 @@ fn chirper_on_dynastar_is_linearizable_while_repartitioning_under_faults() {
         "chirper sim_faults dynastar",
         "cargo test --release -p chirper --test sim_faults dynastar -- --nocapture",
         100,
-        |seed, verbose| run_scheme(seed, verbose, Scheme::Dynastar),
+        |seed, verbose| run_scheme(seed, verbose, Scheme::Dynastar, 1),
     );
     if std::env::var("CHORUS_SEED").is_err() {
         let (moved, lent) = (
@@ -228,4 +238,24 @@ fn chirper_on_dynastar_is_linearizable_while_repartitioning_under_faults() {
         eprintln!("chirper sim_faults dynastar: {moved} users moved by placements, {lent} lent");
         assert!(moved > 0 && lent > 0);
     }
+}
+
+/// Combined mode: S-SMR (even seeds) and DS-SMR partitions whose replicas run 2 to 4
+/// workers each, users sharded over a partition's workers by id; posts gather followers
+/// across workers and partitions.
+#[test]
+fn chirper_in_combined_mode_is_linearizable_under_faults() {
+    groups::sim::seeds::campaign(
+        "chirper sim_faults combined",
+        "cargo test --release -p chirper --test sim_faults combined -- --nocapture",
+        50,
+        |seed, verbose| {
+            let scheme = if seed.is_multiple_of(2) {
+                Scheme::Ssmr
+            } else {
+                Scheme::Dssmr
+            };
+            run_scheme(seed, verbose, scheme, 2 + (seed / 2 % 3) as u32)
+        },
+    );
 }

@@ -25,6 +25,10 @@ pub struct ScaleOutFlags {
     /// Partitions (in-process or --write-config).
     #[arg(long, default_value_t = 2)]
     pub partitions: u32,
+    /// Workers per partition replica (combined mode, S-SMR and DS-SMR: each worker owns one
+    /// cell of the partition and runs on its own thread; in-process or --write-config).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
 }
 
 /// How a scale-out deployment replicates: what its file says or what the flags ask for.
@@ -32,8 +36,34 @@ pub struct ScaleOutFlags {
 pub struct Plan {
     pub scheme: Scheme,
     pub partitions: u32,
+    /// Workers per partition replica (1 unless combined).
+    pub workers: u32,
     /// DS-SMR attempts before a command falls back to S-SMR.
     pub retry_max: u32,
+}
+
+impl Plan {
+    /// The protocol's partitions: partitions x workers (see
+    /// [`crate::partitioned::combined`]).
+    pub fn cells(&self) -> u32 {
+        self.partitions * self.workers.max(1)
+    }
+
+    /// How this plan's partition replicas run.
+    pub fn server_options(&self) -> ServerOptions {
+        ServerOptions {
+            workers: self.workers.max(1),
+            worker_threads: true,
+            ..ServerOptions::new(self.scheme)
+        }
+    }
+
+    /// A client of this plan.
+    pub fn client_options(&self) -> ClientOptions {
+        let mut o = ClientOptions::new(self.scheme, self.cells());
+        o.retry_max = self.retry_max;
+        o
+    }
 }
 
 /// What a scale-out service tells the kit (see [`super`]).
@@ -83,25 +113,38 @@ pub fn parse_scheme(s: &str) -> Result<Scheme, String> {
     }
 }
 
-/// The role of node `id` in a scale-out cluster of `partitions` partitions: group `p` below
-/// `partitions` is partition `p`, group `partitions` the oracle; `None` for a node that
-/// subscribes to nothing (an acceptor or a client).
+/// The role of node `id` in a scale-out cluster of `cells` groups of partitions (partitions
+/// x workers): a node subscribing to cells `p * k .. p * k + k` is a replica of partition
+/// `p` (with `k` workers), one subscribing to group `cells` the oracle; `None` for a node
+/// that subscribes to nothing (an acceptor or a client).
 pub fn role(cluster: &ClusterConfig, partitions: u32, id: NodeId) -> Result<Option<Role>, String> {
     let n = cluster
         .node(id)
         .ok_or_else(|| format!("node {id} is not in the deployment"))?;
     match n.subscriptions.as_slice() {
         [] => Ok(None),
-        [g] if g.len() == 1 => {
-            let GroupId(g) = g.first().expect("one group");
-            Ok(Some(if g < partitions {
-                Role::Partition(g)
-            } else {
-                Role::Oracle
-            }))
+        [g] if !g.is_empty() => {
+            let GroupId(first) = g.first().expect("a group");
+            let k = g.len() as u32;
+            let contiguous = g.iter().enumerate().all(|(i, x)| x.0 == first + i as u32);
+            if first >= partitions {
+                return if k == 1 {
+                    Ok(Some(Role::Oracle))
+                } else {
+                    Err(format!(
+                        "node {id}: the oracle's replicas subscribe to one group"
+                    ))
+                };
+            }
+            if !contiguous || first % k != 0 || first + k > partitions {
+                return Err(format!(
+                    "node {id}: a partition replica subscribes to its partition's cells (groups p*k .. p*k+k)"
+                ));
+            }
+            Ok(Some(Role::Partition(first / k)))
         }
         _ => Err(format!(
-            "node {id}: a scale-out replica subscribes to exactly one group"
+            "node {id}: a scale-out replica has exactly one subscription"
         )),
     }
 }
@@ -111,9 +154,16 @@ fn plan_of<S: ScaleOutApp>(f: &ServerFlags, p: &ScaleOutFlags) -> Result<Plan, S
         Some(m) => parse_scheme(m)?,
         None => S::SCHEME,
     };
+    if p.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    if p.workers > 1 && scheme == Scheme::Dynastar {
+        return Err("--workers above 1 (combined mode) runs s-smr or ds-smr, not dynastar".into());
+    }
     Ok(Plan {
         scheme,
         partitions: p.partitions,
+        workers: p.workers,
         retry_max: ClientOptions::new(scheme, p.partitions).retry_max,
     })
 }
@@ -138,9 +188,10 @@ fn write_config<S: ScaleOutApp>(
 ) -> Result<(), String> {
     let plan = plan_of::<S>(f, p)?;
     let (durability, tuning) = f.durability(layout::tuning())?;
-    let l = ScaleOutLayout::new(
+    let l = ScaleOutLayout::combined(
         plan.scheme,
         plan.partitions,
+        plan.workers,
         f.replicas,
         1,
         f.clients,
@@ -236,7 +287,7 @@ fn serve_node<S: ScaleOutApp>(
     file.cluster_mut().insecure = f.insecure;
     let plan = S::plan(&file);
     let cluster = file.cluster();
-    let role = role(cluster, plan.partitions, me)?;
+    let role = role(cluster, plan.cells(), me)?;
     let accepts = cluster.logs.iter().any(|l| l.acceptors.contains(&me));
     let Some(role) = role else {
         if !accepts {
@@ -259,8 +310,8 @@ fn serve_node<S: ScaleOutApp>(
         cfg.clone(),
         me,
         role,
-        plan.partitions,
-        ServerOptions::new(plan.scheme),
+        plan.cells(),
+        plan.server_options(),
     );
     if policy.is_some() {
         r = r.checkpointing(&cfg, me, policy);
@@ -312,9 +363,10 @@ fn in_process<S: ScaleOutApp>(
 ) -> Result<(), String> {
     let plan = plan_of::<S>(f, p)?;
     let service = Arc::new(S::from_flags(s, &plan)?);
-    let l = ScaleOutLayout::new(
+    let l = ScaleOutLayout::combined(
         plan.scheme,
         plan.partitions,
+        plan.workers,
         f.replicas,
         1,
         1,
@@ -322,24 +374,21 @@ fn in_process<S: ScaleOutApp>(
     )
     .map_err(|e| e.to_string())?;
     let mut handle = None;
-    let cluster =
-        crate::inproc::start_scaleout(&l, service.clone(), ServerOptions::new(plan.scheme), |id| {
-            let proxy = ScaleOutClient::new(
-                ClientId::new(id, 0),
-                service.clone(),
-                ClientOptions::new(plan.scheme, plan.partitions),
-            );
-            let (app, h) = handle_app(vec![proxy]);
-            handle = Some(h);
-            app
-        });
+    let cluster = crate::inproc::start_scaleout(&l, service.clone(), plan.server_options(), |id| {
+        let proxy =
+            ScaleOutClient::new(ClientId::new(id, 0), service.clone(), plan.client_options());
+        let (app, h) = handle_app(vec![proxy]);
+        handle = Some(h);
+        app
+    });
     let handle = handle.expect("one client node");
     let about = S::describe(s);
     eprintln!(
-        "in-process {} deployment: {} partitions of {} replicas{}{about}; commands: {} | quit",
+        "in-process {} deployment: {} partitions of {} replicas x {} workers{}{about}; commands: {} | quit",
         plan.scheme.name(),
         plan.partitions,
         f.replicas,
+        plan.workers,
         if about.is_empty() { "" } else { ", " },
         S::COMMANDS
     );
@@ -363,12 +412,10 @@ pub fn client<S: ScaleOutApp>() -> ExitCode {
         S::parse,
         |file, me| {
             let plan = S::plan(file);
-            let mut o = ClientOptions::new(plan.scheme, plan.partitions);
-            o.retry_max = plan.retry_max;
             Ok(ScaleOutClient::new(
                 ClientId::new(me, crate::host::client::incarnation_index()),
                 Arc::new(S::from_file(file)?),
-                o,
+                plan.client_options(),
             ))
         },
         S::render,
