@@ -257,16 +257,33 @@ fn a_replica_restarts_from_its_durable_checkpoint_and_the_data_directory_stays_b
         Some(0.0),
         "no state transfer"
     );
-    for l in 0..LOGS {
-        let from = sample(
-            &body,
-            &format!("chorus_checkpoint_log_position{{log=\"{l}\"}}"),
-        );
-        let next = sample(&body, &format!("chorus_log_feed_next_index{{log=\"{l}\"}}"));
+    // The node's log positions are published at most every `SNAPSHOT_EVERY` (200 ms), so the
+    // body that first shows the load may still carry the feeds' positions from before they
+    // restarted at the checkpoint's: read again for a moment before judging.
+    let positions_deadline = Instant::now() + Duration::from_secs(3);
+    let mut body = body;
+    loop {
+        let behind: Vec<(u32, Option<f64>, Option<f64>)> = (0..LOGS)
+            .map(|l| {
+                let from = sample(
+                    &body,
+                    &format!("chorus_checkpoint_log_position{{log=\"{l}\"}}"),
+                );
+                let next = sample(&body, &format!("chorus_log_feed_next_index{{log=\"{l}\"}}"));
+                (l, from, next)
+            })
+            .filter(|(_, from, next)| from.is_none() || next < from)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
         assert!(
-            from.is_some() && next >= from,
-            "log {l}: the feed reads on from the checkpoint's position {from:?} (at {next:?})"
+            Instant::now() < positions_deadline,
+            "the feeds read on from the checkpoint's positions: (log, checkpoint position, \
+             feed's next index) {behind:?}"
         );
+        std::thread::sleep(Duration::from_millis(50));
+        body = metrics(ports[2]);
     }
     wait_agreement(&config, &ports);
     assert_eq!(
