@@ -8,13 +8,16 @@
 //!   ticks one at a time: [`PER_MESSAGE_US`] per message plus [`PER_BYTE_NS`] per byte of it
 //!   (decoding, bookkeeping), [`PER_TICK_US`] per 1 ms tick, plus application work:
 //!   [`PER_COMMAND_US`] per delivered command and [`PER_OBJECT_US`] per object a command
-//!   executes on (a post writes every follower's timeline);
+//!   executes on (a post writes every follower's timeline); a combined-mode replica's `k`
+//!   workers are `k` cores, so a step is charged its busiest worker's application work
+//!   (the node's thread, which merges and dispatches, stays one CPU);
 //! - messages leave when the handling that produced them ends and arrive after a one-way
 //!   latency of [`LATENCY_US`] (uniform, a switched LAN) plus [`WIRE_NS_PER_BYTE`] per byte
 //!   (1 Gbit/s); no loss;
 //! - clients are free (never the bottleneck) and closed-loop, enough of them to saturate
 //!   every partition;
-//! - not modelled: link and switch contention, multi-core machines, disks, garbage
+//! - not modelled: link and switch contention, multi-core machines other than combined
+//!   mode's workers, memory bandwidth shared by workers, disks, garbage
 //!   collection.
 
 use crate::report::median;
@@ -169,14 +172,23 @@ pub fn simulate_with(
     // Enough outstanding commands to saturate every partition.
     let clients_per_node = plan
         .simulated_clients_per_node
-        .unwrap_or((8 * partitions as usize).clamp(16, 256));
+        .unwrap_or((8 * (partitions * plan.workers.max(1)) as usize).clamp(16, 256));
     let tuning = groups::config::Tuning {
         trim: true,
         ..layout::tuning()
     };
-    let layout = ScaleOutLayout::new(scheme, partitions, plan.replicas, 1, client_nodes, tuning)
-        .map_err(|e| e.to_string())?;
-    let mut client = ClientOptions::new(scheme, partitions);
+    let workers = spec.section.workers.max(1);
+    let layout = ScaleOutLayout::combined(
+        scheme,
+        partitions,
+        workers,
+        plan.replicas,
+        1,
+        client_nodes,
+        tuning,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut client = ClientOptions::new(scheme, partitions * workers);
     client.retry_max = plan.retry_max;
     client.resend_ticks = 5_000;
     client.seed = seed;

@@ -4,6 +4,7 @@
 //! experiment), prints each table, and writes result files (`*.json`, `*.svg`) into
 //! `bench-results/`.
 
+mod combined;
 mod costmodel;
 mod machine;
 mod multicast;
@@ -172,6 +173,42 @@ enum Experiment {
         #[arg(long)]
         no_mixes: bool,
     },
+    /// Combined scale-up and scale-out: Chirper with partitions x workers per partition
+    /// (1/2/4/8 x 1/2/4/8), measured in-process where this machine has the cores, simulated
+    /// with the scale-out cost model for the whole grid.
+    Combined {
+        /// Runs per measured point (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Partition counts (default 1,2,4,8).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Option<Vec<u32>>,
+        /// Workers per partition (default 1,2,4,8).
+        #[arg(long, value_delimiter = ',')]
+        workers: Option<Vec<u32>>,
+        /// Workloads (default timeline, mix).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Option<Vec<chirper::load::Workload>>,
+        /// Measure in-process the points of at most this many cores (default: this
+        /// machine's CPUs).
+        #[arg(long)]
+        measured_cores: Option<u32>,
+        /// Skip the simulated grid.
+        #[arg(long)]
+        no_simulate: bool,
+        /// Simulated runs per point.
+        #[arg(long, default_value_t = 1)]
+        sim_runs: usize,
+        /// Virtual measured seconds per simulated run.
+        #[arg(long, default_value_t = 0.2)]
+        sim_seconds: f64,
+        /// s-smr or ds-smr.
+        #[arg(long, default_value = "s-smr")]
+        scheme: scaleout::Variant,
+    },
     /// Chirper on S-SMR against DS-SMR (the DS-SMR paper's Table 1): Timeline, Post,
     /// Follow/unfollow and Mix on 1/2/4/8 partitions measured, 16/32/64 simulated.
     Scaleout {
@@ -267,6 +304,8 @@ fn main() {
             scaleup::run_plan(&scaleup::Plan::quick(&machine), &cli.out, &machine);
             println!("\n== scaleout ==");
             scaleout::run_plan(&scaleout::Plan::quick(), &cli.out, &machine);
+            println!("\n== combined ==");
+            combined::run_plan(&combined::Plan::quick(), &cli.out, &machine);
         }
         Some(Experiment::Scaleup {
             runs,
@@ -305,6 +344,45 @@ fn main() {
                 plan.workloads = w;
             }
             scaleup::run_plan(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::Combined {
+            runs,
+            seconds,
+            partitions,
+            workers,
+            workloads,
+            measured_cores,
+            no_simulate,
+            sim_runs,
+            sim_seconds,
+            scheme,
+        }) => {
+            if scheme == scaleout::Variant::Dynastar {
+                eprintln!(
+                    "combined: s-smr, s-smr* or ds-smr (DynaStar runs one worker per partition)"
+                );
+                std::process::exit(2);
+            }
+            let mut plan = combined::Plan::full(&machine);
+            plan.variant = scheme;
+            plan.base.runs = runs.max(1);
+            plan.base.measure = Duration::from_secs_f64(seconds);
+            plan.base.simulated_runs = sim_runs.max(1);
+            plan.base.simulated_measure = Duration::from_secs_f64(sim_seconds);
+            plan.simulate = !no_simulate;
+            if let Some(p) = partitions {
+                plan.partitions = p;
+            }
+            if let Some(w) = workers {
+                plan.workers = w;
+            }
+            if let Some(w) = workloads {
+                plan.base.workloads = w;
+            }
+            if let Some(c) = measured_cores {
+                plan.measured_cores_max = c;
+            }
+            combined::run_plan(&plan, &cli.out, &machine);
         }
         Some(Experiment::Scaleout {
             runs,

@@ -116,6 +116,8 @@ pub struct Plan {
     pub dynastar: DynaPlan,
     pub partitions: Vec<u32>,
     pub simulated: Vec<u32>,
+    /// Workers per partition replica (combined mode above 1; the `combined` experiment).
+    pub workers: u32,
     pub workloads: Vec<Workload>,
     pub graph: GraphSpec,
     pub placement_quality: f64,
@@ -160,6 +162,7 @@ impl Plan {
             },
             partitions: vec![1, 2, 4, 8],
             simulated: vec![16, 32, 64],
+            workers: 1,
             workloads: Workload::ALL.to_vec(),
             graph: GraphSpec {
                 users: 10_000,
@@ -301,6 +304,7 @@ pub(crate) fn spec(
     let mut section =
         ServiceSection::generated(scheme, partitions, &plan.graph, plan.placement_quality);
     section.retry_max = plan.retry_max;
+    section.workers = plan.workers.max(1);
     RunSpec {
         section,
         replicas: plan.replicas,

@@ -49,6 +49,12 @@ pub trait SimCore: ReplicaCore {
     fn work_done(&self) -> [u64; 2] {
         [0, 0]
     }
+    /// Work done so far per worker that runs in parallel with the others (a combined-mode
+    /// partition's workers, each on its own core): the cost model charges a step the
+    /// busiest worker's work, not the sum. Default one lane, [`SimCore::work_done`].
+    fn work_lanes(&self) -> Vec<[u64; 2]> {
+        vec![self.work_done()]
+    }
 }
 
 /// A host on a simulated node, and its node.
@@ -84,17 +90,26 @@ impl<H> std::ops::Deref for Hosted<H> {
     }
 }
 
-/// Charges a replica's work to the cost model.
+/// Charges a replica's work to the cost model: per step, the most any one lane (worker
+/// running in parallel) did since the last step.
 pub struct Meter {
     costs: [f64; 2],
-    charged: [u64; 2],
+    charged: Vec<[u64; 2]>,
 }
 
 impl Meter {
-    fn charge(&mut self, done: [u64; 2]) -> f64 {
-        let d = [done[0] - self.charged[0], done[1] - self.charged[1]];
-        self.charged = done;
-        d[0] as f64 * self.costs[0] + d[1] as f64 * self.costs[1]
+    fn charge(&mut self, lanes: Vec<[u64; 2]>) -> f64 {
+        self.charged.resize(lanes.len(), [0, 0]);
+        let mut most: f64 = 0.0;
+        for (done, charged) in lanes.iter().zip(&mut self.charged) {
+            let d = [
+                done[0].saturating_sub(charged[0]),
+                done[1].saturating_sub(charged[1]),
+            ];
+            *charged = *done;
+            most = most.max(d[0] as f64 * self.costs[0] + d[1] as f64 * self.costs[1]);
+        }
+        most
     }
 }
 
@@ -309,7 +324,7 @@ impl<B: Blueprint> Actor for SimNode<B> {
     }
     fn take_work_us(&mut self) -> f64 {
         match self {
-            SimNode::Replica(r, m) => m.charge(r.core.work_done()),
+            SimNode::Replica(r, m) => m.charge(r.core.work_lanes()),
             _ => 0.0,
         }
     }
@@ -395,7 +410,7 @@ impl<B: Blueprint> EngineSim<B> {
         if let Some(host) = replica {
             let meter = Meter {
                 costs: self.blueprint.work_costs(),
-                charged: [0, 0],
+                charged: Vec::new(),
             };
             SimNode::Replica(Box::new(Hosted::new(node, host)), meter)
         } else if roles.is_client(id) {

@@ -87,6 +87,15 @@ impl<S: PartitionedService> SimCore for PartitionedCore<ScaleOutServer<S>> {
             ScaleOutServer::Combined(c) => [c.stats().handled, c.stats().objects],
         }
     }
+    fn work_lanes(&self) -> Vec<[u64; 2]> {
+        match self.server.combined().and_then(|c| c.workers()) {
+            Some(workers) => workers
+                .iter()
+                .map(|w| [w.stats.handled, w.stats.objects])
+                .collect(),
+            None => vec![self.work_done()],
+        }
+    }
 }
 
 impl<S: PartitionedService> Blueprint for ScaleOut<S> {

@@ -65,10 +65,12 @@ impl ScaleOutLayout {
     /// A combined deployment ([`super::combined`]): `partitions` partitions of `replicas`
     /// replicas each running `workers` workers, one multicast group per (partition, worker)
     /// cell. Cell `p * workers + w` is group `p * workers + w`; with an oracle, its group is
-    /// the next. Logs: one per group (the cells', then the oracle's), then the global log
-    /// covering every group, then (with more than one worker) one per partition covering its
-    /// cells. The cells' and partitions' logs are run by the partition's replicas. A
-    /// partition's replicas subscribe to its cells. `partitions` in the result counts the
+    /// the next. Logs: one per partition covering its cells (run by the partition's
+    /// replicas: a command of one worker or of several workers of the partition), the
+    /// oracle's, and the global log covering every group (commands of several partitions,
+    /// checkpoint requests). A partition's replicas subscribe to its cells and merge its log
+    /// with the global one. (A log per cell would order nothing more: the replica merges all
+    /// of its cells' logs in one stream anyway, and would batch less per log.) `partitions` in the result counts the
     /// cells (the protocol's partitions); `partition_replicas` has one set per partition.
     /// With one worker this is [`ScaleOutLayout::new`]'s layout.
     pub fn combined(
@@ -106,12 +108,8 @@ impl ScaleOutLayout {
         if scheme.has_oracle() {
             sets.push(oracle_replicas.clone());
         }
-        // The replica set running each group's log: cells, then the oracle.
-        let mut group_sets: Vec<usize> = (0..cells).map(|c| (c / k) as usize).collect();
-        if scheme.has_oracle() {
-            group_sets.push(partitions as usize);
-        }
-        let groups = group_sets.len() as u32;
+        let groups = cells + u32::from(scheme.has_oracle());
+        let cells_of = |p: u32| -> GroupSet { (p * k..(p + 1) * k).map(GroupId).collect() };
         let quorum = 2 * f + 1;
         let next = sets.len() as u32 * r + 1;
         let extra_acceptors: Vec<NodeId> = if replicas < quorum {
@@ -126,16 +124,22 @@ impl ScaleOutLayout {
             a.extend(extra_acceptors.iter().copied().take(quorum - a.len()));
             a
         };
-        let mut logs: Vec<LogConfig> = group_sets
-            .iter()
-            .enumerate()
-            .map(|(g, set)| LogConfig {
-                id: LogId(g as u32),
-                covers: GroupSet::singleton(GroupId(g as u32)),
-                acceptors: acceptors_of(&sets[*set]),
+        // One log per partition covering its cells, run by its replicas; the oracle's.
+        let mut logs: Vec<LogConfig> = (0..partitions)
+            .map(|p| LogConfig {
+                id: LogId(p),
+                covers: cells_of(p),
+                acceptors: acceptors_of(&partition_replicas[p as usize]),
             })
             .collect();
-        if groups > 1 {
+        if scheme.has_oracle() {
+            logs.push(LogConfig {
+                id: LogId(partitions),
+                covers: GroupSet::singleton(GroupId(cells)),
+                acceptors: acceptors_of(&oracle_replicas),
+            });
+        }
+        if sets.len() > 1 {
             // Replicas of different sets, round robin, so the global log's load is spread.
             let mut spread = Vec::new();
             for i in 0..replicas {
@@ -146,20 +150,10 @@ impl ScaleOutLayout {
                 }
             }
             logs.push(LogConfig {
-                id: LogId(groups),
+                id: LogId(logs.len() as u32),
                 covers: GroupSet::all(groups),
                 acceptors: acceptors_of(&spread),
             });
-        }
-        let cells_of = |p: u32| -> GroupSet { (p * k..(p + 1) * k).map(GroupId).collect() };
-        if k > 1 && (partitions > 1 || scheme.has_oracle()) {
-            for p in 0..partitions {
-                logs.push(LogConfig {
-                    id: LogId(logs.len() as u32),
-                    covers: cells_of(p),
-                    acceptors: acceptors_of(&partition_replicas[p as usize]),
-                });
-            }
         }
         let clients: Vec<NodeId> = (0..clients as u32)
             .map(|i| NodeId(FIRST_CLIENT + i))
