@@ -170,11 +170,13 @@ pub fn simulate_with(
     let population = Arc::new(population);
     let client_nodes = 4;
     // Enough outstanding commands to saturate every partition.
-    let clients_per_node = plan
-        .simulated_clients_per_node
-        .unwrap_or((8 * (partitions * plan.workers.max(1)) as usize).clamp(16, 256));
+    let clients_per_node = plan.simulated_clients_per_node.unwrap_or({
+        let (per_cell, least, most) = plan.simulated_clients_per_cell;
+        (per_cell * (partitions * plan.workers.max(1)) as usize).clamp(least, most)
+    });
     let tuning = groups::config::Tuning {
         trim: true,
+        submit_delay_ticks: plan.simulated_submit_delay_ticks,
         ..layout::tuning()
     };
     let workers = spec.section.workers.max(1);
@@ -217,6 +219,7 @@ pub fn simulate_with(
     blueprint.work = WorkCosts {
         per_command_us: PER_COMMAND_US,
         per_object_us: PER_OBJECT_US,
+        own_cores: plan.simulated_worker_cores,
     };
     let mut sim = EngineSim::new(blueprint, setup);
     sim.set_cpu_model(model());
@@ -260,6 +263,7 @@ pub fn simulate_with(
     let mut at_measure = (0u64, 0u64);
     let end = warmup + measure;
     let mut t = 0;
+    let mut used_at_measure = std::collections::BTreeMap::new();
     while t < end {
         let mut next = (t + step).min(end);
         if let Some(p) = phase {
@@ -310,9 +314,26 @@ pub fn simulate_with(
         }
         if t == warmup {
             at_measure = (m, oracle(&sim).map_or(0, |o| o.2));
+            used_at_measure = sim.sim.cpu_used_us();
         }
     }
     let moves = moved(&sim) - at_measure.0;
+    if std::env::var_os("CHORUS_BENCH_CPU").is_some() {
+        let mut used: Vec<(f64, u32)> = sim
+            .sim
+            .cpu_used_us()
+            .into_iter()
+            .map(|(n, us)| {
+                let before = used_at_measure.get(&n).copied().unwrap_or(0.0);
+                ((us - before) / (end - warmup) as f64, n.0)
+            })
+            .collect();
+        used.sort_by(|a, b| b.0.total_cmp(&a.0));
+        eprintln!(
+            "busiest nodes (share of virtual time busy, node): {:?}",
+            &used[..used.len().min(6)]
+        );
+    }
     let mut hist = histogram();
     let (mut completed, mut errors) = (0u64, 0u64);
     let stats = sim.client_stats();

@@ -138,6 +138,14 @@ pub struct Plan {
     /// Closed-loop clients per client node of a simulated run; `None`: 8 per partition,
     /// between 16 and 256.
     pub simulated_clients_per_node: Option<usize>,
+    /// Without `simulated_clients_per_node`: closed-loop clients per client node and cell
+    /// (partition x worker), and the clamp on their number.
+    pub simulated_clients_per_cell: (usize, usize, usize),
+    /// Senders' batching delay of simulated runs, in ticks (`Tuning::submit_delay_ticks`).
+    pub simulated_submit_delay_ticks: u32,
+    /// Whether simulated replicas execute on cores of their own, one per worker, besides
+    /// the node's thread (`WorkCosts::own_cores`).
+    pub simulated_worker_cores: bool,
     /// Virtual measured time of a simulated run.
     pub simulated_measure: Duration,
     /// Simulated runs per point (the tables show medians).
@@ -185,6 +193,9 @@ impl Plan {
             retry_max: 3,
             simulated_warmup: None,
             simulated_clients_per_node: None,
+            simulated_clients_per_cell: (8, 16, 256),
+            simulated_submit_delay_ticks: 0,
+            simulated_worker_cores: false,
             simulated_measure: Duration::from_millis(300),
             simulated_runs: 1,
             celebrity_follow_per_10k: 200,

@@ -95,21 +95,61 @@ impl<H> std::ops::Deref for Hosted<H> {
 pub struct Meter {
     costs: [f64; 2],
     charged: Vec<[u64; 2]>,
+    /// Per parallel lane (two or more: a combined replica's workers, each a core of its
+    /// own), when it is free again, and the work of the step being charged.
+    free_at: Vec<u64>,
+    pending: Vec<f64>,
+    own_cores: bool,
 }
 
 impl Meter {
+    fn new(costs: [f64; 2], own_cores: bool) -> Self {
+        Meter {
+            costs,
+            charged: Vec::new(),
+            free_at: Vec::new(),
+            pending: Vec::new(),
+            own_cores,
+        }
+    }
+
+    /// The work done since the last call, per lane. On the node's thread, the busiest
+    /// lane's is returned to block the node; on cores of their own it is kept for
+    /// [`Meter::offloaded_until`] and the node is not blocked.
     fn charge(&mut self, lanes: Vec<[u64; 2]>) -> f64 {
         self.charged.resize(lanes.len(), [0, 0]);
-        let mut most: f64 = 0.0;
+        self.pending.clear();
         for (done, charged) in lanes.iter().zip(&mut self.charged) {
             let d = [
                 done[0].saturating_sub(charged[0]),
                 done[1].saturating_sub(charged[1]),
             ];
             *charged = *done;
-            most = most.max(d[0] as f64 * self.costs[0] + d[1] as f64 * self.costs[1]);
+            self.pending
+                .push(d[0] as f64 * self.costs[0] + d[1] as f64 * self.costs[1]);
         }
-        most
+        if !self.own_cores {
+            return self.pending.drain(..).fold(0.0, f64::max);
+        }
+        0.0
+    }
+
+    /// The lanes start the step's work when the node's handling ends at `end_us` (the
+    /// commands are handed over then) or when they are free, whichever is later; the time
+    /// the last of them is done.
+    fn offloaded_until(&mut self, end_us: u64) -> Option<u64> {
+        if !self.own_cores {
+            return None;
+        }
+        self.free_at.resize(self.pending.len(), 0);
+        let mut done = None;
+        for (work, free) in self.pending.drain(..).zip(&mut self.free_at) {
+            if work > 0.0 {
+                *free = (*free).max(end_us) + work.round() as u64;
+                done = done.max(Some(*free));
+            }
+        }
+        done
     }
 }
 
@@ -167,6 +207,13 @@ pub trait Blueprint: Send + Sync + 'static {
     /// ([`SimCore::work_done`]), under the simulator's cost model. Default none.
     fn work_costs(&self) -> [f64; 2] {
         [0.0, 0.0]
+    }
+    /// Whether the replicas' work ([`SimCore::work_lanes`]) runs on cores other than the
+    /// node's thread, one per lane: the cost model then does not block the node with it,
+    /// queues it on its lane, and sends what the step produced when the lanes are done.
+    /// Default `false`: the node's thread is charged the busiest lane's work.
+    fn work_on_own_cores(&self) -> bool {
+        false
     }
 }
 
@@ -328,6 +375,12 @@ impl<B: Blueprint> Actor for SimNode<B> {
             _ => 0.0,
         }
     }
+    fn take_offloaded_until(&mut self, end_us: u64) -> Option<u64> {
+        match self {
+            SimNode::Replica(_, m) => m.offloaded_until(end_us),
+            _ => None,
+        }
+    }
 }
 
 /// How a simulated deployment's clients run, and its network.
@@ -408,10 +461,10 @@ impl<B: Blueprint> EngineSim<B> {
             )
         });
         if let Some(host) = replica {
-            let meter = Meter {
-                costs: self.blueprint.work_costs(),
-                charged: Vec::new(),
-            };
+            let meter = Meter::new(
+                self.blueprint.work_costs(),
+                self.blueprint.work_on_own_cores(),
+            );
             SimNode::Replica(Box::new(Hosted::new(node, host)), meter)
         } else if roles.is_client(id) {
             assert_eq!(incarnation, 0, "simulated clients do not restart");

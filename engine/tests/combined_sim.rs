@@ -49,9 +49,12 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let workers = rng.random_range(2..=4u32);
     let replicas = rng.random_range(2..=3usize);
     let checkpoints = (seed / 2).is_multiple_of(2);
+    // A third of the seeds batch every node's submissions per tick (the benchmark's clients).
+    let submit_delay_ticks = u32::from(seed.is_multiple_of(3));
     let tuning = groups::config::Tuning {
         trim: checkpoints,
         trim_every_entries: 8,
+        submit_delay_ticks,
         ..layout::tuning()
     };
     let layout =
@@ -70,7 +73,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     }
     let mut sim = EngineSim::new(blueprint, setup);
     let label = format!(
-        "{scheme:?}, {partitions} partitions x {replicas} replicas x {workers} workers, checkpoints {checkpoints}, retry_max {}, cache {}",
+        "{scheme:?}, {partitions} partitions x {replicas} replicas x {workers} workers, checkpoints {checkpoints}, submit delay {submit_delay_ticks} ticks, retry_max {}, cache {}",
         client.retry_max, client.cache
     );
     let (report, mut problems) = sim.default_campaign(seed, verbose, &label);

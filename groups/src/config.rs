@@ -147,6 +147,13 @@ pub struct Tuning {
     pub resend_ticks: u64,
     /// Multicasts a sender keeps in flight (submitted, not yet acknowledged as ordered).
     pub sender_window: usize,
+    /// Senders batch: a node sends its multicasts to a log's leader once every this many
+    /// ticks (or once a batch reaches the `Submit` size limit), one message holding all of
+    /// them, instead of at every drain of its outgoing messages. Costs a client up to this
+    /// many ticks of latency and saves the leader one message per multicast: what a client
+    /// machine hosting many closed-loop clients wants when the leader is the bottleneck.
+    /// 0 (the default): no delay.
+    pub submit_delay_ticks: u32,
     /// Multicasts a sender queues beyond its window before `multicast` reports backpressure.
     pub sender_queue_max: usize,
     /// A subscriber with no new entries for this many ticks asks an acceptor for them.
@@ -195,6 +202,7 @@ impl Default for Tuning {
             election_ticks: 50,
             resend_ticks: 20,
             sender_window: 4096,
+            submit_delay_ticks: 0,
             sender_queue_max: 1 << 20,
             fetch_poll_ticks: 20,
             fetch_entries_max: 1024,

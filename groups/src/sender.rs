@@ -74,6 +74,10 @@ pub(crate) struct Sender {
     /// smoothed round-trip time): resends wait for several of these, so an overloaded but
     /// working leader is not flooded with copies.
     srtt_eighths: u64,
+    /// With `submit_delay_ticks`: ticks since the outbox was last sent whole, and whether it
+    /// is due.
+    ticks_since_flush: u32,
+    flush_due: bool,
     pub multicasts: u64,
     pub resends: u64,
     pub redirects: u64,
@@ -93,6 +97,8 @@ impl Sender {
             outbox: BTreeMap::new(),
             log_seqs: FxHashMap::default(),
             srtt_eighths: 0,
+            ticks_since_flush: 0,
+            flush_due: false,
             multicasts: 0,
             resends: 0,
             redirects: 0,
@@ -246,6 +252,14 @@ impl Sender {
     /// after the larger of `resend_ticks` and four smoothed acknowledgement times, doubled per
     /// attempt (up to 16x), so an overloaded leader is not flooded with copies.
     pub fn tick(&mut self, now: u64) {
+        let delay = self.tuning().submit_delay_ticks;
+        if delay > 0 {
+            self.ticks_since_flush += 1;
+            if self.ticks_since_flush >= delay {
+                self.ticks_since_flush = 0;
+                self.flush_due = true;
+            }
+        }
         let base = self.tuning().resend_ticks.max(self.srtt_eighths / 2);
         let overdue: Vec<u64> = self
             .pending
@@ -267,7 +281,11 @@ impl Sender {
         }
     }
 
+    /// Sends the outbox as `Submit`s of at most [`SUBMIT_BYTES_MAX`] each; with
+    /// `submit_delay_ticks`, between due ticks only full ones leave and the rest waits.
     pub fn take_outgoing(&mut self, out: &mut Vec<(NodeId, NetMsg)>) {
+        let hold = self.tuning().submit_delay_ticks > 0 && !self.flush_due;
+        self.flush_due = false;
         for ((to, log), msgs) in std::mem::take(&mut self.outbox) {
             let mut chunk = Vec::new();
             let mut bytes = 0;
@@ -280,7 +298,12 @@ impl Sender {
                     bytes = 0;
                 }
             }
-            if !chunk.is_empty() {
+            if chunk.is_empty() {
+                continue;
+            }
+            if hold {
+                self.outbox.insert((to, log), chunk);
+            } else {
                 out.push((to, NetMsg::Submit { log, msgs: chunk }));
             }
         }
@@ -316,6 +339,53 @@ mod tests {
         let mut out = Vec::new();
         s.take_outgoing(&mut out);
         out.into_iter().map(|(to, _)| to).collect()
+    }
+
+    #[test]
+    fn a_submit_delay_batches_multicasts_until_the_due_tick() {
+        let nodes = (1..=4)
+            .map(|i| NodeConfig {
+                id: NodeId(i),
+                addr: None,
+                subscriptions: vec![],
+            })
+            .collect();
+        let tuning = Tuning {
+            submit_delay_ticks: 2,
+            ..Tuning::default()
+        };
+        let cfg = ClusterConfig::per_group_plus_global(
+            1,
+            1,
+            nodes,
+            vec![NodeId(1), NodeId(2), NodeId(3)],
+            tuning,
+        )
+        .unwrap();
+        let mut s = Sender::new(Arc::new(cfg), NodeId(4), 0);
+        let submits = |s: &mut Sender| -> Vec<usize> {
+            let mut out = Vec::new();
+            s.take_outgoing(&mut out);
+            out.into_iter()
+                .map(|(_, m)| match m {
+                    NetMsg::Submit { msgs, .. } => msgs.len(),
+                    other => panic!("not a submit: {other:?}"),
+                })
+                .collect()
+        };
+        for i in 0..3u8 {
+            s.multicast(GroupSet::singleton(GroupId(0)), Bytes::from(vec![i]), 0)
+                .unwrap();
+            assert!(submits(&mut s).is_empty(), "held before the due tick");
+        }
+        s.tick(1);
+        assert!(submits(&mut s).is_empty(), "one tick of two");
+        s.tick(2);
+        assert_eq!(submits(&mut s), vec![3], "one message with all three");
+        assert!(submits(&mut s).is_empty(), "nothing left behind");
+        s.multicast(GroupSet::singleton(GroupId(0)), Bytes::from_static(b"x"), 2)
+            .unwrap();
+        assert!(submits(&mut s).is_empty(), "the next batch waits again");
     }
 
     #[test]

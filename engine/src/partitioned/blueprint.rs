@@ -23,6 +23,11 @@ pub struct WorkCosts {
     /// Per object a command executes on (the service's work grows with it: a post writes
     /// every follower's timeline).
     pub per_object_us: f64,
+    /// Whether execution runs on cores of its own (worker threads, one per worker, as
+    /// `ServerOptions::worker_threads` runs it) while the node's thread handles messages:
+    /// the node is then not blocked by it, and what a step sends leaves when its workers are
+    /// done. `false`: the node's thread executes (charged its busiest worker's work).
+    pub own_cores: bool,
 }
 
 /// The blueprint of an S-SMR or DS-SMR deployment.
@@ -130,6 +135,9 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
     }
     fn work_costs(&self) -> [f64; 2] {
         [self.work.per_command_us, self.work.per_object_us]
+    }
+    fn work_on_own_cores(&self) -> bool {
+        self.work.own_cores
     }
 }
 

@@ -10,14 +10,16 @@
 //! other.
 //!
 //! **Ordering** (the groups and logs of [`super::layout::ScaleOutLayout::combined`]): one
-//! multicast group per cell; one log per cell (a command of one worker), one log per
-//! partition covering its `k` cells (a command of several workers of one partition), one
-//! log covering every group (a command of several partitions, checkpoint requests; with
-//! DS-SMR the oracle's group too), plus the oracle's own log. The acceptors of a cell's and
-//! of a partition's logs are the partition's replicas. A replica of partition `p`
-//! subscribes to its `k` cells, merges their logs into one stream (a projection of the one
-//! total order, as every subscriber's) and hands each delivery to the workers of the cells
-//! it is addressed to.
+//! multicast group per cell; one log per partition covering its `k` cells (a command of one
+//! worker or of several workers of one partition), run by the partition's replicas; one log
+//! covering every group (a command of several partitions, checkpoint requests; with DS-SMR
+//! the oracle's group too), plus the oracle's own log. A replica of partition `p` subscribes
+//! to its `k` cells and merges the partition's log with the global one into one stream (a
+//! projection of the one total order, as every subscriber's), handing each delivery to the
+//! workers of the cells it is addressed to. A log per cell would order nothing more (the
+//! replica merges every log of its cells in one stream anyway), costs a merge over more
+//! logs, and batches less per log; it measured slower (1 x 8 simulated Timeline 94k cmds/s
+//! against 151k with the partition's one log).
 //!
 //! **Execution.** Worker `w` is an S-SMR / DS-SMR partition core ([`PartitionServer`]) for
 //! cell `p * k + w`, fed exactly the deliveries addressed to its cell, in stream order:
@@ -35,8 +37,8 @@
 //!
 //! **Why it is linearizable and execution-atomic.** The cells are S-SMR's (or DS-SMR's)
 //! partitions: every cell receives the projection of one total order on its group
-//! (atomic multicast: every cell's log is read by the one merge of its replicas, and every
-//! replica of a partition merges the same logs), each worker executes its cell's stream in
+//! (atomic multicast: every log covering a cell is read by the one merge of its replicas,
+//! and every replica of a partition merges the same logs), each worker executes its cell's stream in
 //! order, and a multi-cell command completes at a worker only after every other destination
 //! cell delivered it (its exchange is that cell's signal, sent when the command reaches the
 //! cell's head). This is exactly S-SMR's argument with partitions = cells (reference notes,

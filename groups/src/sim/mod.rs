@@ -45,6 +45,13 @@ pub trait Actor {
     fn take_work_us(&mut self) -> f64 {
         0.0
     }
+    /// Work the step handed to other cores of the node's machine (a combined-mode replica's
+    /// workers), for the [`CpuModel`]: given that the node's own handling ends at `end_us`,
+    /// the time at which that work is done. The node is free again at `end_us`; what the step
+    /// sends leaves when both are done. Default: none.
+    fn take_offloaded_until(&mut self, _end_us: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// A cost model for simulated performance experiments: every node is a machine with one CPU
@@ -579,10 +586,15 @@ impl<A: Actor> Sim<A> {
             return Some(node);
         }
         let end = now + cost.round() as u64;
+        let done = if free {
+            None
+        } else {
+            actor.take_offloaded_until(end)
+        };
         if let Some(cpu) = self.cpu.as_mut() {
             cpu.busy_until.insert(node, end);
             *cpu.used_us.entry(node).or_default() += cost;
-            cpu.depart_us = Some(end);
+            cpu.depart_us = Some(done.map_or(end, |d| d.max(end)));
         }
         self.flush(node);
         if let Some(cpu) = self.cpu.as_mut() {
