@@ -317,6 +317,10 @@ mod tests {
     use crate::ids::GroupId;
 
     fn sender() -> Sender {
+        sender_with(Tuning::default())
+    }
+
+    fn sender_with(tuning: Tuning) -> Sender {
         let nodes = (1..=4)
             .map(|i| NodeConfig {
                 id: NodeId(i),
@@ -329,7 +333,7 @@ mod tests {
             1,
             nodes,
             vec![NodeId(1), NodeId(2), NodeId(3)],
-            Tuning::default(),
+            tuning,
         )
         .unwrap();
         Sender::new(Arc::new(cfg), NodeId(4), 0)
@@ -343,26 +347,10 @@ mod tests {
 
     #[test]
     fn a_submit_delay_batches_multicasts_until_the_due_tick() {
-        let nodes = (1..=4)
-            .map(|i| NodeConfig {
-                id: NodeId(i),
-                addr: None,
-                subscriptions: vec![],
-            })
-            .collect();
-        let tuning = Tuning {
+        let mut s = sender_with(Tuning {
             submit_delay_ticks: 2,
             ..Tuning::default()
-        };
-        let cfg = ClusterConfig::per_group_plus_global(
-            1,
-            1,
-            nodes,
-            vec![NodeId(1), NodeId(2), NodeId(3)],
-            tuning,
-        )
-        .unwrap();
-        let mut s = Sender::new(Arc::new(cfg), NodeId(4), 0);
+        });
         let submits = |s: &mut Sender| -> Vec<usize> {
             let mut out = Vec::new();
             s.take_outgoing(&mut out);

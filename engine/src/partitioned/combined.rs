@@ -427,6 +427,23 @@ impl<S: PartitionedService> WorkerPartition<S> {
         dests.iter().filter_map(|g| self.route.local(g))
     }
 
+    /// Gives every worker the same input: stepped on this thread, or sent to every worker
+    /// thread.
+    fn give_every_worker(
+        &mut self,
+        inline: impl Fn(&mut PartitionServer<S>),
+        threaded: impl Fn() -> In,
+    ) {
+        match &mut self.exec {
+            Exec::Inline { workers, .. } => workers.iter_mut().for_each(inline),
+            Exec::Threads(pool) => {
+                for tx in &pool.inboxes {
+                    let _ = tx.send(threaded());
+                }
+            }
+        }
+    }
+
     fn run_inline(&mut self) {
         let Exec::Inline { workers, local } = &mut self.exec else {
             return;
@@ -585,21 +602,13 @@ impl<S: PartitionedService> PartitionCore for WorkerPartition<S> {
     }
 
     fn tick(&mut self, now: u64) {
-        match &mut self.exec {
-            Exec::Inline { workers, .. } => {
-                for w in workers.iter_mut() {
-                    w.tick(now);
-                }
+        if let Exec::Threads(pool) = &mut self.exec {
+            if pool.ticked == now {
+                return;
             }
-            Exec::Threads(pool) => {
-                if pool.ticked != now {
-                    pool.ticked = now;
-                    for tx in &pool.inboxes {
-                        let _ = tx.send(In::Tick(now));
-                    }
-                }
-            }
+            pool.ticked = now;
         }
+        self.give_every_worker(|w| w.tick(now), || In::Tick(now));
     }
 
     fn run(&mut self) {
@@ -615,18 +624,7 @@ impl<S: PartitionedService> PartitionCore for WorkerPartition<S> {
     }
 
     fn mark_checkpoint(&mut self, round: u64) {
-        match &mut self.exec {
-            Exec::Inline { workers, .. } => {
-                for w in workers.iter_mut() {
-                    w.mark_checkpoint(round);
-                }
-            }
-            Exec::Threads(pool) => {
-                for tx in &pool.inboxes {
-                    let _ = tx.send(In::Mark(round));
-                }
-            }
-        }
+        self.give_every_worker(|w| w.mark_checkpoint(round), || In::Mark(round));
     }
 
     fn take_snapshots(&mut self, out: &mut Vec<(u64, u64, Vec<u8>)>) {
