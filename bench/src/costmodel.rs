@@ -9,13 +9,18 @@
 //!   (decoding, bookkeeping), [`PER_TICK_US`] per 1 ms tick, plus application work:
 //!   [`PER_COMMAND_US`] per delivered command and [`PER_OBJECT_US`] per object a command
 //!   executes on (a post writes every follower's timeline); a combined-mode replica's `k`
-//!   workers are `k` cores, so a step is charged its busiest worker's application work
-//!   (the node's thread, which merges and dispatches, stays one CPU);
+//!   workers are `k` cores: the node's thread is charged the busiest worker's work per
+//!   step, or, with `Plan::simulated_worker_cores` (`bench combined`), each worker's work
+//!   queues on a core of its own while the node's thread, which merges and dispatches,
+//!   handles messages, and what a step sends leaves when its workers are done;
 //! - messages leave when the handling that produced them ends and arrive after a one-way
 //!   latency of [`LATENCY_US`] (uniform, a switched LAN) plus [`WIRE_NS_PER_BYTE`] per byte
 //!   (1 Gbit/s); no loss;
 //! - clients are free (never the bottleneck) and closed-loop, enough of them to saturate
 //!   every partition;
+//! - diagnostics: `CHORUS_BENCH_CPU=1` prints, per simulated run, the busiest nodes' share
+//!   of the measured window spent busy (how the bottleneck of a point is found);
+//!   `CHORUS_SIM_DEBUG=1` prints progress every step;
 //! - not modelled: link and switch contention, multi-core machines other than combined
 //!   mode's workers, memory bandwidth shared by workers, disks, garbage
 //!   collection.

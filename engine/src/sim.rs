@@ -50,10 +50,12 @@ pub trait SimCore: ReplicaCore {
         [0, 0]
     }
     /// Work done so far per worker that runs in parallel with the others (a combined-mode
-    /// partition's workers, each on its own core): the cost model charges a step the
-    /// busiest worker's work, not the sum. Default one lane, [`SimCore::work_done`].
-    fn work_lanes(&self) -> Vec<[u64; 2]> {
-        vec![self.work_done()]
+    /// partition's workers), written into `out` (cleared first): the cost model charges the
+    /// busiest worker's work, not the sum, or queues each on a core of its own (see
+    /// [`Blueprint::work_on_own_cores`]). Default one lane, [`SimCore::work_done`].
+    fn work_lanes(&self, out: &mut Vec<[u64; 2]>) {
+        out.clear();
+        out.push(self.work_done());
     }
 }
 
@@ -90,13 +92,16 @@ impl<H> std::ops::Deref for Hosted<H> {
     }
 }
 
-/// Charges a replica's work to the cost model: per step, the most any one lane (worker
-/// running in parallel) did since the last step.
+/// Charges a replica's work to the cost model, per lane (worker running in parallel): on
+/// the node's thread the most any one lane did since the last step; on cores of their own,
+/// each lane's queued on its core.
 pub struct Meter {
     costs: [f64; 2],
+    /// Each lane's work counters as last charged, and as read this step.
     charged: Vec<[u64; 2]>,
-    /// Per parallel lane (two or more: a combined replica's workers, each a core of its
-    /// own), when it is free again, and the work of the step being charged.
+    lanes: Vec<[u64; 2]>,
+    /// On cores of their own: per lane, when it is free again, and the work (in
+    /// microseconds) of the step being charged.
     free_at: Vec<u64>,
     pending: Vec<f64>,
     own_cores: bool,
@@ -107,6 +112,7 @@ impl Meter {
         Meter {
             costs,
             charged: Vec::new(),
+            lanes: Vec::new(),
             free_at: Vec::new(),
             pending: Vec::new(),
             own_cores,
@@ -116,10 +122,16 @@ impl Meter {
     /// The work done since the last call, per lane. On the node's thread, the busiest
     /// lane's is returned to block the node; on cores of their own it is kept for
     /// [`Meter::offloaded_until`] and the node is not blocked.
-    fn charge(&mut self, lanes: Vec<[u64; 2]>) -> f64 {
-        self.charged.resize(lanes.len(), [0, 0]);
+    fn charge(&mut self, core: &impl SimCore) -> f64 {
+        core.work_lanes(&mut self.lanes);
+        self.charge_lanes()
+    }
+
+    /// [`Meter::charge`] of the counters in `lanes`.
+    fn charge_lanes(&mut self) -> f64 {
+        self.charged.resize(self.lanes.len(), [0, 0]);
         self.pending.clear();
-        for (done, charged) in lanes.iter().zip(&mut self.charged) {
+        for (done, charged) in self.lanes.iter().zip(&mut self.charged) {
             let d = [
                 done[0].saturating_sub(charged[0]),
                 done[1].saturating_sub(charged[1]),
@@ -371,7 +383,7 @@ impl<B: Blueprint> Actor for SimNode<B> {
     }
     fn take_work_us(&mut self) -> f64 {
         match self {
-            SimNode::Replica(r, m) => m.charge(r.core.work_lanes()),
+            SimNode::Replica(r, m) => m.charge(&r.core),
             _ => 0.0,
         }
     }
@@ -1033,4 +1045,39 @@ pub fn lincheck_history<C: Clone, R: Clone>(
             _ => crate::lincheck::Operation::unknown(op.client.0, op.command.clone(), op.call_us),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Meter;
+
+    #[test]
+    fn a_meter_charges_the_busiest_lane_or_queues_each_on_its_own_core() {
+        // 10 us per command, 1 us per object.
+        let mut m = Meter::new([10.0, 1.0], false);
+        m.lanes = vec![[1, 0], [3, 5]];
+        assert_eq!(m.charge_lanes(), 35.0, "the busiest lane blocks the node");
+        assert_eq!(m.offloaded_until(100), None);
+        m.lanes = vec![[1, 0], [3, 5]];
+        assert_eq!(m.charge_lanes(), 0.0, "only what was done since");
+
+        let mut m = Meter::new([10.0, 1.0], true);
+        m.lanes = vec![[2, 0], [0, 0]];
+        assert_eq!(m.charge_lanes(), 0.0, "the node is not blocked");
+        assert_eq!(
+            m.offloaded_until(100),
+            Some(120),
+            "lane 0 starts when the node hands over"
+        );
+        m.lanes = vec![[3, 0], [1, 0]];
+        m.charge_lanes();
+        assert_eq!(
+            m.offloaded_until(105),
+            Some(130),
+            "lane 0 queues behind its own work (free at 120), lane 1 starts at once (115)"
+        );
+        m.lanes = vec![[3, 0], [1, 0]];
+        m.charge_lanes();
+        assert_eq!(m.offloaded_until(200), None, "no work, nothing to wait for");
+    }
 }

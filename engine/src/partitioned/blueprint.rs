@@ -92,13 +92,11 @@ impl<S: PartitionedService> SimCore for PartitionedCore<ScaleOutServer<S>> {
             ScaleOutServer::Combined(c) => [c.stats().handled, c.stats().objects],
         }
     }
-    fn work_lanes(&self) -> Vec<[u64; 2]> {
+    fn work_lanes(&self, out: &mut Vec<[u64; 2]>) {
+        out.clear();
         match self.server.combined().and_then(|c| c.workers()) {
-            Some(workers) => workers
-                .iter()
-                .map(|w| [w.stats.handled, w.stats.objects])
-                .collect(),
-            None => vec![self.work_done()],
+            Some(workers) => out.extend(workers.iter().map(|w| [w.stats.handled, w.stats.objects])),
+            None => out.push(self.work_done()),
         }
     }
 }
