@@ -89,6 +89,9 @@ enum Experiment {
         /// psmr and opt-psmr: a Rebalance every this many milliseconds (0: none).
         #[arg(long, default_value_t = 0)]
         rebalance_every_ms: u64,
+        /// Only these modes (comma separated: smr, psmr, opt-psmr, unreplicated).
+        #[arg(long, value_delimiter = ',')]
+        modes: Option<Vec<String>>,
     },
     /// Skewed keys on opt-PSMR with 2 workers, insert-heavy: Zipf 0.99 (scrambled and not)
     /// and sequential inserts against uniform keys, with and without rebalancing, side by
@@ -317,8 +320,18 @@ fn main() {
             distribution,
             zipf_theta,
             rebalance_every_ms,
+            modes,
         }) => {
             let mut plan = scaleup::Plan::full(&machine);
+            if let Some(names) = modes {
+                plan.modes = match scaleup::RunMode::parse_list(&names) {
+                    Ok(m) => m,
+                    Err(bad) => {
+                        eprintln!("scaleup: {bad}");
+                        std::process::exit(2);
+                    }
+                };
+            }
             plan.runs = runs.max(1);
             plan.measure = Duration::from_secs_f64(seconds);
             plan.tree.prefill = prefill;

@@ -35,6 +35,24 @@ impl RunMode {
         RunMode::Replicated(Mode::OptPsmr),
         RunMode::Unreplicated,
     ];
+    /// Modes by name, in the order given; an unknown name is an error that lists the known ones.
+    pub fn parse_list(names: &[String]) -> Result<Vec<RunMode>, String> {
+        names
+            .iter()
+            .map(|n| {
+                RunMode::ALL
+                    .into_iter()
+                    .find(|m| m.name() == n.trim())
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown mode {n:?} (known: {})",
+                            RunMode::ALL.map(RunMode::name).join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             RunMode::Replicated(m) => m.name(),
@@ -140,6 +158,11 @@ pub struct Row {
     pub misroutes: f64,
     /// The busiest worker's share of the load (replicated modes with rebalancing rounds).
     pub busiest_share: f64,
+    /// CPU microseconds per command in the measured window, every thread of the process
+    /// (median of the runs; NaN where the platform does not tell).
+    pub cpu_us_per_cmd: f64,
+    /// The same by thread role (medians): workers, replica nodes, client nodes, acceptors, other.
+    pub cpu_us_per_cmd_by_role: std::collections::BTreeMap<String, f64>,
     /// Throughput over this mode's and workload's 1-worker throughput.
     pub speedup: f64,
     /// Throughput over `unreplicated` with the same workers and workload.
@@ -223,6 +246,8 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             abort_rate: m(|r| r.abort_rate),
             misroutes: m(|r| r.misroutes as f64),
             busiest_share: m(|r| r.rebalance.as_ref().map_or(f64::NAN, |b| b.busiest_share)),
+            cpu_us_per_cmd: m(|r| r.cpu.as_ref().map_or(f64::NAN, |c| c.total_us_per_cmd)),
+            cpu_us_per_cmd_by_role: cpu_by_role(&runs),
             speedup: f64::NAN,
             ratio_to_unreplicated: f64::NAN,
             runs,
@@ -267,6 +292,7 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             ),
             format!("medians of {} run(s) of {:?} after {:?} warm-up; workers pinned: {}", plan.runs, plan.measure, plan.warmup, plan.pin_cores),
             "abort_rate: opt-PSMR attempts refused per completed command".into(),
+            "cpu_us_per_cmd: CPU time of every thread of the process in the measured window (from /proc/self/task/*/schedstat) over the commands completed in it; by role: workers (replicas' worker threads, or the unreplicated server's), replica nodes (each replica's node thread: multicast, its acceptor, merge, dispatch, replies out), client nodes (client proxies), acceptors (the acceptor-only node), other".into(),
             match plan.rebalance {
                 Some(r) => format!("psmr and opt-psmr: a Rebalance every {:?} ({:?}); busiest_share: the busiest worker's share of the counted load in the measured window", r.every, r.policy),
                 None => "no rebalancing: the key space stays split evenly over the workers".into(),
@@ -310,6 +336,28 @@ pub fn run_plan(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
     rows
 }
 
+/// Per role, the median over the runs that measured it.
+fn cpu_by_role(runs: &[RunResult]) -> std::collections::BTreeMap<String, f64> {
+    let mut all: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for c in runs.iter().filter_map(|r| r.cpu.as_ref()) {
+        for (role, us) in &c.by_role_us_per_cmd {
+            all.entry(role.clone()).or_default().push(*us);
+        }
+    }
+    all.into_iter().map(|(r, v)| (r, median(&v))).collect()
+}
+
+/// The CPU split of a row in words: `workers 3.1, replica nodes 2.0, ...` (roles under
+/// 0.05 us left out).
+fn split(r: &Row) -> String {
+    r.cpu_us_per_cmd_by_role
+        .iter()
+        .filter(|(_, us)| **us >= 0.05)
+        .map(|(role, us)| format!("{role} {us:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn table(rows: &[Row]) -> Table {
     let mut t = Table::new(&[
         "workload",
@@ -322,6 +370,8 @@ pub fn table(rows: &[Row]) -> Table {
         "aborts",
         "speed-up",
         "vs unrepl.",
+        "cpu us/cmd",
+        "cpu split (us/cmd)",
     ]);
     for r in rows {
         t.row(vec![
@@ -335,6 +385,8 @@ pub fn table(rows: &[Row]) -> Table {
             format!("{:.2}%", r.abort_rate * 100.0),
             decimals(r.speedup, 2),
             decimals(r.ratio_to_unreplicated, 2),
+            decimals(r.cpu_us_per_cmd, 1),
+            split(r),
         ]);
     }
     t

@@ -459,6 +459,10 @@ pub struct RunResult {
     pub misroutes: u64,
     pub errors: u64,
     pub rebalance: Option<RebalanceStats>,
+    /// CPU microseconds per completed command in the measured window, in total and by thread
+    /// role (replicated: workers, replica nodes, client nodes, acceptors, other; unreplicated:
+    /// workers and client nodes), where the platform tells (Linux).
+    pub cpu: Option<engine::load::cpu::Breakdown>,
 }
 
 /// Runs one measurement: an in-process deployment (or the unreplicated server), closed-loop
@@ -517,6 +521,10 @@ pub struct Measured<D> {
     pub drivers: Vec<(D, engine::host::client::ClientStats)>,
     pub window_s: (f64, f64),
     pub elapsed: Duration,
+    /// CPU nanoseconds of the measured window by thread role
+    /// ([`Deployment::thread_role`](engine::psmr::deployment::Deployment::thread_role)), where
+    /// the platform tells.
+    pub cpu_ns_by_role: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Runs an in-process deployment with the client nodes' drivers from `make_driver(node
@@ -567,9 +575,13 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
     std::thread::sleep(p.warmup);
     phase.store(MEASURE, Ordering::Relaxed);
     let t0 = Instant::now();
+    let cpu0 = engine::load::cpu::Snapshot::take();
     std::thread::sleep(p.measure);
     phase.store(DONE, Ordering::Relaxed);
     let elapsed = t0.elapsed();
+    let cpu_ns_by_role = engine::load::cpu::Snapshot::take()
+        .zip(cpu0)
+        .map(|(after, before)| after.since_by_role(&before, |n| d.thread_role(n).to_string()));
     let window_s = (
         (t0 - started).as_secs_f64(),
         (t0 - started + elapsed).as_secs_f64(),
@@ -589,6 +601,7 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
         drivers,
         window_s,
         elapsed,
+        cpu_ns_by_role,
     }
 }
 
@@ -645,6 +658,9 @@ fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult 
         misroutes,
         errors,
         rebalance: log.map(|l| rebalance_stats(&l.lock(), m.window_s.0, m.window_s.1)),
+        cpu: m
+            .cpu_ns_by_role
+            .and_then(|roles| engine::load::cpu::Breakdown::of(roles, completed)),
     }
 }
 
@@ -659,59 +675,78 @@ fn run_unreplicated(spec: &RunSpec) -> RunResult {
             let tx = server.sender();
             let phase = phase.clone();
             let spec = spec.clone();
-            std::thread::spawn(move || {
-                let clients = spec.clients_per_node;
-                let mut gens: Vec<Generator> = (0..clients)
-                    .map(|c| {
-                        Generator::with_keys(
-                            spec.workload,
-                            spec.tree.clone(),
-                            spec.keys,
-                            Sequence::slot((n * clients + c) as u64, slots),
-                            spec.seed ^ (n * 1000 + c) as u64,
-                        )
-                    })
-                    .collect();
-                let mut hist = histogram();
-                let (rtx, rrx) = crossbeam_channel::unbounded();
-                let mut started = vec![Instant::now(); clients * spec.window];
-                let mut completed = 0u64;
-                for (slot, t) in started.iter_mut().enumerate() {
-                    *t = Instant::now();
-                    let _ = tx.send((
-                        gens[slot % clients].next_command(),
-                        slot as u64,
-                        rtx.clone(),
-                    ));
-                }
-                while let Ok((slot, _reply)) = rrx.recv() {
-                    let slot = slot as usize;
-                    let now = Instant::now();
-                    match phase.load(Ordering::Relaxed) {
-                        MEASURE => {
-                            completed += 1;
-                            let _ = hist.record(((now - started[slot]).as_nanos() as u64).max(1));
-                        }
-                        DONE => break,
-                        _ => {}
+            std::thread::Builder::new()
+                .name(format!("load-{n}"))
+                .spawn(move || {
+                    let clients = spec.clients_per_node;
+                    let mut gens: Vec<Generator> = (0..clients)
+                        .map(|c| {
+                            Generator::with_keys(
+                                spec.workload,
+                                spec.tree.clone(),
+                                spec.keys,
+                                Sequence::slot((n * clients + c) as u64, slots),
+                                spec.seed ^ (n * 1000 + c) as u64,
+                            )
+                        })
+                        .collect();
+                    let mut hist = histogram();
+                    let (rtx, rrx) = crossbeam_channel::unbounded();
+                    let mut started = vec![Instant::now(); clients * spec.window];
+                    let mut completed = 0u64;
+                    for (slot, t) in started.iter_mut().enumerate() {
+                        *t = Instant::now();
+                        let _ = tx.send((
+                            gens[slot % clients].next_command(),
+                            slot as u64,
+                            rtx.clone(),
+                        ));
                     }
-                    started[slot] = now;
-                    let _ = tx.send((
-                        gens[slot % clients].next_command(),
-                        slot as u64,
-                        rtx.clone(),
-                    ));
-                }
-                (hist, completed)
-            })
+                    while let Ok((slot, _reply)) = rrx.recv() {
+                        let slot = slot as usize;
+                        let now = Instant::now();
+                        match phase.load(Ordering::Relaxed) {
+                            MEASURE => {
+                                completed += 1;
+                                let _ =
+                                    hist.record(((now - started[slot]).as_nanos() as u64).max(1));
+                            }
+                            DONE => break,
+                            _ => {}
+                        }
+                        started[slot] = now;
+                        let _ = tx.send((
+                            gens[slot % clients].next_command(),
+                            slot as u64,
+                            rtx.clone(),
+                        ));
+                    }
+                    (hist, completed)
+                })
+                .expect("spawn load thread")
         })
         .collect();
     std::thread::sleep(spec.warmup);
     phase.store(MEASURE, Ordering::Relaxed);
     let t0 = std::time::Instant::now();
+    let cpu0 = engine::load::cpu::Snapshot::take();
     std::thread::sleep(spec.measure);
     phase.store(DONE, Ordering::Relaxed);
     let elapsed = t0.elapsed();
+    let cpu_ns = engine::load::cpu::Snapshot::take()
+        .zip(cpu0)
+        .map(|(after, before)| {
+            after.since_by_role(&before, |n| {
+                if n.starts_with("unreplicated-") {
+                    "workers"
+                } else if n.starts_with("load-") {
+                    "client nodes"
+                } else {
+                    "other"
+                }
+                .to_string()
+            })
+        });
     let mut hist = histogram();
     let mut completed = 0;
     for l in loaders {
@@ -729,5 +764,6 @@ fn run_unreplicated(spec: &RunSpec) -> RunResult {
         misroutes: 0,
         errors: 0,
         rebalance: None,
+        cpu: cpu_ns.and_then(|roles| engine::load::cpu::Breakdown::of(roles, completed)),
     }
 }

@@ -1,6 +1,8 @@
 //! Closed-loop load for measured runs: a [`Driver`] that keeps every client's window full
 //! with commands from a [`Source`], and records latencies while the shared phase says so.
 
+pub mod cpu;
+
 use crate::host::client::{Completion, Driver};
 use hdrhistogram::Histogram;
 use std::marker::PhantomData;

@@ -10,10 +10,10 @@
 //! file per round: `checkpoint-<round, 20 digits>.ckpt`. The two newest are kept, so a damaged
 //! newest file still leaves one to load.
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //!
 //! ```text
-//! magic     b"CHORCKP" 0x01                          8 bytes
+//! magic     b"CHORCKP" 0x02                          8 bytes
 //! cluster   u128 LE                                  the cluster id the checkpoint belongs to
 //! node      u32 LE                                   the node that wrote it
 //! round     u64 LE
@@ -21,6 +21,11 @@
 //! length    u64 LE, then the checkpoint's bytes       as `ReplicaCore::install` takes them
 //! crc32     u32 LE                                   CRC32 of every byte before it
 //! ```
+//!
+//! Version 2 differs from version 1 only in the checkpoint's bytes, which the engine's wire
+//! encoding ([`crate::wire::encode`]) writes: `postcard` since version 2, `bitcode` before. A
+//! version-1 file is refused ([`CheckpointFileError::OldFormat`]) rather than set aside: it
+//! may hold the only copy of the state below the trimmed logs, so the operator decides.
 //!
 //! # Atomic writes
 //!
@@ -40,8 +45,11 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// The first bytes of every checkpoint file (format version 1).
-pub const MAGIC: [u8; 8] = *b"CHORCKP\x01";
+/// The first bytes of every checkpoint file (format version 2).
+pub const MAGIC: [u8; 8] = *b"CHORCKP\x02";
+
+/// The first bytes of a checkpoint file of format version 1 (refused, see the module docs).
+pub const MAGIC_V1: [u8; 8] = *b"CHORCKP\x01";
 
 /// Checkpoint files kept in a directory (the newest first).
 pub const KEEP: usize = 2;
@@ -77,8 +85,14 @@ pub enum CheckpointFileError {
     },
     #[error("the file is {len} bytes long, too short for a checkpoint ({need} at least)")]
     Short { len: usize, need: usize },
-    #[error("not a Chorus checkpoint file of format version 1 (bad magic)")]
+    #[error("not a Chorus checkpoint file of format version 2 (bad magic)")]
     BadMagic,
+    #[error(
+        "{}: a checkpoint of format version 1 (bitcode-encoded state), which this build does not read; \
+         start this replica with the build that wrote it, or move the directory away to let it recover its state from its peers",
+        path.display()
+    )]
+    OldFormat { path: PathBuf },
     #[error("checksum mismatch: the file holds {stored:08x}, its bytes hash to {computed:08x} (torn or damaged)")]
     Checksum { stored: u32, computed: u32 },
     #[error("the header says {what}, which does not fit the file's {len} bytes")]
@@ -289,6 +303,9 @@ impl CheckpointDir {
         }
         for (round, path) in self.files()? {
             let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            if bytes.starts_with(&MAGIC_V1) {
+                return Err(CheckpointFileError::OldFormat { path });
+            }
             match CheckpointFile::decode(&bytes) {
                 Ok(f) if f.cluster != self.cluster || f.node != self.node => {
                     return Err(CheckpointFileError::Foreign {
@@ -497,6 +514,26 @@ mod tests {
             d.join("checkpoint-00000000000000000005.ckpt").exists(),
             "left in place"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_checkpoint_of_format_version_1_is_refused_and_left_in_place() {
+        let d = temp("old-format");
+        let f = sample(6, b"state");
+        let mut dir = CheckpointDir::open(d.clone(), f.cluster, f.node).unwrap();
+        dir.save(&f).unwrap();
+        let path = d.join("checkpoint-00000000000000000006.ckpt");
+        let mut b = std::fs::read(&path).unwrap();
+        b[..8].copy_from_slice(&MAGIC_V1);
+        std::fs::write(&path, &b).unwrap();
+        let e = dir.load().unwrap_err();
+        assert!(
+            matches!(e, CheckpointFileError::OldFormat { .. })
+                && e.to_string().contains("version 1"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b, "left in place, unchanged");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

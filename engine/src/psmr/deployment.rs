@@ -117,6 +117,26 @@ impl Deployment {
     pub fn is_client(&self, id: NodeId) -> bool {
         self.clients.contains(&id)
     }
+
+    /// The role of an in-process thread of this deployment, by its name, for CPU breakdowns
+    /// ([`crate::load::cpu`]): `workers` (a replica's worker threads), `replica nodes` (a
+    /// replica's node thread: multicast, consensus at its acceptor, merge, dispatch to the
+    /// workers, replies out), `client nodes` (client proxies, encoding, replies in),
+    /// `acceptors` (acceptor-only nodes) or `other`.
+    pub fn thread_role(&self, name: &str) -> &'static str {
+        if name.starts_with("replica-") {
+            return "workers";
+        }
+        match name
+            .strip_prefix("node-")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) if self.is_replica(NodeId(n)) => "replica nodes",
+            Some(n) if self.is_client(NodeId(n)) => "client nodes",
+            Some(n) if self.acceptors.contains(&NodeId(n)) => "acceptors",
+            _ => "other",
+        }
+    }
 }
 
 #[cfg(test)]
