@@ -4,6 +4,7 @@
 //! experiment), prints each table, and writes result files (`*.json`, `*.svg`) into
 //! `bench-results/`.
 
+mod codec;
 mod combined;
 mod costmodel;
 mod machine;
@@ -44,6 +45,16 @@ enum Experiment {
         /// Commands between checkpoints.
         #[arg(long, default_value_t = 2000)]
         checkpoint_every: u64,
+    },
+    /// The cost of encoding and decoding a command's request and reply: the engine's wire
+    /// encoding (postcard) against bitcode's serde mode, side by side.
+    Codec {
+        /// Timed loops per message and codec (the table shows medians).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Round trips per loop.
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u32,
     },
     /// Atomic multicast throughput and latency: 1/2/4/8 groups, 0/10/100% multi-group
     /// messages, 64 B and 1 KiB payloads, two batch settings.
@@ -301,7 +312,9 @@ fn main() {
             println!(
                 "default suite (in-process, short runs); see --help for the full experiments\n"
             );
-            println!("== multicast ==");
+            println!("== codec ==");
+            codec::run(&cli.out, &machine, 50_000, 3);
+            println!("\n== multicast ==");
             multicast::run(&multicast::Plan::quick(), &cli.out, &machine);
             println!("\n== scaleup ==");
             scaleup::run_plan(&scaleup::Plan::quick(&machine), &cli.out, &machine);
@@ -563,6 +576,9 @@ fn main() {
                 eprintln!("peers: {e}");
                 std::process::exit(2);
             }
+        }
+        Some(Experiment::Codec { runs, iterations }) => {
+            codec::run(&cli.out, &machine, iterations.max(20), runs.max(1));
         }
         Some(Experiment::Skew {
             runs,
