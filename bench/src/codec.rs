@@ -120,7 +120,13 @@ fn both<T: Serialize + DeserializeOwned>(
 pub fn run(out: &Path, machine: &Machine, iterations: u32, runs: usize) -> Vec<Row> {
     let value = bytes::Bytes::from(vec![0xAB; 16]);
     let mut rows = Vec::new();
-    both(&mut rows, "request: get", &request(&TreeCommand::Get(987_654)), iterations, runs);
+    both(
+        &mut rows,
+        "request: get",
+        &request(&TreeCommand::Get(987_654)),
+        iterations,
+        runs,
+    );
     both(
         &mut rows,
         "request: insert, 16-byte value",
@@ -143,7 +149,14 @@ pub fn run(out: &Path, machine: &Machine, iterations: u32, runs: usize) -> Vec<R
         iterations / 20,
         runs,
     );
-    let mut t = Table::new(&["message", "codec", "bytes", "encode ns", "decode ns", "speed-up"]);
+    let mut t = Table::new(&[
+        "message",
+        "codec",
+        "bytes",
+        "encode ns",
+        "decode ns",
+        "speed-up",
+    ]);
     for r in &rows {
         t.row(vec![
             r.message.to_string(),
