@@ -2,7 +2,7 @@
 //!
 //! Linux only: every thread's run time comes from `/proc/self/task/<tid>/schedstat`
 //! (nanoseconds on the CPU, as the scheduler accounts it) and its name from `comm`. Threads
-//! are grouped by a caller's [`classify`](Snapshot::by_role) of their names, so a run can say
+//! are grouped by a caller's naming of their roles ([`Snapshot::since_by_role`]), so a run can say
 //! "the replicas' workers spent 3.1 us per command, the client nodes 2.4 us". Elsewhere every
 //! sample is `None` and the breakdown is left out.
 
@@ -64,8 +64,8 @@ impl Snapshot {
     }
 }
 
-/// CPU microseconds per command by role, and their total, from two snapshots around a
-/// window in which `commands` completed.
+/// CPU microseconds per command by role, and their total, over a window in which `commands`
+/// completed.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Breakdown {
     /// Every thread of the process.
@@ -75,17 +75,6 @@ pub struct Breakdown {
 }
 
 impl Breakdown {
-    /// The breakdown of the window between `before` and `after`, or `None` if no command
-    /// completed.
-    pub fn between(
-        before: &Snapshot,
-        after: &Snapshot,
-        commands: u64,
-        role: impl Fn(&str) -> String,
-    ) -> Option<Breakdown> {
-        Breakdown::of(after.since_by_role(before, role), commands)
-    }
-
     /// The breakdown of CPU nanoseconds by role over `commands` commands, or `None` if none.
     pub fn of(roles: BTreeMap<String, u64>, commands: u64) -> Option<Breakdown> {
         if commands == 0 {
@@ -128,10 +117,10 @@ mod tests {
         let wall_ns = wall.elapsed().as_nanos() as f64;
         go_tx.send(()).expect("spinner waits");
         spin.join().expect("join");
-        let b = Breakdown::between(&before, &after, 1000, |n| {
+        let roles = after.since_by_role(&before, |n| {
             if n == "spinner" { "spin" } else { "other" }.to_string()
-        })
-        .expect("commands completed");
+        });
+        let b = Breakdown::of(roles.clone(), 1000).expect("commands completed");
         let spin = b.by_role_us_per_cmd["spin"];
         // The spinner ran, and no thread runs longer than the wall time it lived.
         assert!(spin > 0.0, "{b:?}");
@@ -140,6 +129,6 @@ mod tests {
             "{b:?} in {wall_ns} ns"
         );
         assert!(b.total_us_per_cmd >= spin);
-        assert!(Breakdown::between(&before, &after, 0, |_| String::new()).is_none());
+        assert!(Breakdown::of(roles, 0).is_none());
     }
 }
