@@ -25,7 +25,7 @@ use engine::psmr::deployment::Deployment;
 use engine::psmr::executor::{ExecOptions, Executor};
 use engine::psmr::msg::{Attempt, Outcome, Reply, Request};
 use engine::psmr::rendezvous::Slots;
-use engine::psmr::workers::{Lent, Progress, Standing, WorkerEvent, WorkerSet};
+use engine::psmr::workers::{Loan, Progress, Standing, WorkerEvent, WorkerSet};
 use engine::testing::{KvCommand, KvReply, KvService};
 use engine::wire::{self, AppMsg, ClientId, FeedMsg};
 use engine::Service;
@@ -42,7 +42,7 @@ use testkit::script::{run_file, script_files, Case};
 struct World {
     cfg: ClusterConfig,
     set: WorkerSet<KvService>,
-    slots: Slots<MsgId, Lent<KvService>>,
+    slots: Slots<MsgId, Loan<KvService>>,
     next_index: BTreeMap<LogId, u64>,
     names: BTreeMap<MsgId, String>,
     by_seq: BTreeMap<u64, String>,

@@ -40,6 +40,7 @@ const KEYS: u64 = 9;
 static EXECUTOR_FIRST: AtomicU64 = AtomicU64::new(0);
 static LENDERS_FIRST: AtomicU64 = AtomicU64::new(0);
 static ORDERS_DIFFER: AtomicU64 = AtomicU64::new(0);
+static BATCHED: AtomicU64 = AtomicU64::new(0);
 
 fn setup<C: 'static>(seed: u64, workload: engine::sim::Workload<C>) -> SimSetup<C> {
     let net = NetFaults {
@@ -90,6 +91,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         for w in r.core.driver.workers() {
             m.executor_first += w.meetings.executor_first;
             m.lenders_first += w.meetings.lenders_first;
+            m.batched += w.meetings.batched;
         }
         meetings.push(m);
     }
@@ -106,6 +108,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
     for m in &meetings {
         EXECUTOR_FIRST.fetch_add(m.executor_first, Ordering::Relaxed);
         LENDERS_FIRST.fetch_add(m.lenders_first, Ordering::Relaxed);
+        BATCHED.fetch_add(m.batched, Ordering::Relaxed);
     }
     if meetings.windows(2).any(|w| w[0] != w[1]) {
         ORDERS_DIFFER.fetch_add(1, Ordering::Relaxed);
@@ -129,16 +132,18 @@ fn every_drawn_worker_interleaving_is_linearizable_with_equal_replicas_and_check
         run,
     );
     if std::env::var("CHORUS_SEED").is_err() {
-        let (e, l, d) = (
+        let (e, l, d, b) = (
             EXECUTOR_FIRST.load(Ordering::Relaxed),
             LENDERS_FIRST.load(Ordering::Relaxed),
             ORDERS_DIFFER.load(Ordering::Relaxed),
+            BATCHED.load(Ordering::Relaxed),
         );
         eprintln!(
-            "worker_interleavings: {} seeds passed; executor first {e}, lenders first {l}; replicas met in different orders in {d} seeds",
+            "worker_interleavings: {} seeds passed; executor first {e}, lenders first {l}; {b} commands ran under an earlier command's loan; replicas met in different orders in {d} seeds",
             passed.len()
         );
         assert!(e > 0 && l > 0, "both races of the rendezvous happen");
+        assert!(b > 0, "runs of multi-worker commands share a loan");
         assert!(
             d > passed.len() as u64 / 2,
             "replicas draw different interleavings"

@@ -172,6 +172,19 @@ impl<S: Service> Executor<S> {
         })
     }
 
+    /// Whether delivery `d` is a client's command for exactly the workers `involved` (sorted,
+    /// as in [`Job::involved`]), judged without decoding it: such a command may run under the
+    /// loan of shards taken for the one before it (see [`super::workers`], "Runs").
+    pub fn for_workers(&self, d: &Delivery, involved: &[usize]) -> bool {
+        matches!(FeedMsg::parse(&d.msg.payload), Ok(FeedMsg::Command(_)))
+            && d.msg
+                .dests
+                .iter()
+                .map(|GroupId(g)| g as usize)
+                .filter(|&g| g < self.workers)
+                .eq(involved.iter().copied())
+    }
+
     /// Runs a job that involves only `w`'s shard.
     pub fn run_single(
         &self,

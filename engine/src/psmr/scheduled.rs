@@ -14,7 +14,7 @@ use super::executor::WorkerStats;
 use super::rendezvous::Slots;
 use super::replica::{Driver, PsmrCore, ReplicaOptions, Restorer};
 use super::service::Service;
-use super::workers::{Lent, Progress, Worker, WorkerEvent, WorkerSet};
+use super::workers::{Lent, Loan, Progress, Worker, WorkerEvent, WorkerSet};
 use crate::host::ReplicaHost;
 use groups::ids::MsgId;
 use groups::merge::SkipNeed;
@@ -27,7 +27,7 @@ use std::sync::Arc;
 /// A seeded scheduler over a replica's workers (see the module docs).
 pub struct Scheduled<S: Service> {
     set: Option<WorkerSet<S>>,
-    slots: Slots<MsgId, Lent<S>>,
+    slots: Slots<MsgId, Loan<S>>,
     rng: ChaCha8Rng,
     /// Commands executed by workers of earlier starts (a state transfer restarts them).
     executed_before: u64,

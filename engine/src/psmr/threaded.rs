@@ -12,7 +12,7 @@ use super::executor::WorkerStats;
 use super::rendezvous::Rendezvous;
 use super::replica::{Driver, PsmrCore, ReplicaOptions, Restorer};
 use super::service::Service;
-use super::workers::{Lent, Progress, Worker, WorkerEvent, WorkerSet};
+use super::workers::{Lent, Loan, Progress, Worker, WorkerEvent, WorkerSet};
 use crate::host::ReplicaHost;
 use crate::metrics::{service_histogram, SharedWorkerStats};
 use crate::topology::Topology;
@@ -44,7 +44,7 @@ struct Running<S: Service> {
     readers: BTreeMap<LogId, Vec<usize>>,
     events: Receiver<WorkerEvent>,
     needs: Receiver<SkipNeed>,
-    rendezvous: Arc<Rendezvous<MsgId, Lent<S>>>,
+    rendezvous: Arc<Rendezvous<MsgId, Loan<S>>>,
 }
 
 /// One thread per worker (see the module docs).
@@ -203,7 +203,7 @@ impl<S: Service> Drop for Threads<S> {
 /// What a worker's thread needs besides its [`Worker`].
 struct WorkerThread<S: Service> {
     executor: Arc<super::executor::Executor<S>>,
-    rendezvous: Arc<Rendezvous<MsgId, Lent<S>>>,
+    rendezvous: Arc<Rendezvous<MsgId, Loan<S>>>,
     inbox: Receiver<Input>,
     events: Sender<WorkerEvent>,
     needs: Sender<SkipNeed>,
