@@ -9,6 +9,7 @@ mod combined;
 mod costmodel;
 mod machine;
 mod multicast;
+mod multicast_latency;
 mod peers;
 mod recovery;
 mod report;
@@ -68,6 +69,22 @@ enum Experiment {
         /// Only these group counts (comma separated).
         #[arg(long, value_delimiter = ',')]
         groups: Option<Vec<u32>>,
+    },
+    /// One-group multicast latency (p50/p99/p99.9) against offered load, open loop: the peak
+    /// closed loop first, then fractions of it.
+    MulticastLatency {
+        /// Runs per point (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Offered loads as fractions of the peak (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        fractions: Option<Vec<f64>>,
+        /// Only per-drain or only 1-tick batching.
+        #[arg(long)]
+        batching: Option<String>,
     },
     /// The replicated B+-tree as workers are added: smr, psmr, opt-psmr and unreplicated, on
     /// four workloads, 1 to every core.
@@ -316,6 +333,8 @@ fn main() {
             codec::run(&cli.out, &machine, 50_000, 3);
             println!("\n== multicast ==");
             multicast::run(&multicast::Plan::quick(), &cli.out, &machine);
+            println!("\n== multicast-latency ==");
+            multicast_latency::run(&multicast_latency::Plan::quick(), &cli.out, &machine);
             println!("\n== scaleup ==");
             scaleup::run_plan(&scaleup::Plan::quick(&machine), &cli.out, &machine);
             println!("\n== scaleout ==");
@@ -625,6 +644,34 @@ fn main() {
                 plan.groups = g;
             }
             multicast::run(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::MulticastLatency {
+            runs,
+            seconds,
+            fractions,
+            batching,
+        }) => {
+            let mut plan = multicast_latency::Plan::full();
+            plan.runs = runs.max(1);
+            plan.measure = Duration::from_secs_f64(seconds);
+            if let Some(f) = fractions {
+                if f.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+                    eprintln!("--fractions: each must be a positive number, got {f:?}");
+                    std::process::exit(2);
+                }
+                plan.fractions = f;
+            }
+            if let Some(b) = batching {
+                plan.batching = match b.as_str() {
+                    "per-drain" => vec![multicast::Batching::PerDrain],
+                    "1-tick" => vec![multicast::Batching::OneTick],
+                    other => {
+                        eprintln!("--batching: per-drain or 1-tick, got {other:?}");
+                        std::process::exit(2);
+                    }
+                };
+            }
+            multicast_latency::run(&plan, &cli.out, &machine);
         }
     }
 }

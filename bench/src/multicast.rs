@@ -19,13 +19,14 @@ use groups::groupset::GroupSet;
 use groups::ids::{GroupId, NodeId};
 use groups::node::GroupsNode;
 use groups::runtime::inproc::{App, InProcCluster};
+use groups::runtime::Waker;
 use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Multicasts the sender keeps in flight.
@@ -54,12 +55,24 @@ impl Batching {
             }
         }
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Batching::PerDrain => "per-drain",
             Batching::OneTick => "1-tick",
         }
     }
+}
+
+/// How the sender offers load.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Load {
+    /// Keep [`WINDOW`] multicasts in flight (the peak; latency is queueing-dominated).
+    Closed,
+    /// Open loop: message `i` is due at `t0 + i / rate` whatever happened to the ones before
+    /// it, and its latency is measured from that due time, not from when the sender got to
+    /// it (no coordinated omission: a stalled sender or a full window shows as latency).
+    Open { rate_msgs_s: f64 },
 }
 
 /// One configuration.
@@ -184,6 +197,14 @@ enum BenchApp {
         groups: u32,
         multi_pct: u32,
         filler: Bytes,
+        load: Load,
+        /// Open loop: the clock reading at which message 0 is due; 0 until the bench sets it
+        /// (meanwhile one probe message at a time finds the leaders).
+        start: Arc<AtomicU64>,
+        /// Open loop: messages multicast since `start`.
+        sent: u64,
+        /// The node loop's waker, handed to the bench's pacer thread.
+        waker: Arc<Mutex<Option<Waker>>>,
     },
     Receiver {
         phase: Arc<AtomicU8>,
@@ -196,7 +217,35 @@ enum BenchApp {
     },
 }
 
+/// Multicasts one message stamped `stamp` (a [`clock`] reading) to one random group, or two
+/// distinct ones for `multi_pct` percent of messages; false if the sender refused it.
+fn send_one(
+    node: &mut GroupsNode,
+    rng: &mut ChaCha8Rng,
+    groups: u32,
+    multi_pct: u32,
+    filler: &[u8],
+    stamp: u64,
+) -> bool {
+    let mut dests = GroupSet::singleton(GroupId(rng.random_range(0..groups)));
+    if groups > 1 && rng.random_range(0..100) < multi_pct {
+        while dests.len() < 2 {
+            dests.insert(GroupId(rng.random_range(0..groups)));
+        }
+    }
+    let mut payload = Vec::with_capacity(filler.len().max(8));
+    payload.extend_from_slice(&stamp.to_le_bytes());
+    payload.extend_from_slice(&filler[8.min(filler.len())..]);
+    node.multicast(dests, payload.into()).is_ok()
+}
+
 impl App for BenchApp {
+    fn attach(&mut self, _node: &mut GroupsNode, w: Waker) {
+        if let BenchApp::Sender { waker, .. } = self {
+            *waker.lock().expect("waker slot") = Some(w);
+        }
+    }
+
     fn step(&mut self, node: &mut GroupsNode) {
         match self {
             BenchApp::Sender {
@@ -204,22 +253,41 @@ impl App for BenchApp {
                 groups,
                 multi_pct,
                 filler,
-            } => {
-                while node.multicasts_in_flight() < WINDOW {
-                    let mut dests = GroupSet::singleton(GroupId(rng.random_range(0..*groups)));
-                    if *groups > 1 && rng.random_range(0..100) < *multi_pct {
-                        while dests.len() < 2 {
-                            dests.insert(GroupId(rng.random_range(0..*groups)));
+                load,
+                start,
+                sent,
+                ..
+            } => match *load {
+                Load::Closed => {
+                    while node.multicasts_in_flight() < WINDOW {
+                        if !send_one(node, rng, *groups, *multi_pct, filler, clock()) {
+                            break;
                         }
                     }
-                    let mut payload = Vec::with_capacity(filler.len().max(8));
-                    payload.extend_from_slice(&clock().to_le_bytes());
-                    payload.extend_from_slice(&filler[8.min(filler.len())..]);
-                    if node.multicast(dests, payload.into()).is_err() {
-                        break;
+                }
+                Load::Open { rate_msgs_s } => {
+                    let t0 = start.load(Ordering::Relaxed);
+                    if t0 == 0 {
+                        if node.multicasts_in_flight() == 0 {
+                            send_one(node, rng, *groups, *multi_pct, filler, clock());
+                        }
+                        return;
+                    }
+                    let now = clock();
+                    let ns_per_msg = 1e9 / rate_msgs_s;
+                    // Messages due by now (message 0 is due at t0).
+                    let due = (now.saturating_sub(t0) as f64 / ns_per_msg) as u64 + 1;
+                    // The sender's own window bounds what is outstanding; a message that
+                    // does not fit stays due, and its wait counts as latency.
+                    while *sent < due && node.multicasts_in_flight() < 2 * WINDOW {
+                        let stamp = t0 + (*sent as f64 * ns_per_msg) as u64;
+                        if !send_one(node, rng, *groups, *multi_pct, filler, stamp) {
+                            break;
+                        }
+                        *sent += 1;
                     }
                 }
-            }
+            },
             BenchApp::Receiver {
                 phase,
                 live,
@@ -251,8 +319,8 @@ impl App for BenchApp {
     }
 }
 
-/// Runs one configuration once.
-pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> Run {
+/// Runs one configuration once under `load`.
+pub fn run_once(p: &Params, load: Load, warmup: Duration, measure: Duration, seed: u64) -> Run {
     let servers: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let all_groups: Vec<GroupSet> = (0..p.groups)
         .map(|g| GroupSet::singleton(GroupId(g)))
@@ -281,6 +349,9 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
     let lv = live.clone();
     let payload_bytes = p.payload_bytes.max(8);
     let (groups, multi_pct) = (p.groups, p.multi_group_pct);
+    let start = Arc::new(AtomicU64::new(0));
+    let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let (st, wk) = (start.clone(), waker.clone());
     let cluster = InProcCluster::start(cfg, move |id| {
         if id == NodeId(4) {
             BenchApp::Sender {
@@ -288,6 +359,10 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
                 groups,
                 multi_pct,
                 filler: Bytes::from(vec![0xAB; payload_bytes]),
+                load,
+                start: st.clone(),
+                sent: 0,
+                waker: wk.clone(),
             }
         } else {
             BenchApp::Receiver {
@@ -306,12 +381,42 @@ pub fn run_once(p: &Params, warmup: Duration, measure: Duration, seed: u64) -> R
     while !live.load(Ordering::Relaxed) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let pacer = match load {
+        Load::Closed => None,
+        Load::Open { rate_msgs_s } => {
+            start.store(clock().max(1), Ordering::Relaxed);
+            let w = waker.lock().expect("waker slot").clone();
+            let stop = Arc::new(AtomicBool::new(false));
+            let s = stop.clone();
+            // The node loop otherwise runs the sender only when input arrives or at its
+            // 1 ms tick; the pacer wakes it once per message gap, but at most every 50 us (a
+            // sleep's granularity here; what is due meanwhile goes out as one burst).
+            let gap = Duration::from_secs_f64(1.0 / rate_msgs_s)
+                .clamp(Duration::from_micros(50), Duration::from_millis(1));
+            let t = std::thread::Builder::new()
+                .name("pacer".into())
+                .spawn(move || {
+                    while !s.load(Ordering::Relaxed) {
+                        std::thread::sleep(gap);
+                        if let Some(w) = &w {
+                            w.wake();
+                        }
+                    }
+                })
+                .expect("spawn pacer");
+            Some((stop, t))
+        }
+    };
     std::thread::sleep(warmup);
     phase.store(MEASURE, Ordering::Relaxed);
     let started = Instant::now();
     std::thread::sleep(measure);
     phase.store(DONE, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    if let Some((stop, t)) = pacer {
+        stop.store(true, Ordering::Relaxed);
+        let _ = t.join();
+    }
     let stats: Vec<groups::NodeStats> = cluster
         .ids()
         .into_iter()
@@ -387,6 +492,7 @@ pub fn run(plan: &Plan, out: &Path, machine: &Machine) -> Vec<Row> {
             ));
             runs.push(run_once(
                 p,
+                Load::Closed,
                 plan.warmup,
                 plan.measure,
                 (i * 100 + r) as u64 + 1,
