@@ -17,6 +17,13 @@ use std::sync::Arc;
 #[derive(Default, Debug)]
 pub struct MemStorage {
     entries: VecDeque<LogEntry>,
+    /// Trimmed entries not dropped yet, oldest first. The store that drops a batch last frees
+    /// every message in it; dropping a whole trim step at once (1024 batches, ~80 k cold
+    /// allocations at 700 k msgs/s) held one node's thread for 7-16 ms at every trim, a
+    /// stall every ~120 ms that set the multicast p99. They are released a few per write
+    /// instead ([`RELEASE_PER_WRITE`]), so a step is gone well before the next trim; while
+    /// the log is idle at most one trim step stays held.
+    released: VecDeque<LogEntry>,
     trimmed: usize,
     compacted: usize,
     promise: Option<Ballot>,
@@ -63,7 +70,23 @@ pub fn image_ops(image: StorageImage) -> Vec<StorageOp<LogEntry>> {
     ops
 }
 
+/// Trimmed entries dropped per appended entry, and per other write (at least): more than one,
+/// so the entries of a trim step are gone before the next step is trimmed.
+const RELEASE_PER_WRITE: usize = 4;
+
 impl MemStorage {
+    /// Drops up to `n` trimmed entries.
+    fn release(&mut self, n: usize) {
+        let n = n.min(self.released.len());
+        self.released.drain(..n);
+    }
+
+    /// Trimmed entries still held (tests).
+    #[cfg(test)]
+    fn released_len(&self) -> usize {
+        self.released.len()
+    }
+
     /// A copy of the whole state.
     pub fn image(&self) -> StorageImage {
         StorageImage {
@@ -81,6 +104,7 @@ impl MemStorage {
     pub fn from_image(image: StorageImage) -> Self {
         MemStorage {
             entries: image.entries.into(),
+            released: VecDeque::new(),
             trimmed: image.trimmed as usize,
             compacted: image.compacted as usize,
             promise: image.promise,
@@ -126,10 +150,13 @@ impl Storage<LogEntry> for MemStorage {
     }
     fn append_entry(&mut self, entry: LogEntry) -> StorageResult<()> {
         self.entries.push_back(entry);
+        self.release(RELEASE_PER_WRITE);
         Ok(())
     }
     fn append_entries(&mut self, entries: Vec<LogEntry>) -> StorageResult<()> {
+        let n = entries.len();
         self.entries.extend(entries);
+        self.release(RELEASE_PER_WRITE * n.max(1));
         Ok(())
     }
     fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogEntry>) -> StorageResult<()> {
@@ -142,6 +169,7 @@ impl Storage<LogEntry> for MemStorage {
     }
     fn set_decided_idx(&mut self, ld: usize) -> StorageResult<()> {
         self.decided = ld;
+        self.release(RELEASE_PER_WRITE);
         Ok(())
     }
     fn get_decided_idx(&self) -> StorageResult<usize> {
@@ -175,7 +203,8 @@ impl Storage<LogEntry> for MemStorage {
     }
     fn trim(&mut self, idx: usize) -> StorageResult<()> {
         let n = idx.saturating_sub(self.trimmed).min(self.entries.len());
-        self.entries.drain(..n);
+        self.released.extend(self.entries.drain(..n));
+        self.release(RELEASE_PER_WRITE);
         self.trimmed = self.trimmed.max(idx);
         Ok(())
     }
@@ -320,5 +349,90 @@ impl MemStorage {
         self.accepted_round = undo.accepted_round;
         self.decided = undo.decided;
         self.stopsign = undo.stopsign;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groupset::GroupSet;
+    use crate::ids::{GroupId, MsgId, NodeId};
+    use crate::message::Message;
+    use bytes::Bytes;
+
+    fn batch(seq: u64) -> (LogEntry, Arc<[Message]>) {
+        let msgs: Arc<[Message]> = Arc::from(vec![Message {
+            id: MsgId {
+                sender: NodeId(1),
+                epoch: 0,
+                seq,
+            },
+            log_seq: seq,
+            dests: GroupSet::singleton(GroupId(0)),
+            payload: Bytes::from(seq.to_le_bytes().to_vec()),
+        }]);
+        (LogEntry::Batch(msgs.clone()), msgs)
+    }
+
+    /// A trim hides the entries at once but drops them over the following writes: every
+    /// trimmed batch is freed before as many entries as were trimmed have been appended again,
+    /// and what the store answers is the same as if they had been dropped at once.
+    #[test]
+    fn trimmed_entries_are_released_over_the_next_writes() {
+        let mut s = MemStorage::default();
+        let mut held = Vec::new();
+        for i in 0..1000 {
+            let (e, m) = batch(i);
+            s.append_entry(e).unwrap();
+            held.push(m);
+        }
+        s.set_decided_idx(1000).unwrap();
+        s.trim(900).unwrap();
+        assert_eq!(s.get_log_len().unwrap(), 100);
+        assert_eq!(
+            s.get_entries(899, 901).unwrap().len(),
+            0,
+            "trimmed prefix is gone"
+        );
+        assert_eq!(s.get_entries(900, 1000).unwrap().len(), 100);
+        assert_eq!(s.get_suffix(0).unwrap().len(), 100);
+        assert!(
+            s.image().entries.len() == 100,
+            "an image holds only live entries"
+        );
+        assert!(
+            s.released_len() > 800,
+            "not all dropped at once: {}",
+            s.released_len()
+        );
+        let mut appended = 0;
+        while s.released_len() > 0 {
+            let (e, _) = batch(1000 + appended);
+            s.append_entry(e).unwrap();
+            appended += 1;
+            assert!(
+                appended <= 900 / RELEASE_PER_WRITE as u64 + 1,
+                "released too slowly"
+            );
+        }
+        for (i, m) in held.iter().enumerate() {
+            let expected = if i < 900 { 1 } else { 2 };
+            assert_eq!(Arc::strong_count(m), expected, "batch {i}");
+        }
+        assert_eq!(s.get_entries(900, 901).unwrap().len(), 1);
+    }
+
+    /// Appending many entries at once releases proportionally many.
+    #[test]
+    fn bulk_appends_release_in_proportion() {
+        let mut s = MemStorage::default();
+        s.append_entries((0..100).map(|i| batch(i).0).collect())
+            .unwrap();
+        s.trim(100).unwrap();
+        assert!(s.released_len() > 0);
+        s.append_entries((100..125).map(|i| batch(i).0).collect())
+            .unwrap();
+        assert_eq!(s.released_len(), 0);
+        assert_eq!(s.get_log_len().unwrap(), 25);
     }
 }
