@@ -553,18 +553,29 @@ pub fn table(rows: &[Row]) -> Table {
         "groups", "multi%", "payload", "batching", "msgs/s", "p50 us", "p99 us", "p99.9 us",
     ]);
     for r in rows {
-        t.row(vec![
-            r.params.groups.to_string(),
-            r.params.multi_group_pct.to_string(),
-            r.params.payload_bytes.to_string(),
-            r.params.batching.name().to_string(),
-            report::human(r.throughput_msgs_s),
-            format!("{:.0}", r.p50_us),
-            format!("{:.0}", r.p99_us),
-            format!("{:.0}", r.p999_us),
-        ]);
+        t.row(
+            vec![
+                r.params.groups.to_string(),
+                r.params.multi_group_pct.to_string(),
+                r.params.payload_bytes.to_string(),
+                r.params.batching.name().to_string(),
+            ]
+            .into_iter()
+            .chain(rate_and_latency_cells(
+                r.throughput_msgs_s,
+                [r.p50_us, r.p99_us, r.p999_us],
+            ))
+            .collect(),
+        );
     }
     t
+}
+
+/// Table cells: messages/s, then p50, p99 and p99.9 in whole microseconds.
+pub fn rate_and_latency_cells(msgs_s: f64, quantiles_us: [f64; 3]) -> Vec<String> {
+    std::iter::once(report::human(msgs_s))
+        .chain(quantiles_us.iter().map(|q| format!("{q:.0}")))
+        .collect()
 }
 
 #[cfg(test)]

@@ -229,19 +229,23 @@ pub fn table(rows: &[Row]) -> Table {
         "p99.9 us",
     ]);
     for r in rows {
-        t.row(vec![
-            r.batching.name().to_string(),
-            if r.load == "closed" {
-                "peak (closed)".into()
-            } else {
-                format!("{:.0}%", r.load.parse::<f64>().unwrap_or(f64::NAN) * 100.0)
-            },
-            r.offered_msgs_s.map_or("-".into(), report::human),
-            report::human(r.throughput_msgs_s),
-            format!("{:.0}", r.p50_us),
-            format!("{:.0}", r.p99_us),
-            format!("{:.0}", r.p999_us),
-        ]);
+        t.row(
+            vec![
+                r.batching.name().to_string(),
+                if r.load == "closed" {
+                    "peak (closed)".into()
+                } else {
+                    format!("{:.0}%", r.load.parse::<f64>().unwrap_or(f64::NAN) * 100.0)
+                },
+                r.offered_msgs_s.map_or("-".into(), report::human),
+            ]
+            .into_iter()
+            .chain(multicast::rate_and_latency_cells(
+                r.throughput_msgs_s,
+                [r.p50_us, r.p99_us, r.p999_us],
+            ))
+            .collect(),
+        );
     }
     t
 }
