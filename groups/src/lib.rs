@@ -55,6 +55,7 @@ pub mod merge;
 pub mod message;
 pub mod metrics;
 pub mod node;
+pub mod readindex;
 pub mod record;
 pub mod rmcast;
 pub mod runtime;

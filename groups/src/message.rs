@@ -186,6 +186,17 @@ pub enum NetMsg {
     /// `next` (it can be restarted from the checkpoint and the log from `next` on). The log's
     /// acceptors trim below the lowest such position of the subscribers that checkpoint.
     Checkpointed { log: LogId, next: u64 },
+    /// A node asks an acceptor of `log` for its accepted index (see [`crate::readindex`]).
+    IndexQuery {
+        log: LogId,
+        read: crate::readindex::ReadToken,
+    },
+    /// An acceptor's answer to an `IndexQuery`: the length of its copy of `log`.
+    IndexReply {
+        log: LogId,
+        read: crate::readindex::ReadToken,
+        accepted: u64,
+    },
 }
 
 impl NetMsg {
@@ -212,6 +223,8 @@ impl NetMsg {
             NetMsg::RAck { .. } => "rack",
             NetMsg::App { .. } => "app",
             NetMsg::Checkpointed { .. } => "checkpointed",
+            NetMsg::IndexQuery { .. } => "index-query",
+            NetMsg::IndexReply { .. } => "index-reply",
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::log::storage::{self, MemStorage, Shared};
 use crate::log::OrderedLog;
 use crate::merge::{Delivery, Merger, SkipNeed};
 use crate::message::{LogEntry, NetMsg};
+use crate::readindex::{ReadIndex, ReadIndexError, ReadIndexes};
 use crate::rmcast::{RDelivery, Rmcast};
 use crate::sender::{MulticastError, Sender};
 use crate::server::LogServer;
@@ -308,6 +309,7 @@ pub struct GroupsNode {
     merge_locally: bool,
     sender: Sender,
     rm: Rmcast,
+    reads: ReadIndexes,
     out: Vec<(NodeId, NetMsg)>,
     delivered: Vec<(usize, Delivery)>,
     exported: Vec<LogEntries>,
@@ -354,6 +356,7 @@ impl GroupsNode {
         GroupsNode {
             sender: Sender::new(cfg.clone(), me, opts.epoch),
             rm: Rmcast::new(cfg.clone(), me, opts.epoch),
+            reads: ReadIndexes::new(cfg.clone(), opts.epoch),
             cfg,
             me,
             now: 0,
@@ -868,7 +871,59 @@ impl GroupsNode {
                     s.on_checkpointed(from, next, self.now);
                 }
             }
+            NetMsg::IndexQuery { log, read } => match self.servers.get(&log) {
+                // An acceptor still recovering its state stays silent (see `readindex`).
+                Some(s) if s.log().recovery() == RecoveryState::Voting => {
+                    let accepted = s.log().accepted_idx();
+                    self.out.push((
+                        from,
+                        NetMsg::IndexReply {
+                            log,
+                            read,
+                            accepted,
+                        },
+                    ));
+                }
+                Some(_) => {}
+                None => self.refuse(from, "index query for a log this node does not accept for"),
+            },
+            NetMsg::IndexReply {
+                log,
+                read,
+                accepted,
+            } => {
+                if !self.reads.on_reply(from, log, read, accepted, self.now) {
+                    self.refuse(
+                        from,
+                        "index reply from a node that is not an acceptor of the log",
+                    );
+                }
+            }
         }
+    }
+
+    /// Asks for a read index of `logs` (see [`crate::readindex`]): once a majority of each
+    /// log's acceptors has answered, [`GroupsNode::take_read_indexes`] hands out, per log, a
+    /// position past every entry decided before this call. Returns the request's number.
+    pub fn read_index(&mut self, logs: &[LogId]) -> Result<u64, ReadIndexError> {
+        self.reads.ask(logs, self.now, &mut self.out)
+    }
+
+    /// Read indexes completed since the last call.
+    pub fn take_read_indexes(&mut self, out: &mut Vec<ReadIndex>) {
+        self.reads.take_done(out);
+    }
+
+    /// Read-index requests not answered by a majority yet.
+    pub fn read_indexes_pending(&self) -> usize {
+        self.reads.pending()
+    }
+
+    /// Positions of completed read indexes this node's feeds have not reached yet (the node
+    /// asks the logs' leaders for padding until they are reached).
+    pub fn read_targets_open(&self) -> Vec<(LogId, u64)> {
+        self.reads
+            .open_targets(|l| self.feeds.get(&l).map(Feed::next))
     }
 
     fn refuse(&mut self, from: NodeId, what: &str) {
@@ -932,6 +987,22 @@ impl GroupsNode {
         }
         self.sender.tick(now);
         self.rm.tick(now, &mut self.out);
+        let resend = self.cfg.tuning.resend_ticks;
+        self.reads.tick(now, resend, &mut self.out);
+        if now.is_multiple_of(resend.max(1)) {
+            // A read position beyond a log's end (see `readindex`): ask for padding up to it.
+            let feeds = &self.feeds;
+            self.reads.prune_targets(|l| feeds.get(&l).map(Feed::next));
+            for (log, _) in self.read_targets_open() {
+                if let Some(next) = self.feed_next(log) {
+                    self.request_skip(SkipNeed {
+                        log,
+                        index: next,
+                        slots: 1,
+                    });
+                }
+            }
+        }
         if self.cfg.tuning.skip_hints {
             let needs: Vec<SkipNeed> = self.mergers.iter().filter_map(Merger::blocked_on).collect();
             for need in needs {

@@ -18,6 +18,7 @@ use groups::frame::{
 };
 use groups::groupset::MAX_GROUP_ID;
 use groups::message::{Attempt, LogMsg, PeerStatus, RecoveryMsg, Summary};
+use groups::readindex::ReadToken;
 use groups::{GroupId, GroupSet, LogEntry, LogId, Message, MsgId, NetMsg, NodeId};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -302,6 +303,17 @@ fn net_msg() -> impl Strategy<Value = NetMsg> {
         (log.clone(), any::<u64>()).prop_map(|(log, first)| NetMsg::Trimmed { log, first }),
         (log.clone(), any::<u64>()).prop_map(|(log, next)| NetMsg::Progress { log, next }),
         (log.clone(), any::<u64>()).prop_map(|(log, next)| NetMsg::Checkpointed { log, next }),
+        (log.clone(), any::<(u32, u64)>()).prop_map(|(log, (epoch, seq))| NetMsg::IndexQuery {
+            log,
+            read: ReadToken { epoch, seq }
+        }),
+        (log.clone(), any::<(u32, u64, u64)>()).prop_map(|(log, (epoch, seq, accepted))| {
+            NetMsg::IndexReply {
+                log,
+                read: ReadToken { epoch, seq },
+                accepted,
+            }
+        }),
         (log, any::<u64>(), any::<u64>()).prop_map(|(log, index, slots)| NetMsg::SkipHint {
             log,
             index,

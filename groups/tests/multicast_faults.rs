@@ -61,6 +61,14 @@ enum Action {
     Partition(Vec<NodeId>, Vec<NodeId>),
     CutOneWay(NodeId, NodeId),
     Heal,
+    /// Asks `from` for a read index of `logs` (`groups::readindex`).
+    ReadIndex {
+        from: NodeId,
+        logs: Vec<LogId>,
+    },
+    /// Cuts whoever leads `log` now off from every other node (a deposed leader that goes on
+    /// believing it leads, and takes submissions, until the cut heals).
+    Depose(LogId),
 }
 
 fn random_set(rng: &mut ChaCha8Rng, groups: u32, size: u32) -> GroupSet {
@@ -71,7 +79,7 @@ fn random_set(rng: &mut ChaCha8Rng, groups: u32, size: u32) -> GroupSet {
     s
 }
 
-fn draw(seed: u64) -> Scenario {
+fn draw(seed: u64, reads: bool) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_cafe);
     let groups = rng.random_range(2..=8u32);
     let f = if rng.random_bool(0.2) { 2 } else { 1 };
@@ -253,6 +261,9 @@ fn draw(seed: u64) -> Scenario {
         plan.push((at, action));
         plan.push((until, Action::Heal));
     }
+    if reads {
+        draw_reads(seed, &cfg, &ids, fault_phase_us, &mut plan);
+    }
     // Stable: actions drawn for one instant keep their order (the trap's wipe, crashes, heal).
     plan.sort_by_key(|(t, _)| *t);
     Scenario {
@@ -260,6 +271,52 @@ fn draw(seed: u64) -> Scenario {
         net,
         plan,
         fault_phase_us,
+    }
+}
+
+/// Read indexes for the read-index campaign, from a stream of their own (the rest of the plan
+/// is the one the other campaigns run): 30 to 120 requests from random nodes for one to three
+/// random logs, half of them in bursts around a deposed leader (its log's leader cut off from
+/// everyone for 50 to 400 ms while multicasts go on), asked from both sides of the cut.
+fn draw_reads(
+    seed: u64,
+    cfg: &ClusterConfig,
+    ids: &[NodeId],
+    fault_phase_us: u64,
+    plan: &mut Vec<(u64, Action)>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead_1dec);
+    let logs: Vec<LogId> = cfg.logs.iter().map(|l| l.id).collect();
+    let pick_logs = |rng: &mut ChaCha8Rng| -> Vec<LogId> {
+        let k = rng.random_range(1..=3usize.min(logs.len()));
+        (0..k)
+            .map(|_| logs[rng.random_range(0..logs.len())])
+            .collect()
+    };
+    for _ in 0..rng.random_range(15..=60) {
+        let at = rng.random_range(0..fault_phase_us);
+        let from = ids[rng.random_range(0..ids.len())];
+        plan.push((
+            at,
+            Action::ReadIndex {
+                from,
+                logs: pick_logs(&mut rng),
+            },
+        ));
+    }
+    for _ in 0..rng.random_range(1..=3) {
+        let at = rng.random_range(0..fault_phase_us * 3 / 4);
+        let until = at + rng.random_range(50_000..=400_000);
+        let log = logs[rng.random_range(0..logs.len())];
+        plan.push((at, Action::Depose(log)));
+        for _ in 0..rng.random_range(5..=20) {
+            let t = rng.random_range(at..until + 100_000);
+            let from = ids[rng.random_range(0..ids.len())];
+            let mut ls = pick_logs(&mut rng);
+            ls.push(log);
+            plan.push((t, Action::ReadIndex { from, logs: ls }));
+        }
+        plan.push((until.min(fault_phase_us), Action::Heal));
     }
 }
 
@@ -340,6 +397,9 @@ fn may_wipe(s: &GroupsSim, cfg: &ClusterConfig, victim: NodeId) -> bool {
 
 struct Outcome {
     sent: usize,
+    reads: usize,
+    reads_answered: usize,
+    deposed: usize,
     crashes: u64,
     wipes: usize,
     mid_step_crashes: usize,
@@ -358,8 +418,8 @@ enum Mode {
     Memory,
 }
 
-fn run(seed: u64, verbose: bool, mode: Mode) -> Result<Outcome, String> {
-    let sc = draw(seed);
+fn run(seed: u64, verbose: bool, mode: Mode, reads: bool) -> Result<Outcome, String> {
+    let sc = draw(seed, reads);
     if verbose {
         eprintln!(
             "seed {seed}: {} groups, {} nodes, logs:",
@@ -432,6 +492,7 @@ fn run(seed: u64, verbose: bool, mode: Mode) -> Result<Outcome, String> {
     }
     let mut payload = 0u32;
     let mut reported = 0;
+    let mut deposed = 0;
     let mut wipes = 0;
     // CHORUS_WATCH=node:log:from_us:to_us prints that acceptor's log indexes after every step.
     let watch: Option<(u32, u32, u64, u64)> = std::env::var("CHORUS_WATCH").ok().map(|w| {
@@ -528,6 +589,30 @@ fn run(seed: u64, verbose: bool, mode: Mode) -> Result<Outcome, String> {
                 s.sim.net.heal_all();
                 s.sim.reconnect_all();
             }
+            Action::ReadIndex { from, logs } => {
+                s.read_index(*from, logs);
+            }
+            Action::Depose(log) => {
+                let leader = s
+                    .sim
+                    .up_nodes()
+                    .into_iter()
+                    .find(|&n| s.sim.actor(n).is_some_and(|a| a.leads(*log)));
+                if let Some(l) = leader {
+                    let others: Vec<NodeId> = sc
+                        .cfg
+                        .nodes
+                        .iter()
+                        .map(|n| n.id)
+                        .filter(|&n| n != l)
+                        .collect();
+                    if verbose {
+                        eprintln!("  deposing {l}, leader of {log}");
+                    }
+                    deposed += 1;
+                    s.sim.net.partition(&[l], &others);
+                }
+            }
         }
     }
     s.run_until(sc.fault_phase_us);
@@ -594,6 +679,15 @@ fn run(seed: u64, verbose: bool, mode: Mode) -> Result<Outcome, String> {
         }
     }
     let reliable = s.check_reliable();
+    let read_check = s.check_reads(quiet);
+    if verbose {
+        for r in s.reads() {
+            eprintln!(
+                "  read {}#{} (incarnation {}) at {}us: floor {:?} -> {:?} at {:?}us",
+                r.node, r.seq, r.incarnation, r.asked_at_us, r.floor, r.positions, r.done_at_us
+            );
+        }
+    }
     let mut problems = Vec::new();
     if !quiet {
         problems
@@ -610,9 +704,15 @@ fn run(seed: u64, verbose: bool, mode: Mode) -> Result<Outcome, String> {
     if let Err(v) = reliable {
         problems.extend(v.iter().map(|x| format!("reliable multicast {x}")));
     }
+    if let Err(v) = read_check {
+        problems.extend(v.into_iter().map(|x| format!("read index: {x}")));
+    }
     if problems.is_empty() {
         Ok(Outcome {
             sent: s.sent_count(),
+            reads: s.reads().len(),
+            reads_answered: s.reads().iter().filter(|r| r.positions.is_some()).count(),
+            deposed,
             crashes: s.sim.stats.crashes,
             wipes,
             mid_step_crashes: s.step_crashes().len(),
@@ -629,7 +729,7 @@ fn multicast_properties_hold_under_faults() {
         "multicast_faults",
         "cargo test --release -p groups --test multicast_faults -- --nocapture multicast_properties_hold_under_faults",
         300,
-        |seed, verbose| run(seed, verbose, Mode::Disk),
+        |seed, verbose| run(seed, verbose, Mode::Disk, false),
     );
     let sent: usize = passed.iter().map(|o| o.sent).sum();
     let crashes: u64 = passed.iter().map(|o| o.crashes).sum();
@@ -662,7 +762,7 @@ fn multicast_properties_hold_in_memory_mode() {
         "multicast_faults (memory)",
         "cargo test --release -p groups --test multicast_faults -- --nocapture multicast_properties_hold_in_memory_mode",
         150,
-        |seed, verbose| run(seed, verbose, Mode::Memory),
+        |seed, verbose| run(seed, verbose, Mode::Memory, false),
     );
     let sent: usize = passed.iter().map(|o| o.sent).sum();
     let wipes: usize = passed.iter().map(|o| o.wipes).sum();
@@ -674,5 +774,40 @@ fn multicast_properties_hold_in_memory_mode() {
     assert!(
         passed.len() < 20 || wipe_seeds > passed.len() / 4,
         "too few seeds crashed a node in memory mode"
+    );
+}
+
+/// The read-index campaign (`groups::readindex`): the plans of the campaigns above (even
+/// seeds on disk, odd seeds in memory mode) with read indexes asked throughout and leaders
+/// deposed (cut off while they go on taking submissions). Every answered read index must
+/// cover everything decided or delivered anywhere before it was asked, and once the faults
+/// stop every read of a live incarnation must be answered and its node's feeds must reach
+/// the positions it named.
+#[test]
+fn read_indexes_cover_every_decided_entry_under_faults() {
+    let passed = groups::sim::seeds::campaign(
+        "read_index_faults",
+        "cargo test --release -p groups --test multicast_faults -- --nocapture read_indexes_cover_every_decided_entry_under_faults",
+        120,
+        |seed, verbose| {
+            let mode = if seed % 2 == 0 { Mode::Disk } else { Mode::Memory };
+            run(seed, verbose, mode, true)
+        },
+    );
+    let reads: usize = passed.iter().map(|o| o.reads).sum();
+    let answered: usize = passed.iter().map(|o| o.reads_answered).sum();
+    let deposed: usize = passed.iter().map(|o| o.deposed).sum();
+    let depose_seeds = passed.iter().filter(|o| o.deposed > 0).count();
+    eprintln!(
+        "read_index_faults: {} seeds passed: {reads} read indexes ({answered} answered), {deposed} leaders deposed in {depose_seeds} seeds",
+        passed.len()
+    );
+    assert!(
+        passed.len() < 20 || depose_seeds > passed.len() / 2,
+        "too few seeds deposed a leader"
+    );
+    assert!(
+        passed.len() < 20 || answered > reads / 2,
+        "too few read indexes were answered"
     );
 }

@@ -73,6 +73,21 @@ pub struct StepCrashRecord {
     pub lost: usize,
 }
 
+/// One read index asked for in the simulation, with what it must cover.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    pub node: NodeId,
+    pub incarnation: u32,
+    pub seq: u64,
+    pub asked_at_us: u64,
+    /// Per log, one past the last entry known decided when the read was asked (delivered by
+    /// any stream, or decided at any live acceptor): the position must be at least this.
+    pub floor: Vec<(LogId, u64)>,
+    /// What the node answered, once it did.
+    pub positions: Option<Vec<(LogId, u64)>>,
+    pub done_at_us: Option<u64>,
+}
+
 struct SentRecord {
     id: MsgId,
     dests: GroupSet,
@@ -114,6 +129,10 @@ pub struct GroupsSim {
     rdeliveries: Vec<RDelivery>,
     /// When each node incarnation started.
     started: BTreeMap<(NodeId, u32), u64>,
+    /// Per log, one past the highest entry index any stream delivered from it.
+    delivered_floor: BTreeMap<LogId, u64>,
+    reads: Vec<ReadRecord>,
+    read_at: BTreeMap<(NodeId, u32, u64), usize>,
 }
 
 impl GroupsSim {
@@ -179,6 +198,9 @@ impl GroupsSim {
             deliveries: Vec::new(),
             rdeliveries: Vec::new(),
             started: BTreeMap::new(),
+            delivered_floor: BTreeMap::new(),
+            reads: Vec::new(),
+            read_at: BTreeMap::new(),
         }
     }
 
@@ -190,6 +212,86 @@ impl GroupsSim {
     /// inspection and for faults that replace what is on it.
     pub fn storage(&self, node: NodeId, log: LogId) -> Option<&SimStorage> {
         self.storages.get(&(node, log))
+    }
+
+    /// Asks `from` for a read index of `logs` now and records what it must cover; `None` if
+    /// the node is down or refused the request.
+    pub fn read_index(&mut self, from: NodeId, logs: &[LogId]) -> Option<u64> {
+        let inc = self.sim.incarnation(from);
+        let floor: Vec<(LogId, u64)> = logs
+            .iter()
+            .map(|&log| {
+                let delivered = self.delivered_floor.get(&log).copied().unwrap_or(0);
+                let decided = self
+                    .sim
+                    .up_nodes()
+                    .into_iter()
+                    .filter_map(|n| self.sim.actor(n).and_then(|a| a.decided_idx(log)))
+                    .max()
+                    .unwrap_or(0);
+                (log, delivered.max(decided))
+            })
+            .collect();
+        let seq = self.sim.with(from, |n| n.read_index(logs))?.ok()?;
+        self.read_at.insert((from, inc, seq), self.reads.len());
+        self.reads.push(ReadRecord {
+            node: from,
+            incarnation: inc,
+            seq,
+            asked_at_us: self.sim.now_us(),
+            floor,
+            positions: None,
+            done_at_us: None,
+        });
+        Some(seq)
+    }
+
+    /// Every read index asked for so far.
+    pub fn reads(&self) -> &[ReadRecord] {
+        &self.reads
+    }
+
+    /// Checks the read indexes: every answered one covers its floor (safety), and, if
+    /// `complete`, every read of a node's current incarnation was answered and the node's
+    /// feeds have reached the positions (liveness, once the cluster is quiet).
+    pub fn check_reads(&self, complete: bool) -> Result<(), Vec<String>> {
+        let mut bad = Vec::new();
+        for r in &self.reads {
+            match &r.positions {
+                Some(pos) => {
+                    for &(log, floor) in &r.floor {
+                        let got = pos.iter().find(|(l, _)| *l == log).map(|&(_, p)| p);
+                        if got.is_none_or(|p| p < floor) {
+                            bad.push(format!(
+                                "read {}#{} of {} asked at {}us: position {got:?} of {log} is below {floor}, the end of what was decided before it",
+                                r.node, r.seq, r.incarnation, r.asked_at_us
+                            ));
+                        }
+                    }
+                    if complete && self.correct(r.node, r.incarnation) {
+                        for &(log, p) in pos {
+                            let next = self.sim.actor(r.node).and_then(|a| a.feed_next(log));
+                            if next.is_some_and(|n| n < p) {
+                                bad.push(format!(
+                                    "liveness: {}'s feed of {log} stays at {next:?}, short of read {}'s position {p}",
+                                    r.node, r.seq
+                                ));
+                            }
+                        }
+                    }
+                }
+                None if complete && self.correct(r.node, r.incarnation) => bad.push(format!(
+                    "liveness: read {}#{} asked at {}us never answered",
+                    r.node, r.seq, r.asked_at_us
+                )),
+                None => {}
+            }
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
     }
 
     /// Multicasts from `from` now; `None` if the node is down or the multicast was refused.
@@ -331,6 +433,10 @@ impl GroupsSim {
             n.take_delivered(&mut d);
             n.take_rdelivered(&mut r);
         });
+        for (_, del) in &d {
+            let f = self.delivered_floor.entry(del.log).or_insert(0);
+            *f = (*f).max(del.index + 1);
+        }
         for (sub, del) in d.drain(..) {
             let sid = StreamId {
                 node,
@@ -345,6 +451,15 @@ impl GroupsSim {
         }
         for del in r.drain(..) {
             self.rstreams.entry((node, inc)).or_default().push(del.id);
+        }
+        let mut done = Vec::new();
+        self.sim.with(node, |n| n.take_read_indexes(&mut done));
+        let now = self.sim.now_us();
+        for ri in done {
+            if let Some(&i) = self.read_at.get(&(node, inc, ri.seq)) {
+                self.reads[i].positions = Some(ri.positions);
+                self.reads[i].done_at_us = Some(now);
+            }
         }
         self.deliveries = d;
         self.rdeliveries = r;
@@ -463,6 +578,8 @@ impl GroupsSim {
             self.sim.actor(n).is_some_and(|a| {
                 a.multicasts_in_flight() > 0
                     || a.rmcasts_in_flight() > 0
+                    || a.read_indexes_pending() > 0
+                    || !a.read_targets_open().is_empty()
                     || !a.recovering().is_empty()
             })
         });
