@@ -25,14 +25,29 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RunMode {
     Replicated(Mode),
+    /// Replicated, with single-worker reads served off the log by one replica after a read
+    /// index (`ClientProxy::with_fast_reads`); named `<mode>+ri`.
+    FastReads(Mode),
     Unreplicated,
 }
 
 impl RunMode {
-    pub const ALL: [RunMode; 4] = [
+    pub const ALL: [RunMode; 6] = [
         RunMode::Replicated(Mode::Smr),
+        RunMode::FastReads(Mode::Smr),
         RunMode::Replicated(Mode::Psmr),
+        RunMode::FastReads(Mode::Psmr),
         RunMode::Replicated(Mode::OptPsmr),
+        RunMode::Unreplicated,
+    ];
+    /// Every mode `--modes` knows (the default suite runs [`RunMode::ALL`]).
+    pub const KNOWN: [RunMode; 7] = [
+        RunMode::Replicated(Mode::Smr),
+        RunMode::FastReads(Mode::Smr),
+        RunMode::Replicated(Mode::Psmr),
+        RunMode::FastReads(Mode::Psmr),
+        RunMode::Replicated(Mode::OptPsmr),
+        RunMode::FastReads(Mode::OptPsmr),
         RunMode::Unreplicated,
     ];
     /// Modes by name, in the order given; an unknown name is an error that lists the known ones.
@@ -40,13 +55,13 @@ impl RunMode {
         names
             .iter()
             .map(|n| {
-                RunMode::ALL
+                RunMode::KNOWN
                     .into_iter()
                     .find(|m| m.name() == n.trim())
                     .ok_or_else(|| {
                         format!(
                             "unknown mode {n:?} (known: {})",
-                            RunMode::ALL.map(RunMode::name).join(", ")
+                            RunMode::KNOWN.map(RunMode::name).join(", ")
                         )
                     })
             })
@@ -56,6 +71,9 @@ impl RunMode {
     pub fn name(self) -> &'static str {
         match self {
             RunMode::Replicated(m) => m.name(),
+            RunMode::FastReads(Mode::Smr) => "smr+ri",
+            RunMode::FastReads(Mode::Psmr) => "psmr+ri",
+            RunMode::FastReads(Mode::OptPsmr) => "opt-psmr+ri",
             RunMode::Unreplicated => "unreplicated",
         }
     }
@@ -130,7 +148,11 @@ impl Plan {
             for &w in &self.workloads {
                 for &m in &self.modes {
                     for &k in &self.workers {
-                        if m == RunMode::Replicated(Mode::Smr) && k != 1 {
+                        let smr = matches!(
+                            m,
+                            RunMode::Replicated(Mode::Smr) | RunMode::FastReads(Mode::Smr)
+                        );
+                        if smr && k != 1 {
                             continue;
                         }
                         v.push((m, w, d, k));
@@ -182,14 +204,16 @@ fn spec(
     let clients = (4 * workers).clamp(8, 64);
     RunSpec {
         mode: match mode {
-            RunMode::Replicated(m) => Some(m),
+            RunMode::Replicated(m) | RunMode::FastReads(m) => Some(m),
             RunMode::Unreplicated => None,
         },
+        fast_reads: matches!(mode, RunMode::FastReads(_)),
         workers,
         workload,
         keys,
         rebalance: match mode {
-            RunMode::Replicated(Mode::Psmr | Mode::OptPsmr) => plan.rebalance,
+            RunMode::Replicated(Mode::Psmr | Mode::OptPsmr)
+            | RunMode::FastReads(Mode::Psmr | Mode::OptPsmr) => plan.rebalance,
             _ => None,
         },
         tree: plan.tree.clone(),

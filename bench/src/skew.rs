@@ -104,6 +104,7 @@ fn spec(plan: &Plan, keys: KeyDistribution, rebalancing: bool, seed: u64) -> Run
         clients_per_node: clients / 2,
         window: 16,
         pin_cores: true,
+        fast_reads: false,
         seed,
     }
 }

@@ -426,6 +426,8 @@ pub struct RunSpec {
     /// Commands each client keeps outstanding.
     pub window: usize,
     pub pin_cores: bool,
+    /// Serve single-worker reads off the log, after a read index (see [`InProcess`]).
+    pub fast_reads: bool,
     pub seed: u64,
 }
 
@@ -513,6 +515,9 @@ pub struct InProcess<'a> {
     pub warmup: Duration,
     pub measure: Duration,
     pub pin_cores: bool,
+    /// Serve single-worker reads off the log, after a read index
+    /// ([`engine::psmr::proxy::ClientProxy::with_fast_reads`]).
+    pub fast_reads: bool,
 }
 
 /// What [`run_in_process`] hands back: each client node's driver, its clients' counters, the
@@ -569,6 +574,7 @@ pub fn run_in_process<D: Driver<TreeCommand, TreeReply>>(
             workers,
             resend_ticks: 2000,
             first_index: 0,
+            fast_reads: p.fast_reads,
         };
         engine::psmr::proxy::client_app(id, service.clone(), options, driver)
     });
@@ -619,6 +625,7 @@ fn run_replicated(spec: &RunSpec, mode: engine::psmr::proxy::Mode) -> RunResult 
         warmup: spec.warmup,
         measure: spec.measure,
         pin_cores: spec.pin_cores,
+        fast_reads: spec.fast_reads,
     };
     let m = run_in_process(&p, &phase, |node, id| {
         let load = load_driver(

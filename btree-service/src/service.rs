@@ -656,6 +656,61 @@ impl TreeService {
             .expect("the top names a subtree its owner holds")
     }
 
+    /// A `Get` or a `Scan` (anything else: `Size`, the only other command that changes
+    /// nothing). `count_load`: count it in the subtrees' load statistics (replicated state
+    /// that drives rebalancing), as a command in the log does; a read served off the log by
+    /// one replica must not.
+    fn lookup(
+        &self,
+        shards: &mut Shards<'_, '_, TreeShard>,
+        top: &Top,
+        cmd: &TreeCommand,
+        access: &mut Access,
+        count_load: bool,
+    ) -> TreeReply {
+        match cmd {
+            TreeCommand::Get(k) => {
+                let t = Self::subtree_for(shards, top, *k, access);
+                access.read(*k);
+                if count_load {
+                    t.load.record(*k, false);
+                }
+                TreeReply::Value(t.tree.get(k).cloned())
+            }
+            TreeCommand::Scan { lo, hi, limit } => {
+                access.read(TOP_OBJECT);
+                let mut out = Vec::new();
+                let limit = *limit as usize;
+                let covering = top.covering(*lo, *hi);
+                let mut i = 0;
+                while i < covering.len() && out.len() < limit {
+                    // The entries of one range: one plain subtree or the crossed parts.
+                    let low = top.entries[covering[i]].low;
+                    let mut part: Vec<(u64, Bytes)> = Vec::new();
+                    let want = limit - out.len();
+                    while i < covering.len() && top.entries[covering[i]].low == low {
+                        let e = top.entries[covering[i]];
+                        access.read(subtree_object(e.id));
+                        let t = Self::sub(shards, &e);
+                        if count_load {
+                            t.load.record((*lo).max(e.low), false);
+                        }
+                        part.extend(t.tree.scan(lo, hi, want));
+                        i += 1;
+                    }
+                    part.sort_unstable_by_key(|(k, _)| *k);
+                    part.truncate(want);
+                    out.extend(part);
+                }
+                TreeReply::Entries(out)
+            }
+            _ => {
+                access.read(TOP_OBJECT);
+                TreeReply::Size(shards.iter_mut().map(|(_, s)| s.len()).sum())
+            }
+        }
+    }
+
     fn subtree_for<'a>(
         shards: &'a mut Shards<'_, '_, TreeShard>,
         top: &Top,
@@ -1135,11 +1190,8 @@ impl Service for TreeService {
     ) -> TreeReply {
         let top = shards.iter_mut().next().expect("a shard").1.top.clone();
         match cmd {
-            TreeCommand::Get(k) => {
-                let t = Self::subtree_for(shards, &top, *k, access);
-                access.read(*k);
-                t.load.record(*k, false);
-                TreeReply::Value(t.tree.get(k).cloned())
+            TreeCommand::Get(_) | TreeCommand::Scan { .. } | TreeCommand::Size => {
+                self.lookup(shards, &top, cmd, access, true)
             }
             TreeCommand::Update(k, v) => {
                 let t = Self::subtree_for(shards, &top, *k, access);
@@ -1156,37 +1208,25 @@ impl Service for TreeService {
             TreeCommand::Insert(..) | TreeCommand::Delete(_) => {
                 self.structural(shards, cmd, access)
             }
-            TreeCommand::Scan { lo, hi, limit } => {
-                access.read(TOP_OBJECT);
-                let mut out = Vec::new();
-                let limit = *limit as usize;
-                let covering = top.covering(*lo, *hi);
-                let mut i = 0;
-                while i < covering.len() && out.len() < limit {
-                    // The entries of one range: one plain subtree or the crossed parts.
-                    let low = top.entries[covering[i]].low;
-                    let mut part: Vec<(u64, Bytes)> = Vec::new();
-                    let want = limit - out.len();
-                    while i < covering.len() && top.entries[covering[i]].low == low {
-                        let e = top.entries[covering[i]];
-                        access.read(subtree_object(e.id));
-                        let t = Self::sub(shards, &e);
-                        t.load.record((*lo).max(e.low), false);
-                        part.extend(t.tree.scan(lo, hi, want));
-                        i += 1;
-                    }
-                    part.sort_unstable_by_key(|(k, _)| *k);
-                    part.truncate(want);
-                    out.extend(part);
-                }
-                TreeReply::Entries(out)
-            }
-            TreeCommand::Size => {
-                access.read(TOP_OBJECT);
-                TreeReply::Size(shards.iter_mut().map(|(_, s)| s.len()).sum())
-            }
             TreeCommand::Rebalance(policy) => self.rebalance(shards, policy, access),
         }
+    }
+
+    fn read_only(&self, cmd: &TreeCommand) -> bool {
+        matches!(
+            cmd,
+            TreeCommand::Get(_) | TreeCommand::Scan { .. } | TreeCommand::Size
+        )
+    }
+
+    fn execute_read(
+        &self,
+        shards: &mut Shards<'_, '_, TreeShard>,
+        cmd: &TreeCommand,
+        access: &mut Access,
+    ) -> TreeReply {
+        let top = shards.iter_mut().next().expect("a shard").1.top.clone();
+        self.lookup(shards, &top, cmd, access, false)
     }
 
     fn execute_optimistic(

@@ -721,6 +721,9 @@ mod tests {
                     warmup: Duration::from_millis(100) * scale,
                     measure: Duration::from_millis(300) * scale,
                     pin_cores: false,
+                    // Reads off the log, on the threaded replica: their answers are checked
+                    // like the others.
+                    fast_reads: true,
                 };
                 let r = run_in_process(&p, w, params, 2, 1);
                 assert_eq!(r.errors, 0, "{w:?}: {}", r.render());

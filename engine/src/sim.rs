@@ -324,6 +324,14 @@ pub enum SimNode<B: Blueprint> {
 }
 
 impl<B: Blueprint> SimNode<B> {
+    /// The node's `groups` node.
+    pub fn node(&self) -> &GroupsNode {
+        match self {
+            SimNode::Replica(r, _) => &r.node,
+            SimNode::Client(c) => &c.node,
+            SimNode::Acceptor(n) => n,
+        }
+    }
     fn node_mut(&mut self) -> &mut GroupsNode {
         match self {
             SimNode::Replica(r, _) => &mut r.node,
@@ -670,6 +678,9 @@ pub struct Campaign {
     /// Pauses of a replica or acceptor (SIGSTOP, then SIGCONT after 20-400 ms: it keeps its
     /// state, stays silent, and finds a backlog and an outdated view when it resumes).
     pub pauses_max: usize,
+    /// Deposed leaders: whoever leads a random log at that moment is paused for 50-400 ms
+    /// (the others elect a new leader; it resumes believing it still leads).
+    pub deposes_max: usize,
 }
 
 impl Default for Campaign {
@@ -680,6 +691,7 @@ impl Default for Campaign {
             crashes_max: 3,
             partitions_max: 2,
             pauses_max: 2,
+            deposes_max: 0,
         }
     }
 }
@@ -702,6 +714,8 @@ pub struct CampaignReport {
     pub crashes: usize,
     pub partitions: usize,
     pub pauses: usize,
+    /// Leaders paused while they led (see [`Campaign::deposes_max`]).
+    pub deposed: usize,
     pub events: Vec<String>,
 }
 
@@ -720,6 +734,7 @@ impl<B: Blueprint> EngineSim<B> {
             Heal,
             Pause(NodeId),
             Resume(NodeId),
+            Depose(LogId, u64),
         }
         let mut plan: Vec<(u64, Ev)> = Vec::new();
         // Crashes never overlap (f = 1).
@@ -757,10 +772,28 @@ impl<B: Blueprint> EngineSim<B> {
             plan.push((at, Ev::Pause(victim)));
             plan.push((until.min(c.fault_phase_us), Ev::Resume(victim)));
         }
+        // Deposed leaders, from a stream of their own too.
+        let mut drng = ChaCha8Rng::seed_from_u64(seed ^ 0xde90_5ed1);
+        let logs: Vec<LogId> = self.roles().config.logs.iter().map(|l| l.id).collect();
+        for _ in 0..drng.random_range(0..=c.deposes_max) {
+            let at = drng.random_range(0..c.fault_phase_us);
+            let until = (at + drng.random_range(50_000..=400_000)).min(c.fault_phase_us);
+            let log = logs[drng.random_range(0..logs.len())];
+            plan.push((at, Ev::Depose(log, until)));
+        }
         // A stable sort: a pause and its resume at the same time stay in that order.
         plan.sort_by_key(|(t, _)| *t);
         let mut report = CampaignReport::default();
+        // Deposed leaders to resume: (when, who), in time order.
+        let mut deposed: Vec<(u64, NodeId)> = Vec::new();
         for (at, ev) in plan {
+            while deposed.first().is_some_and(|&(t, _)| t <= at) {
+                let (t, l) = deposed.remove(0);
+                self.run_until(t);
+                if self.sim.resume(l) {
+                    report.events.push(format!("t={t}us resume {l}"));
+                }
+            }
             self.run_until(at);
 
             match ev {
@@ -802,7 +835,27 @@ impl<B: Blueprint> EngineSim<B> {
                         report.events.push(format!("t={at}us resume {n}"));
                     }
                 }
+                Ev::Depose(log, until) => {
+                    let leader = self
+                        .sim
+                        .up_nodes()
+                        .into_iter()
+                        .find(|&n| self.sim.actor(n).is_some_and(|a| a.node().leads(log)));
+                    if let Some(l) = leader.filter(|&l| self.sim.pause(l)) {
+                        report.pauses += 1;
+                        report.deposed += 1;
+                        report.events.push(format!(
+                            "t={at}us depose {l}, leader of {log}, until {until}us"
+                        ));
+                        deposed.push((until, l));
+                        deposed.sort_unstable();
+                    }
+                }
             }
+        }
+        for (t, l) in deposed {
+            self.run_until(t);
+            self.sim.resume(l);
         }
         self.run_until(c.fault_phase_us);
         for n in self.sim.nodes().collect::<Vec<_>>() {

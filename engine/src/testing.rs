@@ -70,6 +70,10 @@ impl Service for KvService {
         }
     }
 
+    fn read_only(&self, cmd: &KvCommand) -> bool {
+        matches!(cmd, KvCommand::Get(_) | KvCommand::Sum | KvCommand::Len)
+    }
+
     fn optimistic(&self, cmd: &KvCommand, workers: usize) -> Target {
         match *cmd {
             KvCommand::Insert(k, _) => Target::One(owner(k, workers)),

@@ -108,11 +108,15 @@ pub enum AppMsg<'a> {
     /// Between the protocol cores of two replicas (S-SMR and DS-SMR pulls and their answers,
     /// [`crate::partitioned::msg::Peer`]).
     Peer(&'a [u8]),
+    /// A client's read-only command sent to one replica, to be served off the log after a
+    /// read index (P-SMR: a [`crate::psmr::msg::Request`]).
+    Read(&'a [u8]),
 }
 
 const APP_TO_CLIENT: u8 = 0xA1;
 const APP_TRANSFER: u8 = 0xA2;
 const APP_PEER: u8 = 0xA3;
+const APP_READ: u8 = 0xA4;
 
 impl<'a> AppMsg<'a> {
     /// A message for `client`.
@@ -128,6 +132,11 @@ impl<'a> AppMsg<'a> {
     /// A message between protocol cores.
     pub fn peer<T: Serialize>(body: &T) -> bytes::Bytes {
         tagged(APP_PEER, None, body)
+    }
+
+    /// A read served off the log.
+    pub fn read<T: Serialize>(body: &T) -> bytes::Bytes {
+        tagged(APP_READ, None, body)
     }
 
     pub fn parse(bytes: &'a [u8]) -> Result<AppMsg<'a>, EnvelopeError> {
@@ -148,6 +157,7 @@ impl<'a> AppMsg<'a> {
             }
             APP_TRANSFER => Ok(AppMsg::Transfer(body)),
             APP_PEER => Ok(AppMsg::Peer(body)),
+            APP_READ => Ok(AppMsg::Read(body)),
             other => Err(EnvelopeError::UnknownKind(other)),
         }
     }

@@ -400,6 +400,10 @@ proptest! {
                 prop_assert_eq!(body, &noise[1..]);
                 stable::<engine::checkpoint::Transfer>(body)?;
             }
+            Ok(AppMsg::Read(body)) => {
+                prop_assert_eq!(body, &noise[1..]);
+                stable::<Request>(body)?;
+            }
         }
         match FeedMsg::parse(&noise) {
             Err(_) => {}

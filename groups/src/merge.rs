@@ -191,6 +191,13 @@ impl Merger {
         self.lane(log).map(|l| self.lanes[l].next_index())
     }
 
+    /// Index of the first entry of `log` not wholly merged yet: every message of the entries
+    /// below it has been delivered (or dropped as not addressed to this merger or a
+    /// duplicate). `None` if the merger does not read `log`.
+    pub fn merged_below(&self, log: LogId) -> Option<u64> {
+        self.lane(log).map(|l| self.lanes[l].head_index)
+    }
+
     fn lane(&self, log: LogId) -> Option<usize> {
         self.lanes.binary_search_by_key(&log, |l| l.log).ok()
     }

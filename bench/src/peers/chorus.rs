@@ -250,6 +250,7 @@ impl Cluster {
                 workers: self.file.workers,
                 resend_ticks: 2000,
                 first_index: self.fresh_index(1),
+                fast_reads: false,
             };
             let app = engine::psmr::proxy::client_app(id, self.service.clone(), options, driver);
             let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());

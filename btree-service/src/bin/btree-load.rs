@@ -69,6 +69,10 @@ struct Args {
     /// refuses to start without one otherwise): any process that can reach the ports can join.
     #[arg(long)]
     insecure: bool,
+    /// Serve single-worker reads (Get, and a Scan within one worker) off the log: one replica
+    /// answers after a read index instead of every replica executing them in order.
+    #[arg(long)]
+    fast_reads: bool,
 }
 
 fn in_process(args: &Args) -> Result<String, String> {
@@ -93,6 +97,7 @@ fn in_process(args: &Args) -> Result<String, String> {
             warmup: Duration::from_secs_f64(args.warmup_s),
             measure: Duration::from_secs_f64(args.seconds),
             pin_cores: true,
+            fast_reads: args.fast_reads,
         };
         let r = btree_service::ycsb::run_in_process(&p, w, params, args.clients.div_ceil(2), 1);
         return Ok(format!("{} on {}:\n{}", w.name(), args.mode, r.render()));
@@ -114,6 +119,7 @@ fn in_process(args: &Args) -> Result<String, String> {
         clients_per_node: args.clients.div_ceil(2),
         window: args.window,
         pin_cores: true,
+        fast_reads: args.fast_reads,
         seed: 1,
     };
     let r = run(&spec);
@@ -223,6 +229,7 @@ fn drive<D: Driver<TreeCommand, TreeReply>>(
         workers: file.workers,
         resend_ticks: 2000,
         first_index: engine::host::client::incarnation_index(),
+        fast_reads: args.fast_reads,
     };
     let app = engine::psmr::proxy::client_app(me, service, options, driver);
     let node = GroupsNode::in_memory(Arc::new(file.cluster.clone()), me, NodeOptions::fresh());

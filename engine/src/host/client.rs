@@ -13,6 +13,7 @@ use super::{Action, Attached, Host, Inputs};
 use crate::wire::{AppMsg, ClientId};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
+use groups::ids::NodeId;
 use groups::runtime::Waker;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct ClientStats {
     /// Scale-out: times the location cache was emptied for a newer placement epoch
     /// (DynaStar).
     pub cache_epochs: u64,
+    /// Read-only commands sent to one replica, off the log (P-SMR fast reads).
+    pub reads_off_log: u64,
 }
 
 impl std::ops::AddAssign<&ClientStats> for ClientStats {
@@ -72,6 +75,7 @@ impl std::ops::AddAssign<&ClientStats> for ClientStats {
         self.retries += o.retries;
         self.fallbacks += o.fallbacks;
         self.too_large += o.too_large;
+        self.reads_off_log += o.reads_off_log;
     }
 }
 
@@ -118,6 +122,11 @@ pub trait Proxy: Send + 'static {
     fn set_payload_limit(&mut self, max: usize);
     /// Commands that completed without being sent (too large), since the last call.
     fn take_refused(&mut self, out: &mut Vec<Completion<Self::Command, Self::Reply>>);
+    /// The node started in this cluster (a proxy that talks to replicas directly finds them
+    /// here).
+    fn attach(&mut self, _config: &groups::config::ClusterConfig) {}
+    /// Point-to-point messages to perform ([`crate::wire::AppMsg`]s to replicas).
+    fn take_sends(&mut self, _out: &mut Vec<(NodeId, Bytes)>) {}
 }
 
 /// Produces commands `C` for the clients of a [`ClientHost`] and learns their outcomes `R`.
@@ -149,6 +158,7 @@ pub struct ClientHost<P: Proxy, D: Driver<P::Command, P::Reply>> {
     shared: Option<(SharedStats, u64)>,
     refused: Vec<Completion<P::Command, P::Reply>>,
     multicasts: Vec<(GroupSet, Bytes)>,
+    sends: Vec<(NodeId, Bytes)>,
 }
 
 impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientHost<P, D> {
@@ -170,6 +180,7 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> ClientHost<P, D> {
             shared: None,
             refused: Vec::new(),
             multicasts: Vec::new(),
+            sends: Vec::new(),
         }
     }
 
@@ -205,6 +216,7 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> Host for ClientHost<P, D> {
         let max = at.config.tuning.payload_bytes_max;
         for p in &mut self.proxies {
             p.set_payload_limit(max);
+            p.attach(&at.config);
         }
         self.driver.attach(&at.waker);
     }
@@ -215,6 +227,7 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> Host for ClientHost<P, D> {
         input.delivered.clear();
         input.exchanges.clear();
         input.events.clear();
+        input.read_indexes.clear();
         for (from, bytes) in input.app.drain(..) {
             let (client, body) = match AppMsg::parse(&bytes) {
                 Ok(AppMsg::ToClient { client, body }) => (client, body),
@@ -257,7 +270,9 @@ impl<P: Proxy, D: Driver<P::Command, P::Reply>> Host for ClientHost<P, D> {
                 }
             }
             p.take_multicasts(&mut self.multicasts);
+            p.take_sends(&mut self.sends);
         }
+        out.extend(self.sends.drain(..).map(|(to, b)| Action::Send(to, b)));
         out.extend(
             self.multicasts
                 .drain(..)

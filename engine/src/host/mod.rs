@@ -27,11 +27,12 @@ use groups::groupset::GroupSet;
 use groups::ids::{LogId, NodeId};
 use groups::merge::{Delivery, SkipNeed};
 use groups::node::{GroupsNode, LogEntries};
+use groups::readindex::ReadIndex;
 use groups::rmcast::RDelivery;
 use groups::runtime::inproc::App;
 use groups::runtime::Waker;
 use groups::MulticastError;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,6 +53,9 @@ pub struct Inputs {
     pub app: Vec<(NodeId, Bytes)>,
     /// Conditions to act on (a log trimmed past this subscriber).
     pub events: Vec<FeedEvent>,
+    /// Read indexes completed ([`Action::ReadIndex`]): the host's token and, per log, a
+    /// position past every entry decided before it was asked.
+    pub read_indexes: Vec<(u64, Vec<(LogId, u64)>)>,
 }
 
 /// What a host asks its node to do, in order.
@@ -71,6 +75,9 @@ pub enum Action {
     /// Read the logs again from these positions (a checkpoint was installed); what the node
     /// had not handed out yet is dropped.
     RestartFeeds(Vec<(LogId, u64)>),
+    /// Ask for a read index of these logs ([`groups::readindex`]); it comes back in
+    /// [`Inputs::read_indexes`] with `token`.
+    ReadIndex { token: u64, logs: Vec<LogId> },
 }
 
 /// What a host learns when its node starts.
@@ -111,6 +118,9 @@ pub struct OnNode<H> {
     /// Multicasts refused for backpressure, to try again first.
     held: VecDeque<(GroupSet, Bytes)>,
     discard: Vec<LogEntries>,
+    /// Read indexes asked for: the node's request number -> the host's token.
+    read_tokens: BTreeMap<u64, u64>,
+    read_done: Vec<ReadIndex>,
 }
 
 impl<H: Host> OnNode<H> {
@@ -123,6 +133,8 @@ impl<H: Host> OnNode<H> {
             actions: Vec::new(),
             held: VecDeque::new(),
             discard: Vec::new(),
+            read_tokens: BTreeMap::new(),
+            read_done: Vec::new(),
         }
     }
 
@@ -183,6 +195,13 @@ impl<H: Host> OnNode<H> {
                     self.discard.clear();
                     node.restart_feeds(&positions);
                 }
+                Action::ReadIndex { token, logs } => match node.read_index(&logs) {
+                    Ok(seq) => {
+                        self.read_tokens.insert(seq, token);
+                    }
+                    // The host asked for logs of its own configuration; a refusal is a bug.
+                    Err(e) => tracing::error!(error = %e, "read index refused"),
+                },
             }
         }
     }
@@ -210,6 +229,12 @@ impl<H: Host> App for OnNode<H> {
         node.take_rdelivered(&mut i.exchanges);
         node.take_app(&mut i.app);
         node.take_events(&mut i.events);
+        node.take_read_indexes(&mut self.read_done);
+        for r in self.read_done.drain(..) {
+            if let Some(token) = self.read_tokens.remove(&r.seq) {
+                i.read_indexes.push((token, r.positions));
+            }
+        }
         self.host.step(&mut self.inputs, &mut self.actions);
         self.perform(node);
     }

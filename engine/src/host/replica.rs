@@ -52,6 +52,13 @@ pub trait ReplicaCore: Send + 'static {
     fn exchange(&mut self, _dests: &GroupSet, _payload: &[u8]) {}
     /// A message from another replica's core ([`AppMsg::Peer`]'s body).
     fn peer(&mut self, _from: NodeId, _body: &[u8]) {}
+    /// A client's read to serve off the log ([`AppMsg::Read`]'s body). A core that does not
+    /// serve reads this way drops it (the client's resend goes elsewhere, then times out).
+    fn read(&mut self, from: NodeId, _body: &[u8]) {
+        tracing::debug!(%from, "this replica does not serve reads off the log; dropped");
+    }
+    /// A read index this core asked for ([`Action::ReadIndex`]) completed.
+    fn read_index(&mut self, _token: u64, _positions: Vec<(LogId, u64)>) {}
     /// Runs what can run at tick `now`; says what to do.
     fn step(&mut self, now: u64, out: &mut CoreOut);
     /// Installs a peer's checkpoint (as the core encoded it in [`Taken::bytes`]); the host
@@ -446,6 +453,9 @@ impl<C: ReplicaCore> Host for ReplicaHost<C> {
         for r in input.exchanges.drain(..) {
             self.core.exchange(&r.dests, &r.payload);
         }
+        for (token, positions) in input.read_indexes.drain(..) {
+            self.core.read_index(token, positions);
+        }
         for (from, m) in input.app.drain(..) {
             match AppMsg::parse(&m) {
                 Ok(AppMsg::Transfer(body)) => match Transfer::decode(body) {
@@ -455,6 +465,7 @@ impl<C: ReplicaCore> Host for ReplicaHost<C> {
                     }
                 },
                 Ok(AppMsg::Peer(body)) => self.core.peer(from, body),
+                Ok(AppMsg::Read(body)) => self.core.read(from, body),
                 Ok(AppMsg::ToClient { .. }) => {
                     tracing::debug!(%from, "a client's message at a replica; dropped")
                 }

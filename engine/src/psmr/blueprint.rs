@@ -27,6 +27,8 @@ pub struct Psmr<S: Service> {
     /// Replicas ask for checkpoints by this policy (`None`, the default: never; replicas
     /// still take part in rounds, serve and ask for state transfers).
     pub checkpoints: Option<CheckpointPolicy>,
+    /// Clients serve single-worker reads off the log ([`ClientProxy::with_fast_reads`]).
+    pub fast_reads: bool,
     roles: Roles,
 }
 
@@ -51,6 +53,7 @@ impl<S: Service> Psmr<S> {
             exec,
             resend_ticks,
             checkpoints: None,
+            fast_reads: false,
             roles,
         }
     }
@@ -81,6 +84,7 @@ impl<S: Service> Blueprint for Psmr<S> {
             self.deployment.workers,
             self.resend_ticks,
         )
+        .with_fast_reads(self.fast_reads)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::psmr::client_table::{ClientTable, Refusal, Seen};
 use crate::psmr::service::{Access, Service, Shards};
 use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;
-use groups::ids::{GroupId, MsgId, NodeId};
+use groups::ids::{GroupId, LogId, MsgId, NodeId};
 use groups::merge::Delivery;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -115,6 +115,14 @@ impl<C> Job<C> {
             JobKind::Command { .. } => None,
         }
     }
+}
+
+/// A read served off the log by one worker (see [`super::workers`], "Reads").
+pub struct ReadJob<C> {
+    pub request: Request,
+    pub command: C,
+    /// Per log, the position the worker must have executed up to (a read index).
+    pub positions: Arc<[(LogId, u64)]>,
 }
 
 /// An answer to send: (client node, encoded reply).
@@ -307,6 +315,48 @@ impl<S: Service> Executor<S> {
         w.table
             .record_done(req.client, req.seq, outcome.clone(), hash);
         reply(outcome, hash)
+    }
+}
+
+impl<S: Service> Executor<S> {
+    /// Runs a read on worker `worker`'s shard: the client's answer, encoded. Nothing
+    /// replicated changes (no client table, no counters). A read misrouted under the shard's
+    /// state is refused as [`Outcome::Misrouted`]; one that writes (with the debug mode on) is
+    /// refused as [`Outcome::Rejected`] and logged: the service declared it read-only.
+    pub fn run_read(
+        &self,
+        worker: usize,
+        shard: &mut S::Shard,
+        job: &ReadJob<S::Command>,
+    ) -> Bytes {
+        let req = &job.request;
+        let mut one = [(worker, shard)];
+        let mut view = Shards::new(&mut one, self.workers);
+        let outcome = match self.service.misrouted(&mut view, &job.command) {
+            Some(routes) => Outcome::Misrouted(routes.into()),
+            None => {
+                let mut access = Access::recording(self.detector.is_some());
+                let r = self
+                    .service
+                    .execute_read(&mut view, &job.command, &mut access);
+                if access.writes.is_empty() {
+                    Outcome::Done(r)
+                } else {
+                    tracing::error!(replica = %self.replica, command = ?job.command, "a command declared read-only wrote; this replica's state may have diverged");
+                    Outcome::Rejected(format!("{:?} is declared read-only but wrote", job.command))
+                }
+            }
+        };
+        let reply = Reply {
+            client: req.client,
+            seq: req.seq,
+            attempt: req.attempt,
+            round: req.round,
+            replica: self.replica,
+            outcome,
+            state_hash: None,
+        };
+        AppMsg::to_client(req.client, &reply)
     }
 }
 

@@ -8,6 +8,13 @@
 //! refused as `Misrouted` (the service's routes moved: key ranges changed workers) teaches the
 //! service the replica's routes and is tried again with the same kind of map; after
 //! [`MISROUTES_MAX`] such refusals the command goes to every worker, which never misses.
+//!
+//! With fast reads ([`ClientProxy::with_fast_reads`]), a read-only command
+//! ([`Service::read_only`]) whose conservative map is one worker is not multicast: it goes to
+//! one replica ([`AppMsg::Read`]), which serves it off the log after a read index (see
+//! [`super::workers`], "Reads"). Clients spread over the replicas by their index; a read
+//! unanswered on time goes to the next replica. A read refused as misrouted is multicast
+//! like any command.
 
 use super::msg::{Attempt, Outcome, Reply, Request};
 use super::service::{Service, Target};
@@ -16,7 +23,7 @@ use crate::host::client::{
     incarnation_index, ClientError, ClientHost, ClientStats, Completion, Driver, Proxy,
 };
 use crate::host::OnNode;
-use crate::wire::{self, ClientId, FeedMsg};
+use crate::wire::{self, AppMsg, ClientId, FeedMsg};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, NodeId};
@@ -63,6 +70,8 @@ struct Pending<C> {
     payload: Bytes,
     sent_at: u64,
     tries: u32,
+    /// A read sent off the log: the replica it went to last (an index into the replicas).
+    read_at: Option<usize>,
 }
 
 /// One logical client.
@@ -82,6 +91,10 @@ pub struct ClientProxy<S: Service> {
     payload_max: usize,
     refused: Vec<Completion<S::Command, S::Reply>>,
     pub stats: ClientStats,
+    fast_reads: bool,
+    /// The replicas reads go to (found when the node starts).
+    replicas: Vec<NodeId>,
+    sends: Vec<(NodeId, Bytes)>,
 }
 
 /// Tries of a command refused as misrouted before it is multicast to every worker (which is
@@ -117,7 +130,47 @@ impl<S: Service> ClientProxy<S> {
             payload_max: usize::MAX,
             refused: Vec::new(),
             stats: ClientStats::default(),
+            fast_reads: false,
+            replicas: Vec::new(),
+            sends: Vec::new(),
         }
+    }
+
+    /// Serves this client's single-worker read-only commands off the log (see the module
+    /// docs) when `on`.
+    pub fn with_fast_reads(mut self, on: bool) -> Self {
+        self.fast_reads = on;
+        self
+    }
+
+    /// The replicas fast reads go to: the nodes of `config` that subscribe to every group of
+    /// this client's workers.
+    pub fn find_replicas(&mut self, config: &groups::config::ClusterConfig) {
+        let all = GroupSet::all(self.workers as u32);
+        self.replicas = config
+            .nodes
+            .iter()
+            .filter(|n| {
+                let mut g = GroupSet::new();
+                for s in &n.subscriptions {
+                    g = g.union(s);
+                }
+                all.iter().all(|x| g.contains(x))
+            })
+            .map(|n| n.id)
+            .collect();
+    }
+
+    /// Whether `command` goes to one replica off the log.
+    fn reads_off_log(&self, command: &S::Command) -> bool {
+        self.fast_reads
+            && !self.replicas.is_empty()
+            && self.service.read_only(command)
+            && (self.mode == Mode::Smr
+                || matches!(
+                    self.service.conservative(command, self.workers),
+                    Target::One(_)
+                ))
     }
 
     pub fn id(&self) -> ClientId {
@@ -139,7 +192,7 @@ impl<S: Service> ClientProxy<S> {
         }
     }
 
-    fn encode(&self, seq: u64, attempt: Attempt, round: u32, command: &S::Command) -> Bytes {
+    fn request(&self, seq: u64, attempt: Attempt, round: u32, command: &S::Command) -> Request {
         let floor = self
             .pending
             .keys()
@@ -147,23 +200,36 @@ impl<S: Service> ClientProxy<S> {
             .copied()
             .unwrap_or(self.next_seq)
             .min(seq);
-        FeedMsg::command(&Request {
+        Request {
             client: self.id,
             seq,
             attempt,
             round,
             floor,
             command: Bytes::from(wire::encode(command)),
-        })
+        }
+    }
+
+    fn encode(&self, seq: u64, attempt: Attempt, round: u32, command: &S::Command) -> Bytes {
+        FeedMsg::command(&self.request(seq, attempt, round, command))
     }
 
     /// Submits a command; returns its sequence number.
     pub fn submit(&mut self, command: S::Command) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (target, attempt) = self.map(&command, self.mode == Mode::OptPsmr);
+        let read = self.reads_off_log(&command);
+        let (target, attempt) = if read {
+            (Target::One(0), Attempt::Conservative)
+        } else {
+            self.map(&command, self.mode == Mode::OptPsmr)
+        };
         let dests = self.dests(&target);
-        let payload = self.encode(seq, attempt, 0, &command);
+        let payload = if read {
+            AppMsg::read(&self.request(seq, attempt, 0, &command))
+        } else {
+            self.encode(seq, attempt, 0, &command)
+        };
         self.stats.submitted += 1;
         if payload.len() > self.payload_max {
             // A conservative retry of an optimistic attempt is the same size, so the first
@@ -179,7 +245,14 @@ impl<S: Service> ClientProxy<S> {
             });
             return seq;
         }
-        self.out.push((dests.clone(), payload.clone()));
+        let read_at = read.then(|| self.id.index() as usize % self.replicas.len());
+        match read_at {
+            Some(i) => {
+                self.stats.reads_off_log += 1;
+                self.sends.push((self.replicas[i], payload.clone()));
+            }
+            None => self.out.push((dests.clone(), payload.clone())),
+        }
         self.pending.insert(
             seq,
             Pending {
@@ -191,6 +264,7 @@ impl<S: Service> ClientProxy<S> {
                 payload,
                 sent_at: self.now,
                 tries: 0,
+                read_at,
             },
         );
         seq
@@ -275,6 +349,7 @@ impl<S: Service> ClientProxy<S> {
         p.payload = payload;
         p.sent_at = now;
         p.tries = 0;
+        p.read_at = None;
     }
 
     fn audit(&mut self, seq: u64, hash: u64, replica: NodeId) {
@@ -297,15 +372,22 @@ impl<S: Service> ClientProxy<S> {
     pub fn tick(&mut self, now: u64) {
         self.now = now;
         let mut resend = Vec::new();
-        for (&seq, p) in self.pending.iter_mut() {
+        let before = self.sends.len();
+        for p in self.pending.values_mut() {
             if now >= p.sent_at + (self.resend_ticks << p.tries.min(5)) {
                 p.sent_at = now;
                 p.tries += 1;
-                resend.push((p.dests.clone(), p.payload.clone()));
-                let _ = seq;
+                match p.read_at.as_mut() {
+                    // The replica may be down: the next one.
+                    Some(i) => {
+                        *i = (*i + 1) % self.replicas.len();
+                        self.sends.push((self.replicas[*i], p.payload.clone()));
+                    }
+                    None => resend.push((p.dests.clone(), p.payload.clone())),
+                }
             }
         }
-        self.stats.resends += resend.len() as u64;
+        self.stats.resends += (resend.len() + self.sends.len() - before) as u64;
         self.out.extend(resend);
     }
 
@@ -352,6 +434,14 @@ impl<S: Service> Proxy for ClientProxy<S> {
     fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, S::Reply>>) {
         out.append(&mut self.refused);
     }
+    fn attach(&mut self, config: &groups::config::ClusterConfig) {
+        if self.fast_reads && self.replicas.is_empty() {
+            self.find_replicas(config);
+        }
+    }
+    fn take_sends(&mut self, out: &mut Vec<(NodeId, Bytes)>) {
+        out.append(&mut self.sends);
+    }
 }
 
 /// How the P-SMR clients of a node run.
@@ -370,6 +460,8 @@ pub struct ClientOptions {
     /// restarts must not reuse indexes (replicas remember requests per client): pick this
     /// from the process's incarnation (see [`incarnation_index`]).
     pub first_index: u32,
+    /// Serve single-worker read-only commands off the log ([`ClientProxy::with_fast_reads`]).
+    pub fast_reads: bool,
 }
 
 /// The P-SMR clients of `node`.
@@ -387,6 +479,7 @@ pub fn proxies<S: Service>(
                 o.workers,
                 o.resend_ticks,
             )
+            .with_fast_reads(o.fast_reads)
         })
         .collect()
 }
@@ -422,6 +515,126 @@ pub fn handle_app<S: Service>(
         workers,
         resend_ticks,
         first_index: incarnation_index(),
+        fast_reads: false,
     };
     crate::calls::handle_app(proxies(node, &service, &o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::psmr::msg::Outcome;
+    use crate::testing::{KvCommand, KvReply, KvService};
+    use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
+
+    /// Two replicas (n1, n2) subscribed to both workers' groups, a client node n3.
+    fn cluster() -> ClusterConfig {
+        let sub = |g: u32| GroupSet::singleton(GroupId(g));
+        let nodes = vec![
+            NodeConfig {
+                id: NodeId(1),
+                addr: None,
+                subscriptions: vec![sub(0), sub(1)],
+            },
+            NodeConfig {
+                id: NodeId(2),
+                addr: None,
+                subscriptions: vec![sub(0), sub(1)],
+            },
+            NodeConfig {
+                id: NodeId(3),
+                addr: None,
+                subscriptions: vec![],
+            },
+        ];
+        let logs = vec![LogConfig {
+            id: groups::ids::LogId(0),
+            covers: GroupSet::all(2),
+            acceptors: vec![NodeId(1)],
+        }];
+        ClusterConfig::new(1, 2, nodes, logs, Tuning::default()).unwrap()
+    }
+
+    fn proxy(fast: bool) -> ClientProxy<KvService> {
+        let mut p = ClientProxy::new(
+            ClientId::new(NodeId(3), 1),
+            Arc::new(KvService::default()),
+            Mode::Psmr,
+            2,
+            10,
+        )
+        .with_fast_reads(fast);
+        Proxy::attach(&mut p, &cluster());
+        p
+    }
+
+    fn drain(p: &mut ClientProxy<KvService>) -> (Vec<(NodeId, Bytes)>, Vec<(GroupSet, Bytes)>) {
+        let (mut s, mut m) = (Vec::new(), Vec::new());
+        Proxy::take_sends(p, &mut s);
+        p.take_multicasts(&mut m);
+        (s, m)
+    }
+
+    fn reply(seq: u64, round: u32, outcome: Outcome<KvReply>) -> Reply<KvReply> {
+        Reply {
+            client: ClientId::new(NodeId(3), 1),
+            seq,
+            attempt: Attempt::Conservative,
+            round,
+            replica: NodeId(1),
+            outcome,
+            state_hash: None,
+        }
+    }
+
+    #[test]
+    fn a_single_worker_read_goes_to_one_replica_and_moves_on_after_a_timeout() {
+        let mut p = proxy(true);
+        let seq = p.submit(KvCommand::Get(3));
+        let (sends, multicasts) = drain(&mut p);
+        assert!(multicasts.is_empty(), "a read is not multicast");
+        assert_eq!(sends.len(), 1);
+        let first = sends[0].0;
+        assert!(matches!(AppMsg::parse(&sends[0].1), Ok(AppMsg::Read(_))));
+        p.tick(10);
+        let (sends, _) = drain(&mut p);
+        assert_eq!(sends.len(), 1, "resent after the timeout");
+        assert_ne!(sends[0].0, first, "to the other replica");
+        let done = p.on_reply(reply(seq, 0, Outcome::Done(KvReply::Value(Some(7)))));
+        assert_eq!(done.unwrap().result.unwrap(), KvReply::Value(Some(7)));
+        assert_eq!(p.stats.reads_off_log, 1);
+    }
+
+    #[test]
+    fn writes_and_multi_worker_reads_go_through_the_log_and_fast_reads_are_off_by_default() {
+        let mut p = proxy(true);
+        p.submit(KvCommand::Put(3, 1));
+        p.submit(KvCommand::Sum);
+        let (sends, multicasts) = drain(&mut p);
+        assert!(sends.is_empty());
+        assert_eq!(multicasts.len(), 2);
+        let mut p = proxy(false);
+        p.submit(KvCommand::Get(3));
+        let (sends, multicasts) = drain(&mut p);
+        assert!(sends.is_empty());
+        assert_eq!(multicasts.len(), 1);
+    }
+
+    #[test]
+    fn a_misrouted_read_is_multicast_next() {
+        let mut p = proxy(true);
+        let seq = p.submit(KvCommand::Get(3));
+        drain(&mut p);
+        let none = p.on_reply(reply(seq, 0, Outcome::Misrouted(Bytes::new())));
+        assert!(none.is_none());
+        let (sends, multicasts) = drain(&mut p);
+        assert!(sends.is_empty());
+        assert_eq!(multicasts.len(), 1, "the next try goes through the log");
+        p.tick(10);
+        let (sends, multicasts) = drain(&mut p);
+        assert!(
+            sends.is_empty() && multicasts.len() == 1,
+            "and so do its resends"
+        );
+    }
 }

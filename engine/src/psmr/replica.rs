@@ -12,17 +12,20 @@
 //! production) or [`super::scheduled::Scheduled`] (a seeded scheduler, in the simulator). Both
 //! run the same [`super::workers::Worker::step`].
 
-use super::executor::{ExecOptions, Executor, WorkerStats};
+use super::executor::{ExecOptions, Executor, ReadJob, WorkerStats};
+use super::msg::{Outcome, Reply, Request};
 use super::service::Service;
+use super::service::Target;
 use super::snapshot::{self, Assembly, Checkpoint};
 use super::workers::{Lent, WorkerEvent, WorkerSet};
 use crate::checkpoint::CheckpointError;
 use crate::host::replica::{CoreOut, Installed, ReplicaCore, Taken};
 use crate::host::{Action, Attached};
+use crate::wire::{self, AppMsg};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
-use groups::ids::NodeId;
+use groups::ids::{LogId, NodeId};
 use groups::merge::{Delivery, SkipNeed};
 use groups::node::LogEntries;
 use groups::runtime::Waker;
@@ -63,6 +66,9 @@ pub trait Driver<S: Service>: Send + 'static {
     fn start(&mut self, set: WorkerSet<S>, waker: &Waker);
     /// Hands decided entries to the workers that read their logs.
     fn entries(&mut self, batch: &mut Vec<LogEntries>);
+    /// Hands worker `worker` a read to serve (see [`super::workers`], "Reads"); dropped if
+    /// the workers are not running (the client sends it again).
+    fn read(&mut self, worker: usize, job: ReadJob<S::Command>);
     /// Lets the workers run (a scheduler runs them now; threads run on their own) and
     /// collects what they produced and the skips their mergers need.
     fn run(&mut self, events: &mut Vec<WorkerEvent>, needs: &mut Vec<SkipNeed>);
@@ -112,6 +118,22 @@ pub struct PsmrCore<S: Service, D: Driver<S>> {
     needs: Vec<SkipNeed>,
     /// Filled when the node stops.
     pub report: Option<ReplicaReport>,
+    reads: Reads<S::Command>,
+}
+
+/// Reads served off the log (see [`super::workers`], "Reads"): those that arrived since the
+/// last read index was asked for, and those waiting for theirs.
+struct Reads<C> {
+    /// Every log this replica's workers read.
+    logs: Vec<LogId>,
+    new: Vec<(usize, Request, C)>,
+    asked: BTreeMap<u64, Vec<(usize, Request, C)>>,
+    next_token: u64,
+    /// Refusals to send: (client node, encoded reply).
+    refused: Vec<(NodeId, Bytes)>,
+    /// Reads received, and refused.
+    pub received: u64,
+    pub rejected: u64,
 }
 
 struct Started<S: Service> {
@@ -135,7 +157,21 @@ impl<S: Service, D: Driver<S>> PsmrCore<S, D> {
             events: Vec::new(),
             needs: Vec::new(),
             report: None,
+            reads: Reads {
+                logs: Vec::new(),
+                new: Vec::new(),
+                asked: BTreeMap::new(),
+                next_token: 0,
+                refused: Vec::new(),
+                received: 0,
+                rejected: 0,
+            },
         }
+    }
+
+    /// Reads this replica received off the log, and refused.
+    pub fn reads_received(&self) -> (u64, u64) {
+        (self.reads.received, self.reads.rejected)
     }
 
     pub fn options(&self) -> &ReplicaOptions {
@@ -176,6 +212,9 @@ impl<S: Service, D: Driver<S>> ReplicaCore for PsmrCore<S, D> {
             self.options.exec.clone(),
         ));
         let set = WorkerSet::new(executor.clone(), &at.config, &subs, None);
+        let mut logs: Vec<LogId> = set.readers.keys().copied().collect();
+        logs.sort_unstable();
+        self.reads.logs = logs;
         self.driver.start(set, &at.waker);
         self.started = Some(Started {
             me: at.id,
@@ -194,7 +233,101 @@ impl<S: Service, D: Driver<S>> ReplicaCore for PsmrCore<S, D> {
         tracing::warn!(id = %d.msg.id, "a P-SMR replica merges its logs itself; a merged delivery is dropped");
     }
 
+    fn read(&mut self, from: NodeId, body: &[u8]) {
+        let Some(s) = self.started.as_ref() else {
+            return;
+        };
+        let request: Request = match wire::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "undecodable read dropped");
+                return;
+            }
+        };
+        self.reads.received += 1;
+        let k = self.options.workers;
+        let refuse = |why: String| {
+            let reply: Reply<S::Reply> = Reply {
+                client: request.client,
+                seq: request.seq,
+                attempt: request.attempt,
+                round: request.round,
+                replica: s.me,
+                outcome: Outcome::Rejected(why),
+                state_hash: None,
+            };
+            (
+                request.client.node(),
+                AppMsg::to_client(request.client, &reply),
+            )
+        };
+        let command: S::Command = match wire::decode(&request.command) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reads.rejected += 1;
+                let r = refuse(format!("not a {} command: {e}", self.service.name()));
+                self.reads.refused.push(r);
+                return;
+            }
+        };
+        let worker = match (k, self.service.conservative(&command, k)) {
+            (1, _) => 0,
+            (_, Target::One(w)) if w < k => w,
+            (_, t) => {
+                self.reads.rejected += 1;
+                let r = refuse(format!(
+                    "a read off the log runs on one worker; {command:?} maps to {t:?}"
+                ));
+                self.reads.refused.push(r);
+                return;
+            }
+        };
+        if !self.service.read_only(&command) {
+            self.reads.rejected += 1;
+            let r = refuse(format!(
+                "{command:?} is not read-only; it goes through the log"
+            ));
+            self.reads.refused.push(r);
+            return;
+        }
+        self.reads.new.push((worker, request, command));
+    }
+
+    fn read_index(&mut self, token: u64, positions: Vec<(LogId, u64)>) {
+        let Some(reads) = self.reads.asked.remove(&token) else {
+            return;
+        };
+        let positions: Arc<[(LogId, u64)]> = positions.into();
+        for (worker, request, command) in reads {
+            self.driver.read(
+                worker,
+                ReadJob {
+                    request,
+                    command,
+                    positions: positions.clone(),
+                },
+            );
+        }
+    }
+
     fn step(&mut self, _now: u64, out: &mut CoreOut) {
+        // One read index for every read that arrived since the last one was asked for.
+        if !self.reads.new.is_empty() {
+            let token = self.reads.next_token;
+            self.reads.next_token += 1;
+            let batch = std::mem::take(&mut self.reads.new);
+            self.reads.asked.insert(token, batch);
+            out.actions.push(Action::ReadIndex {
+                token,
+                logs: self.reads.logs.clone(),
+            });
+        }
+        out.actions.extend(
+            self.reads
+                .refused
+                .drain(..)
+                .map(|(to, bytes)| Action::Send(to, bytes)),
+        );
         self.driver.run(&mut self.events, &mut self.needs);
         let k = self.options.workers;
         let mut done = Vec::new();

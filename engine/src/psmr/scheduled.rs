@@ -10,7 +10,7 @@
 //! dependent commands run in parallel, replicas would end in different states, which the
 //! simulated campaigns compare.
 
-use super::executor::WorkerStats;
+use super::executor::{ReadJob, WorkerStats};
 use super::rendezvous::Slots;
 use super::replica::{Driver, PsmrCore, ReplicaOptions, Restorer};
 use super::service::Service;
@@ -76,6 +76,12 @@ impl<S: Service> Driver<S> for Scheduled<S> {
         }
         for w in &mut set.workers {
             w.poll();
+        }
+    }
+
+    fn read(&mut self, worker: usize, job: ReadJob<S::Command>) {
+        if let Some(w) = self.set.as_mut().and_then(|s| s.workers.get_mut(worker)) {
+            w.read(job);
         }
     }
 

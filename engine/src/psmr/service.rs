@@ -94,6 +94,32 @@ pub trait Service: Send + Sync + 'static {
         Ok(self.execute(shards, cmd, access))
     }
 
+    /// Whether `cmd` changes nothing: no shard state, no shared state, whatever the state it
+    /// runs on. Such a command, when its conservative map is one worker, may be served by a
+    /// single replica without going through the logs (clients with fast reads,
+    /// [`super::proxy::ClientProxy::with_fast_reads`]): the replica takes a read index of
+    /// its logs and runs it on the worker once that worker has executed everything the index
+    /// covers ([`super::workers`], "Reads"). A command declared read-only that writes would
+    /// make that replica diverge; with the debug mode on ([`Access`]) such a write is caught
+    /// and the read is refused. The default: none is.
+    fn read_only(&self, _cmd: &Self::Command) -> bool {
+        false
+    }
+
+    /// Executes a read-only command served off the log, on the shard of its one worker. It
+    /// must change nothing replicated (a service that counts commands in its state, for load
+    /// statistics say, must not count this one: only one replica runs it). The default runs
+    /// it like any command, which is right for a service whose read-only commands change
+    /// nothing.
+    fn execute_read(
+        &self,
+        shards: &mut Shards<'_, '_, Self::Shard>,
+        cmd: &Self::Command,
+        access: &mut Access,
+    ) -> Self::Reply {
+        self.execute(shards, cmd, access)
+    }
+
     /// For a service whose command map follows replicated state that changes (key ranges
     /// that move between workers): whether `cmd`, multicast to the workers whose shards are
     /// in `shards`, must not run here because under the shards' state it needs a worker that

@@ -8,7 +8,7 @@
 //! arrived. Replies and checkpoint parts come back over a channel, and a worker wakes the
 //! node's loop when it has any.
 
-use super::executor::WorkerStats;
+use super::executor::{ReadJob, WorkerStats};
 use super::rendezvous::Rendezvous;
 use super::replica::{Driver, PsmrCore, ReplicaOptions, Restorer};
 use super::service::Service;
@@ -33,13 +33,14 @@ const NEED_REPEAT: Duration = Duration::from_millis(5);
 /// How often a worker adds its recent service times to its shared histogram at most.
 const PUBLISH_TIMES: Duration = Duration::from_millis(100);
 
-enum Input {
+enum Input<C> {
     Entries(Arc<LogEntries>),
+    Read(ReadJob<C>),
     Stop,
 }
 
 struct Running<S: Service> {
-    inboxes: Vec<Sender<Input>>,
+    inboxes: Vec<Sender<Input<S::Command>>>,
     threads: Vec<JoinHandle<Worker<S>>>,
     readers: BTreeMap<LogId, Vec<usize>>,
     events: Receiver<WorkerEvent>,
@@ -139,6 +140,12 @@ impl<S: Service> Driver<S> for Threads<S> {
         }
     }
 
+    fn read(&mut self, worker: usize, job: ReadJob<S::Command>) {
+        if let Some(tx) = self.running.as_ref().and_then(|r| r.inboxes.get(worker)) {
+            let _ = tx.send(Input::Read(job));
+        }
+    }
+
     fn run(&mut self, events: &mut Vec<WorkerEvent>, needs: &mut Vec<SkipNeed>) {
         if let Some(r) = self.running.as_ref() {
             events.extend(r.events.try_iter());
@@ -204,7 +211,7 @@ impl<S: Service> Drop for Threads<S> {
 struct WorkerThread<S: Service> {
     executor: Arc<super::executor::Executor<S>>,
     rendezvous: Arc<Rendezvous<MsgId, Loan<S>>>,
-    inbox: Receiver<Input>,
+    inbox: Receiver<Input<S::Command>>,
     events: Sender<WorkerEvent>,
     needs: Sender<SkipNeed>,
     executed: Arc<AtomicU64>,
@@ -243,6 +250,7 @@ impl<S: Service> WorkerThread<S> {
                             tracing::error!(worker = w.id, error = %gap, "entries dropped");
                         }
                     }
+                    Input::Read(job) => w.read(job),
                     Input::Stop => {
                         stopping = true;
                         break;

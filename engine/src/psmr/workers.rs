@@ -34,8 +34,18 @@
 //! were (they depend on timing, and differ between replicas). What it saves is the hand-offs:
 //! with threads, two wake-ups per command become two per run (an insert-heavy B+-tree
 //! workload on P-SMR's conservative map sends half its commands to every worker).
+//!
+//! **Reads.** A read-only command for one worker that a client sent to this replica alone
+//! ([`crate::wire::AppMsg::Read`]) comes with a read index: per log, a position past every
+//! entry decided before the read reached the replica ([`groups::readindex`]). The worker runs
+//! it between two deliveries, once it is between commands, its merger has wholly merged every
+//! log it reads up to the read's position, and none of the deliveries it merged and has not
+//! handled yet comes from below that position: its shard then reflects every write
+//! acknowledged before the read began (every such write is in a log the worker reads, below
+//! the position). Reads change nothing replicated (no client table, no counters of the
+//! checkpoint), so replicas that served different reads stay identical.
 
-use super::executor::{Executor, Job, WorkerState, WorkerStats};
+use super::executor::{Executor, Job, ReadJob, WorkerState, WorkerStats};
 use super::rendezvous::{Closed, Lending, Slots};
 use super::service::Service;
 use super::snapshot::{Restored, WorkerPart};
@@ -143,6 +153,10 @@ pub struct Worker<S: Service> {
     pub executed: u64,
     pub meetings: Meetings,
     scratch: Vec<Delivery>,
+    /// Reads waiting for the worker to reach their positions (see the module docs, "Reads").
+    reads: Vec<ReadJob<S::Command>>,
+    /// Reads this incarnation served (not replicated).
+    pub reads_served: u64,
 }
 
 impl<S: Service> Worker<S> {
@@ -165,7 +179,30 @@ impl<S: Service> Worker<S> {
             executed: 0,
             meetings: Meetings::default(),
             scratch: Vec::new(),
+            reads: Vec::new(),
+            reads_served: 0,
         }
+    }
+
+    /// A read to serve once the worker has reached its positions (see the module docs).
+    pub fn read(&mut self, job: ReadJob<S::Command>) {
+        self.reads.push(job);
+    }
+
+    /// Reads waiting.
+    pub fn reads_waiting(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// The first waiting read the worker's state covers now (it must be between commands).
+    fn ready_read(&self) -> Option<usize> {
+        self.reads.iter().position(|r| {
+            r.positions.iter().all(|&(log, pos)| {
+                self.merger.merged_below(log).is_none_or(|m| {
+                    m >= pos && !self.pending.iter().any(|d| d.log == log && d.index < pos)
+                })
+            })
+        })
     }
 
     /// Decided entries of a log this worker reads (contiguous with the previous ones).
@@ -215,6 +252,21 @@ impl<S: Service> Worker<S> {
         }
         if self.pending.is_empty() {
             self.poll();
+        }
+        if !self.reads.is_empty() {
+            if let Some(i) = self.ready_read() {
+                let job = self.reads.swap_remove(i);
+                let shard = self
+                    .shard
+                    .as_deref_mut()
+                    .expect("a worker owns its shard between commands");
+                out.push(WorkerEvent::Reply(
+                    job.request.client.node(),
+                    ex.run_read(self.id, shard, &job),
+                ));
+                self.reads_served += 1;
+                return Progress::Stepped;
+            }
         }
         let Some(d) = self.pending.pop_front() else {
             return Progress::Idle;
@@ -377,7 +429,7 @@ impl<S: Service> Worker<S> {
     /// Whether a step would move on a polled rendezvous (the scheduler steps only those).
     pub fn can_step(&self, rv: &Slots<MsgId, Loan<S>>) -> bool {
         match &self.stage {
-            Stage::Ready => !self.pending.is_empty(),
+            Stage::Ready => !self.pending.is_empty() || self.ready_read().is_some(),
             Stage::Collecting(job) => rv.slot(self.id).arrived(job.id) == job.involved.len() - 1,
             Stage::Lending(key) => rv.slot(self.id).is_returned(*key),
         }
