@@ -568,7 +568,10 @@ mod tests {
         p
     }
 
-    fn drain(p: &mut ClientProxy<KvService>) -> (Vec<(NodeId, Bytes)>, Vec<(GroupSet, Bytes)>) {
+    /// What the proxy sends point to point, and multicasts.
+    type Out = (Vec<(NodeId, Bytes)>, Vec<(GroupSet, Bytes)>);
+
+    fn drain(p: &mut ClientProxy<KvService>) -> Out {
         let (mut s, mut m) = (Vec::new(), Vec::new());
         Proxy::take_sends(p, &mut s);
         p.take_multicasts(&mut m);
