@@ -117,7 +117,7 @@ enum Experiment {
         /// psmr and opt-psmr: a Rebalance every this many milliseconds (0: none).
         #[arg(long, default_value_t = 0)]
         rebalance_every_ms: u64,
-        /// Only these modes (comma separated: smr, psmr, opt-psmr, unreplicated).
+        /// Only these modes (comma separated: smr, smr+ri, psmr, psmr+ri, opt-psmr, opt-psmr+ri, unreplicated; `+ri`: single-worker reads served off the log after a read index).
         #[arg(long, value_delimiter = ',')]
         modes: Option<Vec<String>>,
     },
@@ -152,7 +152,7 @@ enum Experiment {
     /// Chorus's ratio to each. etcd and ZooKeeper need `--features peers` (and apt-get
     /// installs their Debian packages when missing).
     Peers {
-        /// Systems: chorus-memory, chorus-disk, etcd, zookeeper (default all).
+        /// Systems: chorus-memory, chorus-memory-ri, chorus-disk, chorus-memory-tls, etcd, zookeeper (default: all but chorus-memory-tls).
         #[arg(long, value_delimiter = ',')]
         systems: Option<Vec<peers::System>>,
         /// Write shares in percent, the rest reads (default 100,50,5).

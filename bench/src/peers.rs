@@ -12,6 +12,10 @@
 //!   Every deployment authenticates its links with a generated secret.
 //! * `chorus-memory-tls` (not in the default list): `chorus-memory` with mutual TLS on every
 //!   link, to measure what TLS costs.
+//! * `chorus-memory-ri`: `chorus-memory` with reads served off the log: a client sends a
+//!   `Get` to one replica, which answers after a read index (every log's acceptors asked for
+//!   their accepted index, a majority's largest kept), the way etcd serves its default
+//!   linearizable Range with ReadIndex.
 //! * `etcd`, `zookeeper`: the Debian packages `etcd-server` and `zookeeper` (installed with
 //!   apt-get when missing, unless `--no-install`), driven with the `etcd-client` and
 //!   `zookeeper-client` crates. These need bench's `peers` cargo feature (etcd-client's build
@@ -56,22 +60,27 @@ pub enum System {
     /// `chorus-memory` with mutual TLS on every link (`--write-config --tls` certificates):
     /// the cost of TLS, measured against `chorus-memory`.
     ChorusMemoryTls,
+    /// `chorus-memory` with reads served off the log: one replica answers a `Get` after a
+    /// read index (a quorum round of accepted indexes), as etcd answers a linearizable Range.
+    ChorusMemoryRi,
     Etcd,
     Zookeeper,
 }
 
 impl System {
-    pub const ALL: [System; 5] = [
+    pub const ALL: [System; 6] = [
         System::ChorusMemory,
         System::ChorusDisk,
         System::ChorusMemoryTls,
+        System::ChorusMemoryRi,
         System::Etcd,
         System::Zookeeper,
     ];
 
     /// What `peers` measures when `--systems` is not given.
-    pub const DEFAULT: [System; 4] = [
+    pub const DEFAULT: [System; 5] = [
         System::ChorusMemory,
+        System::ChorusMemoryRi,
         System::ChorusDisk,
         System::Etcd,
         System::Zookeeper,
@@ -82,6 +91,7 @@ impl System {
             System::ChorusMemory => "chorus-memory",
             System::ChorusDisk => "chorus-disk",
             System::ChorusMemoryTls => "chorus-memory-tls",
+            System::ChorusMemoryRi => "chorus-memory-ri",
             System::Etcd => "etcd",
             System::Zookeeper => "zookeeper",
         }
@@ -90,7 +100,9 @@ impl System {
     /// Whether a write is on disk (fsynced) at a majority before it is acknowledged.
     pub fn durability(self) -> &'static str {
         match self {
-            System::ChorusMemory | System::ChorusMemoryTls => "memory (logs in RAM, no fsync)",
+            System::ChorusMemory | System::ChorusMemoryTls | System::ChorusMemoryRi => {
+                "memory (logs in RAM, no fsync)"
+            }
             System::ChorusDisk => "fsync (write-ahead log per acceptor)",
             System::Etcd => "fsync (WAL, snapshot every 100000 entries)",
             System::Zookeeper => "fsync (forceSync=yes, snapCount=100000)",
@@ -99,7 +111,9 @@ impl System {
 
     pub fn client_library(self) -> &'static str {
         match self {
-            System::ChorusMemory | System::ChorusDisk => "engine::psmr::proxy over groups TCP",
+            System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryRi => {
+                "engine::psmr::proxy over groups TCP"
+            }
             System::ChorusMemoryTls => {
                 "engine::psmr::proxy over groups TCP, mutual TLS 1.3 (rustls)"
             }
@@ -113,6 +127,7 @@ impl System {
             System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
                 "Get ordered through the consensus log like writes"
             }
+            System::ChorusMemoryRi => "Get off the log after a read index (quorum of accepted indexes)",
             System::Etcd => "Range, default linearizable (ReadIndex)",
             System::Zookeeper => "sync + getData, pipelined on one session",
         }
@@ -121,7 +136,10 @@ impl System {
     fn is_chorus(self) -> bool {
         matches!(
             self,
-            System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls
+            System::ChorusMemory
+                | System::ChorusDisk
+                | System::ChorusMemoryTls
+                | System::ChorusMemoryRi
         )
     }
 }
@@ -457,11 +475,15 @@ fn measure_system(
 ) -> Result<(), String> {
     let points = plan.points();
     match system {
-        System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
+        System::ChorusMemory
+        | System::ChorusDisk
+        | System::ChorusMemoryTls
+        | System::ChorusMemoryRi => {
             let durable = system == System::ChorusDisk;
             let tls = system == System::ChorusMemoryTls;
             if !points.is_empty() {
                 let mut cluster = chorus::Cluster::start(plan, durable, tls)?;
+                cluster.fast_reads = system == System::ChorusMemoryRi;
                 eprintln!(
                     "peers: {} up ({} btree-server processes)",
                     system.name(),
@@ -479,8 +501,10 @@ fn measure_system(
                 }
             }
             for &w in &plan.ycsb {
-                let m = chorus::Cluster::start_ycsb(plan, durable, tls)
-                    .and_then(|mut c| c.measure_ycsb(plan, w));
+                let m = chorus::Cluster::start_ycsb(plan, durable, tls).and_then(|mut c| {
+                    c.fast_reads = system == System::ChorusMemoryRi;
+                    c.measure_ycsb(plan, w)
+                });
                 report_ycsb(w, m);
             }
             Ok(())

@@ -75,6 +75,8 @@ pub struct Cluster {
     next_index: u32,
     procs: Group,
     dir: TempDir,
+    /// Clients serve single-worker reads off the log, after a read index.
+    pub fast_reads: bool,
 }
 
 /// The tree of a peers run: `keys` keys, all present from the start, values of `value_bytes`.
@@ -171,6 +173,7 @@ impl Cluster {
             next_index: engine::host::client::incarnation_index(),
             procs,
             dir,
+            fast_reads: false,
         };
         cluster.wait_ready(Duration::from_secs(30))?;
         Ok(cluster)
@@ -250,7 +253,7 @@ impl Cluster {
                 workers: self.file.workers,
                 resend_ticks: 2000,
                 first_index: self.fresh_index(1),
-                fast_reads: false,
+                fast_reads: self.fast_reads,
             };
             let app = engine::psmr::proxy::client_app(id, self.service.clone(), options, driver);
             let node = GroupsNode::in_memory(cfg.clone(), id, NodeOptions::fresh());
