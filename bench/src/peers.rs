@@ -127,7 +127,9 @@ impl System {
             System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
                 "Get ordered through the consensus log like writes"
             }
-            System::ChorusMemoryRi => "Get off the log after a read index (quorum of accepted indexes)",
+            System::ChorusMemoryRi => {
+                "Get off the log after a read index (quorum of accepted indexes)"
+            }
             System::Etcd => "Range, default linearizable (ReadIndex)",
             System::Zookeeper => "sync + getData, pipelined on one session",
         }
