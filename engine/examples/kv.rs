@@ -67,6 +67,12 @@ impl Service for Kv {
         }
     }
 
+    /// Commands that change nothing: with fast reads, a `Get` is served by one replica off
+    /// the log (`Len` needs every worker, so it still goes through the logs).
+    fn read_only(&self, cmd: &Cmd) -> bool {
+        matches!(cmd, Cmd::Get(_) | Cmd::Len)
+    }
+
     fn execute(
         &self,
         shards: &mut Shards<'_, '_, Self::Shard>,
