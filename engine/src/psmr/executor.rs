@@ -229,15 +229,7 @@ impl<S: Service> Executor<S> {
             return None;
         };
         let reply = |outcome, hash| {
-            let r = Reply {
-                client: req.client,
-                seq: req.seq,
-                attempt: req.attempt,
-                round: req.round,
-                replica: self.replica,
-                outcome,
-                state_hash: hash,
-            };
+            let r = Reply::to(req, self.replica, outcome, hash);
             Some((req.client.node(), AppMsg::to_client(req.client, &r)))
         };
         let cmd = match command {
@@ -347,16 +339,7 @@ impl<S: Service> Executor<S> {
                 }
             }
         };
-        let reply = Reply {
-            client: req.client,
-            seq: req.seq,
-            attempt: req.attempt,
-            round: req.round,
-            replica: self.replica,
-            outcome,
-            state_hash: None,
-        };
-        AppMsg::to_client(req.client, &reply)
+        AppMsg::to_client(req.client, &Reply::to(req, self.replica, outcome, None))
     }
 }
 

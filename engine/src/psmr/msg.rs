@@ -63,6 +63,26 @@ pub struct Reply<R> {
     pub state_hash: Option<u64>,
 }
 
+impl<R> Reply<R> {
+    /// `replica`'s answer to `req` (the try it names).
+    pub fn to(
+        req: &Request,
+        replica: NodeId,
+        outcome: Outcome<R>,
+        state_hash: Option<u64>,
+    ) -> Self {
+        Reply {
+            client: req.client,
+            seq: req.seq,
+            attempt: req.attempt,
+            round: req.round,
+            replica,
+            outcome,
+            state_hash,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,15 +247,7 @@ impl<S: Service, D: Driver<S>> ReplicaCore for PsmrCore<S, D> {
         self.reads.received += 1;
         let k = self.options.workers;
         let refuse = |why: String| {
-            let reply: Reply<S::Reply> = Reply {
-                client: request.client,
-                seq: request.seq,
-                attempt: request.attempt,
-                round: request.round,
-                replica: s.me,
-                outcome: Outcome::Rejected(why),
-                state_hash: None,
-            };
+            let reply: Reply<S::Reply> = Reply::to(&request, s.me, Outcome::Rejected(why), None);
             (
                 request.client.node(),
                 AppMsg::to_client(request.client, &reply),
