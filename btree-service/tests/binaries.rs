@@ -2,8 +2,9 @@
 //!
 //! Method: (1) pipe a session into `btree-server`'s in-process REPL; (2) write a loopback
 //! deployment with `btree-server --write-config`, start its three replica processes, run
-//! `btree-client` commands (put, get, update, scan, size, delete), kill one replica with
-//! SIGKILL and check the survivors still answer; (3) bad input gets a clear error.
+//! `btree-client` commands (put, get, update, scan, size, delete, and `--fast-reads get`: a read
+//! off the log), kill one replica with SIGKILL and check the survivors still answer; (3) bad
+//! input gets a clear error.
 
 use std::io::Write;
 use std::path::Path;
@@ -96,6 +97,11 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
         client(&config, &["update", "5", "FIVE"]),
         (true, "ok".into())
     );
+    // A read off the log (one replica, after a read index) sees the acknowledged update.
+    assert_eq!(
+        client(&config, &["--fast-reads", "get", "5"]),
+        (true, "FIVE".into())
+    );
     assert_eq!(
         client(&config, &["scan", "5", "6"]),
         (true, "5 FIVE".into())
@@ -109,6 +115,11 @@ fn tcp_deployment_serves_clients_and_survives_a_killed_replica() {
     );
     assert_eq!(client(&config, &["get", "5"]), (true, "(absent)".into()));
     assert_eq!(client(&config, &["size"]), (true, "1000".into()));
+    // With a replica down, a read off the log that went to it moves on to another.
+    assert_eq!(
+        client(&config, &["--fast-reads", "get", "5"]),
+        (true, "(absent)".into())
+    );
 
     let (ok, err) = client(&config, &["get", "x"]);
     assert!(!ok && err.contains("not a key"), "{err}");

@@ -115,6 +115,10 @@ pub struct ClientArgs {
     /// refuses to start without one otherwise): any process that can reach the ports can join.
     #[arg(long)]
     pub insecure: bool,
+    /// P-SMR services: send a single-worker read-only command to one replica, which answers
+    /// it after a read index instead of ordering it through the logs.
+    #[arg(long)]
+    pub fast_reads: bool,
     /// The command.
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<String>,
@@ -478,7 +482,7 @@ pub fn call_once<P: Proxy>(
 fn client_main<F: ConfigFile, P: Proxy>(
     name: &str,
     parse: impl FnOnce(&[&str], u64) -> Result<P::Command, String>,
-    make: impl FnOnce(&F, NodeId) -> Result<P, String>,
+    make: impl FnOnce(&F, NodeId, &ClientArgs) -> Result<P, String>,
     render: impl FnOnce(&P::Reply) -> String,
 ) -> ExitCode {
     use clap::Parser;
@@ -501,7 +505,7 @@ fn client_main<F: ConfigFile, P: Proxy>(
                 "node {me} is a replica or acceptor, not a client node"
             ));
         }
-        let proxy = make(&file, me)?;
+        let proxy = make(&file, me, &args)?;
         let timeout = Duration::from_secs_f64(args.timeout_s);
         match call_once(cluster, me, proxy, cmd, timeout)? {
             Some(Ok(r)) => Ok(render(&r)),

@@ -410,7 +410,13 @@ pub fn client<S: ScaleOutApp>() -> ExitCode {
     super::client_main::<S::File, ScaleOutClient<S>>(
         S::CLIENT,
         S::parse,
-        |file, me| {
+        |file, me, args| {
+            if args.fast_reads {
+                return Err(
+                    "--fast-reads is for P-SMR services; a scale-out service orders every command"
+                        .into(),
+                );
+            }
             let plan = S::plan(file);
             Ok(ScaleOutClient::new(
                 ClientId::new(me, crate::host::client::incarnation_index()),

@@ -329,7 +329,7 @@ pub fn client<S: ScaleUpApp>() -> ExitCode {
     super::client_main::<S::File, ClientProxy<S>>(
         S::CLIENT,
         S::parse,
-        |file, me| {
+        |file, me, args| {
             let plan = S::plan(file);
             Ok(ClientProxy::new(
                 ClientId::new(me, crate::host::client::incarnation_index()),
@@ -337,7 +337,8 @@ pub fn client<S: ScaleUpApp>() -> ExitCode {
                 plan.mode,
                 plan.workers,
                 500,
-            ))
+            )
+            .with_fast_reads(args.fast_reads))
         },
         S::render,
     )
