@@ -892,7 +892,7 @@ impl GroupsNode {
                 read,
                 accepted,
             } => {
-                if !self.reads.on_reply(from, log, read, accepted, self.now) {
+                if !self.reads.on_reply(from, log, read, accepted) {
                     self.refuse(
                         from,
                         "index reply from a node that is not an acceptor of the log",
@@ -992,15 +992,12 @@ impl GroupsNode {
         if now.is_multiple_of(resend.max(1)) {
             // A read position beyond a log's end (see `readindex`): ask for padding up to it.
             let feeds = &self.feeds;
-            self.reads.prune_targets(|l| feeds.get(&l).map(Feed::next));
-            for (log, _) in self.read_targets_open() {
-                if let Some(next) = self.feed_next(log) {
-                    self.request_skip(SkipNeed {
-                        log,
-                        index: next,
-                        slots: 1,
-                    });
-                }
+            for (log, next) in self.reads.prune_targets(|l| feeds.get(&l).map(Feed::next)) {
+                self.request_skip(SkipNeed {
+                    log,
+                    index: next,
+                    slots: 1,
+                });
             }
         }
         if self.cfg.tuning.skip_hints {

@@ -45,9 +45,6 @@ pub struct ReadIndex {
     /// The request's number, as [`crate::node::GroupsNode::read_index`] returned it.
     pub seq: u64,
     pub positions: Vec<(LogId, u64)>,
-    /// The tick the request was made, and the tick it completed.
-    pub asked_at: u64,
-    pub done_at: u64,
 }
 
 struct LogQuery {
@@ -67,7 +64,6 @@ impl LogQuery {
 }
 
 struct Pending {
-    asked_at: u64,
     sent_at: u64,
     logs: Vec<LogQuery>,
 }
@@ -82,10 +78,6 @@ pub(crate) struct ReadIndexes {
     /// Per log, the largest position a completed read index named (kept until this node's
     /// feed passes it; see the module docs on liveness).
     targets: BTreeMap<LogId, u64>,
-    /// Counters.
-    pub asked: u64,
-    pub completed: u64,
-    pub resent: u64,
 }
 
 /// Why a read index cannot be asked for.
@@ -106,9 +98,6 @@ impl ReadIndexes {
             pending: BTreeMap::new(),
             done: Vec::new(),
             targets: BTreeMap::new(),
-            asked: 0,
-            completed: 0,
-            resent: 0,
         }
     }
 
@@ -136,9 +125,7 @@ impl ReadIndexes {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.asked += 1;
         let p = Pending {
-            asked_at: now,
             sent_at: now,
             logs: queries,
         };
@@ -158,14 +145,7 @@ impl ReadIndexes {
 
     /// An acceptor's answer. Returns false if `from` is not an acceptor of `log` (the caller
     /// counts it as refused); answers to unknown or finished requests are ignored.
-    pub fn on_reply(
-        &mut self,
-        from: NodeId,
-        log: LogId,
-        read: ReadToken,
-        accepted: u64,
-        now: u64,
-    ) -> bool {
+    pub fn on_reply(&mut self, from: NodeId, log: LogId, read: ReadToken, accepted: u64) -> bool {
         let Some(lc) = self.cfg.log(log) else {
             return false;
         };
@@ -194,12 +174,9 @@ impl ReadIndexes {
                 let t = self.targets.entry(log).or_insert(0);
                 *t = (*t).max(pos);
             }
-            self.completed += 1;
             self.done.push(ReadIndex {
                 seq: read.seq,
                 positions,
-                asked_at: p.asked_at,
-                done_at: now,
             });
         }
         true
@@ -210,7 +187,6 @@ impl ReadIndexes {
         for (&seq, p) in self.pending.iter_mut() {
             if now >= p.sent_at + resend_ticks.max(1) {
                 p.sent_at = now;
-                self.resent += 1;
                 Self::send(self.epoch, seq, p, out);
             }
         }
@@ -234,10 +210,18 @@ impl ReadIndexes {
             .collect()
     }
 
-    /// Drops the targets `feed_next` has reached, and those of logs without a feed.
-    pub fn prune_targets(&mut self, feed_next: impl Fn(LogId) -> Option<u64>) {
-        self.targets
-            .retain(|&log, &mut pos| feed_next(log).is_some_and(|next| next < pos));
+    /// Drops the targets `feed_next` has reached, and those of logs without a feed; returns
+    /// the logs whose targets remain, with their feed positions.
+    pub fn prune_targets(&mut self, feed_next: impl Fn(LogId) -> Option<u64>) -> Vec<(LogId, u64)> {
+        let mut open = Vec::new();
+        self.targets.retain(|&log, &mut pos| match feed_next(log) {
+            Some(next) if next < pos => {
+                open.push((log, next));
+                true
+            }
+            _ => false,
+        });
+        open
     }
 }
 
@@ -271,19 +255,18 @@ mod tests {
         let seq = r.ask(&[LogId(0), LogId(0)], 5, &mut out).unwrap();
         assert_eq!(out.len(), 3, "one query per acceptor, duplicates ignored");
         let t = ReadToken { epoch: 7, seq };
-        assert!(r.on_reply(NodeId(1), LogId(0), t, 10, 6));
+        assert!(r.on_reply(NodeId(1), LogId(0), t, 10));
         assert!(
-            r.on_reply(NodeId(1), LogId(0), t, 4, 6),
+            r.on_reply(NodeId(1), LogId(0), t, 4),
             "a duplicate counts once"
         );
         let mut done = Vec::new();
         r.take_done(&mut done);
         assert!(done.is_empty(), "one answer of three is not a majority");
-        assert!(r.on_reply(NodeId(3), LogId(0), t, 12, 8));
+        assert!(r.on_reply(NodeId(3), LogId(0), t, 12));
         r.take_done(&mut done);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].positions, vec![(LogId(0), 12)]);
-        assert_eq!((done[0].asked_at, done[0].done_at), (5, 8));
         assert_eq!(r.pending(), 0);
     }
 
@@ -293,9 +276,9 @@ mod tests {
         let mut out = Vec::new();
         let seq = r.ask(&[LogId(0)], 0, &mut out).unwrap();
         let old = ReadToken { epoch: 7, seq };
-        assert!(r.on_reply(NodeId(1), LogId(0), old, 1, 1));
-        assert!(r.on_reply(NodeId(2), LogId(0), old, 1, 1));
-        assert!(!r.on_reply(NodeId(4), LogId(0), ReadToken { epoch: 8, seq }, 1, 1));
+        assert!(r.on_reply(NodeId(1), LogId(0), old, 1));
+        assert!(r.on_reply(NodeId(2), LogId(0), old, 1));
+        assert!(!r.on_reply(NodeId(4), LogId(0), ReadToken { epoch: 8, seq }, 1));
         let mut done = Vec::new();
         r.take_done(&mut done);
         assert!(done.is_empty());
@@ -308,13 +291,12 @@ mod tests {
         let mut out = Vec::new();
         let seq = r.ask(&[LogId(0)], 0, &mut out).unwrap();
         out.clear();
-        r.on_reply(NodeId(2), LogId(0), ReadToken { epoch: 1, seq }, 3, 1);
+        r.on_reply(NodeId(2), LogId(0), ReadToken { epoch: 1, seq }, 3);
         r.tick(5, 10, &mut out);
         assert!(out.is_empty(), "not yet due");
         r.tick(10, 10, &mut out);
         let to: Vec<NodeId> = out.iter().map(|(n, _)| *n).collect();
         assert_eq!(to, vec![NodeId(1), NodeId(3)]);
-        assert_eq!(r.resent, 1);
     }
 
     #[test]
@@ -335,17 +317,17 @@ mod tests {
         let mut out = Vec::new();
         let seq = r.ask(&[LogId(0)], 0, &mut out).unwrap();
         for n in [1, 2] {
-            r.on_reply(NodeId(n), LogId(0), ReadToken { epoch: 1, seq }, 9, 1);
+            r.on_reply(NodeId(n), LogId(0), ReadToken { epoch: 1, seq }, 9);
         }
         assert_eq!(r.open_targets(|_| Some(4)), vec![(LogId(0), 9)]);
         assert_eq!(r.open_targets(|_| Some(9)), vec![]);
-        r.prune_targets(|_| Some(4));
         assert_eq!(
-            r.open_targets(|_| Some(4)),
-            vec![(LogId(0), 9)],
-            "kept until reached"
+            r.prune_targets(|_| Some(4)),
+            vec![(LogId(0), 4)],
+            "kept until reached, with the feed's position"
         );
-        r.prune_targets(|_| Some(9));
+        assert_eq!(r.open_targets(|_| Some(4)), vec![(LogId(0), 9)]);
+        assert_eq!(r.prune_targets(|_| Some(9)), vec![]);
         assert_eq!(r.open_targets(|_| Some(4)), vec![], "dropped once reached");
     }
 }

@@ -219,11 +219,7 @@ impl<S: Service> ClientProxy<S> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let read = self.reads_off_log(&command);
-        let (target, attempt) = if read {
-            (Target::One(0), Attempt::Conservative)
-        } else {
-            self.map(&command, self.mode == Mode::OptPsmr)
-        };
+        let (target, attempt) = self.map(&command, self.mode == Mode::OptPsmr && !read);
         let dests = self.dests(&target);
         let payload = if read {
             AppMsg::read(&self.request(seq, attempt, 0, &command))

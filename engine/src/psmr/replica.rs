@@ -131,9 +131,6 @@ struct Reads<C> {
     next_token: u64,
     /// Refusals to send: (client node, encoded reply).
     refused: Vec<(NodeId, Bytes)>,
-    /// Reads received, and refused.
-    pub received: u64,
-    pub rejected: u64,
 }
 
 struct Started<S: Service> {
@@ -163,15 +160,8 @@ impl<S: Service, D: Driver<S>> PsmrCore<S, D> {
                 asked: BTreeMap::new(),
                 next_token: 0,
                 refused: Vec::new(),
-                received: 0,
-                rejected: 0,
             },
         }
-    }
-
-    /// Reads this replica received off the log, and refused.
-    pub fn reads_received(&self) -> (u64, u64) {
-        (self.reads.received, self.reads.rejected)
     }
 
     pub fn options(&self) -> &ReplicaOptions {
@@ -244,45 +234,32 @@ impl<S: Service, D: Driver<S>> ReplicaCore for PsmrCore<S, D> {
                 return;
             }
         };
-        self.reads.received += 1;
         let k = self.options.workers;
-        let refuse = |why: String| {
-            let reply: Reply<S::Reply> = Reply::to(&request, s.me, Outcome::Rejected(why), None);
-            (
-                request.client.node(),
-                AppMsg::to_client(request.client, &reply),
-            )
-        };
-        let command: S::Command = match wire::decode(&request.command) {
-            Ok(c) => c,
-            Err(e) => {
-                self.reads.rejected += 1;
-                let r = refuse(format!("not a {} command: {e}", self.service.name()));
-                self.reads.refused.push(r);
-                return;
+        let checked = wire::decode::<S::Command>(&request.command)
+            .map_err(|e| format!("not a {} command: {e}", self.service.name()))
+            .and_then(|command| {
+                if !self.service.read_only(&command) {
+                    return Err(format!(
+                        "{command:?} is not read-only; it goes through the log"
+                    ));
+                }
+                match (k, self.service.conservative(&command, k)) {
+                    (1, _) => Ok((0, command)),
+                    (_, Target::One(w)) if w < k => Ok((w, command)),
+                    (_, t) => Err(format!(
+                        "a read off the log runs on one worker; {command:?} maps to {t:?}"
+                    )),
+                }
+            });
+        match checked {
+            Ok((worker, command)) => self.reads.new.push((worker, request, command)),
+            Err(why) => {
+                let reply: Reply<S::Reply> =
+                    Reply::to(&request, s.me, Outcome::Rejected(why), None);
+                let to_client = AppMsg::to_client(request.client, &reply);
+                self.reads.refused.push((request.client.node(), to_client));
             }
-        };
-        let worker = match (k, self.service.conservative(&command, k)) {
-            (1, _) => 0,
-            (_, Target::One(w)) if w < k => w,
-            (_, t) => {
-                self.reads.rejected += 1;
-                let r = refuse(format!(
-                    "a read off the log runs on one worker; {command:?} maps to {t:?}"
-                ));
-                self.reads.refused.push(r);
-                return;
-            }
-        };
-        if !self.service.read_only(&command) {
-            self.reads.rejected += 1;
-            let r = refuse(format!(
-                "{command:?} is not read-only; it goes through the log"
-            ));
-            self.reads.refused.push(r);
-            return;
         }
-        self.reads.new.push((worker, request, command));
     }
 
     fn read_index(&mut self, token: u64, positions: Vec<(LogId, u64)>) {

@@ -189,11 +189,6 @@ impl<S: Service> Worker<S> {
         self.reads.push(job);
     }
 
-    /// Reads waiting.
-    pub fn reads_waiting(&self) -> usize {
-        self.reads.len()
-    }
-
     /// The first waiting read the worker's state covers now (it must be between commands).
     fn ready_read(&self) -> Option<usize> {
         self.reads.iter().position(|r| {
