@@ -10,11 +10,16 @@ use crate::report::{self, decimals, median, Table};
 use btree_service::service::{TreeCommand, TreeReply};
 use engine::psmr::msg::{Attempt, Outcome, Reply, Request};
 use engine::wire::ClientId;
-use groups::codec::{Bitcode, Codec};
+use groups::codec::{Bitcode, Codec, Postcard};
+use groups::frame::{self, Frame};
+use groups::groupset::GroupSet;
 use groups::ids::NodeId;
+use groups::ids::{GroupId, LogId, MsgId};
+use groups::message::{LogEntry, Message, NetMsg};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A row of `codec.json`.
@@ -117,6 +122,77 @@ fn both<T: Serialize + DeserializeOwned>(
     });
 }
 
+/// What a log leader sends its acceptors (and a learner its subscribers) for one batch of
+/// `n` client multicasts, each an engine request in its feed envelope.
+fn batch_frame(command: &TreeCommand, n: u64) -> NetMsg {
+    let messages: Vec<Message> = (0..n)
+        .map(|i| Message {
+            log_seq: i,
+            id: MsgId {
+                sender: NodeId(1000),
+                epoch: 1,
+                seq: 50_000 + i,
+            },
+            dests: [GroupId(0)].into_iter().collect::<GroupSet>(),
+            payload: engine::wire::FeedMsg::command(&request(command)),
+        })
+        .collect();
+    NetMsg::Entries {
+        log: LogId(0),
+        start: 1_000_000,
+        entries: vec![LogEntry::Batch(Arc::from(messages))],
+    }
+}
+
+/// A frame as the TCP runtime writes and reads it: encoded into a connection's write buffer
+/// (kept between frames, as the runtime keeps it), decoded from the frame's body.
+fn frames(rows: &mut Vec<Row>, message: &'static str, msg: NetMsg, iterations: u32, runs: usize) {
+    fn timed<C: Codec>(codec: C, msg: &NetMsg, iterations: u32, runs: usize) -> (usize, f64, f64) {
+        let frame = Frame::Msg(msg.clone());
+        let mut buf = Vec::new();
+        frame::encode(&codec, 1, &frame, &mut buf).expect("encodes");
+        let body = buf[14..].to_vec();
+        let (mut enc, mut dec) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            for _ in 0..iterations {
+                buf.clear();
+                frame::encode(&codec, 1, std::hint::black_box(&frame), &mut buf).expect("encodes");
+                std::hint::black_box(&buf);
+            }
+            enc.push(t.elapsed().as_nanos() as f64 / f64::from(iterations));
+            let t = Instant::now();
+            for _ in 0..iterations {
+                std::hint::black_box(
+                    codec
+                        .decode::<NetMsg>(std::hint::black_box(&body))
+                        .expect("decodes"),
+                );
+            }
+            dec.push(t.elapsed().as_nanos() as f64 / f64::from(iterations));
+        }
+        (body.len(), median(&enc), median(&dec))
+    }
+    let (b_len, b_enc, b_dec) = timed(Bitcode, &msg, iterations, runs);
+    let (p_len, p_enc, p_dec) = timed(Postcard, &msg, iterations, runs);
+    rows.push(Row {
+        message,
+        codec: "bitcode (serde; groups frames before)",
+        bytes: b_len,
+        encode_ns: b_enc,
+        decode_ns: b_dec,
+        speedup_over_bitcode: 1.0,
+    });
+    rows.push(Row {
+        message,
+        codec: "postcard (groups frames, in place)",
+        bytes: p_len,
+        encode_ns: p_enc,
+        decode_ns: p_dec,
+        speedup_over_bitcode: (b_enc + b_dec) / (p_enc + p_dec),
+    });
+}
+
 pub fn run(out: &Path, machine: &Machine, iterations: u32, runs: usize) -> Vec<Row> {
     let value = bytes::Bytes::from(vec![0xAB; 16]);
     let mut rows = Vec::new();
@@ -149,6 +225,26 @@ pub fn run(out: &Path, machine: &Machine, iterations: u32, runs: usize) -> Vec<R
         iterations / 20,
         runs,
     );
+    frames(
+        &mut rows,
+        "frame: a batch of 1 update (100-byte value)",
+        batch_frame(
+            &TreeCommand::Update(987_654, bytes::Bytes::from(vec![0xCD; 100])),
+            1,
+        ),
+        iterations,
+        runs,
+    );
+    frames(
+        &mut rows,
+        "frame: a batch of 64 updates (100-byte values)",
+        batch_frame(
+            &TreeCommand::Update(987_654, bytes::Bytes::from(vec![0xCD; 100])),
+            64,
+        ),
+        iterations / 20,
+        runs,
+    );
     let mut t = Table::new(&[
         "message",
         "codec",
@@ -172,7 +268,8 @@ pub fn run(out: &Path, machine: &Machine, iterations: u32, runs: usize) -> Vec<R
         experiment: "codec",
         machine,
         notes: vec![
-            format!("medians of {runs} timed loops of {iterations} encodes and {iterations} decodes each (scan replies: a twentieth), one thread"),
+            format!("medians of {runs} timed loops of {iterations} encodes and {iterations} decodes each (scan replies and 64-update batches: a twentieth), one thread"),
+            "frame rows: a NetMsg::Entries of one batch as a log leader sends it, encoded with its frame header into a reused write buffer (as the TCP runtime does) and its body decoded; bytes are the body's".into(),
             "speed-up: bitcode's encode + decode time over the codec's, measured side by side in this run".into(),
         ],
         rows: &rows,

@@ -16,7 +16,7 @@ use crate::{Fault, Options, RunReport, RECOVER_FLAG};
 use engine::calls::ClientHandle;
 use engine::host::client::Proxy;
 use engine::lincheck::Operation;
-use groups::codec::Bitcode;
+use groups::codec::Postcard;
 use groups::config::{ClusterConfig, Durability};
 use groups::frame::{self, Frame, FrameKind, Hello, FRAME_BYTES_MAX, PROTOCOL_VERSION};
 use groups::ids::NodeId;
@@ -1089,7 +1089,7 @@ fn partial_head(i: usize, t: &Target) -> Result<(Vec<u8>, usize), String> {
     let kind = if i % 2 == 1 && !t.spare_clients.is_empty() {
         let node = groups::ids::NodeId(t.spare_clients[(i / 2) % t.spare_clients.len()]);
         frame::encode(
-            &Bitcode,
+            &Postcard,
             t.cluster_id,
             &Frame::Hello(Hello { node, nonce: None }),
             &mut head,

@@ -8,7 +8,7 @@
 //! the rest is the stream.
 #![no_main]
 
-use groups::codec::Bitcode;
+use groups::codec::Postcard;
 use groups::frame::{encode, FrameDecoder, FrameError, FRAME_BYTES_MAX};
 use libfuzzer_sys::fuzz_target;
 
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         sizes.iter().map(|&b| usize::from(b % 64) + 1).collect()
     };
 
-    let mut d = FrameDecoder::with_max(Bitcode, CLUSTER, max);
+    let mut d = FrameDecoder::with_max(Postcard, CLUSTER, max);
     let (mut at, mut i) = (0, 0);
     while at < stream.len() {
         let end = (at + sizes[i % sizes.len()]).min(stream.len());
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(frame)) => {
                     // A decoded frame must encode again (the runtime forwards some of them).
                     let mut out = Vec::new();
-                    let _ = encode(&Bitcode, CLUSTER, &frame, &mut out);
+                    let _ = encode(&Postcard, CLUSTER, &frame, &mut out);
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -5,13 +5,13 @@
 //! Input layout: byte 0 picks the type, the rest is the body.
 #![no_main]
 
-use groups::codec::{Bitcode, Codec};
+use groups::codec::{Postcard, Codec};
 use groups::frame::{Challenge, Hello, Proof};
 use groups::{GroupSet, LogEntry, Message, NetMsg};
 use libfuzzer_sys::fuzz_target;
 
 fn again<T: serde::Serialize>(v: &T) {
-    let _ = Bitcode.encode(v);
+    let _ = Postcard.encode(v);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match which % 7 {
         0 | 1 => {
-            if let Ok(m) = Bitcode.decode::<NetMsg>(body) {
+            if let Ok(m) = Postcard.decode::<NetMsg>(body) {
                 let _ = (m.kind(), m.is_control());
                 if let NetMsg::Entries { entries, .. } = &m {
                     for e in entries {
@@ -31,32 +31,32 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            if let Ok(h) = Bitcode.decode::<Hello>(body) {
+            if let Ok(h) = Postcard.decode::<Hello>(body) {
                 again(&h);
             }
         }
         3 => {
-            if let Ok(c) = Bitcode.decode::<Challenge>(body) {
+            if let Ok(c) = Postcard.decode::<Challenge>(body) {
                 again(&c);
             }
         }
         4 => {
-            if let Ok(p) = Bitcode.decode::<Proof>(body) {
+            if let Ok(p) = Postcard.decode::<Proof>(body) {
                 again(&p);
             }
         }
         5 => {
-            if let Ok(s) = Bitcode.decode::<GroupSet>(body) {
+            if let Ok(s) = Postcard.decode::<GroupSet>(body) {
                 let _ = (s.len(), s.first(), s.last(), s.is_empty());
                 let _ = s.union(&GroupSet::all(70)).intersection(&s);
                 again(&s);
             }
         }
         _ => {
-            if let Ok(m) = Bitcode.decode::<Message>(body) {
+            if let Ok(m) = Postcard.decode::<Message>(body) {
                 again(&m);
             }
-            if let Ok(e) = Bitcode.decode::<LogEntry>(body) {
+            if let Ok(e) = Postcard.decode::<LogEntry>(body) {
                 let _ = e.is_valid();
                 again(&e);
             }

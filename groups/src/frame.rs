@@ -19,7 +19,8 @@
 //! business ([`crate::runtime::tcp`]); this module only checks that each frame is well formed.
 //!
 //! Version 2 added the handshake (the `nonce` of `Hello`, and the `Challenge` and `Proof`
-//! kinds); a version 1 node and a version 2 node refuse each other's frames with
+//! kinds); version 3 encodes bodies with [`crate::codec::Postcard`] instead of
+//! bitcode. Nodes of different versions refuse each other's frames with
 //! [`FrameError::BadVersion`].
 
 use crate::codec::{Codec, CodecError};
@@ -27,7 +28,7 @@ use crate::ids::NodeId;
 use crate::message::NetMsg;
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Largest frame accepted or produced (length field value).
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
 const HEADER_BYTES: usize = 10;
@@ -110,31 +111,38 @@ pub enum FrameError {
     Malformed(#[from] CodecError),
 }
 
-/// Encodes one frame, appending it to `out`.
+/// Encodes one frame, appending it to `out`: the body is encoded in place behind the header
+/// (no intermediate buffer). On error `out` is as it was.
 pub fn encode<C: Codec>(
     codec: &C,
     cluster: u64,
     frame: &Frame,
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
-    let (kind, body) = match frame {
-        Frame::Hello(h) => (FrameKind::Hello, codec.encode(h)?),
-        Frame::Msg(m) => (FrameKind::Msg, codec.encode(m)?),
-        Frame::Challenge(c) => (FrameKind::Challenge, codec.encode(c)?),
-        Frame::Proof(p) => (FrameKind::Proof, codec.encode(p)?),
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(PROTOCOL_VERSION);
+    out.push(frame.kind() as u8);
+    out.extend_from_slice(&cluster.to_le_bytes());
+    let body = match frame {
+        Frame::Hello(h) => codec.encode_into(h, out),
+        Frame::Msg(m) => codec.encode_into(m, out),
+        Frame::Challenge(c) => codec.encode_into(c, out),
+        Frame::Proof(p) => codec.encode_into(p, out),
     };
-    let len = HEADER_BYTES + body.len();
+    if let Err(e) = body {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let len = out.len() - start - 4;
     if len > FRAME_BYTES_MAX {
+        out.truncate(start);
         return Err(FrameError::Oversized {
             len,
             max: FRAME_BYTES_MAX,
         });
     }
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(PROTOCOL_VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&cluster.to_le_bytes());
-    out.extend_from_slice(&body);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
@@ -292,7 +300,7 @@ impl<C: Codec> FrameDecoder<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Bitcode;
+    use crate::codec::Postcard;
     use crate::groupset::GroupSet;
     use crate::ids::{GroupId, LogId, MsgId};
     use crate::message::{LogEntry, Message};
@@ -321,7 +329,7 @@ mod tests {
 
     fn encoded(cluster: u64, f: &Frame) -> Vec<u8> {
         let mut v = Vec::new();
-        encode(&Bitcode, cluster, f, &mut v).unwrap();
+        encode(&Postcard, cluster, f, &mut v).unwrap();
         v
     }
 
@@ -353,7 +361,7 @@ mod tests {
     fn typed_errors_for_bad_frames() {
         let good = encoded(5, &Frame::Msg(sample()));
         let decode = |bytes: &[u8], cluster: u64| {
-            let mut d = FrameDecoder::with_max(Bitcode, cluster, 1 << 20);
+            let mut d = FrameDecoder::with_max(Postcard, cluster, 1 << 20);
             d.extend(bytes);
             d.next_frame().map(|_| ())
         };
@@ -381,7 +389,7 @@ mod tests {
         v.extend_from_slice(&5u64.to_le_bytes());
         v.extend_from_slice(&[0xff, 0xff, 0xff]);
         assert!(matches!(decode(&v, 5), Err(FrameError::Malformed(_))));
-        let mut d = FrameDecoder::new(Bitcode, 5);
+        let mut d = FrameDecoder::new(Postcard, 5);
         d.extend(&good[..good.len() - 1]);
         assert_eq!(d.next_frame().unwrap().map(|_| ()), None);
         assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
@@ -389,7 +397,7 @@ mod tests {
 
     #[test]
     fn oversized_length_is_refused_before_the_body_arrives() {
-        let mut d = FrameDecoder::with_max(Bitcode, 1, 1024);
+        let mut d = FrameDecoder::with_max(Postcard, 1, 1024);
         d.extend(&(1u32 << 30).to_le_bytes());
         assert_eq!(
             d.next_frame().map(|_| ()),
@@ -419,8 +427,8 @@ mod tests {
 
     /// The frames of cluster 5 that `bytes` decode to when fed one byte at a time, and the
     /// decoder.
-    fn byte_by_byte(bytes: Vec<u8>) -> (Vec<Frame>, FrameDecoder<Bitcode>) {
-        let mut d = FrameDecoder::new(Bitcode, 5);
+    fn byte_by_byte(bytes: Vec<u8>) -> (Vec<Frame>, FrameDecoder<Postcard>) {
+        let mut d = FrameDecoder::new(Postcard, 5);
         let mut got = Vec::new();
         for b in bytes {
             d.extend(&[b]);
@@ -435,7 +443,7 @@ mod tests {
     fn handshake_frames_round_trip() {
         let mut bytes = Vec::new();
         for f in handshake_frames() {
-            encode(&Bitcode, 5, &f, &mut bytes).unwrap();
+            encode(&Postcard, 5, &f, &mut bytes).unwrap();
         }
         let (got, d) = byte_by_byte(bytes);
         d.finish().unwrap();
@@ -454,7 +462,7 @@ mod tests {
     #[test]
     fn truncated_and_mutated_handshake_frames_are_typed_errors() {
         let decode = |bytes: &[u8]| {
-            let mut d = FrameDecoder::with_max(Bitcode, 5, 1 << 20);
+            let mut d = FrameDecoder::with_max(Postcard, 5, 1 << 20);
             d.extend(bytes);
             d.next_frame().map(|f| f.map(|f| f.kind()))
         };
@@ -463,7 +471,7 @@ mod tests {
             assert_eq!(decode(&good), Ok(Some(f.kind())));
             // Every truncation: no frame yet, and a typed error at end of stream.
             for cut in 1..good.len() {
-                let mut d = FrameDecoder::new(Bitcode, 5);
+                let mut d = FrameDecoder::new(Postcard, 5);
                 d.extend(&good[..cut]);
                 assert_eq!(d.next_frame().map(|f| f.is_some()), Ok(false), "cut {cut}");
                 assert_eq!(
@@ -528,7 +536,7 @@ mod tests {
                                      flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
                                      cut in any::<prop::sample::Index>(),
                                      which in 0..4usize) {
-            let mut d = FrameDecoder::with_max(Bitcode, 5, 4096);
+            let mut d = FrameDecoder::with_max(Postcard, 5, 4096);
             d.extend(&noise);
             while let Ok(Some(_)) = d.next_frame() {}
             let _ = d.finish();
@@ -542,7 +550,7 @@ mod tests {
                 v[at] ^= b;
             }
             let v = &v[..cut.index(v.len() + 1)];
-            let mut d = FrameDecoder::with_max(Bitcode, 5, 4096);
+            let mut d = FrameDecoder::with_max(Postcard, 5, 4096);
             d.extend(v);
             while let Ok(Some(_)) = d.next_frame() {}
             let _ = d.finish();

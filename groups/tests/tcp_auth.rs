@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use groups::codec::Bitcode;
+use groups::codec::Postcard;
 use groups::config::ClusterConfig;
 use groups::frame::{Frame, FrameDecoder, Hello, Proof};
 use groups::runtime::tcp::{LinkCounts, Secret, TcpError, TcpNode};
@@ -199,7 +199,7 @@ fn stranger_without_the_secret_is_closed_and_not_believed() {
     // 3. A made-up proof after the challenge.
     let mut s = connect(&cfg, 1);
     s.write_all(&hello(Some([9; 32]))).unwrap();
-    let mut d = FrameDecoder::new(Bitcode, CLUSTER);
+    let mut d = FrameDecoder::new(Postcard, CLUSTER);
     let mut buf = [0u8; 1024];
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let challenge = loop {

@@ -15,7 +15,7 @@
 mod common;
 
 use common::free_port;
-use groups::codec::Bitcode;
+use groups::codec::Postcard;
 use groups::frame::{self, Frame, FrameDecoder, Hello};
 use groups::record::Record;
 use groups::NodeId;
@@ -70,7 +70,7 @@ fn probe(addr: SocketAddr, within: Duration) -> bool {
     };
     let mut hello = Vec::new();
     frame::encode(
-        &Bitcode,
+        &Postcard,
         CLUSTER,
         &Frame::Hello(Hello {
             node: NodeId(3),
@@ -83,7 +83,7 @@ fn probe(addr: SocketAddr, within: Duration) -> bool {
         return false;
     }
     s.set_read_timeout(Some(within)).unwrap();
-    let mut d = FrameDecoder::new(Bitcode, CLUSTER);
+    let mut d = FrameDecoder::new(Postcard, CLUSTER);
     let mut buf = [0u8; 512];
     loop {
         match s.read(&mut buf) {

@@ -148,7 +148,7 @@ impl Cut {
 /// The encoded size of a message (what the TCP runtime would send, without framing).
 pub fn wire_bytes(msg: &crate::NetMsg) -> usize {
     use crate::codec::Codec;
-    crate::codec::Bitcode.encode(msg).map_or(0, |b| b.len())
+    crate::codec::Postcard.encode(msg).map_or(0, |b| b.len())
 }
 
 /// Asked after a node handled an event or a tick and before what it produced is sent: `true`

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use groups::codec::Bitcode;
+use groups::codec::Postcard;
 use groups::config::{ClusterConfig, LogConfig, NodeConfig, Tuning};
 use groups::frame::{self, Frame, FrameDecoder};
 use groups::runtime::inproc::App;
@@ -217,7 +217,7 @@ pub fn wait_for(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 pub fn encode(f: &Frame) -> Vec<u8> {
     let mut v = Vec::new();
-    frame::encode(&Bitcode, CLUSTER, f, &mut v).unwrap();
+    frame::encode(&Postcard, CLUSTER, f, &mut v).unwrap();
     v
 }
 
@@ -232,7 +232,7 @@ pub fn forged_app_msg(text: &'static str) -> Vec<u8> {
 pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<Frame>, bool) {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let deadline = Instant::now() + within;
-    let mut d = FrameDecoder::new(Bitcode, CLUSTER);
+    let mut d = FrameDecoder::new(Postcard, CLUSTER);
     let mut frames = Vec::new();
     let mut buf = [0u8; 4096];
     let closed = loop {

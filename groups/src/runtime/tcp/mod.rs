@@ -115,7 +115,7 @@ mod tls;
 pub use auth::Secret;
 pub use stats::{LinkCounts, LinkStats};
 
-use crate::codec::Bitcode;
+use crate::codec::Postcard;
 use crate::config::{ClusterConfig, ConfigError, Limits};
 use crate::frame::{self, Challenge, Frame, FrameDecoder, Hello, Proof, FRAME_BYTES_MAX};
 use crate::ids::NodeId;
@@ -252,7 +252,7 @@ impl Inbound {
 struct Conn {
     stream: TcpStream,
     role: Role,
-    decoder: FrameDecoder<Bitcode>,
+    decoder: FrameDecoder<Postcard>,
     wbuf: Vec<u8>,
     wpos: usize,
     opened: Instant,
@@ -937,7 +937,7 @@ impl<A: App> TcpNode<A> {
                 stream,
                 role: Role::Inbound(Inbound::AwaitHello),
                 decoder: FrameDecoder::with_max(
-                    Bitcode,
+                    Postcard,
                     self.cfg.cluster_id.frame_tag(),
                     HANDSHAKE_FRAME_BYTES_MAX,
                 ),
@@ -1235,7 +1235,7 @@ impl<A: App> TcpNode<A> {
                                 .into_bytes()
                                 .into();
                             frame::encode(
-                                &Bitcode,
+                                &Postcard,
                                 cluster,
                                 &Frame::Challenge(Challenge { nonce: nb, proof }),
                                 &mut c.wbuf,
@@ -1322,7 +1322,7 @@ impl<A: App> TcpNode<A> {
                     .into();
                 *awaiting = None;
                 frame::encode(
-                    &Bitcode,
+                    &Postcard,
                     cluster,
                     &Frame::Proof(Proof { proof }),
                     &mut c.wbuf,
@@ -1577,7 +1577,7 @@ impl<A: App> TcpNode<A> {
                 }
                 continue;
             }
-            if let Err(e) = frame::encode(&Bitcode, cluster, &Frame::Msg(msg), target) {
+            if let Err(e) = frame::encode(&Postcard, cluster, &Frame::Msg(msg), target) {
                 tracing::error!(%to, error = %e, "message not sent");
             }
         }
@@ -1646,7 +1646,7 @@ impl<A: App> TcpNode<A> {
             }
             let mut wbuf = Vec::new();
             frame::encode(
-                &Bitcode,
+                &Postcard,
                 cluster,
                 &Frame::Hello(Hello { node: me, nonce }),
                 &mut wbuf,
@@ -1666,7 +1666,7 @@ impl<A: App> TcpNode<A> {
                         awaiting: nonce,
                     },
                     // Acceptors write only a `Challenge` on a link.
-                    decoder: FrameDecoder::with_max(Bitcode, cluster, HANDSHAKE_FRAME_BYTES_MAX),
+                    decoder: FrameDecoder::with_max(Postcard, cluster, HANDSHAKE_FRAME_BYTES_MAX),
                     wbuf,
                     wpos: 0,
                     opened: now,
