@@ -103,10 +103,26 @@ fn both<T: Serialize + DeserializeOwned>(
         iterations,
         runs,
     );
-    let base = b_enc + b_dec;
+    pair(
+        rows,
+        message,
+        ["bitcode (serde)", "postcard (engine wire)"],
+        (b_len, b_enc, b_dec),
+        (p_len, p_enc, p_dec),
+    );
+}
+
+/// The two rows of one message: bitcode, then the other codec with its speed-up.
+fn pair(
+    rows: &mut Vec<Row>,
+    message: &'static str,
+    codecs: [&'static str; 2],
+    (b_len, b_enc, b_dec): (usize, f64, f64),
+    (p_len, p_enc, p_dec): (usize, f64, f64),
+) {
     rows.push(Row {
         message,
-        codec: "bitcode (serde)",
+        codec: codecs[0],
         bytes: b_len,
         encode_ns: b_enc,
         decode_ns: b_dec,
@@ -114,11 +130,11 @@ fn both<T: Serialize + DeserializeOwned>(
     });
     rows.push(Row {
         message,
-        codec: "postcard (engine wire)",
+        codec: codecs[1],
         bytes: p_len,
         encode_ns: p_enc,
         decode_ns: p_dec,
-        speedup_over_bitcode: base / (p_enc + p_dec),
+        speedup_over_bitcode: (b_enc + b_dec) / (p_enc + p_dec),
     });
 }
 
@@ -173,24 +189,16 @@ fn frames(rows: &mut Vec<Row>, message: &'static str, msg: NetMsg, iterations: u
         }
         (body.len(), median(&enc), median(&dec))
     }
-    let (b_len, b_enc, b_dec) = timed(Bitcode, &msg, iterations, runs);
-    let (p_len, p_enc, p_dec) = timed(Postcard, &msg, iterations, runs);
-    rows.push(Row {
+    pair(
+        rows,
         message,
-        codec: "bitcode (serde; groups frames before)",
-        bytes: b_len,
-        encode_ns: b_enc,
-        decode_ns: b_dec,
-        speedup_over_bitcode: 1.0,
-    });
-    rows.push(Row {
-        message,
-        codec: "postcard (groups frames, in place)",
-        bytes: p_len,
-        encode_ns: p_enc,
-        decode_ns: p_dec,
-        speedup_over_bitcode: (b_enc + b_dec) / (p_enc + p_dec),
-    });
+        [
+            "bitcode (serde; groups frames before)",
+            "postcard (groups frames, in place)",
+        ],
+        timed(Bitcode, &msg, iterations, runs),
+        timed(Postcard, &msg, iterations, runs),
+    );
 }
 
 pub fn run(out: &Path, machine: &Machine, iterations: u32, runs: usize) -> Vec<Row> {

@@ -48,7 +48,8 @@ enum Experiment {
         checkpoint_every: u64,
     },
     /// The cost of encoding and decoding a command's request and reply: the engine's wire
-    /// encoding (postcard) against bitcode's serde mode, side by side.
+    /// encoding (postcard) against bitcode's serde mode, and the groups TCP frames (postcard,
+    /// encoded in place; bitcode before frame version 3), side by side.
     Codec {
         /// Timed loops per message and codec (the table shows medians).
         #[arg(long, default_value_t = 7)]

@@ -1,7 +1,7 @@
 //! What travels between the engine's nodes, whatever the protocol: logical client ids, the
 //! encoding, and (point to point) messages addressed to a client.
 
-use groups::codec::CodecError;
+use groups::codec::{Codec, CodecError};
 use groups::ids::NodeId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -178,8 +178,8 @@ fn tagged<T: Serialize>(kind: u8, client: Option<ClientId>, body: &T) -> bytes::
 
 /// Encodes a wire value: the engine's one encoding of commands, replies, exchanges, transfers
 /// and checkpoints, `postcard` (serde; varints, byte strings copied whole, no per-call set-up:
-/// measured against `bitcode`'s serde mode, which the groups layer keeps for its frames, by
-/// `bench codec`).
+/// measured against `bitcode`'s serde mode by `bench codec`; the groups layer's TCP frames use
+/// the same format, [`groups::codec::Postcard`]).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("wire types encode")
 }
@@ -187,14 +187,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a wire value, with a typed error for malformed input (trailing bytes included: a
 /// value is the whole of its bytes).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    match postcard::take_from_bytes(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(CodecError(format!(
-            "{} trailing bytes after the value",
-            rest.len()
-        ))),
-        Err(e) => Err(CodecError(e.to_string())),
-    }
+    groups::codec::Postcard.decode(bytes)
 }
 
 #[cfg(test)]
