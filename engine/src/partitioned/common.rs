@@ -1,8 +1,9 @@
 //! What partition and oracle replicas share: the [`PartitionCore`] seam the replica host drives, its [`Output`]s, and their bookkeeping.
 
-use super::msg::{Exchange, Peer};
+use super::msg::{CommandMsg, Exchange, Outcome, Peer, ToClient};
 use super::service::{member_mix, ObjectId, PartitionId, PartitionedService};
 use crate::checkpoint::CheckpointError;
+use crate::wire::{AppMsg, ClientId};
 use bytes::Bytes;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
@@ -261,6 +262,25 @@ pub(crate) fn check_oracle_snapshot(
         )));
     }
     Ok(())
+}
+
+/// Sends `body` to `client` (partition and oracle replicas answer the same way).
+pub(crate) fn send_to_client<R: Serialize>(
+    out: &mut Vec<Output>,
+    client: ClientId,
+    body: &ToClient<R>,
+) {
+    out.push(Output::Send(client.node(), AppMsg::to_client(client, body)));
+}
+
+/// Answers the command `c` with `outcome`.
+pub(crate) fn reply_to<R: Serialize>(out: &mut Vec<Output>, c: &CommandMsg, outcome: Outcome<R>) {
+    let body = ToClient::Reply {
+        seq: c.seq,
+        attempt: c.attempt,
+        outcome,
+    };
+    send_to_client(out, c.client, &body);
 }
 
 /// Refuses a restored core whose state hash is not the one its snapshot recorded.

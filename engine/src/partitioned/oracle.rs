@@ -11,13 +11,13 @@
 
 use super::attempts::{AttemptTable, Seen};
 use super::common::{check_oracle_snapshot, check_restored_hash, decode_snapshot, partition_core};
-use super::common::{Outbox, Output};
+use super::common::{reply_to, send_to_client, Outbox, Output};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, Prophecy, ToClient};
 use super::service::{member_mix, Kind, ObjectId, PartitionId, PartitionedService};
 use super::ServerOptions;
 use crate::checkpoint::CheckpointError;
 use crate::hash::Fnv64;
-use crate::wire::{self, AppMsg, ClientId};
+use crate::wire;
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -215,22 +215,8 @@ impl<S: PartitionedService> OracleServer<S> {
         }
     }
 
-    fn send(&mut self, client: ClientId, body: ToClient<S::Reply>) {
-        self.out.push(Output::Send(
-            client.node(),
-            AppMsg::to_client(client, &body),
-        ));
-    }
-
     fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
-        self.send(
-            c.client,
-            ToClient::Reply {
-                seq: c.seq,
-                attempt: c.attempt,
-                outcome,
-            },
-        );
+        reply_to(&mut self.out, c, outcome);
     }
 
     /// An atomically delivered command ([`crate::wire::FeedMsg::Command`]'s body); handled at
@@ -249,14 +235,12 @@ impl<S: PartitionedService> OracleServer<S> {
             } => {
                 self.stats.consults += 1;
                 let prophecy = self.prophecy(&query);
-                self.send(
-                    client,
-                    ToClient::Prophecy {
-                        seq,
-                        attempt,
-                        prophecy,
-                    },
-                );
+                let body = ToClient::<S::Reply>::Prophecy {
+                    seq,
+                    attempt,
+                    prophecy,
+                };
+                send_to_client(&mut self.out, client, &body);
             }
             Multicast::Move { object, from, to } => {
                 if from == to || from >= self.partitions || to >= self.partitions {
@@ -312,22 +296,10 @@ impl<S: PartitionedService> OracleServer<S> {
         }
         let (outcome, apply) = match self.table.check(c.client, c.seq, c.attempt, c.floor) {
             Seen::New => {
-                let (outcome, apply) = self.decide(c);
-                if matches!(outcome, Outcome::Rejected(_)) {
-                    self.stats.rejected += 1;
-                }
-                self.table
-                    .record(c.client, c.seq, c.attempt, Some(outcome.clone()));
-                (Some(outcome), apply)
+                let decided = self.decide(c);
+                record_decision(&mut self.table, &mut self.stats.rejected, c, decided)
             }
-            Seen::Again(o) => {
-                self.stats.duplicates += 1;
-                (o, false)
-            }
-            Seen::Stale | Seen::Forgotten => {
-                self.stats.duplicates += 1;
-                (None, false)
-            }
+            seen => again(seen, &mut self.stats.duplicates),
         };
         // Every partition the message names waits for a verdict on every copy.
         for p in named_partitions(c, self.partitions) {
@@ -393,6 +365,32 @@ impl<S: PartitionedService> OracleServer<S> {
     }
 }
 partition_core!(oracle OracleServer);
+
+/// An oracle's first sight of command `c` (decided as `decided`: the outcome, and whether
+/// the partitions apply it): counts a rejection and records the outcome for the client.
+pub(crate) fn record_decision<R: Clone>(
+    table: &mut AttemptTable<Outcome<R>>,
+    rejected: &mut u64,
+    c: &CommandMsg,
+    decided: (Outcome<R>, bool),
+) -> (Option<Outcome<R>>, bool) {
+    let (outcome, apply) = decided;
+    if matches!(outcome, Outcome::Rejected(_)) {
+        *rejected += 1;
+    }
+    table.record(c.client, c.seq, c.attempt, Some(outcome.clone()));
+    (Some(outcome), apply)
+}
+
+/// An oracle's answer to a command it has seen before: the recorded outcome if it still has
+/// it, never applied again.
+pub(crate) fn again<R>(seen: Seen<Outcome<R>>, duplicates: &mut u64) -> (Option<Outcome<R>>, bool) {
+    *duplicates += 1;
+    match seen {
+        Seen::Again(o) => (o, false),
+        _ => (None, false),
+    }
+}
 
 /// An oracle's delivered multicast, decoded; an undecodable one is counted in `rejected`,
 /// logged and dropped.

@@ -38,10 +38,10 @@
 use super::attempts::{AttemptTable, Seen};
 use super::common::{
     check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot, on_peer,
-    partition_core, partition_start,
+    partition_core, partition_start, reply_to,
 };
 use super::common::{Outbox, Output, Recent};
-use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, ToClient};
+use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer};
 use super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
@@ -90,6 +90,31 @@ pub struct ServerStats {
     pub lent: u64,
     /// DynaStar: placement chunks applied.
     pub plan_chunks: u64,
+}
+
+/// Counts the outcome, records it in the client table (with the outcome only where this
+/// replica answers the command) and, if it answers, replies: how S-SMR, DS-SMR and DynaStar
+/// partitions end a command.
+pub(crate) fn finish_command<R: Clone + Serialize>(
+    table: &mut AttemptTable<Outcome<R>>,
+    out: &mut Vec<Output>,
+    stats: &mut ServerStats,
+    c: &CommandMsg,
+    outcome: Outcome<R>,
+    answers: bool,
+) {
+    match &outcome {
+        Outcome::Retry => stats.retries += 1,
+        Outcome::Gather(_) => stats.gathers += 1,
+        Outcome::Rejected(_) => stats.rejected += 1,
+        _ => {}
+    }
+    if answers {
+        table.record(c.client, c.seq, c.attempt, Some(outcome.clone()));
+        reply_to(out, c, outcome);
+    } else {
+        table.record(c.client, c.seq, c.attempt, None);
+    }
 }
 
 impl ServerStats {
@@ -520,32 +545,12 @@ impl<S: PartitionedService> PartitionServer<S> {
     }
 
     fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
-        let body = ToClient::Reply {
-            seq: c.seq,
-            attempt: c.attempt,
-            outcome,
-        };
-        self.out.push(Output::Send(
-            c.client.node(),
-            AppMsg::to_client(c.client, &body),
-        ));
+        reply_to(&mut self.out, c, outcome);
     }
 
-    /// Records the outcome and, if this replica answers the command, replies.
     fn finish(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>, answers: bool) {
-        match &outcome {
-            Outcome::Retry => self.stats.retries += 1,
-            Outcome::Gather(_) => self.stats.gathers += 1,
-            Outcome::Rejected(_) => self.stats.rejected += 1,
-            _ => {}
-        }
-        if answers {
-            self.table
-                .record(c.client, c.seq, c.attempt, Some(outcome.clone()));
-            self.reply(c, outcome);
-        } else {
-            self.table.record(c.client, c.seq, c.attempt, None);
-        }
+        let (table, out, stats) = (&mut self.table, &mut self.out, &mut self.stats);
+        finish_command(table, out, stats, c, outcome, answers);
     }
 
     fn handle(&mut self, item: &mut Item<S::Command>) -> Step {

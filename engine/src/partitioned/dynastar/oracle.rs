@@ -18,16 +18,19 @@
 
 use super::super::attempts::{AttemptTable, Seen};
 use super::super::common::{
-    check_oracle_snapshot, check_restored_hash, decode_snapshot, partition_core, Outbox, Output,
+    check_oracle_snapshot, check_restored_hash, decode_snapshot, partition_core, reply_to,
+    send_to_client, Outbox, Output,
 };
 use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, PlanChunk, Prophecy, ToClient};
-use super::super::oracle::{answer_pull, decode_multicast, locate, named_partitions};
+use super::super::oracle::{
+    again, answer_pull, decode_multicast, locate, named_partitions, record_decision,
+};
 use super::super::service::{Kind, ObjectId, PartitionId, PartitionedService};
 use super::super::ServerOptions;
 use super::placement::{self, Method};
 use super::workload::WorkloadGraph;
 use crate::checkpoint::CheckpointError;
-use crate::wire::{self, AppMsg, ClientId, FeedMsg};
+use crate::wire::{self, FeedMsg};
 use groups::config::ClusterConfig;
 use groups::groupset::GroupSet;
 use groups::ids::{GroupId, MsgId, NodeId};
@@ -270,10 +273,11 @@ impl<S: PartitionedService> DynaOracle<S> {
     }
 
     pub fn state_hash(&self) -> u64 {
+        // Its own basis and mixing (checkpoints already written record this hash).
         let mut h: u64 = 0x84222325cbf29ce4 ^ self.applied.0;
         for (o, p) in &self.location {
             for x in [*o, u64::from(*p)] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+                h = (h ^ x).wrapping_mul(crate::hash::FNV_PRIME);
             }
         }
         h ^= (self.graph.edge_count() as u64).rotate_left(7)
@@ -328,13 +332,6 @@ impl<S: PartitionedService> DynaOracle<S> {
         }
     }
 
-    fn send(&mut self, client: ClientId, body: ToClient<S::Reply>) {
-        self.out.push(Output::Send(
-            client.node(),
-            AppMsg::to_client(client, &body),
-        ));
-    }
-
     pub fn deliver(&mut self, id: MsgId, payload: &[u8]) {
         let Some(msg) = decode_multicast(payload, &mut self.stats.rejected) else {
             return;
@@ -349,14 +346,12 @@ impl<S: PartitionedService> DynaOracle<S> {
             } => {
                 self.stats.consults += 1;
                 let prophecy = self.prophecy(&query);
-                self.send(
-                    client,
-                    ToClient::Prophecy {
-                        seq,
-                        attempt,
-                        prophecy,
-                    },
-                );
+                let body = ToClient::<S::Reply>::Prophecy {
+                    seq,
+                    attempt,
+                    prophecy,
+                };
+                send_to_client(&mut self.out, client, &body);
             }
             Multicast::Command(c) => self.command(id, &c),
             Multicast::Hints { from, hints } => {
@@ -512,22 +507,10 @@ impl<S: PartitionedService> DynaOracle<S> {
         }
         let (outcome, apply) = match self.table.check(c.client, c.seq, c.attempt, c.floor) {
             Seen::New => {
-                let (outcome, apply) = self.decide(id, c);
-                if matches!(outcome, Outcome::Rejected(_)) {
-                    self.stats.rejected += 1;
-                }
-                self.table
-                    .record(c.client, c.seq, c.attempt, Some(outcome.clone()));
-                (Some(outcome), apply)
+                let decided = self.decide(id, c);
+                record_decision(&mut self.table, &mut self.stats.rejected, c, decided)
             }
-            Seen::Again(o) => {
-                self.stats.duplicates += 1;
-                (o, false)
-            }
-            Seen::Stale | Seen::Forgotten => {
-                self.stats.duplicates += 1;
-                (None, false)
-            }
+            seen => again(seen, &mut self.stats.duplicates),
         };
         for p in named_partitions(c, self.partitions) {
             let ex = Exchange::Verdict { msg: id, apply };
@@ -539,14 +522,7 @@ impl<S: PartitionedService> DynaOracle<S> {
             }
         }
         if let Some(o) = outcome {
-            self.send(
-                c.client,
-                ToClient::Reply {
-                    seq: c.seq,
-                    attempt: c.attempt,
-                    outcome: o,
-                },
-            );
+            reply_to(&mut self.out, c, o);
         }
     }
 

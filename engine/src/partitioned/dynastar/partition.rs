@@ -39,10 +39,10 @@
 use super::super::attempts::{AttemptTable, Seen};
 use super::super::common::{
     check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot, on_peer,
-    partition_core, partition_start, Outbox, Output, Recent,
+    partition_core, partition_start, reply_to, Outbox, Output, Recent,
 };
-use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk, ToClient};
-use super::super::server::{gather_outcome, same_slot, ServerStats};
+use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk};
+use super::super::server::{finish_command, gather_outcome, same_slot, ServerStats};
 use super::super::service::{
     member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
 };
@@ -291,11 +291,13 @@ impl<S: PartitionedService> DynaPartition<S> {
         })
     }
 
+    /// Its own formula (the partition id is not multiplied in, unlike S-SMR's): checkpoints
+    /// already written record this hash, so it stays.
     pub fn state_hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(self.me);
+        let mut h: u64 = crate::hash::FNV_OFFSET ^ u64::from(self.me);
         for (k, v) in &self.store {
             for x in [*k, value_hash(v)] {
-                h = (h ^ x).wrapping_mul(0x0100_0000_01b3);
+                h = (h ^ x).wrapping_mul(crate::hash::FNV_PRIME);
             }
         }
         h ^ self.table.digest().rotate_left(17)
@@ -983,31 +985,12 @@ impl<S: PartitionedService> DynaPartition<S> {
     }
 
     fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
-        let body = ToClient::Reply {
-            seq: c.seq,
-            attempt: c.attempt,
-            outcome,
-        };
-        self.out.push(Output::Send(
-            c.client.node(),
-            AppMsg::to_client(c.client, &body),
-        ));
+        reply_to(&mut self.out, c, outcome);
     }
 
     fn finish(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>, answers: bool) {
-        match &outcome {
-            Outcome::Retry => self.stats.retries += 1,
-            Outcome::Gather(_) => self.stats.gathers += 1,
-            Outcome::Rejected(_) => self.stats.rejected += 1,
-            _ => {}
-        }
-        if answers {
-            self.table
-                .record(c.client, c.seq, c.attempt, Some(outcome.clone()));
-            self.reply(c, outcome);
-        } else {
-            self.table.record(c.client, c.seq, c.attempt, None);
-        }
+        let (table, out, stats) = (&mut self.table, &mut self.out, &mut self.stats);
+        finish_command(table, out, stats, c, outcome, answers);
     }
 }
 
