@@ -45,8 +45,15 @@ fn a_request_over_the_payload_limit_gets_a_typed_error_and_is_not_sent() {
     };
     let mut handle = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) =
-            engine::psmr::proxy::handle_app(id, 1, service.clone(), Mode::Psmr, workers, 200);
+        let (app, h) = engine::psmr::proxy::handle_app(
+            id,
+            1,
+            service.clone(),
+            Mode::Psmr,
+            workers,
+            200,
+            false,
+        );
         handle = Some(h);
         app
     });

@@ -179,6 +179,11 @@ impl PartitionedService for Chirper {
         User::default()
     }
 
+    /// A timeline read changes nothing: with fast reads it is served off the log.
+    fn read_only(&self, cmd: &Command) -> bool {
+        matches!(cmd, Command::GetTimeline(_))
+    }
+
     fn execute(&self, cmd: &Command, objects: &mut Objects<'_, User>) -> Result<Reply, Need> {
         let obj = |u: UserId| ObjectId::from(u);
         match cmd {

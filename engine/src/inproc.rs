@@ -115,9 +115,14 @@ pub fn start_scaleout_with<S: PartitionedService, C: App>(
     mut on_replica: impl FnMut(&mut ScaleOutReplica<S>),
 ) -> InProcCluster<EngineApp<OnNode<ScaleOutReplica<S>>, C>> {
     let cfg = Arc::new(layout.config.clone());
+    // Replicas that serve reads off the log merge their logs themselves.
+    let merge_self = options.fast_reads;
     InProcCluster::start_with(
         layout.config.clone(),
-        |_| NodeOptions::default(),
+        |id| NodeOptions {
+            merge_locally: !(merge_self && layout.role(id).is_some()),
+            ..NodeOptions::default()
+        },
         |id| match layout.role(id) {
             Some(role) => {
                 let mut r = ScaleOutReplica::scaleout(
@@ -128,6 +133,9 @@ pub fn start_scaleout_with<S: PartitionedService, C: App>(
                     layout.partitions,
                     options.clone(),
                 );
+                if merge_self {
+                    r = r.checkpointing(&cfg, id, None);
+                }
                 on_replica(&mut r);
                 EngineApp::Replica(Box::new(OnNode::new(r)))
             }

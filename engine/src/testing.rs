@@ -368,6 +368,10 @@ pub mod scaleout {
             }
         }
 
+        fn read_only(&self, cmd: &Cmd) -> bool {
+            matches!(cmd, Cmd::Get(_) | Cmd::Sum(_))
+        }
+
         fn execute(&self, cmd: &Cmd, objects: &mut Objects<'_, i64>) -> Result<Reply, Need> {
             Ok(match cmd {
                 Cmd::Get(k) => Reply::Value(*objects.get(*k).ok_or(Need(vec![*k]))?),

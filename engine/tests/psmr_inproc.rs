@@ -36,8 +36,15 @@ fn run(mode: Mode) {
     };
     let mut handle: Option<ClientHandle<KvCommand, KvReply>> = None;
     let cluster = inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) =
-            engine::psmr::proxy::handle_app(id, CLIENTS, service.clone(), mode, workers, 200);
+        let (app, h) = engine::psmr::proxy::handle_app(
+            id,
+            CLIENTS,
+            service.clone(),
+            mode,
+            workers,
+            200,
+            false,
+        );
         handle = Some(h);
         app
     });

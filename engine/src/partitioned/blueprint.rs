@@ -120,6 +120,10 @@ impl<S: PartitionedService> Blueprint for ScaleOut<S> {
         );
         match self.checkpoints {
             Some(policy) => replica.checkpointing(config, id, Some(policy)),
+            // A replica serves reads off the log only if it merges its logs itself.
+            None if self.client.fast_reads || self.server.fast_reads => {
+                replica.checkpointing(config, id, None)
+            }
             None => replica,
         }
     }

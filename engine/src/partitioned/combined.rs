@@ -61,7 +61,7 @@
 //! leaves the replica (replies, remote exchanges, pulls, snapshots) back through the node.
 
 use super::common::{check_partition_snapshot, decode_snapshot, Output, PartitionCore};
-use super::msg::{Multicast, Peer};
+use super::msg::{CommandMsg, Multicast, Peer};
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
 use super::ServerOptions;
@@ -569,6 +569,12 @@ impl<S: PartitionedService> PartitionCore for WorkerPartition<S> {
         // inbox until a checkpoint drops it; the host always passes destinations).
         let all = GroupSet::from_iter((0..self.route.k).map(|w| GroupId(self.route.base + w)));
         self.exchange_to(&all, payload);
+    }
+
+    /// Combined-mode partitions do not serve reads off the log (the read would have to wait
+    /// for the worker of its cell; not built).
+    fn refuse_read(&mut self, c: &CommandMsg) {
+        super::common::refuse_read::<S::Reply>(&mut self.out, c);
     }
 
     fn peer(&mut self, body: &[u8]) {

@@ -161,6 +161,21 @@ pub trait PartitionCore: Send + Sized + 'static {
     }
     /// A hash of the replicated state.
     fn state_hash(&self) -> u64;
+    /// Whether the core answers reads off the log ([`super::reads`]); the host refuses the
+    /// others' at once ([`PartitionCore::serve_read`]).
+    fn serves_reads(&self) -> bool {
+        false
+    }
+    /// Answers `c`, a read off the log, from the core's state now (the host calls it once
+    /// everything delivered below the read's index is handled, see [`super::reads`]), into
+    /// its outputs; it changes nothing replicated. A core that does not serve reads answers
+    /// [`Outcome::Retry`] ([`PartitionCore::refuse_read`]).
+    fn serve_read(&mut self, c: &CommandMsg) {
+        self.refuse_read(c)
+    }
+    /// Answers the read off the log `c` [`Outcome::Retry`]: the client then orders the
+    /// command through the logs.
+    fn refuse_read(&mut self, c: &CommandMsg);
 }
 
 /// Decodes a reliably delivered exchange for a replica of partition `me`; an undecodable one
@@ -283,6 +298,11 @@ pub(crate) fn reply_to<R: Serialize>(out: &mut Vec<Output>, c: &CommandMsg, outc
     send_to_client(out, c.client, &body);
 }
 
+/// Refuses a read off the log ([`super::reads`]): the client orders it through the logs.
+pub(crate) fn refuse_read<R: Serialize>(out: &mut Vec<Output>, c: &CommandMsg) {
+    reply_to(out, c, Outcome::<R>::Retry);
+}
+
 /// Refuses a restored core whose state hash is not the one its snapshot recorded.
 pub(crate) fn check_restored_hash(restored: u64, recorded: u64) -> Result<(), CheckpointError> {
     if restored == recorded {
@@ -330,6 +350,12 @@ macro_rules! partition_core {
             }
             fn backlog(&self) -> usize {
                 $ty::backlog(self)
+            }
+            fn serves_reads(&self) -> bool {
+                $ty::serves_reads(self)
+            }
+            fn serve_read(&mut self, c: &$crate::partitioned::msg::CommandMsg) {
+                $ty::serve_read(self, c)
             }
             $crate::partitioned::common::partition_core!(@shared $ty, me, partitions);
         }
@@ -384,6 +410,9 @@ macro_rules! partition_core {
         }
         fn state_hash(&self) -> u64 {
             $ty::state_hash(self)
+        }
+        fn refuse_read(&mut self, c: &$crate::partitioned::msg::CommandMsg) {
+            $crate::partitioned::common::refuse_read::<S::Reply>(&mut self.out, c)
         }
     };
 }

@@ -12,7 +12,8 @@
 //!   and send the access there. After `retry_max` attempts a command falls back to S-SMR.
 //!
 //! Modules: [`service`] (the contract), [`msg`], [`attempts`] (at-most-once across attempts),
-//! [`server`] (a partition replica), [`oracle`], [`proxy`] (the client), [`replica`] (hosting
+//! [`server`] (a partition replica), [`oracle`], [`proxy`] (the client), [`reads`] (reads
+//! served off the log), [`replica`] (hosting
 //! the cores on a node, with checkpoints and state transfer), [`layout`], [`blueprint`]
 //! (simulated deployments and their invariants).
 //!
@@ -29,6 +30,7 @@ pub mod layout;
 pub mod msg;
 pub mod oracle;
 pub mod proxy;
+pub mod reads;
 pub mod replica;
 pub mod server;
 pub mod service;
@@ -97,6 +99,10 @@ pub struct ServerOptions {
     /// Combined mode: run each worker on its own thread (production); otherwise the
     /// replica's thread steps them in turn (the simulator).
     pub worker_threads: bool,
+    /// Partition replicas merge their logs themselves, so they serve reads off the log
+    /// ([`reads`]; a replica whose node merges for it refuses them, and the client orders
+    /// them). TCP nodes always do.
+    pub fast_reads: bool,
 }
 
 impl ServerOptions {
@@ -110,6 +116,7 @@ impl ServerOptions {
             dynastar: dynastar::DynaOptions::default(),
             workers: 1,
             worker_threads: false,
+            fast_reads: false,
         }
     }
 }

@@ -16,15 +16,24 @@
 //!
 //! Many commands may be outstanding; replies of older attempts are ignored; an attempt is
 //! resent on timeout (replicas answer a resent attempt from their tables).
+//!
+//! **Fast reads** ([`ClientOptions::fast_reads`], S-SMR and DS-SMR). A read-only access
+//! ([`PartitionedService::read_only`]) whose objects are all in one partition (S-SMR: by the
+//! placement rule; DS-SMR: by the location cache, or the placement guess) is not multicast
+//! on its first attempt: it goes to one replica of that partition ([`crate::wire::AppMsg::Read`]),
+//! which answers it off the log after a read index ([`super::reads`]). Clients spread over the
+//! replicas by their index; a read unanswered on time goes to the next replica. A refused read
+//! (`retry`: the object was elsewhere, or the replica does not serve reads) is ordered like
+//! any command; it does not count towards DS-SMR's retry threshold.
 
 use super::msg::{CommandMsg, Multicast, Outcome, Prophecy, Response, ToClient};
 use super::service::{Kind, ObjectId, PartitionId, PartitionedService};
 use super::Scheme;
 use crate::host::client::{ClientError, ClientStats, Completion, Proxy};
-use crate::wire::{self, ClientId, FeedMsg};
+use crate::wire::{self, AppMsg, ClientId, FeedMsg};
 use bytes::Bytes;
 use groups::groupset::GroupSet;
-use groups::ids::GroupId;
+use groups::ids::{GroupId, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
@@ -56,6 +65,9 @@ pub struct ClientOptions {
     pub guess_placement: bool,
     /// Seeds the target choice (mixed with the client id).
     pub seed: u64,
+    /// S-SMR and DS-SMR: serve single-partition read-only accesses off the log (see the
+    /// module docs, "Fast reads").
+    pub fast_reads: bool,
 }
 
 impl ClientOptions {
@@ -70,6 +82,7 @@ impl ClientOptions {
             move_on_cached: false,
             guess_placement: false,
             seed: 0,
+            fast_reads: false,
         }
     }
 }
@@ -78,6 +91,8 @@ impl ClientOptions {
 enum Phase {
     Consulting,
     Executing,
+    /// A read off the log sent to a replica of this partition.
+    Reading(PartitionId),
 }
 
 struct Pending<C> {
@@ -92,6 +107,8 @@ struct Pending<C> {
     fell_back: bool,
     /// The latest answer was `retry` (a stale location: ask the oracle).
     stale: bool,
+    /// The first attempt was a read off the log.
+    read_first: bool,
 }
 
 /// A location cache: `object -> partition`. Each client has its own unless several share one
@@ -123,6 +140,9 @@ pub struct ScaleOutClient<S: PartitionedService> {
     /// The largest multicast the cluster accepts, and commands refused for exceeding it.
     payload_max: usize,
     refused: Vec<Completion<S::Command, Response<S::Reply>>>,
+    /// Fast reads: each partition's replicas (learnt when the node starts), and reads to send.
+    replicas: Vec<Vec<NodeId>>,
+    sends: Vec<(NodeId, Bytes)>,
 }
 
 impl<S: PartitionedService> ScaleOutClient<S> {
@@ -151,6 +171,8 @@ impl<S: PartitionedService> ScaleOutClient<S> {
             stats: ClientStats::default(),
             payload_max: usize::MAX,
             refused: Vec::new(),
+            replicas: Vec::new(),
+            sends: Vec::new(),
         }
     }
 
@@ -230,8 +252,76 @@ impl<S: PartitionedService> ScaleOutClient<S> {
         self.send(seq, Phase::Executing, dests, &msg);
     }
 
+    /// The partition a fast read of `seq` goes to, if it is one (see the module docs).
+    fn read_partition(&self, seq: u64) -> Option<PartitionId> {
+        let p = &self.pending[&seq];
+        if !self.o.fast_reads
+            || p.attempt != 1
+            || self.o.scheme == Scheme::Dynastar
+            || self.replicas.is_empty()
+            || !self.service.read_only(&p.command)
+        {
+            return None;
+        }
+        let Kind::Access(objects) = &p.kind else {
+            return None;
+        };
+        let mut parts = match self.o.scheme {
+            Scheme::Ssmr => objects
+                .iter()
+                .map(|o| self.service.place(*o, self.o.partitions))
+                .collect::<Vec<_>>(),
+            _ => self
+                .cached_locations(objects)?
+                .into_iter()
+                .map(|(_, q)| q)
+                .collect(),
+        };
+        parts.sort_unstable();
+        parts.dedup();
+        match parts[..] {
+            [q] if self.replicas.get(q as usize).is_some_and(|r| !r.is_empty()) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// The replica of partition `q` the `tries`-th send of a read goes to.
+    fn reader(&self, q: PartitionId, tries: u32) -> NodeId {
+        let r = &self.replicas[q as usize];
+        r[(self.id.index() as usize).wrapping_add(tries as usize) % r.len()]
+    }
+
+    /// Sends the read `seq` to a replica of `q`.
+    fn send_read(&mut self, seq: u64, q: PartitionId) {
+        let p = &self.pending[&seq];
+        let msg = CommandMsg {
+            client: self.id,
+            seq,
+            attempt: p.attempt,
+            floor: self.floor(seq),
+            kind: p.kind.clone(),
+            partitions: vec![q],
+            fallback: false,
+            command: Bytes::from(wire::encode(&p.command)),
+        };
+        let payload = AppMsg::read(&msg);
+        self.sends.push((self.reader(q, 0), payload.clone()));
+        self.stats.reads_off_log += 1;
+        let now = self.now;
+        let p = self.pending.get_mut(&seq).expect("pending");
+        p.phase = Phase::Reading(q);
+        p.dests = GroupSet::singleton(GroupId(q));
+        p.payload = payload;
+        p.sent_at = now;
+        p.tries = 0;
+        p.read_first = true;
+    }
+
     /// Starts the current attempt of `seq`.
     fn advance(&mut self, seq: u64) {
+        if let Some(q) = self.read_partition(seq) {
+            return self.send_read(seq, q);
+        }
         let p = &self.pending[&seq];
         let objects = p.kind.objects().to_vec();
         if objects.is_empty() {
@@ -259,7 +349,8 @@ impl<S: PartitionedService> ScaleOutClient<S> {
             Scheme::Dssmr | Scheme::Dynastar => {
                 let create = matches!(p.kind, Kind::Create(_));
                 let dssmr = self.o.scheme == Scheme::Dssmr;
-                if dssmr && p.attempt > self.o.retry_max && !create {
+                let attempts = p.attempt - u32::from(p.read_first);
+                if dssmr && attempts > self.o.retry_max && !create {
                     let p = self.pending.get_mut(&seq).expect("pending");
                     if !p.fell_back {
                         p.fell_back = true;
@@ -463,6 +554,26 @@ impl<S: PartitionedService> ScaleOutClient<S> {
         }
     }
 
+    /// The answer to a read off the log: a result, or a refusal (the read is then ordered).
+    fn on_read(
+        &mut self,
+        seq: u64,
+        outcome: Outcome<S::Reply>,
+    ) -> Option<Completion<S::Command, Response<S::Reply>>> {
+        match outcome {
+            Outcome::Done(_) | Outcome::Rejected(_) => self.on_outcome(seq, outcome),
+            Outcome::NotFound if self.o.scheme == Scheme::Ssmr => self.on_outcome(seq, outcome),
+            Outcome::Gather(more) => {
+                self.retry(seq, more);
+                None
+            }
+            _ => {
+                self.retry(seq, Vec::new());
+                None
+            }
+        }
+    }
+
     fn on_outcome(
         &mut self,
         seq: u64,
@@ -513,6 +624,7 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
                 tries: 0,
                 fell_back: false,
                 stale: false,
+                read_first: false,
             },
         );
         self.stats.submitted += 1;
@@ -546,10 +658,14 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
                 outcome,
             } => {
                 let p = self.pending.get(&seq)?;
-                if p.attempt != attempt || p.phase != Phase::Executing {
+                if p.attempt != attempt {
                     return None;
                 }
-                self.on_outcome(seq, outcome)
+                match p.phase {
+                    Phase::Executing => self.on_outcome(seq, outcome),
+                    Phase::Reading(_) => self.on_read(seq, outcome),
+                    Phase::Consulting => None,
+                }
             }
         }
     }
@@ -557,13 +673,22 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
     fn tick(&mut self, now: u64) {
         self.now = now;
         let base = self.o.resend_ticks;
-        for p in self.pending.values_mut() {
+        let mut reads = Vec::new();
+        for (seq, p) in self.pending.iter_mut() {
             if now >= p.sent_at + (base << p.tries.min(5)) {
                 p.sent_at = now;
                 p.tries += 1;
-                self.out.push((p.dests.clone(), p.payload.clone()));
+                match p.phase {
+                    // An unanswered read goes to the partition's next replica.
+                    Phase::Reading(q) => reads.push((*seq, q, p.tries)),
+                    _ => self.out.push((p.dests.clone(), p.payload.clone())),
+                }
                 self.stats.resends += 1;
             }
+        }
+        for (seq, q, tries) in reads {
+            let to = self.reader(q, tries);
+            self.sends.push((to, self.pending[&seq].payload.clone()));
         }
     }
 
@@ -585,5 +710,104 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
 
     fn take_refused(&mut self, out: &mut Vec<Completion<S::Command, Response<S::Reply>>>) {
         out.append(&mut self.refused);
+    }
+
+    fn attach(&mut self, config: &groups::config::ClusterConfig) {
+        if self.o.fast_reads {
+            self.replicas = (0..self.o.partitions)
+                .map(|q| config.members(GroupId(q)).to_vec())
+                .collect();
+        }
+    }
+
+    fn take_sends(&mut self, out: &mut Vec<(NodeId, Bytes)>) {
+        out.append(&mut self.sends);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partitioned::layout::{self, ScaleOutLayout};
+    use crate::testing::scaleout::{Cmd, ObjectKv, Reply};
+
+    fn client(scheme: Scheme) -> (ScaleOutClient<ObjectKv>, ScaleOutLayout) {
+        let l = ScaleOutLayout::new(scheme, 2, 3, 1, 1, layout::tuning()).unwrap();
+        let mut o = ClientOptions::new(scheme, 2);
+        o.fast_reads = true;
+        o.guess_placement = true;
+        o.retry_max = 1;
+        let id = ClientId::new(l.clients[0], 1);
+        let mut c = ScaleOutClient::new(id, Arc::new(ObjectKv { preload: 4 }), o);
+        Proxy::attach(&mut c, &l.config);
+        (c, l)
+    }
+
+    fn reply(seq: u64, attempt: u32, outcome: Outcome<Reply>) -> Vec<u8> {
+        wire::encode(&ToClient::Reply {
+            seq,
+            attempt,
+            outcome,
+        })
+    }
+
+    #[test]
+    fn a_single_partition_read_goes_to_one_replica_and_is_ordered_once_refused() {
+        let (mut c, l) = client(Scheme::Dssmr);
+        let seq = c.submit(Cmd::Get(3));
+        let mut sends = Vec::new();
+        Proxy::take_sends(&mut c, &mut sends);
+        let mut multicasts = Vec::new();
+        c.take_multicasts(&mut multicasts);
+        assert!(multicasts.is_empty(), "a read is not multicast");
+        assert_eq!(sends.len(), 1);
+        assert!(l.config.members(GroupId(1)).contains(&sends[0].0));
+        let Ok(AppMsg::Read(body)) = AppMsg::parse(&sends[0].1) else {
+            panic!("a read off the log");
+        };
+        assert_eq!(wire::decode::<CommandMsg>(body).unwrap().partitions, [1]);
+        // Unanswered: the next replica of the partition.
+        c.tick(c.o.resend_ticks);
+        Proxy::take_sends(&mut c, &mut sends);
+        assert_eq!(sends.len(), 2);
+        assert_ne!(sends[0].0, sends[1].0);
+        // Refused (not here): ordered, through the oracle, without using up the one attempt
+        // retry_max allows before the S-SMR fallback.
+        assert!(c.on_message(&reply(seq, 1, Outcome::Retry)).is_none());
+        c.take_multicasts(&mut multicasts);
+        assert_eq!(multicasts.len(), 1);
+        assert_eq!(
+            multicasts[0].0,
+            GroupSet::singleton(GroupId(2)),
+            "a consult"
+        );
+        assert_eq!(c.stats.fallbacks, 0);
+        // A late answer to the read is ignored.
+        let late = reply(seq, 1, Outcome::Done(Reply::Value(7)));
+        assert!(c.on_message(&late).is_none());
+    }
+
+    #[test]
+    fn writes_and_spread_reads_are_multicast_and_fast_reads_are_off_by_default() {
+        let (mut c, _) = client(Scheme::Ssmr);
+        c.submit(Cmd::Put(3, 1));
+        c.submit(Cmd::Sum(vec![0, 1]));
+        let seq = c.submit(Cmd::Sum(vec![1, 3]));
+        let (mut sends, mut multicasts) = (Vec::new(), Vec::new());
+        Proxy::take_sends(&mut c, &mut sends);
+        c.take_multicasts(&mut multicasts);
+        assert_eq!((sends.len(), multicasts.len()), (1, 2));
+        let done = c
+            .on_message(&reply(seq, 1, Outcome::Done(Reply::Total(9))))
+            .expect("answered off the log");
+        assert_eq!(done.result, Ok(Response::Done(Reply::Total(9))));
+        let mut plain = ScaleOutClient::new(
+            c.id,
+            Arc::new(ObjectKv { preload: 4 }),
+            ClientOptions::new(Scheme::Ssmr, 2),
+        );
+        plain.submit(Cmd::Get(3));
+        Proxy::take_sends(&mut plain, &mut sends);
+        assert_eq!(sends.len(), 1, "nothing more sent point to point");
     }
 }

@@ -41,7 +41,9 @@ use super::common::Output;
 pub use super::common::PartitionCore;
 use super::dynastar::oracle::DynaOracle;
 use super::dynastar::partition::DynaPartition;
+use super::msg::CommandMsg;
 use super::oracle::{OracleServer, OracleStats};
+use super::reads::Reads;
 use super::server::{PartitionServer, ServerStats};
 use super::service::{PartitionId, PartitionedService};
 use super::ServerOptions;
@@ -96,6 +98,9 @@ pub struct PartitionedCore<C: PartitionCore> {
     /// Publishers of the core's counters, and the tick they last ran.
     publish: Vec<Publish<C>>,
     published_at: u64,
+    /// Reads off the log (a core that merges its logs itself and serves them).
+    reads: Reads,
+    served: Vec<CommandMsg>,
 }
 
 impl<C: PartitionCore> PartitionedCore<C> {
@@ -108,6 +113,8 @@ impl<C: PartitionCore> PartitionedCore<C> {
             snaps: Vec::new(),
             publish: Vec::new(),
             published_at: u64::MAX,
+            reads: Reads::default(),
+            served: Vec::new(),
         }
     }
 
@@ -141,11 +148,25 @@ impl<C: PartitionCore> PartitionedCore<C> {
         self.publish.push(Box::new(publish));
     }
 
-    fn deliver(server: &mut C, d: &Delivery) {
+    /// Reads off the log this incarnation answered.
+    pub fn reads_served(&self) -> u64 {
+        self.reads.served
+    }
+
+    /// Reads off the log waiting for their read index or for this replica to reach it.
+    pub fn reads_waiting(&self) -> usize {
+        self.reads.waiting()
+    }
+
+    fn deliver(server: &mut C, reads: &mut Reads, d: &Delivery) {
         match FeedMsg::parse(&d.msg.payload) {
             Ok(FeedMsg::Command(body)) => {
                 let body = d.msg.payload.slice_ref(body);
-                server.deliver_to(d.msg.id, &d.msg.dests, body)
+                let before = server.backlog();
+                server.deliver_to(d.msg.id, &d.msg.dests, body);
+                if server.backlog() > before {
+                    reads.queued(Some((d.log, d.index)));
+                }
             }
             // Only replicas that merge themselves take part in checkpoints.
             Ok(FeedMsg::Checkpoint { .. }) => {}
@@ -182,10 +203,14 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
                     Some(round) if round > m.stream_round => {
                         m.stream_round = round;
                         m.marks.insert(round, m.merger.state());
+                        let before = self.server.backlog();
                         self.server.mark_checkpoint(round);
+                        if self.server.backlog() > before {
+                            self.reads.queued(None);
+                        }
                     }
                     Some(_) => {}
-                    None => Self::deliver(&mut self.server, &d),
+                    None => Self::deliver(&mut self.server, &mut self.reads, &d),
                 }
             }
             if !stopped {
@@ -195,7 +220,7 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
     }
 
     fn delivered(&mut self, d: Delivery) {
-        Self::deliver(&mut self.server, &d);
+        Self::deliver(&mut self.server, &mut self.reads, &d);
     }
 
     fn start(&mut self, at: &Attached) {
@@ -210,12 +235,47 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
         self.server.peer(body);
     }
 
+    /// A read off the log ([`super::reads`]): served once this replica's merge and core
+    /// reach its read index, refused at once by a core that does not serve reads or whose
+    /// node merges its logs for it (it cannot tell where its deliveries come from).
+    fn read(&mut self, from: NodeId, body: &[u8]) {
+        let c = match wire::decode::<CommandMsg>(body) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%from, error = %e, "undecodable read dropped");
+                return;
+            }
+        };
+        if self.merge.is_some() && self.server.serves_reads() {
+            self.reads.arrived(c);
+        } else {
+            self.server.refuse_read(&c);
+        }
+    }
+
+    fn read_index(&mut self, token: u64, positions: Vec<(LogId, u64)>) {
+        self.reads.indexed(token, positions);
+    }
+
     fn step(&mut self, now: u64, out: &mut CoreOut) {
         if let Some(need) = self.merge.as_ref().and_then(|m| m.merger.blocked_on()) {
             out.actions.push(Action::RequestSkip(need));
         }
         self.server.tick(now);
         self.server.run();
+        self.reads.handled_down_to(self.server.backlog());
+        if let Some(m) = self.merge.as_ref() {
+            if let Some(token) = self.reads.ask() {
+                out.actions.push(Action::ReadIndex {
+                    token,
+                    logs: m.logs.clone(),
+                });
+            }
+            self.reads.take_reached(&m.merger, &mut self.served);
+            for c in self.served.drain(..) {
+                self.server.serve_read(&c);
+            }
+        }
         self.server.take_outputs(&mut self.outputs);
         out.actions.extend(self.outputs.drain(..).map(|o| match o {
             Output::Rmcast(dests, payload) => Action::Rmcast(dests, payload),
@@ -277,6 +337,7 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
             ));
         }
         self.server = server;
+        self.reads.reset_queue();
         m.merger = merger;
         m.stream_round = ck.round;
         m.marks.clear();
@@ -430,6 +491,9 @@ trait DynCore {
     fn handled(&self) -> u64;
     fn backlog(&self) -> usize;
     fn state_hash(&self) -> u64;
+    fn serves_reads(&self) -> bool;
+    fn serve_read(&mut self, c: &CommandMsg);
+    fn refuse_read(&mut self, c: &CommandMsg);
 }
 
 impl<C: PartitionCore> DynCore for C {
@@ -477,6 +541,15 @@ impl<C: PartitionCore> DynCore for C {
     }
     fn state_hash(&self) -> u64 {
         PartitionCore::state_hash(self)
+    }
+    fn serves_reads(&self) -> bool {
+        PartitionCore::serves_reads(self)
+    }
+    fn serve_read(&mut self, c: &CommandMsg) {
+        PartitionCore::serve_read(self, c)
+    }
+    fn refuse_read(&mut self, c: &CommandMsg) {
+        PartitionCore::refuse_read(self, c)
     }
 }
 
@@ -542,6 +615,15 @@ impl<S: PartitionedService> PartitionCore for ScaleOutServer<S> {
     }
     fn state_hash(&self) -> u64 {
         self.core().state_hash()
+    }
+    fn serves_reads(&self) -> bool {
+        self.core().serves_reads()
+    }
+    fn serve_read(&mut self, c: &CommandMsg) {
+        self.core_mut().serve_read(c)
+    }
+    fn refuse_read(&mut self, c: &CommandMsg) {
+        self.core_mut().refuse_read(c)
     }
 }
 
@@ -621,6 +703,11 @@ impl<S: PartitionedService> ReplicaHost<PartitionedCore<ScaleOutServer<S>>> {
     /// Delivered commands waiting.
     pub fn backlog(&self) -> usize {
         PartitionCore::backlog(&self.core.server)
+    }
+
+    /// Reads off the log this incarnation answered ([`super::reads`]).
+    pub fn reads_served(&self) -> u64 {
+        self.core.reads_served()
     }
 
     /// Delivered multicasts handled.

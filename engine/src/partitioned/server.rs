@@ -828,6 +828,46 @@ impl<S: PartitionedService> PartitionServer<S> {
         Step::Done
     }
 
+    /// S-SMR and DS-SMR partitions serve reads off the log ([`super::reads`]).
+    fn serves_reads(&self) -> bool {
+        true
+    }
+
+    /// Answers `c`, a read off the log, from the state now, on copies of its objects (see
+    /// [`super::reads`]): nothing replicated changes, the client table included.
+    fn serve_read(&mut self, c: &CommandMsg) {
+        let outcome = self.read_outcome(c);
+        reply_to(&mut self.out, c, outcome);
+    }
+
+    fn read_outcome(&self, c: &CommandMsg) -> Outcome<S::Reply> {
+        let Kind::Access(objects) = &c.kind else {
+            return Outcome::Retry;
+        };
+        if c.partitions != [self.me] || c.fallback {
+            return Outcome::Retry;
+        }
+        let cmd = match self.validate(c) {
+            Ok(cmd) => cmd,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        if !self.service.read_only(&cmd) {
+            return Outcome::Rejected(format!("{cmd:?} is not read-only; it goes through the log"));
+        }
+        let mut items = Vec::with_capacity(objects.len());
+        for o in objects {
+            match self.store.get(o) {
+                Some(v) => items.push((*o, v.clone())),
+                // DS-SMR: not here (a stale cache, or a move): ordered, the oracle knows.
+                None if self.opts.scheme == Scheme::Dssmr => return Outcome::Retry,
+                // S-SMR: placement is static, so an object missing here does not exist.
+                None => return Outcome::NotFound,
+            }
+        }
+        let result = self.service.execute(&cmd, &mut Objects::new(&mut items));
+        gather_outcome(result, objects)
+    }
+
     fn single(&mut self, cmd: &S::Command, objects: &[ObjectId], dssmr: bool) -> Outcome<S::Reply> {
         if objects.iter().any(|o| !self.store.contains_key(o)) {
             return if dssmr {

@@ -142,6 +142,16 @@ pub trait PartitionedService: Send + Sync + 'static {
         objects: &mut Objects<'_, Self::Value>,
     ) -> Result<Self::Reply, Need>;
 
+    /// Whether `cmd` only reads (an access that changes no object). A client with fast reads
+    /// on ([`super::proxy::ClientOptions::fast_reads`]) sends such a command, when all its
+    /// objects are in one partition, to one replica of that partition, which answers it off
+    /// the log after a read index ([`super::reads`]); it runs on copies of the objects, so a
+    /// command wrongly declared read-only still changes nothing. Must be a function of the
+    /// command alone. The default: none is.
+    fn read_only(&self, _cmd: &Self::Command) -> bool {
+        false
+    }
+
     /// The placement rule: where a new object goes (and, in S-SMR, where every object lives,
     /// forever). Clients and replicas must agree on it.
     fn place(&self, object: ObjectId, partitions: u32) -> PartitionId;

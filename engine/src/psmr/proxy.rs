@@ -495,7 +495,7 @@ pub fn client_app<S: Service, D: Driver<S::Command, S::Reply>>(
 }
 
 /// An app for blocking P-SMR calls: `clients` clients with one command outstanding each
-/// (client indexes from this process's [`incarnation_index`]).
+/// (client indexes from this process's [`incarnation_index`]), with fast reads or not.
 pub fn handle_app<S: Service>(
     node: NodeId,
     clients: usize,
@@ -503,6 +503,7 @@ pub fn handle_app<S: Service>(
     mode: Mode,
     workers: usize,
     resend_ticks: u64,
+    fast_reads: bool,
 ) -> (HandleApp<ClientProxy<S>>, HandleOf<ClientProxy<S>>) {
     let o = ClientOptions {
         clients,
@@ -511,7 +512,7 @@ pub fn handle_app<S: Service>(
         workers,
         resend_ticks,
         first_index: incarnation_index(),
-        fast_reads: false,
+        fast_reads,
     };
     crate::calls::handle_app(proxies(node, &service, &o))
 }

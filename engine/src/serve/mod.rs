@@ -98,6 +98,11 @@ pub struct ServerFlags {
     /// refuses to start without one otherwise): any process that can reach the ports can join.
     #[arg(long)]
     pub insecure: bool,
+    /// In-process: the REPL's client serves read-only commands off the log, after a read
+    /// index at one replica (P-SMR: single-worker reads; S-SMR and DS-SMR: single-partition
+    /// reads). A TCP client binary takes --fast-reads itself.
+    #[arg(long)]
+    pub fast_reads: bool,
 }
 
 /// The flags of every client binary.
@@ -115,8 +120,9 @@ pub struct ClientArgs {
     /// refuses to start without one otherwise): any process that can reach the ports can join.
     #[arg(long)]
     pub insecure: bool,
-    /// P-SMR services: send a single-worker read-only command to one replica, which answers
-    /// it after a read index instead of ordering it through the logs.
+    /// Send a read-only command whose objects one replica holds (P-SMR: one worker; S-SMR and
+    /// DS-SMR: one partition) to one replica, which answers it after a read index instead of
+    /// ordering it through the logs.
     #[arg(long)]
     pub fast_reads: bool,
     /// The command.
@@ -140,6 +146,13 @@ impl ServerFlags {
         if self.metrics_addr.is_some() && !node {
             return Err(
                 "--metrics-addr needs --config and --node (a node of a TCP deployment)".into(),
+            );
+        }
+        if self.fast_reads && (self.config.is_some() || self.write_config.is_some()) {
+            return Err(
+                "--fast-reads goes with the in-process REPL (no --config); a TCP \
+                        client binary takes --fast-reads itself"
+                    .into(),
             );
         }
         if self.recover && !node {

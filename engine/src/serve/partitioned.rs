@@ -301,9 +301,9 @@ fn serve_node<S: ScaleOutApp>(
         return super::run_node(S::SERVER, "acceptor", path, node, app, metrics, |_| {});
     };
     let policy = f.checkpoints(cluster);
-    // A checkpointing replica merges its logs itself (it must record and move its merge
-    // position).
-    let node = super::tcp_node(cluster, me, policy.is_some(), f.recover)?;
+    // The replica merges its logs itself: to serve reads off the log, and, with checkpoints,
+    // to record and move its merge position.
+    let node = super::tcp_node(cluster, me, true, f.recover)?;
     let cfg = Arc::new(cluster.clone());
     let mut r = ScaleOutReplica::scaleout(
         Arc::new(S::from_file(&file)?),
@@ -313,15 +313,16 @@ fn serve_node<S: ScaleOutApp>(
         plan.cells(),
         plan.server_options(),
     );
-    if policy.is_some() {
-        r = r.checkpointing(&cfg, me, policy);
+    let checkpointing = policy.is_some();
+    r = r.checkpointing(&cfg, me, policy);
+    if checkpointing {
         // With durable logs a checkpointing replica writes its checkpoints to disk and
         // starts from the latest one.
         if let Some((disk, loaded)) = super::durable_checkpoints(cluster, me)? {
             r = r.with_durable_checkpoints(disk, loaded);
         }
     }
-    let checkpoints = policy.is_some().then(|| r.share_checkpoints());
+    let checkpoints = checkpointing.then(|| r.share_checkpoints());
     let (partition, oracle, hash) = if metrics.is_some() {
         let (p, o) = match role {
             Role::Partition(_) => (Some(r.share_stats()), None),
@@ -374,9 +375,14 @@ fn in_process<S: ScaleOutApp>(
     )
     .map_err(|e| e.to_string())?;
     let mut handle = None;
-    let cluster = crate::inproc::start_scaleout(&l, service.clone(), plan.server_options(), |id| {
-        let proxy =
-            ScaleOutClient::new(ClientId::new(id, 0), service.clone(), plan.client_options());
+    let options = ServerOptions {
+        fast_reads: f.fast_reads,
+        ..plan.server_options()
+    };
+    let mut client = plan.client_options();
+    client.fast_reads = f.fast_reads;
+    let cluster = crate::inproc::start_scaleout(&l, service.clone(), options, |id| {
+        let proxy = ScaleOutClient::new(ClientId::new(id, 0), service.clone(), client);
         let (app, h) = handle_app(vec![proxy]);
         handle = Some(h);
         app
@@ -411,17 +417,13 @@ pub fn client<S: ScaleOutApp>() -> ExitCode {
         S::CLIENT,
         S::parse,
         |file, me, args| {
-            if args.fast_reads {
-                return Err(
-                    "--fast-reads is for P-SMR services; a scale-out service orders every command"
-                        .into(),
-                );
-            }
             let plan = S::plan(file);
+            let mut client = plan.client_options();
+            client.fast_reads = args.fast_reads;
             Ok(ScaleOutClient::new(
                 ClientId::new(me, crate::host::client::incarnation_index()),
                 Arc::new(S::from_file(file)?),
-                plan.client_options(),
+                client,
             ))
         },
         S::render,

@@ -287,7 +287,7 @@ fn in_process<S: ScaleUpApp>(f: &ServerFlags, p: &PsmrFlags, s: &S::Flags) -> Re
     };
     let mut handle = None;
     let cluster = crate::inproc::start(&d, service.clone(), options, |id| {
-        let (app, h) = handle_app(id, 1, service.clone(), mode, workers, 500);
+        let (app, h) = handle_app(id, 1, service.clone(), mode, workers, 500, f.fast_reads);
         handle = Some(h);
         app
     });

@@ -992,6 +992,16 @@ impl<S: PartitionedService> DynaPartition<S> {
         let (table, out, stats) = (&mut self.table, &mut self.out, &mut self.stats);
         finish_command(table, out, stats, c, outcome, answers);
     }
+
+    /// A DynaStar partition does not serve reads off the log (a placement chunk may be
+    /// moving the objects; not built).
+    fn serves_reads(&self) -> bool {
+        false
+    }
+
+    fn serve_read(&mut self, c: &CommandMsg) {
+        crate::partitioned::common::refuse_read::<S::Reply>(&mut self.out, c);
+    }
 }
 
 partition_core!(partition DynaPartition);
