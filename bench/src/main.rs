@@ -319,6 +319,28 @@ enum Experiment {
         #[arg(long, value_delimiter = ',')]
         celebrity_partitions: Option<Vec<u32>>,
     },
+    /// S-SMR and DS-SMR with Chirper's timelines ordered through the logs against served off
+    /// the log by one replica after a read index (fast reads), in-process, runs interleaved.
+    ScaleoutReads {
+        /// Runs per point and setting (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Partition counts (default 1, 2).
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2])]
+        partitions: Vec<u32>,
+        /// Workloads (default timeline, mix).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Option<Vec<chirper::load::Workload>>,
+        /// Schemes: s-smr, ds-smr.
+        #[arg(long, value_delimiter = ',')]
+        schemes: Option<Vec<scaleout::Variant>>,
+        /// Users of the social graph.
+        #[arg(long)]
+        users: Option<u32>,
+    },
 }
 
 fn main() {
@@ -525,6 +547,32 @@ fn main() {
                 plan.simulated_measure = Duration::from_secs_f64(m);
             }
             scaleout::run_plan(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::ScaleoutReads {
+            runs,
+            seconds,
+            partitions,
+            workloads,
+            schemes,
+            users,
+        }) => {
+            let mut plan = scaleout::Plan::full();
+            plan.runs = runs.max(1);
+            plan.measure = Duration::from_secs_f64(seconds);
+            plan.partitions = partitions;
+            plan.workloads = workloads.unwrap_or_else(|| {
+                vec![
+                    chirper::load::Workload::Timeline,
+                    chirper::load::Workload::Mix,
+                ]
+            });
+            if let Some(s) = schemes {
+                plan.schemes = s;
+            }
+            if let Some(u) = users {
+                plan.graph.users = u;
+            }
+            scaleout::reads(&plan, &cli.out, &machine);
         }
         Some(Experiment::Peers {
             systems,

@@ -334,7 +334,124 @@ pub(crate) fn spec(
             .flatten(),
         active_zipf: plan.active_zipf,
         server: (variant == Variant::Dynastar).then(|| plan.dynastar.server(partitions)),
+        fast_reads: false,
     }
+}
+
+/// One point of `bench scaleout-reads`: a scheme with timelines ordered through the logs and
+/// served off the log (fast reads), runs interleaved.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadsRow {
+    pub workload: Workload,
+    pub partitions: u32,
+    pub scheme: &'static str,
+    pub source: &'static str,
+    pub ordered_ops_s: f64,
+    pub fast_ops_s: f64,
+    /// fast / ordered, of the medians.
+    pub ratio: f64,
+    pub ordered_p50_us: f64,
+    pub ordered_p99_us: f64,
+    pub fast_p50_us: f64,
+    pub fast_p99_us: f64,
+    pub ordered_runs: Vec<RunResult>,
+    pub fast_runs: Vec<RunResult>,
+}
+
+/// S-SMR and DS-SMR with reads through the logs against reads off the log (in-process,
+/// measured): per workload, partition count and scheme, `plan.runs` runs of each, interleaved.
+pub fn reads(plan: &Plan, out: &Path, machine: &Machine) -> Vec<ReadsRow> {
+    let mut rows = Vec::new();
+    let mut t = Table::new(&[
+        "workload",
+        "parts",
+        "scheme",
+        "ordered cmds/s",
+        "fast reads cmds/s",
+        "fast/ordered",
+        "ordered p50/p99 ms",
+        "fast p50/p99 ms",
+    ]);
+    let ms = |x: f64| x / 1000.0;
+    for &w in &plan.workloads {
+        for &k in &plan.partitions {
+            for (i, &v) in plan.schemes.iter().enumerate() {
+                if !matches!(v, Variant::Ssmr | Variant::Dssmr) {
+                    eprintln!("scaleout-reads: {} has no fast reads; skipped", v.name());
+                    continue;
+                }
+                let (mut ordered, mut fast) = (Vec::new(), Vec::new());
+                for r in 0..plan.runs {
+                    for on in [false, true] {
+                        let mut s = spec(plan, v, w, k, (i * 10 + r) as u64 + 1);
+                        s.fast_reads = on;
+                        match run(&s) {
+                            Ok(x) if on => fast.push(x),
+                            Ok(x) => ordered.push(x),
+                            Err(e) => {
+                                eprintln!("scaleout-reads: {} {} {k}: {e}", v.name(), w.name())
+                            }
+                        }
+                    }
+                }
+                let m = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
+                    median(&runs.iter().map(f).collect::<Vec<_>>())
+                };
+                let row = ReadsRow {
+                    workload: w,
+                    partitions: k,
+                    scheme: v.name(),
+                    source: "measured",
+                    ordered_ops_s: m(&ordered, |r| r.throughput_ops_s),
+                    fast_ops_s: m(&fast, |r| r.throughput_ops_s),
+                    ratio: m(&fast, |r| r.throughput_ops_s) / m(&ordered, |r| r.throughput_ops_s),
+                    ordered_p50_us: m(&ordered, |r| r.p50_us),
+                    ordered_p99_us: m(&ordered, |r| r.p99_us),
+                    fast_p50_us: m(&fast, |r| r.p50_us),
+                    fast_p99_us: m(&fast, |r| r.p99_us),
+                    ordered_runs: ordered,
+                    fast_runs: fast,
+                };
+                t.row(vec![
+                    w.name().to_string(),
+                    k.to_string(),
+                    v.name().to_string(),
+                    report::human(row.ordered_ops_s),
+                    report::human(row.fast_ops_s),
+                    format!("{:.2}", row.ratio),
+                    format!(
+                        "{:.2} / {:.2}",
+                        ms(row.ordered_p50_us),
+                        ms(row.ordered_p99_us)
+                    ),
+                    format!("{:.2} / {:.2}", ms(row.fast_p50_us), ms(row.fast_p99_us)),
+                ]);
+                rows.push(row);
+            }
+        }
+    }
+    println!("{}", t.render());
+    let results = report::Results {
+        experiment: "scaleout-reads",
+        machine,
+        notes: vec![
+            format!(
+                "Chirper in-process (measured), {} replicas per partition (DS-SMR: plus an oracle of {}), {} client nodes x {} closed-loop clients (window {}), {} users",
+                plan.replicas, plan.replicas, plan.client_nodes, plan.clients_per_node, plan.window, plan.graph.users
+            ),
+            format!(
+                "medians of {} run(s) each of {:?} after {:?} warm-up; ordered and fast-reads runs interleaved",
+                plan.runs, plan.measure, plan.warmup
+            ),
+            "fast reads: a timeline whose user one partition holds goes to one replica of it, which answers after a read index (engine::partitioned::reads); every other command is ordered".into(),
+        ],
+        rows: &rows,
+    };
+    match report::write_json(out, "scaleout-reads.json", &results) {
+        Ok(p) => println!("wrote {}", p.display()),
+        Err(e) => eprintln!("could not write results: {e}"),
+    }
+    rows
 }
 
 /// The `chirper-server` binary next to this one, built if missing.

@@ -307,6 +307,9 @@ pub struct RunSpec {
     pub active_zipf: Option<f64>,
     /// Replica options instead of the scheme's defaults (DynaStar's repartitioning).
     pub server: Option<ServerOptions>,
+    /// Timelines served off the log by one replica after a read index (S-SMR and DS-SMR
+    /// fast reads).
+    pub fast_reads: bool,
 }
 
 impl RunSpec {
@@ -370,6 +373,7 @@ fn client_app(
         cache: spec.cache,
         guess_placement: spec.cache,
         seed: spec.seed ^ u64::from(id.0),
+        fast_reads: spec.fast_reads,
         ..ClientOptions::new(scheme, spec.section.cells())
     };
     let cache = LocationCache::default();
@@ -483,11 +487,14 @@ pub fn run(spec: &RunSpec) -> Result<RunResult, String> {
     let cluster = engine::inproc::start_scaleout_with(
         &layout,
         service.clone(),
-        spec.server.clone().unwrap_or_else(|| ServerOptions {
-            workers: spec.section.workers,
-            worker_threads: true,
-            ..ServerOptions::new(scheme)
-        }),
+        ServerOptions {
+            fast_reads: spec.fast_reads,
+            ..spec.server.clone().unwrap_or_else(|| ServerOptions {
+                workers: spec.section.workers,
+                worker_threads: true,
+                ..ServerOptions::new(scheme)
+            })
+        },
         |id| client_app(id, spec, &service, &population, &phase, 0),
         |r| {
             if r.server_stats().is_some() {
