@@ -381,6 +381,9 @@ fn in_process<S: ScaleOutApp>(
     };
     let mut client = plan.client_options();
     client.fast_reads = f.fast_reads;
+    // DS-SMR: a cold cache would consult the oracle (and order the read); guess where the
+    // object started, and a wrong guess is refused and ordered.
+    client.guess_placement = f.fast_reads;
     let cluster = crate::inproc::start_scaleout(&l, service.clone(), options, |id| {
         let proxy = ScaleOutClient::new(ClientId::new(id, 0), service.clone(), client);
         let (app, h) = handle_app(vec![proxy]);
@@ -420,6 +423,9 @@ pub fn client<S: ScaleOutApp>() -> ExitCode {
             let plan = S::plan(file);
             let mut client = plan.client_options();
             client.fast_reads = args.fast_reads;
+            // A one-shot client's cache is empty: guess the placement rule's partition (a
+            // wrong guess is refused and ordered) rather than consult the oracle first.
+            client.guess_placement = args.fast_reads;
             Ok(ScaleOutClient::new(
                 ClientId::new(me, crate::host::client::incarnation_index()),
                 Arc::new(S::from_file(file)?),
