@@ -719,6 +719,16 @@ pub struct CampaignReport {
     pub events: Vec<String>,
 }
 
+impl CampaignReport {
+    /// The faults in a few words, for a campaign's summary line.
+    pub fn faults(&self) -> String {
+        format!(
+            "{} crashes, {} partitions, {} pauses ({} deposed leaders)",
+            self.crashes, self.partitions, self.pauses, self.deposed
+        )
+    }
+}
+
 impl<B: Blueprint> EngineSim<B> {
     /// Runs a fault campaign drawn from `seed` on this deployment (with `f` = 1: one replica
     /// or acceptor down at a time), then heals, restarts everything and settles.
@@ -937,7 +947,19 @@ impl<B: Blueprint> EngineSim<B> {
         verbose: bool,
         label: &str,
     ) -> (CampaignReport, Vec<String>) {
-        let report = self.campaign(seed, &Campaign::default());
+        self.judged_campaign(seed, &Campaign::default(), verbose, label)
+    }
+
+    /// Like [`EngineSim::default_campaign`], with the faults of `campaign` (deposed leaders,
+    /// say).
+    pub fn judged_campaign(
+        &mut self,
+        seed: u64,
+        campaign: &Campaign,
+        verbose: bool,
+        label: &str,
+    ) -> (CampaignReport, Vec<String>) {
+        let report = self.campaign(seed, campaign);
         if verbose {
             eprintln!("seed {seed}: {label}, {:?}", report.events);
         }

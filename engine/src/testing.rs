@@ -297,6 +297,46 @@ pub mod scaleout {
         }
     }
 
+    /// A simulated campaign's deployment, drawn from `rng`: `scheme_for(seed)`, 2 to 4
+    /// partitions of 2 or 3 replicas (and an oracle of as many with DS-SMR), 2 client nodes,
+    /// no log trimming, the client options of [`drawn_client_options`], replicas that record
+    /// their views (for [`crate::partitioned::blueprint::check_ownership`]).
+    pub struct Drawn {
+        pub scheme: crate::partitioned::Scheme,
+        pub partitions: u32,
+        pub replicas: usize,
+        pub layout: crate::partitioned::layout::ScaleOutLayout,
+        pub client: crate::partitioned::proxy::ClientOptions,
+        pub server: crate::partitioned::ServerOptions,
+    }
+
+    pub fn drawn_deployment(seed: u64, rng: &mut rand_chacha::ChaCha8Rng) -> Drawn {
+        use crate::partitioned::layout;
+        use rand::RngExt;
+        let scheme = scheme_for(seed);
+        let partitions = rng.random_range(2..=4u32);
+        let replicas = rng.random_range(2..=3usize);
+        let tuning = groups::config::Tuning {
+            trim: false,
+            ..layout::tuning()
+        };
+        let layout = layout::ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning)
+            .expect("a valid layout");
+        let client = drawn_client_options(scheme, partitions, seed, rng);
+        let server = crate::partitioned::ServerOptions {
+            record_views: true,
+            ..crate::partitioned::ServerOptions::new(scheme)
+        };
+        Drawn {
+            scheme,
+            partitions,
+            replicas,
+            layout,
+            client,
+            server,
+        }
+    }
+
     /// Client options drawn from `rng` for a simulated campaign: retry threshold 1-4, a cache
     /// or not, moves on cached locations or only after a consult, placement guesses or not.
     pub fn drawn_client_options(

@@ -74,14 +74,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         deposes_max: 3,
         ..Campaign::default()
     };
-    let report = sim.campaign(seed, &campaign);
-    if verbose {
-        eprintln!("seed {seed}: {label}, {:?}", report.events);
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-    }
+    let (report, mut problems) = sim.judged_campaign(seed, &campaign, verbose, &label);
     let stats = sim.client_stats();
     let history = sim.history();
     problems.extend(sim.outcome_problems(&KvModel, Budget::new(2_000_000)));
@@ -110,12 +103,10 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         || label,
         || {
             format!(
-                "{} ops, {} reads off the log, {} crashes, {} pauses ({} deposed leaders)",
+                "{} ops, {} reads off the log, {}",
                 history.len(),
                 stats.reads_off_log,
-                report.crashes,
-                report.pauses,
-                report.deposed
+                report.faults()
             )
         },
     )

@@ -23,10 +23,9 @@
 
 use engine::lincheck::Budget;
 use engine::partitioned::blueprint::{check_ownership, ScaleOut};
-use engine::partitioned::layout::{self, ScaleOutLayout};
-use engine::partitioned::{Scheme, ServerOptions};
+use engine::partitioned::Scheme;
 use engine::sim::{faulty_network, verdict, Campaign, EngineSim, SimSetup, Workload};
-use engine::testing::scaleout::{drawn_client_options, scheme_for, Cmd, ObjectKv, ObjectKvModel};
+use engine::testing::scaleout::{drawn_deployment, Cmd, Drawn, ObjectKv, ObjectKvModel};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,21 +55,16 @@ fn read_heavy(keys: u64) -> Workload<Cmd> {
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5ca1_ea75);
-    let scheme = scheme_for(seed);
-    let partitions = rng.random_range(2..=4u32);
-    let replicas = rng.random_range(2..=3usize);
-    let tuning = groups::config::Tuning {
-        trim: false,
-        ..layout::tuning()
-    };
-    let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
-    let service = Arc::new(ObjectKv { preload: PRELOAD });
-    let mut client = drawn_client_options(scheme, partitions, seed, &mut rng);
+    let Drawn {
+        scheme,
+        partitions,
+        replicas,
+        layout,
+        mut client,
+        server,
+    } = drawn_deployment(seed, &mut rng);
     client.fast_reads = true;
-    let server = ServerOptions {
-        record_views: true,
-        ..ServerOptions::new(scheme)
-    };
+    let service = Arc::new(ObjectKv { preload: PRELOAD });
     let setup = SimSetup::two_by_two(seed, faulty_network(&mut rng), 60, 20_000, read_heavy(KEYS));
     let mut sim = EngineSim::new(ScaleOut::new(service, layout, client, server), setup);
     let label = format!(
@@ -81,14 +75,7 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         deposes_max: 3,
         ..Campaign::default()
     };
-    let report = sim.campaign(seed, &campaign);
-    if verbose {
-        eprintln!("seed {seed}: {label}, {:?}", report.events);
-    }
-    let mut problems = Vec::new();
-    if !report.quiet {
-        problems.push("liveness: not quiet after the faults stopped".to_string());
-    }
+    let (report, mut problems) = sim.judged_campaign(seed, &campaign, verbose, &label);
     problems.extend(check_ownership(&sim));
     let stats = sim.client_stats();
     let history = sim.history();
@@ -110,12 +97,10 @@ fn run(seed: u64, verbose: bool) -> Result<String, String> {
         || label,
         || {
             format!(
-                "{} ops, {} reads off the log ({served} served), {} crashes, {} pauses ({} deposed leaders)",
+                "{} ops, {} reads off the log ({served} served), {}",
                 history.len(),
                 stats.reads_off_log,
-                report.crashes,
-                report.pauses,
-                report.deposed
+                report.faults()
             )
         },
     )

@@ -21,9 +21,7 @@ use engine::partitioned::layout::{self, ScaleOutLayout};
 use engine::partitioned::proxy::ClientOptions;
 use engine::partitioned::{Scheme, ServerOptions};
 use engine::sim::{faulty_network, verdict, EngineSim, SimSetup};
-use engine::testing::scaleout::{
-    drawn_client_options, scheme_for, workload, Cmd, ObjectKv, ObjectKvModel,
-};
+use engine::testing::scaleout::{drawn_deployment, workload, Cmd, Drawn, ObjectKv, ObjectKvModel};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,20 +37,15 @@ static MULTI: AtomicU64 = AtomicU64::new(0);
 
 fn run(seed: u64, verbose: bool) -> Result<String, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let scheme = scheme_for(seed);
-    let partitions = rng.random_range(2..=4u32);
-    let replicas = rng.random_range(2..=3usize);
-    let tuning = groups::config::Tuning {
-        trim: false,
-        ..layout::tuning()
-    };
-    let layout = ScaleOutLayout::new(scheme, partitions, replicas, 1, 2, tuning).unwrap();
+    let Drawn {
+        scheme,
+        partitions,
+        replicas,
+        layout,
+        client,
+        server,
+    } = drawn_deployment(seed, &mut rng);
     let service = Arc::new(ObjectKv { preload: PRELOAD });
-    let client = drawn_client_options(scheme, partitions, seed, &mut rng);
-    let server = ServerOptions {
-        record_views: true,
-        ..ServerOptions::new(scheme)
-    };
     let setup = SimSetup::two_by_two(seed, faulty_network(&mut rng), 25, 20_000, workload(KEYS));
     let mut sim = EngineSim::new(
         ScaleOut::new(service, layout, client, server.clone()),
