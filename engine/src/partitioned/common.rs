@@ -1,5 +1,6 @@
 //! What partition and oracle replicas share: the [`PartitionCore`] seam the replica host drives, its [`Output`]s, and their bookkeeping.
 
+use super::attempts::AttemptTable;
 use super::msg::{CommandMsg, Exchange, Outcome, Peer, ToClient};
 use super::service::{member_mix, ObjectId, PartitionId, PartitionedService};
 use crate::checkpoint::CheckpointError;
@@ -218,25 +219,101 @@ pub(crate) fn on_peer<V: Clone + Serialize + serde::de::DeserializeOwned>(
     }
 }
 
-/// A partition replica's start: whether `node` is its partition's designated sender (the
-/// lowest member of group `me`), and the service's preloaded objects that
-/// [`PartitionedService::place`] puts at partition `me` (of `partitions`), with their digest.
-pub(crate) fn partition_start<S: PartitionedService>(
-    service: &S,
-    cfg: &ClusterConfig,
-    node: NodeId,
-    me: PartitionId,
-    partitions: u32,
-) -> (bool, BTreeMap<ObjectId, S::Value>, u64) {
-    let sender = cfg.members(GroupId(me)).iter().min() == Some(&node);
-    let mut store = BTreeMap::new();
-    let mut digest = 0;
-    for (id, v) in service.preload() {
-        if service.place(id, partitions) == me && store.insert(id, v).is_none() {
-            digest ^= member_mix(id);
+/// What every partition replica keeps, S-SMR / DS-SMR and DynaStar alike: its objects, client
+/// table, the exchanges that arrived for commands it has not finished, the deliveries it
+/// finished lately, and what it sent (for pulls), in the order their snapshots encode them
+/// (postcard encodes a nested struct as its fields in order, so a snapshot holding this is
+/// byte for byte the flat one it replaced), and the membership digest, derived from the
+/// objects and not encoded.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PartitionState<V, R> {
+    pub store: BTreeMap<ObjectId, V>,
+    pub table: AttemptTable<Outcome<R>>,
+    pub inbox: BTreeMap<MsgId, Vec<Exchange<V>>>,
+    pub finished: Recent,
+    pub outbox: Outbox<V>,
+    /// XOR of [`member_mix`] over the owned objects.
+    #[serde(skip)]
+    pub digest: u64,
+}
+
+impl<V: Clone + Serialize + serde::de::DeserializeOwned, R> PartitionState<V, R> {
+    /// A partition replica's start: whether `node` is its partition's designated sender (the
+    /// lowest member of group `me`), and its state: the service's preloaded objects that
+    /// [`PartitionedService::place`] puts at partition `me` (of `partitions`), nothing else.
+    pub fn start<S: PartitionedService<Value = V, Reply = R>>(
+        service: &S,
+        cfg: &ClusterConfig,
+        node: NodeId,
+        me: PartitionId,
+        partitions: u32,
+        outbox_max: usize,
+    ) -> (bool, Self) {
+        let sender = cfg.members(GroupId(me)).iter().min() == Some(&node);
+        let mut st = PartitionState {
+            store: BTreeMap::new(),
+            table: AttemptTable::default(),
+            inbox: BTreeMap::new(),
+            finished: Recent::new(outbox_max),
+            outbox: Outbox::new(outbox_max),
+            digest: 0,
+        };
+        for (id, v) in service.preload() {
+            if service.place(id, partitions) == me {
+                st.own(id, v);
+            }
+        }
+        (sender, st)
+    }
+
+    /// The state decoded from a snapshot, with its digest computed again.
+    pub fn restored(mut self) -> Self {
+        self.digest = self.store.keys().fold(0, |d, id| d ^ member_mix(*id));
+        self
+    }
+
+    /// Takes in object `id` with value `v`; false if it was owned already (the value is
+    /// replaced: a broken single-ownership invariant, which the caller reports).
+    pub fn own(&mut self, id: ObjectId, v: V) -> bool {
+        if self.store.insert(id, v).is_some() {
+            return false;
+        }
+        self.digest ^= member_mix(id);
+        true
+    }
+
+    /// Gives object `id` up, if owned.
+    pub fn disown(&mut self, id: ObjectId) -> Option<V> {
+        let v = self.store.remove(&id);
+        if v.is_some() {
+            self.digest ^= member_mix(id);
+        }
+        v
+    }
+
+    /// Keeps exchange `ex` for its delivery, unless that delivery is finished or the slot it
+    /// fills is taken (a duplicate copy).
+    pub fn keep_exchange(&mut self, ex: Exchange<V>) {
+        let msg = ex.msg();
+        if self.finished.contains(&msg) {
+            return;
+        }
+        let slot = self.inbox.entry(msg).or_default();
+        if !slot.iter().any(|e| super::server::same_slot(e, &ex)) {
+            slot.push(ex);
         }
     }
-    (sender, store, digest)
+
+    /// A message from another replica of partition `me`: see [`on_peer`].
+    pub fn peer(
+        &self,
+        payload: &[u8],
+        me: PartitionId,
+        out: &mut Vec<Output>,
+        answered: &mut u64,
+    ) -> Option<Exchange<V>> {
+        on_peer(payload, me, &self.outbox, out, answered)
+    }
 }
 
 /// Decodes a core's snapshot; `what` names it in the error ("partition snapshot").
@@ -417,3 +494,50 @@ macro_rules! partition_core {
     };
 }
 pub(crate) use partition_core;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partitioned::layout::{self, ScaleOutLayout};
+    use crate::partitioned::Scheme;
+    use crate::testing::scaleout::{ObjectKv, Reply};
+    use crate::wire;
+
+    /// Checkpoints written before the state was one struct hold its fields flat, in order: a
+    /// nested struct must encode exactly as those fields did.
+    #[test]
+    fn the_shared_state_encodes_as_its_fields_in_order_and_restores_its_digest() {
+        let l = ScaleOutLayout::new(Scheme::Dssmr, 2, 3, 1, 1, layout::tuning()).unwrap();
+        let service = ObjectKv { preload: 10 };
+        let (sender, mut st): (bool, PartitionState<i64, Reply>) =
+            PartitionState::start(&service, &l.config, NodeId(1), 0, 2, 16);
+        assert!(sender, "the lowest member sends");
+        assert!(!st.own(0, 5), "preloaded object 0 is owned already");
+        assert!(st.own(101, 7));
+        assert_eq!(st.disown(2), Some(crate::testing::scaleout::INITIAL));
+        st.keep_exchange(Exchange::MoveValue {
+            msg: MsgId {
+                sender: NodeId(3),
+                epoch: 1,
+                seq: 9,
+            },
+            value: Some(4),
+        });
+        let mut flat = wire::encode(&st.store);
+        for part in [
+            wire::encode(&st.table),
+            wire::encode(&st.inbox),
+            wire::encode(&st.finished),
+            wire::encode(&st.outbox),
+        ] {
+            flat.extend(part);
+        }
+        let bytes = wire::encode(&st);
+        assert_eq!(bytes, flat);
+        let back: PartitionState<i64, Reply> = wire::decode::<PartitionState<i64, Reply>>(&bytes)
+            .unwrap()
+            .restored();
+        assert_eq!(back.digest, st.digest);
+        assert_eq!(back.store, st.store);
+    }
+}

@@ -36,15 +36,13 @@
 //! per partition can drive it the same way.
 
 use super::attempts::{AttemptTable, Seen};
+use super::common::Output;
 use super::common::{
-    check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot, on_peer,
-    partition_core, partition_start, reply_to,
+    check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot,
+    partition_core, reply_to, PartitionState,
 };
-use super::common::{Outbox, Output, Recent};
 use super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer};
-use super::service::{
-    member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
-};
+use super::service::{value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService};
 use super::{Scheme, ServerOptions};
 use crate::checkpoint::CheckpointError;
 use crate::hash::Fnv64;
@@ -189,11 +187,7 @@ struct Item<C> {
 #[derive(Deserialize)]
 struct Snapshot<V, R> {
     partition: PartitionId,
-    store: BTreeMap<ObjectId, V>,
-    table: AttemptTable<Outcome<R>>,
-    inbox: BTreeMap<MsgId, Vec<Exchange<V>>>,
-    finished: Recent,
-    outbox: Outbox<V>,
+    state: PartitionState<V, R>,
     stats: ServerStats,
     views: Vec<(MsgId, u64)>,
     /// The state hash when it was taken (checked on restore).
@@ -204,11 +198,7 @@ struct Snapshot<V, R> {
 #[derive(Serialize)]
 struct SnapshotRef<'a, V, R> {
     partition: PartitionId,
-    store: &'a BTreeMap<ObjectId, V>,
-    table: &'a AttemptTable<Outcome<R>>,
-    inbox: &'a BTreeMap<MsgId, Vec<Exchange<V>>>,
-    finished: &'a Recent,
-    outbox: &'a Outbox<V>,
+    state: &'a PartitionState<V, R>,
     stats: &'a ServerStats,
     views: &'a [(MsgId, u64)],
     hash: u64,
@@ -230,13 +220,9 @@ pub struct PartitionServer<S: PartitionedService> {
     partitions: u32,
     /// Whether this replica sends the partition's exchanges.
     sender: bool,
-    store: BTreeMap<ObjectId, S::Value>,
-    digest: u64,
-    table: AttemptTable<Outcome<S::Reply>>,
+    /// Objects, client table, exchanges, finished deliveries, outbox, digest.
+    st: PartitionState<S::Value, S::Reply>,
     queue: VecDeque<Item<S::Command>>,
-    inbox: BTreeMap<MsgId, Vec<Exchange<S::Value>>>,
-    finished: Recent,
-    outbox: Outbox<S::Value>,
     /// The delivery the head waits on, since when, last pull.
     blocked: Option<(MsgId, Vec<GroupId>, u64, u64)>,
     now: u64,
@@ -259,10 +245,10 @@ impl<S: PartitionedService> PartitionServer<S> {
         partitions: u32,
         opts: ServerOptions,
     ) -> Self {
-        let (sender, store, digest) = partition_start(&*service, &cfg, node, me, partitions);
+        let (sender, st) =
+            PartitionState::start(&*service, &cfg, node, me, partitions, opts.outbox_max);
         PartitionServer {
-            outbox: Outbox::new(opts.outbox_max),
-            finished: Recent::new(opts.outbox_max),
+            st,
             service,
             opts,
             cfg,
@@ -270,11 +256,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             node,
             partitions,
             sender,
-            store,
-            digest,
-            table: AttemptTable::default(),
             queue: VecDeque::new(),
-            inbox: BTreeMap::new(),
             blocked: None,
             now: 0,
             out: Vec::new(),
@@ -298,12 +280,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         let snap: Snapshot<S::Value, S::Reply> = decode_snapshot(bytes, "partition snapshot")?;
         check_partition_snapshot(snap.partition, me)?;
         let mut s = Self::new(service, cfg, node, me, partitions, opts);
-        s.digest = snap.store.keys().fold(0, |d, id| d ^ member_mix(*id));
-        s.store = snap.store;
-        s.table = snap.table;
-        s.inbox = snap.inbox;
-        s.finished = snap.finished;
-        s.outbox = snap.outbox;
+        s.st = snap.state.restored();
         s.stats = snap.stats;
         s.views = snap.views;
         check_restored_hash(s.state_hash(), snap.hash)?;
@@ -315,11 +292,7 @@ impl<S: PartitionedService> PartitionServer<S> {
     pub fn snapshot(&self) -> Vec<u8> {
         let snap = SnapshotRef {
             partition: self.me,
-            store: &self.store,
-            table: &self.table,
-            inbox: &self.inbox,
-            finished: &self.finished,
-            outbox: &self.outbox,
+            state: &self.st,
             stats: &self.stats,
             views: &self.views,
             hash: self.state_hash(),
@@ -389,24 +362,17 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     /// A point-to-point message from another replica.
     pub fn peer(&mut self, payload: &[u8]) {
-        let (outbox, out, answered) = (&self.outbox, &mut self.out, &mut self.stats.pulls_answered);
-        if let Some(ex) = on_peer(payload, self.me, outbox, out, answered) {
+        let answered = &mut self.stats.pulls_answered;
+        if let Some(ex) = self.st.peer(payload, self.me, &mut self.out, answered) {
             self.on_exchange(ex);
         }
     }
 
     fn on_exchange(&mut self, ex: Exchange<S::Value>) {
-        let msg = ex.msg();
         // A partition's own values come back in answers to pulls from a replica that holds
         // several cells' exchanges for one delivery (combined mode): not an exchange to use.
-        if self.finished.contains(&msg)
-            || matches!(&ex, Exchange::Values { from, .. } if *from == self.me)
-        {
-            return;
-        }
-        let slot = self.inbox.entry(msg).or_default();
-        if !slot.iter().any(|e| same_slot(e, &ex)) {
-            slot.push(ex);
+        if !matches!(&ex, Exchange::Values { from, .. } if *from == self.me) {
+            self.st.keep_exchange(ex);
         }
     }
 
@@ -444,8 +410,8 @@ impl<S: PartitionedService> PartitionServer<S> {
             match self.handle(&mut item) {
                 Step::Done => {
                     self.stats.handled += 1;
-                    self.finished.insert(item.id);
-                    self.inbox.remove(&item.id);
+                    self.st.finished.insert(item.id);
+                    self.st.inbox.remove(&item.id);
                     self.blocked = None;
                 }
                 Step::Blocked(groups) => {
@@ -489,16 +455,16 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     /// The objects this replica owns.
     pub fn objects(&self) -> impl Iterator<Item = (ObjectId, &S::Value)> + '_ {
-        self.store.iter().map(|(k, v)| (*k, v))
+        self.st.store.iter().map(|(k, v)| (*k, v))
     }
 
     pub fn owns(&self, id: ObjectId) -> bool {
-        self.store.contains_key(&id)
+        self.st.store.contains_key(&id)
     }
 
     /// The membership digest (XOR of [`member_mix`] over owned objects).
     pub fn digest(&self) -> u64 {
-        self.digest
+        self.st.digest
     }
 
     /// The membership digest after each membership change, by delivery (when
@@ -511,37 +477,31 @@ impl<S: PartitionedService> PartitionServer<S> {
     pub fn state_hash(&self) -> u64 {
         let mut h = Fnv64::new();
         h.word(u64::from(self.me));
-        for (k, v) in &self.store {
+        for (k, v) in &self.st.store {
             h.word(*k).word(value_hash(v));
         }
-        h.get() ^ self.table.digest().rotate_left(17)
+        h.get() ^ self.st.table.digest().rotate_left(17)
     }
 
     fn view(&mut self, id: MsgId) {
         if self.opts.record_views {
-            self.views.push((id, self.digest));
+            self.views.push((id, self.st.digest));
         }
     }
 
     fn own(&mut self, id: ObjectId, v: S::Value) {
-        if self.store.insert(id, v).is_some() {
+        if !self.st.own(id, v) {
             self.stats.double_owned += 1;
             tracing::error!(
                 partition = self.me,
                 object = id,
                 "object arrived at a partition that owns it"
             );
-        } else {
-            self.digest ^= member_mix(id);
         }
     }
 
     fn disown(&mut self, id: ObjectId) -> Option<S::Value> {
-        let v = self.store.remove(&id);
-        if v.is_some() {
-            self.digest ^= member_mix(id);
-        }
-        v
+        self.st.disown(id)
     }
 
     fn reply(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>) {
@@ -549,7 +509,7 @@ impl<S: PartitionedService> PartitionServer<S> {
     }
 
     fn finish(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>, answers: bool) {
-        let (table, out, stats) = (&mut self.table, &mut self.out, &mut self.stats);
+        let (table, out, stats) = (&mut self.st.table, &mut self.out, &mut self.stats);
         finish_command(table, out, stats, c, outcome, answers);
     }
 
@@ -587,6 +547,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             }
             let ex = Exchange::MoveValue { msg: id, value };
             if let Some(o) = self
+                .st
                 .outbox
                 .put(GroupSet::singleton(GroupId(to)), ex, self.sender)
             {
@@ -595,7 +556,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             self.view(id);
             Step::Done
         } else if self.me == to {
-            let Some(slot) = self.inbox.get_mut(&id) else {
+            let Some(slot) = self.st.inbox.get_mut(&id) else {
                 return Step::Blocked(vec![GroupId(from)]);
             };
             let Some(i) = slot
@@ -684,7 +645,7 @@ impl<S: PartitionedService> PartitionServer<S> {
             return self.on_verdict(id, c);
         }
         if let Phase::Fresh = phase {
-            match self.table.check(c.client, c.seq, c.attempt, c.floor) {
+            match self.st.table.check(c.client, c.seq, c.attempt, c.floor) {
                 Seen::New => {}
                 Seen::Again(o) => {
                     self.stats.duplicates += 1;
@@ -714,7 +675,7 @@ impl<S: PartitionedService> PartitionServer<S> {
                 Kind::Access(objects) => {
                     let values: Vec<(ObjectId, S::Value)> = objects
                         .iter()
-                        .filter_map(|o| self.store.get(o).map(|v| (*o, v.clone())))
+                        .filter_map(|o| self.st.store.get(o).map(|v| (*o, v.clone())))
                         .collect();
                     let others: GroupSet = c
                         .partitions
@@ -728,13 +689,13 @@ impl<S: PartitionedService> PartitionServer<S> {
                             from: self.me,
                             values,
                         };
-                        if let Some(o) = self.outbox.put(others, ex, self.sender) {
+                        if let Some(o) = self.st.outbox.put(others, ex, self.sender) {
                             self.out.push(o);
                         }
                     }
                 }
                 Kind::Create(object) if !dssmr => {
-                    let outcome = if self.store.contains_key(object) {
+                    let outcome = if self.st.store.contains_key(object) {
                         Outcome::AlreadyExists
                     } else {
                         self.own(*object, self.service.initial(&cmd));
@@ -761,7 +722,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         // Waiting for exchanges.
         match &c.kind {
             Kind::Access(objects) => {
-                let slot = self.inbox.get(&id);
+                let slot = self.st.inbox.get(&id);
                 let missing: Vec<GroupId> = c
                     .partitions
                     .iter()
@@ -777,7 +738,7 @@ impl<S: PartitionedService> PartitionServer<S> {
                 if !missing.is_empty() {
                     return Step::Blocked(missing);
                 }
-                let received = self.inbox.remove(&id).unwrap_or_default();
+                let received = self.st.inbox.remove(&id).unwrap_or_default();
                 let cmd = command.take().expect("validated");
                 let outcome = self.multi(&cmd, objects, received);
                 self.stats.multi += 1;
@@ -793,7 +754,7 @@ impl<S: PartitionedService> PartitionServer<S> {
 
     /// DS-SMR creates and deletes: wait for the oracle's verdict on this copy and follow it.
     fn on_verdict(&mut self, id: MsgId, c: &CommandMsg) -> Step {
-        let verdict = self.inbox.get(&id).and_then(|s| {
+        let verdict = self.st.inbox.get(&id).and_then(|s| {
             s.iter().find_map(|e| match e {
                 Exchange::Verdict { apply, .. } => Some(*apply),
                 _ => None,
@@ -856,7 +817,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         }
         let mut items = Vec::with_capacity(objects.len());
         for o in objects {
-            match self.store.get(o) {
+            match self.st.store.get(o) {
                 Some(v) => items.push((*o, v.clone())),
                 // DS-SMR: not here (a stale cache, or a move): ordered, the oracle knows.
                 None if self.opts.scheme == Scheme::Dssmr => return Outcome::Retry,
@@ -869,7 +830,7 @@ impl<S: PartitionedService> PartitionServer<S> {
     }
 
     fn single(&mut self, cmd: &S::Command, objects: &[ObjectId], dssmr: bool) -> Outcome<S::Reply> {
-        if objects.iter().any(|o| !self.store.contains_key(o)) {
+        if objects.iter().any(|o| !self.st.store.contains_key(o)) {
             return if dssmr {
                 Outcome::Retry
             } else {
@@ -878,12 +839,12 @@ impl<S: PartitionedService> PartitionServer<S> {
         }
         let mut items: Vec<(ObjectId, S::Value)> = objects
             .iter()
-            .map(|o| (*o, self.store.remove(o).expect("checked")))
+            .map(|o| (*o, self.st.store.remove(o).expect("checked")))
             .collect();
         let result = self.service.execute(cmd, &mut Objects::new(&mut items));
         self.stats.objects += items.len() as u64;
         for (o, v) in items {
-            self.store.insert(o, v);
+            self.st.store.insert(o, v);
         }
         self.stats.single += 1;
         gather_outcome(result, objects)
@@ -897,7 +858,7 @@ impl<S: PartitionedService> PartitionServer<S> {
     ) -> Outcome<S::Reply> {
         let mut all: BTreeMap<ObjectId, S::Value> = objects
             .iter()
-            .filter_map(|o| self.store.get(o).map(|v| (*o, v.clone())))
+            .filter_map(|o| self.st.store.get(o).map(|v| (*o, v.clone())))
             .collect();
         for ex in received {
             if let Exchange::Values { values, .. } = ex {
@@ -920,7 +881,7 @@ impl<S: PartitionedService> PartitionServer<S> {
         self.stats.objects += items.len() as u64;
         if result.is_ok() {
             for (o, v) in items {
-                if let Some(slot) = self.store.get_mut(&o) {
+                if let Some(slot) = self.st.store.get_mut(&o) {
                     *slot = v;
                 }
             }

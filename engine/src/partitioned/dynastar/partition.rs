@@ -36,16 +36,14 @@
 //! replicas. The designated replica also collects hints (objects executed together) and
 //! multicasts them to the oracle every `hint_ticks`.
 
-use super::super::attempts::{AttemptTable, Seen};
+use super::super::attempts::Seen;
 use super::super::common::{
-    check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot, on_peer,
-    partition_core, partition_start, reply_to, Outbox, Output, Recent,
+    check_partition_snapshot, check_restored_hash, decode_exchange, decode_snapshot,
+    partition_core, reply_to, Output, PartitionState,
 };
 use super::super::msg::{CommandMsg, Exchange, Multicast, Outcome, Peer, PlanChunk};
-use super::super::server::{finish_command, gather_outcome, same_slot, ServerStats};
-use super::super::service::{
-    member_mix, value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService,
-};
+use super::super::server::{finish_command, gather_outcome, ServerStats};
+use super::super::service::{value_hash, Kind, ObjectId, Objects, PartitionId, PartitionedService};
 use super::super::ServerOptions;
 use super::workload::HintBuffer;
 use crate::checkpoint::CheckpointError;
@@ -114,11 +112,7 @@ enum Step {
 #[derive(Deserialize)]
 struct Snapshot<V, R> {
     partition: PartitionId,
-    store: BTreeMap<ObjectId, V>,
-    table: AttemptTable<Outcome<R>>,
-    inbox: BTreeMap<MsgId, Vec<Exchange<V>>>,
-    finished: Recent,
-    outbox: Outbox<V>,
+    state: PartitionState<V, R>,
     stats: ServerStats,
     applied: (u64, BTreeSet<u32>),
     views: Vec<(MsgId, ObjectId, bool)>,
@@ -128,11 +122,7 @@ struct Snapshot<V, R> {
 #[derive(Serialize)]
 struct SnapshotRef<'a, V, R> {
     partition: PartitionId,
-    store: &'a BTreeMap<ObjectId, V>,
-    table: &'a AttemptTable<Outcome<R>>,
-    inbox: &'a BTreeMap<MsgId, Vec<Exchange<V>>>,
-    finished: &'a Recent,
-    outbox: &'a Outbox<V>,
+    state: &'a PartitionState<V, R>,
     stats: &'a ServerStats,
     applied: &'a (u64, BTreeSet<u32>),
     views: &'a [(MsgId, ObjectId, bool)],
@@ -148,17 +138,13 @@ pub struct DynaPartition<S: PartitionedService> {
     node: NodeId,
     partitions: u32,
     sender: bool,
-    store: BTreeMap<ObjectId, S::Value>,
-    digest: u64,
-    table: AttemptTable<Outcome<S::Reply>>,
+    /// Objects, client table, exchanges, finished deliveries, outbox, digest.
+    st: PartitionState<S::Value, S::Reply>,
     queue: VecDeque<Item<S::Command>>,
     /// For every object claimed by a queued item, the queued claimants' `seq` in delivery
     /// order (derived from `queue`; an item may start when it is the front of every claim's).
     claimants: FxHashMap<ObjectId, VecDeque<u64>>,
     pushed: u64,
-    inbox: BTreeMap<MsgId, Vec<Exchange<S::Value>>>,
-    finished: Recent,
-    outbox: Outbox<S::Value>,
     /// The latest placement epoch delivered and the chunks of it delivered.
     applied: (u64, BTreeSet<u32>),
     hints: HintBuffer,
@@ -182,10 +168,10 @@ impl<S: PartitionedService> DynaPartition<S> {
         partitions: u32,
         opts: ServerOptions,
     ) -> Self {
-        let (sender, store, digest) = partition_start(&*service, &cfg, node, me, partitions);
+        let (sender, st) =
+            PartitionState::start(&*service, &cfg, node, me, partitions, opts.outbox_max);
         DynaPartition {
-            outbox: Outbox::new(opts.outbox_max),
-            finished: Recent::new(opts.outbox_max),
+            st,
             hints: HintBuffer::new(opts.dynastar.hint_entries_max),
             service,
             opts,
@@ -194,13 +180,9 @@ impl<S: PartitionedService> DynaPartition<S> {
             node,
             partitions,
             sender,
-            store,
-            digest,
-            table: AttemptTable::default(),
             queue: VecDeque::new(),
             claimants: FxHashMap::default(),
             pushed: 0,
-            inbox: BTreeMap::new(),
             applied: (0, BTreeSet::new()),
             last_hints: 0,
             now: 0,
@@ -225,12 +207,7 @@ impl<S: PartitionedService> DynaPartition<S> {
             decode_snapshot(bytes, "dynastar partition snapshot")?;
         check_partition_snapshot(snap.partition, me)?;
         let mut s = Self::new(service, cfg, node, me, partitions, opts);
-        s.digest = snap.store.keys().fold(0, |d, id| d ^ member_mix(*id));
-        s.store = snap.store;
-        s.table = snap.table;
-        s.inbox = snap.inbox;
-        s.finished = snap.finished;
-        s.outbox = snap.outbox;
+        s.st = snap.state.restored();
         s.stats = snap.stats;
         s.applied = snap.applied;
         s.views = snap.views;
@@ -243,11 +220,7 @@ impl<S: PartitionedService> DynaPartition<S> {
     pub fn snapshot(&self) -> Vec<u8> {
         wire::encode(&SnapshotRef {
             partition: self.me,
-            store: &self.store,
-            table: &self.table,
-            inbox: &self.inbox,
-            finished: &self.finished,
-            outbox: &self.outbox,
+            state: &self.st,
             stats: &self.stats,
             applied: &self.applied,
             views: &self.views,
@@ -265,11 +238,11 @@ impl<S: PartitionedService> DynaPartition<S> {
     }
 
     pub fn objects(&self) -> impl Iterator<Item = (ObjectId, &S::Value)> + '_ {
-        self.store.iter().map(|(k, v)| (*k, v))
+        self.st.store.iter().map(|(k, v)| (*k, v))
     }
 
     pub fn owns(&self, id: ObjectId) -> bool {
-        self.store.contains_key(&id)
+        self.st.store.contains_key(&id)
     }
 
     /// Every ownership change, by delivery (when `record_views`).
@@ -295,12 +268,12 @@ impl<S: PartitionedService> DynaPartition<S> {
     /// already written record this hash, so it stays.
     pub fn state_hash(&self) -> u64 {
         let mut h: u64 = crate::hash::FNV_OFFSET ^ u64::from(self.me);
-        for (k, v) in &self.store {
+        for (k, v) in &self.st.store {
             for x in [*k, value_hash(v)] {
                 h = (h ^ x).wrapping_mul(crate::hash::FNV_PRIME);
             }
         }
-        h ^ self.table.digest().rotate_left(17)
+        h ^ self.st.table.digest().rotate_left(17)
     }
 
     pub fn mark_checkpoint(&mut self, round: u64) {
@@ -398,8 +371,8 @@ impl<S: PartitionedService> DynaPartition<S> {
 
     /// A point-to-point message from another replica.
     pub fn peer(&mut self, payload: &[u8]) {
-        let (outbox, out, answered) = (&self.outbox, &mut self.out, &mut self.stats.pulls_answered);
-        if let Some(ex) = on_peer(payload, self.me, outbox, out, answered) {
+        let answered = &mut self.stats.pulls_answered;
+        if let Some(ex) = self.st.peer(payload, self.me, &mut self.out, answered) {
             self.on_exchange(ex);
         }
     }
@@ -412,14 +385,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 return;
             }
         }
-        let msg = ex.msg();
-        if self.finished.contains(&msg) {
-            return;
-        }
-        let slot = self.inbox.entry(msg).or_default();
-        if !slot.iter().any(|e| same_slot(e, &ex)) {
-            slot.push(ex);
-        }
+        self.st.keep_exchange(ex);
     }
 
     /// Advances time: pulls what items have waited for too long; sends hints when due.
@@ -539,8 +505,8 @@ impl<S: PartitionedService> DynaPartition<S> {
     fn done(&mut self, item: &Item<S::Command>) {
         self.release(item);
         self.stats.handled += 1;
-        self.finished.insert(item.id);
-        self.inbox.remove(&item.id);
+        self.st.finished.insert(item.id);
+        self.st.inbox.remove(&item.id);
     }
 
     /// Admission, in delivery order: the client table and validation. Returns whether the
@@ -551,7 +517,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 let c = cmd.clone();
                 let answers = *target == self.me;
                 item.answers = answers;
-                match self.table.check(c.client, c.seq, c.attempt, c.floor) {
+                match self.st.table.check(c.client, c.seq, c.attempt, c.floor) {
                     Seen::New => {}
                     Seen::Again(o) => {
                         self.stats.duplicates += 1;
@@ -566,7 +532,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                     }
                 }
                 // In progress: a copy delivered before this one finishes is a duplicate.
-                self.table.record(c.client, c.seq, c.attempt, None);
+                self.st.table.record(c.client, c.seq, c.attempt, None);
                 match self.validate(&c, *target) {
                     Ok(command) => {
                         item.command = Some(command);
@@ -650,6 +616,7 @@ impl<S: PartitionedService> DynaPartition<S> {
 
     fn send_exchange(&mut self, to: PartitionId, ex: Exchange<S::Value>) {
         if let Some(o) = self
+            .st
             .outbox
             .put(GroupSet::singleton(GroupId(to)), ex, self.sender)
         {
@@ -669,7 +636,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 .kind
                 .objects()
                 .iter()
-                .filter_map(|o| self.store.get(o).map(|v| (*o, v.clone())))
+                .filter_map(|o| self.st.store.get(o).map(|v| (*o, v.clone())))
                 .collect();
             self.stats.lent += values.len() as u64;
             self.send_exchange(
@@ -682,7 +649,7 @@ impl<S: PartitionedService> DynaPartition<S> {
             );
             item.phase = Phase::Waiting;
         }
-        let returned = self.inbox.get_mut(&id).and_then(|slot| {
+        let returned = self.st.inbox.get_mut(&id).and_then(|slot| {
             let i = slot
                 .iter()
                 .position(|e| matches!(e, Exchange::Return { to, .. } if *to == self.me))?;
@@ -692,7 +659,7 @@ impl<S: PartitionedService> DynaPartition<S> {
             return Step::Wait(vec![GroupId(target)]);
         };
         for (o, v) in values {
-            match self.store.get_mut(&o) {
+            match self.st.store.get_mut(&o) {
                 Some(slot) => *slot = v,
                 None => {
                     self.stats.double_owned += 1;
@@ -704,7 +671,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 }
             }
         }
-        self.table.record(c.client, c.seq, c.attempt, None);
+        self.st.table.record(c.client, c.seq, c.attempt, None);
         Step::Done
     }
 
@@ -717,16 +684,16 @@ impl<S: PartitionedService> DynaPartition<S> {
             .filter(|p| *p != self.me)
             .collect();
         if lenders.is_empty() {
-            let outcome = if objects.iter().all(|o| self.store.contains_key(o)) {
+            let outcome = if objects.iter().all(|o| self.st.store.contains_key(o)) {
                 let mut items: Vec<(ObjectId, S::Value)> = objects
                     .iter()
-                    .map(|o| (*o, self.store.remove(o).expect("checked")))
+                    .map(|o| (*o, self.st.store.remove(o).expect("checked")))
                     .collect();
                 let result = self.service.execute(cmd, &mut Objects::new(&mut items));
                 self.stats.objects += items.len() as u64;
                 self.stats.single += 1;
                 for (o, v) in items {
-                    self.store.insert(o, v);
+                    self.st.store.insert(o, v);
                 }
                 self.record_hints(cmd, &objects, &result);
                 gather_outcome(result, &objects)
@@ -736,7 +703,7 @@ impl<S: PartitionedService> DynaPartition<S> {
             self.finish(c, outcome, true);
             return Step::Done;
         }
-        let slot = self.inbox.get(&id);
+        let slot = self.st.inbox.get(&id);
         let missing: Vec<GroupId> = lenders
             .iter()
             .filter(|p| {
@@ -750,11 +717,11 @@ impl<S: PartitionedService> DynaPartition<S> {
         if !missing.is_empty() {
             return Step::Wait(missing);
         }
-        let lends = self.inbox.remove(&id).unwrap_or_default();
+        let lends = self.st.inbox.remove(&id).unwrap_or_default();
         // Every object with where it came from (None: this partition).
         let mut all: BTreeMap<ObjectId, (Option<PartitionId>, S::Value)> = objects
             .iter()
-            .filter_map(|o| self.store.get(o).map(|v| (*o, (None, v.clone()))))
+            .filter_map(|o| self.st.store.get(o).map(|v| (*o, (None, v.clone()))))
             .collect();
         let mut returns: BTreeMap<PartitionId, Vec<(ObjectId, S::Value)>> =
             lenders.iter().map(|p| (*p, Vec::new())).collect();
@@ -785,7 +752,7 @@ impl<S: PartitionedService> DynaPartition<S> {
                 match from {
                     Some(p) => returns.entry(p).or_default().push((o, v)),
                     None if ok => {
-                        self.store.insert(o, v);
+                        self.st.store.insert(o, v);
                     }
                     None => {}
                 }
@@ -815,7 +782,7 @@ impl<S: PartitionedService> DynaPartition<S> {
     }
 
     fn verdict_step(&mut self, id: MsgId, c: &CommandMsg) -> Step {
-        let verdict = self.inbox.get(&id).and_then(|s| {
+        let verdict = self.st.inbox.get(&id).and_then(|s| {
             s.iter().find_map(|e| match e {
                 Exchange::Verdict { apply, .. } => Some(*apply),
                 _ => None,
@@ -887,7 +854,7 @@ impl<S: PartitionedService> DynaPartition<S> {
             .filter(|(_, from, to)| *to == self.me && *from != *to && valid(*from))
             .map(|(_, from, _)| *from)
             .collect();
-        let slot = self.inbox.get(&id);
+        let slot = self.st.inbox.get(&id);
         let missing: Vec<GroupId> = senders
             .iter()
             .filter(|p| {
@@ -901,7 +868,7 @@ impl<S: PartitionedService> DynaPartition<S> {
         if !missing.is_empty() {
             return Step::Wait(missing);
         }
-        let transfers = self.inbox.remove(&id).unwrap_or_default();
+        let transfers = self.st.inbox.remove(&id).unwrap_or_default();
         for ex in transfers {
             if let Exchange::Transfer { values, from, .. } = ex {
                 for (o, v) in values {
@@ -927,28 +894,22 @@ impl<S: PartitionedService> DynaPartition<S> {
     }
 
     fn own(&mut self, msg: MsgId, id: ObjectId, v: S::Value) {
-        if self.store.insert(id, v).is_some() {
+        if !self.st.own(id, v) {
             self.stats.double_owned += 1;
             tracing::error!(
                 partition = self.me,
                 object = id,
                 "object arrived at a partition that owns it"
             );
-        } else {
-            self.digest ^= member_mix(id);
-            if self.opts.record_views {
-                self.views.push((msg, id, true));
-            }
+        } else if self.opts.record_views {
+            self.views.push((msg, id, true));
         }
     }
 
     fn disown(&mut self, msg: MsgId, id: ObjectId) -> Option<S::Value> {
-        let v = self.store.remove(&id);
-        if v.is_some() {
-            self.digest ^= member_mix(id);
-            if self.opts.record_views {
-                self.views.push((msg, id, false));
-            }
+        let v = self.st.disown(id);
+        if v.is_some() && self.opts.record_views {
+            self.views.push((msg, id, false));
         }
         v
     }
@@ -989,7 +950,7 @@ impl<S: PartitionedService> DynaPartition<S> {
     }
 
     fn finish(&mut self, c: &CommandMsg, outcome: Outcome<S::Reply>, answers: bool) {
-        let (table, out, stats) = (&mut self.table, &mut self.out, &mut self.stats);
+        let (table, out, stats) = (&mut self.st.table, &mut self.out, &mut self.stats);
         finish_command(table, out, stats, c, outcome, answers);
     }
 
