@@ -285,10 +285,10 @@ impl<S: PartitionedService> ScaleOutClient<S> {
         }
     }
 
-    /// The replica of partition `q` the `tries`-th send of a read goes to.
-    fn reader(&self, q: PartitionId, tries: u32) -> NodeId {
-        let r = &self.replicas[q as usize];
-        r[(self.id.index() as usize).wrapping_add(tries as usize) % r.len()]
+    /// The replica of partition `q` that client `id`'s `tries`-th send of a read goes to.
+    fn reader(replicas: &[Vec<NodeId>], id: ClientId, q: PartitionId, tries: u32) -> NodeId {
+        let r = &replicas[q as usize];
+        r[(id.index() as usize).wrapping_add(tries as usize) % r.len()]
     }
 
     /// Sends the read `seq` to a replica of `q`.
@@ -305,12 +305,12 @@ impl<S: PartitionedService> ScaleOutClient<S> {
             command: Bytes::from(wire::encode(&p.command)),
         };
         let payload = AppMsg::read(&msg);
-        self.sends.push((self.reader(q, 0), payload.clone()));
+        let to = Self::reader(&self.replicas, self.id, q, 0);
+        self.sends.push((to, payload.clone()));
         self.stats.reads_off_log += 1;
         let now = self.now;
         let p = self.pending.get_mut(&seq).expect("pending");
         p.phase = Phase::Reading(q);
-        p.dests = GroupSet::singleton(GroupId(q));
         p.payload = payload;
         p.sent_at = now;
         p.tries = 0;
@@ -673,22 +673,20 @@ impl<S: PartitionedService> Proxy for ScaleOutClient<S> {
     fn tick(&mut self, now: u64) {
         self.now = now;
         let base = self.o.resend_ticks;
-        let mut reads = Vec::new();
-        for (seq, p) in self.pending.iter_mut() {
+        for p in self.pending.values_mut() {
             if now >= p.sent_at + (base << p.tries.min(5)) {
                 p.sent_at = now;
                 p.tries += 1;
                 match p.phase {
                     // An unanswered read goes to the partition's next replica.
-                    Phase::Reading(q) => reads.push((*seq, q, p.tries)),
+                    Phase::Reading(q) => {
+                        let to = Self::reader(&self.replicas, self.id, q, p.tries);
+                        self.sends.push((to, p.payload.clone()));
+                    }
                     _ => self.out.push((p.dests.clone(), p.payload.clone())),
                 }
                 self.stats.resends += 1;
             }
-        }
-        for (seq, q, tries) in reads {
-            let to = self.reader(q, tries);
-            self.sends.push((to, self.pending[&seq].payload.clone()));
         }
     }
 

@@ -153,18 +153,15 @@ impl<C: PartitionCore> PartitionedCore<C> {
         self.reads.served
     }
 
-    /// Reads off the log waiting for their read index or for this replica to reach it.
-    pub fn reads_waiting(&self) -> usize {
-        self.reads.waiting()
-    }
-
-    fn deliver(server: &mut C, reads: &mut Reads, d: &Delivery) {
+    /// Hands delivery `d` to the core; with `reads` (a replica that serves reads off the log),
+    /// records where it came from if the core queued it.
+    fn deliver(server: &mut C, reads: Option<&mut Reads>, d: &Delivery) {
         match FeedMsg::parse(&d.msg.payload) {
             Ok(FeedMsg::Command(body)) => {
                 let body = d.msg.payload.slice_ref(body);
                 let before = server.backlog();
                 server.deliver_to(d.msg.id, &d.msg.dests, body);
-                if server.backlog() > before {
+                if let Some(reads) = reads.filter(|_| server.backlog() > before) {
                     reads.queued(Some((d.log, d.index)));
                 }
             }
@@ -192,6 +189,7 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
             }
         }
         let groups = m.groups;
+        let serves = self.server.serves_reads();
         loop {
             let stopped = m.merger.poll_until(&mut m.merged, |msg| {
                 crate::checkpoint::round_of(msg, groups).is_some()
@@ -205,12 +203,15 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
                         m.marks.insert(round, m.merger.state());
                         let before = self.server.backlog();
                         self.server.mark_checkpoint(round);
-                        if self.server.backlog() > before {
+                        if serves && self.server.backlog() > before {
                             self.reads.queued(None);
                         }
                     }
                     Some(_) => {}
-                    None => Self::deliver(&mut self.server, &mut self.reads, &d),
+                    None => {
+                        let reads = serves.then_some(&mut self.reads);
+                        Self::deliver(&mut self.server, reads, &d)
+                    }
                 }
             }
             if !stopped {
@@ -219,8 +220,9 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
         }
     }
 
+    /// Its node merges for it, so it serves no reads off the log (nothing to track).
     fn delivered(&mut self, d: Delivery) {
-        Self::deliver(&mut self.server, &mut self.reads, &d);
+        Self::deliver(&mut self.server, None, &d);
     }
 
     fn start(&mut self, at: &Attached) {
@@ -263,8 +265,8 @@ impl<C: PartitionCore> ReplicaCore for PartitionedCore<C> {
         }
         self.server.tick(now);
         self.server.run();
-        self.reads.handled_down_to(self.server.backlog());
-        if let Some(m) = self.merge.as_ref() {
+        if let Some(m) = self.merge.as_ref().filter(|_| self.server.serves_reads()) {
+            self.reads.handled_down_to(self.server.backlog());
             if let Some(token) = self.reads.ask() {
                 out.actions.push(Action::ReadIndex {
                     token,

@@ -58,10 +58,15 @@ impl Plan {
         }
     }
 
-    /// A client of this plan.
-    pub fn client_options(&self) -> ClientOptions {
+    /// A client of this plan, with fast reads or not. A binary's client starts with an empty
+    /// location cache: with fast reads it guesses the placement rule's partition (a wrong
+    /// guess is refused and ordered) rather than consult the oracle, which would order the
+    /// read.
+    pub fn client_options(&self, fast_reads: bool) -> ClientOptions {
         let mut o = ClientOptions::new(self.scheme, self.cells());
         o.retry_max = self.retry_max;
+        o.fast_reads = fast_reads;
+        o.guess_placement = fast_reads;
         o
     }
 }
@@ -379,11 +384,7 @@ fn in_process<S: ScaleOutApp>(
         fast_reads: f.fast_reads,
         ..plan.server_options()
     };
-    let mut client = plan.client_options();
-    client.fast_reads = f.fast_reads;
-    // DS-SMR: a cold cache would consult the oracle (and order the read); guess where the
-    // object started, and a wrong guess is refused and ordered.
-    client.guess_placement = f.fast_reads;
+    let client = plan.client_options(f.fast_reads);
     let cluster = crate::inproc::start_scaleout(&l, service.clone(), options, |id| {
         let proxy = ScaleOutClient::new(ClientId::new(id, 0), service.clone(), client);
         let (app, h) = handle_app(vec![proxy]);
@@ -421,11 +422,7 @@ pub fn client<S: ScaleOutApp>() -> ExitCode {
         S::parse,
         |file, me, args| {
             let plan = S::plan(file);
-            let mut client = plan.client_options();
-            client.fast_reads = args.fast_reads;
-            // A one-shot client's cache is empty: guess the placement rule's partition (a
-            // wrong guess is refused and ordered) rather than consult the oracle first.
-            client.guess_placement = args.fast_reads;
+            let client = plan.client_options(args.fast_reads);
             Ok(ScaleOutClient::new(
                 ClientId::new(me, crate::host::client::incarnation_index()),
                 Arc::new(S::from_file(file)?),
