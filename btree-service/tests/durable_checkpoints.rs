@@ -16,6 +16,7 @@
 //! its newest checkpoint file gets a flipped byte, and it must load the previous round's file
 //! (saying so in its log) and again converge.
 
+use engine::checkpoint::disk::KEEP;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -230,8 +231,9 @@ fn a_replica_restarts_from_its_durable_checkpoint_and_the_data_directory_stays_b
     );
     for n in 1..=3 {
         let files = checkpoint_files(&data, n);
+        // Two at most, and a third for the moment between a save's rename and its pruning.
         assert!(
-            !files.is_empty() && files.len() <= 2,
+            !files.is_empty() && files.len() <= KEEP + 1,
             "node {n} keeps one or two checkpoint files: {files:?}"
         );
     }
@@ -298,8 +300,10 @@ fn a_replica_restarts_from_its_durable_checkpoint_and_the_data_directory_stays_b
     // Kill it again and flip a byte of its newest checkpoint: the previous one loads.
     servers.0[2].kill().unwrap();
     let _ = servers.0[2].wait();
+    // Two, or three where the kill fell between a save's rename and its pruning (the load
+    // prunes the oldest then).
     let files = checkpoint_files(&data, 3);
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert!((KEEP..=KEEP + 1).contains(&files.len()), "{files:?}");
     let mut bytes = std::fs::read(&files[0]).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;

@@ -38,6 +38,9 @@
 //! `.damaged` with a warning naming it and the reason, and the one before it is tried. A
 //! file of another cluster or another node is refused ([`CheckpointFileError::Foreign`]): the
 //! replica does not start on a stale directory.
+//!
+//! A directory holds at most [`KEEP`] files, except between a save's rename and its pruning
+//! (a crash there leaves `KEEP + 1`); a load that finds a valid file prunes to `KEEP` again.
 
 use bytes::Bytes;
 use groups::ids::{ClusterId, LogId, NodeId};
@@ -322,11 +325,24 @@ impl CheckpointDir {
                         &format!("the file name says round {round}, its header {}", f.round),
                     )?;
                 }
-                Ok(f) => return Ok(Some(f)),
+                Ok(f) => {
+                    self.prune()?;
+                    return Ok(Some(f));
+                }
                 Err(e) => self.set_aside(&path, &e.to_string())?,
             }
         }
         Ok(None)
+    }
+
+    /// Deletes all but the newest [`KEEP`] checkpoint files. A save that was cut short
+    /// between its rename and its pruning leaves one file too many; the next save or load
+    /// removes it.
+    fn prune(&self) -> Result<(), CheckpointFileError> {
+        for (_, old) in self.files()?.into_iter().skip(KEEP) {
+            std::fs::remove_file(&old).map_err(io_err(&old))?;
+        }
+        Ok(())
     }
 
     fn set_aside(&self, path: &Path, why: &str) -> Result<(), CheckpointFileError> {
@@ -351,10 +367,7 @@ impl DurableCheckpoints for CheckpointDir {
         drop(f);
         std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
         sync_dir(&self.dir)?;
-        for (_, old) in self.files()?.into_iter().skip(KEEP) {
-            std::fs::remove_file(&old).map_err(io_err(&old))?;
-        }
-        Ok(())
+        self.prune()
     }
 }
 
@@ -492,6 +505,37 @@ mod tests {
         b[20] ^= 0x40;
         std::fs::write(&path, b).unwrap();
         assert!(dir.load().unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_save_cut_short_before_its_pruning_leaves_one_file_too_many_and_a_load_prunes_it() {
+        let d = temp("prune");
+        let f1 = sample(1, b"one");
+        let mut dir = CheckpointDir::open(d.clone(), f1.cluster, f1.node).unwrap();
+        dir.save(&f1).unwrap();
+        dir.save(&sample(2, b"two")).unwrap();
+        // What a kill between a save's rename and its pruning leaves: three files.
+        let mut bytes = Vec::new();
+        sample(3, b"three").write_to(&mut bytes).unwrap();
+        std::fs::write(d.join("checkpoint-00000000000000000003.ckpt"), bytes).unwrap();
+        assert_eq!(dir.files().unwrap().len(), KEEP + 1);
+        let got = dir.load().unwrap().unwrap();
+        assert_eq!((got.round, &got.bytes[..]), (3, &b"three"[..]));
+        let rounds: Vec<u64> = dir.files().unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(rounds, vec![3, 2], "the load pruned the oldest");
+
+        // A damaged newest among three: the load falls back and does not delete the fallback
+        // the one after it would need.
+        let mut bytes = Vec::new();
+        sample(4, b"four").write_to(&mut bytes).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x10;
+        std::fs::write(d.join("checkpoint-00000000000000000004.ckpt"), bytes).unwrap();
+        let got = dir.load().unwrap().unwrap();
+        assert_eq!(got.round, 3);
+        let rounds: Vec<u64> = dir.files().unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(rounds, vec![3, 2]);
         let _ = std::fs::remove_dir_all(&d);
     }
 
