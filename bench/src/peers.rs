@@ -57,6 +57,9 @@ use std::time::Duration;
 pub enum System {
     ChorusMemory,
     ChorusDisk,
+    /// `chorus-disk` with one sync per storage call instead of group commit
+    /// (`wal_group_commit = false`): what group commit is measured against.
+    ChorusDiskSyncEach,
     /// `chorus-memory` with mutual TLS on every link (`--write-config --tls` certificates):
     /// the cost of TLS, measured against `chorus-memory`.
     ChorusMemoryTls,
@@ -68,9 +71,10 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 6] = [
+    pub const ALL: [System; 7] = [
         System::ChorusMemory,
         System::ChorusDisk,
+        System::ChorusDiskSyncEach,
         System::ChorusMemoryTls,
         System::ChorusMemoryRi,
         System::Etcd,
@@ -90,6 +94,7 @@ impl System {
         match self {
             System::ChorusMemory => "chorus-memory",
             System::ChorusDisk => "chorus-disk",
+            System::ChorusDiskSyncEach => "chorus-disk-sync-each",
             System::ChorusMemoryTls => "chorus-memory-tls",
             System::ChorusMemoryRi => "chorus-memory-ri",
             System::Etcd => "etcd",
@@ -103,7 +108,8 @@ impl System {
             System::ChorusMemory | System::ChorusMemoryTls | System::ChorusMemoryRi => {
                 "memory (logs in RAM, no fsync)"
             }
-            System::ChorusDisk => "fsync (write-ahead log per acceptor)",
+            System::ChorusDisk => "fsync (write-ahead log per acceptor, group commit)",
+            System::ChorusDiskSyncEach => "fsync (write-ahead log per acceptor, a sync per call)",
             System::Etcd => "fsync (WAL, snapshot every 100000 entries)",
             System::Zookeeper => "fsync (forceSync=yes, snapCount=100000)",
         }
@@ -111,9 +117,10 @@ impl System {
 
     pub fn client_library(self) -> &'static str {
         match self {
-            System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryRi => {
-                "engine::psmr::proxy over groups TCP"
-            }
+            System::ChorusMemory
+            | System::ChorusDisk
+            | System::ChorusDiskSyncEach
+            | System::ChorusMemoryRi => "engine::psmr::proxy over groups TCP",
             System::ChorusMemoryTls => {
                 "engine::psmr::proxy over groups TCP, mutual TLS 1.3 (rustls)"
             }
@@ -124,9 +131,10 @@ impl System {
 
     pub fn read_path(self) -> &'static str {
         match self {
-            System::ChorusMemory | System::ChorusDisk | System::ChorusMemoryTls => {
-                "Get ordered through the consensus log like writes"
-            }
+            System::ChorusMemory
+            | System::ChorusDisk
+            | System::ChorusDiskSyncEach
+            | System::ChorusMemoryTls => "Get ordered through the consensus log like writes",
             System::ChorusMemoryRi => {
                 "Get off the log after a read index (quorum of accepted indexes)"
             }
@@ -140,6 +148,7 @@ impl System {
             self,
             System::ChorusMemory
                 | System::ChorusDisk
+                | System::ChorusDiskSyncEach
                 | System::ChorusMemoryTls
                 | System::ChorusMemoryRi
         )
@@ -479,12 +488,18 @@ fn measure_system(
     match system {
         System::ChorusMemory
         | System::ChorusDisk
+        | System::ChorusDiskSyncEach
         | System::ChorusMemoryTls
         | System::ChorusMemoryRi => {
-            let durable = system == System::ChorusDisk;
+            let logs = match system {
+                System::ChorusDisk => chorus::Logs::Disk,
+                System::ChorusDiskSyncEach => chorus::Logs::DiskSyncEach,
+                _ => chorus::Logs::Memory,
+            };
+            let durable = logs != chorus::Logs::Memory;
             let tls = system == System::ChorusMemoryTls;
             if !points.is_empty() {
-                let mut cluster = chorus::Cluster::start(plan, durable, tls)?;
+                let mut cluster = chorus::Cluster::start(plan, logs, tls)?;
                 cluster.fast_reads = system == System::ChorusMemoryRi;
                 eprintln!(
                     "peers: {} up ({} btree-server processes)",
@@ -497,13 +512,14 @@ fn measure_system(
                 }
                 if durable {
                     eprintln!(
-                        "peers: chorus-disk wrote {:.1} MiB of log files",
+                        "peers: {} wrote {:.1} MiB of log files",
+                        system.name(),
                         cluster.disk_bytes() as f64 / (1 << 20) as f64
                     );
                 }
             }
             for &w in &plan.ycsb {
-                let m = chorus::Cluster::start_ycsb(plan, durable, tls).and_then(|mut c| {
+                let m = chorus::Cluster::start_ycsb(plan, logs, tls).and_then(|mut c| {
                     c.fast_reads = system == System::ChorusMemoryRi;
                     c.measure_ycsb(plan, w)
                 });

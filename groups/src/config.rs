@@ -186,6 +186,11 @@ pub struct Tuning {
     /// entries once they are more than half of it (see [`crate::log::disk`], "Compaction"),
     /// so a trimmed log's file stays below about `max(wal_compact_bytes, 2 x live state)`.
     pub wal_compact_bytes: u64,
+    /// Durable logs: group commit (see [`crate::log::disk`], "What fsync covers"): a node
+    /// writes what its logs' calls queued as one record per log and syncs it once, before any
+    /// message leaves or any decision is handed up, and a decided index alone is never synced.
+    /// Off: one record and one sync per call, as the store did first (to measure against).
+    pub wal_group_commit: bool,
 }
 
 impl Default for Tuning {
@@ -216,6 +221,7 @@ impl Default for Tuning {
             rm_relay: true,
             payload_bytes_max: 4 << 20,
             wal_compact_bytes: 64 << 20,
+            wal_group_commit: true,
         }
     }
 }

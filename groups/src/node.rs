@@ -16,7 +16,7 @@ use crate::config::{ClusterConfig, Durability, LogConfig};
 use crate::feed::{Feed, FeedEvent};
 use crate::groupset::GroupSet;
 use crate::ids::{LogId, MsgId, NodeId};
-use crate::log::disk::{self, DiskError, DiskOptions, DiskStorage};
+use crate::log::disk::{self, DiskError, DiskOptions, DiskStorage, WalSync};
 use crate::log::identity;
 use crate::log::omni::{OmniPaxosLog, OmniTiming};
 use crate::log::recovery::{
@@ -323,6 +323,11 @@ pub struct GroupsNode {
     pending_dir: Option<PendingDir>,
     /// Why the node must stop (its logs' recovery, or its directory), once it must.
     stopped: Option<String>,
+    /// The durable logs' files, synced before any message leaves and any decision is handed
+    /// up (group commit, see [`crate::log::disk`]).
+    wals: Vec<WalSync>,
+    /// A log file could not be synced: nothing leaves the node any more.
+    halted: bool,
 }
 
 impl GroupsNode {
@@ -374,6 +379,8 @@ impl GroupsNode {
             delivered_total: 0,
             pending_dir: None,
             stopped: None,
+            wals: Vec::new(),
+            halted: false,
         }
     }
 
@@ -401,6 +408,7 @@ impl GroupsNode {
                 let dir = Path::new(data_dir).to_path_buf();
                 let disk_opts = DiskOptions {
                     compact_bytes: cfg.tuning.wal_compact_bytes,
+                    group_commit: cfg.tuning.wal_group_commit,
                 };
                 Self::durable_with(cfg, me, opts, &dir, disk_opts)
             }
@@ -486,10 +494,13 @@ impl GroupsNode {
                     let path = disk::log_path(data_dir, me, lc.id);
                     stores.insert(lc.id, DiskStorage::open_with(path, disk_opts)?);
                 }
-                Ok(Self::new(cfg, me, opts, |lc| match stores.remove(&lc.id) {
+                let wals = stores.values().map(DiskStorage::sync_handle).collect();
+                let mut node = Self::new(cfg, me, opts, |lc| match stores.remove(&lc.id) {
                     Some(store) => log_over(&c, lc, me, inc, store),
                     None => Box::new(SoloLog::new(me)),
-                }))
+                });
+                node.wals = wals;
+                Ok(node)
             }
         }
     }
@@ -564,6 +575,7 @@ impl GroupsNode {
                         path: file.clone(),
                         source: std::io::Error::other(e.to_string()),
                     })?;
+                store.sync()?;
                 images.push(*log);
             }
         }
@@ -595,6 +607,7 @@ impl GroupsNode {
                 pending.disk_opts,
             )?;
             let lc = cfg.log(log).expect("a log of the configuration");
+            self.wals.push(store.sync_handle());
             let voter = omni_voter(&cfg, lc, me, store);
             self.servers
                 .get_mut(&log)
@@ -1049,6 +1062,10 @@ impl GroupsNode {
         const SELF_ROUNDS_MAX: usize = 64;
         for _ in 0..SELF_ROUNDS_MAX {
             self.flush();
+            if !self.sync_logs() {
+                self.out.clear();
+                return;
+            }
             let mut mine = Vec::new();
             for (to, m) in self.out.drain(..) {
                 if to == self.me {
@@ -1064,6 +1081,32 @@ impl GroupsNode {
                 self.handle(self.me, m);
             }
         }
+    }
+
+    /// Group commit: syncs what the durable logs queued that must be durable (one record and
+    /// one `fdatasync` per log with something queued). Called before messages leave and
+    /// decisions are handed up; false once a sync failed (the node then stops: its image is
+    /// ahead of its file, so it must not speak again).
+    fn sync_logs(&mut self) -> bool {
+        if self.halted {
+            return false;
+        }
+        for w in &self.wals {
+            if let Err(e) = w.sync() {
+                let why = format!("node {}: cannot sync its log file: {e}", self.me);
+                tracing::error!("{why}");
+                for s in self.servers.values_mut() {
+                    s.log_mut().stop(why.clone());
+                }
+                self.stopped = Some(why);
+                self.halted = true;
+                self.out.clear();
+                self.delivered.clear();
+                self.exported.clear();
+                return false;
+            }
+        }
+        true
     }
 
     fn flush(&mut self) {
@@ -1083,17 +1126,23 @@ impl GroupsNode {
     /// Messages delivered by the node's subscriptions since the last call, each with the index
     /// of its subscription (the order of `subscriptions` in the node's configuration).
     pub fn take_delivered(&mut self, out: &mut Vec<(usize, Delivery)>) {
-        out.append(&mut self.delivered);
+        if self.sync_logs() {
+            out.append(&mut self.delivered);
+        }
     }
 
     /// Reliably multicast messages delivered since the last call.
     pub fn take_rdelivered(&mut self, out: &mut Vec<RDelivery>) {
-        self.rm.take_delivered(out);
+        if self.sync_logs() {
+            self.rm.take_delivered(out);
+        }
     }
 
     /// Decided entries since the last call (only when `merge_locally` is off).
     pub fn take_entries(&mut self, out: &mut Vec<LogEntries>) {
-        out.append(&mut self.exported);
+        if self.sync_logs() {
+            out.append(&mut self.exported);
+        }
     }
 
     /// Conditions the application must act on.

@@ -89,25 +89,32 @@ pub fn tree_config(plan: &Plan) -> TreeConfig {
     }
 }
 
+/// Where the replicas keep their logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logs {
+    Memory,
+    /// Write-ahead files with group commit (the default).
+    Disk,
+    /// Write-ahead files, one record and one sync per storage call (`wal_group_commit =
+    /// false`): the store as it was first written, to measure group commit against.
+    DiskSyncEach,
+}
+
 impl Cluster {
-    /// Starts three replicas (memory or disk logs; mutual TLS on every link with `tls`) and
-    /// waits until one `Get` is answered.
-    pub fn start(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
-        Self::start_tree(plan, durable, tls, tree_config(plan))
+    /// Starts three replicas (mutual TLS on every link with `tls`) and waits until one `Get`
+    /// is answered.
+    pub fn start(plan: &Plan, logs: Logs, tls: bool) -> Result<Cluster, String> {
+        Self::start_tree(plan, logs, tls, tree_config(plan))
     }
 
     /// Like [`Cluster::start`], with the records of a YCSB run loaded.
-    pub fn start_ycsb(plan: &Plan, durable: bool, tls: bool) -> Result<Cluster, String> {
-        Self::start_tree(plan, durable, tls, plan.ycsb_params.tree())
+    pub fn start_ycsb(plan: &Plan, logs: Logs, tls: bool) -> Result<Cluster, String> {
+        Self::start_tree(plan, logs, tls, plan.ycsb_params.tree())
     }
 
-    fn start_tree(
-        plan: &Plan,
-        durable: bool,
-        tls: bool,
-        tree: TreeConfig,
-    ) -> Result<Cluster, String> {
+    fn start_tree(plan: &Plan, logs: Logs, tls: bool, tree: TreeConfig) -> Result<Cluster, String> {
         let bin = server_binary()?;
+        let durable = logs != Logs::Memory;
         let dir = TempDir::new(match (durable, tls) {
             (true, _) => "chorus-disk",
             (false, true) => "chorus-memory-tls",
@@ -116,7 +123,10 @@ impl Cluster {
         let workers = plan.effective_chorus_workers();
         // Trimming on either way: with durable logs, below the replicas' durable checkpoints
         // (the server's default for disk, `engine::serve::DISK_CHECKPOINT_EVERY`).
-        let tuning = Tuning::default();
+        let tuning = Tuning {
+            wal_group_commit: logs != Logs::DiskSyncEach,
+            ..Tuning::default()
+        };
         let nodes = 3 + plan.clients.max(1);
         let base = super::procs::free_port_range(nodes as u16)?;
         let d = Deployment::new(3, 1, workers, plan.clients.max(1), tuning)

@@ -21,18 +21,39 @@
 //! At open the records are replayed in order into a [`MemStorage`], which then serves every
 //! read; the file is only ever appended to, truncated back, or replaced by compaction.
 //!
-//! # What fsync covers: the group-commit rule
+//! # What fsync covers: group commit
 //!
 //! Every mutating call of the [`Storage`] trait (omnipaxos calls `write_atomically` for its
 //! multi-part updates, and `set_promise`, `set_decided_idx`, `append_entries`, `set_stopsign`
-//! on their own) appends exactly ONE record holding all of its operations and calls
-//! `File::sync_data` once before returning `Ok`. The in-memory image is updated only after the
-//! sync, so omnipaxos never sends a promise or an accept for state that is not on disk. A batch
-//! of entries that omnipaxos hands over in one call therefore costs one fsync: that is the
-//! group commit (our leaders batch many multicasts into one `LogEntry::Batch`, and omnipaxos
-//! hands an acceptor every entry of one `AcceptDecide` in one call). A failed write is rolled
-//! back: the file is truncated to its previous length and the image is untouched; if even the
-//! truncation fails, the store refuses every later write ([`DiskError::Poisoned`]).
+//! on their own) updates the in-memory image at once and queues its operations (calls that
+//! change nothing queue nothing). [`WalSync::sync`] writes everything queued as ONE record and
+//! calls `File::sync_data` once. The node ([`crate::node::GroupsNode`]) holds a [`WalSync`] of
+//! each of its durable logs and syncs them before any message leaves it (`take_outgoing`) and
+//! before it hands any decision up (`take_delivered`, `take_entries`, `take_rdelivered`), so
+//! omnipaxos never has a promise, an accept or an acceptance seen by anyone for state that is
+//! not on disk, and all that one loop iteration of a runtime did to a log (every batch of
+//! entries an `AcceptDecide` hands a follower, the leader's appends of every proposal that
+//! arrived, the promises and rounds) costs one fsync per log: that is the group commit.
+//!
+//! A decided index alone is never a reason to sync: it is queued and goes to disk with the
+//! next record that must be synced (or at a clean close). Losing it (a crash before that
+//! record) only moves the decided index back to an earlier one; every entry up to the true
+//! one was accepted by a majority, which keeps it, and the node learns the decided index
+//! again from its log's leader. Syncing a later record makes it durable as well, since the
+//! file is written in order and `fdatasync` covers all of it.
+//!
+//! Why the leader may count its own acceptance of entries it has not synced yet: those are
+//! synced at the end of the iteration that appended them, before the `AcceptDecide` carrying
+//! them leaves, so any follower's acceptance the leader counts with its own is of entries
+//! already on the leader's disk. A failed sync cannot be rolled back (the image already holds
+//! its operations): the store is poisoned, the node stops ([`crate::node::GroupsNode::stopped`])
+//! and sends nothing more.
+//!
+//! With [`DiskOptions::group_commit`] off (`wal_group_commit = false` in `[tuning]`), every
+//! call writes one record and syncs it before it returns, and the image is updated only after
+//! the sync; a failed write is rolled back (the file truncated to its previous length, the
+//! image untouched; if even the truncation fails, the store refuses every later write,
+//! [`DiskError::Poisoned`]).
 //!
 //! # Torn writes
 //!
@@ -78,6 +99,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The first bytes of every log file (format version 1).
 pub const MAGIC: [u8; 8] = *b"CHORWAL\x01";
@@ -135,12 +157,19 @@ impl From<super::identity::IdentityError> for DiskError {
 pub struct DiskOptions {
     /// The file is rewritten only once it is larger than this, and more than half dead.
     pub compact_bytes: u64,
+    /// Group commit (the default; module docs): a mutating call updates the image at once and
+    /// queues its operations; [`WalSync::sync`] writes everything queued as one record and
+    /// syncs it once, and the node calls it before any message leaves or any decision is
+    /// handed up. Off: every call writes its own record and syncs before it returns (what
+    /// the store did first; kept to measure against).
+    pub group_commit: bool,
 }
 
 impl Default for DiskOptions {
     fn default() -> Self {
         DiskOptions {
             compact_bytes: 64 << 20,
+            group_commit: true,
         }
     }
 }
@@ -148,8 +177,11 @@ impl Default for DiskOptions {
 /// Counters of one store since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskStats {
-    /// Records appended (one per mutating call), each followed by one `sync_data`.
+    /// Records appended (one per mutating call, or with group commit one per sync that had
+    /// something to write).
     pub records: u64,
+    /// `sync_data` calls on the file (compactions not counted).
+    pub syncs: u64,
     pub bytes_written: u64,
     pub compactions: u64,
     /// Bytes of a torn tail cut off at open (0 if the file ended cleanly).
@@ -158,7 +190,7 @@ pub struct DiskStats {
 
 /// One storage operation as written to disk (`StorageOp` without the snapshot, which we never
 /// use: `LogEntry`'s snapshot type is `NoSnapshot`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Op {
     Append(Vec<LogEntry>),
     AppendOnPrefix(u64, Vec<LogEntry>),
@@ -270,26 +302,146 @@ pub fn create_dir_durable(dir: &Path) -> Result<(), DiskError> {
     }
 }
 
+/// The file side of a store, shared with the node's [`WalSync`] handle (omnipaxos owns the
+/// store itself).
+struct Wal {
+    file: File,
+    path: PathBuf,
+    /// Bytes of the file that hold complete records (the file's length between writes).
+    len: u64,
+    poisoned: bool,
+    stats: DiskStats,
+    /// Group commit: operations applied to the image but not in the file yet.
+    queued: Vec<Op>,
+    /// Whether `queued` holds anything but decided indexes (which need no sync of their own:
+    /// module docs).
+    must_sync: bool,
+}
+
+impl Wal {
+    fn poisoned_err(&self) -> DiskError {
+        DiskError::Poisoned {
+            path: self.path.clone(),
+        }
+    }
+
+    /// Appends one record and syncs it; on failure, truncates back (or poisons the store).
+    fn append_record(&mut self, rec: &Record) -> Result<(), DiskError> {
+        if self.poisoned {
+            return Err(self.poisoned_err());
+        }
+        let encode_err = |reason: String| DiskError::Encode {
+            path: self.path.clone(),
+            reason,
+        };
+        let payload = bitcode::serialize(rec).map_err(|e| encode_err(e.to_string()))?;
+        let bytes = frame(&payload).ok_or_else(|| encode_err("record over 4 GiB".into()))?;
+        let res = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(&bytes))
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = res {
+            if self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data())
+                .is_err()
+            {
+                self.poisoned = true;
+            }
+            return Err(io_err(&self.path)(e));
+        }
+        self.len += bytes.len() as u64;
+        self.stats.records += 1;
+        self.stats.syncs += 1;
+        self.stats.bytes_written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Queues operations already applied to the image (group commit). Consecutive decided
+    /// indexes keep only the last.
+    fn queue(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            match (&op, self.queued.last_mut()) {
+                (Op::Decided(i), Some(Op::Decided(last))) => *last = *i,
+                (Op::Decided(_), _) => self.queued.push(op),
+                _ => {
+                    self.must_sync = true;
+                    self.queued.push(op);
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued as one record and syncs it, if anything queued needs it (or
+    /// `all`, for a clean close). A failure poisons the store: the image already holds the
+    /// operations, so it cannot be rolled back.
+    fn sync(&mut self, all: bool) -> Result<bool, DiskError> {
+        if self.poisoned {
+            return Err(self.poisoned_err());
+        }
+        if !(self.must_sync || all && !self.queued.is_empty()) {
+            return Ok(false);
+        }
+        let rec = Record::Ops(std::mem::take(&mut self.queued));
+        self.must_sync = false;
+        let res = self.append_record(&rec);
+        if res.is_err() {
+            self.poisoned = true;
+        }
+        res.map(|()| true)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync(true) {
+            tracing::warn!(error = %e, "closing a log file: its last operations were not written");
+        }
+    }
+}
+
+/// The node's handle on a store that omnipaxos owns: syncs what the store queued (group
+/// commit, see the module docs).
+#[derive(Clone)]
+pub struct WalSync(Arc<Mutex<Wal>>);
+
+impl WalSync {
+    /// Writes and syncs everything queued that must be durable; `Ok(true)` if it synced.
+    /// After an error the store refuses every write ([`DiskError::Poisoned`]) and the node
+    /// must stop.
+    pub fn sync(&self) -> Result<bool, DiskError> {
+        lock(&self.0).sync(false)
+    }
+
+    /// The file this store writes.
+    pub fn path(&self) -> PathBuf {
+        lock(&self.0).path.clone()
+    }
+}
+
+fn lock(wal: &Mutex<Wal>) -> std::sync::MutexGuard<'_, Wal> {
+    // Nothing panics while holding it; a poisoned lock still holds a consistent `Wal`.
+    wal.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// One log's acceptor state, durable. See the module docs.
 pub struct DiskStorage {
     mem: MemStorage,
-    file: File,
-    path: PathBuf,
-    /// Bytes of the file that hold complete records (the file's length between calls).
-    len: u64,
+    wal: Arc<Mutex<Wal>>,
     /// Length at which compaction is next considered.
     next_compact_check: u64,
     opts: DiskOptions,
-    poisoned: bool,
-    stats: DiskStats,
 }
 
 impl std::fmt::Debug for DiskStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let w = lock(&self.wal);
         f.debug_struct("DiskStorage")
-            .field("path", &self.path)
-            .field("len", &self.len)
-            .field("stats", &self.stats)
+            .field("path", &w.path)
+            .field("len", &w.len)
+            .field("stats", &w.stats)
             .finish_non_exhaustive()
     }
 }
@@ -367,31 +519,46 @@ impl DiskStorage {
         let len = pos as u64;
         Ok(DiskStorage {
             mem,
-            file,
-            path,
-            len,
+            wal: Arc::new(Mutex::new(Wal {
+                file,
+                path,
+                len,
+                poisoned: false,
+                stats: DiskStats {
+                    torn_tail_bytes: torn,
+                    ..DiskStats::default()
+                },
+                queued: Vec::new(),
+                must_sync: false,
+            })),
             next_compact_check: opts.compact_bytes.max(len.saturating_mul(2)),
             opts,
-            poisoned: false,
-            stats: DiskStats {
-                torn_tail_bytes: torn,
-                ..DiskStats::default()
-            },
         })
     }
 
     /// The file this store writes.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        lock(&self.wal).path.clone()
     }
 
-    /// Current length of the file in bytes.
+    /// Current length of the file in bytes (what is queued for the next sync not counted).
     pub fn file_len(&self) -> u64 {
-        self.len
+        lock(&self.wal).len
     }
 
     pub fn stats(&self) -> DiskStats {
-        self.stats
+        lock(&self.wal).stats
+    }
+
+    /// A handle that syncs this store after it has moved into omnipaxos.
+    pub fn sync_handle(&self) -> WalSync {
+        WalSync(self.wal.clone())
+    }
+
+    /// Writes and syncs everything queued (group commit), decided indexes included;
+    /// `Ok(true)` if there was anything. See [`WalSync::sync`] for errors.
+    pub fn sync(&mut self) -> Result<bool, DiskError> {
+        lock(&self.wal).sync(true)
     }
 
     /// A copy of the whole state (what a reopen would recover).
@@ -399,44 +566,10 @@ impl DiskStorage {
         self.mem.image()
     }
 
-    /// Appends one record and syncs it; on failure, truncates back (or poisons the store).
-    fn append_record(&mut self, rec: &Record) -> Result<(), DiskError> {
-        if self.poisoned {
-            return Err(DiskError::Poisoned {
-                path: self.path.clone(),
-            });
-        }
-        let encode_err = |reason: String| DiskError::Encode {
-            path: self.path.clone(),
-            reason,
-        };
-        let payload = bitcode::serialize(rec).map_err(|e| encode_err(e.to_string()))?;
-        let bytes = frame(&payload).ok_or_else(|| encode_err("record over 4 GiB".into()))?;
-        let res = self
-            .file
-            .seek(SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(&bytes))
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = res {
-            if self
-                .file
-                .set_len(self.len)
-                .and_then(|()| self.file.sync_data())
-                .is_err()
-            {
-                self.poisoned = true;
-            }
-            return Err(io_err(&self.path)(e));
-        }
-        self.len += bytes.len() as u64;
-        self.stats.records += 1;
-        self.stats.bytes_written += bytes.len() as u64;
-        Ok(())
-    }
-
     /// Rewrites the file as one image record if it is large and mostly dead (module docs).
     fn maybe_compact(&mut self) {
-        if self.len < self.next_compact_check {
+        let mut wal = lock(&self.wal);
+        if wal.len < self.next_compact_check || wal.poisoned {
             return;
         }
         let image = Record::Image(self.mem.image());
@@ -444,56 +577,75 @@ impl DiskStorage {
             return;
         };
         let live = (MAGIC.len() + bytes.len()) as u64;
-        if live.saturating_mul(2) > self.len {
+        if live.saturating_mul(2) > wal.len {
             self.next_compact_check = self.opts.compact_bytes.max(live.saturating_mul(2));
             return;
         }
         let mut content = MAGIC.to_vec();
         content.extend_from_slice(&bytes);
-        match self.replace_file(&content) {
+        match replace_file(&wal.path, &content) {
             Ok(file) => {
-                tracing::debug!(path = %self.path.display(), from = self.len, to = live, "log file compacted");
-                self.file = file;
-                self.len = live;
-                self.stats.compactions += 1;
+                tracing::debug!(path = %wal.path.display(), from = wal.len, to = live, "log file compacted");
+                wal.file = file;
+                wal.len = live;
+                wal.stats.compactions += 1;
+                // The image (synced with the new file) holds everything queued.
+                wal.queued.clear();
+                wal.must_sync = false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "log file compaction failed; keeping the old file")
             }
         }
-        self.next_compact_check = self.opts.compact_bytes.max(self.len.saturating_mul(2));
+        self.next_compact_check = self.opts.compact_bytes.max(wal.len.saturating_mul(2));
     }
+}
 
-    fn replace_file(&self, content: &[u8]) -> Result<File, DiskError> {
-        let tmp = tmp_path(&self.path);
-        let res = (|| {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(content).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
-            sync_parent(&self.path)?;
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.path)
-                .map_err(io_err(&self.path))
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res
+fn replace_file(path: &Path, content: &[u8]) -> Result<File, DiskError> {
+    let tmp = tmp_path(path);
+    let res = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(content).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        sync_parent(path)?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    res
+}
 
+impl DiskStorage {
     fn write_ops(&mut self, ops: Vec<Op>) -> Result<(), DiskError> {
         if ops.is_empty() {
             return Ok(());
         }
-        let rec = Record::Ops(ops);
-        self.append_record(&rec)?;
-        let Record::Ops(ops) = rec else {
-            unreachable!()
-        };
-        ops.into_iter().for_each(|op| apply(&mut self.mem, op));
+        if self.opts.group_commit {
+            let mut wal = lock(&self.wal);
+            if wal.poisoned {
+                return Err(wal.poisoned_err());
+            }
+            let mut queued = Vec::with_capacity(ops.len());
+            for op in ops {
+                // `apply` consumes; the queue keeps what the file must get.
+                queued.push(op.clone());
+                apply(&mut self.mem, op);
+            }
+            wal.queue(queued);
+        } else {
+            let rec = Record::Ops(ops);
+            lock(&self.wal).append_record(&rec)?;
+            let Record::Ops(ops) = rec else {
+                unreachable!()
+            };
+            ops.into_iter().for_each(|op| apply(&mut self.mem, op));
+        }
         self.maybe_compact();
         Ok(())
     }
