@@ -142,6 +142,22 @@ pub(crate) fn log_over<B: Storage<LogEntry> + Send + 'static>(
     ))
 }
 
+/// A leader's message that carries entries it appended or a decided index, to a follower.
+fn is_leader_replication(m: &NetMsg) -> bool {
+    use omnipaxos::messages::sequence_paxos::PaxosMsg;
+    let NetMsg::Log { msg, .. } = m else {
+        return false;
+    };
+    let crate::message::LogMsg::OmniPaxos { msg, .. } = &**msg else {
+        return false;
+    };
+    matches!(
+        msg,
+        omnipaxos::messages::Message::SequencePaxos(p)
+            if matches!(p.msg, PaxosMsg::AcceptDecide(_) | PaxosMsg::Decide(_))
+    )
+}
+
 /// The consensus log of acceptor `me` of `lc` when its state was lost (or never existed): it
 /// recovers first ([`crate::log::recovery`]) and then votes over the storage `completion`
 /// builds. A single-acceptor log has nothing to recover from and starts empty.
@@ -1083,6 +1099,27 @@ impl GroupsNode {
         }
     }
 
+    /// Group commit, pipelined: while a durable log has writes to sync, moves into `out` the
+    /// leader's replication messages (`AcceptDecide`, `Decide`) to other nodes, which may
+    /// leave before the sync; everything else waits for [`GroupsNode::take_outgoing`], which
+    /// syncs first. A runtime that sends these, then syncs through `take_outgoing`, overlaps
+    /// its own fsync with the followers' (as etcd's leader does). Safe because a leader
+    /// counts a follower's acceptance only in a later turn of the loop, after this turn's
+    /// sync: its own acceptance it counts with it is then on disk (see
+    /// [`crate::log::disk`], "What fsync covers").
+    pub fn take_replication_before_sync(&mut self, out: &mut Vec<(NodeId, NetMsg)>) {
+        if self.halted || !self.wals.iter().any(WalSync::must_sync) {
+            return;
+        }
+        self.flush();
+        let me = self.me;
+        let (early, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.out)
+            .into_iter()
+            .partition(|(to, m)| *to != me && is_leader_replication(m));
+        self.out = rest;
+        out.extend(early);
+    }
+
     /// Group commit: syncs what the durable logs queued that must be durable (one record and
     /// one `fdatasync` per log with something queued). Called before messages leave and
     /// decisions are handed up; false once a sync failed (the node then stops: its image is
@@ -1148,5 +1185,57 @@ impl GroupsNode {
     /// Conditions the application must act on.
     pub fn take_events(&mut self, out: &mut Vec<FeedEvent>) {
         out.append(&mut self.events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::LogMsg;
+    use omnipaxos::ballot_leader_election::Ballot;
+    use omnipaxos::messages::sequence_paxos::{
+        AcceptDecide, Accepted, Decide, PaxosMessage, PaxosMsg,
+    };
+    use omnipaxos::util::SequenceNumber;
+
+    fn paxos(msg: PaxosMsg<LogEntry>) -> NetMsg {
+        NetMsg::Log {
+            log: LogId(0),
+            msg: Box::new(LogMsg::OmniPaxos {
+                incarnation: 1,
+                msg: omnipaxos::messages::Message::SequencePaxos(PaxosMessage {
+                    from: 1,
+                    to: 2,
+                    msg,
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_a_leaders_accepts_and_decides_may_leave_before_the_sync() {
+        let n = Ballot::with(1, 1, 0, 1);
+        let seq_num = SequenceNumber::default();
+        assert!(is_leader_replication(&paxos(PaxosMsg::AcceptDecide(
+            AcceptDecide {
+                n,
+                seq_num,
+                decided_idx: 3,
+                entries: vec![LogEntry::Skip(1)],
+            }
+        ))));
+        assert!(is_leader_replication(&paxos(PaxosMsg::Decide(Decide {
+            n,
+            seq_num,
+            decided_idx: 3,
+        }))));
+        // A follower's acceptance must wait for its sync; so must everything else.
+        assert!(!is_leader_replication(&paxos(PaxosMsg::Accepted(
+            Accepted { n, accepted_idx: 3 }
+        ))));
+        assert!(!is_leader_replication(&NetMsg::Progress {
+            log: LogId(0),
+            next: 3
+        }));
     }
 }

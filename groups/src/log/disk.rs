@@ -28,8 +28,8 @@
 //! on their own) updates the in-memory image at once and queues its operations (calls that
 //! change nothing queue nothing). [`WalSync::sync`] writes everything queued as ONE record and
 //! calls `File::sync_data` once. The node ([`crate::node::GroupsNode`]) holds a [`WalSync`] of
-//! each of its durable logs and syncs them before any message leaves it (`take_outgoing`) and
-//! before it hands any decision up (`take_delivered`, `take_entries`, `take_rdelivered`), so
+//! each of its durable logs and syncs them before any message leaves it (`take_outgoing`; the
+//! leader's replication messages excepted, below) and before it hands any decision up (`take_delivered`, `take_entries`, `take_rdelivered`), so
 //! omnipaxos never has a promise, an accept or an acceptance seen by anyone for state that is
 //! not on disk, and all that one loop iteration of a runtime did to a log (every batch of
 //! entries an `AcceptDecide` hands a follower, the leader's appends of every proposal that
@@ -42,12 +42,16 @@
 //! again from its log's leader. Syncing a later record makes it durable as well, since the
 //! file is written in order and `fdatasync` covers all of it.
 //!
-//! Why the leader may count its own acceptance of entries it has not synced yet: those are
-//! synced at the end of the iteration that appended them, before the `AcceptDecide` carrying
-//! them leaves, so any follower's acceptance the leader counts with its own is of entries
-//! already on the leader's disk. A failed sync cannot be rolled back (the image already holds
-//! its operations): the store is poisoned, the node stops ([`crate::node::GroupsNode::stopped`])
-//! and sends nothing more.
+//! Pipelined with the network: the TCP runtime first sends the leader's replication
+//! messages (`AcceptDecide`, `Decide`; [`crate::node::GroupsNode::take_replication_before_sync`]),
+//! then syncs, then sends the rest, so the leader's fsync overlaps the followers'. The leader
+//! counts its own acceptance of entries it has not synced yet, but only together with a
+//! follower's, which it handles in a later turn of its loop, after this turn's sync: every
+//! acceptance it counts is on disk by then. A leader that crashes before its sync loses
+//! entries nobody learned were decided (followers may hold them; a new leader keeps them or
+//! not, as after any leader crash). A failed sync cannot be rolled back (the image already
+//! holds its operations): the store is poisoned, the node stops
+//! ([`crate::node::GroupsNode::stopped`]) and sends nothing more.
 //!
 //! With [`DiskOptions::group_commit`] off (`wal_group_commit = false` in `[tuning]`), every
 //! call writes one record and syncs it before it returns, and the image is updated only after
@@ -418,6 +422,11 @@ impl WalSync {
     /// The file this store writes.
     pub fn path(&self) -> PathBuf {
         lock(&self.0).path.clone()
+    }
+
+    /// Whether the next [`WalSync::sync`] has something to sync.
+    pub fn must_sync(&self) -> bool {
+        lock(&self.0).must_sync
     }
 }
 

@@ -1544,7 +1544,18 @@ impl<A: App> TcpNode<A> {
     }
 
     fn send_outgoing(&mut self) {
+        // Group commit, pipelined: the leader's replication messages go out before this
+        // turn's log sync, the rest after it.
+        self.node.take_replication_before_sync(&mut self.out);
+        if !self.out.is_empty() {
+            self.send_taken();
+        }
         self.node.take_outgoing(&mut self.out);
+        self.send_taken();
+    }
+
+    /// Encodes the messages in `self.out` onto their connections and writes them.
+    fn send_taken(&mut self) {
         let cluster = self.cfg.cluster_id.frame_tag();
         let mut touched = Vec::new();
         for (to, msg) in std::mem::take(&mut self.out) {
