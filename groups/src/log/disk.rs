@@ -29,9 +29,9 @@
 //! change nothing queue nothing). [`WalSync::sync`] writes everything queued as ONE record and
 //! calls `File::sync_data` once. The node ([`crate::node::GroupsNode`]) holds a [`WalSync`] of
 //! each of its durable logs and syncs them before any message leaves it (`take_outgoing`; the
-//! leader's replication messages excepted, below) and before it hands any decision up (`take_delivered`, `take_entries`, `take_rdelivered`), so
-//! omnipaxos never has a promise, an accept or an acceptance seen by anyone for state that is
-//! not on disk, and all that one loop iteration of a runtime did to a log (every batch of
+//! leader's replication messages excepted, below) and before it hands any decision up
+//! (`take_delivered`, `take_entries`, `take_rdelivered`), so no promise and no acceptance is
+//! counted by anyone for state that is not on disk, and all that one loop iteration of a runtime did to a log (every batch of
 //! entries an `AcceptDecide` hands a follower, the leader's appends of every proposal that
 //! arrived, the promises and rounds) costs one fsync per log: that is the group commit.
 //!
