@@ -158,6 +158,27 @@ fn is_leader_replication(m: &NetMsg) -> bool {
     )
 }
 
+/// Moves from `queued` into `early` the leader replication messages to other nodes that no
+/// message to the same node which must wait for the sync precedes (per peer, messages keep
+/// their order); returns the rest, in order.
+fn split_replication(
+    queued: Vec<(NodeId, NetMsg)>,
+    me: NodeId,
+    early: &mut Vec<(NodeId, NetMsg)>,
+) -> Vec<(NodeId, NetMsg)> {
+    let mut held = std::collections::BTreeSet::new();
+    let mut rest = Vec::with_capacity(queued.len());
+    for (to, m) in queued {
+        if to != me && !held.contains(&to) && is_leader_replication(&m) {
+            early.push((to, m));
+        } else {
+            held.insert(to);
+            rest.push((to, m));
+        }
+    }
+    rest
+}
+
 /// The consensus log of acceptor `me` of `lc` when its state was lost (or never existed): it
 /// recovers first ([`crate::log::recovery`]) and then votes over the storage `completion`
 /// builds. A single-acceptor log has nothing to recover from and starts empty.
@@ -1101,23 +1122,21 @@ impl GroupsNode {
 
     /// Group commit, pipelined: while a durable log has writes to sync, moves into `out` the
     /// leader's replication messages (`AcceptDecide`, `Decide`) to other nodes, which may
-    /// leave before the sync; everything else waits for [`GroupsNode::take_outgoing`], which
-    /// syncs first. A runtime that sends these, then syncs through `take_outgoing`, overlaps
+    /// leave before the sync; everything else waits for [`GroupsNode::take_outgoing`] (or
+    /// for the sync that taking deliveries or entries does first). Call it before the
+    /// application takes deliveries, or their sync comes first and nothing overlaps. A runtime that sends these, then syncs through `take_outgoing`, overlaps
     /// its own fsync with the followers' (as etcd's leader does). Safe because a leader
     /// counts a follower's acceptance only in a later turn of the loop, after this turn's
     /// sync: its own acceptance it counts with it is then on disk (see
     /// [`crate::log::disk`], "What fsync covers").
     pub fn take_replication_before_sync(&mut self, out: &mut Vec<(NodeId, NetMsg)>) {
-        if self.halted || !self.wals.iter().any(WalSync::must_sync) {
+        if self.halted || self.wals.is_empty() {
             return;
         }
         self.flush();
-        let me = self.me;
-        let (early, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.out)
-            .into_iter()
-            .partition(|(to, m)| *to != me && is_leader_replication(m));
-        self.out = rest;
-        out.extend(early);
+        if self.wals.iter().any(WalSync::must_sync) {
+            self.out = split_replication(std::mem::take(&mut self.out), self.me, out);
+        }
     }
 
     /// Group commit: syncs what the durable logs queued that must be durable (one record and
@@ -1170,9 +1189,7 @@ impl GroupsNode {
 
     /// Reliably multicast messages delivered since the last call.
     pub fn take_rdelivered(&mut self, out: &mut Vec<RDelivery>) {
-        if self.sync_logs() {
-            self.rm.take_delivered(out);
-        }
+        self.rm.take_delivered(out);
     }
 
     /// Decided entries since the last call (only when `merge_locally` is off).
@@ -1237,5 +1254,40 @@ mod tests {
             log: LogId(0),
             next: 3
         }));
+    }
+
+    #[test]
+    fn replication_leaves_early_only_where_nothing_to_the_same_peer_waits_before_it() {
+        let n = Ballot::with(1, 1, 0, 1);
+        let decide = |i| {
+            paxos(PaxosMsg::Decide(Decide {
+                n,
+                seq_num: SequenceNumber::default(),
+                decided_idx: i,
+            }))
+        };
+        let progress = |i| NetMsg::Progress {
+            log: LogId(0),
+            next: i,
+        };
+        let (me, a, b) = (NodeId(1), NodeId(2), NodeId(3));
+        let queued = vec![
+            (a, decide(1)),
+            (b, progress(1)),
+            (b, decide(2)),
+            (me, decide(3)),
+            (a, decide(4)),
+        ];
+        let mut early = Vec::new();
+        let rest = split_replication(queued, me, &mut early);
+        let key = |v: &[(NodeId, NetMsg)]| -> Vec<(u32, String)> {
+            v.iter().map(|(to, m)| (to.0, format!("{m:?}"))).collect()
+        };
+        assert_eq!(key(&early), key(&[(a, decide(1)), (a, decide(4))]));
+        assert_eq!(
+            key(&rest),
+            key(&[(b, progress(1)), (b, decide(2)), (me, decide(3))]),
+            "b's decide waits behind its progress report; a message to itself never leaves"
+        );
     }
 }

@@ -30,7 +30,7 @@
 //! calls `File::sync_data` once. The node ([`crate::node::GroupsNode`]) holds a [`WalSync`] of
 //! each of its durable logs and syncs them before any message leaves it (`take_outgoing`; the
 //! leader's replication messages excepted, below) and before it hands any decision up
-//! (`take_delivered`, `take_entries`, `take_rdelivered`), so no promise and no acceptance is
+//! (`take_delivered`, `take_entries`), so no promise and no acceptance is
 //! counted by anyone for state that is not on disk, and all that one loop iteration of a runtime did to a log (every batch of
 //! entries an `AcceptDecide` hands a follower, the leader's appends of every proposal that
 //! arrived, the promises and rounds) costs one fsync per log: that is the group commit.
@@ -42,10 +42,11 @@
 //! again from its log's leader. Syncing a later record makes it durable as well, since the
 //! file is written in order and `fdatasync` covers all of it.
 //!
-//! Pipelined with the network: the TCP runtime first sends the leader's replication
-//! messages (`AcceptDecide`, `Decide`; [`crate::node::GroupsNode::take_replication_before_sync`]),
-//! then syncs, then sends the rest, so the leader's fsync overlaps the followers'. The leader
-//! counts its own acceptance of entries it has not synced yet, but only together with a
+//! Pipelined with the network: each turn, before its application takes deliveries (which
+//! syncs), the TCP runtime sends the leader's replication messages (`AcceptDecide`, `Decide`,
+//! each behind nothing else to the same peer;
+//! [`crate::node::GroupsNode::take_replication_before_sync`]), then the sync, then the rest,
+//! so the leader's fsync overlaps the followers'. The leader counts its own acceptance of entries it has not synced yet, but only together with a
 //! follower's, which it handles in a later turn of its loop, after this turn's sync: every
 //! acceptance it counts is on disk by then. A leader that crashes before its sync loses
 //! entries nobody learned were decided (followers may hold them; a new leader keeps them or

@@ -779,6 +779,9 @@ impl<A: App> TcpNode<A> {
                     next_tick = now + tick;
                 }
             }
+            // The leader's replication messages leave before the application takes its
+            // deliveries, which syncs the logs (group commit, pipelined).
+            self.send_replication_before_sync();
             self.app.step(&mut self.node);
             self.send_outgoing();
             if let Some(why) = self.node.stopped() {
@@ -1544,14 +1547,18 @@ impl<A: App> TcpNode<A> {
     }
 
     fn send_outgoing(&mut self) {
-        // Group commit, pipelined: the leader's replication messages go out before this
-        // turn's log sync, the rest after it.
+        self.send_replication_before_sync();
+        self.node.take_outgoing(&mut self.out);
+        self.send_taken();
+    }
+
+    /// Group commit, pipelined: sends the leader's replication messages that may leave
+    /// before the logs' sync ([`GroupsNode::take_replication_before_sync`]).
+    fn send_replication_before_sync(&mut self) {
         self.node.take_replication_before_sync(&mut self.out);
         if !self.out.is_empty() {
             self.send_taken();
         }
-        self.node.take_outgoing(&mut self.out);
-        self.send_taken();
     }
 
     /// Encodes the messages in `self.out` onto their connections and writes them.
