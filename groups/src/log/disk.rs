@@ -420,11 +420,6 @@ impl WalSync {
         lock(&self.0).sync(false)
     }
 
-    /// The file this store writes.
-    pub fn path(&self) -> PathBuf {
-        lock(&self.0).path.clone()
-    }
-
     /// Whether the next [`WalSync::sync`] has something to sync.
     pub fn must_sync(&self) -> bool {
         lock(&self.0).must_sync
