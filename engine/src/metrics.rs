@@ -214,6 +214,24 @@ pub fn render_partition(s: &ServerStats, e: &mut Exposition) {
         ),
     ];
     e.counters(&counters);
+    for (w, handled) in s.worker_handled.iter().enumerate() {
+        e.counter(
+            "chorus_partition_worker_handled_total",
+            "Combined mode: delivered multicasts fully handled by each worker of the replica.",
+            &[("worker", &w.to_string())],
+            *handled,
+        );
+    }
+    for (w, cpu) in s.worker_cpus.iter().enumerate() {
+        if let Some(cpu) = cpu {
+            e.gauge(
+                "chorus_partition_worker_cpu",
+                "Combined mode: the logical CPU each worker thread is pinned to (--pin; absent when not pinned).",
+                &[("worker", &w.to_string())],
+                *cpu as f64,
+            );
+        }
+    }
 }
 
 /// Renders an oracle replica's counters (`chorus_oracle_*_total`).

@@ -8,6 +8,16 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+/// CPUs a `cpu_set_t` can name (glibc's `CPU_SETSIZE`): `core_affinity` asserts (panics)
+/// on an id at or above it.
+const CPU_SET_SIZE: usize = 1024;
+
+/// Pins the calling thread to logical CPU `cpu`; false (and nothing changed) if the id is out
+/// of range or the process may not run there.
+pub fn pin_current_thread(cpu: usize) -> bool {
+    cpu < CPU_SET_SIZE && core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+}
+
 /// One logical CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cpu {

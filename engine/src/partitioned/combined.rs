@@ -186,6 +186,8 @@ struct View {
     handled: AtomicU64,
     backlog: AtomicU64,
     stats: parking_lot::Mutex<ServerStats>,
+    /// The CPU the thread was pinned to, plus one (0: not pinned, or pinning failed).
+    pinned: AtomicU64,
 }
 
 /// The workers on threads of their own.
@@ -359,8 +361,15 @@ impl<S: PartitionedService> WorkerPartition<S> {
         let mut views = Vec::new();
         for (w, (server, (_, rx))) in workers.drain(..).zip(channels).enumerate() {
             let view = Arc::new(View::default());
+            let cpu = self
+                .opts
+                .pin_cpus
+                .as_ref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c[(self.route.base as usize + w) % c.len()]);
             let thread = WorkerThread {
                 worker: w,
+                cpu,
                 inbox: rx,
                 peers: inboxes.clone(),
                 route: self.route,
@@ -387,20 +396,38 @@ impl<S: PartitionedService> WorkerPartition<S> {
         });
     }
 
+    /// Combined mode on threads: the CPU each worker's thread is pinned to (`None`: not
+    /// pinned, pinning failed, or the workers are stepped inline).
+    pub fn worker_cpus(&self) -> Vec<Option<usize>> {
+        match &self.exec {
+            Exec::Inline { workers, .. } => vec![None; workers.len()],
+            Exec::Threads(pool) => pool
+                .views
+                .iter()
+                .map(|v| v.pinned.load(Ordering::Acquire).checked_sub(1))
+                .map(|c| c.map(|c| c as usize))
+                .collect(),
+        }
+    }
+
     fn refresh_stats(&mut self) {
         let mut sum = ServerStats::default();
         match &self.exec {
             Exec::Inline { workers, .. } => {
                 for w in workers {
                     sum.absorb(&w.stats);
+                    sum.worker_handled.push(w.stats.handled);
                 }
             }
             Exec::Threads(pool) => {
                 for v in &pool.views {
-                    sum.absorb(&v.stats.lock());
+                    let s = v.stats.lock();
+                    sum.absorb(&s);
+                    sum.worker_handled.push(s.handled);
                 }
             }
         }
+        sum.worker_cpus = self.worker_cpus();
         self.stats = sum;
     }
 
@@ -729,6 +756,8 @@ impl<S: PartitionedService> PartitionCore for WorkerPartition<S> {
 /// One worker on its own thread.
 struct WorkerThread {
     worker: usize,
+    /// The CPU to pin this thread to.
+    cpu: Option<usize>,
     inbox: Receiver<In>,
     peers: Vec<Sender<In>>,
     route: Route,
@@ -739,6 +768,17 @@ struct WorkerThread {
 
 impl WorkerThread {
     fn run<S: PartitionedService>(self, mut s: PartitionServer<S>) {
+        if let Some(cpu) = self.cpu {
+            if crate::topology::pin_current_thread(cpu) {
+                self.view.pinned.store(cpu as u64 + 1, Ordering::Release);
+            } else {
+                tracing::warn!(
+                    worker = self.worker,
+                    cpu,
+                    "could not pin combined-mode worker"
+                );
+            }
+        }
         let mut buf = Vec::new();
         let mut snaps = Vec::new();
         let mut asks: Vec<Sender<u64>> = Vec::new();
@@ -796,5 +836,88 @@ impl WorkerThread {
                 self.waker.wake();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partitioned::layout::{self, ScaleOutLayout};
+    use crate::partitioned::Scheme;
+    use crate::testing::scaleout::ObjectKv;
+    use crate::topology::Topology;
+    use std::time::{Duration, Instant};
+
+    /// Replica `node` of partition `partition` of a 2 x 2 S-SMR deployment, on threads.
+    fn threaded(partition: u32, node: u32, pin: Option<Vec<usize>>) -> WorkerPartition<ObjectKv> {
+        let lay = ScaleOutLayout::combined(Scheme::Ssmr, 2, 2, 3, 1, 1, layout::tuning()).unwrap();
+        let opts = ServerOptions {
+            workers: 2,
+            worker_threads: true,
+            pin_cpus: pin,
+            ..ServerOptions::new(Scheme::Ssmr)
+        };
+        let mut w = WorkerPartition::new(
+            Arc::new(ObjectKv { preload: 8 }),
+            Arc::new(lay.config),
+            NodeId(node),
+            partition,
+            4,
+            opts,
+        );
+        w.start(&Waker::noop());
+        w
+    }
+
+    /// The CPUs the workers report once both threads started (or what they report after 5 s).
+    fn settled(w: &WorkerPartition<ObjectKv>, want: &[Option<usize>]) -> Vec<Option<usize>> {
+        let by = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = w.worker_cpus();
+            if got == want || Instant::now() > by {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn worker_threads_are_pinned_by_cell_to_the_cpus_given() {
+        let cpus: Vec<usize> = Topology::detect().cpus.iter().map(|c| c.id).collect();
+        let (a, b) = (cpus[0], *cpus.last().unwrap());
+        // A list of `workers` CPUs places by worker, whatever the partition.
+        let w = threaded(1, 4, Some(vec![b, a]));
+        assert_eq!(settled(&w, &[Some(b), Some(a)]), vec![Some(b), Some(a)]);
+        // A list of partitions x workers CPUs places by cell: partition 1 takes entries 2, 3.
+        let w = threaded(1, 4, Some(vec![a, a, b, a]));
+        assert_eq!(settled(&w, &[Some(b), Some(a)]), vec![Some(b), Some(a)]);
+        let w = threaded(0, 1, Some(vec![a, b, b, b]));
+        assert_eq!(settled(&w, &[Some(a), Some(b)]), vec![Some(a), Some(b)]);
+        // Unpinned by default; stepped inline, nothing is pinned.
+        let w = threaded(0, 1, None);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(w.worker_cpus(), vec![None, None]);
+        let lay = ScaleOutLayout::combined(Scheme::Ssmr, 2, 2, 3, 1, 1, layout::tuning()).unwrap();
+        let inline = WorkerPartition::new(
+            Arc::new(ObjectKv { preload: 8 }),
+            Arc::new(lay.config),
+            NodeId(1),
+            0,
+            4,
+            ServerOptions {
+                workers: 2,
+                pin_cpus: Some(vec![a]),
+                ..ServerOptions::new(Scheme::Ssmr)
+            },
+        );
+        assert_eq!(inline.worker_cpus(), vec![None, None]);
+    }
+
+    #[test]
+    fn a_cpu_the_process_may_not_use_is_left_unpinned() {
+        // Beyond what a CPU set can name, and (on any machine this runs on) not a CPU.
+        let w = threaded(0, 1, Some(vec![usize::MAX >> 1, 1000]));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(w.worker_cpus(), vec![None, None]);
     }
 }

@@ -99,6 +99,14 @@ pub struct ServerOptions {
     /// Combined mode: run each worker on its own thread (production); otherwise the
     /// replica's thread steps them in turn (the simulator).
     pub worker_threads: bool,
+    /// Combined mode with `worker_threads`: pin the thread of worker `w` of partition `p`
+    /// (cell `c = p * workers + w`) to logical CPU `pin_cpus[c % len]`. A list of `workers`
+    /// CPUs (e.g. [`crate::topology::Topology::placement`]`(workers)`, what a server process
+    /// holding one replica wants) places by worker; a list of `partitions x workers` places
+    /// every cell apart (one process holding a replica of every partition). A CPU the
+    /// process may not run on is warned about and left unpinned. `None` (the default)
+    /// leaves the threads to the scheduler.
+    pub pin_cpus: Option<Vec<usize>>,
     /// Partition replicas merge their logs themselves, so they serve reads off the log
     /// ([`reads`]; a replica whose node merges for it refuses them, and the client orders
     /// them). TCP nodes always do.
@@ -116,6 +124,7 @@ impl ServerOptions {
             dynastar: dynastar::DynaOptions::default(),
             workers: 1,
             worker_threads: false,
+            pin_cpus: None,
             fast_reads: false,
         }
     }

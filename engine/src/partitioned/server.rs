@@ -88,6 +88,12 @@ pub struct ServerStats {
     pub lent: u64,
     /// DynaStar: placement chunks applied.
     pub plan_chunks: u64,
+    /// Combined mode: `handled` of each worker of the replica, by worker index (empty
+    /// otherwise; [`ServerStats::absorb`] leaves it alone).
+    pub worker_handled: Vec<u64>,
+    /// Combined mode: the CPU each worker's thread is pinned to
+    /// ([`super::ServerOptions::pin_cpus`]; `None`: not pinned), by worker index.
+    pub worker_cpus: Vec<Option<usize>>,
 }
 
 /// Counts the outcome, records it in the client table (with the outcome only where this
@@ -138,6 +144,8 @@ impl ServerStats {
             double_owned,
             lent,
             plan_chunks,
+            worker_handled: _,
+            worker_cpus: _,
         } = other;
         self.handled += handled;
         self.single += single;

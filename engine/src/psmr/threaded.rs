@@ -223,7 +223,7 @@ struct WorkerThread<S: Service> {
 impl<S: Service> WorkerThread<S> {
     fn run(self, mut w: Worker<S>) -> Worker<S> {
         if let Some(cpu) = self.cpu {
-            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            if !crate::topology::pin_current_thread(cpu) {
                 tracing::warn!(worker = w.id, cpu, "could not pin worker");
             }
         }

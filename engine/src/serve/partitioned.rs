@@ -29,6 +29,19 @@ pub struct ScaleOutFlags {
     /// cell of the partition and runs on its own thread; in-process or --write-config).
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// Combined mode: pin every worker thread to a core of its own (P-SMR's placement: one
+    /// logical CPU per physical core, NUMA node by NUMA node, then the siblings). A server
+    /// process places its replica's workers; the in-process deployment places every
+    /// partition's workers apart (a partition's replicas share them).
+    #[arg(long)]
+    pub pin: bool,
+}
+
+/// `--pin`'s CPUs for `cells` cells of `workers` workers each (see
+/// [`ServerOptions::pin_cpus`]): one per worker for a server process (`cells == workers`),
+/// one per cell for an in-process deployment.
+pub fn pin_cpus(pin: bool, cells: u32) -> Option<Vec<usize>> {
+    pin.then(|| crate::topology::Topology::detect().placement(cells.max(1) as usize))
 }
 
 /// How a scale-out deployment replicates: what its file says or what the flags ask for.
@@ -179,7 +192,7 @@ pub fn server<S: ScaleOutApp>() -> ExitCode {
     let (f, p, s) = super::parse_server_args::<ScaleOutFlags, S::Flags>(S::SERVER, S::ABOUT);
     let result = f.task().and_then(|task| match task {
         Task::WriteConfig(path) => write_config::<S>(&f, &p, &s, path),
-        Task::Node(path, me) => serve_node::<S>(&f, path, me),
+        Task::Node(path, me) => serve_node::<S>(&f, p.pin, path, me),
         Task::InProcess => in_process::<S>(&f, &p, &s),
     });
     super::exit(S::SERVER, result)
@@ -284,6 +297,7 @@ fn render_state_hash(hash: Option<(u64, u64)>, e: &mut Exposition) {
 
 fn serve_node<S: ScaleOutApp>(
     f: &ServerFlags,
+    pin: bool,
     path: &std::path::Path,
     me: NodeId,
 ) -> Result<(), String> {
@@ -316,7 +330,10 @@ fn serve_node<S: ScaleOutApp>(
         me,
         role,
         plan.cells(),
-        plan.server_options(),
+        ServerOptions {
+            pin_cpus: pin_cpus(pin, plan.workers),
+            ..plan.server_options()
+        },
     );
     let checkpointing = policy.is_some();
     r = r.checkpointing(&cfg, me, policy);
@@ -382,6 +399,7 @@ fn in_process<S: ScaleOutApp>(
     let mut handle = None;
     let options = ServerOptions {
         fast_reads: f.fast_reads,
+        pin_cpus: pin_cpus(p.pin, plan.cells()),
         ..plan.server_options()
     };
     let client = plan.client_options(f.fast_reads);
