@@ -1,7 +1,8 @@
-//! One run against Chirper on DS-SMR (or on DynaStar: [`SERVICE_DYNASTAR`]): two partitions of three replicas and an oracle of
-//! three, nine `chirper-server` processes (replicas colocated with the acceptors of their
-//! group's log; the global log's acceptors are one replica of each group), durable logs, one
-//! fault.
+//! One run against Chirper on DS-SMR (or on DynaStar: [`SERVICE_DYNASTAR`]; or combined,
+//! two workers in every partition replica: [`SERVICE_COMBINED`]): two partitions of three
+//! replicas and an oracle of three, nine `chirper-server` processes (replicas colocated with
+//! the acceptors of their group's log; the global log's acceptors are one replica of each
+//! group), durable logs, one fault.
 //!
 //! Clients of one in-process TCP client node post, follow, unfollow and read timelines on a
 //! small generated social graph through [`ScaleOutClient`]s, recording every invocation and
@@ -17,7 +18,7 @@ use crate::run::{
     self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target, STARTUP,
 };
 use crate::tap::{ScaleOutRecording, Tap};
-use crate::{Fault, RunReport};
+use crate::{CombinedCounts, Fault, RunReport};
 use bytes::Bytes;
 use chirper::cli::{ConfigFile, DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
@@ -43,8 +44,10 @@ const REPLICAS: usize = 3;
 /// Users of the generated graph (ids `0..USERS`), the workload's users.
 const USERS: u32 = 16;
 /// Probe users, created before the history starts and touched by nothing but the probes:
-/// `PROBE_USER + p` is placed on partition `p` (ids beyond the graph go to `id % partitions`)
-/// and never moves, so reading its timeline goes through partition `p`'s log alone.
+/// [`Shape::probe_user`]`(p)` is placed on partition `p` (ids beyond the graph go to
+/// `id % cells`, and `PROBE_USER` is a multiple of every cell count run here, so
+/// `PROBE_USER + p * k` is cell `p * k`, worker 0 of partition `p`) and never moves, so
+/// reading its timeline goes through partition `p`'s log alone.
 const PROBE_USER: UserId = 1000;
 /// Users the global log's probe creates (a create goes to the oracle and a partition).
 const FRESH_USERS: UserId = 100_000;
@@ -61,9 +64,45 @@ const PROBE_THINK: Duration = Duration::from_millis(5);
 
 type Reply2 = Response<Reply>;
 
+/// What a run deploys: the scheme and the workers in every partition replica (above 1:
+/// combined mode, [`engine::partitioned::combined`]; each a thread of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub scheme: Scheme,
+    pub workers: u32,
+}
+
+impl Shape {
+    const DSSMR: Shape = Shape {
+        scheme: Scheme::Dssmr,
+        workers: 1,
+    };
+    /// The combined campaign's: 2 partitions x 3 replicas x 2 workers.
+    const COMBINED: Shape = Shape {
+        scheme: Scheme::Dssmr,
+        workers: 2,
+    };
+    const DYNASTAR: Shape = Shape {
+        scheme: Scheme::Dynastar,
+        workers: 1,
+    };
+
+    /// The protocol's partitions (partitions x workers).
+    fn cells(self) -> u32 {
+        PARTITIONS * self.workers
+    }
+
+    /// Partition `p`'s probe user (on worker 0 of `p`).
+    fn probe_user(self, p: u32) -> UserId {
+        PROBE_USER + p * self.workers
+    }
+}
+
 /// The `[service]` table every process builds the same graph and placement from (DS-SMR:
-/// by community; DynaStar: random, for the oracle to repartition).
-fn section(scheme: Scheme) -> ServiceSection {
+/// by community, sharded over the workers by id; DynaStar: random, for the oracle to
+/// repartition).
+fn section(shape: Shape) -> ServiceSection {
+    let scheme = shape.scheme;
     let spec = GraphSpec {
         users: USERS,
         communities: 2,
@@ -75,17 +114,27 @@ fn section(scheme: Scheme) -> ServiceSection {
     let quality = if scheme == Scheme::Dynastar { 0.0 } else { 1.0 };
     let mut s = ServiceSection::generated(scheme, PARTITIONS, &spec, quality);
     s.timeline_len = TIMELINE_LEN;
+    s.workers = shape.workers;
     s
 }
 
 /// The layout, with `clients` client nodes (the workload's and spare ones).
-fn layout(scheme: Scheme, clients: usize) -> Result<ScaleOutLayout, String> {
+fn layout(shape: Shape, clients: usize) -> Result<ScaleOutLayout, String> {
     let tuning = Tuning {
         // Replicas rebuild their state from the logs: nothing may be trimmed.
         trim: false,
         ..layout::tuning()
     };
-    ScaleOutLayout::new(scheme, PARTITIONS, REPLICAS, 1, clients, tuning).map_err(|e| e.to_string())
+    ScaleOutLayout::combined(
+        shape.scheme,
+        PARTITIONS,
+        shape.workers,
+        REPLICAS,
+        1,
+        clients,
+        tuning,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Chirper's process faults.
@@ -96,18 +145,30 @@ pub(crate) const SERVICE: Service = Service {
         follower: "SIGKILL a follower of a random log, restart it from its durable logs",
         oracle: Ok("SIGKILL an oracle replica, restart it from its durable logs"),
     },
-    attempt: |run, plan, dir, r| attempt(Scheme::Dssmr, run, plan, dir, r),
+    attempt: |run, plan, dir, r| attempt(Shape::DSSMR, run, plan, dir, r),
+};
+
+/// Chirper on DS-SMR in combined mode (two worker threads in every partition replica, users
+/// sharded over them by id): the same faults.
+pub(crate) const SERVICE_COMBINED: Service = Service {
+    name: "chirper-combined",
+    kills: SERVICE.kills,
+    attempt: |run, plan, dir, r| attempt(Shape::COMBINED, run, plan, dir, r),
 };
 
 /// Chirper on DynaStar's process faults.
 pub(crate) const SERVICE_DYNASTAR: Service = Service {
     name: "chirper-dynastar",
     kills: SERVICE.kills,
-    attempt: |run, plan, dir, r| attempt(Scheme::Dynastar, run, plan, dir, r),
+    attempt: |run, plan, dir, r| attempt(Shape::DYNASTAR, run, plan, dir, r),
 };
 
 /// The specification's initial state: the graph's users and the probe users.
 pub fn model(section: &ServiceSection) -> Result<ChirperModel, String> {
+    let shape = Shape {
+        workers: section.workers.max(1),
+        ..Shape::DSSMR
+    };
     let graph = section.graph()?;
     let mut initial: BTreeMap<UserId, SpecUser> = (0..graph.users())
         .map(|u| {
@@ -122,7 +183,7 @@ pub fn model(section: &ServiceSection) -> Result<ChirperModel, String> {
         })
         .collect();
     for p in 0..PARTITIONS {
-        initial.insert(PROBE_USER + p, SpecUser::default());
+        initial.insert(shape.probe_user(p), SpecUser::default());
     }
     Ok(ChirperModel {
         initial,
@@ -132,7 +193,7 @@ pub fn model(section: &ServiceSection) -> Result<ChirperModel, String> {
 
 /// One attempt at a run, in `dir`.
 fn attempt(
-    scheme: Scheme,
+    shape: Shape,
     run: &Run,
     plan: &Plan,
     dir: &Path,
@@ -140,13 +201,18 @@ fn attempt(
 ) -> Result<(), String> {
     let (o, binary, seed, fault) = (run.o, run.binary, run.seed, run.fault);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    r.mode = scheme.name().into();
+    let scheme = shape.scheme;
+    r.mode = if shape.workers > 1 {
+        format!("{} x {} workers", scheme.name(), shape.workers)
+    } else {
+        scheme.name().into()
+    };
     // The hostile faults need configured client ids no process uses (see `SPARE_CLIENTS`).
     let spare = match fault {
         Fault::PartialFrames | Fault::FdExhaust => run::SPARE_CLIENTS,
         _ => 0,
     };
-    let lay = layout(scheme, 1 + spare)?;
+    let lay = layout(shape, 1 + spare)?;
     let servers_ids: Vec<u32> = lay
         .config
         .nodes
@@ -157,20 +223,24 @@ fn attempt(
     let me = lay.clients[0];
     let global_log = run::global_log(&lay.config)?;
     let base = run::durable(&lay.config, dir, fault)?;
-    let section = section(scheme);
+    let section = section(shape);
 
     // Addresses, servers.
     let client_ids: Vec<u32> = lay.clients.iter().map(|c| c.0).collect();
     let network = Network::new(plan, r.index, seed, &servers_ids, &client_ids)?;
-    let mut servers =
-        network.start_servers(&servers_ids, binary, &run::server_flags(&base), dir, |n| {
-            DeploymentFile {
-                section: section.clone(),
-                scheme,
-                cluster: network.view(&base, n),
-            }
-            .render()
-        })?;
+    let mut flags = run::server_flags(&base);
+    if shape.workers > 1 {
+        // Every worker thread pinned (P-SMR's placement; on 2 cores the processes share).
+        flags.push("--pin".into());
+    }
+    let mut servers = network.start_servers(&servers_ids, binary, &flags, dir, |n| {
+        DeploymentFile {
+            section: section.clone(),
+            scheme,
+            cluster: network.view(&base, n),
+        }
+        .render()
+    })?;
 
     // The client node.
     let cluster = Arc::new(network.view(&base, me.0));
@@ -182,7 +252,7 @@ fn attempt(
     let slots = probe_base + logs_total * SLOTS_PER_THREAD + 1;
     let proxies: Vec<ScaleOutRecording<Chirper>> = (0..slots)
         .map(|i| {
-            let mut opts = ClientOptions::new(scheme, PARTITIONS);
+            let mut opts = ClientOptions::new(scheme, shape.cells());
             opts.seed = seed;
             ScaleOutRecording::new(
                 ScaleOutClient::new(
@@ -209,7 +279,7 @@ fn attempt(
     for p in 0..PARTITIONS {
         match client.handle.call(
             final_slot,
-            Command::CreateUser(PROBE_USER + p),
+            Command::CreateUser(shape.probe_user(p)),
             Duration::from_secs(10),
         ) {
             Some(Ok(Response::Created)) => {}
@@ -287,14 +357,15 @@ fn attempt(
         .logs
         .iter()
         .position(|l| {
-            l.covers == groups::groupset::GroupSet::singleton(groups::ids::GroupId(PARTITIONS))
+            l.covers == groups::groupset::GroupSet::singleton(groups::ids::GroupId(shape.cells()))
         })
         .map(|i| lay.config.logs[i].id.0);
     for (j, &log) in r.victim_led_logs.iter().enumerate() {
         let t = o.clients + j;
         let first = probe_base + j * SLOTS_PER_THREAD;
         let next: Box<dyn FnMut(u64) -> Command + Send> = if log < PARTITIONS {
-            Box::new(move |_| Command::GetTimeline(PROBE_USER + log))
+            let user = shape.probe_user(log);
+            Box::new(move |_| Command::GetTimeline(user))
         } else if log == global_log || Some(log) == oracle_log {
             let base = FRESH_USERS + 10_000 * j as u32;
             Box::new(move |n| Command::CreateUser(base + n as u32))
@@ -320,11 +391,11 @@ fn attempt(
             .first()
             .ok_or("fd-exhaust: the victim leads no log")?;
         let probe = if log < PARTITIONS {
-            Command::GetTimeline(PROBE_USER + log)
+            Command::GetTimeline(shape.probe_user(log))
         } else {
             Command::CreateUser(FRESH_USERS - 1)
         };
-        let mut opts = ClientOptions::new(scheme, PARTITIONS);
+        let mut opts = ClientOptions::new(scheme, shape.cells());
         opts.seed = seed;
         let proxy = ScaleOutClient::new(
             engine::wire::ClientId::new(fresh, first.wrapping_add(slots as u32)),
@@ -341,7 +412,7 @@ fn attempt(
 
     // Final reads: every user's timeline, one after the other (part of the history).
     let mut timelines: BTreeMap<UserId, Vec<Post>> = BTreeMap::new();
-    let readers = (0..USERS).chain((0..PARTITIONS).map(|p| PROBE_USER + p));
+    let readers = (0..USERS).chain((0..PARTITIONS).map(|p| shape.probe_user(p)));
     for u in readers {
         let cmd = Command::GetTimeline(u);
         let call = Instant::now();
@@ -425,6 +496,69 @@ fn attempt(
             );
         }
     }
+    if shape.workers > 1 {
+        let k = shape.workers as usize;
+        let mut seen = Vec::new();
+        for &n in &servers_ids {
+            if !matches!(lay.role(groups::ids::NodeId(n)), Some(Role::Partition(_))) {
+                continue;
+            }
+            let Some(body) = servers.metrics_addr(n).and_then(|a| scrape(a).ok()) else {
+                r.problems.push(format!(
+                    "combined mode: node {n}'s metrics could not be read"
+                ));
+                continue;
+            };
+            let by_worker: Vec<u64> = (0..k)
+                .map_while(|w| {
+                    labelled(
+                        &body,
+                        "chorus_partition_worker_handled_total",
+                        ("worker", &w.to_string()),
+                    )
+                })
+                .collect();
+            let multi = counter(&body, "chorus_partition_multi_total").unwrap_or(0);
+            let moved_in = counter(&body, "chorus_partition_moves_in_total").unwrap_or(0);
+            let pinned = (0..k)
+                .filter(|w| {
+                    labelled(
+                        &body,
+                        "chorus_partition_worker_cpu",
+                        ("worker", &w.to_string()),
+                    )
+                    .is_some()
+                })
+                .count();
+            if pinned < k {
+                r.problems.push(format!(
+                    "combined mode: node {n} runs with --pin but {pinned} of its {k} workers are pinned"
+                ));
+            }
+            if by_worker.len() < k || by_worker.contains(&0) {
+                r.problems.push(format!(
+                    "combined mode: node {n}'s {k} workers did not all handle commands: {by_worker:?}"
+                ));
+            }
+            seen.push(CombinedCounts {
+                node: n,
+                handled: by_worker,
+                multi,
+                moved_in,
+                pinned,
+            });
+        }
+        if seen.iter().all(|c| c.multi + c.moved_in == 0) {
+            r.problems.push(
+                "combined mode: no command crossed cells (none ran over several, no object moved) at any partition replica"
+                    .into(),
+            );
+        }
+        if o.verbose {
+            eprintln!("  run {}: combined-mode counts: {seen:?}", r.index);
+        }
+        r.worker_handled = Some(seen);
+    }
     r.states_equal = hashes.len() == servers_ids.len() && groups_agree(&groups, &hashes);
     if !r.states_equal {
         r.problems.push(format!(
@@ -482,12 +616,21 @@ pub fn state_hash(body: &str) -> Option<u64> {
     Some(half("high")? << 32 | half("low")?)
 }
 
+/// A counter with one label (`name{label="value"}`) from a metrics body.
+pub fn labelled(body: &str, name: &str, (label, value): (&str, &str)) -> Option<u64> {
+    sample(body, &format!("{name}{{{label}=\"{value}\"}} "))
+}
+
 /// A counter without labels from a metrics body.
 pub fn counter(body: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{name} ");
+    sample(body, &format!("{name} "))
+}
+
+/// The non-negative integer value of the line starting with `prefix`.
+fn sample(body: &str, prefix: &str) -> Option<u64> {
     let v: f64 = body
         .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))?
+        .find_map(|l| l.strip_prefix(prefix))?
         .trim()
         .parse()
         .ok()?;
@@ -563,6 +706,9 @@ mod tests {
         let body = "# TYPE chorus_partition_plan_chunks_total counter\nchorus_partition_plan_chunks_total 3\nchorus_partition_plan_chunks_totalx 9\n";
         assert_eq!(counter(body, "chorus_partition_plan_chunks_total"), Some(3));
         assert_eq!(counter(body, "chorus_partition_lent_total"), None);
+        let body = "chorus_partition_worker_handled_total{worker=\"0\"} 7\nchorus_partition_worker_handled_total{worker=\"1\"} 0\n";
+        let w = |i: &str| labelled(body, "chorus_partition_worker_handled_total", ("worker", i));
+        assert_eq!((w("0"), w("1"), w("2")), (Some(7), Some(0), None));
         assert_eq!(
             state_hash("chorus_replica_state_hash{half=\"high\"} 1.5\nchorus_replica_state_hash{half=\"low\"} 2\n"),
             None
@@ -596,32 +742,54 @@ mod tests {
 
     #[test]
     fn the_layout_has_nine_servers_four_logs_and_the_model_knows_the_probe_users() {
-        let lay = layout(Scheme::Dssmr, 1).unwrap();
-        let servers = lay
-            .config
-            .nodes
-            .iter()
-            .filter(|n| !lay.is_client(n.id))
-            .count();
-        assert_eq!(servers, 9);
-        assert_eq!(lay.config.logs.len(), 4);
-        assert_eq!(lay.oracle_replicas.len(), 3);
-        let s = section(Scheme::Dssmr);
-        let m = model(&s).unwrap();
-        assert!(m.initial.contains_key(&PROBE_USER));
-        assert!(m.initial.contains_key(&(PROBE_USER + 1)));
-        assert_eq!(m.initial.len(), USERS as usize + 2);
-        // Probe users land on their own partition.
-        let service = s.service().unwrap();
-        for p in 0..PARTITIONS {
-            assert_eq!(
-                engine::partitioned::service::PartitionedService::place(
+        for shape in [Shape::DSSMR, Shape::COMBINED, Shape::DYNASTAR] {
+            let lay = layout(shape, 1).unwrap();
+            let servers = lay
+                .config
+                .nodes
+                .iter()
+                .filter(|n| !lay.is_client(n.id))
+                .count();
+            assert_eq!(servers, 9, "{shape:?}");
+            // A log per partition (covering its cells), the oracle's, the global one.
+            assert_eq!(lay.config.logs.len(), 4, "{shape:?}");
+            assert_eq!(lay.oracle_replicas.len(), 3);
+            assert_eq!(lay.partitions, shape.cells());
+            let s = section(shape);
+            assert_eq!(s.workers, shape.workers);
+            let m = model(&s).unwrap();
+            assert_eq!(m.initial.len(), USERS as usize + 2);
+            let service = s.service().unwrap();
+            let cells = engine::partitioned::combined::Cells::new(PARTITIONS, shape.workers);
+            for p in 0..PARTITIONS {
+                let u = shape.probe_user(p);
+                assert!(m.initial.contains_key(&u));
+                // Probe users land on their own partition, on its worker 0.
+                let cell = engine::partitioned::service::PartitionedService::place(
                     &service,
-                    u64::from(PROBE_USER + p),
-                    PARTITIONS
-                ),
-                p
-            );
+                    u64::from(u),
+                    shape.cells(),
+                );
+                assert_eq!(cell, cells.cell(p, 0), "{shape:?} probe {p}");
+                assert_eq!(cells.partition_of(cell), p);
+                // Partition p's log covers the probe's cell.
+                let log = lay.config.logs.iter().find(|l| l.id.0 == p).unwrap();
+                assert!(log.covers.contains(groups::ids::GroupId(cell)));
+            }
+            if shape.workers > 1 {
+                // The graph's users are spread over every cell: commands of one worker, of
+                // several workers of one partition and of several partitions all occur.
+                let used: BTreeSet<u32> = (0..USERS)
+                    .map(|u| {
+                        engine::partitioned::service::PartitionedService::place(
+                            &service,
+                            u64::from(u),
+                            shape.cells(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(used.len() as u32, shape.cells(), "{shape:?}: {used:?}");
+            }
         }
     }
 }

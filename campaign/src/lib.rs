@@ -39,6 +39,10 @@
 //! generated social graph, and the same checks: the history against
 //! `chirper::model::ChirperModel`, every group's replicas with one state hash (from their
 //! metrics), every acknowledged post in its author's final timeline, no collateral death.
+//! `chirper-combined` runs the same deployment in combined mode (every partition replica runs
+//! two worker threads, the users sharded over them by id: 2 partitions x 3 replicas x 2
+//! workers), so commands of one worker, of two workers of one partition and of two
+//! partitions all run under the fault.
 
 pub mod btree;
 pub mod chirper;
@@ -175,6 +179,9 @@ pub enum ServiceKind {
     /// Chirper on DynaStar (the same deployment, a random initial placement that the oracle
     /// repartitions during the run).
     ChirperDynastar,
+    /// Chirper on DS-SMR in combined mode: two worker threads in every partition replica
+    /// (2 partitions x 3 replicas x 2 workers, users sharded over the workers by id).
+    ChirperCombined,
 }
 
 impl ServiceKind {
@@ -183,12 +190,16 @@ impl ServiceKind {
             ServiceKind::Btree => "btree",
             ServiceKind::Chirper => "chirper",
             ServiceKind::ChirperDynastar => "chirper-dynastar",
+            ServiceKind::ChirperCombined => "chirper-combined",
         }
     }
 
     /// Whether the service has an oracle (Chirper on DS-SMR or DynaStar).
     pub fn is_chirper(self) -> bool {
-        matches!(self, ServiceKind::Chirper | ServiceKind::ChirperDynastar)
+        matches!(
+            self,
+            ServiceKind::Chirper | ServiceKind::ChirperDynastar | ServiceKind::ChirperCombined
+        )
     }
 
     pub fn parse_list(s: &str) -> Result<Vec<ServiceKind>, String> {
@@ -199,8 +210,9 @@ impl ServiceKind {
                 "btree" => Ok(ServiceKind::Btree),
                 "chirper" => Ok(ServiceKind::Chirper),
                 "chirper-dynastar" => Ok(ServiceKind::ChirperDynastar),
+                "chirper-combined" => Ok(ServiceKind::ChirperCombined),
                 other => Err(format!(
-                    "{other:?} is not a service (btree, chirper or chirper-dynastar)"
+                    "{other:?} is not a service (btree, chirper, chirper-dynastar or chirper-combined)"
                 )),
             })
             .collect::<Result<_, _>>()?;
@@ -297,8 +309,26 @@ pub struct RunReport {
     /// DynaStar: placement chunks every partition replica applied by the end, summed (a
     /// repartition moved users during the run iff above 0).
     pub placement_chunks: Option<u64>,
+    /// Combined mode: every partition replica's counts at the end, from its metrics.
+    pub worker_handled: Option<Vec<CombinedCounts>>,
     pub seconds: f64,
     pub problems: Vec<String>,
+}
+
+/// A combined-mode partition replica's counts at the end of a run (each worker must have
+/// handled commands and be pinned, and commands must have crossed cells: executed over
+/// several, or, DS-SMR's way, moved their objects into one).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CombinedCounts {
+    pub node: u32,
+    /// Delivered multicasts handled, by worker.
+    pub handled: Vec<u64>,
+    /// Commands executed over several cells (counted by each worker taking part).
+    pub multi: u64,
+    /// Objects moved into the partition's cells.
+    pub moved_in: u64,
+    /// Workers pinned to a CPU.
+    pub pinned: usize,
 }
 
 impl RunReport {

@@ -95,6 +95,7 @@ pub fn run(o: &Options) -> Result<Summary, String> {
             (ServiceKind::Btree, Some(bin), _) => (bin, &btree::SERVICE),
             (ServiceKind::Chirper, _, Some(bin)) => (bin, &chirper::SERVICE),
             (ServiceKind::ChirperDynastar, _, Some(bin)) => (bin, &chirper::SERVICE_DYNASTAR),
+            (ServiceKind::ChirperCombined, _, Some(bin)) => (bin, &chirper::SERVICE_COMBINED),
             _ => return Err(format!("no server binary for {}", service.name())),
         };
         let report = run::drive(o, &caps, bin, i, seed, fault, runs_as);

@@ -3,7 +3,8 @@
 //! loses no acknowledged post under one fault per run: SIGKILL of a log's leader, of a
 //! follower and of an oracle replica (restarted from durable logs), SIGSTOP/SIGCONT, a
 //! network partition, packet loss and delay, hostile partial frames and file-descriptor
-//! exhaustion of the global log's leader.
+//! exhaustion of the global log's leader. The same on DynaStar (repartitioning during the
+//! run), and in combined mode (two worker threads in every partition replica).
 //!
 //! Method: `chorus-campaign --services chirper` in CI form: one run of each default fault and
 //! kill-oracle, with the seed printed (`CHORUS_SEED=s` picks another; `CHORUS_CAMPAIGN_RUNS=n`
@@ -64,6 +65,57 @@ fn ci_chirper_dynastar_campaign_repartitions_and_passes_every_run() {
             "run {i} ({}): {} placement chunks applied over the partitions' replicas",
             r.fault,
             r.placement_chunks.unwrap_or(0)
+        );
+    }
+    assert_eq!(s.failed, 0, "failing runs (see their lines above)");
+    assert_eq!(s.passed, o.runs);
+}
+
+/// Chirper on DS-SMR in combined mode as nine real processes: every partition replica runs
+/// two worker threads (2 partitions x 3 replicas x 2 workers, users sharded over the workers
+/// by id), so commands of one worker, of two workers of one partition (exchanged in memory)
+/// and of two partitions run under a leader kill, an oracle replica kill, a pause and packet
+/// loss; the history stays linearizable, every group's replicas equal and no acknowledged
+/// post lost, and every worker of every partition replica handled commands (its metrics).
+/// About 1 minute on 2 cores.
+#[test]
+fn ci_chirper_combined_campaign_passes_every_run() {
+    let seed = std::env::var("CHORUS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_207);
+    let mut o = Options::new(0, seed);
+    o.services = vec![ServiceKind::ChirperCombined];
+    o.faults = vec![
+        Fault::KillLeader,
+        Fault::KillOracle,
+        Fault::Pause,
+        Fault::Loss,
+    ];
+    let s = common::run_plan(&mut o, "chirper combined campaign", "chirper-combined");
+    for (i, r) in s.runs.iter().enumerate() {
+        assert_eq!(r.service, "chirper-combined");
+        assert_eq!(r.mode, "ds-smr x 2 workers");
+        assert!(!r.skipped, "run {i} skipped: {r:?}");
+        common::check_executed(i, r, 9);
+        let workers = r
+            .worker_handled
+            .as_ref()
+            .expect("combined runs count per worker");
+        // Six partition replicas, two workers each, every one of them used.
+        assert_eq!(workers.len(), 6, "run {i}: {workers:?}");
+        for c in workers {
+            assert!(
+                c.handled.len() == 2 && c.handled.iter().all(|&h| h > 0),
+                "run {i}: {c:?}"
+            );
+            // The servers run with --pin.
+            assert_eq!(c.pinned, 2, "run {i}: {c:?}");
+        }
+        // Commands crossed cells: run over several, or their objects moved into one.
+        assert!(
+            workers.iter().any(|c| c.multi + c.moved_in > 0),
+            "run {i}: {workers:?}"
         );
     }
     assert_eq!(s.failed, 0, "failing runs (see their lines above)");

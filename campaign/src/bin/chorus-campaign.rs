@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! chorus-campaign [--runs 12] [--seed S] [--faults kill-leader,kill-follower,kill-oracle,pause,partition,loss,delay,partial-frames,fd-exhaust,wipe-data]
-//!                 [--services btree,chirper,chirper-dynastar] [--json FILE] [--verbose]
+//!                 [--services btree,chirper,chirper-dynastar,chirper-combined] [--json FILE] [--verbose]
 //! ```
 //!
 //! Exit status 0 when every run passed (skipped runs are listed with their reason), 1 when a
@@ -33,7 +33,9 @@ struct Args {
     faults: Option<String>,
     /// Services, in turn: btree (three btree-server processes), chirper (Chirper on DS-SMR:
     /// 2 partitions x 3 replicas and an oracle of 3, nine chirper-server processes),
-    /// chirper-dynastar (the same on DynaStar, repartitioning from a random placement).
+    /// chirper-dynastar (the same on DynaStar, repartitioning from a random placement),
+    /// chirper-combined (the same on DS-SMR with two worker threads in every partition
+    /// replica).
     #[arg(long, default_value = "btree")]
     services: String,
     /// Client threads per run.
