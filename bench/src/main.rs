@@ -6,6 +6,7 @@
 
 mod codec;
 mod combined;
+mod combined_cost;
 mod costmodel;
 mod machine;
 mod multicast;
@@ -241,6 +242,23 @@ enum Experiment {
         #[arg(long, default_value = "s-smr")]
         scheme: scaleout::Variant,
     },
+    /// What the combined mode costs: CPU per command of 1 partition x 2 worker threads
+    /// against plain P-SMR with 2 workers (and a plain S-SMR partition), on the engine's
+    /// reference key-value services, with a share of cross-worker commands.
+    CombinedCost {
+        /// Runs (the table shows medians; the systems alternate within each run).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Shares of cross-worker transfers, one point each (default 0,0.05).
+        #[arg(long, value_delimiter = ',')]
+        cross: Option<Vec<f64>>,
+        /// Closed-loop clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
     /// Chirper on S-SMR against DS-SMR (the DS-SMR paper's Table 1): Timeline, Post,
     /// Follow/unfollow and Mix on 1/2/4/8 partitions measured, 16/32/64 simulated.
     Scaleout {
@@ -364,6 +382,27 @@ fn main() {
             scaleout::run_plan(&scaleout::Plan::quick(), &cli.out, &machine);
             println!("\n== combined ==");
             combined::run_plan(&combined::Plan::quick(), &cli.out, &machine);
+            println!("\n== combined-cost ==");
+            combined_cost::run_plan(&combined_cost::Plan::quick(), &cli.out, &machine);
+        }
+        Some(Experiment::CombinedCost {
+            runs,
+            seconds,
+            cross,
+            clients,
+        }) => {
+            let mut plan = combined_cost::Plan::full();
+            plan.runs = runs.max(1);
+            plan.measure = Duration::from_secs_f64(seconds);
+            plan.clients = clients.max(1);
+            if let Some(c) = cross {
+                if let Some(bad) = c.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                    eprintln!("combined-cost: --cross {bad} is not a share between 0 and 1");
+                    std::process::exit(2);
+                }
+                plan.cross = c;
+            }
+            combined_cost::run_plan(&plan, &cli.out, &machine);
         }
         Some(Experiment::Scaleup {
             runs,
