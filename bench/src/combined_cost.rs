@@ -212,18 +212,24 @@ fn window(plan: &Plan, phase: &AtomicU8) -> (Duration, f64) {
     (elapsed, total_since(cpu_ns(), before))
 }
 
-fn finish(
-    hist: &hdrhistogram::Histogram<u64>,
-    completed: u64,
+/// The run's figures from its client drivers' `(latencies, completed)`.
+fn finish<'a>(
+    drivers: impl Iterator<Item = (&'a hdrhistogram::Histogram<u64>, u64)>,
     elapsed: Duration,
     cpu: f64,
-) -> Measured {
-    Measured {
-        throughput: completed as f64 / elapsed.as_secs_f64(),
-        p50_us: engine::load::quantile_us(hist, 0.5),
-        p99_us: engine::load::quantile_us(hist, 0.99),
-        cpu_us: cpu / 1000.0 / completed.max(1) as f64,
+) -> Result<Measured, String> {
+    let mut hist = engine::load::histogram();
+    let mut completed = 0;
+    for (h, n) in drivers {
+        hist.add(h).map_err(|e| e.to_string())?;
+        completed += n;
     }
+    Ok(Measured {
+        throughput: completed as f64 / elapsed.as_secs_f64(),
+        p50_us: engine::load::quantile_us(&hist, 0.5),
+        p99_us: engine::load::quantile_us(&hist, 0.99),
+        cpu_us: cpu / 1000.0 / completed.max(1) as f64,
+    })
 }
 
 fn run_psmr(plan: &Plan, cross: f64, seed: u64) -> Result<Measured, String> {
@@ -250,14 +256,11 @@ fn run_psmr(plan: &Plan, cross: f64, seed: u64) -> Result<Measured, String> {
     });
     let (elapsed, cpu) = window(plan, &phase);
     let apps = cluster.stop();
-    let mut hist = engine::load::histogram();
-    let mut completed = 0;
-    for c in apps.values().filter_map(|a| a.as_client()) {
-        hist.add(&c.host.driver.latency_ns)
-            .map_err(|e| e.to_string())?;
-        completed += c.host.driver.completed;
-    }
-    Ok(finish(&hist, completed, elapsed, cpu))
+    let drivers = apps
+        .values()
+        .filter_map(|a| a.as_client())
+        .map(|c| (&c.host.driver.latency_ns, c.host.driver.completed));
+    finish(drivers, elapsed, cpu)
 }
 
 fn run_scaleout(plan: &Plan, workers: u32, cross: f64, seed: u64) -> Result<Measured, String> {
@@ -285,14 +288,11 @@ fn run_scaleout(plan: &Plan, workers: u32, cross: f64, seed: u64) -> Result<Meas
     });
     let (elapsed, cpu) = window(plan, &phase);
     let apps = cluster.stop();
-    let mut hist = engine::load::histogram();
-    let mut completed = 0;
-    for c in apps.values().filter_map(|a| a.as_client()) {
-        hist.add(&c.host.driver.latency_ns)
-            .map_err(|e| e.to_string())?;
-        completed += c.host.driver.completed;
-    }
-    Ok(finish(&hist, completed, elapsed, cpu))
+    let drivers = apps
+        .values()
+        .filter_map(|a| a.as_client())
+        .map(|c| (&c.host.driver.latency_ns, c.host.driver.completed));
+    finish(drivers, elapsed, cpu)
 }
 
 fn run_one(plan: &Plan, system: System, cross: f64, seed: u64) -> Result<Measured, String> {
