@@ -18,7 +18,7 @@ use crate::run::{
     self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target, STARTUP,
 };
 use crate::tap::{ScaleOutRecording, Tap};
-use crate::{CombinedCounts, Fault, RunReport};
+use crate::{CombinedCounts, Fault, OraclePlacements, RunReport};
 use bytes::Bytes;
 use chirper::cli::{ConfigFile, DeploymentFile, ServiceSection};
 use chirper::graph::GraphSpec;
@@ -489,12 +489,44 @@ fn attempt(
             })
             .sum();
         r.placement_chunks = Some(chunks);
+        // What the oracle replicas computed, to tell a placement that moved nothing (too
+        // little traffic for a better cut) from a plan that never arrived.
+        let oracle: Vec<OraclePlacements> = lay
+            .oracle_replicas
+            .iter()
+            .map(|&n| {
+                let body = servers.metrics_addr(n.0).and_then(|a| scrape(a).ok());
+                let get = |name| body.as_deref().and_then(|b| counter(b, name));
+                OraclePlacements {
+                    node: n.0,
+                    hint_batches: get("chorus_oracle_hint_batches_total"),
+                    placements: get("chorus_oracle_repartitions_total"),
+                    empty: get("chorus_oracle_repartitions_empty_total"),
+                    plans: get("chorus_oracle_plans_completed_total"),
+                }
+            })
+            .collect();
         if chunks == 0 {
-            r.problems.push(
-                "DynaStar: no placement chunk was applied during the run (no repartition moved a user)"
-                    .into(),
-            );
+            let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+            let each: Vec<String> = oracle
+                .iter()
+                .map(|o| {
+                    format!(
+                        "node {}: {} hint batches, {} placements ({} moved nothing), {} plans delivered",
+                        o.node,
+                        show(o.hint_batches),
+                        show(o.placements),
+                        show(o.empty),
+                        show(o.plans)
+                    )
+                })
+                .collect();
+            r.problems.push(format!(
+                "DynaStar: no placement chunk was applied during the run (no repartition moved a user); oracle {}",
+                each.join("; ")
+            ));
         }
+        r.oracle_placements = Some(oracle);
     }
     if shape.workers > 1 {
         let k = shape.workers as usize;

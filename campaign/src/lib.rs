@@ -309,10 +309,24 @@ pub struct RunReport {
     /// DynaStar: placement chunks every partition replica applied by the end, summed (a
     /// repartition moved users during the run iff above 0).
     pub placement_chunks: Option<u64>,
+    /// DynaStar: per oracle replica at the end, from its metrics: hint batches applied,
+    /// placements computed, of which moved nothing, plans fully delivered.
+    pub oracle_placements: Option<Vec<OraclePlacements>>,
     /// Combined mode: every partition replica's counts at the end, from its metrics.
     pub worker_handled: Option<Vec<CombinedCounts>>,
     pub seconds: f64,
     pub problems: Vec<String>,
+}
+
+/// A DynaStar oracle replica's repartitioning counts at the end of a run (`None`: its
+/// metrics could not be read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OraclePlacements {
+    pub node: u32,
+    pub hint_batches: Option<u64>,
+    pub placements: Option<u64>,
+    pub empty: Option<u64>,
+    pub plans: Option<u64>,
 }
 
 /// A combined-mode partition replica's counts at the end of a run (each worker must have

@@ -61,8 +61,18 @@ fn ci_chirper_dynastar_campaign_repartitions_and_passes_every_run() {
             r.placement_chunks.is_some_and(|c| c > 0),
             "run {i}: no repartition was applied: {r:?}"
         );
+        // The oracle replicas' metrics count hint batches and placements (DynaStar's
+        // oracle counters; a restarted replica rebuilds them from its logs).
+        let oracle = r.oracle_placements.as_ref().expect("dynastar runs count");
+        assert_eq!(oracle.len(), 3, "run {i}: {oracle:?}");
+        assert!(
+            oracle
+                .iter()
+                .any(|o| o.placements.is_some_and(|n| n > 0) && o.hint_batches.is_some()),
+            "run {i}: {oracle:?}"
+        );
         println!(
-            "run {i} ({}): {} placement chunks applied over the partitions' replicas",
+            "run {i} ({}): {} placement chunks applied over the partitions' replicas; oracle {oracle:?}",
             r.fault,
             r.placement_chunks.unwrap_or(0)
         );

@@ -632,9 +632,23 @@ impl<S: PartitionedService> PartitionCore for ScaleOutServer<S> {
 /// A partition's counters, readable from other threads (see [`ScaleOutReplica::share_stats`]).
 pub type SharedServerStats = Arc<parking_lot::Mutex<ServerStats>>;
 
+/// An oracle replica's counters: a DS-SMR oracle's, or a DynaStar oracle's (which also
+/// counts hint batches, repartitions and plans).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OracleCounters {
+    DsSmr(OracleStats),
+    Dynastar(super::dynastar::oracle::DynaOracleStats),
+}
+
+impl Default for OracleCounters {
+    fn default() -> Self {
+        OracleCounters::DsSmr(OracleStats::default())
+    }
+}
+
 /// An oracle's counters, readable from other threads (see
 /// [`ScaleOutReplica::share_oracle_stats`]).
-pub type SharedOracleStats = Arc<parking_lot::Mutex<OracleStats>>;
+pub type SharedOracleStats = Arc<parking_lot::Mutex<OracleCounters>>;
 
 /// A scale-out replica: the one replica host with a partition or oracle core.
 pub type ScaleOutReplica<S> = ReplicaHost<PartitionedCore<ScaleOutServer<S>>>;
@@ -740,7 +754,9 @@ impl<S: PartitionedService> ReplicaHost<PartitionedCore<ScaleOutServer<S>>> {
         let shared = s.clone();
         self.core.share_with(move |c: &ScaleOutServer<S>| {
             if let Some(o) = c.oracle() {
-                shared.lock().clone_from(&o.stats);
+                *shared.lock() = OracleCounters::DsSmr(o.stats.clone());
+            } else if let Some(o) = c.dyna_oracle() {
+                *shared.lock() = OracleCounters::Dynastar(o.stats.clone());
             }
         });
         s
