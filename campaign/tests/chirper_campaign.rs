@@ -10,8 +10,9 @@
 //! kill-oracle, with the seed printed (`CHORUS_SEED=s` picks another; `CHORUS_CAMPAIGN_RUNS=n`
 //! runs more). Each run's line, with its mechanism, and the aggregate leader failover time are
 //! printed (`--nocapture`). Every fault has a mechanism that needs no system package, so every
-//! planned run must execute and pass. Takes about 2 minutes on 2 cores (each run also checks
-//! a history of about a thousand operations as one part: a post touches any follower).
+//! planned run must execute and pass. The three campaigns run one after the other (each
+//! deployment has the machine to itself): about 4 minutes on 2 cores (each run also checks a
+//! history of about a thousand operations as one part: a post touches any follower).
 
 mod common;
 

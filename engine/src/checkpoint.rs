@@ -25,6 +25,7 @@
 //! feeds at the checkpoint's positions ([`groups::node::GroupsNode::restart_feeds`]).
 
 pub mod disk;
+pub mod saver;
 
 use crate::wire::{self, AppMsg, FeedMsg};
 use bytes::Bytes;

@@ -355,15 +355,21 @@ pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut E
     );
     e.counter(
         "chorus_checkpoints_written_total",
-        "Checkpoints written to the data directory (durable logs), and writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it).",
+        "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.",
         &[("result", "ok")],
         c.saved,
     );
     e.counter(
         "chorus_checkpoints_written_total",
-        "Checkpoints written to the data directory (durable logs), and writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it).",
+        "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.",
         &[("result", "failed")],
         c.save_errors,
+    );
+    e.counter(
+        "chorus_checkpoints_written_total",
+        "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.",
+        &[("result", "superseded")],
+        c.save_superseded,
     );
     e.counter(
         "chorus_checkpoints_refused_total",

@@ -219,7 +219,8 @@ impl Reader<'_> {
 }
 
 /// Where a replica keeps its checkpoints durably (see the module docs). The host calls it
-/// synchronously: a checkpoint's positions are reported only once `save` returned.
+/// through a [`super::saver::Saver`] (on its own thread or on a writer thread): a
+/// checkpoint's positions are reported only once `save` returned.
 pub trait DurableCheckpoints: Send + 'static {
     /// Makes `file` durable; returns once it is.
     fn save(&mut self, file: &CheckpointFile) -> Result<(), CheckpointFileError>;

@@ -10,16 +10,18 @@
 //! - answering peers' [`Transfer`] requests, and, when a log was trimmed past this replica,
 //!   fetching a peer's checkpoint ([`Recovery`]) and having the core install it;
 //! - with durable checkpoints ([`ReplicaHost::with_durable_checkpoints`]): making every
-//!   checkpoint durable ([`DurableCheckpoints::save`]) before reporting its positions, and
-//!   installing the one loaded from disk when the node starts, so only the log suffix after it
-//!   is replayed;
+//!   checkpoint durable (through a [`Saver`]: inline, or on a writer thread so that a large
+//!   checkpoint's write and syncs never stall the node's loop) before reporting its
+//!   positions, and installing the one loaded from disk when the node starts, so only the
+//!   log suffix after it is replayed;
 //! - routing point-to-point messages ([`AppMsg`]): transfers to itself, peer messages to the
 //!   core.
 //!
 //! A core never sees a transfer message or a trigger; the host never sees a command.
 
 use super::{Action, Attached, Host, Inputs};
-use crate::checkpoint::disk::{CheckpointFile, DurableCheckpoints};
+use crate::checkpoint::disk::CheckpointFile;
+use crate::checkpoint::saver::{Saved, Saver};
 use crate::checkpoint::{
     self, CheckpointError, CheckpointPolicy, Recovery, Store, Transfer, Trigger,
 };
@@ -143,6 +145,9 @@ pub struct CheckpointStats {
     pub loaded_round: u64,
     pub saved: u64,
     pub save_errors: u64,
+    /// Checkpoints not written because a newer one was handed to the writer first (a
+    /// writer slower than the checkpoint period).
+    pub save_superseded: u64,
     pub save_us: u64,
     pub load_us: u64,
 }
@@ -168,11 +173,13 @@ pub struct ReplicaHost<C: ReplicaCore> {
     transfers: Vec<(NodeId, Transfer)>,
     app_out: Vec<(NodeId, Bytes)>,
     durable: Option<Durable>,
+    /// Scratch for [`ReplicaHost::durable_saves`].
+    saved: Vec<Saved>,
 }
 
 /// Durable checkpoints of a replica: where they go, and the one loaded at start.
 struct Durable {
-    disk: Box<dyn DurableCheckpoints>,
+    saver: Saver,
     loaded: Option<CheckpointFile>,
     cluster: groups::ids::ClusterId,
 }
@@ -194,21 +201,22 @@ impl<C: ReplicaCore> ReplicaHost<C> {
             transfers: Vec::new(),
             app_out: Vec::new(),
             durable: None,
+            saved: Vec::new(),
         }
     }
 
-    /// Keeps every checkpoint in `disk` before reporting its positions to the acceptors (so
-    /// they trim only below durable checkpoints), and starts from `loaded` (the newest valid
+    /// Makes every checkpoint durable with `saver` before reporting its positions to the
+    /// acceptors (so they trim only below durable checkpoints), and starts from `loaded` (the newest valid
     /// checkpoint found there, see [`crate::checkpoint::disk::CheckpointDir::load`]): the core
     /// installs it when the node starts and the feeds restart at its positions. A checkpoint
     /// that cannot be written is logged and not reported, so nothing is trimmed below it.
     pub fn with_durable_checkpoints(
         mut self,
-        disk: Box<dyn DurableCheckpoints>,
+        saver: Saver,
         loaded: Option<CheckpointFile>,
     ) -> Self {
         self.durable = Some(Durable {
-            disk,
+            saver,
             loaded,
             cluster: groups::ids::ClusterId(0),
         });
@@ -256,39 +264,54 @@ impl<C: ReplicaCore> ReplicaHost<C> {
         s.round = round;
         s.bytes = bytes.len() as u64;
         s.positions.clone_from(&positions);
-        let durable = match self.durable.as_mut() {
-            None => true,
+        match self.durable.as_mut() {
+            None => out.push(Action::SetCheckpointed(positions)),
             Some(d) => {
-                let file = CheckpointFile {
+                // Reported once durable ([`ReplicaHost::durable_saves`]): at once when the
+                // saver writes inline, in a later step when it writes in the background.
+                d.saver.submit(CheckpointFile {
                     cluster: d.cluster,
                     node: self.me,
                     round,
-                    positions: positions.clone(),
+                    positions,
                     bytes: bytes.clone(),
-                };
-                let t0 = std::time::Instant::now();
-                match d.disk.save(&file) {
-                    Ok(()) => {
-                        s.saved += 1;
-                        s.save_us = t0.elapsed().as_micros() as u64;
-                        true
-                    }
-                    Err(e) => {
-                        s.save_errors += 1;
-                        tracing::error!(replica = %self.me, round, error = %e, "checkpoint not written to disk: not reported, so the logs are not trimmed below it");
-                        false
-                    }
-                }
+                });
+                self.durable_saves(out);
             }
-        };
-        if durable {
-            out.push(Action::SetCheckpointed(positions));
         }
         self.store.set(round, bytes);
         let executed = self.core.executed();
         if let Some(t) = self.trigger.as_mut() {
             t.taken(executed, now);
         }
+    }
+
+    /// Reports the checkpoints the saver made durable since the last call (their positions
+    /// go to the acceptors, which may then trim below them); a failed write is logged and
+    /// not reported, so nothing is trimmed below it.
+    fn durable_saves(&mut self, out: &mut Vec<Action>) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let mut saved = std::mem::take(&mut self.saved);
+        d.saver.poll(&mut saved);
+        let s = &mut self.stats;
+        for done in saved.drain(..) {
+            self.dirty = true;
+            s.save_superseded += done.superseded;
+            match done.result {
+                Ok(us) => {
+                    s.saved += 1;
+                    s.save_us = us;
+                    out.push(Action::SetCheckpointed(done.positions));
+                }
+                Err(e) => {
+                    s.save_errors += 1;
+                    tracing::error!(replica = %self.me, round = done.round, error = %e, "checkpoint not written to disk: not reported, so the logs are not trimmed below it");
+                }
+            }
+        }
+        self.saved = saved;
     }
 
     fn install(&mut self, bytes: Bytes, now: u64, now_us: u64, out: &mut Vec<Action>) {
@@ -490,6 +513,7 @@ impl<C: ReplicaCore> Host for ReplicaHost<C> {
             }
         }
         self.checkpoints(input, out);
+        self.durable_saves(out);
         if self.dirty {
             self.dirty = false;
             self.live.lock().clone_from(&self.stats);

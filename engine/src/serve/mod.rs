@@ -257,12 +257,16 @@ pub fn durable_checkpoints(
             tracing::info!(node = %me, dir = %dir.path().display(), "no durable checkpoint yet")
         }
     }
-    Ok(Some((Box::new(dir), loaded)))
+    // Written on a thread of their own: a checkpoint of a large state takes its write and
+    // three syncs, which must not stall the node's loop.
+    let saver = crate::checkpoint::saver::Saver::background(Box::new(dir), &format!("ckpt-{me}"))
+        .map_err(|e| format!("node {me}: checkpoint writer thread: {e}"))?;
+    Ok(Some((saver, loaded)))
 }
 
-/// What [`durable_checkpoints`] found: where checkpoints go, and the one to start from.
+/// What [`durable_checkpoints`] found: the writer of checkpoints, and the one to start from.
 pub type DurableStart = (
-    Box<dyn crate::checkpoint::disk::DurableCheckpoints>,
+    crate::checkpoint::saver::Saver,
     Option<crate::checkpoint::disk::CheckpointFile>,
 );
 
