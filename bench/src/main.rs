@@ -4,6 +4,7 @@
 //! experiment), prints each table, and writes result files (`*.json`, `*.svg`) into
 //! `bench-results/`.
 
+mod checkpoint_stall;
 mod codec;
 mod combined;
 mod combined_cost;
@@ -34,6 +35,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Experiment {
+    /// What a durable checkpoint's write costs the clients: three btree-server processes
+    /// with durable logs, checkpoints written on a writer thread against on the node's
+    /// thread, side by side (build them first: cargo build --release -p btree-service).
+    CheckpointStall {
+        /// Keys pre-filled into the tree.
+        #[arg(long, default_value_t = 200_000)]
+        keys: u64,
+        /// Commands between checkpoints.
+        #[arg(long, default_value_t = 3000)]
+        checkpoint_every: u64,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+        /// Runs per writer (interleaved; the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Recovery time of a B+-tree replica by state transfer as a function of state size:
     /// checkpoint size, worker pause, transfer, install and catch-up (four btree-server
     /// processes on loopback; build them first: cargo build --release -p btree-service).
@@ -707,6 +725,20 @@ fn main() {
                 ..skew::Plan::default()
             };
             skew::run(&plan, &cli.out, &machine);
+        }
+        Some(Experiment::CheckpointStall {
+            keys,
+            checkpoint_every,
+            seconds,
+            runs,
+        }) => {
+            let plan = checkpoint_stall::Plan {
+                keys,
+                checkpoint_every: checkpoint_every.max(1),
+                seconds: seconds.max(1.0),
+                runs: runs.max(1),
+            };
+            checkpoint_stall::run(&plan, &cli.out, &machine);
         }
         Some(Experiment::Recovery {
             sizes,

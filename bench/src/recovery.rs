@@ -45,7 +45,7 @@ pub struct Row {
     pub hashes_agree: bool,
 }
 
-struct Procs(Vec<Child>);
+pub(crate) struct Procs(pub(crate) Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ impl Drop for Procs {
     }
 }
 
-fn binary(name: &str) -> Result<PathBuf, String> {
+pub(crate) fn binary(name: &str) -> Result<PathBuf, String> {
     let dir = std::env::current_exe()
         .map_err(|e| e.to_string())?
         .parent()
@@ -73,14 +73,14 @@ fn binary(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
 }
 
-fn free_ports(n: u16) -> u16 {
+pub(crate) fn free_ports(n: u16) -> u16 {
     for base in (24000..60000).step_by(97) {
         if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
@@ -89,7 +89,7 @@ fn free_ports(n: u16) -> u16 {
     panic!("no {n} free consecutive ports");
 }
 
-fn scrape(port: u16) -> Option<String> {
+pub(crate) fn scrape(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -100,7 +100,7 @@ fn scrape(port: u16) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
-fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+pub(crate) fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -123,7 +123,11 @@ fn checkpoint_hash(body: &str) -> Option<(u64, u64)> {
     Some((round, ((half("high")? as u64) << 32) | half("low")? as u64))
 }
 
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+pub(crate) fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(t) = f() {

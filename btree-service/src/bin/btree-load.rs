@@ -202,11 +202,13 @@ fn over_tcp(args: &Args, path: &std::path::Path) -> Result<String, String> {
     let elapsed = Duration::from_secs_f64(secs);
     let q = |x: f64| d.latency_ns.value_at_quantile(x) as f64 / 1000.0;
     Ok(format!(
-        "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, {} errors",
+        "node {me}, {}: {:.0} commands/s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, {} errors",
         args.workload.name(),
         d.completed as f64 / elapsed.as_secs_f64(),
         q(0.5),
         q(0.99),
+        q(0.999),
+        d.latency_ns.max() as f64 / 1000.0,
         d.errors
     ))
 }

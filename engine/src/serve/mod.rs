@@ -40,6 +40,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where a replica with durable logs writes its checkpoints (`--checkpoint-writer`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckpointWriter {
+    /// On a writer thread of its own ([`crate::checkpoint::saver::Saver::background`]).
+    #[default]
+    Background,
+    /// On the node's thread, which waits for the write and its syncs.
+    Inline,
+}
+
 /// The flags every server binary takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerFlags {
@@ -85,6 +95,12 @@ pub struct ServerFlags {
     /// replays only the logs after its latest one.
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<u64>,
+    /// With durability = "disk" (with --config): write each checkpoint on a thread of its
+    /// own (background, the default) or on the node's thread (inline: every client waits
+    /// for the write and its three syncs; kept to measure the difference, `bench
+    /// checkpoint-stall`).
+    #[arg(long, value_enum, value_name = "background|inline")]
+    pub checkpoint_writer: Option<CheckpointWriter>,
     /// With durability = "disk" (with --config): if this node's data directory is missing
     /// while its peers hold state (it lost its data), copy that state from them before voting
     /// instead of refusing to start. A node in memory always does this.
@@ -163,6 +179,11 @@ impl ServerFlags {
                 "--checkpoint-every needs --config and --node (a node of a TCP deployment)".into(),
             );
         }
+        if self.checkpoint_writer.is_some() && !node {
+            return Err(
+                "--checkpoint-writer needs --config and --node (a node of a TCP deployment)".into(),
+            );
+        }
         if self.tls && self.write_config.is_none() {
             return Err(
                 "--tls goes with --write-config (it writes the deployment's certificates; \
@@ -226,8 +247,8 @@ impl ServerFlags {
 }
 
 /// Commands between checkpoints of a replica with durable logs when `--checkpoint-every` is
-/// not given: each checkpoint is written whole to disk on the node's thread, so fewer of them
-/// keep the log's throughput; the logs hold at most about this many commands more than the
+/// not given: each checkpoint is encoded whole on the node's thread (and written by a
+/// writer thread), so fewer of them keep the log's throughput; the logs hold at most about this many commands more than the
 /// oldest live replica's checkpoint.
 pub const DISK_CHECKPOINT_EVERY: u64 = 100_000;
 
@@ -238,6 +259,7 @@ pub const DISK_CHECKPOINT_EVERY: u64 = 100_000;
 pub fn durable_checkpoints(
     cluster: &ClusterConfig,
     me: NodeId,
+    writer: CheckpointWriter,
 ) -> Result<Option<DurableStart>, String> {
     use crate::checkpoint::disk::{checkpoint_dir, CheckpointDir};
     let Durability::Disk { data_dir } = &cluster.durability else {
@@ -257,10 +279,14 @@ pub fn durable_checkpoints(
             tracing::info!(node = %me, dir = %dir.path().display(), "no durable checkpoint yet")
         }
     }
-    // Written on a thread of their own: a checkpoint of a large state takes its write and
-    // three syncs, which must not stall the node's loop.
-    let saver = crate::checkpoint::saver::Saver::background(Box::new(dir), &format!("ckpt-{me}"))
-        .map_err(|e| format!("node {me}: checkpoint writer thread: {e}"))?;
+    // Written on a thread of their own by default: a checkpoint of a large state takes its
+    // write and three syncs, which must not stall the node's loop.
+    use crate::checkpoint::saver::Saver;
+    let saver = match writer {
+        CheckpointWriter::Background => Saver::background(Box::new(dir), &format!("ckpt-{me}"))
+            .map_err(|e| format!("node {me}: checkpoint writer thread: {e}"))?,
+        CheckpointWriter::Inline => Saver::inline(Box::new(dir)),
+    };
     Ok(Some((saver, loaded)))
 }
 

@@ -340,7 +340,9 @@ fn serve_node<S: ScaleOutApp>(
     if checkpointing {
         // With durable logs a checkpointing replica writes its checkpoints to disk and
         // starts from the latest one.
-        if let Some((disk, loaded)) = super::durable_checkpoints(cluster, me)? {
+        if let Some((disk, loaded)) =
+            super::durable_checkpoints(cluster, me, f.checkpoint_writer.unwrap_or_default())?
+        {
             r = r.with_durable_checkpoints(disk, loaded);
         }
     }

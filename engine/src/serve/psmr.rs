@@ -260,7 +260,7 @@ fn serve_node<S: ScaleUpApp>(
         pin_cores: p.pin,
         ..ReplicaOptions::new(plan.workers)
     };
-    let durable = super::durable_checkpoints(cluster, me)?;
+    let durable = super::durable_checkpoints(cluster, me, f.checkpoint_writer.unwrap_or_default())?;
     let mut r = ThreadedReplica::threaded(Arc::new(S::from_file(&file)?), options);
     if let Some(policy) = f.checkpoints(cluster) {
         r = r.with_checkpoints(policy);
