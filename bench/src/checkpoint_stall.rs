@@ -12,12 +12,13 @@
 //! Needs the service binaries next to the bench binary (`cargo build --release -p
 //! btree-service`).
 
-use crate::recovery::{binary, free_port, free_ports, sample, scrape, wait_for, Procs};
+use crate::recovery::{
+    binary, free_port, free_ports, sample, scrape, start_server, wait_size, Procs,
+};
 use crate::report::{self, median, Table};
 use serde::Serialize;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 /// What to run.
 pub struct Plan {
@@ -98,34 +99,15 @@ fn one(plan: &Plan, writer: &'static str, dir: &Path) -> Result<Run, String> {
         return Err("btree-server --write-config failed".into());
     }
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let start = |n: u32| -> Result<Child, String> {
-        Command::new(&server)
-            .args(["--config", &config_s, "--node", &n.to_string()])
-            .args(["--checkpoint-every", &plan.checkpoint_every.to_string()])
-            .args(["--checkpoint-writer", writer])
-            .args([
-                "--metrics-addr",
-                &format!("127.0.0.1:{}", ports[n as usize - 1]),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())
-    };
+    let every = plan.checkpoint_every.to_string();
+    let flags = ["--checkpoint-every", &every, "--checkpoint-writer", writer];
     let mut procs = Procs(Vec::new());
-    for n in 1..=3 {
-        procs.0.push(start(n)?);
+    for (n, &port) in (1..=3).zip(&ports) {
+        procs
+            .0
+            .push(start_server(&server, &config, n, port, &flags)?);
     }
-    wait_for("the deployment to answer", Duration::from_secs(120), || {
-        let out = Command::new(&client)
-            .args(["--config", &config_s, "--node", "1001", "--timeout-s", "10"])
-            .arg("size")
-            .output()
-            .ok()?;
-        (out.status.success()
-            && String::from_utf8_lossy(&out.stdout).trim() == plan.keys.to_string())
-        .then_some(())
-    })?;
+    wait_size(&client, &config, plan.keys)?;
     let written = |b: &str| sample(b, "chorus_checkpoints_written_total{result=\"ok\"}");
     let before = scrape(ports[0]).as_deref().and_then(written).unwrap_or(0.0);
     let out = Command::new(&load)

@@ -123,6 +123,40 @@ fn checkpoint_hash(body: &str) -> Option<(u64, u64)> {
     Some((round, ((half("high")? as u64) << 32) | half("low")? as u64))
 }
 
+/// Starts node `n` of the deployment `config` (`btree-server` at `server`), its metrics at
+/// `metrics_port`, with the flags `extra`.
+pub(crate) fn start_server(
+    server: &Path,
+    config: &Path,
+    n: u32,
+    metrics_port: u16,
+    extra: &[&str],
+) -> Result<Child, String> {
+    Command::new(server)
+        .args(["--config", config.to_str().unwrap_or_default()])
+        .args(["--node", &n.to_string()])
+        .args(extra)
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
+/// Waits (up to 2 minutes) until the deployment `config` answers `btree-client size` with
+/// `keys`.
+pub(crate) fn wait_size(client: &Path, config: &Path, keys: u64) -> Result<(), String> {
+    wait_for("the deployment to answer", Duration::from_secs(120), || {
+        let out = Command::new(client)
+            .args(["--config", config.to_str().unwrap_or_default()])
+            .args(["--node", "1001", "--timeout-s", "10", "size"])
+            .output()
+            .ok()?;
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == keys.to_string())
+            .then_some(())
+    })
+}
+
 pub(crate) fn wait_for<T>(
     what: &str,
     limit: Duration,
@@ -163,37 +197,21 @@ fn one(plan: &Plan, keys: u64, dir: &Path) -> Result<Row, String> {
     }
     let logs = plan.workers as u32 + 1;
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let start = |n: u32| -> Result<Child, String> {
-        Command::new(&server)
-            .args(["--config", config.to_str().unwrap_or_default()])
-            .args(["--node", &n.to_string()])
-            .args(["--checkpoint-every", &plan.checkpoint_every.to_string()])
-            .args([
-                "--metrics-addr",
-                &format!("127.0.0.1:{}", ports[n as usize - 1]),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())
+    let every = plan.checkpoint_every.to_string();
+    let start = |n: u32| {
+        start_server(
+            &server,
+            &config,
+            n,
+            ports[n as usize - 1],
+            &["--checkpoint-every", &every],
+        )
     };
     let mut procs = Procs(Vec::new());
     for n in 1..=4 {
         procs.0.push(start(n)?);
     }
-    let size = || {
-        let out = Command::new(&client)
-            .args(["--config", config.to_str().unwrap_or_default()])
-            .args(["--node", "1001", "--timeout-s", "10", "size"])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    wait_for("the deployment to answer", Duration::from_secs(120), || {
-        (size()? == keys.to_string()).then_some(())
-    })?;
+    wait_size(&client, &config, keys)?;
     let run_load = |seconds: f64| -> Result<(), String> {
         let ok = Command::new(&load)
             .args(["--config", config.to_str().unwrap_or_default()])

@@ -237,97 +237,76 @@ pub fn render_partition(s: &ServerStats, e: &mut Exposition) {
 /// Renders an oracle replica's counters (`chorus_oracle_*_total`; a DynaStar oracle also
 /// its hint batches, repartitions and plans).
 pub fn render_oracle(s: &OracleCounters, e: &mut Exposition) {
-    let c = |name, help, v| (name, help, v);
-    let mut counters: Vec<(&str, &str, u64)> = Vec::with_capacity(12);
-    let common = |h, co, cr, de, re, du, rj, pu| {
-        [
-            c(
-                "chorus_oracle_handled_total",
-                "Delivered multicasts handled.",
-                h,
-            ),
-            c(
-                "chorus_oracle_consults_total",
-                "Location consults answered.",
-                co,
-            ),
-            c("chorus_oracle_created_total", "Objects created.", cr),
-            c("chorus_oracle_deleted_total", "Objects deleted.", de),
-            c("chorus_oracle_retries_total", "Deletes answered retry.", re),
-            c(
-                "chorus_oracle_duplicates_total",
-                "Resent attempts answered from the client table.",
-                du,
-            ),
-            c(
-                "chorus_oracle_rejected_total",
-                "Requests that could not be decoded.",
-                rj,
-            ),
-            c(
-                "chorus_oracle_pulls_answered_total",
-                "Pulls of exchanges answered.",
-                pu,
-            ),
-        ]
+    let (base, dyna) = match s {
+        OracleCounters::DsSmr(s) => (s.clone(), None),
+        OracleCounters::Dynastar(d) => (d.common(), Some(d)),
     };
-    let (moves, ignored) = match s {
-        OracleCounters::DsSmr(s) => {
-            counters.extend(common(
-                s.handled,
-                s.consults,
-                s.created,
-                s.deleted,
-                s.retries,
-                s.duplicates,
-                s.rejected,
-                s.pulls_answered,
-            ));
-            (s.moves, s.moves_ignored)
-        }
-        OracleCounters::Dynastar(s) => {
-            counters.extend(common(
-                s.handled,
-                s.consults,
-                s.created,
-                s.deleted,
-                s.retries,
-                s.duplicates,
-                s.rejected,
-                s.pulls_answered,
-            ));
-            counters.extend([
-                c(
-                    "chorus_oracle_hint_batches_total",
-                    "DynaStar: partitions' hint batches applied to the workload graph.",
-                    s.hints,
-                ),
-                c(
-                    "chorus_oracle_repartitions_total",
-                    "DynaStar: placements computed from the workload graph.",
-                    s.repartitions,
-                ),
-                c(
-                    "chorus_oracle_repartitions_empty_total",
-                    "DynaStar: placements computed that moved nothing (no plan).",
-                    s.repartitions_empty,
-                ),
-                c(
-                    "chorus_oracle_plans_completed_total",
-                    "DynaStar: plans whose every chunk was delivered.",
-                    s.plans_completed,
-                ),
-            ]);
-            (s.moves, s.moves_ignored)
-        }
-    };
-    counters.push(c("chorus_oracle_moves_total", "Moves applied.", moves));
-    counters.push(c(
-        "chorus_oracle_moves_ignored_total",
-        "Moves of objects that were not in their source.",
-        ignored,
-    ));
+    let s = &base;
+    let counters: [(&str, &str, u64); 10] = [
+        (
+            "chorus_oracle_handled_total",
+            "Delivered multicasts handled.",
+            s.handled,
+        ),
+        (
+            "chorus_oracle_consults_total",
+            "Location consults answered.",
+            s.consults,
+        ),
+        ("chorus_oracle_moves_total", "Moves applied.", s.moves),
+        (
+            "chorus_oracle_moves_ignored_total",
+            "Moves of objects that were not in their source.",
+            s.moves_ignored,
+        ),
+        ("chorus_oracle_created_total", "Objects created.", s.created),
+        ("chorus_oracle_deleted_total", "Objects deleted.", s.deleted),
+        (
+            "chorus_oracle_retries_total",
+            "Deletes answered retry.",
+            s.retries,
+        ),
+        (
+            "chorus_oracle_duplicates_total",
+            "Resent attempts answered from the client table.",
+            s.duplicates,
+        ),
+        (
+            "chorus_oracle_rejected_total",
+            "Requests that could not be decoded.",
+            s.rejected,
+        ),
+        (
+            "chorus_oracle_pulls_answered_total",
+            "Pulls of exchanges answered.",
+            s.pulls_answered,
+        ),
+    ];
     e.counters(&counters);
+    if let Some(d) = dyna {
+        e.counters(&[
+            (
+                "chorus_oracle_hint_batches_total",
+                "DynaStar: partitions' hint batches applied to the workload graph.",
+                d.hints,
+            ),
+            (
+                "chorus_oracle_repartitions_total",
+                "DynaStar: placements computed from the workload graph.",
+                d.repartitions,
+            ),
+            (
+                "chorus_oracle_repartitions_empty_total",
+                "DynaStar: placements computed that moved nothing (no plan).",
+                d.repartitions_empty,
+            ),
+            (
+                "chorus_oracle_plans_completed_total",
+                "DynaStar: plans whose every chunk was delivered.",
+                d.plans_completed,
+            ),
+        ]);
+    }
 }
 
 /// Renders a P-SMR replica's checkpoint counters

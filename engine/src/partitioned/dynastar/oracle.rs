@@ -60,6 +60,24 @@ pub struct DynaOracleStats {
     pub moves_ignored: u64,
 }
 
+impl DynaOracleStats {
+    /// The counters every oracle has, as a DS-SMR oracle's.
+    pub fn common(&self) -> super::super::oracle::OracleStats {
+        super::super::oracle::OracleStats {
+            handled: self.handled,
+            consults: self.consults,
+            moves: self.moves,
+            moves_ignored: self.moves_ignored,
+            created: self.created,
+            deleted: self.deleted,
+            retries: self.retries,
+            duplicates: self.duplicates,
+            rejected: self.rejected,
+            pulls_answered: self.pulls_answered,
+        }
+    }
+}
+
 /// What the latest repartition computed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanReport {
