@@ -309,6 +309,8 @@ pub fn render_oracle(s: &OracleCounters, e: &mut Exposition) {
     }
 }
 
+const WRITTEN_HELP: &str = "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.";
+
 /// Renders a P-SMR replica's checkpoint counters
 /// ([`crate::host::ReplicaHost::share_checkpoints`]): checkpoints taken and installed,
 /// the latest round, its size, the log positions it covers, and its state hash once known.
@@ -334,19 +336,19 @@ pub fn render_checkpoints(c: &crate::host::replica::SharedCheckpoints, e: &mut E
     );
     e.counter(
         "chorus_checkpoints_written_total",
-        "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.",
+        WRITTEN_HELP,
         &[("result", "ok")],
         c.saved,
     );
     e.counter(
         "chorus_checkpoints_written_total",
-        "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.",
+        WRITTEN_HELP,
         &[("result", "failed")],
         c.save_errors,
     );
     e.counter(
         "chorus_checkpoints_written_total",
-        "Checkpoints written to the data directory (durable logs), writes that failed (a checkpoint not written is not reported, so the logs are not trimmed below it), and checkpoints skipped because a newer one reached the background writer first.",
+        WRITTEN_HELP,
         &[("result", "superseded")],
         c.save_superseded,
     );

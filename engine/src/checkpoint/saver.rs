@@ -41,8 +41,6 @@ pub struct Background {
     to: Option<Sender<CheckpointFile>>,
     from: Receiver<Saved>,
     thread: Option<JoinHandle<()>>,
-    /// Handed over and not yet polled back.
-    pending: u64,
 }
 
 impl Saver {
@@ -66,7 +64,6 @@ impl Saver {
             to: Some(to),
             from,
             thread: Some(thread),
-            pending: 0,
         }))
     }
 
@@ -75,12 +72,10 @@ impl Saver {
         match self {
             Saver::Inline { disk, done } => done.push(save(disk.as_mut(), file, 0)),
             Saver::Background(b) => {
-                b.pending += 1;
                 let sent = b.to.as_ref().is_some_and(|to| to.send(file).is_ok());
                 if !sent {
                     // The writer thread is gone (it panicked): nothing more becomes durable,
                     // so nothing more is reported and the logs are not trimmed.
-                    b.pending -= 1;
                     tracing::error!(
                         "checkpoint writer thread gone: checkpoint not written, logs not trimmed"
                     );
@@ -93,20 +88,7 @@ impl Saver {
     pub fn poll(&mut self, out: &mut Vec<Saved>) {
         match self {
             Saver::Inline { done, .. } => out.append(done),
-            Saver::Background(b) => {
-                while let Ok(s) = b.from.try_recv() {
-                    b.pending = b.pending.saturating_sub(1 + s.superseded);
-                    out.push(s);
-                }
-            }
-        }
-    }
-
-    /// Checkpoints handed over and not yet reported by [`Saver::poll`].
-    pub fn pending(&self) -> u64 {
-        match self {
-            Saver::Inline { done, .. } => done.len() as u64,
-            Saver::Background(b) => b.pending,
+            Saver::Background(b) => out.extend(b.from.try_iter()),
         }
     }
 }
@@ -217,11 +199,9 @@ mod tests {
         let mut got = Vec::new();
         s.poll(&mut got);
         assert!(got.is_empty());
-        assert_eq!(s.pending(), 1);
         // Rounds 2 and 3 wait behind it; only 3 is written.
         s.submit(file(2));
         s.submit(file(3));
-        assert_eq!(s.pending(), 3);
         open.send(()).unwrap();
         open.send(()).unwrap();
         let got = poll_until(&mut s, 2);
@@ -230,7 +210,6 @@ mod tests {
         assert_eq!((got[1].round, got[1].superseded), (3, 1));
         assert_eq!(got[1].positions, vec![(LogId(0), 30)]);
         assert!(got.iter().all(|g| g.result.is_ok()));
-        assert_eq!(s.pending(), 0);
         assert_eq!(*written.lock(), vec![1, 3]);
     }
 
@@ -272,11 +251,9 @@ mod tests {
         let mut s = Saver::inline(Box::new(disk));
         s.submit(file(4));
         assert_eq!(*written.lock(), vec![4]);
-        assert_eq!(s.pending(), 1);
         let mut got = Vec::new();
         s.poll(&mut got);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].round, 4);
-        assert_eq!(s.pending(), 0);
     }
 }
