@@ -220,32 +220,72 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     run::served_during(r, &recs, &target, &injected);
 
     // The final full scan, answered by every replica.
+    let (fin, rec) = final_scan(
+        &client,
+        &tap,
+        ids[final_slot],
+        final_slot,
+        tree().key_space,
+        r,
+    )?;
+    recs.push(rec);
+    run::finish(r, servers, client, network);
+
+    // The history.
+    let history: Vec<Operation<TreeCommand, TreeReply>> = run::history(r, &recs, history_start);
+    let model = TreeModel::for_config(&tree());
+    let verdict = lincheck::check(&model, &history, Budget::default());
+    run::record_verdict(r, &verdict);
+    match &fin {
+        TreeReply::Entries(entries) => {
+            let state: BTreeMap<u64, Bytes> = entries.iter().cloned().collect();
+            run::record_lost(r, &lost_acks(&model.initial, &history, &state));
+        }
+        other => r
+            .problems
+            .push(format!("the final scan answered {other:?}")),
+    }
+    run::check_ran(r);
+    run::failover(r, &tap, &target, &injected);
+    Ok(())
+}
+
+/// The final full scan (keys below `key_space`) through client `slot` (proxy id `id`), answered by every replica:
+/// its reply and its record, with each replica's answer hash recorded in `r` (a problem if
+/// they differ or some replica did not answer within 30 s).
+pub(crate) fn final_scan(
+    client: &ClientNode<TreeCommand, TreeReply>,
+    tap: &Tap,
+    id: u64,
+    slot: usize,
+    key_space: u64,
+    r: &mut RunReport,
+) -> Result<(TreeReply, Rec<TreeCommand, TreeReply>), String> {
     let full = TreeCommand::Scan {
         lo: 0,
-        hi: tree().key_space,
+        hi: key_space,
         limit: u32::MAX,
     };
     let call = Instant::now();
     let fin = match client
         .handle
-        .call(final_slot, full.clone(), Duration::from_secs(30))
+        .call(slot, full.clone(), Duration::from_secs(30))
     {
         Some(Ok(reply)) => reply,
         Some(Err(e)) => return Err(format!("final scan failed: {e}")),
         None => return Err("the final scan got no reply within 30 s".into()),
     };
-    recs.push(Rec {
+    let rec = Rec {
         thread: usize::MAX,
         cmd: full,
         call,
         ret: Some((Instant::now(), fin.clone())),
-    });
-    let final_id = ids[final_slot];
+    };
     let answers_by = Instant::now() + Duration::from_secs(30);
     let answers = loop {
         let answers: BTreeMap<u32, u64> = {
             let seen = tap.seen.lock();
-            seen.range((final_id, 0)..=(final_id, u64::MAX))
+            seen.range((id, 0)..=(id, u64::MAX))
                 .rfind(|(_, s)| s.completed.is_some())
                 .map(|(_, s)| s.replies.iter().map(|(&n, &(h, _))| (n, h)).collect())
                 .unwrap_or_default()
@@ -267,25 +307,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
             SERVERS.len()
         ));
     }
-    run::finish(r, servers, client, network);
-
-    // The history.
-    let history: Vec<Operation<TreeCommand, TreeReply>> = run::history(r, &recs, history_start);
-    let model = TreeModel::for_config(&tree());
-    let verdict = lincheck::check(&model, &history, Budget::default());
-    run::record_verdict(r, &verdict);
-    match &fin {
-        TreeReply::Entries(entries) => {
-            let state: BTreeMap<u64, Bytes> = entries.iter().cloned().collect();
-            run::record_lost(r, &lost_acks(&model.initial, &history, &state));
-        }
-        other => r
-            .problems
-            .push(format!("the final scan answered {other:?}")),
-    }
-    run::check_ran(r);
-    run::failover(r, &tap, &target, &injected);
-    Ok(())
+    Ok((fin, rec))
 }
 
 /// A read that goes through log `log`: a get of worker `g`'s first key for the log of group

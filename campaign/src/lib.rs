@@ -43,6 +43,11 @@
 //! two worker threads, the users sharded over them by id: 2 partitions x 3 replicas x 2
 //! workers), so commands of one worker, of two workers of one partition and of two
 //! partitions all run under the fault.
+//!
+//! [`soak`] runs the B+-tree in durable mode as deployed (logs trimmed below durable
+//! checkpoints) for a long time under repeated SIGKILLs (of a random server, of a server
+//! writing a checkpoint, of the whole cluster), keeping every data directory below a stated
+//! bound and every acknowledged write (`chorus-campaign soak --minutes 30`).
 
 pub mod btree;
 pub mod chirper;
@@ -52,6 +57,7 @@ pub mod procs;
 pub mod relay;
 mod run;
 pub mod runner;
+pub mod soak;
 pub mod tap;
 
 use serde::Serialize;

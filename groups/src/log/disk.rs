@@ -536,7 +536,10 @@ impl DiskStorage {
                 queued: Vec::new(),
                 must_sync: false,
             })),
-            next_compact_check: opts.compact_bytes.max(len.saturating_mul(2)),
+            // Checked at the first write: a file reopened past the threshold is compacted then if
+            // mostly dead (starting from twice its length instead let every restart double how
+            // large a file could grow before the next check).
+            next_compact_check: opts.compact_bytes,
             opts,
         })
     }
