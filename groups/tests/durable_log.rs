@@ -249,6 +249,60 @@ fn compaction_rewrites_a_mostly_trimmed_file_with(opts: DiskOptions) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A file reopened past the threshold, mostly trimmed, is compacted at its first write (it was
+/// once next checked at twice its length, so every restart could double how large it grew).
+#[test]
+fn a_reopened_mostly_trimmed_file_is_compacted_at_its_first_write() {
+    let dir = temp_dir("compact-reopen");
+    let path = dir.join("log.wal");
+    let never = DiskOptions {
+        compact_bytes: 1 << 30,
+        group_commit: false,
+    };
+    let mut mem = MemStorage::default();
+    let mut disk = DiskStorage::open_with(&path, never).unwrap();
+    let ops = |i: usize| {
+        vec![
+            StorageOp::SetDecidedIndex(i),
+            StorageOp::Trim(i - 2),
+            StorageOp::SetCompactedIdx(i - 2),
+        ]
+    };
+    for round in 0..40u64 {
+        let es = entries(round * 10, 10);
+        mem.append_entries(es.clone()).unwrap();
+        disk.append_entries(es).unwrap();
+        let i = (round as usize + 1) * 10;
+        mem.write_atomically(ops(i)).unwrap();
+        disk.write_atomically(ops(i)).unwrap();
+        disk.sync().unwrap();
+    }
+    let before = disk.file_len();
+    assert_eq!(disk.stats().compactions, 0);
+    drop(disk);
+    let opts = DiskOptions {
+        compact_bytes: 2 << 10,
+        group_commit: false,
+    };
+    assert!(before > 2 * opts.compact_bytes, "{before}");
+    let mut disk = DiskStorage::open_with(&path, opts).unwrap();
+    let es = entries(400, 10);
+    mem.append_entries(es.clone()).unwrap();
+    disk.append_entries(es).unwrap();
+    disk.sync().unwrap();
+    assert_eq!(disk.stats().compactions, 1, "{:?}", disk.stats());
+    assert!(
+        disk.file_len() < before / 2,
+        "{} of {before}",
+        disk.file_len()
+    );
+    assert_eq!(disk.image(), mem.image());
+    drop(disk);
+    let disk = DiskStorage::open_with(&path, opts).unwrap();
+    assert_eq!(disk.image(), mem.image());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn clone_op(op: &StorageOp<LogEntry>) -> StorageOp<LogEntry> {
     match op {
         StorageOp::AppendEntry(e) => StorageOp::AppendEntry(e.clone()),
