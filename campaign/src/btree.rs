@@ -1,6 +1,7 @@
 //! One run against the replicated B+-tree: three `btree-server` processes, one fault.
 
 use crate::model::{lost_acks, TreeModel};
+use crate::procs::Servers;
 use crate::run::{self, ClientNode, Clients, Kills, Network, Plan, Rec, Run, Service, Target};
 use crate::tap::{Recording, Tap};
 use crate::{Fault, RunReport};
@@ -13,7 +14,7 @@ use engine::psmr::deployment::Deployment;
 use engine::psmr::proxy::{ClientProxy, Mode};
 use groups::config::{ClusterConfig, Tuning};
 use groups::groupset::GroupSet;
-use groups::ids::GroupId;
+use groups::ids::{GroupId, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SERVERS: [u32; 3] = [1, 2, 3];
-const WORKERS: usize = 2;
+pub(crate) const SERVERS: [u32; 3] = [1, 2, 3];
+pub(crate) const WORKERS: usize = 2;
 /// Proxies per client thread: a thread whose command timed out moves to a fresh one (the
 /// old one keeps resending its command, whose outcome stays unknown).
 const SLOTS_PER_THREAD: usize = 8;
@@ -76,44 +77,19 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
 
     // Addresses, servers.
     let network = Network::new(plan, r.index, seed, &SERVERS, &client_ids)?;
-    let mut servers =
-        network.start_servers(&SERVERS, binary, &run::server_flags(&base), dir, |n| {
-            DeploymentFile {
-                mode,
-                workers: WORKERS,
-                replicas: d.replicas.clone(),
-                tree: tree(),
-                cluster: network.view(&base, n),
-            }
-            .render()
-        })?;
+    let flags = run::server_flags(&base);
+    let mut servers = start_servers(&network, &d, &base, mode, tree(), binary, &flags, dir)?;
 
     // The client node.
-    let cluster = Arc::new(network.view(&base, me.0));
-    let service = Arc::new(TreeService::try_new(tree())?);
-    let tap = Arc::new(Tap::default());
-    let first = incarnation_index();
     let probe_base = o.clients * SLOTS_PER_THREAD;
     let slots = probe_base + (WORKERS + 1) * SLOTS_PER_THREAD + 1;
-    let proxies: Vec<Recording<TreeService>> = (0..slots)
-        .map(|i| {
-            Recording::new(
-                ClientProxy::new(
-                    engine::wire::ClientId::new(me, first.wrapping_add(i as u32)),
-                    service.clone(),
-                    mode,
-                    WORKERS,
-                    500,
-                ),
-                tap.clone(),
-                cluster.clone(),
-            )
-        })
-        .collect();
-    let ids: Vec<u64> = (0..slots)
-        .map(|i| engine::wire::ClientId::new(me, first.wrapping_add(i as u32)).0)
-        .collect();
-    let client = ClientNode::start(cluster.clone(), me, proxies)?;
+    let TreeClient {
+        node: client,
+        tap,
+        service,
+        first,
+        ids,
+    } = TreeClient::start(&network, &base, me, mode, tree(), slots)?;
 
     // Wait until the deployment answers and every log has a leader.
     let t0 = Instant::now();
@@ -248,6 +224,77 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     run::check_ran(r);
     run::failover(r, &tap, &target, &injected);
     Ok(())
+}
+
+/// Starts a `btree-server` (with `flags`) for each of [`SERVERS`] of deployment `d` on
+/// `network`, in `mode`, serving `tree`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_servers(
+    network: &Network,
+    d: &Deployment,
+    base: &ClusterConfig,
+    mode: Mode,
+    tree: TreeConfig,
+    binary: &Path,
+    flags: &[String],
+    dir: &Path,
+) -> Result<Servers, String> {
+    network.start_servers(&SERVERS, binary, flags, dir, |n| {
+        DeploymentFile {
+            mode,
+            workers: WORKERS,
+            replicas: d.replicas.clone(),
+            tree: tree.clone(),
+            cluster: network.view(base, n),
+        }
+        .render()
+    })
+}
+
+/// The in-process client node of a B+-tree run: its recording proxies and what they share.
+pub(crate) struct TreeClient {
+    pub(crate) node: ClientNode<TreeCommand, TreeReply>,
+    pub(crate) tap: Arc<Tap>,
+    pub(crate) service: Arc<TreeService>,
+    /// The incarnation index of proxy 0 (proxy `i` is `first + i`).
+    pub(crate) first: u32,
+    /// Proxy `i`'s client id.
+    pub(crate) ids: Vec<u64>,
+}
+
+impl TreeClient {
+    /// Starts node `me` over TCP on `network`, hosting `slots` recording proxies in `mode`.
+    pub(crate) fn start(
+        network: &Network,
+        base: &ClusterConfig,
+        me: NodeId,
+        mode: Mode,
+        tree: TreeConfig,
+        slots: usize,
+    ) -> Result<TreeClient, String> {
+        let cluster = Arc::new(network.view(base, me.0));
+        let service = Arc::new(TreeService::try_new(tree)?);
+        let tap = Arc::new(Tap::default());
+        let first = incarnation_index();
+        let id = |i: usize| engine::wire::ClientId::new(me, first.wrapping_add(i as u32));
+        let proxies: Vec<Recording<TreeService>> = (0..slots)
+            .map(|i| {
+                Recording::new(
+                    ClientProxy::new(id(i), service.clone(), mode, WORKERS, 500),
+                    tap.clone(),
+                    cluster.clone(),
+                )
+            })
+            .collect();
+        let ids = (0..slots).map(|i| id(i).0).collect();
+        Ok(TreeClient {
+            node: ClientNode::start(cluster, me, proxies)?,
+            tap,
+            service,
+            first,
+            ids,
+        })
+    }
 }
 
 /// The final full scan (keys below `key_space`) through client `slot` (proxy id `id`), answered by every replica:

@@ -27,32 +27,26 @@
 //! to a final full scan must be the same, every log must have been trimmed (its first index
 //! past 0 on every node) and no server may have died but by the soak's kills.
 
-use crate::btree::final_scan;
+use crate::btree::{final_scan, start_servers, TreeClient, SERVERS, WORKERS};
 use crate::chirper::{counter, labelled};
 use crate::model::{lost_acks, TreeModel};
 use crate::procs::{per_log, scrape, Scratch, Servers};
-use crate::run::{self, ClientNode, Clients, NetKind, Network, Plan};
-use crate::tap::{Recording, Tap};
+use crate::run::{self, Clients, NetKind, Network, Plan};
 use crate::{Fault, Options, RunReport};
-use btree_service::cli::{ConfigFile, DeploymentFile};
-use btree_service::service::{TreeCommand, TreeConfig, TreeReply, TreeService};
+use btree_service::service::{TreeCommand, TreeConfig, TreeReply};
 use bytes::Bytes;
 use engine::checkpoint::disk::KEEP;
-use engine::host::client::incarnation_index;
 use engine::lincheck::{self, Budget, Operation};
 use engine::psmr::deployment::Deployment;
-use engine::psmr::proxy::{ClientProxy, Mode};
+use engine::psmr::proxy::Mode;
 use groups::config::Tuning;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SERVERS: [u32; 3] = [1, 2, 3];
-const WORKERS: usize = 2;
 /// Proxies per client thread (a command without a reply moves its thread to the next one).
 const SLOTS_PER_THREAD: usize = 64;
 /// How often the data directories are measured.
@@ -166,11 +160,28 @@ pub struct Kill {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Restart {
     pub node: u32,
-    /// `checkpoint round R` (loaded from its data directory), `state transfer` (installed
-    /// from a peer) or `log replay` (no checkpoint loaded or installed).
-    pub from: String,
+    pub from: CameBack,
+    /// The checkpoint round it loaded (`from` = checkpoint).
+    pub round: Option<u64>,
     /// From the process start to its metrics showing it had loaded its state.
     pub serving_ms: Option<f64>,
+}
+
+/// Where a restarted server's state came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CameBack {
+    /// Its newest valid checkpoint, loaded from its data directory.
+    Checkpoint,
+    /// A peer's checkpoint, installed by state transfer.
+    StateTransfer,
+    /// Its logs replayed (no checkpoint loaded or installed).
+    LogReplay,
+    /// It exited after its restart.
+    Exited,
+    /// It did not load its state in time.
+    #[default]
+    Never,
 }
 
 /// One measurement of the data directories.
@@ -216,15 +227,10 @@ impl SoakReport {
     pub fn summary(&self) -> String {
         let r = &self.run;
         let by = |p: &dyn Fn(&Kill) -> bool| self.kills.iter().filter(|k| p(k)).count();
-        let froms: BTreeMap<String, usize> =
-            self.kills
-                .iter()
-                .flat_map(|k| &k.restarts)
-                .fold(BTreeMap::new(), |mut m, x| {
-                    let word = x.from.split(" round").next().unwrap_or("").to_string();
-                    *m.entry(word).or_default() += 1;
-                    m
-                });
+        let mut froms: BTreeMap<CameBack, usize> = BTreeMap::new();
+        for x in self.kills.iter().flat_map(|k| &k.restarts) {
+            *froms.entry(x.from).or_default() += 1;
+        }
         let mut serving: Vec<f64> = self
             .kills
             .iter()
@@ -363,34 +369,16 @@ fn drive(o: &SoakOptions, binary: &Path, dir: &Path, s: &mut SoakReport) -> Resu
     let network = Network::new(&plan, 0, o.seed, &SERVERS, &client_ids)?;
     let mut flags = run::server_flags(&base);
     flags.extend(["--checkpoint-every".into(), o.checkpoint_every.to_string()]);
-    let mut servers = network.start_servers(&SERVERS, binary, &flags, dir, |n| {
-        DeploymentFile {
-            mode,
-            workers: WORKERS,
-            replicas: d.replicas.clone(),
-            tree: tree(),
-            cluster: network.view(&base, n),
-        }
-        .render()
-    })?;
+    let mut servers = start_servers(&network, &d, &base, mode, tree(), binary, &flags, dir)?;
 
     // The client node.
-    let cluster = Arc::new(network.view(&base, me.0));
-    let service = Arc::new(TreeService::try_new(tree())?);
-    let tap = Arc::new(Tap::default());
-    let first = incarnation_index();
     let slots = o.clients * SLOTS_PER_THREAD + 1;
-    let id = |i: usize| engine::wire::ClientId::new(me, first.wrapping_add(i as u32));
-    let proxies: Vec<Recording<TreeService>> = (0..slots)
-        .map(|i| {
-            Recording::new(
-                ClientProxy::new(id(i), service.clone(), mode, WORKERS, 500),
-                tap.clone(),
-                cluster.clone(),
-            )
-        })
-        .collect();
-    let client = ClientNode::start(cluster.clone(), me, proxies)?;
+    let TreeClient {
+        node: client,
+        tap,
+        ids,
+        ..
+    } = TreeClient::start(&network, &base, me, mode, tree(), slots)?;
     let final_slot = slots - 1;
     let t0 = Instant::now();
     client.await_answer(
@@ -484,7 +472,7 @@ fn drive(o: &SoakOptions, binary: &Path, dir: &Path, s: &mut SoakReport) -> Resu
     let (fin, rec) = final_scan(
         &client,
         &tap,
-        id(final_slot).0,
+        ids[final_slot],
         final_slot,
         tree().key_space,
         &mut s.run,
@@ -579,12 +567,12 @@ fn came_back(
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>();
         let from = if how("loaded") > 0 {
-            counter(&body, "chorus_checkpoint_loaded_round")
-                .map(|round| format!("checkpoint round {round}"))
+            x.round = counter(&body, "chorus_checkpoint_loaded_round");
+            x.round.map(|_| CameBack::Checkpoint)
         } else if how("installed") > 0 {
-            Some("state transfer".into())
+            Some(CameBack::StateTransfer)
         } else if executed > 0.0 {
-            Some("log replay".into())
+            Some(CameBack::LogReplay)
         } else {
             None
         };
@@ -598,7 +586,7 @@ fn came_back(
                 "node {n} exited after its restart ({status}): {}",
                 servers.log_tail(n, 10)
             ));
-            x.from = "exited".into();
+            x.from = CameBack::Exited;
             return x;
         }
         if Instant::now() > by {
@@ -606,7 +594,6 @@ fn came_back(
                 "node {n} did not load its state within {SERVE_PATIENCE:?} of its restart: {}",
                 servers.log_tail(n, 10)
             ));
-            x.from = "never".into();
             return x;
         }
         meter.until(Instant::now() + Duration::from_millis(20), servers);

@@ -9,15 +9,14 @@
 //! no acknowledged write lost, equal replicas, every log trimmed, peak below the bound, every
 //! restart loading its state) must all pass, and every kind of kill must have happened.
 
-use campaign::soak::{soak, SoakOptions};
+mod common;
+
+use campaign::soak::{soak, CameBack, SoakOptions};
 use std::time::Duration;
 
 #[test]
 fn a_one_minute_durable_soak_stays_bounded_and_loses_nothing() {
-    let seed = std::env::var("CHORUS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_207);
+    let seed = common::seed();
     println!("soak seed {seed} (CHORUS_SEED={seed} replays the same kill plan)");
     let mut o = SoakOptions::new(Duration::from_secs(60), seed);
     o.wal_compact_bytes = 256 << 10;
@@ -39,4 +38,11 @@ fn a_one_minute_durable_soak_stays_bounded_and_loses_nothing() {
         .all(|&(_, p)| p > 0 && p <= s.bound_bytes));
     assert!(s.samples >= 60, "measured every half second: {}", s.samples);
     assert_eq!(s.run.lost_acks, 0);
+    assert!(
+        s.kills
+            .iter()
+            .flat_map(|k| &k.restarts)
+            .any(|x| x.from == CameBack::Checkpoint && x.round.is_some()),
+        "a restart loaded a durable checkpoint"
+    );
 }
