@@ -207,21 +207,7 @@ fn attempt(run: &Run, plan: &Plan, dir: &Path, r: &mut RunReport) -> Result<(), 
     recs.push(rec);
     run::finish(r, servers, client, network);
 
-    // The history.
-    let history: Vec<Operation<TreeCommand, TreeReply>> = run::history(r, &recs, history_start);
-    let model = TreeModel::for_config(&tree());
-    let verdict = lincheck::check(&model, &history, Budget::default());
-    run::record_verdict(r, &verdict);
-    match &fin {
-        TreeReply::Entries(entries) => {
-            let state: BTreeMap<u64, Bytes> = entries.iter().cloned().collect();
-            run::record_lost(r, &lost_acks(&model.initial, &history, &state));
-        }
-        other => r
-            .problems
-            .push(format!("the final scan answered {other:?}")),
-    }
-    run::check_ran(r);
+    check_history(r, &recs, history_start, &tree(), &fin, Budget::default());
     run::failover(r, &tap, &target, &injected);
     Ok(())
 }
@@ -355,6 +341,33 @@ pub(crate) fn final_scan(
         ));
     }
     Ok((fin, rec))
+}
+
+/// Checks the recorded operations `recs` (times from `start`) against the model of `tree`
+/// (within `budget`) and the final scan's answer `fin` for lost acknowledged writes, and that
+/// enough ran; records all of it in `r`.
+pub(crate) fn check_history(
+    r: &mut RunReport,
+    recs: &[Rec<TreeCommand, TreeReply>],
+    start: Instant,
+    tree: &TreeConfig,
+    fin: &TreeReply,
+    budget: Budget,
+) {
+    let history: Vec<Operation<TreeCommand, TreeReply>> = run::history(r, recs, start);
+    let model = TreeModel::for_config(tree);
+    let verdict = lincheck::check(&model, &history, budget);
+    run::record_verdict(r, &verdict);
+    match fin {
+        TreeReply::Entries(entries) => {
+            let state: BTreeMap<u64, Bytes> = entries.iter().cloned().collect();
+            run::record_lost(r, &lost_acks(&model.initial, &history, &state));
+        }
+        other => r
+            .problems
+            .push(format!("the final scan answered {other:?}")),
+    }
+    run::check_ran(r);
 }
 
 /// A read that goes through log `log`: a get of worker `g`'s first key for the log of group

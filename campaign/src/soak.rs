@@ -27,16 +27,15 @@
 //! to a final full scan must be the same, every log must have been trimmed (its first index
 //! past 0 on every node) and no server may have died but by the soak's kills.
 
-use crate::btree::{final_scan, start_servers, TreeClient, SERVERS, WORKERS};
+use crate::btree::{check_history, final_scan, start_servers, TreeClient, SERVERS, WORKERS};
 use crate::chirper::{counter, labelled};
-use crate::model::{lost_acks, TreeModel};
 use crate::procs::{per_log, scrape, Scratch, Servers};
 use crate::run::{self, Clients, NetKind, Network, Plan};
 use crate::{Fault, Options, RunReport};
-use btree_service::service::{TreeCommand, TreeConfig, TreeReply};
+use btree_service::service::{TreeCommand, TreeConfig};
 use bytes::Bytes;
 use engine::checkpoint::disk::KEEP;
-use engine::lincheck::{self, Budget, Operation};
+use engine::lincheck::Budget;
 use engine::psmr::deployment::Deployment;
 use engine::psmr::proxy::Mode;
 use groups::config::Tuning;
@@ -465,11 +464,12 @@ fn drive(o: &SoakOptions, binary: &Path, dir: &Path, s: &mut SoakReport) -> Resu
         next_kill = Instant::now() + draw(&mut rng, o.kill_every);
     }
     s.load_seconds = load_start.elapsed().as_secs_f64();
-    let mut recs = clients.stop(&mut s.run)?;
+    let recs = clients.stop(&mut s.run)?;
     meter.sample(&servers);
 
-    // The final state and the logs' trimming.
-    let (fin, rec) = final_scan(
+    // The final state and the logs' trimming. The final scan is not part of the history: a
+    // scan of every key would join the checker's per-key parts into one.
+    let (fin, _) = final_scan(
         &client,
         &tap,
         ids[final_slot],
@@ -519,25 +519,10 @@ fn drive(o: &SoakOptions, binary: &Path, dir: &Path, s: &mut SoakReport) -> Resu
         s.run.problems.push("the soak killed nothing".into());
     }
 
-    // The history.
-    let history: Vec<Operation<TreeCommand, TreeReply>> =
-        run::history(&mut s.run, &recs, history_start);
-    let model = TreeModel::for_config(&tree());
-    let budget = Budget::new(Budget::DEFAULT_STATES_MAX.max(64 * history.len() as u64));
-    let verdict = lincheck::check(&model, &history, budget);
-    run::record_verdict(&mut s.run, &verdict);
-    recs.push(rec);
-    match &fin {
-        TreeReply::Entries(entries) => {
-            let state: BTreeMap<u64, Bytes> = entries.iter().cloned().collect();
-            run::record_lost(&mut s.run, &lost_acks(&model.initial, &history, &state));
-        }
-        other => s
-            .run
-            .problems
-            .push(format!("the final scan answered {other:?}")),
-    }
-    run::check_ran(&mut s.run);
+    // The history (its length decides the checker's budget: single-key parts, a few steps per
+    // operation).
+    let budget = Budget::new(Budget::DEFAULT_STATES_MAX.max(64 * recs.len() as u64));
+    check_history(&mut s.run, &recs, history_start, &tree(), &fin, budget);
     Ok(())
 }
 
@@ -688,6 +673,7 @@ fn command(rng: &mut ChaCha8Rng, t: usize, n: u64) -> TreeCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TreeModel;
 
     #[test]
     fn bad_options_are_refused_with_a_reason() {
